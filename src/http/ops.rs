@@ -1,0 +1,87 @@
+//! Operator endpoints outside `/api`: `/healthz` (the process answers), `/readyz` (store open and
+//! supervision tree up; Django's state is reported but does not fail readiness) and `/metrics`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+
+use super::auth::{bearer, constant_time_eq};
+use super::errors::ApiError;
+use crate::bridge::actor::Bridge;
+use crate::bridge::GetStatus;
+use crate::store::TicketStore;
+
+/// What the operator endpoints read.
+#[derive(Clone)]
+pub struct Ops {
+    pub metrics: PrometheusHandle,
+    pub metrics_token: String,
+    pub tree_up: Arc<AtomicBool>,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics));
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn readyz(
+    ops: web::Data<Ops>,
+    store: web::Data<Arc<dyn TicketStore>>,
+    bridge: web::Data<Addr<Bridge>>,
+) -> HttpResponse {
+    let store_ok = matches!(
+        tokio::time::timeout(Duration::from_secs(2), store.ping()).await,
+        Ok(Ok(()))
+    );
+    let tree_up = ops.tree_up.load(Ordering::SeqCst);
+    let django = match tokio::time::timeout(Duration::from_secs(1), bridge.send(GetStatus)).await {
+        Ok(Ok(status)) => json!(status),
+        _ => json!({"error": "bridge did not answer"}),
+    };
+    let outbox = match tokio::time::timeout(Duration::from_secs(2), store.outbox_stats()).await {
+        Ok(Ok(s)) => json!({"depth": s.depth, "oldest": s.oldest, "dead_letters": s.dead_letters}),
+        _ => json!(null),
+    };
+    let ready = store_ok && tree_up;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    HttpResponse::build(status).json(json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "store": if store_ok { "ok" } else { "unavailable" },
+        "supervisor": if tree_up { "up" } else { "down" },
+        "django": django,
+        "outbox": outbox,
+    }))
+}
+
+async fn metrics(req: HttpRequest, ops: web::Data<Ops>) -> Result<HttpResponse, ApiError> {
+    if !ops.metrics_token.is_empty() {
+        let ok = bearer(&req)
+            .is_some_and(|t| constant_time_eq(t.as_bytes(), ops.metrics_token.as_bytes()));
+        if !ok {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "metrics need `Authorization: Bearer <metrics.token>`",
+            ));
+        }
+    }
+    ops.metrics.run_upkeep();
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(ops.metrics.render()))
+}

@@ -1,0 +1,217 @@
+//! Switchboard: the real-time edge of the support product. This crate is its ticket core.
+//!
+//! ```text
+//! run()  ── owns the listener and the shutdown signal; exits non-zero if the root escalates
+//!  └─ root supervisor  (one_for_one, supervisor.max_restarts in supervisor.max_seconds)
+//!      ├─ store          SqliteStore: writer thread (group commit) + reader threads   [permanent]
+//!      ├─ bridge         Bridge actor, own arbiter: outbox → Django, FetchTicket      [permanent]
+//!      ├─ tickets        TicketRegistry actor, own arbiter; a dynamic supervisor      [permanent]
+//!      │    └─ ticket*   TicketActor per live ticket (one_for_one, transient,
+//!      │                 supervisor.ticket_max_restarts; past it: escalate to root)
+//!      └─ http           actix-web server on tickets.bind (REST, /metrics, probes)   [permanent]
+//! ```
+//! Children start top to bottom and stop bottom to top: on shutdown the listener drains in-flight
+//! requests, tickets passivate, the bridge flushes the outbox within `bridge.drain_timeout_ms`, and
+//! the store commits what is queued. Actor children are restarted in place (same address, mailbox
+//! kept), so dependents never hold a stale address and one_for_one is enough at the root; the
+//! supervisor also implements one_for_all and rest_for_one.
+//!
+//! Seams for running past one machine: [`store::TicketStore`] (storage) and the registry's `Lookup`
+//! (routing) are the only ways actors reach data and each other.
+
+#![forbid(unsafe_code)]
+
+pub mod bridge;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod store;
+pub mod supervisor;
+pub mod telemetry;
+pub mod ticket;
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::future::{FutureExt, LocalBoxFuture};
+
+use crate::bridge::actor::Bridge;
+use crate::bridge::Drain;
+use crate::config::Settings;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{StoreError, TicketStore};
+use crate::supervisor::supervised::{self, Restart};
+use crate::supervisor::{
+    ActorChild, Child, ExitReport, Intensity, StartError, StopChildren, Strategy, Supervisor,
+};
+use crate::ticket::registry::{RegistryConfig, TicketRegistry};
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("could not open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("the root supervisor gave up: {0}")]
+    Escalated(String),
+}
+
+/// The store as the root's first child: opened before the tree starts, closed (after committing
+/// everything queued) when the tree stops. It never exits: a panic on a store thread fails only the
+/// writes in hand.
+struct StoreChild {
+    store: Arc<dyn TicketStore>,
+}
+
+impl Child for StoreChild {
+    fn name(&self) -> &'static str {
+        "store"
+    }
+
+    fn restart_type(&self) -> Restart {
+        Restart::Permanent
+    }
+
+    fn start(&mut self, _: ExitReport) -> Result<(), StartError> {
+        Ok(())
+    }
+
+    fn restart(&mut self) -> Result<(), StartError> {
+        Ok(())
+    }
+
+    fn stop(&mut self) -> LocalBoxFuture<'static, ()> {
+        self.store.close().boxed_local()
+    }
+}
+
+/// Runs the whole tree on an already-bound listener until `shutdown` resolves, then stops it in order.
+/// Must be called inside an actix `System`.
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let settings = Arc::new(settings);
+    let prometheus = metrics::install();
+    let store: Arc<dyn TicketStore> = Arc::new(SqliteStore::open(&settings.storage)?);
+    tracing::info!(
+        addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        data_dir = %settings.storage.data_dir.display(),
+        "switchboard starting"
+    );
+
+    let bridge_arbiter = Arbiter::new();
+    let tickets_arbiter = Arbiter::new();
+    let (bridge_addr, bridge_mailbox) = supervised::mailbox::<Bridge>(256);
+    let (registry_addr, registry_mailbox) = supervised::mailbox::<TicketRegistry>(4096);
+
+    let bridge_child = {
+        let store = store.clone();
+        let django = settings.django.clone();
+        let bridge_settings = settings.bridge.clone();
+        let arbiter = bridge_arbiter.handle();
+        let drain_addr = bridge_addr.clone();
+        let deadline = Duration::from_millis(settings.bridge.drain_timeout_ms);
+        ActorChild::new("bridge", Restart::Permanent, move |report| {
+            supervised::spawn_in(
+                &arbiter,
+                "bridge",
+                Restart::Permanent,
+                bridge_mailbox,
+                move |_| Bridge::new(store, django, bridge_settings),
+                report,
+            )
+        })
+        .before_stop(move || {
+            async move {
+                match drain_addr.send(Drain { deadline }).await {
+                    Ok(0) => tracing::info!("outbox drained"),
+                    Ok(left) => {
+                        tracing::warn!(left, "outbox not drained before the deadline; kept on disk")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "bridge did not answer the drain"),
+                }
+            }
+            .boxed_local()
+        })
+    };
+
+    let tickets_child = {
+        let store = store.clone();
+        let django = bridge_addr.clone().recipient();
+        let arbiter = tickets_arbiter.handle();
+        let config = RegistryConfig {
+            idle_timeout: settings.idle_timeout(),
+            sweep_interval: Duration::from_millis(settings.tickets.sweep_interval_ms),
+            max_restarts: settings.supervisor.ticket_max_restarts,
+            max_window: Duration::from_secs(settings.supervisor.ticket_max_seconds),
+        };
+        ActorChild::new("tickets", Restart::Permanent, move |report| {
+            let escalate = report.clone();
+            supervised::spawn_in(
+                &arbiter,
+                "ticket_registry",
+                Restart::Permanent,
+                registry_mailbox,
+                move |_| TicketRegistry::new(store, django, config, escalate),
+                report,
+            )
+        })
+    };
+
+    let (escalate_tx, escalate_rx) = futures_channel::oneshot::channel::<String>();
+    let root = Supervisor::new(
+        "root",
+        Strategy::OneForOne,
+        Intensity::new(
+            settings.supervisor.max_restarts,
+            Duration::from_secs(settings.supervisor.max_seconds),
+        ),
+        Vec::new(),
+        Box::new(move |reason| {
+            let _ = escalate_tx.send(reason);
+        }),
+    );
+    let tree_up = root.up_flag();
+    let deps = http::HttpDeps {
+        settings: settings.clone(),
+        registry: registry_addr.clone(),
+        bridge: bridge_addr.clone(),
+        store: store.clone(),
+        ops: http::ops::Ops {
+            metrics: prometheus,
+            metrics_token: settings.metrics.token.clone(),
+            tree_up,
+        },
+    };
+    let children: Vec<Box<dyn Child>> = vec![
+        Box::new(StoreChild {
+            store: store.clone(),
+        }),
+        Box::new(bridge_child),
+        Box::new(tickets_child),
+        Box::new(http::HttpChild::new(listener, deps)),
+    ];
+    let root = root.with_children(children).start();
+
+    let outcome = futures_util::select! {
+        _ = shutdown.fuse() => {
+            tracing::info!("shutdown requested; stopping in reverse start order");
+            Ok(())
+        }
+        reason = escalate_rx.fuse() => match reason {
+            Ok(reason) => Err(RunError::Escalated(reason)),
+            Err(_) => Ok(()),
+        },
+    };
+    if outcome.is_ok() {
+        let _ = root.send(StopChildren).await;
+    }
+    bridge_arbiter.stop();
+    tickets_arbiter.stop();
+    tracing::info!(ok = outcome.is_ok(), "switchboard stopped");
+    outcome
+}

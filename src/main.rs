@@ -1,0 +1,45 @@
+//! The `switchboard` binary: parse the command line, load config, start logging, run the tree until
+//! SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// Real-time edge of the support product: ticket REST API, Django bridge, supervision tree.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// A TOML file layered over the embedded defaults (env SWITCHBOARD__* overrides both).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = switchboard::config::Settings::load(cli.config.as_deref())?;
+    switchboard::telemetry::init(&settings.log);
+    let addr = settings.tickets_bind();
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot listen on tickets.bind {addr}"))?;
+    actix::System::new()
+        .block_on(async move { switchboard::run(listener, settings, shutdown_signal()).await })?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C will stop the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,117 @@
+//! Every metric name the server exports, registered once, and the Prometheus recorder.
+//!
+//! The recorder is process-global (the `metrics` facade has one); several servers started in one test
+//! process share it, so tests compare counters before and after rather than absolute values.
+
+use std::sync::OnceLock;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const HTTP_REQUESTS: &str = "switchboard_http_requests_total";
+pub const HTTP_DURATION: &str = "switchboard_http_request_duration_seconds";
+pub const TICKET_ACTORS: &str = "switchboard_ticket_actors";
+pub const TICKET_ACTIVATIONS: &str = "switchboard_ticket_activations_total";
+pub const TICKET_PASSIVATIONS: &str = "switchboard_ticket_passivations_total";
+pub const ACTOR_RESTARTS: &str = "switchboard_actor_restarts_total";
+pub const SUPERVISOR_ESCALATIONS: &str = "switchboard_supervisor_escalations_total";
+pub const OUTBOX_DEPTH: &str = "switchboard_outbox_depth";
+pub const OUTBOX_OLDEST_AGE: &str = "switchboard_outbox_oldest_age_seconds";
+pub const BRIDGE_BATCH_SIZE: &str = "switchboard_bridge_batch_size";
+pub const BRIDGE_EVENTS_DELIVERED: &str = "switchboard_bridge_events_delivered_total";
+pub const BRIDGE_BREAKER_STATE: &str = "switchboard_bridge_breaker_state";
+pub const DJANGO_DURATION: &str = "switchboard_django_request_duration_seconds";
+pub const DJANGO_FAILURES: &str = "switchboard_django_failures_total";
+pub const DEAD_LETTERS: &str = "switchboard_dead_letters_total";
+pub const DEAD_LETTERS_PENDING: &str = "switchboard_dead_letters";
+pub const STORE_COMMIT_BATCH: &str = "switchboard_store_commit_batch_size";
+pub const STORE_COMMIT_DURATION: &str = "switchboard_store_commit_duration_seconds";
+pub const STORE_WRITE_ERRORS: &str = "switchboard_store_write_errors_total";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the recorder on first call and returns the handle that renders `/metrics`.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_size".into()), SIZE_BUCKETS)
+                })
+                .expect("static bucket lists are non-empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be global (an embedding program's); then ours only renders.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(HTTP_REQUESTS, "HTTP requests by route, method and status.");
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "HTTP request latency by route."
+    );
+    describe_gauge!(TICKET_ACTORS, "Live (activated) ticket actors.");
+    describe_counter!(TICKET_ACTIVATIONS, "Ticket actor activations by source.");
+    describe_counter!(
+        TICKET_PASSIVATIONS,
+        "Ticket actors passivated after idling."
+    );
+    describe_counter!(ACTOR_RESTARTS, "Actor restarts by actor kind and cause.");
+    describe_counter!(
+        SUPERVISOR_ESCALATIONS,
+        "Restart intensity exceeded, by supervisor."
+    );
+    describe_gauge!(OUTBOX_DEPTH, "Events waiting in the Django outbox.");
+    describe_gauge!(
+        OUTBOX_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest outbox event."
+    );
+    describe_histogram!(BRIDGE_BATCH_SIZE, "Events per sync batch sent to Django.");
+    describe_counter!(
+        BRIDGE_EVENTS_DELIVERED,
+        "Outbox events acknowledged by Django."
+    );
+    describe_gauge!(
+        BRIDGE_BREAKER_STATE,
+        "Circuit breaker: 0 closed, 1 half-open, 2 open."
+    );
+    describe_histogram!(
+        DJANGO_DURATION,
+        Unit::Seconds,
+        "Django call latency by endpoint."
+    );
+    describe_counter!(
+        DJANGO_FAILURES,
+        "Failed Django calls by endpoint and reason."
+    );
+    describe_counter!(DEAD_LETTERS, "Events moved to the dead-letter table.");
+    describe_gauge!(
+        DEAD_LETTERS_PENDING,
+        "Events currently in the dead-letter table."
+    );
+    describe_histogram!(
+        STORE_COMMIT_BATCH,
+        "Writes folded into one store transaction."
+    );
+    describe_histogram!(
+        STORE_COMMIT_DURATION,
+        Unit::Seconds,
+        "Store commit latency."
+    );
+    describe_counter!(STORE_WRITE_ERRORS, "Store writes that failed.");
+}

@@ -1,0 +1,387 @@
+//! SQL for each operation and the mapping between rows and model types. Runs on the store's threads.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::{
+    DeadLetter, OutboxEntry, OutboxStats, Rejection, StoreError, SyncRecord, TicketFilter,
+    TicketWrite,
+};
+use crate::ticket::model::{EventKind, Priority, Source, Ticket, TicketEvent, TicketId};
+use crate::ticket::state::Status;
+
+pub fn ts(at: &DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn parse_ts(s: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|d| d.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt(format!("bad timestamp `{s}`: {e}")))
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("bad {what} `{value}`"))
+}
+
+const TICKET_COLUMNS: &str = "id, subject, description, status, priority, requester, assignee, \
+     tags, source, chat_session_id, created_at, updated_at, version";
+
+fn ticket_from_row(row: &Row<'_>) -> Result<Ticket, StoreError> {
+    let id: String = row.get(0)?;
+    let status: String = row.get(3)?;
+    let priority: String = row.get(4)?;
+    let tags: String = row.get(7)?;
+    let source: String = row.get(8)?;
+    let created: String = row.get(10)?;
+    let updated: String = row.get(11)?;
+    Ok(Ticket {
+        id: id.parse().map_err(|_| corrupt("ticket id", &id))?,
+        subject: row.get(1)?,
+        description: row.get(2)?,
+        status: Status::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+        priority: Priority::parse(&priority).ok_or_else(|| corrupt("priority", &priority))?,
+        requester: row.get(5)?,
+        assignee: row.get(6)?,
+        tags: serde_json::from_str(&tags).map_err(|_| corrupt("tags", &tags))?,
+        source: Source::parse(&source).ok_or_else(|| corrupt("source", &source))?,
+        chat_session_id: row.get(9)?,
+        created_at: parse_ts(&created)?,
+        updated_at: parse_ts(&updated)?,
+        version: row.get::<_, i64>(12)? as u64,
+    })
+}
+
+fn write_ticket_row(conn: &Connection, t: &Ticket, insert: bool) -> Result<usize, StoreError> {
+    let tags = serde_json::to_string(&t.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let sql = if insert {
+        "INSERT INTO tickets (id, subject, description, status, priority, requester, assignee, tags, \
+         source, chat_session_id, created_at, updated_at, version) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+    } else {
+        "UPDATE tickets SET subject = ?2, description = ?3, status = ?4, priority = ?5, \
+         requester = ?6, assignee = ?7, tags = ?8, source = ?9, chat_session_id = ?10, \
+         created_at = ?11, updated_at = ?12, version = ?13 WHERE id = ?1 AND version = ?13 - 1"
+    };
+    let n = conn.prepare_cached(sql)?.execute(params![
+        t.id.to_string(),
+        t.subject,
+        t.description,
+        t.status.as_str(),
+        t.priority.as_str(),
+        t.requester,
+        t.assignee,
+        tags,
+        t.source.as_str(),
+        t.chat_session_id,
+        ts(&t.created_at),
+        ts(&t.updated_at),
+        t.version as i64,
+    ])?;
+    Ok(n)
+}
+
+fn write_tags(conn: &Connection, t: &Ticket, replace: bool) -> Result<(), StoreError> {
+    let id = t.id.to_string();
+    if replace {
+        // The tag index is keyed by tag; deleting by the old tag list avoids a full scan.
+        let old: Option<String> = conn
+            .prepare_cached("SELECT tags FROM tickets WHERE id = ?1")?
+            .query_row([&id], |r| r.get(0))
+            .optional()?;
+        if let Some(old) = old {
+            let old: Vec<String> = serde_json::from_str(&old).unwrap_or_default();
+            let mut del =
+                conn.prepare_cached("DELETE FROM ticket_tags WHERE tag = ?1 AND ticket_id = ?2")?;
+            for tag in old {
+                del.execute(params![tag, id])?;
+            }
+        }
+    }
+    let mut ins =
+        conn.prepare_cached("INSERT OR IGNORE INTO ticket_tags (tag, ticket_id) VALUES (?1, ?2)")?;
+    for tag in &t.tags {
+        ins.execute(params![tag, id])?;
+    }
+    Ok(())
+}
+
+fn insert_event(conn: &Connection, e: &TicketEvent) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO ticket_events (event_id, ticket_id, kind, actor, at, version, changes) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        e.event_id.to_string(),
+        e.ticket_id.to_string(),
+        e.kind.as_str(),
+        e.actor,
+        ts(&e.at),
+        e.version as i64,
+        e.changes.to_string(),
+    ])?;
+    Ok(())
+}
+
+fn insert_outbox(conn: &Connection, w: &TicketWrite) -> Result<(), StoreError> {
+    let record = SyncRecord {
+        event_id: w.event.event_id,
+        ticket_id: w.ticket.id,
+        version: w.ticket.version,
+        kind: w.event.kind,
+        occurred_at: w.event.at,
+        ticket: w.ticket.clone(),
+        comment: w.comment.clone(),
+    };
+    let payload = serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    conn.prepare_cached(
+        "INSERT INTO outbox (event_id, ticket_id, payload, enqueued_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        record.event_id.to_string(),
+        record.ticket_id.to_string(),
+        payload,
+        ts(&super::now()),
+    ])?;
+    Ok(())
+}
+
+pub fn create(conn: &Connection, w: &TicketWrite) -> Result<(), StoreError> {
+    match write_ticket_row(conn, &w.ticket, true) {
+        Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            return Err(StoreError::AlreadyExists(w.ticket.id))
+        }
+        other => other?,
+    };
+    write_tags(conn, &w.ticket, false)?;
+    insert_event(conn, &w.event)?;
+    insert_outbox(conn, w)
+}
+
+pub fn update(conn: &Connection, w: &TicketWrite, tags_changed: bool) -> Result<(), StoreError> {
+    if tags_changed {
+        write_tags(conn, &w.ticket, true)?;
+    }
+    if write_ticket_row(conn, &w.ticket, false)? == 0 {
+        return Err(StoreError::VersionConflict {
+            id: w.ticket.id,
+            expected: w.ticket.version - 1,
+        });
+    }
+    if let Some(c) = &w.comment {
+        conn.prepare_cached(
+            "INSERT INTO comments (id, ticket_id, author, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            c.id.to_string(),
+            c.ticket_id.to_string(),
+            c.author,
+            c.body,
+            ts(&c.created_at)
+        ])?;
+    }
+    insert_event(conn, &w.event)?;
+    insert_outbox(conn, w)
+}
+
+pub fn import(conn: &Connection, t: &Ticket, e: &TicketEvent) -> Result<(), StoreError> {
+    // A concurrent activation may have imported it already; the first one wins.
+    let exists = conn
+        .prepare_cached("SELECT 1 FROM tickets WHERE id = ?1")?
+        .exists([t.id.to_string()])?;
+    if exists {
+        return Ok(());
+    }
+    write_ticket_row(conn, t, true)?;
+    write_tags(conn, t, false)?;
+    insert_event(conn, e)
+}
+
+pub fn load(conn: &Connection, id: TicketId) -> Result<Option<Ticket>, StoreError> {
+    let sql = format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE id = ?1");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query([id.to_string()])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(ticket_from_row(row)?)),
+        None => Ok(None),
+    }
+}
+
+pub fn list(conn: &Connection, f: &TicketFilter) -> Result<Vec<Ticket>, StoreError> {
+    let mut sql = format!("SELECT {TICKET_COLUMNS} FROM tickets t WHERE 1 = 1");
+    let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+    if let Some(s) = f.status {
+        args.push(Box::new(s.as_str()));
+        sql.push_str(&format!(" AND t.status = ?{}", args.len()));
+    }
+    if let Some(a) = &f.assignee {
+        args.push(Box::new(a.clone()));
+        sql.push_str(&format!(" AND t.assignee = ?{}", args.len()));
+    }
+    if let Some(p) = f.priority {
+        args.push(Box::new(p.as_str()));
+        sql.push_str(&format!(" AND t.priority = ?{}", args.len()));
+    }
+    if let Some(tag) = &f.tag {
+        args.push(Box::new(tag.clone()));
+        sql.push_str(&format!(
+            " AND t.id IN (SELECT ticket_id FROM ticket_tags WHERE tag = ?{})",
+            args.len()
+        ));
+    }
+    if let Some(after) = f.after {
+        args.push(Box::new(after.to_string()));
+        sql.push_str(&format!(" AND t.id > ?{}", args.len()));
+    }
+    args.push(Box::new(f.limit as i64));
+    sql.push_str(&format!(" ORDER BY t.id LIMIT ?{}", args.len()));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let params: Vec<&dyn rusqlite::ToSql> = args.iter().map(|b| b.as_ref()).collect();
+    let mut rows = stmt.query(params.as_slice())?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(ticket_from_row(row)?);
+    }
+    Ok(out)
+}
+
+pub fn events(
+    conn: &Connection,
+    id: TicketId,
+    after_seq: i64,
+    limit: u32,
+) -> Result<Vec<(i64, TicketEvent)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, event_id, kind, actor, at, version, changes FROM ticket_events \
+         WHERE ticket_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let mut rows = stmt.query(params![id.to_string(), after_seq, limit as i64])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let event_id: String = row.get(1)?;
+        let kind: String = row.get(2)?;
+        let at: String = row.get(4)?;
+        let changes: String = row.get(6)?;
+        out.push((
+            row.get(0)?,
+            TicketEvent {
+                event_id: crate::ticket::model::EventId(
+                    event_id
+                        .parse()
+                        .map_err(|_| corrupt("event id", &event_id))?,
+                ),
+                ticket_id: id,
+                kind: EventKind::parse(&kind).ok_or_else(|| corrupt("event kind", &kind))?,
+                actor: row.get(3)?,
+                at: parse_ts(&at)?,
+                version: row.get::<_, i64>(5)? as u64,
+                changes: serde_json::from_str(&changes)
+                    .map_err(|_| corrupt("changes", &changes))?,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+pub fn outbox_peek(conn: &Connection, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT seq, payload, enqueued_at FROM outbox ORDER BY seq LIMIT ?1")?;
+    let mut rows = stmt.query([limit as i64])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let payload: String = row.get(1)?;
+        let at: String = row.get(2)?;
+        out.push(OutboxEntry {
+            seq: row.get(0)?,
+            record: serde_json::from_str(&payload)
+                .map_err(|e| StoreError::Corrupt(format!("outbox payload: {e}")))?,
+            enqueued_at: parse_ts(&at)?,
+        });
+    }
+    Ok(out)
+}
+
+pub fn outbox_ack(conn: &Connection, seqs: &[i64]) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+    for seq in seqs {
+        stmt.execute([seq])?;
+    }
+    Ok(())
+}
+
+pub fn outbox_dead_letter(conn: &Connection, rejected: &[Rejection]) -> Result<(), StoreError> {
+    let now = ts(&super::now());
+    for r in rejected {
+        let moved = conn
+            .prepare_cached(
+                "INSERT INTO dead_letters (event_id, ticket_id, payload, enqueued_at, failed_at, \
+                 status_code, error) SELECT event_id, ticket_id, payload, enqueued_at, ?2, ?3, ?4 \
+                 FROM outbox WHERE seq = ?1",
+            )?
+            .execute(params![r.seq, now, r.status_code, r.error])?;
+        if moved > 0 {
+            conn.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
+                .execute([r.seq])?;
+        }
+    }
+    Ok(())
+}
+
+pub fn outbox_stats(conn: &Connection) -> Result<OutboxStats, StoreError> {
+    let (depth, oldest): (i64, Option<String>) = conn
+        .prepare_cached(
+            "SELECT COUNT(*), (SELECT enqueued_at FROM outbox ORDER BY seq LIMIT 1) FROM outbox",
+        )?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let dead: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM dead_letters")?
+        .query_row([], |r| r.get(0))?;
+    Ok(OutboxStats {
+        depth: depth as u64,
+        oldest: oldest.as_deref().map(parse_ts).transpose()?,
+        dead_letters: dead as u64,
+    })
+}
+
+pub fn dead_letters(conn: &Connection, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, payload, status_code, error, failed_at, enqueued_at FROM dead_letters \
+         ORDER BY id LIMIT ?1",
+    )?;
+    let mut rows = stmt.query([limit as i64])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let payload: String = row.get(1)?;
+        let record: SyncRecord = serde_json::from_str(&payload)
+            .map_err(|e| StoreError::Corrupt(format!("dead letter payload: {e}")))?;
+        let failed: String = row.get(4)?;
+        let enqueued: String = row.get(5)?;
+        out.push(DeadLetter {
+            id: row.get(0)?,
+            event_id: record.event_id,
+            ticket_id: record.ticket_id,
+            version: record.version,
+            kind: record.kind,
+            status_code: row.get::<_, Option<i64>>(2)?.map(|c| c as u16),
+            error: row.get(3)?,
+            failed_at: parse_ts(&failed)?,
+            enqueued_at: parse_ts(&enqueued)?,
+        });
+    }
+    Ok(out)
+}
+
+pub fn retry_dead_letter(conn: &Connection, id: i64) -> Result<bool, StoreError> {
+    let moved = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO outbox (event_id, ticket_id, payload, enqueued_at) \
+             SELECT event_id, ticket_id, payload, enqueued_at FROM dead_letters WHERE id = ?1",
+        )?
+        .execute([id])?;
+    let deleted = conn
+        .prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?
+        .execute([id])?;
+    Ok(moved > 0 || deleted > 0)
+}

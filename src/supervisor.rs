@@ -1,0 +1,288 @@
+//! Supervisors with OTP semantics on actix.
+//!
+//! A [`Supervisor`] is an actor owning an ordered list of [`Child`]ren. It starts them in order, and
+//! stops them in reverse. When a child exits it applies its [`Strategy`] (one_for_one, one_for_all,
+//! rest_for_one) within a restart [`Intensity`]; past that it stops every child and escalates to its
+//! parent. The root supervisor's parent is `run()`, which then exits the process with an error.
+//! Actor children run inside [`supervised::Supervised`], which turns a panic into an [`Exit`] report
+//! and restarts the actor in place, keeping its address and mailbox.
+
+pub mod intensity;
+pub mod supervised;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use futures_util::future::{FutureExt, LocalBoxFuture};
+
+pub use intensity::Intensity;
+pub use supervised::{ChildHandle, Control, Exit, ExitReport, Restart};
+
+use crate::metrics as m;
+
+/// How a supervisor reacts to one child's exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Restart only the child that exited.
+    OneForOne,
+    /// Restart every child.
+    OneForAll,
+    /// Restart the child that exited and every child started after it (they depend on it).
+    RestForOne,
+}
+
+/// A child could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("child `{child}` failed to start: {message}")]
+pub struct StartError {
+    pub child: &'static str,
+    pub message: String,
+}
+
+/// What a supervisor needs of each child.
+pub trait Child {
+    fn name(&self) -> &'static str;
+    fn restart_type(&self) -> Restart;
+    /// First start. `report` is how the child tells this supervisor that it exited.
+    fn start(&mut self, report: ExitReport) -> Result<(), StartError>;
+    /// Restart in place, after it exited or because a sibling's restart takes it along.
+    fn restart(&mut self) -> Result<(), StartError>;
+    /// Stop for good; resolves once stopped.
+    fn stop(&mut self) -> LocalBoxFuture<'static, ()>;
+}
+
+/// Sent by a child's exit report to its supervisor.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ChildExited {
+    pub index: usize,
+    pub exit: Exit,
+}
+
+/// Sent by the owner of a supervisor to stop all its children in reverse order.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct StopChildren;
+
+/// Called once when a supervisor gives up; receives the reason.
+pub type Escalate = Box<dyn FnOnce(String)>;
+
+pub struct Supervisor {
+    name: &'static str,
+    strategy: Strategy,
+    intensity: Intensity,
+    children: Vec<Box<dyn Child>>,
+    escalate: Option<Escalate>,
+    up: Arc<AtomicBool>,
+    stopping: bool,
+}
+
+impl Supervisor {
+    pub fn new(
+        name: &'static str,
+        strategy: Strategy,
+        intensity: Intensity,
+        children: Vec<Box<dyn Child>>,
+        escalate: Escalate,
+    ) -> Self {
+        Self {
+            name,
+            strategy,
+            intensity,
+            children,
+            escalate: Some(escalate),
+            up: Arc::new(AtomicBool::new(false)),
+            stopping: false,
+        }
+    }
+
+    /// Sets the children (in start order) before the supervisor is started.
+    pub fn with_children(mut self, children: Vec<Box<dyn Child>>) -> Self {
+        self.children = children;
+        self
+    }
+
+    /// True while every child is started and the supervisor has not given up.
+    pub fn up_flag(&self) -> Arc<AtomicBool> {
+        self.up.clone()
+    }
+
+    fn give_up(&mut self, reason: String, ctx: &mut Context<Self>) {
+        metrics::counter!(m::SUPERVISOR_ESCALATIONS, "supervisor" => self.name).increment(1);
+        tracing::error!(supervisor = self.name, %reason, "supervisor gives up and escalates");
+        self.up.store(false, Ordering::SeqCst);
+        self.stopping = true;
+        let stops = self.stop_all();
+        let escalate = self.escalate.take();
+        ctx.wait(
+            async move {
+                stops.await;
+                if let Some(escalate) = escalate {
+                    escalate(reason);
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
+    fn stop_all(&mut self) -> LocalBoxFuture<'static, ()> {
+        let stops: Vec<_> = self.children.iter_mut().rev().map(|c| c.stop()).collect();
+        async move {
+            for stop in stops {
+                stop.await;
+            }
+        }
+        .boxed_local()
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let me = ctx.address();
+        for index in 0..self.children.len() {
+            let me = me.clone();
+            let report: ExitReport = Arc::new(move |exit| me.do_send(ChildExited { index, exit }));
+            let child = &mut self.children[index];
+            tracing::info!(
+                supervisor = self.name,
+                child = child.name(),
+                "starting child"
+            );
+            if let Err(e) = child.start(report) {
+                // Stop what did start, newest first, then give up.
+                self.children.truncate(index);
+                self.give_up(e.to_string(), ctx);
+                return;
+            }
+        }
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Handler<ChildExited> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ChildExited, ctx: &mut Context<Self>) {
+        if self.stopping || msg.index >= self.children.len() {
+            return;
+        }
+        let name = self.children[msg.index].name();
+        if !self.children[msg.index]
+            .restart_type()
+            .wants_restart(&msg.exit)
+        {
+            tracing::info!(supervisor = self.name, child = name, exit = ?msg.exit, "child exited; not restarted");
+            return;
+        }
+        tracing::warn!(supervisor = self.name, child = name, exit = ?msg.exit, strategy = ?self.strategy, "child exited; restarting");
+        if !self.intensity.record(Instant::now()) {
+            let reason = format!("restart intensity exceeded (last: `{name}` {:?})", msg.exit);
+            self.give_up(reason, ctx);
+            return;
+        }
+        let range = match self.strategy {
+            Strategy::OneForOne => msg.index..msg.index + 1,
+            Strategy::OneForAll => 0..self.children.len(),
+            Strategy::RestForOne => msg.index..self.children.len(),
+        };
+        for i in range {
+            if let Err(e) = self.children[i].restart() {
+                self.give_up(e.to_string(), ctx);
+                return;
+            }
+        }
+    }
+}
+
+impl Handler<StopChildren> for Supervisor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: StopChildren, _: &mut Context<Self>) -> Self::Result {
+        self.stopping = true;
+        self.up.store(false, Ordering::SeqCst);
+        let stops = self.stop_all();
+        Box::pin(stops.into_actor(self))
+    }
+}
+
+/// A [`Child`] that is an actix actor run under [`supervised::Supervised`].
+pub struct ActorChild {
+    name: &'static str,
+    restart: Restart,
+    spawn: Option<Box<dyn FnOnce(ExitReport) -> ChildHandle>>,
+    handle: Option<ChildHandle>,
+    before_stop: Option<Box<dyn FnOnce() -> LocalBoxFuture<'static, ()>>>,
+}
+
+impl ActorChild {
+    /// `spawn` starts the actor (see [`supervised::spawn_in`]) and hands back its handle.
+    pub fn new(
+        name: &'static str,
+        restart: Restart,
+        spawn: impl FnOnce(ExitReport) -> ChildHandle + 'static,
+    ) -> Self {
+        Self {
+            name,
+            restart,
+            spawn: Some(Box::new(spawn)),
+            handle: None,
+            before_stop: None,
+        }
+    }
+
+    /// Work to finish before the actor is stopped (e.g. flushing), awaited by `stop`.
+    pub fn before_stop(
+        mut self,
+        f: impl FnOnce() -> LocalBoxFuture<'static, ()> + 'static,
+    ) -> Self {
+        self.before_stop = Some(Box::new(f));
+        self
+    }
+}
+
+impl Child for ActorChild {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn restart_type(&self) -> Restart {
+        self.restart
+    }
+
+    fn start(&mut self, report: ExitReport) -> Result<(), StartError> {
+        let spawn = self.spawn.take().ok_or_else(|| StartError {
+            child: self.name,
+            message: "already started".into(),
+        })?;
+        self.handle = Some(spawn(report));
+        Ok(())
+    }
+
+    fn restart(&mut self) -> Result<(), StartError> {
+        match &self.handle {
+            Some(h) if h.restart() => Ok(()),
+            _ => Err(StartError {
+                child: self.name,
+                message: "actor is gone and cannot be restarted in place".into(),
+            }),
+        }
+    }
+
+    fn stop(&mut self) -> LocalBoxFuture<'static, ()> {
+        let before = self.before_stop.take().map(|f| f());
+        let mut handle = self.handle.take();
+        async move {
+            if let Some(before) = before {
+                before.await;
+            }
+            if let Some(h) = handle.as_mut() {
+                h.stop().await;
+            }
+        }
+        .boxed_local()
+    }
+}

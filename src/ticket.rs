@@ -1,0 +1,34 @@
+//! Tickets as actors.
+//!
+//! The [`registry::TicketRegistry`] is a dynamic supervisor: it routes by [`model::TicketId`], activates a
+//! [`actor::TicketActor`] on the first message for a ticket (from the store, or from Django when the
+//! ticket is not known locally), passivates it after `tickets.idle_timeout_ms` without traffic, and
+//! restarts it in place (reloaded from the store) when one of its handlers panics. The status state
+//! machine and patch logic in [`state`] are pure and unit-tested.
+
+pub mod actor;
+pub mod model;
+pub mod registry;
+pub mod state;
+pub mod validate;
+
+use crate::store::StoreError;
+
+/// Why a ticket operation failed; mapped to HTTP statuses at the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum TicketError {
+    #[error("ticket {0} not found")]
+    NotFound(model::TicketId),
+    #[error("ticket is at version {current}, not {expected}")]
+    StaleVersion { current: u64, expected: u64 },
+    #[error(transparent)]
+    Transition(#[from] state::TransitionError),
+    #[error(transparent)]
+    Validation(#[from] validate::ValidationError),
+    #[error("storage failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("Django is unavailable: {0}")]
+    DjangoUnavailable(String),
+    #[error("ticket service is unavailable: {0}")]
+    Unavailable(String),
+}

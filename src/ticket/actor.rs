@@ -1,0 +1,308 @@
+//! One live ticket. Started by the [`super::registry::TicketRegistry`] on the first message for its id;
+//! loads itself from the store (or imports from Django) before taking any message, then serves reads
+//! from memory and serialises writes: each write is made durable by the store before the actor adopts
+//! it and replies. Stopped by the registry when idle (passivation); restarted in place after a panic,
+//! reloading its state from the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::model::{Comment, EventId, EventKind, Ticket, TicketEvent, TicketId};
+use super::state::{apply_patch, TicketPatch};
+use super::TicketError;
+use crate::bridge::FetchTicket;
+use crate::metrics as m;
+use crate::store::{now, StoreError, TicketStore, TicketWrite};
+
+/// Registry → ticket (forwarded from HTTP): the current state. Reply: the ticket.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<Ticket, TicketError>")]
+pub struct GetTicket;
+
+/// HTTP → ticket: a partial update, refused if `expected_version` is stale. Reply: the new state.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<Ticket, TicketError>")]
+pub struct UpdateTicket {
+    pub patch: TicketPatch,
+    pub expected_version: Option<u64>,
+    pub actor: String,
+}
+
+/// HTTP → ticket: add a comment (bumps the version). Reply: the comment and the new state.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<(Comment, Ticket), TicketError>")]
+pub struct AddComment {
+    pub author: String,
+    pub body: String,
+    pub actor: String,
+}
+
+/// HTTP → ticket: a page of the ticket's history after `after_seq`. Reply: `(seq, event)` pairs.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<Vec<(i64, TicketEvent)>, TicketError>")]
+pub struct GetEvents {
+    pub after_seq: i64,
+    pub limit: u32,
+}
+
+/// Registry → ticket: stop now; the state is on disk.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct Passivate;
+
+/// Test hook (only routed when `testing.fault_injection` is on): panic inside a handler.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct InjectPanic;
+
+/// How long an actor for an unknown or unloadable ticket keeps answering before it stops, so the
+/// messages already queued behind its activation get that answer instead of a closed mailbox.
+const LINGER: Duration = Duration::from_millis(500);
+
+#[derive(Debug)]
+enum State {
+    Loading,
+    Live(Box<Ticket>),
+    /// Not in the store nor in Django: answer NotFound, then stop.
+    Missing,
+    /// Could not be loaded (Django down, store error): answer with this, then stop.
+    Failed(String),
+}
+
+pub struct TicketActor {
+    id: TicketId,
+    state: State,
+    store: Arc<dyn TicketStore>,
+    django: Recipient<FetchTicket>,
+}
+
+impl TicketActor {
+    pub fn new(id: TicketId, store: Arc<dyn TicketStore>, django: Recipient<FetchTicket>) -> Self {
+        Self {
+            id,
+            state: State::Loading,
+            store,
+            django,
+        }
+    }
+
+    fn live(&self) -> Result<&Ticket, TicketError> {
+        match &self.state {
+            State::Live(t) => Ok(t),
+            State::Missing => Err(TicketError::NotFound(self.id)),
+            State::Failed(why) => Err(TicketError::DjangoUnavailable(why.clone())),
+            State::Loading => Err(TicketError::Unavailable("ticket is still loading".into())),
+        }
+    }
+
+    /// Persists `write`, then adopts its ticket. A version conflict means another activation wrote
+    /// first: this actor's copy is stale, so it stops and the next message reloads from disk.
+    fn persist<T: 'static>(
+        &mut self,
+        write: TicketWrite,
+        reply: impl FnOnce(Ticket) -> T + 'static,
+    ) -> AtomicResponse<Self, Result<T, TicketError>> {
+        let ticket = write.ticket.clone();
+        let fut = self.store.update(write);
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
+            move |result, act, ctx| match result {
+                Ok(()) => {
+                    act.state = State::Live(Box::new(ticket.clone()));
+                    Ok(reply(ticket))
+                }
+                Err(StoreError::VersionConflict { expected, .. }) => {
+                    ctx.stop();
+                    Err(TicketError::StaleVersion {
+                        current: expected + 1,
+                        expected,
+                    })
+                }
+                Err(e) => Err(e.into()),
+            },
+        )))
+    }
+}
+
+impl Actor for TicketActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let id = self.id;
+        let store = self.store.clone();
+        let django = self.django.clone();
+        let load = async move {
+            if let Some(t) = store.load(id).await? {
+                return Ok((Some(t), "store"));
+            }
+            let fetched = django
+                .send(FetchTicket { id })
+                .await
+                .map_err(|e| TicketError::DjangoUnavailable(e.to_string()))?
+                .map_err(|e| TicketError::DjangoUnavailable(e.to_string()))?;
+            match fetched {
+                Some(t) => {
+                    let event = TicketEvent {
+                        event_id: EventId::new(),
+                        ticket_id: id,
+                        kind: EventKind::Imported,
+                        actor: "django".into(),
+                        at: now(),
+                        version: t.version,
+                        changes: json!({}),
+                    };
+                    store.import(t, event).await?;
+                    // Read back: a concurrent import may have won; the stored copy is the truth.
+                    Ok((store.load(id).await?, "django"))
+                }
+                None => Ok((None, "none")),
+            }
+        };
+        ctx.wait(load.into_actor(self).map(
+            |result: Result<_, TicketError>, act, ctx| match result {
+                Ok((Some(t), source)) => {
+                    metrics::counter!(m::TICKET_ACTIVATIONS, "source" => source).increment(1);
+                    act.state = State::Live(Box::new(t));
+                }
+                Ok((None, _)) => {
+                    act.state = State::Missing;
+                    ctx.run_later(LINGER, |_, ctx| ctx.stop());
+                }
+                Err(e) => {
+                    tracing::warn!(ticket_id = %act.id, error = %e, "ticket activation failed");
+                    act.state = State::Failed(e.to_string());
+                    ctx.run_later(LINGER, |_, ctx| ctx.stop());
+                }
+            },
+        ));
+    }
+}
+
+impl actix::Supervised for TicketActor {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        // Whatever the panic left half-done in memory is dropped; started() reloads from disk.
+        tracing::warn!(ticket_id = %self.id, "ticket actor restarting from durable state");
+        self.state = State::Loading;
+    }
+}
+
+impl Handler<GetTicket> for TicketActor {
+    type Result = Result<Ticket, TicketError>;
+
+    fn handle(&mut self, _: GetTicket, _: &mut Context<Self>) -> Self::Result {
+        self.live().cloned()
+    }
+}
+
+impl Handler<UpdateTicket> for TicketActor {
+    type Result = AtomicResponse<Self, Result<Ticket, TicketError>>;
+
+    fn handle(&mut self, msg: UpdateTicket, _: &mut Context<Self>) -> Self::Result {
+        let prepared = (|| {
+            let current = self.live()?;
+            if let Some(expected) = msg.expected_version {
+                if expected != current.version {
+                    return Err(TicketError::StaleVersion {
+                        current: current.version,
+                        expected,
+                    });
+                }
+            }
+            let at = now();
+            Ok(
+                apply_patch(current, &msg.patch, at)?.map(|applied| TicketWrite {
+                    event: TicketEvent {
+                        event_id: EventId::new(),
+                        ticket_id: current.id,
+                        kind: applied.kind,
+                        actor: msg.actor.clone(),
+                        at,
+                        version: applied.ticket.version,
+                        changes: applied.changes,
+                    },
+                    ticket: applied.ticket,
+                    comment: None,
+                }),
+            )
+        })();
+        match prepared {
+            Err(e) => AtomicResponse::new(Box::pin(fut::ready(Err(e)))),
+            Ok(None) => {
+                let current = self.live().cloned();
+                AtomicResponse::new(Box::pin(fut::ready(current)))
+            }
+            Ok(Some(write)) => self.persist(write, |t| t),
+        }
+    }
+}
+
+impl Handler<AddComment> for TicketActor {
+    type Result = AtomicResponse<Self, Result<(Comment, Ticket), TicketError>>;
+
+    fn handle(&mut self, msg: AddComment, _: &mut Context<Self>) -> Self::Result {
+        let current = match self.live() {
+            Ok(t) => t.clone(),
+            Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Err(e)))),
+        };
+        let at = now();
+        let comment = Comment {
+            id: Uuid::now_v7(),
+            ticket_id: current.id,
+            author: msg.author,
+            body: msg.body,
+            created_at: at,
+        };
+        let mut ticket = current;
+        ticket.version += 1;
+        ticket.updated_at = at;
+        let write = TicketWrite {
+            event: TicketEvent {
+                event_id: EventId::new(),
+                ticket_id: ticket.id,
+                kind: EventKind::Commented,
+                actor: msg.actor,
+                at,
+                version: ticket.version,
+                changes: json!({"comment": {"id": comment.id, "author": comment.author, "body": comment.body}}),
+            },
+            ticket,
+            comment: Some(comment.clone()),
+        };
+        self.persist(write, move |t| (comment, t))
+    }
+}
+
+impl Handler<GetEvents> for TicketActor {
+    type Result = ResponseFuture<Result<Vec<(i64, TicketEvent)>, TicketError>>;
+
+    fn handle(&mut self, msg: GetEvents, _: &mut Context<Self>) -> Self::Result {
+        if let Err(e) = self.live() {
+            return Box::pin(async move { Err(e) });
+        }
+        let fut = self.store.events(self.id, msg.after_seq, msg.limit);
+        Box::pin(async move { Ok(fut.await?) })
+    }
+}
+
+impl Handler<Passivate> for TicketActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Passivate, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<InjectPanic> for TicketActor {
+    type Result = ();
+
+    fn handle(&mut self, _: InjectPanic, _: &mut Context<Self>) {
+        // Corrupt memory first, so the test can prove the restart reloads from disk.
+        if let State::Live(t) = &mut self.state {
+            t.subject = "corrupted by injected panic".into();
+        }
+        panic!("injected panic in ticket actor {}", self.id);
+    }
+}
