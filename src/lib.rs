@@ -127,12 +127,16 @@ pub async fn run(
         })
         .before_stop(move || {
             async move {
-                match drain_addr.send(Drain { deadline }).await {
-                    Ok(0) => tracing::info!("outbox drained"),
-                    Ok(left) => {
-                        tracing::warn!(left, "outbox not drained before the deadline; kept on disk")
-                    }
-                    Err(e) => tracing::warn!(error = %e, "bridge did not answer the drain"),
+                // Bounded: a bridge that is down (parked after a panic) cannot answer at all.
+                let drained = drain_addr.send(Drain { deadline });
+                match tokio::time::timeout(deadline + Duration::from_secs(1), drained).await {
+                    Ok(Ok(0)) => tracing::info!("outbox drained"),
+                    Ok(Ok(left)) => tracing::warn!(
+                        left,
+                        "outbox not empty at shutdown; kept on disk for the next start"
+                    ),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "bridge did not answer the drain"),
+                    Err(_) => tracing::warn!("bridge did not answer the drain in time"),
                 }
             }
             .boxed_local()

@@ -1,5 +1,6 @@
 //! `/api/v1/debug/…`: fault injection for tests, routed only when `testing.fault_injection` is on
-//! (which config refuses on a non-loopback bind). Each route makes one actor panic inside a handler.
+//! (which config refuses on a non-loopback bind): make a ticket actor or the bridge panic inside a
+//! handler, count live ticket actors, passivate them all.
 
 use std::time::Duration;
 
@@ -11,10 +12,12 @@ use super::errors::ApiError;
 use crate::bridge::actor::Bridge;
 use crate::bridge::InjectPanic as BridgePanic;
 use crate::ticket::actor::InjectPanic;
-use crate::ticket::registry::{Lookup, TicketRegistry};
+use crate::ticket::registry::{CountLive, Lookup, PassivateAll, TicketRegistry};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/debug/tickets/{id}/panic", web::post().to(panic_ticket))
+    cfg.route("/debug/tickets/live", web::get().to(live_tickets))
+        .route("/debug/tickets/passivate", web::post().to(passivate_all))
+        .route("/debug/tickets/{id}/panic", web::post().to(panic_ticket))
         .route("/debug/bridge/panic", web::post().to(panic_bridge));
 }
 
@@ -40,4 +43,22 @@ async fn panic_bridge(bridge: web::Data<Addr<Bridge>>) -> HttpResponse {
         .timeout(Duration::from_secs(5))
         .await;
     HttpResponse::Accepted().json(json!({"panicked": outcome.is_err()}))
+}
+
+async fn live_tickets(registry: web::Data<Addr<TicketRegistry>>) -> Result<HttpResponse, ApiError> {
+    let live = registry
+        .send(CountLive)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    Ok(HttpResponse::Ok().json(json!({ "live": live })))
+}
+
+async fn passivate_all(
+    registry: web::Data<Addr<TicketRegistry>>,
+) -> Result<HttpResponse, ApiError> {
+    let asked = registry
+        .send(PassivateAll)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    Ok(HttpResponse::Accepted().json(json!({ "passivating": asked })))
 }

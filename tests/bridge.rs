@@ -1,0 +1,391 @@
+//! The DjangoBridge against a fake Django on a real socket: batching, coalescing, retries, the
+//! circuit breaker, dead letters, fetching unknown tickets, and delivery across crashes and restarts.
+
+mod support;
+
+use std::collections::HashSet;
+
+use serde_json::{json, Value};
+use support::fake_django::{Behavior, FakeDjango, FetchReply};
+use support::*;
+
+fn id_of(t: &Value) -> String {
+    t["id"].as_str().unwrap().to_string()
+}
+
+#[actix_rt::test]
+async fn bridge_flushes_when_the_batch_is_full_with_token_and_request_id() {
+    let mut django = FakeDjango::start();
+    let app = spawn_app(&django.config("batch_max = 3\nflush_ms = 3600000"));
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(id_of(&create_ticket(&app, &format!("t{i}")).await));
+    }
+    let call = django.next_call().await;
+    assert_eq!(call.status, 200);
+    let events = call.events();
+    assert_eq!(events.len(), 3, "one full batch: {:?}", call.body);
+    let sent: Vec<_> = events
+        .iter()
+        .map(|e| e["ticket_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(sent, ids);
+    assert_eq!(call.authorization.as_deref(), Some("Token test-token"));
+    assert!(call.request_id.is_some_and(|r| r.len() == 36));
+    assert_eq!(
+        call.idempotency_key.as_deref(),
+        call.body["batch_id"].as_str()
+    );
+    let e = &events[0];
+    assert_eq!(e["kinds"], json!(["ticket.created"]));
+    assert_eq!(e["version"], 1);
+    assert_eq!(e["ticket"]["subject"], "t0");
+    assert_eq!(e["coalesced_event_ids"], json!([e["event_id"]]));
+}
+
+#[actix_rt::test]
+async fn bridge_flushes_on_the_timer_below_batch_max() {
+    let mut django = FakeDjango::start();
+    let app = spawn_app(&django.config("batch_max = 100\nflush_ms = 50"));
+    let a = id_of(&create_ticket(&app, "a").await);
+    let b = id_of(&create_ticket(&app, "b").await);
+    django.wait_delivered(&[(a, 1), (b, 1)]).await;
+    let ready = get(&app.url("/readyz")).await;
+    assert_eq!(ready.body["django"]["configured"], true);
+}
+
+#[actix_rt::test]
+async fn updates_of_one_ticket_in_a_batch_coalesce_to_its_latest_snapshot() {
+    let mut django = FakeDjango::start();
+    let app = spawn_app(&django.config("batch_max = 5\nflush_ms = 3600000"));
+    let t = create_ticket(&app, "v1").await;
+    let url = app.url(&format!("/api/v1/tickets/{}", id_of(&t)));
+    patch(&url, &json!({"subject": "v2"}), None).await;
+    patch(&url, &json!({"status": "in_progress"}), None).await;
+    post(&format!("{url}/comments"), &json!({"body": "on it"})).await;
+    patch(&url, &json!({"subject": "v5"}), None).await;
+    let call = django.next_call().await;
+    let events = call.events();
+    assert_eq!(events.len(), 1, "five changes, one ticket, one item");
+    let e = &events[0];
+    assert_eq!(e["version"], 5);
+    assert_eq!(e["ticket"]["subject"], "v5");
+    assert_eq!(e["ticket"]["status"], "in_progress");
+    assert_eq!(e["coalesced_event_ids"].as_array().unwrap().len(), 5);
+    assert_eq!(e["event_id"], e["coalesced_event_ids"][4]);
+    assert_eq!(e["comments"][0]["body"], "on it");
+    assert_eq!(
+        e["kinds"],
+        json!([
+            "ticket.created",
+            "ticket.updated",
+            "ticket.status_changed",
+            "ticket.commented"
+        ])
+    );
+}
+
+#[actix_rt::test]
+async fn failed_syncs_are_retried_with_the_same_event_id_until_delivered() {
+    let mut django = FakeDjango::start();
+    django.push(Behavior::Status(503));
+    django.push(Behavior::Garbage);
+    django.push(Behavior::Stall);
+    django.push(Behavior::Status(429));
+    let app = spawn_app(&django.config(
+        "batch_max = 10\nflush_ms = 20\nretry_base_ms = 5\nretry_max_ms = 50\nbreaker_threshold = 10",
+    ));
+    let id = id_of(&create_ticket(&app, "retry me").await);
+    let mut seen = Vec::new();
+    for expected in [503, 500, 0, 429, 200] {
+        let call = django.next_call().await;
+        assert_eq!(call.status, expected);
+        seen.push(call.events()[0]["event_id"].clone());
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] == w[1]),
+        "same idempotency key on every attempt"
+    );
+    assert_eq!(django.delivered()[0]["ticket_id"], json!(id));
+    let text = scrape(&app).await;
+    for reason in ["5xx", "timeout", "4xx"] {
+        assert!(
+            metric(
+                &text,
+                "switchboard_django_failures_total",
+                &[("endpoint", "sync"), ("reason", reason)]
+            )
+            .unwrap_or(0.0)
+                >= 1.0,
+            "failure reason {reason} counted"
+        );
+    }
+    assert!(metric(&text, "switchboard_bridge_events_delivered_total", &[]).unwrap_or(0.0) >= 1.0);
+}
+
+#[actix_rt::test]
+async fn circuit_breaker_opens_on_a_dead_django_then_a_probe_closes_it() {
+    let mut django = FakeDjango::start();
+    django.set_default(Behavior::Status(502));
+    let app = spawn_app(&django.config(
+        "batch_max = 10\nflush_ms = 20\nretry_base_ms = 5\nretry_max_ms = 20\nbreaker_threshold = 2\nbreaker_cooldown_ms = 500",
+    ));
+    let id = id_of(&create_ticket(&app, "breaker").await);
+    assert_eq!(django.next_call().await.status, 502);
+    assert_eq!(django.next_call().await.status, 502);
+    let url = app.url("/readyz");
+    eventually("breaker open", || {
+        let url = url.clone();
+        async move { get(&url).await.body["django"]["breaker"] == "open" }
+    })
+    .await;
+    let ready = get(&url).await;
+    assert_eq!(
+        ready.status, 200,
+        "Django being down does not fail readiness"
+    );
+    assert_eq!(ready.body["outbox"]["depth"], 1);
+    django.set_default(Behavior::Ok);
+    let probe = django.next_call().await;
+    assert_eq!(probe.status, 200);
+    django.wait_delivered(&[(id, 1)]).await;
+    eventually("breaker closed", || {
+        let url = url.clone();
+        async move { get(&url).await.body["django"]["breaker"] == "closed" }
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn refused_events_are_dead_lettered_the_rest_delivered_and_retry_requeues() {
+    let mut django = FakeDjango::start();
+    let app = spawn_app(&django.config("batch_max = 3\nflush_ms = 3600000"));
+    // Learn the ids first: the refusal names tickets.
+    let t1 = id_of(&create_ticket(&app, "good 1").await);
+    let bad_ticket = create_ticket(&app, "bad").await;
+    let t2 = id_of(&bad_ticket);
+    django.set_default(Behavior::RejectNamed(HashSet::from([t2.clone()])));
+    let t3 = id_of(&create_ticket(&app, "good 2").await);
+
+    let refused = django.next_call().await;
+    assert_eq!(refused.status, 422);
+    assert_eq!(refused.events().len(), 3);
+    let resent = django.next_call().await;
+    assert_eq!(resent.status, 200);
+    let ids: Vec<_> = resent
+        .events()
+        .iter()
+        .map(|e| e["ticket_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, [t1, t3]);
+
+    let dl_url = app.url("/api/v1/admin/dead-letters");
+    eventually("dead letter listed", || {
+        let u = dl_url.clone();
+        async move {
+            get(&u).await.body["items"]
+                .as_array()
+                .is_some_and(|i| i.len() == 1)
+        }
+    })
+    .await;
+    let dead = get(&dl_url).await.body["items"][0].clone();
+    assert_eq!(dead["ticket_id"], json!(t2));
+    assert_eq!(dead["status_code"], 422);
+    assert!(dead["error"]
+        .as_str()
+        .unwrap()
+        .contains("requester unknown"));
+    let text = scrape(&app).await;
+    assert!(metric(&text, "switchboard_dead_letters_total", &[]).unwrap_or(0.0) >= 1.0);
+
+    django.set_default(Behavior::Ok);
+    let retry = post(
+        &app.url(&format!("/api/v1/admin/dead-letters/{}/retry", dead["id"])),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(retry.status, 202, "{}", retry.text);
+    let missing = post(
+        &app.url("/api/v1/admin/dead-letters/999999/retry"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(missing.status, 404);
+    // Requeued entries go out on the next full batch or shutdown drain; stopping drains.
+    app.stop().await.unwrap();
+    let delivered = django.delivered();
+    let again = delivered
+        .iter()
+        .find(|e| e["ticket_id"] == json!(t2))
+        .expect("re-queued event delivered");
+    assert_eq!(
+        again["event_id"], dead["event_id"],
+        "re-queued with its original event id"
+    );
+}
+
+#[actix_rt::test]
+async fn a_refusal_naming_no_event_is_bisected_down_to_the_bad_ticket() {
+    let mut django = FakeDjango::start();
+    let app = spawn_app(&django.config("batch_max = 4\nflush_ms = 3600000"));
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(id_of(&create_ticket(&app, &format!("t{i}")).await));
+    }
+    django.set_default(Behavior::RejectUnnamed(HashSet::from([ids[2].clone()])));
+    ids.push(id_of(&create_ticket(&app, "t3").await));
+    let want: Vec<_> = [0, 1, 3].iter().map(|i| (ids[*i].clone(), 1)).collect();
+    django.wait_delivered(&want).await;
+    let dl_url = app.url("/api/v1/admin/dead-letters");
+    eventually("bad ticket dead-lettered", || {
+        let u = dl_url.clone();
+        async move {
+            get(&u).await.body["items"]
+                .as_array()
+                .is_some_and(|i| i.len() == 1)
+        }
+    })
+    .await;
+    let dead = get(&dl_url).await;
+    assert_eq!(dead.body["items"][0]["ticket_id"], json!(ids[2]));
+    assert!(!django
+        .delivered()
+        .iter()
+        .any(|e| e["ticket_id"] == json!(ids[2])));
+}
+
+#[actix_rt::test]
+async fn bridge_killed_mid_batch_restarts_and_every_event_reaches_django() {
+    let mut django = FakeDjango::start();
+    django.push(Behavior::Stall);
+    // A long Django timeout: only the restart can resend the stalled batch in time.
+    let config = django
+        .config("batch_max = 2\nflush_ms = 3600000")
+        .replace("timeout_ms = 1000", "timeout_ms = 120000");
+    let app = spawn_app(&config);
+    let a = id_of(&create_ticket(&app, "a").await);
+    let b = id_of(&create_ticket(&app, "b").await);
+    let stalled = django.next_call().await;
+    assert_eq!(stalled.status, 0);
+    let panicked = post(&app.url("/api/v1/debug/bridge/panic"), &json!({})).await;
+    assert_eq!(panicked.status, 202);
+    django
+        .wait_delivered(&[(a.clone(), 1), (b.clone(), 1)])
+        .await;
+    let delivered = django.delivered();
+    for e in stalled.events() {
+        assert!(
+            delivered.iter().any(|d| d["event_id"] == e["event_id"]),
+            "resent with the same event id"
+        );
+    }
+    let text = scrape(&app).await;
+    assert!(
+        metric(
+            &text,
+            "switchboard_actor_restarts_total",
+            &[("kind", "bridge"), ("cause", "panic")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    // The bridge still works after its restart.
+    let c = id_of(&create_ticket(&app, "c").await);
+    let d = id_of(&create_ticket(&app, "d").await);
+    django.wait_delivered(&[(c, 1), (d, 1)]).await;
+}
+
+#[actix_rt::test]
+async fn a_restarted_process_drains_the_outbox_it_left() {
+    let mut django = FakeDjango::start();
+    django.set_default(Behavior::Status(503));
+    let config = django.config("batch_max = 10\nflush_ms = 20\nretry_base_ms = 5\nretry_max_ms = 20\ndrain_timeout_ms = 100");
+    let mut first = spawn_app(&config);
+    let dir = first.take_tempdir().unwrap();
+    let ids: Vec<_> = {
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            ids.push(id_of(&create_ticket(&first, &format!("t{i}")).await));
+        }
+        ids
+    };
+    assert_eq!(django.next_call().await.status, 503);
+    first.stop().await.unwrap();
+    assert!(django.delivered().is_empty());
+
+    django.set_default(Behavior::Ok);
+    let second = spawn_app_in(dir.path(), &config);
+    let want: Vec<_> = ids.iter().map(|i| (i.clone(), 1)).collect();
+    django.wait_delivered(&want).await;
+    let url = second.url("/readyz");
+    eventually("outbox empty", || {
+        let url = url.clone();
+        async move { get(&url).await.body["outbox"]["depth"] == 0 }
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn graceful_shutdown_flushes_the_outbox() {
+    let django = FakeDjango::start();
+    let app = spawn_app(&django.config("batch_max = 100\nflush_ms = 3600000"));
+    let a = id_of(&create_ticket(&app, "a").await);
+    app.stop().await.unwrap();
+    assert!(django
+        .delivered()
+        .iter()
+        .any(|e| e["ticket_id"] == json!(a)));
+}
+
+#[actix_rt::test]
+async fn unknown_tickets_are_fetched_from_django_and_imported_once() {
+    let django = FakeDjango::start();
+    let app = spawn_app(&django.config("batch_max = 100\nflush_ms = 3600000"));
+    let id = "01936f5e-8a4b-7c3d-9e2f-123456789abc";
+    django.set_ticket(
+        id,
+        FetchReply::Ticket(json!({
+            "id": id, "subject": "From Django", "status": "pending", "priority": "urgent",
+            "requester": "dora@example.com", "created_at": "2026-01-02T03:04:05.678Z",
+            "updated_at": "2026-01-02T03:04:05.678Z", "version": 7, "unknown_field": true
+        })),
+    );
+    let url = app.url(&format!("/api/v1/tickets/{id}"));
+    let first = get(&url).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(first.body["subject"], "From Django");
+    assert_eq!(first.body["version"], 7);
+    assert_eq!(first.body["tags"], json!([]));
+    assert_eq!(first.header("etag").as_deref(), Some("\"7\""));
+    // Imported: it survives passivation without asking Django again.
+    post(&app.url("/api/v1/debug/tickets/passivate"), &json!({})).await;
+    let live = app.url("/api/v1/debug/tickets/live");
+    eventually("passivated", || {
+        let u = live.clone();
+        async move { get(&u).await.body["live"] == 0 }
+    })
+    .await;
+    assert_eq!(get(&url).await.body, first.body);
+    assert_eq!(django.fetches(), [id]);
+    let listed = get(&app.url("/api/v1/tickets?status=pending")).await;
+    assert_eq!(listed.body["items"][0]["id"], id);
+
+    let garbage = "01936f5e-8a4b-7c3d-9e2f-000000000001";
+    django.set_ticket(garbage, FetchReply::Garbage);
+    let resp = get(&app.url(&format!("/api/v1/tickets/{garbage}"))).await;
+    assert_eq!(
+        (resp.status, resp.error_code()),
+        (503, "django_unavailable")
+    );
+    let down = "01936f5e-8a4b-7c3d-9e2f-000000000002";
+    django.set_ticket(down, FetchReply::Status(500));
+    assert_eq!(
+        get(&app.url(&format!("/api/v1/tickets/{down}")))
+            .await
+            .status,
+        503
+    );
+    let unknown = get(&app.url("/api/v1/tickets/01936f5e-8a4b-7c3d-9e2f-000000000003")).await;
+    assert_eq!(unknown.status, 404);
+}
