@@ -5,8 +5,14 @@ use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::config::{LogFormat, LogSettings};
 
-/// Installs the global subscriber. `RUST_LOG`, when set, overrides `log.level`.
+/// Installs the global subscriber and the panic hook. `RUST_LOG`, when set, overrides `log.level`.
 pub fn init(settings: &LogSettings) {
+    init_subscriber(settings);
+    install_panic_hook();
+}
+
+/// Installs only the subscriber (test harnesses keep their own panic reporting).
+pub fn init_subscriber(settings: &LogSettings) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -22,7 +28,6 @@ pub fn init(settings: &LogSettings) {
     };
     // A second init (tests starting several servers in one process) keeps the first subscriber.
     let _ = result;
-    install_panic_hook();
 }
 
 /// Routes panic messages through `tracing`; supervisors log the restart that follows.

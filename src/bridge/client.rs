@@ -159,7 +159,20 @@ impl DjangoApi for AwcDjango {
                 Ok(mut resp) => {
                     let status = resp.status().as_u16();
                     if resp.status().is_success() {
-                        SyncOutcome::Delivered
+                        // An HTML page behind a 200 (a proxy, a login wall) is not Django's answer.
+                        match resp.body().limit(MAX_RESPONSE_BYTES).await {
+                            Ok(bytes)
+                                if bytes.iter().all(u8::is_ascii_whitespace)
+                                    || serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+                                        .is_ok() =>
+                            {
+                                SyncOutcome::Delivered
+                            }
+                            Ok(_) => SyncOutcome::Failed(CallError::Garbage(
+                                "2xx with a body that is not JSON".into(),
+                            )),
+                            Err(e) => SyncOutcome::Failed(CallError::Garbage(e.to_string())),
+                        }
                     } else if matches!(status, 400 | 409 | 422) {
                         let named = match resp.body().limit(MAX_RESPONSE_BYTES).await {
                             Ok(bytes) => serde_json::from_slice::<RejectedBody>(&bytes)

@@ -21,6 +21,8 @@ pub enum Behavior {
     Stall,
     /// 500 with an HTML error page.
     Garbage,
+    /// 200 with an HTML page (a proxy answering for Django).
+    Garbage200,
     /// 422 naming the events of these tickets, if the batch holds any; otherwise 200.
     RejectNamed(HashSet<String>),
     /// 400 with an empty body if the batch holds any of these tickets; otherwise 200.
@@ -31,7 +33,7 @@ pub enum Behavior {
 #[derive(Debug, Clone)]
 pub struct SyncCall {
     pub body: Value,
-    /// The status answered; 0 for a call that stalled.
+    /// The status answered; 0 for a call that stalled, 299 for a 200 with garbage.
     pub status: u16,
     pub authorization: Option<String>,
     pub request_id: Option<String>,
@@ -248,6 +250,13 @@ async fn sync(req: HttpRequest, body: web::Bytes, s: web::Data<Shared>) -> HttpR
             HttpResponse::InternalServerError()
                 .content_type("text/html")
                 .body("<html><body>Server Error (500)</body></html>\u{0}\u{1}")
+        }
+        Behavior::Garbage200 => {
+            call.status = 299;
+            let _ = s.calls.send(call);
+            HttpResponse::Ok()
+                .content_type("text/html")
+                .body("<html><body>Please log in</body></html>")
         }
         Behavior::Stall => {
             let notified = s.release.notified();

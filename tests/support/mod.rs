@@ -40,7 +40,7 @@ pub fn spawn_app_in(dir: &Path, overrides: &str) -> TestApp {
     settings.storage.data_dir = dir.to_path_buf();
     settings.testing.fault_injection = true;
     settings.log.level = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into());
-    switchboard::telemetry::init(&settings.log);
+    switchboard::telemetry::init_subscriber(&settings.log);
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let (stop_tx, stop_rx) = futures_channel::oneshot::channel::<()>();
