@@ -185,7 +185,8 @@ impl Child for HttpChild {
         self.launch()
     }
 
-    fn restart(&mut self) -> Result<(), StartError> {
+    fn restart(&mut self, cause: &'static str) -> Result<(), StartError> {
+        metrics::counter!(m::ACTOR_RESTARTS, "kind" => "http", "cause" => cause).increment(1);
         if let Some(old) = self.handle.take() {
             actix_rt::spawn(old.stop(true));
         }

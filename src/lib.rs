@@ -78,7 +78,8 @@ impl Child for StoreChild {
         Ok(())
     }
 
-    fn restart(&mut self) -> Result<(), StartError> {
+    fn restart(&mut self, _: &'static str) -> Result<(), StartError> {
+        // Nothing to redo: the store never exits, and its handle stays valid for every dependent.
         Ok(())
     }
 

@@ -38,6 +38,8 @@ pub enum StoreError {
     },
     #[error("the store is shut down")]
     Closed,
+    #[error("the write was not committed: {0}")]
+    CommitFailed(String),
     #[error("store worker panicked: {0}")]
     Panicked(String),
 }

@@ -47,8 +47,9 @@ pub trait Child {
     fn restart_type(&self) -> Restart;
     /// First start. `report` is how the child tells this supervisor that it exited.
     fn start(&mut self, report: ExitReport) -> Result<(), StartError>;
-    /// Restart in place, after it exited or because a sibling's restart takes it along.
-    fn restart(&mut self) -> Result<(), StartError>;
+    /// Restart in place, after it exited (`cause` is the exit's) or because a sibling's restart
+    /// takes it along (`cause` is `sibling`).
+    fn restart(&mut self, cause: &'static str) -> Result<(), StartError>;
     /// Stop for good; resolves once stopped.
     fn stop(&mut self) -> LocalBoxFuture<'static, ()>;
 }
@@ -77,6 +78,9 @@ pub struct Supervisor {
     escalate: Option<Escalate>,
     up: Arc<AtomicBool>,
     stopping: bool,
+    /// Per child: it exited and was not restarted, so its actor is gone and later restarts of its
+    /// siblings (one_for_all, rest_for_one) leave it out.
+    gone: Vec<bool>,
 }
 
 impl Supervisor {
@@ -95,6 +99,7 @@ impl Supervisor {
             escalate: Some(escalate),
             up: Arc::new(AtomicBool::new(false)),
             stopping: false,
+            gone: Vec::new(),
         }
     }
 
@@ -127,11 +132,14 @@ impl Supervisor {
         );
     }
 
+    /// Stops every child, newest first, one at a time: a child's `stop` may act as soon as it is
+    /// called (the store's `close` does), so it is called only once the children started after it
+    /// have finished stopping. The children are taken out; later exit reports find none.
     fn stop_all(&mut self) -> LocalBoxFuture<'static, ()> {
-        let stops: Vec<_> = self.children.iter_mut().rev().map(|c| c.stop()).collect();
+        let mut children = std::mem::take(&mut self.children);
         async move {
-            for stop in stops {
-                stop.await;
+            while let Some(mut child) = children.pop() {
+                child.stop().await;
             }
         }
         .boxed_local()
@@ -142,6 +150,7 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.gone = vec![false; self.children.len()];
         let me = ctx.address();
         for index in 0..self.children.len() {
             let me = me.clone();
@@ -176,6 +185,7 @@ impl Handler<ChildExited> for Supervisor {
             .wants_restart(&msg.exit)
         {
             tracing::info!(supervisor = self.name, child = name, exit = ?msg.exit, "child exited; not restarted");
+            self.gone[msg.index] = true;
             return;
         }
         tracing::warn!(supervisor = self.name, child = name, exit = ?msg.exit, strategy = ?self.strategy, "child exited; restarting");
@@ -189,8 +199,13 @@ impl Handler<ChildExited> for Supervisor {
             Strategy::OneForAll => 0..self.children.len(),
             Strategy::RestForOne => msg.index..self.children.len(),
         };
-        for i in range {
-            if let Err(e) = self.children[i].restart() {
+        for i in range.filter(|&i| !self.gone[i]) {
+            let cause = if i == msg.index {
+                msg.exit.cause()
+            } else {
+                "sibling"
+            };
+            if let Err(e) = self.children[i].restart(cause) {
                 self.give_up(e.to_string(), ctx);
                 return;
             }
@@ -262,9 +277,9 @@ impl Child for ActorChild {
         Ok(())
     }
 
-    fn restart(&mut self) -> Result<(), StartError> {
+    fn restart(&mut self, cause: &'static str) -> Result<(), StartError> {
         match &self.handle {
-            Some(h) if h.restart() => Ok(()),
+            Some(h) if h.restart(cause) => Ok(()),
             _ => Err(StartError {
                 child: self.name,
                 message: "actor is gone and cannot be restarted in place".into(),

@@ -170,6 +170,40 @@ enum Done {
     Bool(Reply<bool>, StoreResult<bool>),
 }
 
+impl Done {
+    /// A write that never ran because its transaction could not start.
+    fn not_run(op: WriteOp) -> Option<Self> {
+        let err = || {
+            Err(StoreError::CommitFailed(
+                "transaction could not start".into(),
+            ))
+        };
+        Some(match op {
+            WriteOp::Create(_, r)
+            | WriteOp::Update(_, _, r)
+            | WriteOp::Import(_, r)
+            | WriteOp::OutboxAck(_, r)
+            | WriteOp::DeadLetter(_, r)
+            | WriteOp::Ping(r) => Done::Unit(r, err()),
+            WriteOp::RetryDeadLetter(_, r) => Done::Bool(r, err().map(|()| false)),
+            WriteOp::Close(_) => return None,
+        })
+    }
+
+    /// Sends the result, or `failed` for every write when the transaction did not commit.
+    fn reply(self, failed: Option<&str>) {
+        let fail = |why: &str| StoreError::CommitFailed(why.to_string());
+        match self {
+            Done::Unit(tx, r) => {
+                let _ = tx.send(failed.map_or(r, |why| Err(fail(why))));
+            }
+            Done::Bool(tx, r) => {
+                let _ = tx.send(failed.map_or(r, |why| Err(fail(why))));
+            }
+        }
+    }
+}
+
 fn writer_loop(
     mut conn: Connection,
     jobs: mpsc::Receiver<WriteOp>,
@@ -189,44 +223,47 @@ fn writer_loop(
         let started = Instant::now();
         let size = batch.len();
         let mut outbox_appended = 0u64;
+        let mut done = Vec::with_capacity(size);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            run_batch(&mut conn, batch, &mut closing, &mut outbox_appended)
+            run_batch(
+                &mut conn,
+                batch,
+                &mut closing,
+                &mut outbox_appended,
+                &mut done,
+            )
         }));
         match outcome {
-            Ok(Ok(done)) => {
+            Ok(Ok(())) => {
                 metrics::histogram!(m::STORE_COMMIT_BATCH).record(size as f64);
                 metrics::histogram!(m::STORE_COMMIT_DURATION)
                     .record(started.elapsed().as_secs_f64());
                 for d in done {
-                    match d {
-                        Done::Unit(tx, r) => {
-                            let _ = tx.send(r);
-                        }
-                        Done::Bool(tx, r) => {
-                            let _ = tx.send(r);
-                        }
-                    }
+                    d.reply(None);
                 }
                 if outbox_appended > 0 {
                     signal.appended(outbox_appended);
                 }
             }
             Ok(Err(e)) => {
-                // COMMIT itself failed: nothing in the batch is durable; every caller gets the error
-                // when its reply sender is dropped (StoreError::Closed) after logging the cause.
+                // BEGIN or COMMIT failed: nothing in the batch is durable, and every caller is told.
                 metrics::counter!(m::STORE_WRITE_ERRORS).increment(size as u64);
                 tracing::error!(error = %e, batch = size, "store commit failed");
+                let why = e.to_string();
+                for d in done {
+                    d.reply(Some(&why));
+                }
             }
             Err(panic) => {
+                let why = panic_message(panic.as_ref());
                 metrics::counter!(m::ACTOR_RESTARTS, "kind" => "store_writer", "cause" => "panic")
                     .increment(1);
-                tracing::error!(
-                    panic = %panic_message(panic.as_ref()),
-                    batch = size,
-                    "store writer panicked; batch failed, writer continues"
-                );
+                tracing::error!(panic = %why, batch = size, "store writer panicked; batch failed, writer continues");
                 if !conn.is_autocommit() {
                     let _ = conn.execute_batch("ROLLBACK");
+                }
+                for d in done {
+                    d.reply(Some(&why));
                 }
             }
         }
@@ -244,9 +281,20 @@ fn run_batch(
     batch: Vec<WriteOp>,
     closing: &mut Option<oneshot::Sender<()>>,
     outbox_appended: &mut u64,
-) -> StoreResult<Vec<Done>> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let mut done = Vec::with_capacity(batch.len());
+    done: &mut Vec<Done>,
+) -> StoreResult<()> {
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            for op in batch {
+                match op {
+                    WriteOp::Close(reply) => *closing = Some(reply),
+                    op => done.extend(Done::not_run(op)),
+                }
+            }
+            return Err(e.into());
+        }
+    };
     for op in batch {
         match op {
             WriteOp::Create(w, reply) => {
@@ -281,7 +329,7 @@ fn run_batch(
         }
     }
     tx.commit()?;
-    Ok(done)
+    Ok(())
 }
 
 fn in_savepoint<T>(

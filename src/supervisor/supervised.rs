@@ -70,7 +70,10 @@ impl Restart {
 /// A supervisor's answer to a parked child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
-    Restart,
+    /// Restart in place; the cause is recorded in the restart metric and log.
+    Restart {
+        cause: &'static str,
+    },
     Stop,
 }
 
@@ -85,9 +88,12 @@ pub struct ChildHandle {
 }
 
 impl ChildHandle {
-    /// Restarts the child in place (whether it is parked after an exit or running).
-    pub fn restart(&self) -> bool {
-        self.control.unbounded_send(Control::Restart).is_ok()
+    /// Restarts the child in place (whether it is parked after an exit or running). `cause` is why:
+    /// its own exit (`panic`, `escalation`, `normal`) or a sibling's (`sibling`).
+    pub fn restart(&self, cause: &'static str) -> bool {
+        self.control
+            .unbounded_send(Control::Restart { cause })
+            .is_ok()
     }
 
     /// Stops the child for good and resolves once its actor is dropped.
@@ -127,7 +133,6 @@ where
         control: ctl_rx,
         control_open: true,
         parked: false,
-        last_cause: "normal",
         done: Some(done_tx),
     });
     (
@@ -178,7 +183,6 @@ where
             control: ctl_rx,
             control_open: true,
             parked: false,
-            last_cause: "normal",
             done: Some(done_tx),
         });
     });
@@ -197,7 +201,6 @@ pub struct Supervised<A: Actor<Context = Context<A>>> {
     control: mpsc::UnboundedReceiver<Control>,
     control_open: bool,
     parked: bool,
-    last_cause: &'static str,
     done: Option<oneshot::Sender<()>>,
 }
 
@@ -224,12 +227,7 @@ where
         loop {
             while this.control_open {
                 match this.control.poll_next_unpin(cx) {
-                    Poll::Ready(Some(Control::Restart)) => {
-                        let cause = if this.parked {
-                            this.last_cause
-                        } else {
-                            "sibling"
-                        };
+                    Poll::Ready(Some(Control::Restart { cause })) => {
                         metrics::counter!(m::ACTOR_RESTARTS, "kind" => this.kind, "cause" => cause)
                             .increment(1);
                         tracing::info!(kind = this.kind, cause, "restarting supervised actor");
@@ -261,7 +259,6 @@ where
                 tracing::warn!(kind = this.kind, cause = ?exit, "supervised actor failed");
             }
             let wants_restart = this.restart.wants_restart(&exit);
-            this.last_cause = exit.cause();
             (this.report)(exit);
             if !wants_restart {
                 return this.finish();

@@ -249,7 +249,7 @@ impl Handler<TicketExited> for TicketRegistry {
         tracing::warn!(ticket_id = %msg.id, exit = ?msg.exit, "ticket actor failed; restarting");
         if self.intensity.record(Instant::now()) {
             if let Some(e) = self.live.get(&msg.id) {
-                e.handle.restart();
+                e.handle.restart(msg.exit.cause());
             }
             return;
         }
