@@ -142,7 +142,7 @@ async fn too_many_ticket_restarts_escalate_to_the_root_which_restarts_the_regist
             metric(
                 &get(&url).await.text,
                 "switchboard_actor_restarts_total",
-                &[("kind", "ticket_registry")],
+                &[("kind", "ticket_registry"), ("cause", "escalation")],
             )
             .unwrap_or(0.0)
                 >= 1.0
