@@ -93,7 +93,13 @@ pub fn start_server(
                     let elapsed = started.elapsed();
                     metrics::counter!(m::HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status.to_string()).increment(1);
                     metrics::histogram!(m::HTTP_DURATION, "route" => route.clone(), "method" => method).record(elapsed.as_secs_f64());
-                    tracing::info!(%route, status, latency_us = elapsed.as_micros() as u64, "request served");
+                    // Access lines at debug: at tens of thousands of requests a second an info line
+                    // each would cost more than the request. Server errors are always logged.
+                    if status >= 500 {
+                        tracing::warn!(%route, status, latency_us = elapsed.as_micros() as u64, "request failed");
+                    } else {
+                        tracing::debug!(%route, status, latency_us = elapsed.as_micros() as u64, "request served");
+                    }
                     if let Ok(v) = HeaderValue::from_str(&id) {
                         res.headers_mut().insert(REQUEST_ID.clone(), v);
                     }

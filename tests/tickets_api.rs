@@ -124,6 +124,14 @@ async fn stale_if_match_is_412_and_if_none_match_is_304() {
     assert_eq!(stale.error_code(), "stale_version");
     let garbage = patch(&url, &json!({"subject": "z"}), Some("nonsense")).await;
     assert_eq!(garbage.status, 412);
+    let stale_comment = request(
+        "POST",
+        &format!("{url}/comments"),
+        Some(&json!({"body": "late"})),
+        &[("If-Match", "\"1\"")],
+    )
+    .await;
+    assert_eq!(stale_comment.status, 412);
     let cached = request("GET", &url, None, &[("If-None-Match", "\"2\"")]).await;
     assert_eq!(cached.status, 304);
     let changed = request("GET", &url, None, &[("If-None-Match", "\"1\"")]).await;

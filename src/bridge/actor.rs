@@ -174,14 +174,17 @@ impl Bridge {
                 self.retry_at = None;
                 self.last_success_at = Some(Utc::now());
             }
+            let appended = self.store.outbox_signal().total().saturating_sub(mark);
             if report.entries >= self.settings.batch_max {
-                // More is waiting: go again at once.
+                // A backlog: go again at once.
                 ctx.run_later(Duration::ZERO, |act, ctx| act.maybe_flush(ctx));
             } else {
                 self.idle_at = Some(mark);
-                if self.store.outbox_signal().total() != mark {
+                let full_batch_waiting = appended >= self.settings.batch_max as u64;
+                if full_batch_waiting || (self.draining.is_some() && appended > 0) {
                     ctx.run_later(Duration::ZERO, |act, ctx| act.maybe_flush(ctx));
                 } else {
+                    // Fewer than batch_max new events: the flush_ms timer sends them.
                     self.finish_drain();
                 }
             }

@@ -269,6 +269,7 @@ async fn comment(
 ) -> Result<HttpResponse, ApiError> {
     let caller = auth.authorize(&req, Scope::Write)?;
     let id = ticket_id(&path)?;
+    let expected_version = if_match(&req)?;
     let body: NewComment = read_json(&req, payload, limits.max_body_bytes).await?;
     let mut check = Checker::default();
     check.text("body", &body.body, limits.max_comment_chars, true);
@@ -279,6 +280,7 @@ async fn comment(
     let msg = AddComment {
         author: body.author.unwrap_or_else(|| caller.actor.clone()),
         body: body.body,
+        expected_version,
         actor: caller.actor,
     };
     let (comment, ticket) = registry::call(&registry, id, msg, timeout(&limits)).await?;

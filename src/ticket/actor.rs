@@ -38,6 +38,7 @@ pub struct UpdateTicket {
 pub struct AddComment {
     pub author: String,
     pub body: String,
+    pub expected_version: Option<u64>,
     pub actor: String,
 }
 
@@ -161,6 +162,10 @@ impl Actor for TicketActor {
                 None => Ok((None, "none")),
             }
         };
+        let load = tracing::Instrument::instrument(
+            load,
+            tracing::info_span!("ticket_activation", ticket_id = %id),
+        );
         ctx.wait(load.into_actor(self).map(
             |result: Result<_, TicketError>, act, ctx| match result {
                 Ok((Some(t), source)) => {
@@ -244,7 +249,16 @@ impl Handler<AddComment> for TicketActor {
 
     fn handle(&mut self, msg: AddComment, _: &mut Context<Self>) -> Self::Result {
         let current = match self.live() {
-            Ok(t) => t.clone(),
+            Ok(t) => match msg.expected_version {
+                Some(expected) if expected != t.version => {
+                    let stale = TicketError::StaleVersion {
+                        current: t.version,
+                        expected,
+                    };
+                    return AtomicResponse::new(Box::pin(fut::ready(Err(stale))));
+                }
+                _ => t.clone(),
+            },
             Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Err(e)))),
         };
         let at = now();
