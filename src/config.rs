@@ -62,6 +62,7 @@ pub struct TicketSettings {
     pub max_tag_chars: usize,
     pub max_name_chars: usize,
     pub request_timeout_ms: u64,
+    pub registry_queue_depth: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +105,7 @@ pub struct BridgeSettings {
     pub breaker_threshold: u32,
     pub breaker_cooldown_ms: u64,
     pub drain_timeout_ms: u64,
+    pub queue_depth: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -221,6 +223,11 @@ impl Settings {
             "tickets.request_timeout_ms",
             self.tickets.request_timeout_ms,
         )?;
+        positive(
+            "tickets.registry_queue_depth",
+            self.tickets.registry_queue_depth as u64,
+        )?;
+        positive("bridge.queue_depth", self.bridge.queue_depth as u64)?;
         if self.tickets.list_default_limit == 0
             || self.tickets.list_default_limit > self.tickets.list_max_limit
         {

@@ -106,8 +106,9 @@ pub async fn run(
 
     let bridge_arbiter = Arbiter::new();
     let tickets_arbiter = Arbiter::new();
-    let (bridge_addr, bridge_mailbox) = supervised::mailbox::<Bridge>(256);
-    let (registry_addr, registry_mailbox) = supervised::mailbox::<TicketRegistry>(4096);
+    let (bridge_addr, bridge_mailbox) = supervised::mailbox::<Bridge>(settings.bridge.queue_depth);
+    let (registry_addr, registry_mailbox) =
+        supervised::mailbox::<TicketRegistry>(settings.tickets.registry_queue_depth);
 
     let bridge_child = {
         let store = store.clone();

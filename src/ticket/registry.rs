@@ -170,8 +170,6 @@ impl Actor for TicketRegistry {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        // Activations queue here under load; the default mailbox of 16 would only add back-pressure waits.
-        ctx.set_mailbox_capacity(4096);
         ctx.run_interval(self.config.sweep_interval, |act, _| act.sweep());
     }
 }
