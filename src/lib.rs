@@ -97,6 +97,15 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let settings = Arc::new(settings);
     let prometheus = metrics::install();
+    // Histograms buffer samples until upkeep folds them in; without a scrape they would grow forever.
+    let upkeep = prometheus.clone();
+    actix_rt::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let store: Arc<dyn TicketStore> = Arc::new(SqliteStore::open(&settings.storage)?);
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),

@@ -144,6 +144,10 @@ fn open_connection(path: &Path, sync: Synchronous, query_only: bool) -> StoreRes
         },
     )?;
     conn.pragma_update(None, "busy_timeout", 5000)?;
+    // Statement journals of the per-write savepoints stay in memory instead of a temp file a commit.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // 64 MiB of page cache: fewer re-reads of index pages under update load.
+    conn.pragma_update(None, "cache_size", -65536)?;
     conn.set_prepared_statement_cache_capacity(64);
     if query_only {
         conn.pragma_update(None, "query_only", true)?;
