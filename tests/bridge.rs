@@ -184,32 +184,14 @@ async fn refused_events_are_dead_lettered_the_rest_delivered_and_retry_requeues(
         .collect();
     assert_eq!(ids, [t1, t3]);
 
-    let dl_url = app.url("/api/v1/admin/dead-letters");
-    eventually("dead letter listed", || {
-        let u = dl_url.clone();
-        async move {
-            get(&u).await.body["items"]
-                .as_array()
-                .is_some_and(|i| i.len() == 1)
-        }
-    })
-    .await;
-    let dead = get(&dl_url).await.body["items"][0].clone();
+    let dead = wait_dead_letters(&app, 1).await[0].clone();
     assert_eq!(dead["ticket_id"], json!(t2));
     assert_eq!(dead["status_code"], 422);
     assert!(dead["error"]
         .as_str()
         .unwrap()
         .contains("requester unknown"));
-    let url = app.url("/metrics");
-    eventually("dead letter counted", || {
-        let url = url.clone();
-        async move {
-            metric(&get(&url).await.text, "switchboard_dead_letters_total", &[]).unwrap_or(0.0)
-                >= 1.0
-        }
-    })
-    .await;
+    wait_metric(&app, "switchboard_dead_letters_total", &[], 1.0).await;
 
     django.set_default(Behavior::Ok);
     let retry = post(
@@ -249,18 +231,8 @@ async fn a_refusal_naming_no_event_is_bisected_down_to_the_bad_ticket() {
     ids.push(id_of(&create_ticket(&app, "t3").await));
     let want: Vec<_> = [0, 1, 3].iter().map(|i| (ids[*i].clone(), 1)).collect();
     django.wait_delivered(&want).await;
-    let dl_url = app.url("/api/v1/admin/dead-letters");
-    eventually("bad ticket dead-lettered", || {
-        let u = dl_url.clone();
-        async move {
-            get(&u).await.body["items"]
-                .as_array()
-                .is_some_and(|i| i.len() == 1)
-        }
-    })
-    .await;
-    let dead = get(&dl_url).await;
-    assert_eq!(dead.body["items"][0]["ticket_id"], json!(ids[2]));
+    let dead = wait_dead_letters(&app, 1).await;
+    assert_eq!(dead[0]["ticket_id"], json!(ids[2]));
     assert!(!django
         .delivered()
         .iter()

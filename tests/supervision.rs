@@ -122,32 +122,19 @@ async fn too_many_ticket_restarts_escalate_to_the_root_which_restarts_the_regist
     )
     .await;
 
-    let url = app.url("/metrics");
-    eventually("tickets supervisor escalated", || {
-        let url = url.clone();
-        async move {
-            metric(
-                &get(&url).await.text,
-                "switchboard_supervisor_escalations_total",
-                &[("supervisor", "tickets")],
-            )
-            .unwrap_or(0.0)
-                >= 1.0
-        }
-    })
+    wait_metric(
+        &app,
+        "switchboard_supervisor_escalations_total",
+        &[("supervisor", "tickets")],
+        1.0,
+    )
     .await;
-    eventually("registry restarted by the root", || {
-        let url = url.clone();
-        async move {
-            metric(
-                &get(&url).await.text,
-                "switchboard_actor_restarts_total",
-                &[("kind", "ticket_registry"), ("cause", "escalation")],
-            )
-            .unwrap_or(0.0)
-                >= 1.0
-        }
-    })
+    wait_metric(
+        &app,
+        "switchboard_actor_restarts_total",
+        &[("kind", "ticket_registry"), ("cause", "escalation")],
+        1.0,
+    )
     .await;
     // Every ticket serves again, from disk.
     for t in &tickets {

@@ -221,3 +221,31 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Waits until the dead-letter table lists `n` entries and returns them.
+pub async fn wait_dead_letters(app: &TestApp, n: usize) -> Vec<serde_json::Value> {
+    let url = app.url("/api/v1/admin/dead-letters");
+    eventually(&format!("{n} dead letters listed"), || {
+        let url = url.clone();
+        async move {
+            get(&url).await.body["items"]
+                .as_array()
+                .is_some_and(|i| i.len() == n)
+        }
+    })
+    .await;
+    get(&url).await.body["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Waits until the metric sample (summed over matching labels) reaches `min`.
+pub async fn wait_metric(app: &TestApp, name: &str, labels: &[(&str, &str)], min: f64) {
+    let url = app.url("/metrics");
+    eventually(&format!("{name} {labels:?} >= {min}"), || {
+        let url = url.clone();
+        async move { metric(&get(&url).await.text, name, labels).unwrap_or(0.0) >= min }
+    })
+    .await;
+}
