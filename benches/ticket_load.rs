@@ -974,6 +974,15 @@ fn thread_detail(run: &Run) -> String {
     )
 }
 
+/// The closing lines every mode prints: server log summary, database size, command, exit status.
+fn report_and_stop(server: Server, args: &Args) {
+    println!("{}", server.log_summary());
+    println!("database on disk: {}", mib(server.db_bytes()));
+    println!("command: {}", command_line(args));
+    let status = server.stop();
+    println!("server exit: {status}");
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
@@ -1050,11 +1059,7 @@ fn creates(args: &Args) {
     println!("\n{}", error_detail(&run.stats));
     println!("{}", thread_detail(&run));
     println!("Every 201 was sent after the ticket's transaction committed (durable).");
-    println!("{}", server.log_summary());
-    println!("database on disk: {}", mib(server.db_bytes()));
-    println!("command: {}", command_line(args));
-    let status = server.stop();
-    println!("server exit: {status}");
+    report_and_stop(server, args);
 }
 
 fn updates(args: &Args) {
@@ -1127,11 +1132,7 @@ fn updates(args: &Args) {
          (synchronous = {}).",
         args.sync
     );
-    println!("{}", server.log_summary());
-    println!("database on disk: {}", mib(server.db_bytes()));
-    println!("command: {}", command_line(args));
-    let status = server.stop();
-    println!("server exit: {status}");
+    report_and_stop(server, args);
 }
 
 /// Polls until the registry reports `want` live actors (or `max` passes); returns the last count.
@@ -1231,11 +1232,8 @@ fn memory(args: &Args) {
     if live1 != n as u64 {
         println!("WARNING: expected {n} live actors after the GETs, the registry reported {live1}");
     }
-    println!("\n{}", server.log_summary());
-    println!("database on disk: {}", mib(server.db_bytes()));
-    println!("command: {}", command_line(args));
-    let status = server.stop();
-    println!("server exit: {status}");
+    println!();
+    report_and_stop(server, args);
 }
 
 fn flat(args: &Args) {

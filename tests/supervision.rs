@@ -3,12 +3,8 @@
 
 mod support;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use support::*;
-
-fn id_of(t: &Value) -> String {
-    t["id"].as_str().unwrap().to_string()
-}
 
 async fn live(app: &TestApp) -> u64 {
     get(&app.url("/api/v1/debug/tickets/live")).await.body["live"]

@@ -341,6 +341,12 @@ async fn listing_filters_and_pages_with_a_cursor() {
     assert_eq!(bad.body["error"]["fields"][0]["field"], "colour");
 }
 
+/// A request authorised with the bearer `key`.
+async fn with_key(method: &str, url: &str, body: Option<&Value>, key: &str) -> Resp {
+    let auth = format!("Bearer {key}");
+    request(method, url, body, &[("Authorization", &auth)]).await
+}
+
 const KEYS: &str = r#"
 [metrics]
 token = "metrics-secret"
@@ -367,21 +373,9 @@ async fn api_keys_gate_reads_writes_and_admin() {
     let none = request("POST", &url, Some(&body), &[]).await;
     assert_eq!((none.status, none.error_code()), (401, "unauthorized"));
     assert_eq!(none.header("www-authenticate").as_deref(), Some("Bearer"));
-    let wrong = request(
-        "POST",
-        &url,
-        Some(&body),
-        &[("Authorization", "Bearer nope-nope-nope-nope")],
-    )
-    .await;
+    let wrong = with_key("POST", &url, Some(&body), "nope-nope-nope-nope").await;
     assert_eq!(wrong.status, 401);
-    let read_only = request(
-        "POST",
-        &url,
-        Some(&body),
-        &[("Authorization", "Bearer read-key-0123456789")],
-    )
-    .await;
+    let read_only = with_key("POST", &url, Some(&body), "read-key-0123456789").await;
     assert_eq!(
         (read_only.status, read_only.error_code()),
         (403, "forbidden")
@@ -399,45 +393,27 @@ async fn api_keys_gate_reads_writes_and_admin() {
     .await;
     assert_eq!(created.status, 201);
     let id = created.body["id"].as_str().unwrap();
-    let read = request(
+    let read = with_key(
         "GET",
         &format!("{url}/{id}/events"),
         None,
-        &[("Authorization", "Bearer read-key-0123456789")],
+        "read-key-0123456789",
     )
     .await;
     assert_eq!(read.status, 200);
     assert_eq!(read.body["items"][0]["actor"], "agent-7");
 
     let admin = app.url("/api/v1/admin/dead-letters");
-    let denied = request(
-        "GET",
-        &admin,
-        None,
-        &[("Authorization", "Bearer write-key-0123456789")],
-    )
-    .await;
+    let denied = with_key("GET", &admin, None, "write-key-0123456789").await;
     assert_eq!(denied.status, 403);
-    let allowed = request(
-        "GET",
-        &admin,
-        None,
-        &[("Authorization", "Bearer admin-key-0123456789")],
-    )
-    .await;
+    let allowed = with_key("GET", &admin, None, "admin-key-0123456789").await;
     assert_eq!(allowed.status, 200);
 
     // Probes are open; metrics take their own token.
     assert_eq!(get(&app.url("/healthz")).await.status, 200);
     assert_eq!(get(&app.url("/readyz")).await.status, 200);
     assert_eq!(get(&app.url("/metrics")).await.status, 401);
-    let metrics = request(
-        "GET",
-        &app.url("/metrics"),
-        None,
-        &[("Authorization", "Bearer metrics-secret")],
-    )
-    .await;
+    let metrics = with_key("GET", &app.url("/metrics"), None, "metrics-secret").await;
     assert_eq!(metrics.status, 200);
     assert!(metrics.text.contains("switchboard_http_requests_total"));
 }

@@ -166,6 +166,11 @@ pub async fn patch(url: &str, body: &Value, if_match: Option<&str>) -> Resp {
     }
 }
 
+/// The `id` of a ticket's JSON.
+pub fn id_of(t: &Value) -> String {
+    t["id"].as_str().unwrap().to_string()
+}
+
 /// Creates a ticket and returns its JSON.
 pub async fn create_ticket(app: &TestApp, subject: &str) -> Value {
     let resp = post(
