@@ -1091,6 +1091,8 @@ fn updates(args: &Args) {
     assert_eq!(warm.stats.errors(), 0, "{}", error_detail(&warm.stats));
     let batch0 = server.histogram("switchboard_store_commit_batch_size");
     let commit0 = server.histogram("switchboard_store_commit_duration_seconds");
+    let fold0 = server.histogram("switchboard_store_fold_duration_seconds");
+    let fold_rows0 = server.histogram("switchboard_store_fold_batch_size");
     let mut run = drive(
         &server,
         Arc::new(Update { ids }),
@@ -1125,6 +1127,17 @@ fn updates(args: &Args) {
             commit1.1 - commit0.1,
             (commit1.0 - commit0.0) / (commit1.1 - commit0.1) * 1000.0,
             (commit1.0 - commit0.0) / run.elapsed.as_secs_f64() * 100.0
+        );
+    }
+    let fold1 = server.histogram("switchboard_store_fold_duration_seconds");
+    let fold_rows1 = server.histogram("switchboard_store_fold_batch_size");
+    if fold1.1 > fold0.1 {
+        println!(
+            "journal folds: {:.0}, mean {:.0} rows and {:.1} ms each, {:.0}% of the wall clock folding",
+            fold1.1 - fold0.1,
+            (fold_rows1.0 - fold_rows0.0) / (fold1.1 - fold0.1),
+            (fold1.0 - fold0.0) / (fold1.1 - fold0.1) * 1000.0,
+            (fold1.0 - fold0.0) / run.elapsed.as_secs_f64() * 100.0
         );
     }
     println!(

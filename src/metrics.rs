@@ -27,6 +27,12 @@ pub const DEAD_LETTERS_PENDING: &str = "switchboard_dead_letters";
 pub const STORE_COMMIT_BATCH: &str = "switchboard_store_commit_batch_size";
 pub const STORE_COMMIT_DURATION: &str = "switchboard_store_commit_duration_seconds";
 pub const STORE_WRITE_ERRORS: &str = "switchboard_store_write_errors_total";
+pub const STORE_JOURNAL_DEPTH: &str = "switchboard_store_journal_depth";
+pub const STORE_FOLD_ROWS: &str = "switchboard_store_fold_batch_size";
+pub const STORE_FOLD_DURATION: &str = "switchboard_store_fold_duration_seconds";
+pub const STORE_FOLD_ERRORS: &str = "switchboard_store_fold_errors_total";
+pub const STORE_CHECKPOINT_DURATION: &str = "switchboard_store_checkpoint_duration_seconds";
+pub const STORE_WAL_PAGES: &str = "switchboard_store_wal_pages";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -114,4 +120,24 @@ fn describe() {
         "Store commit latency."
     );
     describe_counter!(STORE_WRITE_ERRORS, "Store writes that failed.");
+    describe_gauge!(
+        STORE_JOURNAL_DEPTH,
+        "Journalled writes not yet folded into the ticket tables."
+    );
+    describe_histogram!(STORE_FOLD_ROWS, "Journal rows applied by one fold.");
+    describe_histogram!(
+        STORE_FOLD_DURATION,
+        Unit::Seconds,
+        "Time to fold the journal into the ticket tables."
+    );
+    describe_counter!(STORE_FOLD_ERRORS, "Folds that failed and will be retried.");
+    describe_histogram!(
+        STORE_CHECKPOINT_DURATION,
+        Unit::Seconds,
+        "WAL checkpoints by mode (passive, restart)."
+    );
+    describe_gauge!(
+        STORE_WAL_PAGES,
+        "Pages in the write-ahead log after the last checkpoint."
+    );
 }

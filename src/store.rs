@@ -5,6 +5,7 @@
 //! history event and its outbox entry are written in one transaction, and a write is acknowledged only
 //! after that transaction commits. Another backend (PostgreSQL, say) implements the same trait.
 
+mod journal;
 mod rows;
 pub mod schema;
 pub mod sqlite;
@@ -109,7 +110,7 @@ pub struct OutboxStats {
 }
 
 /// A write to a ticket: its new state, the event that explains it, and an optional comment.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TicketWrite {
     pub ticket: Ticket,
     pub event: TicketEvent,

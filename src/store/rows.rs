@@ -5,9 +5,10 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
     DeadLetter, OutboxEntry, OutboxStats, Rejection, StoreError, SyncRecord, TicketFilter,
-    TicketWrite,
 };
-use crate::ticket::model::{EventKind, Priority, Source, Ticket, TicketEvent, TicketId};
+use crate::ticket::model::{
+    Comment, EventId, EventKind, Priority, Source, Ticket, TicketEvent, TicketId,
+};
 use crate::ticket::state::Status;
 
 pub fn ts(at: &DateTime<Utc>) -> String {
@@ -52,18 +53,14 @@ fn ticket_from_row(row: &Row<'_>) -> Result<Ticket, StoreError> {
     })
 }
 
-fn write_ticket_row(conn: &Connection, t: &Ticket, insert: bool) -> Result<usize, StoreError> {
+pub fn insert_ticket(conn: &Connection, t: &Ticket) -> Result<(), StoreError> {
     let tags = serde_json::to_string(&t.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let sql = if insert {
+    conn.prepare_cached(
         "INSERT INTO tickets (id, subject, description, status, priority, requester, assignee, tags, \
          source, chat_session_id, created_at, updated_at, version) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-    } else {
-        "UPDATE tickets SET subject = ?2, description = ?3, status = ?4, priority = ?5, \
-         requester = ?6, assignee = ?7, tags = ?8, source = ?9, chat_session_id = ?10, \
-         created_at = ?11, updated_at = ?12, version = ?13 WHERE id = ?1 AND version = ?13 - 1"
-    };
-    let n = conn.prepare_cached(sql)?.execute(params![
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?
+    .execute(params![
         t.id.to_string(),
         t.subject,
         t.description,
@@ -78,35 +75,89 @@ fn write_ticket_row(conn: &Connection, t: &Ticket, insert: bool) -> Result<usize
         ts(&t.updated_at),
         t.version as i64,
     ])?;
-    Ok(n)
-}
-
-fn write_tags(conn: &Connection, t: &Ticket, replace: bool) -> Result<(), StoreError> {
-    let id = t.id.to_string();
-    if replace {
-        // The tag index is keyed by tag; deleting by the old tag list avoids a full scan.
-        let old: Option<String> = conn
-            .prepare_cached("SELECT tags FROM tickets WHERE id = ?1")?
-            .query_row([&id], |r| r.get(0))
-            .optional()?;
-        if let Some(old) = old {
-            let old: Vec<String> = serde_json::from_str(&old).unwrap_or_default();
-            let mut del =
-                conn.prepare_cached("DELETE FROM ticket_tags WHERE tag = ?1 AND ticket_id = ?2")?;
-            for tag in old {
-                del.execute(params![tag, id])?;
-            }
-        }
-    }
     let mut ins =
         conn.prepare_cached("INSERT OR IGNORE INTO ticket_tags (tag, ticket_id) VALUES (?1, ?2)")?;
+    let id = t.id.to_string();
     for tag in &t.tags {
         ins.execute(params![tag, id])?;
     }
     Ok(())
 }
 
-fn insert_event(conn: &Connection, e: &TicketEvent) -> Result<(), StoreError> {
+/// Brings the stored row from `base` to `latest`, writing only the columns that differ: SQLite rewrites
+/// an index entry for every indexed column named in SET, so naming unchanged ones costs index pages.
+pub fn update_ticket(conn: &Connection, base: &Ticket, latest: &Ticket) -> Result<(), StoreError> {
+    let mut sets: Vec<&str> = Vec::new();
+    let mut args: Vec<Box<dyn rusqlite::ToSql>> = vec![
+        Box::new(latest.id.to_string()),
+        Box::new(base.version as i64),
+    ];
+    let mut set = |column: &'static str, value: Box<dyn rusqlite::ToSql>| {
+        sets.push(column);
+        args.push(value);
+    };
+    if base.subject != latest.subject {
+        set("subject", Box::new(latest.subject.clone()));
+    }
+    if base.description != latest.description {
+        set("description", Box::new(latest.description.clone()));
+    }
+    if base.status != latest.status {
+        set("status", Box::new(latest.status.as_str()));
+    }
+    if base.priority != latest.priority {
+        set("priority", Box::new(latest.priority.as_str()));
+    }
+    if base.requester != latest.requester {
+        set("requester", Box::new(latest.requester.clone()));
+    }
+    if base.assignee != latest.assignee {
+        set("assignee", Box::new(latest.assignee.clone()));
+    }
+    let tags_changed = base.tags != latest.tags;
+    if tags_changed {
+        let tags =
+            serde_json::to_string(&latest.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        set("tags", Box::new(tags));
+    }
+    if base.chat_session_id != latest.chat_session_id {
+        set("chat_session_id", Box::new(latest.chat_session_id.clone()));
+    }
+    set("updated_at", Box::new(ts(&latest.updated_at)));
+    set("version", Box::new(latest.version as i64));
+    let assignments: Vec<String> = sets
+        .iter()
+        .enumerate()
+        .map(|(i, column)| format!("{column} = ?{}", i + 3))
+        .collect();
+    let sql = format!(
+        "UPDATE tickets SET {} WHERE id = ?1 AND version = ?2",
+        assignments.join(", ")
+    );
+    let params: Vec<&dyn rusqlite::ToSql> = args.iter().map(|b| b.as_ref()).collect();
+    if conn.prepare_cached(&sql)?.execute(params.as_slice())? == 0 {
+        return Err(StoreError::Corrupt(format!(
+            "ticket {} is not at version {} in the tickets table",
+            latest.id, base.version
+        )));
+    }
+    if tags_changed {
+        let id = latest.id.to_string();
+        let mut del =
+            conn.prepare_cached("DELETE FROM ticket_tags WHERE tag = ?1 AND ticket_id = ?2")?;
+        for tag in base.tags.iter().filter(|t| !latest.tags.contains(t)) {
+            del.execute(params![tag, id])?;
+        }
+        let mut ins = conn
+            .prepare_cached("INSERT OR IGNORE INTO ticket_tags (tag, ticket_id) VALUES (?1, ?2)")?;
+        for tag in latest.tags.iter().filter(|t| !base.tags.contains(t)) {
+            ins.execute(params![tag, id])?;
+        }
+    }
+    Ok(())
+}
+
+pub fn insert_event(conn: &Connection, e: &TicketEvent) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO ticket_events (event_id, ticket_id, kind, actor, at, version, changes) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -123,80 +174,46 @@ fn insert_event(conn: &Connection, e: &TicketEvent) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn insert_outbox(conn: &Connection, w: &TicketWrite) -> Result<(), StoreError> {
-    let record = SyncRecord {
-        event_id: w.event.event_id,
-        ticket_id: w.ticket.id,
-        version: w.ticket.version,
-        kind: w.event.kind,
-        occurred_at: w.event.at,
-        ticket: w.ticket.clone(),
-        comment: w.comment.clone(),
-    };
-    let payload = serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+pub fn insert_comment(conn: &Connection, c: &Comment) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO comments (id, ticket_id, author, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        c.id.to_string(),
+        c.ticket_id.to_string(),
+        c.author,
+        c.body,
+        ts(&c.created_at)
+    ])?;
+    Ok(())
+}
+
+/// Appends an outbox row; `payload` is the event's [`SyncRecord`] as JSON.
+pub fn insert_outbox(
+    conn: &Connection,
+    event_id: EventId,
+    ticket_id: TicketId,
+    payload: &str,
+) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO outbox (event_id, ticket_id, payload, enqueued_at) VALUES (?1, ?2, ?3, ?4)",
     )?
     .execute(params![
-        record.event_id.to_string(),
-        record.ticket_id.to_string(),
+        event_id.to_string(),
+        ticket_id.to_string(),
         payload,
         ts(&super::now()),
     ])?;
     Ok(())
 }
 
-pub fn create(conn: &Connection, w: &TicketWrite) -> Result<(), StoreError> {
-    match write_ticket_row(conn, &w.ticket, true) {
-        Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
-            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-        {
-            return Err(StoreError::AlreadyExists(w.ticket.id))
-        }
-        other => other?,
-    };
-    write_tags(conn, &w.ticket, false)?;
-    insert_event(conn, &w.event)?;
-    insert_outbox(conn, w)
-}
-
-pub fn update(conn: &Connection, w: &TicketWrite, tags_changed: bool) -> Result<(), StoreError> {
-    if tags_changed {
-        write_tags(conn, &w.ticket, true)?;
-    }
-    if write_ticket_row(conn, &w.ticket, false)? == 0 {
-        return Err(StoreError::VersionConflict {
-            id: w.ticket.id,
-            expected: w.ticket.version - 1,
-        });
-    }
-    if let Some(c) = &w.comment {
-        conn.prepare_cached(
-            "INSERT INTO comments (id, ticket_id, author, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![
-            c.id.to_string(),
-            c.ticket_id.to_string(),
-            c.author,
-            c.body,
-            ts(&c.created_at)
-        ])?;
-    }
-    insert_event(conn, &w.event)?;
-    insert_outbox(conn, w)
-}
-
-pub fn import(conn: &Connection, t: &Ticket, e: &TicketEvent) -> Result<(), StoreError> {
-    // A concurrent activation may have imported it already; the first one wins.
-    let exists = conn
-        .prepare_cached("SELECT 1 FROM tickets WHERE id = ?1")?
-        .exists([t.id.to_string()])?;
-    if exists {
-        return Ok(());
-    }
-    write_ticket_row(conn, t, true)?;
-    write_tags(conn, t, false)?;
-    insert_event(conn, e)
+/// The version of `id` in the tickets table (folded writes only; see `store::journal`).
+pub fn stored_version(conn: &Connection, id: TicketId) -> Result<Option<u64>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT version FROM tickets WHERE id = ?1")?
+        .query_row([id.to_string()], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map(|v| v as u64))
 }
 
 pub fn load(conn: &Connection, id: TicketId) -> Result<Option<Ticket>, StoreError> {

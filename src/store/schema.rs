@@ -69,6 +69,17 @@ pub const MIGRATIONS: &[&str] = &[
         error       TEXT NOT NULL
     );
     "#,
+    // 2: the write journal. A ticket write commits here (and in the outbox) and is folded into the
+    // tables above later, in bulk; see `store::journal`.
+    r#"
+    CREATE TABLE journal (
+        seq       INTEGER PRIMARY KEY,
+        op        TEXT NOT NULL,
+        ticket_id TEXT NOT NULL,
+        record    TEXT NOT NULL,
+        event     TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// Brings `conn` to the newest schema.

@@ -4,6 +4,9 @@
 //! whatever else is queued (up to `storage.commit_batch_max`) and runs them all in one transaction, each
 //! inside its own savepoint so one failed write does not fail its neighbours. Replies go out only after
 //! COMMIT returns, so an acknowledged write is on disk (group commit: one fsync for many requests).
+//! Ticket writes go to the journal and the outbox; between batches the same thread folds the journal
+//! into the ticket tables (see [`super::journal`]). A checkpointer thread copies the WAL into the
+//! database file, so commits do not pay for it.
 //! Reader threads each own a query-only connection. A panic on a store thread fails the jobs in hand and
 //! the thread carries on with a fresh transaction.
 
@@ -12,13 +15,14 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
+use super::journal::{EncodedWrite, Journal, JournalOp, PendingView};
 use super::{
     rows, schema, DeadLetter, OutboxEntry, OutboxSignal, OutboxStats, Rejection, StoreError,
     StoreResult, TicketFilter, TicketStore, TicketWrite,
@@ -32,13 +36,15 @@ type Reply<T> = oneshot::Sender<StoreResult<T>>;
 
 /// The typed writes the writer thread performs.
 enum WriteOp {
-    Create(Box<TicketWrite>, Reply<()>),
-    Update(Box<TicketWrite>, bool, Reply<()>),
-    Import(Box<(Ticket, TicketEvent)>, Reply<()>),
+    Create(Box<EncodedWrite>, Reply<()>),
+    Update(Box<EncodedWrite>, Reply<()>),
+    Import(Box<EncodedWrite>, Reply<()>),
     OutboxAck(Vec<i64>, Reply<()>),
     DeadLetter(Vec<Rejection>, Reply<()>),
     RetryDeadLetter(i64, Reply<bool>),
     Ping(Reply<()>),
+    /// Fold the journal now, so the tables answer queries with every acknowledged write.
+    Fold(Reply<()>),
     Close(oneshot::Sender<()>),
 }
 
@@ -47,6 +53,7 @@ type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 pub struct SqliteStore {
     writer: mpsc::Sender<WriteOp>,
     readers: mpsc::Sender<ReadJob>,
+    pending: Arc<PendingView>,
     signal: Arc<OutboxSignal>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -62,18 +69,54 @@ impl SqliteStore {
         let path = dir.join("switchboard.db");
         let mut conn = open_connection(&path, settings.synchronous, false)?;
         schema::migrate(&mut conn)?;
+        let pending = Arc::new(PendingView::default());
+        let mut journal = Journal::recover(&conn, pending.clone())?;
+        if journal.len() > 0 {
+            tracing::info!(
+                rows = journal.len(),
+                "folding the journal left by the previous run"
+            );
+            journal.fold(&mut conn)?;
+        }
+
+        // Checkpoints run on their own thread and connection, not inside the writer's commits.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let (checkpoint_tx, checkpoint_rx) = mpsc::sync_channel(1);
+        let checkpointer = Checkpointer {
+            conn: open_connection(&path, settings.synchronous, false)?,
+            interval: Duration::from_millis(settings.checkpoint_interval_ms),
+            // WAL frames are one page each (4 KiB by default).
+            restart_pages: (settings.wal_max_mib * 1024 * 1024 / 4096) as i64,
+        };
 
         let signal = Arc::new(OutboxSignal::default());
         let (wtx, wrx) = mpsc::channel();
-        let batch_max = settings.commit_batch_max;
-        let writer_signal = signal.clone();
-        let mut threads = vec![std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || writer_loop(conn, wrx, batch_max, writer_signal))
-            .map_err(|source| StoreError::Io {
-                path: "store-writer thread".into(),
-                source,
-            })?];
+        let writer = Writer {
+            batch_max: settings.commit_batch_max,
+            fold_max_rows: settings.fold_max_rows,
+            fold_interval: Duration::from_millis(settings.fold_interval_ms),
+            signal: signal.clone(),
+            checkpoint: checkpoint_tx,
+        };
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|source| StoreError::Io {
+                    path: format!("{name} thread"),
+                    source,
+                })
+        };
+        let mut threads = vec![
+            spawn(
+                "store-writer",
+                Box::new(move || writer.run(conn, journal, wrx)),
+            )?,
+            spawn(
+                "store-checkpoint",
+                Box::new(move || checkpointer.run(checkpoint_rx)),
+            )?,
+        ];
 
         let (rtx, rrx) = mpsc::channel::<ReadJob>();
         let rrx = Arc::new(Mutex::new(rrx));
@@ -93,6 +136,7 @@ impl SqliteStore {
         Ok(Self {
             writer: wtx,
             readers: rtx,
+            pending,
             signal,
             threads: Mutex::new(threads),
         })
@@ -115,18 +159,43 @@ impl SqliteStore {
         &self,
         job: impl FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     ) -> BoxFuture<'static, StoreResult<T>> {
-        let (tx, rx) = oneshot::channel();
-        let sent = self.readers.send(Box::new(move |conn: &Connection| {
-            let result = catch_unwind(AssertUnwindSafe(|| job(conn)))
-                .unwrap_or_else(|p| Err(StoreError::Panicked(panic_message(p.as_ref()))));
-            let _ = tx.send(result);
-        }));
+        read_on(&self.readers, job)
+    }
+
+    /// A read of the ticket tables that must see every acknowledged write: folds the journal first
+    /// when it holds any.
+    fn read_folded<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    ) -> BoxFuture<'static, StoreResult<T>> {
+        if self.pending.is_empty() {
+            return self.read(job);
+        }
+        let fold = self.write(WriteOp::Fold);
+        let readers = self.readers.clone();
         async move {
-            sent.map_err(|_| StoreError::Closed)?;
-            rx.await.map_err(|_| StoreError::Closed)?
+            fold.await?;
+            read_on(&readers, job).await
         }
         .boxed()
     }
+}
+
+fn read_on<T: Send + 'static>(
+    readers: &mpsc::Sender<ReadJob>,
+    job: impl FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+) -> BoxFuture<'static, StoreResult<T>> {
+    let (tx, rx) = oneshot::channel();
+    let sent = readers.send(Box::new(move |conn: &Connection| {
+        let result = catch_unwind(AssertUnwindSafe(|| job(conn)))
+            .unwrap_or_else(|p| Err(StoreError::Panicked(panic_message(p.as_ref()))));
+        let _ = tx.send(result);
+    }));
+    async move {
+        sent.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+    .boxed()
 }
 
 fn open_connection(path: &Path, sync: Synchronous, query_only: bool) -> StoreResult<Connection> {
@@ -146,8 +215,10 @@ fn open_connection(path: &Path, sync: Synchronous, query_only: bool) -> StoreRes
     conn.pragma_update(None, "busy_timeout", 5000)?;
     // Statement journals of the per-write savepoints stay in memory instead of a temp file a commit.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
-    // 64 MiB of page cache: fewer re-reads of index pages under update load.
-    conn.pragma_update(None, "cache_size", -65536)?;
+    // The writer's cache holds the pages a fold rewrites; readers lean on the OS page cache, so
+    // memory follows live actors rather than the size of the database. (A bigger writer cache also
+    // costs: SQLite scans its hash table at the end of every transaction.)
+    conn.pragma_update(None, "cache_size", if query_only { -4096 } else { -16384 })?;
     conn.set_prepared_statement_cache_capacity(64);
     if query_only {
         conn.pragma_update(None, "query_only", true)?;
@@ -179,16 +250,17 @@ impl Done {
     fn not_run(op: WriteOp) -> Option<Self> {
         let err = || {
             Err(StoreError::CommitFailed(
-                "transaction could not start".into(),
+                "the transaction did not commit".into(),
             ))
         };
         Some(match op {
             WriteOp::Create(_, r)
-            | WriteOp::Update(_, _, r)
+            | WriteOp::Update(_, r)
             | WriteOp::Import(_, r)
             | WriteOp::OutboxAck(_, r)
             | WriteOp::DeadLetter(_, r)
-            | WriteOp::Ping(r) => Done::Unit(r, err()),
+            | WriteOp::Ping(r)
+            | WriteOp::Fold(r) => Done::Unit(r, err()),
             WriteOp::RetryDeadLetter(_, r) => Done::Bool(r, err().map(|()| false)),
             WriteOp::Close(_) => return None,
         })
@@ -208,55 +280,172 @@ impl Done {
     }
 }
 
-fn writer_loop(
-    mut conn: Connection,
-    jobs: mpsc::Receiver<WriteOp>,
-    batch_max: usize,
-    signal: Arc<OutboxSignal>,
-) {
-    let mut closing: Option<oneshot::Sender<()>> = None;
-    while closing.is_none() {
-        let Ok(first) = jobs.recv() else { break };
-        let mut batch = vec![first];
-        while batch.len() < batch_max {
-            match jobs.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
+/// The checkpointer thread: copies committed WAL frames into the database file.
+struct Checkpointer {
+    conn: Connection,
+    interval: Duration,
+    restart_pages: i64,
+}
+
+impl Checkpointer {
+    /// Checkpoints after each wake-up from the writer, at most once per `interval`: wake-ups in the
+    /// meantime fold into the next checkpoint. Ends when the writer is gone.
+    fn run(self, wakeups: mpsc::Receiver<()>) {
+        let mut due = false;
+        loop {
+            if !due && wakeups.recv().is_err() {
+                return;
+            }
+            let started = Instant::now();
+            self.checkpoint();
+            due = false;
+            loop {
+                let rest = self.interval.saturating_sub(started.elapsed());
+                if rest.is_zero() {
+                    break;
+                }
+                match wakeups.recv_timeout(rest) {
+                    Ok(()) => due = true,
+                    Err(mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
             }
         }
+    }
+
+    fn checkpoint(&self) {
+        // PASSIVE never waits for the writer. Under constant writes it never sees the log fully
+        // copied at a moment the writer could start it over, so past `restart_pages` a RESTART
+        // (which waits for the writer's transaction to end, then holds the next one back while it
+        // copies the few frames left) lets the log begin again from its start.
+        let Some(pages) = self.run_mode("passive") else {
+            return;
+        };
+        let pages = if pages > self.restart_pages {
+            self.run_mode("restart").unwrap_or(pages)
+        } else {
+            pages
+        };
+        metrics::gauge!(m::STORE_WAL_PAGES).set(pages as f64);
+    }
+
+    /// Runs one checkpoint; returns the pages in the log after it.
+    fn run_mode(&self, mode: &'static str) -> Option<i64> {
         let started = Instant::now();
-        let size = batch.len();
-        let mut outbox_appended = 0u64;
-        let mut done = Vec::with_capacity(size);
+        let sql = if mode == "restart" {
+            "PRAGMA wal_checkpoint(RESTART)"
+        } else {
+            "PRAGMA wal_checkpoint(PASSIVE)"
+        };
+        match self
+            .conn
+            .query_row(sql, [], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+        {
+            Ok((_busy, log_pages)) => {
+                metrics::histogram!(m::STORE_CHECKPOINT_DURATION, "mode" => mode)
+                    .record(started.elapsed().as_secs_f64());
+                Some(log_pages)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, mode, "WAL checkpoint failed; the next one retries");
+                None
+            }
+        }
+    }
+}
+
+/// The writer thread's settings.
+struct Writer {
+    batch_max: usize,
+    fold_max_rows: usize,
+    fold_interval: Duration,
+    signal: Arc<OutboxSignal>,
+    checkpoint: mpsc::SyncSender<()>,
+}
+
+/// What one batch leaves to do after its transaction.
+#[derive(Default)]
+struct Batch {
+    done: Vec<Done>,
+    fold_waiters: Vec<Reply<()>>,
+    outbox_appended: u64,
+    closing: Option<oneshot::Sender<()>>,
+}
+
+impl Writer {
+    fn run(self, mut conn: Connection, mut journal: Journal, jobs: mpsc::Receiver<WriteOp>) {
+        let mut closing: Option<oneshot::Sender<()>> = None;
+        while closing.is_none() {
+            let first = match journal.fold_due_in(self.fold_max_rows, self.fold_interval) {
+                None => match jobs.recv() {
+                    Ok(op) => op,
+                    Err(_) => break,
+                },
+                Some(due) => match jobs.recv_timeout(due) {
+                    Ok(op) => op,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        let _ = journal.fold(&mut conn);
+                        let _ = self.checkpoint.try_send(());
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                },
+            };
+            let mut ops = vec![first];
+            while ops.len() < self.batch_max {
+                match jobs.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            let batch = self.commit(&mut conn, &mut journal, ops);
+            closing = batch.closing;
+            let fold_due = journal
+                .fold_due_in(self.fold_max_rows, self.fold_interval)
+                .is_some_and(|d| d.is_zero());
+            if !batch.fold_waiters.is_empty() || fold_due || closing.is_some() {
+                let folded = journal.fold(&mut conn).map_err(|e| e.to_string());
+                let _ = self.checkpoint.try_send(());
+                for tx in batch.fold_waiters {
+                    let _ = tx.send(folded.clone().map_err(StoreError::CommitFailed));
+                }
+            }
+        }
+        if let Some(done) = closing {
+            let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+            drop(conn);
+            let _ = done.send(());
+        }
+    }
+
+    /// Runs `ops` in one transaction and replies to each once its fate is known.
+    fn commit(&self, conn: &mut Connection, journal: &mut Journal, ops: Vec<WriteOp>) -> Batch {
+        let started = Instant::now();
+        let size = ops.len();
+        let mut batch = Batch::default();
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            run_batch(
-                &mut conn,
-                batch,
-                &mut closing,
-                &mut outbox_appended,
-                &mut done,
-            )
+            run_batch(conn, journal, ops, &mut batch)
         }));
-        match outcome {
+        let failure = match outcome {
             Ok(Ok(())) => {
+                journal.committed();
                 metrics::histogram!(m::STORE_COMMIT_BATCH).record(size as f64);
                 metrics::histogram!(m::STORE_COMMIT_DURATION)
                     .record(started.elapsed().as_secs_f64());
-                for d in done {
+                for d in batch.done.drain(..) {
                     d.reply(None);
                 }
-                if outbox_appended > 0 {
-                    signal.appended(outbox_appended);
+                if batch.outbox_appended > 0 {
+                    self.signal.appended(batch.outbox_appended);
                 }
+                let _ = self.checkpoint.try_send(());
+                return batch;
             }
             Ok(Err(e)) => {
                 // BEGIN or COMMIT failed: nothing in the batch is durable, and every caller is told.
                 metrics::counter!(m::STORE_WRITE_ERRORS).increment(size as u64);
                 tracing::error!(error = %e, batch = size, "store commit failed");
-                let why = e.to_string();
-                for d in done {
-                    d.reply(Some(&why));
-                }
+                e.to_string()
             }
             Err(panic) => {
                 let why = panic_message(panic.as_ref());
@@ -266,71 +455,101 @@ fn writer_loop(
                 if !conn.is_autocommit() {
                     let _ = conn.execute_batch("ROLLBACK");
                 }
-                for d in done {
-                    d.reply(Some(&why));
-                }
+                why
             }
+        };
+        if let Err(e) = journal.rolled_back(conn) {
+            tracing::error!(error = %e, "could not re-read the journal after a failed commit");
         }
-    }
-    // Queued work behind a Close is still committed: drain what is left without blocking.
-    if let Some(done) = closing {
-        let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
-        drop(conn);
-        let _ = done.send(());
+        for d in batch.done.drain(..) {
+            d.reply(Some(&failure));
+        }
+        batch
     }
 }
 
 fn run_batch(
     conn: &mut Connection,
-    batch: Vec<WriteOp>,
-    closing: &mut Option<oneshot::Sender<()>>,
-    outbox_appended: &mut u64,
-    done: &mut Vec<Done>,
+    journal: &mut Journal,
+    ops: Vec<WriteOp>,
+    batch: &mut Batch,
 ) -> StoreResult<()> {
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
-            for op in batch {
+            for op in ops {
                 match op {
-                    WriteOp::Close(reply) => *closing = Some(reply),
-                    op => done.extend(Done::not_run(op)),
+                    WriteOp::Close(reply) => batch.closing = Some(reply),
+                    op => batch.done.extend(Done::not_run(op)),
                 }
             }
             return Err(e.into());
         }
     };
-    for op in batch {
-        match op {
-            WriteOp::Create(w, reply) => {
-                let r = in_savepoint(&tx, |c| rows::create(c, &w));
-                *outbox_appended += r.is_ok() as u64;
-                done.push(Done::Unit(reply, r));
-            }
-            WriteOp::Update(w, tags_changed, reply) => {
-                let r = in_savepoint(&tx, |c| rows::update(c, &w, tags_changed));
-                *outbox_appended += r.is_ok() as u64;
-                done.push(Done::Unit(reply, r));
-            }
-            WriteOp::Import(te, reply) => {
-                let r = in_savepoint(&tx, |c| rows::import(c, &te.0, &te.1));
-                done.push(Done::Unit(reply, r));
-            }
+    let mut ops = ops.into_iter();
+    while let Some(op) = ops.next() {
+        let (jop, write, reply) = match op {
+            WriteOp::Create(w, reply) => (JournalOp::Create, *w, reply),
+            WriteOp::Update(w, reply) => (JournalOp::Update, *w, reply),
+            WriteOp::Import(w, reply) => (JournalOp::Import, *w, reply),
             WriteOp::OutboxAck(seqs, reply) => {
                 let r = in_savepoint(&tx, |c| rows::outbox_ack(c, &seqs));
-                done.push(Done::Unit(reply, r));
+                batch.done.push(Done::Unit(reply, r));
+                continue;
             }
             WriteOp::DeadLetter(rejected, reply) => {
                 let r = in_savepoint(&tx, |c| rows::outbox_dead_letter(c, &rejected));
-                done.push(Done::Unit(reply, r));
+                batch.done.push(Done::Unit(reply, r));
+                continue;
             }
             WriteOp::RetryDeadLetter(id, reply) => {
                 let r = in_savepoint(&tx, |c| rows::retry_dead_letter(c, id));
-                *outbox_appended += matches!(r, Ok(true)) as u64;
-                done.push(Done::Bool(reply, r));
+                batch.outbox_appended += matches!(r, Ok(true)) as u64;
+                batch.done.push(Done::Bool(reply, r));
+                continue;
             }
-            WriteOp::Ping(reply) => done.push(Done::Unit(reply, Ok(()))),
-            WriteOp::Close(reply) => *closing = Some(reply),
-        }
+            WriteOp::Ping(reply) => {
+                batch.done.push(Done::Unit(reply, Ok(())));
+                continue;
+            }
+            WriteOp::Fold(reply) => {
+                batch.fold_waiters.push(reply);
+                continue;
+            }
+            WriteOp::Close(reply) => {
+                batch.closing = Some(reply);
+                continue;
+            }
+        };
+        // No savepoint: `append` refuses a write (conflict, duplicate) before it inserts anything,
+        // and an insert that fails after that fails the whole transaction, every caller told.
+        let r = match journal.append(&tx, jop, write) {
+            Ok(Some(staged)) => {
+                batch.outbox_appended += (jop != JournalOp::Import) as u64;
+                journal.record(staged);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e @ (StoreError::AlreadyExists(_) | StoreError::VersionConflict { .. })) => {
+                metrics::counter!(m::STORE_WRITE_ERRORS).increment(1);
+                Err(e)
+            }
+            Err(e) => {
+                batch.done.push(Done::Unit(
+                    reply,
+                    Err(StoreError::CommitFailed(e.to_string())),
+                ));
+                for op in ops {
+                    match op {
+                        WriteOp::Close(reply) => batch.closing = Some(reply),
+                        WriteOp::Fold(reply) => batch.fold_waiters.push(reply),
+                        op => batch.done.extend(Done::not_run(op)),
+                    }
+                }
+                return Err(e);
+            }
+        };
+        batch.done.push(Done::Unit(reply, r));
     }
     tx.commit()?;
     Ok(())
@@ -340,14 +559,15 @@ fn in_savepoint<T>(
     tx: &rusqlite::Transaction<'_>,
     f: impl FnOnce(&Connection) -> StoreResult<T>,
 ) -> StoreResult<T> {
-    tx.execute_batch("SAVEPOINT op")?;
+    tx.prepare_cached("SAVEPOINT op")?.execute([])?;
     match f(tx) {
         Ok(v) => {
-            tx.execute_batch("RELEASE op")?;
+            tx.prepare_cached("RELEASE op")?.execute([])?;
             Ok(v)
         }
         Err(e) => {
-            tx.execute_batch("ROLLBACK TO op; RELEASE op")?;
+            tx.prepare_cached("ROLLBACK TO op")?.execute([])?;
+            tx.prepare_cached("RELEASE op")?.execute([])?;
             metrics::counter!(m::STORE_WRITE_ERRORS).increment(1);
             Err(e)
         }
@@ -356,28 +576,40 @@ fn in_savepoint<T>(
 
 impl TicketStore for SqliteStore {
     fn create(&self, write: TicketWrite) -> BoxFuture<'static, StoreResult<()>> {
-        self.write(|r| WriteOp::Create(Box::new(write), r))
+        match EncodedWrite::new(write) {
+            Ok(w) => self.write(|r| WriteOp::Create(Box::new(w), r)),
+            Err(e) => futures_util::future::ready(Err(e)).boxed(),
+        }
     }
 
     fn update(&self, write: TicketWrite) -> BoxFuture<'static, StoreResult<()>> {
-        let tags_changed = write
-            .event
-            .changes
-            .as_object()
-            .is_some_and(|c| c.contains_key("tags"));
-        self.write(|r| WriteOp::Update(Box::new(write), tags_changed, r))
+        match EncodedWrite::new(write) {
+            Ok(w) => self.write(|r| WriteOp::Update(Box::new(w), r)),
+            Err(e) => futures_util::future::ready(Err(e)).boxed(),
+        }
     }
 
     fn import(&self, ticket: Ticket, event: TicketEvent) -> BoxFuture<'static, StoreResult<()>> {
-        self.write(|r| WriteOp::Import(Box::new((ticket, event)), r))
+        let write = TicketWrite {
+            ticket,
+            event,
+            comment: None,
+        };
+        match EncodedWrite::new(write) {
+            Ok(w) => self.write(|r| WriteOp::Import(Box::new(w), r)),
+            Err(e) => futures_util::future::ready(Err(e)).boxed(),
+        }
     }
 
     fn load(&self, id: TicketId) -> BoxFuture<'static, StoreResult<Option<Ticket>>> {
+        if let Some(ticket) = self.pending.get(id) {
+            return futures_util::future::ready(Ok(Some(ticket))).boxed();
+        }
         self.read(move |c| rows::load(c, id))
     }
 
     fn list(&self, filter: TicketFilter) -> BoxFuture<'static, StoreResult<Vec<Ticket>>> {
-        self.read(move |c| rows::list(c, &filter))
+        self.read_folded(move |c| rows::list(c, &filter))
     }
 
     fn events(
@@ -386,7 +618,7 @@ impl TicketStore for SqliteStore {
         after_seq: i64,
         limit: u32,
     ) -> BoxFuture<'static, StoreResult<Vec<(i64, TicketEvent)>>> {
-        self.read(move |c| rows::events(c, id, after_seq, limit))
+        self.read_folded(move |c| rows::events(c, id, after_seq, limit))
     }
 
     fn outbox_peek(&self, limit: usize) -> BoxFuture<'static, StoreResult<Vec<OutboxEntry>>> {

@@ -1,0 +1,606 @@
+//! The write journal, and its fold into the ticket tables.
+//!
+//! A ticket write is acknowledged once its journal row (and its outbox row) commit: appends at the end of
+//! two tables, whichever ticket it touches, so a group commit writes a few pages instead of a ticket row,
+//! its indexes and a history index entry per write scattered across the file. The tickets table, the tag
+//! index, the history and the comments catch up in a *fold*, which applies every journalled write in one
+//! transaction and empties the journal in that same transaction. A fold writes each touched page once,
+//! however many writes landed on it, and several updates of one ticket become one row update.
+//!
+//! Until folded, a ticket's latest snapshot is served from memory ([`PendingView`]); queries that read
+//! the tables (lists, history) ask for a fold first. After a crash, [`Journal::recover`] rebuilds the
+//! same state from the journal table and the store folds it before serving.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection};
+
+use super::{rows, StoreError, StoreResult, SyncRecord, TicketWrite};
+use crate::metrics as m;
+use crate::ticket::model::{Ticket, TicketEvent, TicketId};
+
+fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// A ticket write with the JSON of its rows already encoded, so the encoding runs on the caller's
+/// thread and not on the single writer thread every write waits for.
+pub struct EncodedWrite {
+    write: TicketWrite,
+    /// The [`SyncRecord`]: the journal row's and the outbox row's payload.
+    record: String,
+    /// The [`TicketEvent`], for the history once folded.
+    event: String,
+}
+
+impl EncodedWrite {
+    pub fn new(write: TicketWrite) -> StoreResult<Self> {
+        let record = encode(&SyncRecord {
+            event_id: write.event.event_id,
+            ticket_id: write.ticket.id,
+            version: write.ticket.version,
+            kind: write.event.kind,
+            occurred_at: write.event.at,
+            ticket: write.ticket.clone(),
+            comment: write.comment.clone(),
+        })?;
+        let event = encode(&write.event)?;
+        Ok(Self {
+            write,
+            record,
+            event,
+        })
+    }
+
+    fn decode(record: &str, event: &str) -> StoreResult<TicketWrite> {
+        let record: SyncRecord = serde_json::from_str(record)
+            .map_err(|e| StoreError::Corrupt(format!("journal record: {e}")))?;
+        let event: TicketEvent = serde_json::from_str(event)
+            .map_err(|e| StoreError::Corrupt(format!("journal event: {e}")))?;
+        Ok(TicketWrite {
+            ticket: record.ticket,
+            event,
+            comment: record.comment,
+        })
+    }
+}
+
+/// What a journal row does when folded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalOp {
+    /// A new ticket (its `created` event; an outbox row was written beside it).
+    Create,
+    /// A change to a ticket already stored or journalled.
+    Update,
+    /// A ticket fetched from Django (no outbox row: Django has it).
+    Import,
+}
+
+impl JournalOp {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Update => "update",
+            Self::Import => "import",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [Self::Create, Self::Update, Self::Import]
+            .into_iter()
+            .find(|op| op.as_str() == s)
+    }
+}
+
+/// Latest snapshots of journalled, not yet folded tickets, readable from any thread.
+#[derive(Debug, Default)]
+pub struct PendingView {
+    tickets: Mutex<HashMap<TicketId, Arc<Ticket>>>,
+    len: AtomicUsize,
+}
+
+impl PendingView {
+    fn lock(&self) -> MutexGuard<'_, HashMap<TicketId, Arc<Ticket>>> {
+        // The map is only ever replaced whole or extended; a panic mid-update leaves it usable.
+        self.tickets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, id: TicketId) -> Option<Ticket> {
+        if self.is_empty() {
+            return None;
+        }
+        self.lock().get(&id).map(|t| Ticket::clone(t))
+    }
+
+    /// No acknowledged write is waiting for a fold: the tables are current.
+    pub fn is_empty(&self) -> bool {
+        self.len.load(Ordering::Acquire) == 0
+    }
+
+    fn publish(&self, tickets: impl IntoIterator<Item = Arc<Ticket>>) {
+        let mut map = self.lock();
+        map.extend(tickets.into_iter().map(|t| (t.id, t)));
+        self.len.store(map.len(), Ordering::Release);
+    }
+
+    fn replace(&self, tickets: HashMap<TicketId, Arc<Ticket>>) {
+        let mut map = self.lock();
+        *map = tickets;
+        self.len.store(map.len(), Ordering::Release);
+    }
+}
+
+struct PendingTicket {
+    /// Whether the tickets table has a row for it (then the fold updates that row, else inserts).
+    stored: bool,
+    latest: Arc<Ticket>,
+}
+
+/// A write checked against the journal and the tables, ready to be recorded once its rows are in.
+pub struct Staged {
+    op: JournalOp,
+    write: TicketWrite,
+    stored: bool,
+}
+
+/// The writer thread's account of the journal: every row not yet folded, in order.
+pub struct Journal {
+    entries: Vec<(JournalOp, TicketWrite)>,
+    tickets: HashMap<TicketId, PendingTicket>,
+    oldest: Option<Instant>,
+    /// Snapshots written in the transaction under way, shown to readers once it commits.
+    unpublished: Vec<Arc<Ticket>>,
+    view: Arc<PendingView>,
+    last_failed_fold: Option<Instant>,
+}
+
+impl Journal {
+    /// Reads the journal table (left by a previous run, or after a failed commit) into memory.
+    pub fn recover(conn: &Connection, view: Arc<PendingView>) -> StoreResult<Self> {
+        let mut journal = Self {
+            entries: Vec::new(),
+            tickets: HashMap::new(),
+            oldest: None,
+            unpublished: Vec::new(),
+            view,
+            last_failed_fold: None,
+        };
+        let mut stmt = conn.prepare("SELECT op, record, event FROM journal ORDER BY seq")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let op: String = row.get(0)?;
+            let op = JournalOp::parse(&op)
+                .ok_or_else(|| StoreError::Corrupt(format!("bad journal op `{op}`")))?;
+            let write = EncodedWrite::decode(&row.get::<_, String>(1)?, &row.get::<_, String>(2)?)?;
+            let stored = op == JournalOp::Update;
+            journal.record(Staged { op, write, stored });
+        }
+        let snapshots = journal
+            .tickets
+            .iter()
+            .map(|(id, p)| (*id, p.latest.clone()))
+            .collect();
+        journal.unpublished.clear();
+        journal.view.replace(snapshots);
+        metrics::gauge!(m::STORE_JOURNAL_DEPTH).set(journal.entries.len() as f64);
+        Ok(journal)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Checks `write` against the journal and the tables, then appends its journal row and, unless it
+    /// is an import, its outbox row. `Ok(None)`: an import of a ticket already here, nothing to do.
+    pub fn append(
+        &self,
+        conn: &Connection,
+        op: JournalOp,
+        encoded: EncodedWrite,
+    ) -> StoreResult<Option<Staged>> {
+        let EncodedWrite {
+            write,
+            record,
+            event,
+        } = encoded;
+        let id = write.ticket.id;
+        let pending = self.tickets.get(&id);
+        // Every check comes before the first insert, so a refused write leaves nothing behind.
+        let stored = match op {
+            JournalOp::Create | JournalOp::Import => {
+                if pending.is_some() || rows::stored_version(conn, id)?.is_some() {
+                    if op == JournalOp::Import {
+                        // A concurrent activation imported it first; the first one wins.
+                        return Ok(None);
+                    }
+                    return Err(StoreError::AlreadyExists(id));
+                }
+                false
+            }
+            JournalOp::Update => {
+                let expected = write.ticket.version.saturating_sub(1);
+                let current = match pending {
+                    Some(p) => Some(p.latest.version),
+                    None => rows::stored_version(conn, id)?,
+                };
+                if current != Some(expected) {
+                    return Err(StoreError::VersionConflict { id, expected });
+                }
+                true
+            }
+        };
+        let ticket_id = id.to_string();
+        conn.prepare_cached(
+            "INSERT INTO journal (op, ticket_id, record, event) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![op.as_str(), ticket_id, record, event])?;
+        if op != JournalOp::Import {
+            rows::insert_outbox(conn, write.event.event_id, id, &record)?;
+        }
+        Ok(Some(Staged { op, write, stored }))
+    }
+
+    /// Takes in a write whose rows are in the current transaction.
+    pub fn record(&mut self, staged: Staged) {
+        let Staged { op, write, stored } = staged;
+        let latest = Arc::new(write.ticket.clone());
+        self.unpublished.push(latest.clone());
+        self.tickets
+            .entry(write.ticket.id)
+            .and_modify(|p| p.latest = latest.clone())
+            .or_insert(PendingTicket { stored, latest });
+        self.entries.push((op, write));
+        self.oldest.get_or_insert_with(Instant::now);
+    }
+
+    /// The transaction holding the recorded writes committed: readers may see them.
+    pub fn committed(&mut self) {
+        if !self.unpublished.is_empty() {
+            self.view.publish(self.unpublished.drain(..));
+        }
+        metrics::gauge!(m::STORE_JOURNAL_DEPTH).set(self.entries.len() as f64);
+    }
+
+    /// The transaction did not commit: forget what it recorded by reading back what is durable.
+    pub fn rolled_back(&mut self, conn: &Connection) -> StoreResult<()> {
+        let view = self.view.clone();
+        *self = Self::recover(conn, view)?;
+        Ok(())
+    }
+
+    /// How long until a fold is due (zero: now), or `None` when the journal is empty.
+    pub fn fold_due_in(&self, max_rows: usize, interval: Duration) -> Option<Duration> {
+        let oldest = self.oldest?;
+        if let Some(failed) = self.last_failed_fold {
+            // After a failed fold wait a whole interval, not a commit, before trying again.
+            return Some(interval.saturating_sub(failed.elapsed()));
+        }
+        if self.entries.len() >= max_rows {
+            return Some(Duration::ZERO);
+        }
+        Some(interval.saturating_sub(oldest.elapsed()))
+    }
+
+    /// Applies every journalled write to the tables and empties the journal, in one transaction.
+    pub fn fold(&mut self, conn: &mut Connection) -> StoreResult<()> {
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        let rows = self.entries.len();
+        let _span =
+            tracing::debug_span!("store_fold", rows, tickets = self.tickets.len()).entered();
+        let started = Instant::now();
+        match self.apply(conn) {
+            Ok(()) => {
+                self.entries.clear();
+                self.tickets.clear();
+                self.oldest = None;
+                self.last_failed_fold = None;
+                self.view.replace(HashMap::new());
+                metrics::histogram!(m::STORE_FOLD_ROWS).record(rows as f64);
+                metrics::histogram!(m::STORE_FOLD_DURATION).record(started.elapsed().as_secs_f64());
+                metrics::gauge!(m::STORE_JOURNAL_DEPTH).set(0.0);
+                tracing::debug!(
+                    rows,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "folded journal"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                self.last_failed_fold = Some(Instant::now());
+                metrics::counter!(m::STORE_FOLD_ERRORS).increment(1);
+                tracing::error!(error = %e, rows, "journal fold failed; writes stay journalled and are retried");
+                Err(e)
+            }
+        }
+    }
+
+    fn apply(&self, conn: &mut Connection) -> StoreResult<()> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for (_, write) in &self.entries {
+            rows::insert_event(&tx, &write.event)?;
+            if let Some(comment) = &write.comment {
+                rows::insert_comment(&tx, comment)?;
+            }
+        }
+        // In key order, so neighbouring rows and index entries are written while their pages are hot.
+        let mut tickets: Vec<&PendingTicket> = self.tickets.values().collect();
+        tickets.sort_unstable_by_key(|p| p.latest.id);
+        for p in tickets {
+            if !p.stored {
+                rows::insert_ticket(&tx, &p.latest)?;
+                continue;
+            }
+            let base = rows::load(&tx, p.latest.id)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("journalled ticket {} has no row", p.latest.id))
+            })?;
+            rows::update_ticket(&tx, &base, &p.latest)?;
+        }
+        tx.execute("DELETE FROM journal", [])?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use chrono::Duration as ChronoDuration;
+    use serde_json::json;
+
+    use super::super::sqlite::SqliteStore;
+    use super::super::{now, StoreError, TicketFilter, TicketStore, TicketWrite};
+    use crate::config::{StorageSettings, Synchronous};
+    use crate::ticket::model::{
+        Comment, EventId, EventKind, Priority, Source, Ticket, TicketEvent, TicketId,
+    };
+    use crate::ticket::state::Status;
+
+    /// A store that never folds on its own: only queries, `close` and a reopen fold.
+    fn open(dir: &Path) -> SqliteStore {
+        SqliteStore::open(&StorageSettings {
+            data_dir: dir.to_path_buf(),
+            synchronous: Synchronous::Normal,
+            commit_batch_max: 64,
+            readers: 1,
+            fold_max_rows: 1_000_000,
+            fold_interval_ms: 3_600_000,
+            checkpoint_interval_ms: 50,
+            wal_max_mib: 64,
+        })
+        .unwrap()
+    }
+
+    fn ticket(tags: &[&str]) -> Ticket {
+        let at = now();
+        Ticket {
+            id: TicketId::new(),
+            subject: "Printer on fire — ünïcode".into(),
+            description: String::new(),
+            status: Status::Open,
+            priority: Priority::Normal,
+            requester: "ann@example.com".into(),
+            assignee: None,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            source: Source::Api,
+            chat_session_id: None,
+            created_at: at,
+            updated_at: at,
+            version: 1,
+        }
+    }
+
+    fn write(ticket: &Ticket, kind: EventKind, comment: Option<Comment>) -> TicketWrite {
+        TicketWrite {
+            ticket: ticket.clone(),
+            event: TicketEvent {
+                event_id: EventId::new(),
+                ticket_id: ticket.id,
+                kind,
+                actor: "test".into(),
+                at: ticket.updated_at,
+                version: ticket.version,
+                changes: json!({"v": ticket.version}),
+            },
+            comment,
+        }
+    }
+
+    /// The next version of `t` with `change` applied.
+    fn next(t: &Ticket, change: impl FnOnce(&mut Ticket)) -> Ticket {
+        let mut t = t.clone();
+        change(&mut t);
+        t.version += 1;
+        t.updated_at += ChronoDuration::milliseconds(1);
+        t
+    }
+
+    fn filter() -> TicketFilter {
+        TicketFilter {
+            limit: 100,
+            ..TicketFilter::default()
+        }
+    }
+
+    /// Creates a ticket and changes it three times (fields, tags, a comment); returns its states.
+    async fn history(store: &SqliteStore) -> Vec<Ticket> {
+        let v1 = ticket(&["printer", "fire"]);
+        store
+            .create(write(&v1, EventKind::Created, None))
+            .await
+            .unwrap();
+        let v2 = next(&v1, |t| {
+            t.status = Status::InProgress;
+            t.assignee = Some("bob".into());
+            t.priority = Priority::Urgent;
+        });
+        store
+            .update(write(&v2, EventKind::StatusChanged, None))
+            .await
+            .unwrap();
+        let v3 = next(&v2, |t| t.tags = vec!["fire".into(), "facilities".into()]);
+        store
+            .update(write(&v3, EventKind::Updated, None))
+            .await
+            .unwrap();
+        let v4 = next(&v3, |_| {});
+        let comment = Comment {
+            id: uuid::Uuid::now_v7(),
+            ticket_id: v4.id,
+            author: "bob".into(),
+            body: "Extinguished.".into(),
+            created_at: v4.updated_at,
+        };
+        store
+            .update(write(&v4, EventKind::Commented, Some(comment)))
+            .await
+            .unwrap();
+        vec![v1, v2, v3, v4]
+    }
+
+    async fn assert_tables_hold(store: &SqliteStore, states: &[Ticket]) {
+        let last = states.last().unwrap();
+        assert_eq!(store.load(last.id).await.unwrap().as_ref(), Some(last));
+        let listed = store.list(filter()).await.unwrap();
+        assert_eq!(listed, vec![last.clone()]);
+        let by = |f: TicketFilter| async { store.list(f).await.unwrap().len() };
+        let tag = |t: &str| TicketFilter {
+            tag: Some(t.into()),
+            ..filter()
+        };
+        assert_eq!(
+            by(tag("printer")).await,
+            0,
+            "a removed tag leaves the index"
+        );
+        assert_eq!(by(tag("facilities")).await, 1);
+        assert_eq!(by(tag("fire")).await, 1);
+        let status = |s| TicketFilter {
+            status: Some(s),
+            ..filter()
+        };
+        assert_eq!(by(status(Status::Open)).await, 0);
+        assert_eq!(by(status(Status::InProgress)).await, 1);
+        let assignee = TicketFilter {
+            assignee: Some("bob".into()),
+            ..filter()
+        };
+        assert_eq!(by(assignee).await, 1);
+        let events = store.events(last.id, 0, 100).await.unwrap();
+        let versions: Vec<u64> = events.iter().map(|(_, e)| e.version).collect();
+        assert_eq!(versions, vec![1, 2, 3, 4]);
+        assert!(
+            events.windows(2).all(|w| w[0].0 < w[1].0),
+            "history in order"
+        );
+        assert_eq!(events[3].1.kind, EventKind::Commented);
+        let outbox = store.outbox_peek(100).await.unwrap();
+        let synced: Vec<u64> = outbox.iter().map(|e| e.record.version).collect();
+        assert_eq!(synced, vec![1, 2, 3, 4], "every write is in the outbox");
+        assert_eq!(
+            outbox[3].record.comment.as_ref().unwrap().body,
+            "Extinguished."
+        );
+    }
+
+    #[actix_rt::test]
+    async fn journalled_writes_are_read_back_before_and_after_the_fold() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let states = history(&store).await;
+        // Not folded yet: the snapshot comes from memory.
+        assert_eq!(
+            store.load(states[0].id).await.unwrap().as_ref(),
+            states.last()
+        );
+        // A list folds first, so every query below reads the tables.
+        assert_tables_hold(&store, &states).await;
+        store.close().await;
+    }
+
+    #[actix_rt::test]
+    async fn a_journal_left_by_a_crash_is_folded_on_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let states = {
+            let store = open(dir.path());
+            let states = history(&store).await;
+            // Dropped without `close`: the writer stops without folding, as after kill -9.
+            drop(store);
+            states
+        };
+        let raw = rusqlite::Connection::open(dir.path().join("switchboard.db")).unwrap();
+        let journalled: i64 = raw
+            .query_row("SELECT COUNT(*) FROM journal", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(journalled, 4, "the writes were left in the journal");
+        drop(raw);
+        let store = open(dir.path());
+        assert_tables_hold(&store, &states).await;
+        store.close().await;
+    }
+
+    #[actix_rt::test]
+    async fn conflicts_and_duplicates_are_refused_against_journal_and_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let v1 = ticket(&[]);
+        store
+            .create(write(&v1, EventKind::Created, None))
+            .await
+            .unwrap();
+        for round in ["journalled", "folded"] {
+            let again = store.create(write(&v1, EventKind::Created, None)).await;
+            assert!(
+                matches!(again, Err(StoreError::AlreadyExists(_))),
+                "{round}"
+            );
+            let stale = next(&next(&v1, |_| {}), |_| {});
+            let conflict = store.update(write(&stale, EventKind::Updated, None)).await;
+            assert!(
+                matches!(
+                    conflict,
+                    Err(StoreError::VersionConflict { expected: 2, .. })
+                ),
+                "{round}: {conflict:?}"
+            );
+            store.list(filter()).await.unwrap();
+        }
+        let unknown = next(&ticket(&[]), |_| {});
+        let missing = store
+            .update(write(&unknown, EventKind::Updated, None))
+            .await;
+        assert!(matches!(missing, Err(StoreError::VersionConflict { .. })));
+        // A refused write leaves nothing behind, and its neighbours commit.
+        let v2 = next(&v1, |t| t.subject = "Still on fire".into());
+        store
+            .update(write(&v2, EventKind::Updated, None))
+            .await
+            .unwrap();
+        assert_eq!(store.outbox_peek(10).await.unwrap().len(), 2);
+        assert_eq!(store.events(v1.id, 0, 10).await.unwrap().len(), 2);
+        assert_eq!(store.load(v1.id).await.unwrap(), Some(v2));
+        store.close().await;
+    }
+
+    #[actix_rt::test]
+    async fn an_import_is_stored_once_without_an_outbox_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let t = ticket(&["django"]);
+        let event = write(&t, EventKind::Imported, None).event;
+        store.import(t.clone(), event.clone()).await.unwrap();
+        // The second activation's import is a no-op, journalled or folded.
+        store.import(t.clone(), event.clone()).await.unwrap();
+        assert_eq!(store.load(t.id).await.unwrap().as_ref(), Some(&t));
+        assert_eq!(store.list(filter()).await.unwrap(), vec![t.clone()]);
+        store.import(t.clone(), event).await.unwrap();
+        assert!(store.outbox_peek(10).await.unwrap().is_empty());
+        assert_eq!(store.events(t.id, 0, 10).await.unwrap().len(), 1);
+        store.close().await;
+    }
+}
