@@ -1,22 +1,24 @@
 //! The write journal, and its fold into the ticket tables.
 //!
-//! A ticket write is acknowledged once its journal row (and its outbox row) commit: appends at the end of
-//! two tables, whichever ticket it touches, so a group commit writes a few pages instead of a ticket row,
-//! its indexes and a history index entry per write scattered across the file. The tickets table, the tag
-//! index, the history and the comments catch up in a *fold*, which applies every journalled write in one
-//! transaction and empties the journal in that same transaction. A fold writes each touched page once,
-//! however many writes landed on it, and several updates of one ticket become one row update.
+//! A ticket write is acknowledged once its outbox row commits: one append at the end of one table,
+//! whichever ticket it touches, so a group commit writes a few pages instead of a ticket row, its
+//! indexes and a history index entry per write scattered across the file. The outbox row is the
+//! journal entry: beside the snapshot the bridge sends to Django it carries the operation and the
+//! history event. The tickets table, the tag index, the history and the comments catch up in a *fold*,
+//! which applies every journalled write in one transaction and moves the `folded_seq` watermark in that
+//! same transaction. A fold writes each touched page once, however many writes landed on it, and several
+//! updates of one ticket become one row update. An outbox row goes once it is both delivered and folded.
 //!
 //! Until folded, a ticket's latest snapshot is served from memory ([`PendingView`]); queries that read
 //! the tables (lists, history) ask for a fold first. After a crash, [`Journal::recover`] rebuilds the
-//! same state from the journal table and the store folds it before serving.
+//! same state from the rows above the watermark, and the store folds them before serving.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 
 use super::{rows, StoreError, StoreResult, SyncRecord, TicketWrite};
 use crate::metrics as m;
@@ -144,11 +146,16 @@ pub struct Staged {
     op: JournalOp,
     write: TicketWrite,
     stored: bool,
+    seq: i64,
 }
 
 /// The writer thread's account of the journal: every row not yet folded, in order.
 pub struct Journal {
     entries: Vec<(JournalOp, TicketWrite)>,
+    /// Outbox rows up to here are applied to the tables.
+    folded_seq: i64,
+    /// The newest journalled row.
+    last_seq: i64,
     tickets: HashMap<TicketId, PendingTicket>,
     oldest: Option<Instant>,
     /// Snapshots written in the transaction under way, shown to readers once it commits.
@@ -158,25 +165,42 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Reads the journal table (left by a previous run, or after a failed commit) into memory.
+    /// Reads the journal (left by a previous run, or after a failed commit) into memory.
     pub fn recover(conn: &Connection, view: Arc<PendingView>) -> StoreResult<Self> {
+        let folded_seq: i64 = conn.query_row(
+            "SELECT value FROM store_meta WHERE key = 'folded_seq'",
+            [],
+            |r| r.get(0),
+        )?;
         let mut journal = Self {
             entries: Vec::new(),
+            folded_seq,
+            last_seq: folded_seq,
             tickets: HashMap::new(),
             oldest: None,
             unpublished: Vec::new(),
             view,
             last_failed_fold: None,
         };
-        let mut stmt = conn.prepare("SELECT op, record, event FROM journal ORDER BY seq")?;
-        let mut rows = stmt.query([])?;
+        // Rows without an op are dead letters sent again: their change was journalled already.
+        let mut stmt = conn.prepare(
+            "SELECT seq, op, payload, event FROM outbox WHERE seq > ?1 AND op IS NOT NULL \
+             ORDER BY seq",
+        )?;
+        let mut rows = stmt.query([folded_seq])?;
         while let Some(row) = rows.next()? {
-            let op: String = row.get(0)?;
+            let seq: i64 = row.get(0)?;
+            let op: String = row.get(1)?;
             let op = JournalOp::parse(&op)
                 .ok_or_else(|| StoreError::Corrupt(format!("bad journal op `{op}`")))?;
-            let write = EncodedWrite::decode(&row.get::<_, String>(1)?, &row.get::<_, String>(2)?)?;
+            let write = EncodedWrite::decode(&row.get::<_, String>(2)?, &row.get::<_, String>(3)?)?;
             let stored = op == JournalOp::Update;
-            journal.record(Staged { op, write, stored });
+            journal.record(Staged {
+                op,
+                write,
+                stored,
+                seq,
+            });
         }
         let snapshots = journal
             .tickets
@@ -193,8 +217,13 @@ impl Journal {
         self.entries.len()
     }
 
-    /// Checks `write` against the journal and the tables, then appends its journal row and, unless it
-    /// is an import, its outbox row. `Ok(None)`: an import of a ticket already here, nothing to do.
+    /// Outbox rows up to here are folded; see [`super::rows::outbox_ack`].
+    pub fn folded_seq(&self) -> i64 {
+        self.folded_seq
+    }
+
+    /// Checks `write` against the journal and the tables, then appends its outbox row (already
+    /// delivered for an import: Django has it). `Ok(None)`: an import of a ticket already here.
     pub fn append(
         &self,
         conn: &Connection,
@@ -232,20 +261,31 @@ impl Journal {
                 true
             }
         };
-        let ticket_id = id.to_string();
-        conn.prepare_cached(
-            "INSERT INTO journal (op, ticket_id, record, event) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![op.as_str(), ticket_id, record, event])?;
-        if op != JournalOp::Import {
-            rows::insert_outbox(conn, write.event.event_id, id, &record)?;
-        }
-        Ok(Some(Staged { op, write, stored }))
+        let seq = rows::insert_outbox(
+            conn,
+            op.as_str(),
+            &write.event,
+            &record,
+            &event,
+            op == JournalOp::Import,
+        )?;
+        Ok(Some(Staged {
+            op,
+            write,
+            stored,
+            seq,
+        }))
     }
 
     /// Takes in a write whose rows are in the current transaction.
     pub fn record(&mut self, staged: Staged) {
-        let Staged { op, write, stored } = staged;
+        let Staged {
+            op,
+            write,
+            stored,
+            seq,
+        } = staged;
+        self.last_seq = self.last_seq.max(seq);
         let latest = Arc::new(write.ticket.clone());
         self.unpublished.push(latest.clone());
         self.tickets
@@ -297,6 +337,7 @@ impl Journal {
             Ok(()) => {
                 self.entries.clear();
                 self.tickets.clear();
+                self.folded_seq = self.last_seq;
                 self.oldest = None;
                 self.last_failed_fold = None;
                 self.view.replace(HashMap::new());
@@ -340,7 +381,15 @@ impl Journal {
             })?;
             rows::update_ticket(&tx, &base, &p.latest)?;
         }
-        tx.execute("DELETE FROM journal", [])?;
+        tx.execute(
+            "UPDATE store_meta SET value = ?1 WHERE key = 'folded_seq'",
+            [self.last_seq],
+        )?;
+        // Rows delivered before their fold were kept for it; delivered rows exist only in this range.
+        tx.execute(
+            "DELETE FROM outbox WHERE seq > ?1 AND seq <= ?2 AND delivered = 1",
+            [self.folded_seq, self.last_seq],
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -535,7 +584,12 @@ mod tests {
         };
         let raw = rusqlite::Connection::open(dir.path().join("switchboard.db")).unwrap();
         let journalled: i64 = raw
-            .query_row("SELECT COUNT(*) FROM journal", [], |r| r.get(0))
+            .query_row(
+                "SELECT COUNT(*) FROM outbox WHERE seq > \
+                 (SELECT value FROM store_meta WHERE key = 'folded_seq')",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(journalled, 4, "the writes were left in the journal");
         drop(raw);
@@ -585,6 +639,58 @@ mod tests {
         assert_eq!(store.events(v1.id, 0, 10).await.unwrap().len(), 2);
         assert_eq!(store.load(v1.id).await.unwrap(), Some(v2));
         store.close().await;
+    }
+
+    #[actix_rt::test]
+    async fn rows_delivered_or_dead_lettered_before_their_fold_are_folded_then_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let states = history(&store).await;
+        let outbox = store.outbox_peek(10).await.unwrap();
+        let seqs: Vec<i64> = outbox.iter().map(|e| e.seq).collect();
+        // Django takes the first two and refuses the third before any fold.
+        store.outbox_ack(seqs[..2].to_vec()).await.unwrap();
+        store
+            .outbox_dead_letter(vec![super::super::Rejection {
+                seq: seqs[2],
+                status_code: Some(422),
+                error: "no".into(),
+            }])
+            .await
+            .unwrap();
+        let waiting = store.outbox_peek(10).await.unwrap();
+        assert_eq!(waiting.len(), 1, "only the fourth is still to send");
+        assert_eq!(store.outbox_stats().await.unwrap().depth, 1);
+        // An operator re-queues the dead letter while its row still waits for the fold.
+        let dead = store.dead_letters(10).await.unwrap();
+        assert!(store.retry_dead_letter(dead[0].id).await.unwrap());
+        let again: Vec<i64> = store
+            .outbox_peek(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(again, vec![seqs[2], seqs[3]], "re-sent from its own row");
+        // The fold applies all four, and drops the delivered ones.
+        assert_tables_hold_after_delivery(&store, &states).await;
+        let stats = store.outbox_stats().await.unwrap();
+        assert_eq!((stats.depth, stats.dead_letters), (2, 0));
+        store.outbox_ack(vec![seqs[2], seqs[3]]).await.unwrap();
+        assert_eq!(store.outbox_stats().await.unwrap().depth, 0);
+        drop(store);
+        let raw = rusqlite::Connection::open(dir.path().join("switchboard.db")).unwrap();
+        let rows: i64 = raw
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0, "delivered and folded rows are gone");
+    }
+
+    async fn assert_tables_hold_after_delivery(store: &SqliteStore, states: &[Ticket]) {
+        let last = states.last().unwrap();
+        assert_eq!(store.list(filter()).await.unwrap(), vec![last.clone()]);
+        let events = store.events(last.id, 0, 100).await.unwrap();
+        assert_eq!(events.len(), 4);
     }
 
     #[actix_rt::test]

@@ -6,9 +6,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::{
     DeadLetter, OutboxEntry, OutboxStats, Rejection, StoreError, SyncRecord, TicketFilter,
 };
-use crate::ticket::model::{
-    Comment, EventId, EventKind, Priority, Source, Ticket, TicketEvent, TicketId,
-};
+use crate::ticket::model::{Comment, EventKind, Priority, Source, Ticket, TicketEvent, TicketId};
 use crate::ticket::state::Status;
 
 pub fn ts(at: &DateTime<Utc>) -> String {
@@ -188,23 +186,30 @@ pub fn insert_comment(conn: &Connection, c: &Comment) -> Result<(), StoreError> 
     Ok(())
 }
 
-/// Appends an outbox row; `payload` is the event's [`SyncRecord`] as JSON.
+/// Appends an outbox row and returns its `seq`. `payload` is the event's [`SyncRecord`] as JSON;
+/// `op` and `event` are what the journal fold needs (see `store::journal`).
 pub fn insert_outbox(
     conn: &Connection,
-    event_id: EventId,
-    ticket_id: TicketId,
+    op: &str,
+    event: &TicketEvent,
     payload: &str,
-) -> Result<(), StoreError> {
+    event_json: &str,
+    delivered: bool,
+) -> Result<i64, StoreError> {
     conn.prepare_cached(
-        "INSERT INTO outbox (event_id, ticket_id, payload, enqueued_at) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO outbox (event_id, ticket_id, payload, enqueued_at, op, event, delivered) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
-        event_id.to_string(),
-        ticket_id.to_string(),
+        event.event_id.to_string(),
+        event.ticket_id.to_string(),
         payload,
         ts(&super::now()),
+        op,
+        event_json,
+        delivered,
     ])?;
-    Ok(())
+    Ok(conn.last_insert_rowid())
 }
 
 /// The version of `id` in the tickets table (folded writes only; see `store::journal`).
@@ -303,8 +308,9 @@ pub fn events(
 }
 
 pub fn outbox_peek(conn: &Connection, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT seq, payload, enqueued_at FROM outbox ORDER BY seq LIMIT ?1")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, payload, enqueued_at FROM outbox WHERE delivered = 0 ORDER BY seq LIMIT ?1",
+    )?;
     let mut rows = stmt.query([limit as i64])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
@@ -320,27 +326,40 @@ pub fn outbox_peek(conn: &Connection, limit: usize) -> Result<Vec<OutboxEntry>, 
     Ok(out)
 }
 
-pub fn outbox_ack(conn: &Connection, seqs: &[i64]) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
-    for seq in seqs {
-        stmt.execute([seq])?;
+/// Retires a delivered (or dead-lettered) row: gone if already folded, else kept for the fold.
+fn retire(conn: &Connection, seq: i64, folded_seq: i64) -> Result<(), StoreError> {
+    let sql = if seq <= folded_seq {
+        "DELETE FROM outbox WHERE seq = ?1"
+    } else {
+        "UPDATE outbox SET delivered = 1 WHERE seq = ?1"
+    };
+    conn.prepare_cached(sql)?.execute([seq])?;
+    Ok(())
+}
+
+pub fn outbox_ack(conn: &Connection, seqs: &[i64], folded_seq: i64) -> Result<(), StoreError> {
+    for &seq in seqs {
+        retire(conn, seq, folded_seq)?;
     }
     Ok(())
 }
 
-pub fn outbox_dead_letter(conn: &Connection, rejected: &[Rejection]) -> Result<(), StoreError> {
+pub fn outbox_dead_letter(
+    conn: &Connection,
+    rejected: &[Rejection],
+    folded_seq: i64,
+) -> Result<(), StoreError> {
     let now = ts(&super::now());
     for r in rejected {
         let moved = conn
             .prepare_cached(
                 "INSERT INTO dead_letters (event_id, ticket_id, payload, enqueued_at, failed_at, \
                  status_code, error) SELECT event_id, ticket_id, payload, enqueued_at, ?2, ?3, ?4 \
-                 FROM outbox WHERE seq = ?1",
+                 FROM outbox WHERE seq = ?1 AND delivered = 0",
             )?
             .execute(params![r.seq, now, r.status_code, r.error])?;
         if moved > 0 {
-            conn.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
-                .execute([r.seq])?;
+            retire(conn, r.seq, folded_seq)?;
         }
     }
     Ok(())
@@ -349,7 +368,11 @@ pub fn outbox_dead_letter(conn: &Connection, rejected: &[Rejection]) -> Result<(
 pub fn outbox_stats(conn: &Connection) -> Result<OutboxStats, StoreError> {
     let (depth, oldest): (i64, Option<String>) = conn
         .prepare_cached(
-            "SELECT COUNT(*), (SELECT enqueued_at FROM outbox ORDER BY seq LIMIT 1) FROM outbox",
+            // Delivered rows only wait above the fold watermark: count them in that range instead
+            // of reading every row's `delivered` (the whole table, when Django has been down).
+            "SELECT (SELECT COUNT(*) FROM outbox) - (SELECT COUNT(*) FROM outbox WHERE seq > \
+             (SELECT value FROM store_meta WHERE key = 'folded_seq') AND delivered = 1), \
+             (SELECT enqueued_at FROM outbox WHERE delivered = 0 ORDER BY seq LIMIT 1)",
         )?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let dead: i64 = conn
@@ -391,14 +414,25 @@ pub fn dead_letters(conn: &Connection, limit: u32) -> Result<Vec<DeadLetter>, St
 }
 
 pub fn retry_dead_letter(conn: &Connection, id: i64) -> Result<bool, StoreError> {
-    let moved = conn
-        .prepare_cached(
+    let event_id: Option<String> = conn
+        .prepare_cached("SELECT event_id FROM dead_letters WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    let Some(event_id) = event_id else {
+        return Ok(false);
+    };
+    // The original row is still there when it waits for a fold: send it again from where it is.
+    let revived = conn
+        .prepare_cached("UPDATE outbox SET delivered = 0 WHERE event_id = ?1")?
+        .execute([&event_id])?;
+    if revived == 0 {
+        conn.prepare_cached(
             "INSERT OR IGNORE INTO outbox (event_id, ticket_id, payload, enqueued_at) \
              SELECT event_id, ticket_id, payload, enqueued_at FROM dead_letters WHERE id = ?1",
         )?
         .execute([id])?;
-    let deleted = conn
-        .prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?
+    }
+    conn.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?
         .execute([id])?;
-    Ok(moved > 0 || deleted > 0)
+    Ok(true)
 }

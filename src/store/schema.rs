@@ -69,16 +69,18 @@ pub const MIGRATIONS: &[&str] = &[
         error       TEXT NOT NULL
     );
     "#,
-    // 2: the write journal. A ticket write commits here (and in the outbox) and is folded into the
-    // tables above later, in bulk; see `store::journal`.
+    // 2: the outbox doubles as the write journal (see `store::journal`). A ticket write commits as one
+    // outbox row that also carries what the fold needs; a row goes once it is delivered (or needs no
+    // delivery: `delivered` starts at 1 for imports) and folded (`seq` <= `folded_seq`).
     r#"
-    CREATE TABLE journal (
-        seq       INTEGER PRIMARY KEY,
-        op        TEXT NOT NULL,
-        ticket_id TEXT NOT NULL,
-        record    TEXT NOT NULL,
-        event     TEXT NOT NULL
-    );
+    ALTER TABLE outbox ADD COLUMN op TEXT;
+    ALTER TABLE outbox ADD COLUMN event TEXT;
+    ALTER TABLE outbox ADD COLUMN delivered INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE store_meta (
+        key   TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO store_meta (key, value) SELECT 'folded_seq', COALESCE(MAX(seq), 0) FROM outbox;
     "#,
 ];
 

@@ -4,8 +4,8 @@
 //! whatever else is queued (up to `storage.commit_batch_max`) and runs them all in one transaction, each
 //! inside its own savepoint so one failed write does not fail its neighbours. Replies go out only after
 //! COMMIT returns, so an acknowledged write is on disk (group commit: one fsync for many requests).
-//! Ticket writes go to the journal and the outbox; between batches the same thread folds the journal
-//! into the ticket tables (see [`super::journal`]). A checkpointer thread copies the WAL into the
+//! A ticket write is one outbox row, which is also its journal entry; between batches the same thread
+//! folds the journal into the ticket tables (see [`super::journal`]). A checkpointer thread copies the WAL into the
 //! database file, so commits do not pay for it.
 //! Reader threads each own a query-only connection. A panic on a store thread fails the jobs in hand and
 //! the thread carries on with a fresh transaction.
@@ -488,17 +488,18 @@ fn run_batch(
     };
     let mut ops = ops.into_iter();
     while let Some(op) = ops.next() {
+        let folded = journal.folded_seq();
         let (jop, write, reply) = match op {
             WriteOp::Create(w, reply) => (JournalOp::Create, *w, reply),
             WriteOp::Update(w, reply) => (JournalOp::Update, *w, reply),
             WriteOp::Import(w, reply) => (JournalOp::Import, *w, reply),
             WriteOp::OutboxAck(seqs, reply) => {
-                let r = in_savepoint(&tx, |c| rows::outbox_ack(c, &seqs));
+                let r = in_savepoint(&tx, |c| rows::outbox_ack(c, &seqs, folded));
                 batch.done.push(Done::Unit(reply, r));
                 continue;
             }
             WriteOp::DeadLetter(rejected, reply) => {
-                let r = in_savepoint(&tx, |c| rows::outbox_dead_letter(c, &rejected));
+                let r = in_savepoint(&tx, |c| rows::outbox_dead_letter(c, &rejected, folded));
                 batch.done.push(Done::Unit(reply, r));
                 continue;
             }
