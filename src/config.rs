@@ -21,6 +21,9 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
+/// Largest idle timeout or sweep interval: 2^31 - 1 ms, about 24.8 days.
+const MAX_IDLE_MS: u64 = i32::MAX as u64;
+
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
@@ -217,6 +220,16 @@ impl Settings {
         )?;
         positive("tickets.idle_timeout_ms", self.tickets.idle_timeout_ms)?;
         positive("tickets.sweep_interval_ms", self.tickets.sweep_interval_ms)?;
+        // The registry tracks idleness on a 32-bit millisecond clock that wraps; ages stay exact while
+        // every ticket is swept before it is 2^32 ms idle.
+        for (key, value) in [
+            ("tickets.idle_timeout_ms", self.tickets.idle_timeout_ms),
+            ("tickets.sweep_interval_ms", self.tickets.sweep_interval_ms),
+        ] {
+            if value > MAX_IDLE_MS {
+                return Err(invalid(key, format!("must be at most {MAX_IDLE_MS}")));
+            }
+        }
         positive("tickets.max_body_bytes", self.tickets.max_body_bytes as u64)?;
         positive("tickets.list_max_limit", self.tickets.list_max_limit as u64)?;
         positive(
@@ -377,5 +390,11 @@ mod tests {
         assert!(err.to_string().contains("flush_ms"), "{err}");
         let err = Settings::from_toml("[storage]\nsynchronous = \"sometimes\"").unwrap_err();
         assert!(err.to_string().contains("synchronous"), "{err}");
+    }
+
+    #[test]
+    fn idle_timeouts_beyond_the_registry_clock_are_refused() {
+        let err = Settings::from_toml("[tickets]\nidle_timeout_ms = 4000000000").unwrap_err();
+        assert!(err.to_string().contains("tickets.idle_timeout_ms"), "{err}");
     }
 }

@@ -3,6 +3,9 @@
 //! from memory and serialises writes: each write is made durable by the store before the actor adopts
 //! it and replies. Stopped by the registry when idle (passivation); restarted in place after a panic,
 //! reloading its state from the store.
+//!
+//! Thousands of these are live at once, so each is kept small: the dependencies every ticket shares
+//! sit behind one [`TicketDeps`] pointer, and the id lives in the state rather than beside it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,39 +67,58 @@ pub struct InjectPanic;
 /// messages already queued behind its activation get that answer instead of a closed mailbox.
 const LINGER: Duration = Duration::from_millis(500);
 
+/// What every ticket actor uses, shared by all of them (one pointer per actor instead of a clone of
+/// each handle; a `Recipient` clone alone is three allocations).
+pub struct TicketDeps {
+    pub store: Arc<dyn TicketStore>,
+    pub django: Recipient<FetchTicket>,
+}
+
+/// Each variant carries the ticket's id (a live ticket has it inside), so the actor
+/// needs no separate field for it.
 #[derive(Debug)]
 enum State {
-    Loading,
+    Loading(TicketId),
     Live(Box<Ticket>),
     /// Not in the store nor in Django: answer NotFound, then stop.
-    Missing,
+    Missing(TicketId),
     /// Could not be loaded (Django down, store error): answer with this, then stop.
-    Failed(String),
+    Failed(Box<Failure>),
+}
+
+#[derive(Debug)]
+struct Failure {
+    id: TicketId,
+    reason: String,
 }
 
 pub struct TicketActor {
-    id: TicketId,
     state: State,
-    store: Arc<dyn TicketStore>,
-    django: Recipient<FetchTicket>,
+    deps: Arc<TicketDeps>,
 }
 
 impl TicketActor {
-    pub fn new(id: TicketId, store: Arc<dyn TicketStore>, django: Recipient<FetchTicket>) -> Self {
+    pub fn new(id: TicketId, deps: Arc<TicketDeps>) -> Self {
         Self {
-            id,
-            state: State::Loading,
-            store,
-            django,
+            state: State::Loading(id),
+            deps,
         }
     }
 
-    fn live(&self) -> Result<&Ticket, TicketError> {
+    fn id(&self) -> TicketId {
+        match &self.state {
+            State::Loading(id) | State::Missing(id) => *id,
+            State::Live(t) => t.id,
+            State::Failed(f) => f.id,
+        }
+    }
+
+    fn live(&mut self) -> Result<&Ticket, TicketError> {
         match &self.state {
             State::Live(t) => Ok(t),
-            State::Missing => Err(TicketError::NotFound(self.id)),
-            State::Failed(why) => Err(TicketError::DjangoUnavailable(why.clone())),
-            State::Loading => Err(TicketError::Unavailable("ticket is still loading".into())),
+            State::Missing(id) => Err(TicketError::NotFound(*id)),
+            State::Failed(f) => Err(TicketError::DjangoUnavailable(f.reason.clone())),
+            State::Loading(_) => Err(TicketError::Unavailable("ticket is still loading".into())),
         }
     }
 
@@ -108,7 +130,7 @@ impl TicketActor {
         reply: impl FnOnce(Ticket) -> T + 'static,
     ) -> AtomicResponse<Self, Result<T, TicketError>> {
         let ticket = write.ticket.clone();
-        let fut = self.store.update(write);
+        let fut = self.deps.store.update(write);
         AtomicResponse::new(Box::pin(fut.into_actor(self).map(
             move |result, act, ctx| match result {
                 Ok(()) => {
@@ -132,10 +154,10 @@ impl Actor for TicketActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let id = self.id;
-        let store = self.store.clone();
-        let django = self.django.clone();
+        let id = self.id();
+        let deps = self.deps.clone();
         let load = async move {
+            let TicketDeps { store, django } = &*deps;
             if let Some(t) = store.load(id).await? {
                 return Ok((Some(t), "store"));
             }
@@ -166,31 +188,41 @@ impl Actor for TicketActor {
             load,
             tracing::info_span!("ticket_activation", ticket_id = %id),
         );
-        ctx.wait(load.into_actor(self).map(
-            |result: Result<_, TicketError>, act, ctx| match result {
-                Ok((Some(t), source)) => {
-                    metrics::counter!(m::TICKET_ACTIVATIONS, "source" => source).increment(1);
-                    act.state = State::Live(Box::new(t));
-                }
-                Ok((None, _)) => {
-                    act.state = State::Missing;
-                    ctx.run_later(LINGER, |_, ctx| ctx.stop());
-                }
-                Err(e) => {
-                    tracing::warn!(ticket_id = %act.id, error = %e, "ticket activation failed");
-                    act.state = State::Failed(e.to_string());
-                    ctx.run_later(LINGER, |_, ctx| ctx.stop());
-                }
-            },
-        ));
+        // A ticket actor lives until it is told to stop (`Passivate`), not until its last address is
+        // dropped: the registry holds only a weak address. actix keeps an actor with a pending
+        // future running, and this one is zero-sized, so it costs no allocation.
+        ctx.spawn(fut::wrap_future(std::future::pending::<()>()));
+        ctx.wait(
+            load.into_actor(self).map(
+                move |result: Result<_, TicketError>, act, ctx| match result {
+                    Ok((Some(t), source)) => {
+                        metrics::counter!(m::TICKET_ACTIVATIONS, "source" => source).increment(1);
+                        act.state = State::Live(Box::new(t));
+                    }
+                    Ok((None, _)) => {
+                        act.state = State::Missing(id);
+                        ctx.run_later(LINGER, |_, ctx| ctx.stop());
+                    }
+                    Err(e) => {
+                        tracing::warn!(ticket_id = %id, error = %e, "ticket activation failed");
+                        act.state = State::Failed(Box::new(Failure {
+                            id,
+                            reason: e.to_string(),
+                        }));
+                        ctx.run_later(LINGER, |_, ctx| ctx.stop());
+                    }
+                },
+            ),
+        );
     }
 }
 
 impl actix::Supervised for TicketActor {
     fn restarting(&mut self, _: &mut Context<Self>) {
         // Whatever the panic left half-done in memory is dropped; started() reloads from disk.
-        tracing::warn!(ticket_id = %self.id, "ticket actor restarting from durable state");
-        self.state = State::Loading;
+        let id = self.id();
+        tracing::warn!(ticket_id = %id, "ticket actor restarting from durable state");
+        self.state = State::Loading(id);
     }
 }
 
@@ -296,7 +328,7 @@ impl Handler<GetEvents> for TicketActor {
         if let Err(e) = self.live() {
             return Box::pin(async move { Err(e) });
         }
-        let fut = self.store.events(self.id, msg.after_seq, msg.limit);
+        let fut = self.deps.store.events(self.id(), msg.after_seq, msg.limit);
         Box::pin(async move { Ok(fut.await?) })
     }
 }
@@ -317,6 +349,27 @@ impl Handler<InjectPanic> for TicketActor {
         if let State::Live(t) = &mut self.state {
             t.subject = "corrupted by injected panic".into();
         }
-        panic!("injected panic in ticket actor {}", self.id);
+        panic!("injected panic in ticket actor {}", self.id());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::dynamic::DynamicSupervised;
+    use crate::ticket::registry::TicketExits;
+
+    /// Each live ticket is one tokio task holding this wrapper. tokio rounds a task's allocation up to
+    /// a multiple of 128 bytes and adds 104 bytes of its own (actix 0.13.5, tokio 1.54 on x86_64), so
+    /// a wrapper of up to 408 bytes fits a 512-byte task; at 409 every live ticket costs 128 bytes
+    /// more. If this fails after a dependency upgrade, re-measure (see BENCHMARKS.md) before
+    /// raising it.
+    #[test]
+    fn a_ticket_task_fits_its_size_class() {
+        let size = std::mem::size_of::<DynamicSupervised<TicketActor, TicketExits>>();
+        assert!(
+            size <= 408,
+            "DynamicSupervised<TicketActor> is {size} bytes"
+        );
     }
 }
