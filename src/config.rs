@@ -54,6 +54,7 @@ pub struct TicketSettings {
     pub http_workers: usize,
     pub max_connections: usize,
     pub idle_timeout_ms: u64,
+    pub hibernate_after_ms: u64,
     pub sweep_interval_ms: u64,
     pub max_body_bytes: usize,
     pub list_default_limit: u32,
@@ -230,6 +231,12 @@ impl Settings {
                 return Err(invalid(key, format!("must be at most {MAX_IDLE_MS}")));
             }
         }
+        if self.tickets.hibernate_after_ms >= self.tickets.idle_timeout_ms {
+            return Err(invalid(
+                "tickets.hibernate_after_ms",
+                "must be less than tickets.idle_timeout_ms (0 turns hibernation off)",
+            ));
+        }
         positive("tickets.max_body_bytes", self.tickets.max_body_bytes as u64)?;
         positive("tickets.list_max_limit", self.tickets.list_max_limit as u64)?;
         positive(
@@ -393,7 +400,16 @@ mod tests {
     }
 
     #[test]
-    fn idle_timeouts_beyond_the_registry_clock_are_refused() {
+    fn hibernation_must_come_before_passivation_or_be_off() {
+        let err =
+            Settings::from_toml("[tickets]\nidle_timeout_ms = 1000\nhibernate_after_ms = 1000")
+                .unwrap_err();
+        assert!(
+            err.to_string().contains("tickets.hibernate_after_ms"),
+            "{err}"
+        );
+        let s = Settings::from_toml("[tickets]\nhibernate_after_ms = 0").unwrap();
+        assert_eq!(s.tickets.hibernate_after_ms, 0);
         let err = Settings::from_toml("[tickets]\nidle_timeout_ms = 4000000000").unwrap_err();
         assert!(err.to_string().contains("tickets.idle_timeout_ms"), "{err}");
     }

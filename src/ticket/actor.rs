@@ -5,7 +5,10 @@
 //! reloading its state from the store.
 //!
 //! Thousands of these are live at once, so each is kept small: the dependencies every ticket shares
-//! sit behind one [`TicketDeps`] pointer, and the id lives in the state rather than beside it.
+//! sit behind one [`TicketDeps`] pointer, the id lives in the state rather than beside it, and a ticket
+//! idle for `tickets.hibernate_after_ms` is told to [`Hibernate`]: it packs its ticket into one
+//! [`CompactTicket`] allocation and expands it again on its next message (as OTP's
+//! `hibernate_after`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +17,7 @@ use actix::prelude::*;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::compact::CompactTicket;
 use super::model::{Comment, EventId, EventKind, Ticket, TicketEvent, TicketId};
 use super::state::{apply_patch, TicketPatch};
 use super::TicketError;
@@ -58,6 +62,11 @@ pub struct GetEvents {
 #[rtype(result = "()")]
 pub struct Passivate;
 
+/// Registry → ticket: no message for `tickets.hibernate_after_ms`; pack the ticket into one allocation.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct Hibernate;
+
 /// Test hook (only routed when `testing.fault_injection` is on): panic inside a handler.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
@@ -74,12 +83,14 @@ pub struct TicketDeps {
     pub django: Recipient<FetchTicket>,
 }
 
-/// Each variant carries the ticket's id (a live ticket has it inside), so the actor
+/// Each variant carries the ticket's id (a live or hibernated ticket has it inside), so the actor
 /// needs no separate field for it.
 #[derive(Debug)]
 enum State {
     Loading(TicketId),
     Live(Box<Ticket>),
+    /// Idle: the same ticket in one allocation, expanded by the next message.
+    Hibernated(CompactTicket),
     /// Not in the store nor in Django: answer NotFound, then stop.
     Missing(TicketId),
     /// Could not be loaded (Django down, store error): answer with this, then stop.
@@ -109,16 +120,29 @@ impl TicketActor {
         match &self.state {
             State::Loading(id) | State::Missing(id) => *id,
             State::Live(t) => t.id,
+            State::Hibernated(c) => c.id(),
             State::Failed(f) => f.id,
         }
     }
 
+    /// The ticket, expanded first if the actor hibernated.
     fn live(&mut self) -> Result<&Ticket, TicketError> {
+        if let State::Hibernated(c) = &self.state {
+            let Some(ticket) = c.decode() else {
+                // The bytes were made by `CompactTicket::encode` in this process, so this is a bug.
+                // Crashing hands the actor to its supervisor, which restarts it from disk.
+                panic!("hibernated ticket {} does not decode", c.id());
+            };
+            tracing::debug!(ticket_id = %ticket.id, "ticket woke from hibernation");
+            self.state = State::Live(Box::new(ticket));
+        }
         match &self.state {
             State::Live(t) => Ok(t),
             State::Missing(id) => Err(TicketError::NotFound(*id)),
             State::Failed(f) => Err(TicketError::DjangoUnavailable(f.reason.clone())),
-            State::Loading(_) => Err(TicketError::Unavailable("ticket is still loading".into())),
+            State::Loading(_) | State::Hibernated(_) => {
+                Err(TicketError::Unavailable("ticket is still loading".into()))
+            }
         }
     }
 
@@ -341,11 +365,28 @@ impl Handler<Passivate> for TicketActor {
     }
 }
 
+impl Handler<Hibernate> for TicketActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Hibernate, _: &mut Context<Self>) {
+        // Only a live ticket packs; one still loading, missing or failed has nothing to pack.
+        let State::Live(ticket) = &self.state else {
+            return;
+        };
+        let _span = tracing::debug_span!("ticket_hibernation", ticket_id = %ticket.id).entered();
+        let compact = CompactTicket::encode(ticket);
+        tracing::debug!(bytes = compact.len(), "ticket hibernated");
+        self.state = State::Hibernated(compact);
+        metrics::counter!(m::TICKET_HIBERNATIONS).increment(1);
+    }
+}
+
 impl Handler<InjectPanic> for TicketActor {
     type Result = ();
 
     fn handle(&mut self, _: InjectPanic, _: &mut Context<Self>) {
         // Corrupt memory first, so the test can prove the restart reloads from disk.
+        let _ = self.live();
         if let State::Live(t) = &mut self.state {
             t.subject = "corrupted by injected panic".into();
         }

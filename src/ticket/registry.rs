@@ -1,11 +1,14 @@
-//! The ticket registry: routes by id, activates ticket actors on demand, passivates idle ones, and supervises them (one_for_one, transient children, restart intensity from
+//! The ticket registry: routes by id, activates ticket actors on demand, hibernates and passivates
+//! idle ones, and supervises them (one_for_one, transient children, restart intensity from
 //! `supervisor.ticket_max_restarts` / `ticket_max_seconds`; past it, the registry stops every ticket and
 //! escalates to the root supervisor). Memory therefore follows active tickets, not stored ones.
 //!
 //! Tickets are dynamic children ([`crate::supervisor::dynamic`]): they all report exits through one
 //! shared [`TicketExits`], and a parked (panicked) ticket hands the registry its control channel with
 //! the report. Every message for a ticket is routed through `Lookup`, so the registry knows each
-//! ticket's last message; its periodic sweep stops those idle for `tickets.idle_timeout_ms`.
+//! ticket's last message; its periodic sweep tells tickets idle for `tickets.hibernate_after_ms` to
+//! [`Hibernate`] and stops those idle for `tickets.idle_timeout_ms`. One sweep replaces a timer per
+//! actor, which would cost more memory than hibernation saves.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,7 +18,7 @@ use actix::prelude::*;
 use actix::WeakAddr;
 use serde_json::json;
 
-use super::actor::{Passivate, TicketActor, TicketDeps};
+use super::actor::{Hibernate, Passivate, TicketActor, TicketDeps};
 use super::model::{EventId, EventKind, Ticket, TicketEvent, TicketId};
 use super::TicketError;
 use crate::bridge::FetchTicket;
@@ -99,10 +102,14 @@ struct Entry {
     child: WeakAddr<TicketActor>,
     /// The registry's clock (milliseconds, wrapping) at the last message routed to it.
     seen: u32,
+    /// Told to hibernate since that message.
+    hibernated: bool,
 }
 
 pub struct RegistryConfig {
     pub idle_timeout: Duration,
+    /// `Duration::ZERO`: never hibernate.
+    pub hibernate_after: Duration,
     pub sweep_interval: Duration,
     pub max_restarts: u32,
     pub max_window: Duration,
@@ -171,6 +178,7 @@ impl TicketRegistry {
             Entry {
                 child: addr.downgrade(),
                 seen,
+                hibernated: false,
             },
         );
         self.publish_count();
@@ -180,24 +188,35 @@ impl TicketRegistry {
     fn sweep(&mut self) {
         let now = self.now();
         let idle = millis(self.config.idle_timeout);
+        let hibernate_after = millis(self.config.hibernate_after);
         let before = self.live.len();
+        let mut hibernated = 0u64;
         self.live.retain(|_, e| {
-            if now.wrapping_sub(e.seen) < idle {
-                return true;
+            let age = now.wrapping_sub(e.seen);
+            if age >= idle {
+                // Through the mailbox, so messages already queued are served before it stops.
+                e.send(Passivate);
+                return false;
             }
-            // Through the mailbox, so messages already queued are served before it stops.
-            e.send(Passivate);
-            false
+            if hibernate_after > 0 && age >= hibernate_after && !e.hibernated {
+                e.send(Hibernate);
+                e.hibernated = true;
+                hibernated += 1;
+            }
+            true
         });
         let passivated = before - self.live.len();
         if passivated > 0 {
             metrics::counter!(m::TICKET_PASSIVATIONS).increment(passivated as u64);
+            self.publish_count();
+        }
+        if passivated > 0 || hibernated > 0 {
             tracing::debug!(
                 passivated,
+                hibernated,
                 live = self.live.len(),
-                "passivated idle tickets"
+                "swept idle tickets"
             );
-            self.publish_count();
         }
     }
 
@@ -257,6 +276,7 @@ impl Handler<Lookup> for TicketRegistry {
         if let Some(e) = self.live.get_mut(&msg.id) {
             if let Some(addr) = e.addr() {
                 e.seen = now;
+                e.hibernated = false;
                 return MessageResult(addr);
             }
         }
