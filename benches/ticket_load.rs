@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench --bench ticket_load -- creates --conns 64 --secs 10
 //! cargo bench --bench ticket_load -- updates --tickets 10000 --conns 64 --secs 10 [--sync normal]
-//! cargo bench --bench ticket_load -- memory --tickets 100000
+//! cargo bench --bench ticket_load -- memory --tickets 100000 [--hibernate-after MS]
 //! cargo bench --bench ticket_load -- flat --tickets 1000000 [--activate] [--scrape] [--sample-every N]
 //! ```
 //!
@@ -71,13 +71,15 @@ struct Args {
     /// Offered load in requests/s (open loop, spread evenly over the connections); none: closed loop.
     rate: Option<u64>,
     sample_every: usize,
+    /// `tickets.hibernate_after_ms` for the memory mode (0: off); none: the server's default.
+    hibernate_after: Option<u64>,
     /// The arguments as given after `--`, for the report.
     line: String,
 }
 
 const USAGE: &str = "usage: cargo bench --bench ticket_load -- <creates|updates|memory|flat> \
 [--conns N] [--secs S] [--tickets N] [--sync full|normal] [--client-threads K] [--log FILTER] \
-[--rate R] [--activate] [--scrape] [--sample-every N]";
+[--rate R] [--activate] [--scrape] [--sample-every N] [--hibernate-after MS]";
 
 fn parse_args() -> Result<Args, String> {
     let raw: Vec<String> = std::env::args().skip(1).collect();
@@ -93,6 +95,7 @@ fn parse_args() -> Result<Args, String> {
         scrape: false,
         rate: None,
         sample_every: 100_000,
+        hibernate_after: None,
         line: raw
             .iter()
             .filter(|a| *a != "--bench")
@@ -128,6 +131,13 @@ fn parse_args() -> Result<Args, String> {
             "--activate" => args.activate = true,
             "--scrape" => args.scrape = true,
             "--rate" => args.rate = Some(number(a, value(a)?)?),
+            "--hibernate-after" => {
+                let v = value(a)?;
+                args.hibernate_after = Some(
+                    v.parse()
+                        .map_err(|_| format!("--hibernate-after: `{v}` is not a number"))?,
+                );
+            }
             "--sync" => {
                 let v = value(a)?;
                 if v != "full" && v != "normal" {
@@ -341,6 +351,26 @@ impl Server {
         serde_json::from_str::<Value>(&body).expect("json")["passivating"]
             .as_u64()
             .unwrap_or(0)
+    }
+
+    /// A counter's value, summed over its labels (0 when it has no sample yet).
+    fn counter(&self, name: &str) -> f64 {
+        let (status, body) = request_once(self.addr, "GET", "/metrics", None);
+        assert_eq!(status, 200, "GET /metrics");
+        body.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// The server's `tickets.hibernate_after_ms` as the memory mode runs it.
+    fn hibernate_after_ms(args: &Args) -> u64 {
+        args.hibernate_after.unwrap_or_else(|| {
+            switchboard::config::Settings::from_toml("")
+                .expect("embedded defaults")
+                .tickets
+                .hibernate_after_ms
+        })
     }
 
     /// `(sum, count)` of a Prometheus histogram.
@@ -1170,15 +1200,81 @@ fn settled_rss(server: &Server) -> u64 {
     server.rss()
 }
 
+/// Waits until `want` hibernations have been counted, at most `max`; returns the count.
+fn wait_hibernated(server: &Server, want: u64, max: Duration) -> u64 {
+    let deadline = Instant::now() + max;
+    loop {
+        let n = server.counter("switchboard_ticket_hibernations_total") as u64;
+        if n >= want || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Reads every ticket through the store (paging `GET /api/v1/tickets`, which activates no actor) from
+/// two clients at once, so that both store readers' SQLite page caches (64 MiB each) hold the
+/// tickets table before the baseline is taken. Otherwise the cache growth caused by the activations'
+/// loads would be counted as actor memory. Repeats until RSS grows by less than 1 MiB in a pass.
+fn warm_store(server: &Server) -> u64 {
+    let page_all = |addr: SocketAddr| {
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                None => "/api/v1/tickets?limit=200".to_string(),
+                Some(c) => format!("/api/v1/tickets?limit=200&cursor={}", url_escape(c)),
+            };
+            let (status, body) = request_once(addr, "GET", &path, None);
+            assert_eq!(status, 200, "GET {path}: {body}");
+            let page: Value = serde_json::from_str(&body).expect("json page");
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => return,
+            }
+        }
+    };
+    let mut rss = settled_rss(server);
+    for _ in 0..10 {
+        let addr = server.addr;
+        let a = std::thread::spawn(move || page_all(addr));
+        page_all(addr);
+        a.join().expect("warm-up client");
+        let now = settled_rss(server);
+        let grew = now.saturating_sub(rss);
+        rss = now;
+        if grew < 1 << 20 {
+            break;
+        }
+    }
+    rss
+}
+
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn memory(args: &Args) {
     let n = args.tickets.unwrap_or(100_000);
     print_header(args, "memory");
-    let server = Server::start(
-        args,
-        &[
-            ("SWITCHBOARD__TICKETS__IDLE_TIMEOUT_MS", "86400000".into()),
-            ("SWITCHBOARD__TICKETS__SWEEP_INTERVAL_MS", "60000".into()),
-        ],
+    let hibernate_after = Server::hibernate_after_ms(args);
+    let mut env = vec![(
+        "SWITCHBOARD__TICKETS__IDLE_TIMEOUT_MS",
+        "86400000".to_string(),
+    )];
+    if let Some(ms) = args.hibernate_after {
+        env.push(("SWITCHBOARD__TICKETS__HIBERNATE_AFTER_MS", ms.to_string()));
+    }
+    let server = Server::start(args, &env);
+    println!(
+        "idle timeout 1 day (nothing passivates by itself); hibernate_after {hibernate_after} ms{}",
+        if hibernate_after == 0 { " (off)" } else { "" }
     );
     let rss_start = settled_rss(&server);
     let (ids, created) = create_tickets(&server, n, args.conns, args.client_threads);
@@ -1190,11 +1286,17 @@ fn memory(args: &Args) {
     );
     server.passivate_all();
     let live0 = wait_live(&server, 0, Duration::from_secs(30));
-    let rss0 = settled_rss(&server);
+    let rss_created = settled_rss(&server);
+    let rss0 = warm_store(&server);
+    println!(
+        "RSS after creates {}; after warming the store's page caches {}",
+        mib(rss_created),
+        mib(rss0)
+    );
 
     let ids = Arc::new(ids);
     let mut rounds = Vec::new();
-    for round in 1..=2 {
+    for round in 1..=2u64 {
         let get = drive(
             &server,
             Arc::new(Get { ids: ids.clone() }),
@@ -1205,12 +1307,23 @@ fn memory(args: &Args) {
             None,
         );
         let live = wait_live(&server, n as u64, Duration::from_secs(30));
+        let hibernated = if hibernate_after > 0 {
+            // Sample only once every ticket has been idle past hibernate_after and hibernated.
+            let got = wait_hibernated(
+                &server,
+                round * n as u64,
+                Duration::from_millis(hibernate_after) + Duration::from_secs(60),
+            );
+            format!("; hibernations counted {got} of {}", round * n as u64)
+        } else {
+            String::new()
+        };
         let rss_live = settled_rss(&server);
         server.passivate_all();
         let after = wait_live(&server, 0, Duration::from_secs(30));
         let rss_after = settled_rss(&server);
         println!(
-            "round {round}: GET {n} tickets in {:.1} s ({:.0}/s, {} errors); live actors {live}; \
+            "round {round}: GET {n} tickets in {:.1} s ({:.0}/s, {} errors); live actors {live}{hibernated}; \
              RSS {}; after passivating all: live {after}, RSS {}",
             get.elapsed.as_secs_f64(),
             get.rate(),
@@ -1228,7 +1341,7 @@ fn memory(args: &Args) {
     let (live2, rss2, _) = rounds[1];
     let per_actor = |rss: u64, base: u64| (rss as f64 - base as f64) / n as f64;
     println!(
-        "\n| tickets | RSS at start | RSS, 0 live (after creates) | RSS, {n} live | Δ per actor | \
+        "\n| tickets | RSS at start | RSS, 0 live (after creates, store warm) | RSS, {n} live | Δ per actor | \
          RSS after passivating | RSS, {n} live again | Δ per actor, 2nd activation |\n\
          |---|---|---|---|---|---|---|---|"
     );

@@ -21,6 +21,9 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
+/// Largest idle timeout or sweep interval: 2^31 - 1 ms, about 24.8 days.
+const MAX_IDLE_MS: u64 = i32::MAX as u64;
+
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
@@ -51,6 +54,7 @@ pub struct TicketSettings {
     pub http_workers: usize,
     pub max_connections: usize,
     pub idle_timeout_ms: u64,
+    pub hibernate_after_ms: u64,
     pub sweep_interval_ms: u64,
     pub max_body_bytes: usize,
     pub list_default_limit: u32,
@@ -221,6 +225,22 @@ impl Settings {
         )?;
         positive("tickets.idle_timeout_ms", self.tickets.idle_timeout_ms)?;
         positive("tickets.sweep_interval_ms", self.tickets.sweep_interval_ms)?;
+        // The registry tracks idleness on a 32-bit millisecond clock that wraps; ages stay exact while
+        // every ticket is swept before it is 2^32 ms idle.
+        for (key, value) in [
+            ("tickets.idle_timeout_ms", self.tickets.idle_timeout_ms),
+            ("tickets.sweep_interval_ms", self.tickets.sweep_interval_ms),
+        ] {
+            if value > MAX_IDLE_MS {
+                return Err(invalid(key, format!("must be at most {MAX_IDLE_MS}")));
+            }
+        }
+        if self.tickets.hibernate_after_ms >= self.tickets.idle_timeout_ms {
+            return Err(invalid(
+                "tickets.hibernate_after_ms",
+                "must be less than tickets.idle_timeout_ms (0 turns hibernation off)",
+            ));
+        }
         positive("tickets.max_body_bytes", self.tickets.max_body_bytes as u64)?;
         positive("tickets.list_max_limit", self.tickets.list_max_limit as u64)?;
         positive(
@@ -388,5 +408,20 @@ mod tests {
         assert!(err.to_string().contains("flush_ms"), "{err}");
         let err = Settings::from_toml("[storage]\nsynchronous = \"sometimes\"").unwrap_err();
         assert!(err.to_string().contains("synchronous"), "{err}");
+    }
+
+    #[test]
+    fn hibernation_must_come_before_passivation_or_be_off() {
+        let err =
+            Settings::from_toml("[tickets]\nidle_timeout_ms = 1000\nhibernate_after_ms = 1000")
+                .unwrap_err();
+        assert!(
+            err.to_string().contains("tickets.hibernate_after_ms"),
+            "{err}"
+        );
+        let s = Settings::from_toml("[tickets]\nhibernate_after_ms = 0").unwrap();
+        assert_eq!(s.tickets.hibernate_after_ms, 0);
+        let err = Settings::from_toml("[tickets]\nidle_timeout_ms = 4000000000").unwrap_err();
+        assert!(err.to_string().contains("tickets.idle_timeout_ms"), "{err}");
     }
 }

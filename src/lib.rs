@@ -7,7 +7,8 @@
 //!      ├─ bridge         Bridge actor, own arbiter: outbox → Django, FetchTicket      [permanent]
 //!      ├─ tickets        TicketRegistry actor, own arbiter; a dynamic supervisor      [permanent]
 //!      │    └─ ticket*   TicketActor per live ticket (one_for_one, transient,
-//!      │                 supervisor.ticket_max_restarts; past it: escalate to root)
+//!      │                 supervisor.ticket_max_restarts; past it: escalate to root);
+//!      │                 hibernates when idle, passivated when idle longer
 //!      └─ http           actix-web server on tickets.bind (REST, /metrics, probes)   [permanent]
 //! ```
 //! Children start top to bottom and stop bottom to top: on shutdown the listener drains in-flight
@@ -160,6 +161,7 @@ pub async fn run(
         let arbiter = tickets_arbiter.handle();
         let config = RegistryConfig {
             idle_timeout: settings.idle_timeout(),
+            hibernate_after: Duration::from_millis(settings.tickets.hibernate_after_ms),
             sweep_interval: Duration::from_millis(settings.tickets.sweep_interval_ms),
             max_restarts: settings.supervisor.ticket_max_restarts,
             max_window: Duration::from_secs(settings.supervisor.ticket_max_seconds),

@@ -13,6 +13,7 @@ pub const HTTP_DURATION: &str = "switchboard_http_request_duration_seconds";
 pub const TICKET_ACTORS: &str = "switchboard_ticket_actors";
 pub const TICKET_ACTIVATIONS: &str = "switchboard_ticket_activations_total";
 pub const TICKET_PASSIVATIONS: &str = "switchboard_ticket_passivations_total";
+pub const TICKET_HIBERNATIONS: &str = "switchboard_ticket_hibernations_total";
 pub const ACTOR_RESTARTS: &str = "switchboard_actor_restarts_total";
 pub const SUPERVISOR_ESCALATIONS: &str = "switchboard_supervisor_escalations_total";
 pub const OUTBOX_DEPTH: &str = "switchboard_outbox_depth";
@@ -75,6 +76,10 @@ fn describe() {
     describe_counter!(
         TICKET_PASSIVATIONS,
         "Ticket actors passivated after idling."
+    );
+    describe_counter!(
+        TICKET_HIBERNATIONS,
+        "Idle ticket actors that packed their ticket into one allocation."
     );
     describe_counter!(ACTOR_RESTARTS, "Actor restarts by actor kind and cause.");
     describe_counter!(

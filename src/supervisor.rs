@@ -5,8 +5,10 @@
 //! rest_for_one) within a restart [`Intensity`]; past that it stops every child and escalates to its
 //! parent. The root supervisor's parent is `run()`, which then exits the process with an error.
 //! Actor children run inside [`supervised::Supervised`], which turns a panic into an [`Exit`] report
-//! and restarts the actor in place, keeping its address and mailbox.
+//! and restarts the actor in place, keeping its address and mailbox. Dynamic children (one actor per
+//! live ticket) use the lighter [`dynamic`] wrapper, reporting to a supervisor that is itself an actor.
 
+pub mod dynamic;
 pub mod intensity;
 pub mod supervised;
 

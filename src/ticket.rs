@@ -7,6 +7,7 @@
 //! machine and patch logic in [`state`] are pure and unit-tested.
 
 pub mod actor;
+pub mod compact;
 pub mod model;
 pub mod registry;
 pub mod state;

@@ -60,7 +60,9 @@ async fn a_panicking_ticket_actor_restarts_from_disk_while_others_keep_serving()
 
 #[actix_rt::test]
 async fn idle_tickets_passivate_and_reactivate_with_identical_state() {
-    let app = spawn_app("[tickets]\nidle_timeout_ms = 100\nsweep_interval_ms = 20");
+    let app = spawn_app(
+        "[tickets]\nidle_timeout_ms = 100\nhibernate_after_ms = 40\nsweep_interval_ms = 20",
+    );
     let t = create_ticket(&app, "sleepy").await;
     let url = app.url(&format!("/api/v1/tickets/{}", id_of(&t)));
     patch(

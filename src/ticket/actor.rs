@@ -3,6 +3,12 @@
 //! from memory and serialises writes: each write is made durable by the store before the actor adopts
 //! it and replies. Stopped by the registry when idle (passivation); restarted in place after a panic,
 //! reloading its state from the store.
+//!
+//! Thousands of these are live at once, so each is kept small: the dependencies every ticket shares
+//! sit behind one [`TicketDeps`] pointer, the id lives in the state rather than beside it, and a ticket
+//! idle for `tickets.hibernate_after_ms` is told to [`Hibernate`]: it packs its ticket into one
+//! [`CompactTicket`] allocation and expands it again on its next message (as OTP's
+//! `hibernate_after`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +17,7 @@ use actix::prelude::*;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::compact::CompactTicket;
 use super::model::{Comment, EventId, EventKind, Ticket, TicketEvent, TicketId};
 use super::state::{apply_patch, TicketPatch};
 use super::TicketError;
@@ -55,6 +62,11 @@ pub struct GetEvents {
 #[rtype(result = "()")]
 pub struct Passivate;
 
+/// Registry → ticket: no message for `tickets.hibernate_after_ms`; pack the ticket into one allocation.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct Hibernate;
+
 /// Test hook (only routed when `testing.fault_injection` is on): panic inside a handler.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
@@ -64,39 +76,73 @@ pub struct InjectPanic;
 /// messages already queued behind its activation get that answer instead of a closed mailbox.
 const LINGER: Duration = Duration::from_millis(500);
 
+/// What every ticket actor uses, shared by all of them (one pointer per actor instead of a clone of
+/// each handle; a `Recipient` clone alone is three allocations).
+pub struct TicketDeps {
+    pub store: Arc<dyn TicketStore>,
+    pub django: Recipient<FetchTicket>,
+}
+
+/// Each variant carries the ticket's id (a live or hibernated ticket has it inside), so the actor
+/// needs no separate field for it.
 #[derive(Debug)]
 enum State {
-    Loading,
+    Loading(TicketId),
     Live(Box<Ticket>),
+    /// Idle: the same ticket in one allocation, expanded by the next message.
+    Hibernated(CompactTicket),
     /// Not in the store nor in Django: answer NotFound, then stop.
-    Missing,
+    Missing(TicketId),
     /// Could not be loaded (Django down, store error): answer with this, then stop.
-    Failed(String),
+    Failed(Box<Failure>),
+}
+
+#[derive(Debug)]
+struct Failure {
+    id: TicketId,
+    reason: String,
 }
 
 pub struct TicketActor {
-    id: TicketId,
     state: State,
-    store: Arc<dyn TicketStore>,
-    django: Recipient<FetchTicket>,
+    deps: Arc<TicketDeps>,
 }
 
 impl TicketActor {
-    pub fn new(id: TicketId, store: Arc<dyn TicketStore>, django: Recipient<FetchTicket>) -> Self {
+    pub fn new(id: TicketId, deps: Arc<TicketDeps>) -> Self {
         Self {
-            id,
-            state: State::Loading,
-            store,
-            django,
+            state: State::Loading(id),
+            deps,
         }
     }
 
-    fn live(&self) -> Result<&Ticket, TicketError> {
+    fn id(&self) -> TicketId {
+        match &self.state {
+            State::Loading(id) | State::Missing(id) => *id,
+            State::Live(t) => t.id,
+            State::Hibernated(c) => c.id(),
+            State::Failed(f) => f.id,
+        }
+    }
+
+    /// The ticket, expanded first if the actor hibernated.
+    fn live(&mut self) -> Result<&Ticket, TicketError> {
+        if let State::Hibernated(c) = &self.state {
+            let Some(ticket) = c.decode() else {
+                // The bytes were made by `CompactTicket::encode` in this process, so this is a bug.
+                // Crashing hands the actor to its supervisor, which restarts it from disk.
+                panic!("hibernated ticket {} does not decode", c.id());
+            };
+            tracing::debug!(ticket_id = %ticket.id, "ticket woke from hibernation");
+            self.state = State::Live(Box::new(ticket));
+        }
         match &self.state {
             State::Live(t) => Ok(t),
-            State::Missing => Err(TicketError::NotFound(self.id)),
-            State::Failed(why) => Err(TicketError::DjangoUnavailable(why.clone())),
-            State::Loading => Err(TicketError::Unavailable("ticket is still loading".into())),
+            State::Missing(id) => Err(TicketError::NotFound(*id)),
+            State::Failed(f) => Err(TicketError::DjangoUnavailable(f.reason.clone())),
+            State::Loading(_) | State::Hibernated(_) => {
+                Err(TicketError::Unavailable("ticket is still loading".into()))
+            }
         }
     }
 
@@ -108,7 +154,7 @@ impl TicketActor {
         reply: impl FnOnce(Ticket) -> T + 'static,
     ) -> AtomicResponse<Self, Result<T, TicketError>> {
         let ticket = write.ticket.clone();
-        let fut = self.store.update(write);
+        let fut = self.deps.store.update(write);
         AtomicResponse::new(Box::pin(fut.into_actor(self).map(
             move |result, act, ctx| match result {
                 Ok(()) => {
@@ -132,10 +178,10 @@ impl Actor for TicketActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let id = self.id;
-        let store = self.store.clone();
-        let django = self.django.clone();
+        let id = self.id();
+        let deps = self.deps.clone();
         let load = async move {
+            let TicketDeps { store, django } = &*deps;
             if let Some(t) = store.load(id).await? {
                 return Ok((Some(t), "store"));
             }
@@ -166,31 +212,41 @@ impl Actor for TicketActor {
             load,
             tracing::info_span!("ticket_activation", ticket_id = %id),
         );
-        ctx.wait(load.into_actor(self).map(
-            |result: Result<_, TicketError>, act, ctx| match result {
-                Ok((Some(t), source)) => {
-                    metrics::counter!(m::TICKET_ACTIVATIONS, "source" => source).increment(1);
-                    act.state = State::Live(Box::new(t));
-                }
-                Ok((None, _)) => {
-                    act.state = State::Missing;
-                    ctx.run_later(LINGER, |_, ctx| ctx.stop());
-                }
-                Err(e) => {
-                    tracing::warn!(ticket_id = %act.id, error = %e, "ticket activation failed");
-                    act.state = State::Failed(e.to_string());
-                    ctx.run_later(LINGER, |_, ctx| ctx.stop());
-                }
-            },
-        ));
+        // A ticket actor lives until it is told to stop (`Passivate`), not until its last address is
+        // dropped: the registry holds only a weak address. actix keeps an actor with a pending
+        // future running, and this one is zero-sized, so it costs no allocation.
+        ctx.spawn(fut::wrap_future(std::future::pending::<()>()));
+        ctx.wait(
+            load.into_actor(self).map(
+                move |result: Result<_, TicketError>, act, ctx| match result {
+                    Ok((Some(t), source)) => {
+                        metrics::counter!(m::TICKET_ACTIVATIONS, "source" => source).increment(1);
+                        act.state = State::Live(Box::new(t));
+                    }
+                    Ok((None, _)) => {
+                        act.state = State::Missing(id);
+                        ctx.run_later(LINGER, |_, ctx| ctx.stop());
+                    }
+                    Err(e) => {
+                        tracing::warn!(ticket_id = %id, error = %e, "ticket activation failed");
+                        act.state = State::Failed(Box::new(Failure {
+                            id,
+                            reason: e.to_string(),
+                        }));
+                        ctx.run_later(LINGER, |_, ctx| ctx.stop());
+                    }
+                },
+            ),
+        );
     }
 }
 
 impl actix::Supervised for TicketActor {
     fn restarting(&mut self, _: &mut Context<Self>) {
         // Whatever the panic left half-done in memory is dropped; started() reloads from disk.
-        tracing::warn!(ticket_id = %self.id, "ticket actor restarting from durable state");
-        self.state = State::Loading;
+        let id = self.id();
+        tracing::warn!(ticket_id = %id, "ticket actor restarting from durable state");
+        self.state = State::Loading(id);
     }
 }
 
@@ -296,7 +352,7 @@ impl Handler<GetEvents> for TicketActor {
         if let Err(e) = self.live() {
             return Box::pin(async move { Err(e) });
         }
-        let fut = self.store.events(self.id, msg.after_seq, msg.limit);
+        let fut = self.deps.store.events(self.id(), msg.after_seq, msg.limit);
         Box::pin(async move { Ok(fut.await?) })
     }
 }
@@ -309,14 +365,52 @@ impl Handler<Passivate> for TicketActor {
     }
 }
 
+impl Handler<Hibernate> for TicketActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Hibernate, _: &mut Context<Self>) {
+        // Only a live ticket packs; one still loading, missing or failed has nothing to pack.
+        let State::Live(ticket) = &self.state else {
+            return;
+        };
+        let _span = tracing::debug_span!("ticket_hibernation", ticket_id = %ticket.id).entered();
+        let compact = CompactTicket::encode(ticket);
+        tracing::debug!(bytes = compact.len(), "ticket hibernated");
+        self.state = State::Hibernated(compact);
+        metrics::counter!(m::TICKET_HIBERNATIONS).increment(1);
+    }
+}
+
 impl Handler<InjectPanic> for TicketActor {
     type Result = ();
 
     fn handle(&mut self, _: InjectPanic, _: &mut Context<Self>) {
         // Corrupt memory first, so the test can prove the restart reloads from disk.
+        let _ = self.live();
         if let State::Live(t) = &mut self.state {
             t.subject = "corrupted by injected panic".into();
         }
-        panic!("injected panic in ticket actor {}", self.id);
+        panic!("injected panic in ticket actor {}", self.id());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::dynamic::DynamicSupervised;
+    use crate::ticket::registry::TicketExits;
+
+    /// Each live ticket is one tokio task holding this wrapper. tokio rounds a task's allocation up to
+    /// a multiple of 128 bytes and adds 104 bytes of its own (actix 0.13.5, tokio 1.54 on x86_64), so
+    /// a wrapper of up to 408 bytes fits a 512-byte task; at 409 every live ticket costs 128 bytes
+    /// more. If this fails after a dependency upgrade, re-measure (see BENCHMARKS.md) before
+    /// raising it.
+    #[test]
+    fn a_ticket_task_fits_its_size_class() {
+        let size = std::mem::size_of::<DynamicSupervised<TicketActor, TicketExits>>();
+        assert!(
+            size <= 408,
+            "DynamicSupervised<TicketActor> is {size} bytes"
+        );
     }
 }

@@ -1,22 +1,31 @@
-//! The ticket registry: routes by id, activates ticket actors on demand, passivates idle ones, and
-//! supervises them (one_for_one, transient children, restart intensity from
+//! The ticket registry: routes by id, activates ticket actors on demand, hibernates and passivates
+//! idle ones, and supervises them (one_for_one, transient children, restart intensity from
 //! `supervisor.ticket_max_restarts` / `ticket_max_seconds`; past it, the registry stops every ticket and
 //! escalates to the root supervisor). Memory therefore follows active tickets, not stored ones.
+//!
+//! Tickets are dynamic children ([`crate::supervisor::dynamic`]): they all report exits through one
+//! shared [`TicketExits`], and a parked (panicked) ticket hands the registry its control channel with
+//! the report. Every message for a ticket is routed through `Lookup`, so the registry knows each
+//! ticket's last message; its periodic sweep tells tickets idle for `tickets.hibernate_after_ms` to
+//! [`Hibernate`] and stops those idle for `tickets.idle_timeout_ms`. One sweep replaces a timer per
+//! actor, which would cost more memory than hibernation saves.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actix::WeakAddr;
 use serde_json::json;
 
-use super::actor::TicketActor;
+use super::actor::{Hibernate, Passivate, TicketActor, TicketDeps};
 use super::model::{EventId, EventKind, Ticket, TicketEvent, TicketId};
 use super::TicketError;
 use crate::bridge::FetchTicket;
 use crate::metrics as m;
 use crate::store::{TicketStore, TicketWrite};
-use crate::supervisor::supervised::{self, ChildHandle, Exit, ExitReport, Restart};
+use crate::supervisor::dynamic::{self, ChildExit, ExitSink, Parked};
+use crate::supervisor::supervised::{Exit, ExitReport, Restart};
 use crate::supervisor::Intensity;
 
 /// HTTP → registry: the address of the ticket's actor, activating it if needed.
@@ -35,13 +44,44 @@ pub struct CreateTicket {
     pub actor: String,
 }
 
-/// A ticket actor's supervision wrapper → registry: the actor exited.
-#[derive(Message, Debug)]
+/// A ticket actor's supervision wrapper (through [`TicketExits`]) → registry: the actor exited.
+/// `parked` is how to restart it; dropping it stops the actor.
+#[derive(Message)]
 #[rtype(result = "()")]
 pub struct TicketExited {
     pub id: TicketId,
-    pub generation: u64,
+    /// Which activation: compared with the registry's current one for `id`.
+    pub child: WeakAddr<TicketActor>,
     pub exit: Exit,
+    pub parked: Option<Parked>,
+}
+
+/// Where every ticket actor's supervision wrapper reports its exits: the registry's mailbox. One
+/// instance is shared by all tickets.
+pub struct TicketExits {
+    registry: Addr<TicketRegistry>,
+}
+
+impl ExitSink<TicketActor> for TicketExits {
+    type Key = TicketId;
+
+    fn kind(&self) -> &'static str {
+        "ticket"
+    }
+
+    fn restart_type(&self) -> Restart {
+        Restart::Transient
+    }
+
+    fn exited(&self, exit: ChildExit<TicketActor, TicketId>) {
+        // do_send ignores the mailbox's capacity: an exit report must never be refused.
+        self.registry.do_send(TicketExited {
+            id: exit.key,
+            child: exit.child,
+            exit: exit.exit,
+            parked: exit.parked,
+        });
+    }
 }
 
 /// Anyone → registry: how many ticket actors are live. Reply: the count.
@@ -54,28 +94,43 @@ pub struct CountLive;
 #[rtype(result = "usize")]
 pub struct PassivateAll;
 
+/// One live ticket, kept small: the map holds one per live actor.
 struct Entry {
-    addr: Addr<TicketActor>,
-    handle: ChildHandle,
-    generation: u64,
-    last_seen: Instant,
+    /// Routes messages. Weak: a strong address costs two allocations, and a ticket actor lives until
+    /// it is told to stop (it does not stop when its last address goes), so the registry must send
+    /// `Passivate` to every entry it forgets.
+    child: WeakAddr<TicketActor>,
+    /// The registry's clock (milliseconds, wrapping) at the last message routed to it.
+    seen: u32,
+    /// Told to hibernate since that message.
+    hibernated: bool,
 }
 
 pub struct RegistryConfig {
     pub idle_timeout: Duration,
+    /// `Duration::ZERO`: never hibernate.
+    pub hibernate_after: Duration,
     pub sweep_interval: Duration,
     pub max_restarts: u32,
     pub max_window: Duration,
 }
 
 pub struct TicketRegistry {
-    store: Arc<dyn TicketStore>,
-    django: Recipient<FetchTicket>,
+    deps: Arc<TicketDeps>,
+    /// Made with the first activation (it needs the registry's own address).
+    exits: Option<Arc<TicketExits>>,
     config: RegistryConfig,
     live: HashMap<TicketId, Entry>,
-    generation: u64,
+    /// Origin of the entries' `seen` clock.
+    epoch: Instant,
     intensity: Intensity,
     escalate: ExitReport,
+}
+
+/// Milliseconds as the registry's 32-bit clock counts them (ages compare with `wrapping_sub`, which
+/// config validation keeps correct by bounding the idle timeout well below 2^32 ms).
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
 impl TicketRegistry {
@@ -87,14 +142,19 @@ impl TicketRegistry {
     ) -> Self {
         let intensity = Intensity::new(config.max_restarts, config.max_window);
         Self {
-            store,
-            django,
+            deps: Arc::new(TicketDeps { store, django }),
+            exits: None,
             config,
             live: HashMap::new(),
-            generation: 0,
+            epoch: Instant::now(),
             intensity,
             escalate,
         }
+    }
+
+    fn now(&self) -> u32 {
+        // Truncation is the wrap-around of the clock.
+        self.epoch.elapsed().as_millis() as u32
     }
 
     fn publish_count(&self) {
@@ -102,31 +162,23 @@ impl TicketRegistry {
     }
 
     fn activate(&mut self, id: TicketId, ctx: &mut Context<Self>) -> Addr<TicketActor> {
-        self.generation += 1;
-        let generation = self.generation;
-        let me = ctx.address();
-        let report: ExitReport = Arc::new(move |exit| {
-            me.do_send(TicketExited {
-                id,
-                generation,
-                exit,
+        let exits = self
+            .exits
+            .get_or_insert_with(|| {
+                Arc::new(TicketExits {
+                    registry: ctx.address(),
+                })
             })
-        });
-        let store = self.store.clone();
-        let django = self.django.clone();
-        let (addr, handle) = supervised::spawn(
-            "ticket",
-            Restart::Transient,
-            move |_| TicketActor::new(id, store, django),
-            report,
-        );
+            .clone();
+        let deps = self.deps.clone();
+        let addr = dynamic::spawn(exits, id, move |_| TicketActor::new(id, deps));
+        let seen = self.now();
         self.live.insert(
             id,
             Entry {
-                addr: addr.clone(),
-                handle,
-                generation,
-                last_seen: Instant::now(),
+                child: addr.downgrade(),
+                seen,
+                hibernated: false,
             },
         );
         self.publish_count();
@@ -134,35 +186,66 @@ impl TicketRegistry {
     }
 
     fn sweep(&mut self) {
-        let now = Instant::now();
-        let idle = self.config.idle_timeout;
+        let now = self.now();
+        let idle = millis(self.config.idle_timeout);
+        let hibernate_after = millis(self.config.hibernate_after);
         let before = self.live.len();
+        let mut hibernated = 0u64;
         self.live.retain(|_, e| {
-            if now.duration_since(e.last_seen) < idle {
-                return true;
+            let age = now.wrapping_sub(e.seen);
+            if age >= idle {
+                // Through the mailbox, so messages already queued are served before it stops.
+                e.send(Passivate);
+                return false;
             }
-            // Through the mailbox, so messages already queued are served before it stops.
-            e.addr.do_send(super::actor::Passivate);
-            false
+            if hibernate_after > 0 && age >= hibernate_after && !e.hibernated {
+                e.send(Hibernate);
+                e.hibernated = true;
+                hibernated += 1;
+            }
+            true
         });
         let passivated = before - self.live.len();
         if passivated > 0 {
             metrics::counter!(m::TICKET_PASSIVATIONS).increment(passivated as u64);
+            self.publish_count();
+        }
+        if passivated > 0 || hibernated > 0 {
             tracing::debug!(
                 passivated,
+                hibernated,
                 live = self.live.len(),
-                "passivated idle tickets"
+                "swept idle tickets"
             );
-            self.publish_count();
         }
     }
 
+    /// Stops every ticket through its mailbox (after the messages already queued); a parked one
+    /// stops when the registry drops its `Parked`.
     fn stop_all_tickets(&mut self) {
-        for (_, mut e) in self.live.drain() {
-            // Not awaited: the actors stop on their own arbiter; nothing waits on their state.
-            drop(e.handle.stop());
+        for (_, e) in self.live.drain() {
+            e.send(Passivate);
         }
         self.publish_count();
+    }
+}
+
+impl Entry {
+    /// The actor's address while it is still running.
+    fn addr(&self) -> Option<Addr<TicketActor>> {
+        self.child.upgrade().filter(|a| a.connected())
+    }
+
+    /// Sends without waiting; an actor already gone needs nothing.
+    fn send<M>(&self, msg: M)
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        TicketActor: Handler<M>,
+    {
+        if let Some(addr) = self.addr() {
+            addr.do_send(msg);
+        }
     }
 }
 
@@ -189,10 +272,12 @@ impl Handler<Lookup> for TicketRegistry {
     type Result = MessageResult<Lookup>;
 
     fn handle(&mut self, msg: Lookup, ctx: &mut Context<Self>) -> Self::Result {
+        let now = self.now();
         if let Some(e) = self.live.get_mut(&msg.id) {
-            if e.addr.connected() {
-                e.last_seen = Instant::now();
-                return MessageResult(e.addr.clone());
+            if let Some(addr) = e.addr() {
+                e.seen = now;
+                e.hibernated = false;
+                return MessageResult(addr);
             }
         }
         MessageResult(self.activate(msg.id, ctx))
@@ -217,7 +302,7 @@ impl Handler<CreateTicket> for TicketRegistry {
             ticket: ticket.clone(),
             comment: None,
         };
-        let fut = self.store.create(write);
+        let fut = self.deps.store.create(write);
         Box::pin(async move {
             fut.await?;
             Ok(ticket)
@@ -229,28 +314,26 @@ impl Handler<TicketExited> for TicketRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: TicketExited, ctx: &mut Context<Self>) {
-        let current = self
-            .live
-            .get(&msg.id)
-            .is_some_and(|e| e.generation == msg.generation);
-        if !msg.exit.is_abnormal() {
-            if current {
+        let current = self.live.get(&msg.id).is_some_and(|e| e.child == msg.child);
+        if !current {
+            // Already forgotten (passivated, or replaced by a newer activation); dropping `parked`
+            // lets its wrapper finish.
+            return;
+        }
+        let Some(parked) = msg.parked.filter(|_| msg.exit.is_abnormal()) else {
+            self.live.remove(&msg.id);
+            self.publish_count();
+            return;
+        };
+        tracing::warn!(ticket_id = %msg.id, exit = ?msg.exit, "ticket actor failed; restarting");
+        if self.intensity.record(Instant::now()) {
+            if !parked.restart(msg.exit.cause()) {
                 self.live.remove(&msg.id);
                 self.publish_count();
             }
             return;
         }
-        if !current {
-            // Already forgotten (passivated); its wrapper finishes once it sees no supervisor.
-            return;
-        }
-        tracing::warn!(ticket_id = %msg.id, exit = ?msg.exit, "ticket actor failed; restarting");
-        if self.intensity.record(Instant::now()) {
-            if let Some(e) = self.live.get(&msg.id) {
-                e.handle.restart(msg.exit.cause());
-            }
-            return;
-        }
+        drop(parked);
         let reason = format!(
             "more than {} ticket restarts in {:?}",
             self.config.max_restarts, self.config.max_window
@@ -277,7 +360,7 @@ impl Handler<PassivateAll> for TicketRegistry {
     fn handle(&mut self, _: PassivateAll, _: &mut Context<Self>) -> usize {
         let n = self.live.len();
         for (_, e) in self.live.drain() {
-            e.addr.do_send(super::actor::Passivate);
+            e.send(Passivate);
         }
         metrics::counter!(m::TICKET_PASSIVATIONS).increment(n as u64);
         self.publish_count();
