@@ -109,41 +109,6 @@ impl ChildHandle {
     }
 }
 
-/// Starts `make`'s actor on the current arbiter under supervision.
-pub fn spawn<A, F>(
-    kind: &'static str,
-    restart: Restart,
-    make: F,
-    report: ExitReport,
-) -> (Addr<A>, ChildHandle)
-where
-    A: Actor<Context = Context<A>> + actix::Supervised,
-    F: FnOnce(&mut Context<A>) -> A,
-{
-    let (ctl_tx, ctl_rx) = mpsc::unbounded();
-    let (done_tx, done_rx) = oneshot::channel();
-    let mut ctx = Context::new();
-    let act = make(&mut ctx);
-    let addr = ctx.address();
-    actix_rt::spawn(Supervised {
-        fut: ctx.into_future(act),
-        kind,
-        restart,
-        report,
-        control: ctl_rx,
-        control_open: true,
-        parked: false,
-        done: Some(done_tx),
-    });
-    (
-        addr,
-        ChildHandle {
-            control: ctl_tx,
-            finished: Some(done_rx),
-        },
-    )
-}
-
 /// A mailbox made before its actor: the address works at once (messages queue) and the actor is
 /// spawned later with [`spawn_in`]. Lets a supervisor wire children together before starting them.
 pub struct Mailbox<A: Actor<Context = Context<A>>> {

@@ -268,19 +268,58 @@ impl actix::Supervised for TicketRegistry {
     }
 }
 
+impl TicketRegistry {
+    /// The live actor for `id`, activating one if needed.
+    fn route(&mut self, id: TicketId, ctx: &mut Context<Self>) -> Addr<TicketActor> {
+        let now = self.now();
+        if let Some(e) = self.live.get_mut(&id) {
+            if let Some(addr) = e.addr() {
+                e.seen = now;
+                e.hibernated = false;
+                return addr;
+            }
+        }
+        self.activate(id, ctx)
+    }
+}
+
 impl Handler<Lookup> for TicketRegistry {
     type Result = MessageResult<Lookup>;
 
     fn handle(&mut self, msg: Lookup, ctx: &mut Context<Self>) -> Self::Result {
-        let now = self.now();
-        if let Some(e) = self.live.get_mut(&msg.id) {
-            if let Some(addr) = e.addr() {
-                e.seen = now;
-                e.hibernated = false;
-                return MessageResult(addr);
-            }
-        }
-        MessageResult(self.activate(msg.id, ctx))
+        MessageResult(self.route(msg.id, ctx))
+    }
+}
+
+/// HTTP → registry → ticket: deliver `msg` to ticket `id`'s actor (activating it if needed) and
+/// relay its reply. One message from the HTTP worker's thread instead of a lookup and a send: the
+/// registry and its tickets share an arbiter, so the forward costs no thread switch.
+pub struct Route<M> {
+    pub id: TicketId,
+    pub msg: M,
+    /// How long the ticket may take to answer.
+    pub timeout: Duration,
+}
+
+impl<M> Message for Route<M>
+where
+    M: Message + Send + 'static,
+    M::Result: Send,
+{
+    type Result = Result<M::Result, MailboxError>;
+}
+
+impl<M> Handler<Route<M>> for TicketRegistry
+where
+    M: Message + Send + 'static,
+    M::Result: Send,
+    TicketActor: Handler<M>,
+{
+    type Result = ResponseFuture<Result<M::Result, MailboxError>>;
+
+    fn handle(&mut self, route: Route<M>, ctx: &mut Context<Self>) -> Self::Result {
+        let addr = self.route(route.id, ctx);
+        Box::pin(addr.send(route.msg).timeout(route.timeout))
     }
 }
 
@@ -383,14 +422,16 @@ where
 {
     let mut last = MailboxError::Closed;
     for _ in 0..3 {
-        let addr = registry
-            .send(Lookup { id })
-            .await
-            .map_err(|e| TicketError::Unavailable(format!("ticket registry: {e}")))?;
-        match addr.send(msg.clone()).timeout(timeout).await {
-            Ok(result) => return result,
-            Err(MailboxError::Closed) => last = MailboxError::Closed,
-            Err(e) => return Err(TicketError::Unavailable(format!("ticket {id}: {e}"))),
+        let route = Route {
+            id,
+            msg: msg.clone(),
+            timeout,
+        };
+        match registry.send(route).await {
+            Ok(Ok(result)) => return result,
+            Ok(Err(MailboxError::Closed)) => last = MailboxError::Closed,
+            Ok(Err(e)) => return Err(TicketError::Unavailable(format!("ticket {id}: {e}"))),
+            Err(e) => return Err(TicketError::Unavailable(format!("ticket registry: {e}"))),
         }
     }
     Err(TicketError::Unavailable(format!("ticket {id}: {last}")))
