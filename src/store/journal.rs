@@ -13,7 +13,7 @@
 //! the tables (lists, history) ask for a fold first. After a crash, [`Journal::recover`] rebuilds the
 //! same state from the rows above the watermark, and the store folds them before serving.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use rusqlite::Connection;
 
 use super::{rows, StoreError, StoreResult, SyncRecord, TicketWrite};
 use crate::metrics as m;
-use crate::ticket::model::{Ticket, TicketEvent, TicketId};
+use crate::ticket::model::{Comment, Ticket, TicketEvent, TicketId};
 
 fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -128,6 +128,17 @@ impl PendingView {
         self.len.store(map.len(), Ordering::Release);
     }
 
+    fn remove(&self, ids: &[TicketId]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut map = self.lock();
+        for id in ids {
+            map.remove(id);
+        }
+        self.len.store(map.len(), Ordering::Release);
+    }
+
     fn replace(&self, tickets: HashMap<TicketId, Arc<Ticket>>) {
         let mut map = self.lock();
         *map = tickets;
@@ -139,11 +150,21 @@ struct PendingTicket {
     /// Whether the tickets table has a row for it (then the fold updates that row, else inserts).
     stored: bool,
     latest: Arc<Ticket>,
+    /// The journal row that wrote `latest`.
+    last_seq: i64,
+}
+
+/// One journalled write, as the fold needs it.
+struct Entry {
+    seq: i64,
+    journalled_at: Instant,
+    ticket: Arc<Ticket>,
+    event: TicketEvent,
+    comment: Option<Comment>,
 }
 
 /// A write checked against the journal and the tables, ready to be recorded once its rows are in.
 pub struct Staged {
-    op: JournalOp,
     write: TicketWrite,
     stored: bool,
     seq: i64,
@@ -151,13 +172,12 @@ pub struct Staged {
 
 /// The writer thread's account of the journal: every row not yet folded, in order.
 pub struct Journal {
-    entries: Vec<(JournalOp, TicketWrite)>,
+    entries: VecDeque<Entry>,
     /// Outbox rows up to here are applied to the tables.
     folded_seq: i64,
     /// The newest journalled row.
     last_seq: i64,
     tickets: HashMap<TicketId, PendingTicket>,
-    oldest: Option<Instant>,
     /// Snapshots written in the transaction under way, shown to readers once it commits.
     unpublished: Vec<Arc<Ticket>>,
     view: Arc<PendingView>,
@@ -173,11 +193,10 @@ impl Journal {
             |r| r.get(0),
         )?;
         let mut journal = Self {
-            entries: Vec::new(),
+            entries: VecDeque::new(),
             folded_seq,
             last_seq: folded_seq,
             tickets: HashMap::new(),
-            oldest: None,
             unpublished: Vec::new(),
             view,
             last_failed_fold: None,
@@ -194,13 +213,10 @@ impl Journal {
             let op = JournalOp::parse(&op)
                 .ok_or_else(|| StoreError::Corrupt(format!("bad journal op `{op}`")))?;
             let write = EncodedWrite::decode(&row.get::<_, String>(2)?, &row.get::<_, String>(3)?)?;
+            // An update's ticket is in the table; a create or import is, if an earlier row of the
+            // journal did not already say otherwise.
             let stored = op == JournalOp::Update;
-            journal.record(Staged {
-                op,
-                write,
-                stored,
-                seq,
-            });
+            journal.record(Staged { write, stored, seq });
         }
         let snapshots = journal
             .tickets
@@ -269,31 +285,33 @@ impl Journal {
             &event,
             op == JournalOp::Import,
         )?;
-        Ok(Some(Staged {
-            op,
-            write,
-            stored,
-            seq,
-        }))
+        Ok(Some(Staged { write, stored, seq }))
     }
 
     /// Takes in a write whose rows are in the current transaction.
     pub fn record(&mut self, staged: Staged) {
-        let Staged {
-            op,
-            write,
-            stored,
-            seq,
-        } = staged;
+        let Staged { write, stored, seq } = staged;
         self.last_seq = self.last_seq.max(seq);
-        let latest = Arc::new(write.ticket.clone());
+        let latest = Arc::new(write.ticket);
         self.unpublished.push(latest.clone());
         self.tickets
-            .entry(write.ticket.id)
-            .and_modify(|p| p.latest = latest.clone())
-            .or_insert(PendingTicket { stored, latest });
-        self.entries.push((op, write));
-        self.oldest.get_or_insert_with(Instant::now);
+            .entry(latest.id)
+            .and_modify(|p| {
+                p.latest = latest.clone();
+                p.last_seq = seq;
+            })
+            .or_insert(PendingTicket {
+                stored,
+                latest: latest.clone(),
+                last_seq: seq,
+            });
+        self.entries.push_back(Entry {
+            seq,
+            journalled_at: Instant::now(),
+            ticket: latest,
+            event: write.event,
+            comment: write.comment,
+        });
     }
 
     /// The transaction holding the recorded writes committed: readers may see them.
@@ -311,9 +329,10 @@ impl Journal {
         Ok(())
     }
 
-    /// How long until a fold is due (zero: now), or `None` when the journal is empty.
+    /// How long until a fold is due (zero: now), or `None` when the journal is empty: when
+    /// `max_rows` wait, or the oldest has waited `interval`.
     pub fn fold_due_in(&self, max_rows: usize, interval: Duration) -> Option<Duration> {
-        let oldest = self.oldest?;
+        let oldest = self.entries.front()?.journalled_at;
         if let Some(failed) = self.last_failed_fold {
             // After a failed fold wait a whole interval, not a commit, before trying again.
             return Some(interval.saturating_sub(failed.elapsed()));
@@ -324,32 +343,51 @@ impl Journal {
         Some(interval.saturating_sub(oldest.elapsed()))
     }
 
-    /// Applies every journalled write to the tables and empties the journal, in one transaction.
-    pub fn fold(&mut self, conn: &mut Connection) -> StoreResult<()> {
-        if self.entries.is_empty() {
-            return Ok(());
+    /// Applies the oldest `max_rows` journalled writes to the tables and moves the watermark past
+    /// them, in one transaction. The writer folds in chunks so that no commit waits long behind a
+    /// fold; queries that need every write folded pass `usize::MAX`. Returns the rows folded.
+    pub fn fold(&mut self, conn: &mut Connection, max_rows: usize) -> StoreResult<usize> {
+        let rows = max_rows.min(self.entries.len());
+        if rows == 0 {
+            return Ok(0);
         }
-        let rows = self.entries.len();
-        let _span =
-            tracing::debug_span!("store_fold", rows, tickets = self.tickets.len()).entered();
         let started = Instant::now();
-        match self.apply(conn) {
+        let chunk = self.entries.range(..rows);
+        // Each ticket's newest snapshot within the chunk: several updates become one row write.
+        let mut snapshots: HashMap<TicketId, &Arc<Ticket>> = HashMap::new();
+        for e in chunk.clone() {
+            snapshots.insert(e.ticket.id, &e.ticket);
+        }
+        let watermark = self.entries[rows - 1].seq;
+        let _span = tracing::debug_span!("store_fold", rows, tickets = snapshots.len()).entered();
+        let applied = self.apply(conn, chunk, &snapshots, watermark);
+        let ids: Vec<TicketId> = snapshots.into_keys().collect();
+        match applied {
             Ok(()) => {
-                self.entries.clear();
-                self.tickets.clear();
-                self.folded_seq = self.last_seq;
-                self.oldest = None;
+                self.entries.drain(..rows);
+                self.folded_seq = watermark;
                 self.last_failed_fold = None;
-                self.view.replace(HashMap::new());
+                let mut folded = Vec::new();
+                for id in ids {
+                    if let Some(p) = self.tickets.get_mut(&id) {
+                        p.stored = true;
+                        if p.last_seq <= watermark {
+                            self.tickets.remove(&id);
+                            folded.push(id);
+                        }
+                    }
+                }
+                // Tickets written again after the chunk stay served from memory.
+                self.view.remove(&folded);
                 metrics::histogram!(m::STORE_FOLD_ROWS).record(rows as f64);
                 metrics::histogram!(m::STORE_FOLD_DURATION).record(started.elapsed().as_secs_f64());
-                metrics::gauge!(m::STORE_JOURNAL_DEPTH).set(0.0);
+                metrics::gauge!(m::STORE_JOURNAL_DEPTH).set(self.entries.len() as f64);
                 tracing::debug!(
                     rows,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "folded journal"
                 );
-                Ok(())
+                Ok(rows)
             }
             Err(e) => {
                 self.last_failed_fold = Some(Instant::now());
@@ -360,35 +398,42 @@ impl Journal {
         }
     }
 
-    fn apply(&self, conn: &mut Connection) -> StoreResult<()> {
+    fn apply<'a>(
+        &self,
+        conn: &mut Connection,
+        chunk: impl Iterator<Item = &'a Entry>,
+        snapshots: &HashMap<TicketId, &Arc<Ticket>>,
+        watermark: i64,
+    ) -> StoreResult<()> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        for (_, write) in &self.entries {
-            rows::insert_event(&tx, &write.event)?;
-            if let Some(comment) = &write.comment {
+        for e in chunk {
+            rows::insert_event(&tx, &e.event)?;
+            if let Some(comment) = &e.comment {
                 rows::insert_comment(&tx, comment)?;
             }
         }
         // In key order, so neighbouring rows and index entries are written while their pages are hot.
-        let mut tickets: Vec<&PendingTicket> = self.tickets.values().collect();
-        tickets.sort_unstable_by_key(|p| p.latest.id);
-        for p in tickets {
-            if !p.stored {
-                rows::insert_ticket(&tx, &p.latest)?;
+        let mut tickets: Vec<&Arc<Ticket>> = snapshots.values().copied().collect();
+        tickets.sort_unstable_by_key(|t| t.id);
+        for t in tickets {
+            let stored = self.tickets.get(&t.id).is_some_and(|p| p.stored);
+            if !stored {
+                rows::insert_ticket(&tx, t)?;
                 continue;
             }
-            let base = rows::load(&tx, p.latest.id)?.ok_or_else(|| {
-                StoreError::Corrupt(format!("journalled ticket {} has no row", p.latest.id))
+            let base = rows::load(&tx, t.id)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("journalled ticket {} has no row", t.id))
             })?;
-            rows::update_ticket(&tx, &base, &p.latest)?;
+            rows::update_ticket(&tx, &base, t)?;
         }
         tx.execute(
             "UPDATE store_meta SET value = ?1 WHERE key = 'folded_seq'",
-            [self.last_seq],
+            [watermark],
         )?;
         // Rows delivered before their fold were kept for it; delivered rows exist only in this range.
         tx.execute(
             "DELETE FROM outbox WHERE seq > ?1 AND seq <= ?2 AND delivered = 1",
-            [self.folded_seq, self.last_seq],
+            [self.folded_seq, watermark],
         )?;
         tx.commit()?;
         Ok(())
@@ -418,6 +463,7 @@ mod tests {
             commit_batch_max: 64,
             readers: 1,
             fold_max_rows: 1_000_000,
+            fold_chunk_rows: 2,
             fold_interval_ms: 3_600_000,
             checkpoint_interval_ms: 50,
             wal_max_mib: 64,
@@ -691,6 +737,77 @@ mod tests {
         assert_eq!(store.list(filter()).await.unwrap(), vec![last.clone()]);
         let events = store.events(last.id, 0, 100).await.unwrap();
         assert_eq!(events.len(), 4);
+    }
+
+    #[test]
+    fn chunked_folds_keep_later_writes_served_from_memory_until_folded() {
+        use super::super::{rows, schema};
+        use super::{EncodedWrite, Journal, JournalOp, PendingView};
+
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        schema::migrate(&mut conn).unwrap();
+        let view = std::sync::Arc::new(PendingView::default());
+        let mut journal = Journal::recover(&conn, view.clone()).unwrap();
+        let v1 = ticket(&["printer"]);
+        let other = ticket(&[]);
+        let v2 = next(&v1, |t| {
+            t.priority = Priority::High;
+            t.tags = vec!["fire".into()];
+        });
+        let v3 = next(&v2, |t| t.subject = "Out".into());
+        let writes = [
+            (JournalOp::Create, &v1, EventKind::Created),
+            (JournalOp::Create, &other, EventKind::Created),
+            (JournalOp::Update, &v2, EventKind::Updated),
+            (JournalOp::Update, &v3, EventKind::Updated),
+        ];
+        for (op, t, kind) in writes {
+            let tx = conn.transaction().unwrap();
+            let encoded = EncodedWrite::new(write(t, kind, None)).unwrap();
+            let staged = journal.append(&tx, op, encoded).unwrap().unwrap();
+            journal.record(staged);
+            tx.commit().unwrap();
+            journal.committed();
+        }
+        let stored = |conn: &rusqlite::Connection, id| rows::load(conn, id).unwrap();
+        let count = |conn: &rusqlite::Connection, sql: &str| -> i64 {
+            conn.query_row(sql, [], |r| r.get(0)).unwrap()
+        };
+
+        // The first chunk creates both rows; v1's ticket has later writes, still served from memory.
+        assert_eq!(journal.fold(&mut conn, 2).unwrap(), 2);
+        assert_eq!(stored(&conn, v1.id).as_ref(), Some(&v1));
+        assert_eq!(stored(&conn, other.id).as_ref(), Some(&other));
+        assert_eq!(view.get(v1.id).as_ref(), Some(&v3));
+        assert_eq!(view.get(other.id), None);
+        // The next chunk updates the row it created.
+        assert_eq!(journal.fold(&mut conn, 1).unwrap(), 1);
+        assert_eq!(stored(&conn, v1.id).as_ref(), Some(&v2));
+        assert_eq!(view.get(v1.id).as_ref(), Some(&v3));
+        assert_eq!(journal.fold(&mut conn, 100).unwrap(), 1);
+        assert_eq!(stored(&conn, v1.id).as_ref(), Some(&v3));
+        assert!(view.is_empty() && journal.len() == 0);
+        assert_eq!(journal.fold(&mut conn, 100).unwrap(), 0);
+
+        assert_eq!(count(&conn, "SELECT COUNT(*) FROM ticket_events"), 4);
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT COUNT(*) FROM ticket_tags WHERE tag = 'printer'"
+            ),
+            0
+        );
+        assert_eq!(
+            count(&conn, "SELECT COUNT(*) FROM ticket_tags WHERE tag = 'fire'"),
+            1
+        );
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT value FROM store_meta WHERE key = 'folded_seq'"
+            ),
+            count(&conn, "SELECT MAX(seq) FROM outbox")
+        );
     }
 
     #[actix_rt::test]

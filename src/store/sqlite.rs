@@ -76,7 +76,7 @@ impl SqliteStore {
                 rows = journal.len(),
                 "folding the journal left by the previous run"
             );
-            journal.fold(&mut conn)?;
+            journal.fold(&mut conn, usize::MAX)?;
         }
 
         // Checkpoints run on their own thread and connection, not inside the writer's commits.
@@ -94,6 +94,7 @@ impl SqliteStore {
         let writer = Writer {
             batch_max: settings.commit_batch_max,
             fold_max_rows: settings.fold_max_rows,
+            fold_chunk_rows: settings.fold_chunk_rows,
             fold_interval: Duration::from_millis(settings.fold_interval_ms),
             signal: signal.clone(),
             checkpoint: checkpoint_tx,
@@ -358,6 +359,7 @@ impl Checkpointer {
 struct Writer {
     batch_max: usize,
     fold_max_rows: usize,
+    fold_chunk_rows: usize,
     fold_interval: Duration,
     signal: Arc<OutboxSignal>,
     checkpoint: mpsc::SyncSender<()>,
@@ -384,7 +386,7 @@ impl Writer {
                 Some(due) => match jobs.recv_timeout(due) {
                     Ok(op) => op,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        let _ = journal.fold(&mut conn);
+                        let _ = journal.fold(&mut conn, self.fold_rows(&journal));
                         let _ = self.checkpoint.try_send(());
                         continue;
                     }
@@ -403,18 +405,36 @@ impl Writer {
             let fold_due = journal
                 .fold_due_in(self.fold_max_rows, self.fold_interval)
                 .is_some_and(|d| d.is_zero());
-            if !batch.fold_waiters.is_empty() || fold_due || closing.is_some() {
-                let folded = journal.fold(&mut conn).map_err(|e| e.to_string());
+            if !batch.fold_waiters.is_empty() || closing.is_some() {
+                let folded = journal
+                    .fold(&mut conn, usize::MAX)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
                 let _ = self.checkpoint.try_send(());
                 for tx in batch.fold_waiters {
                     let _ = tx.send(folded.clone().map_err(StoreError::CommitFailed));
                 }
+            } else if fold_due {
+                // One chunk, then back to the queue: writes waiting meanwhile go first.
+                let _ = journal.fold(&mut conn, self.fold_rows(&journal));
+                let _ = self.checkpoint.try_send(());
             }
         }
         if let Some(done) = closing {
             let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
             drop(conn);
             let _ = done.send(());
+        }
+    }
+
+    /// How many rows the next fold takes. Small chunks while the journal keeps up, so a write never
+    /// waits long behind a fold; the whole backlog once `fold_max_rows` wait, because under that
+    /// load a big fold writes each hot page once for many rows, and throughput is what is short.
+    fn fold_rows(&self, journal: &Journal) -> usize {
+        if journal.len() >= self.fold_max_rows {
+            usize::MAX
+        } else {
+            self.fold_chunk_rows
         }
     }
 
