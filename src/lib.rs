@@ -17,7 +17,7 @@
 //! kept), so dependents never hold a stale address and one_for_one is enough at the root; the
 //! supervisor also implements one_for_all and rest_for_one.
 //!
-//! Seams for running past one machine: [`store::TicketStore`] (storage) and the registry's `Lookup`
+//! Seams for running past one machine: [`store::TicketStore`] (storage) and the registry's `Route`
 //! (routing) are the only ways actors reach data and each other.
 
 #![forbid(unsafe_code)]
