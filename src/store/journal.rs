@@ -365,7 +365,10 @@ impl Journal {
         let sync: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let applied = self.apply(conn, chunk, &snapshots, watermark);
-        conn.pragma_update(None, "synchronous", sync)?;
+        if let Err(e) = conn.pragma_update(None, "synchronous", sync) {
+            // The fold's outcome stands either way; record it below before reporting this.
+            tracing::error!(error = %e, "could not restore PRAGMA synchronous after a fold");
+        }
         let ids: Vec<TicketId> = snapshots.into_keys().collect();
         match applied {
             Ok(()) => {

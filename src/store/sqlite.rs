@@ -98,6 +98,7 @@ impl SqliteStore {
             fold_interval: Duration::from_millis(settings.fold_interval_ms),
             signal: signal.clone(),
             checkpoint: checkpoint_tx,
+            synchronous: sync_pragma(settings.synchronous),
         };
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -199,20 +200,20 @@ fn read_on<T: Send + 'static>(
     .boxed()
 }
 
+fn sync_pragma(sync: Synchronous) -> &'static str {
+    match sync {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    }
+}
+
 fn open_connection(path: &Path, sync: Synchronous, query_only: bool) -> StoreResult<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(
-        None,
-        "synchronous",
-        match sync {
-            Synchronous::Full => "FULL",
-            Synchronous::Normal => "NORMAL",
-        },
-    )?;
+    conn.pragma_update(None, "synchronous", sync_pragma(sync))?;
     conn.pragma_update(None, "busy_timeout", 5000)?;
     // Statement journals of the per-write savepoints stay in memory instead of a temp file a commit.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
@@ -363,6 +364,8 @@ struct Writer {
     fold_interval: Duration,
     signal: Arc<OutboxSignal>,
     checkpoint: mpsc::SyncSender<()>,
+    /// `PRAGMA synchronous` for commits (a fold lowers it while it runs).
+    synchronous: &'static str,
 }
 
 /// What one batch leaves to do after its transaction.
@@ -386,8 +389,8 @@ impl Writer {
                 Some(due) => match jobs.recv_timeout(due) {
                     Ok(op) => op,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        let _ = journal.fold(&mut conn, self.fold_rows(&journal));
-                        let _ = self.checkpoint.try_send(());
+                        let rows = self.fold_rows(&journal);
+                        let _ = self.fold(&mut conn, &mut journal, rows);
                         continue;
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -406,24 +409,51 @@ impl Writer {
                 .fold_due_in(self.fold_max_rows, self.fold_interval)
                 .is_some_and(|d| d.is_zero());
             if !batch.fold_waiters.is_empty() || closing.is_some() {
-                let folded = journal
-                    .fold(&mut conn, usize::MAX)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string());
-                let _ = self.checkpoint.try_send(());
+                let folded = self.fold(&mut conn, &mut journal, usize::MAX);
                 for tx in batch.fold_waiters {
                     let _ = tx.send(folded.clone().map_err(StoreError::CommitFailed));
                 }
             } else if fold_due {
                 // One chunk, then back to the queue: writes waiting meanwhile go first.
-                let _ = journal.fold(&mut conn, self.fold_rows(&journal));
-                let _ = self.checkpoint.try_send(());
+                let rows = self.fold_rows(&journal);
+                let _ = self.fold(&mut conn, &mut journal, rows);
             }
         }
         if let Some(done) = closing {
             let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
             drop(conn);
             let _ = done.send(());
+        }
+    }
+
+    /// Folds up to `rows` journal rows. A panic in the fold fails it like an error: the transaction is
+    /// rolled back, the journal re-read from what is durable, and the writer carries on.
+    fn fold(
+        &self,
+        conn: &mut Connection,
+        journal: &mut Journal,
+        rows: usize,
+    ) -> Result<(), String> {
+        let outcome = catch_unwind(AssertUnwindSafe(|| journal.fold(conn, rows)));
+        let _ = self.checkpoint.try_send(());
+        match outcome {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(panic) => {
+                let why = panic_message(panic.as_ref());
+                metrics::counter!(m::ACTOR_RESTARTS, "kind" => "store_writer", "cause" => "panic")
+                    .increment(1);
+                metrics::counter!(m::STORE_FOLD_ERRORS).increment(1);
+                tracing::error!(panic = %why, "journal fold panicked; rows stay journalled, writer continues");
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                let _ = conn.pragma_update(None, "synchronous", self.synchronous);
+                if let Err(e) = journal.rolled_back(conn) {
+                    tracing::error!(error = %e, "could not re-read the journal after a failed fold");
+                }
+                Err(why)
+            }
         }
     }
 
