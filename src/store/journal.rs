@@ -4,10 +4,11 @@
 //! whichever ticket it touches, so a group commit writes a few pages instead of a ticket row, its
 //! indexes and a history index entry per write scattered across the file. The outbox row is the
 //! journal entry: beside the snapshot the bridge sends to Django it carries the operation and the
-//! history event. The tickets table, the tag index, the history and the comments catch up in a *fold*,
-//! which applies every journalled write in one transaction and moves the `folded_seq` watermark in that
-//! same transaction. A fold writes each touched page once, however many writes landed on it, and several
-//! updates of one ticket become one row update. An outbox row goes once it is both delivered and folded.
+//! history event. The tickets table, the tag index, the history and the comments catch up in *folds*:
+//! each applies the oldest journalled writes (a chunk, or the whole backlog) in one transaction and
+//! moves the `folded_seq` watermark past them in that same transaction. A fold writes each touched page
+//! once, however many of its writes landed on it, and several updates of one ticket in it become one
+//! row update. An outbox row goes once it is both delivered and folded.
 //!
 //! Until folded, a ticket's latest snapshot is served from memory ([`PendingView`]); queries that read
 //! the tables (lists, history) ask for a fold first. After a crash, [`Journal::recover`] rebuilds the
@@ -213,8 +214,8 @@ impl Journal {
             let op = JournalOp::parse(&op)
                 .ok_or_else(|| StoreError::Corrupt(format!("bad journal op `{op}`")))?;
             let write = EncodedWrite::decode(&row.get::<_, String>(2)?, &row.get::<_, String>(3)?)?;
-            // An update's ticket is in the table; a create or import is, if an earlier row of the
-            // journal did not already say otherwise.
+            // Rows below the watermark are folded, so an update's ticket has its row; a create's or
+            // import's does not. A ticket seen earlier in the journal keeps what its first row said.
             let stored = op == JournalOp::Update;
             journal.record(Staged { write, stored, seq });
         }
