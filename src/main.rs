@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Real-time edge of the support product: ticket REST API, Django bridge, supervision tree.
 #[derive(Debug, Parser)]
 #[command(version, about)]
