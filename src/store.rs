@@ -53,6 +53,7 @@ pub struct SyncRecord {
     pub ticket_id: TicketId,
     pub version: u64,
     pub kind: EventKind,
+    #[serde(serialize_with = "crate::ticket::timestamp::serialize")]
     pub occurred_at: DateTime<Utc>,
     pub ticket: Ticket,
     #[serde(default, skip_serializing_if = "Option::is_none")]

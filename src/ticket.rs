@@ -11,6 +11,7 @@ pub mod compact;
 pub mod model;
 pub mod registry;
 pub mod state;
+pub mod timestamp;
 pub mod validate;
 
 use crate::store::StoreError;

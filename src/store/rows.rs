@@ -1,6 +1,6 @@
 //! SQL for each operation and the mapping between rows and model types. Runs on the store's threads.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
@@ -10,7 +10,7 @@ use crate::ticket::model::{Comment, EventKind, Priority, Source, Ticket, TicketE
 use crate::ticket::state::Status;
 
 pub fn ts(at: &DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+    crate::ticket::timestamp::millis(at)
 }
 
 fn parse_ts(s: &str) -> Result<DateTime<Utc>, StoreError> {

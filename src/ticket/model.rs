@@ -125,7 +125,9 @@ pub struct Ticket {
     pub tags: Vec<String>,
     pub source: Source,
     pub chat_session_id: Option<String>,
+    #[serde(serialize_with = "super::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "super::timestamp::serialize")]
     pub updated_at: DateTime<Utc>,
     pub version: u64,
 }
@@ -176,6 +178,7 @@ pub struct TicketEvent {
     pub ticket_id: TicketId,
     pub kind: EventKind,
     pub actor: String,
+    #[serde(serialize_with = "super::timestamp::serialize")]
     pub at: DateTime<Utc>,
     /// The version the ticket reached with this change.
     pub version: u64,
@@ -189,5 +192,6 @@ pub struct Comment {
     pub ticket_id: TicketId,
     pub author: String,
     pub body: String,
+    #[serde(serialize_with = "super::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
 }
