@@ -37,6 +37,8 @@ pub struct EncodedWrite {
     record: String,
     /// The [`TicketEvent`], for the history once folded.
     event: String,
+    /// The event's `changes`, for its history row.
+    changes: String,
 }
 
 impl EncodedWrite {
@@ -51,23 +53,27 @@ impl EncodedWrite {
             comment: write.comment.clone(),
         })?;
         let event = encode(&write.event)?;
+        let changes = encode(&write.event.changes)?;
         Ok(Self {
             write,
             record,
             event,
+            changes,
         })
     }
 
-    fn decode(record: &str, event: &str) -> StoreResult<TicketWrite> {
+    fn decode(record: &str, event: &str) -> StoreResult<(TicketWrite, String)> {
         let record: SyncRecord = serde_json::from_str(record)
             .map_err(|e| StoreError::Corrupt(format!("journal record: {e}")))?;
         let event: TicketEvent = serde_json::from_str(event)
             .map_err(|e| StoreError::Corrupt(format!("journal event: {e}")))?;
-        Ok(TicketWrite {
+        let changes = encode(&event.changes)?;
+        let write = TicketWrite {
             ticket: record.ticket,
             event,
             comment: record.comment,
-        })
+        };
+        Ok((write, changes))
     }
 }
 
@@ -161,12 +167,15 @@ struct Entry {
     journalled_at: Instant,
     ticket: Arc<Ticket>,
     event: TicketEvent,
+    /// `event.changes` as JSON, encoded off the writer thread.
+    changes: String,
     comment: Option<Comment>,
 }
 
 /// A write checked against the journal and the tables, ready to be recorded once its rows are in.
 pub struct Staged {
     write: TicketWrite,
+    changes: String,
     stored: bool,
     seq: i64,
 }
@@ -183,6 +192,11 @@ pub struct Journal {
     unpublished: Vec<Arc<Ticket>>,
     view: Arc<PendingView>,
     last_failed_fold: Option<Instant>,
+    /// What the tickets table holds for recently folded tickets (the writer is its only writer), so
+    /// that a write's version check and the fold's diff need not read the row back.
+    folded: HashMap<TicketId, Arc<Ticket>>,
+    /// At most this many tickets in `folded` (0: none); it is emptied when full.
+    folded_cap: usize,
 }
 
 impl Journal {
@@ -201,6 +215,8 @@ impl Journal {
             unpublished: Vec::new(),
             view,
             last_failed_fold: None,
+            folded: HashMap::new(),
+            folded_cap: 0,
         };
         // Rows without an op are dead letters sent again: their change was journalled already.
         let mut stmt = conn.prepare(
@@ -213,11 +229,17 @@ impl Journal {
             let op: String = row.get(1)?;
             let op = JournalOp::parse(&op)
                 .ok_or_else(|| StoreError::Corrupt(format!("bad journal op `{op}`")))?;
-            let write = EncodedWrite::decode(&row.get::<_, String>(2)?, &row.get::<_, String>(3)?)?;
+            let (write, changes) =
+                EncodedWrite::decode(&row.get::<_, String>(2)?, &row.get::<_, String>(3)?)?;
             // Rows below the watermark are folded, so an update's ticket has its row; a create's or
             // import's does not. A ticket seen earlier in the journal keeps what its first row said.
             let stored = op == JournalOp::Update;
-            journal.record(Staged { write, stored, seq });
+            journal.record(Staged {
+                write,
+                changes,
+                stored,
+                seq,
+            });
         }
         let snapshots = journal
             .tickets
@@ -230,8 +252,22 @@ impl Journal {
         Ok(journal)
     }
 
+    /// Keeps the table's state of up to `cap` recently folded tickets in memory.
+    pub fn with_folded_cache(mut self, cap: usize) -> Self {
+        self.folded_cap = cap;
+        self
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// The version the tickets table holds for `id`, if it has a row.
+    fn table_version(&self, conn: &Connection, id: TicketId) -> StoreResult<Option<u64>> {
+        match self.folded.get(&id) {
+            Some(t) => Ok(Some(t.version)),
+            None => rows::stored_version(conn, id),
+        }
     }
 
     /// Outbox rows up to here are folded; see [`super::rows::outbox_ack`].
@@ -251,13 +287,14 @@ impl Journal {
             write,
             record,
             event,
+            changes,
         } = encoded;
         let id = write.ticket.id;
         let pending = self.tickets.get(&id);
         // Every check comes before the first insert, so a refused write leaves nothing behind.
         let stored = match op {
             JournalOp::Create | JournalOp::Import => {
-                if pending.is_some() || rows::stored_version(conn, id)?.is_some() {
+                if pending.is_some() || self.table_version(conn, id)?.is_some() {
                     if op == JournalOp::Import {
                         // A concurrent activation imported it first; the first one wins.
                         return Ok(None);
@@ -270,7 +307,7 @@ impl Journal {
                 let expected = write.ticket.version.saturating_sub(1);
                 let current = match pending {
                     Some(p) => Some(p.latest.version),
-                    None => rows::stored_version(conn, id)?,
+                    None => self.table_version(conn, id)?,
                 };
                 if current != Some(expected) {
                     return Err(StoreError::VersionConflict { id, expected });
@@ -286,12 +323,22 @@ impl Journal {
             &event,
             op == JournalOp::Import,
         )?;
-        Ok(Some(Staged { write, stored, seq }))
+        Ok(Some(Staged {
+            write,
+            changes,
+            stored,
+            seq,
+        }))
     }
 
     /// Takes in a write whose rows are in the current transaction.
     pub fn record(&mut self, staged: Staged) {
-        let Staged { write, stored, seq } = staged;
+        let Staged {
+            write,
+            changes,
+            stored,
+            seq,
+        } = staged;
         self.last_seq = self.last_seq.max(seq);
         let latest = Arc::new(write.ticket);
         self.unpublished.push(latest.clone());
@@ -311,6 +358,7 @@ impl Journal {
             journalled_at: Instant::now(),
             ticket: latest,
             event: write.event,
+            changes,
             comment: write.comment,
         });
     }
@@ -326,7 +374,7 @@ impl Journal {
     /// The transaction did not commit: forget what it recorded by reading back what is durable.
     pub fn rolled_back(&mut self, conn: &Connection) -> StoreResult<()> {
         let view = self.view.clone();
-        *self = Self::recover(conn, view)?;
+        *self = Self::recover(conn, view)?.with_folded_cache(self.folded_cap);
         Ok(())
     }
 
@@ -370,14 +418,21 @@ impl Journal {
             // The fold's outcome stands either way; record it below before reporting this.
             tracing::error!(error = %e, "could not restore PRAGMA synchronous after a fold");
         }
-        let ids: Vec<TicketId> = snapshots.into_keys().collect();
+        let folded_now: Vec<Arc<Ticket>> = snapshots.into_values().cloned().collect();
         match applied {
             Ok(()) => {
+                if self.folded.len() + folded_now.len() > self.folded_cap {
+                    self.folded.clear();
+                }
+                if self.folded_cap > 0 {
+                    self.folded
+                        .extend(folded_now.iter().map(|t| (t.id, Arc::clone(t))));
+                }
                 self.entries.drain(..rows);
                 self.folded_seq = watermark;
                 self.last_failed_fold = None;
                 let mut folded = Vec::new();
-                for id in ids {
+                for id in folded_now.iter().map(|t| t.id) {
                     if let Some(p) = self.tickets.get_mut(&id) {
                         p.stored = true;
                         if p.last_seq <= watermark {
@@ -416,7 +471,7 @@ impl Journal {
     ) -> StoreResult<()> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for e in chunk {
-            rows::insert_event(&tx, &e.event)?;
+            rows::insert_event(&tx, &e.event, &e.changes)?;
             if let Some(comment) = &e.comment {
                 rows::insert_comment(&tx, comment)?;
             }
@@ -430,10 +485,15 @@ impl Journal {
                 rows::insert_ticket(&tx, t)?;
                 continue;
             }
-            let base = rows::load(&tx, t.id)?.ok_or_else(|| {
-                StoreError::Corrupt(format!("journalled ticket {} has no row", t.id))
-            })?;
-            rows::update_ticket(&tx, &base, t)?;
+            match self.folded.get(&t.id) {
+                Some(base) => rows::update_ticket(&tx, base, t)?,
+                None => {
+                    let base = rows::load(&tx, t.id)?.ok_or_else(|| {
+                        StoreError::Corrupt(format!("journalled ticket {} has no row", t.id))
+                    })?;
+                    rows::update_ticket(&tx, &base, t)?;
+                }
+            }
         }
         tx.execute(
             "UPDATE store_meta SET value = ?1 WHERE key = 'folded_seq'",

@@ -155,7 +155,8 @@ pub fn update_ticket(conn: &Connection, base: &Ticket, latest: &Ticket) -> Resul
     Ok(())
 }
 
-pub fn insert_event(conn: &Connection, e: &TicketEvent) -> Result<(), StoreError> {
+/// `changes` is `e.changes` already encoded.
+pub fn insert_event(conn: &Connection, e: &TicketEvent, changes: &str) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO ticket_events (event_id, ticket_id, kind, actor, at, version, changes) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -167,7 +168,7 @@ pub fn insert_event(conn: &Connection, e: &TicketEvent) -> Result<(), StoreError
         e.actor,
         ts(&e.at),
         e.version as i64,
-        e.changes.to_string(),
+        changes,
     ])?;
     Ok(())
 }

@@ -70,7 +70,9 @@ impl SqliteStore {
         let mut conn = open_connection(&path, settings.synchronous, false)?;
         schema::migrate(&mut conn)?;
         let pending = Arc::new(PendingView::default());
-        let mut journal = Journal::recover(&conn, pending.clone())?;
+        // The folded-ticket cache holds as many tickets as a full backlog fold touches at most.
+        let mut journal =
+            Journal::recover(&conn, pending.clone())?.with_folded_cache(settings.fold_max_rows);
         if journal.len() > 0 {
             tracing::info!(
                 rows = journal.len(),
