@@ -34,6 +34,9 @@ pub const STORE_FOLD_DURATION: &str = "switchboard_store_fold_duration_seconds";
 pub const STORE_FOLD_ERRORS: &str = "switchboard_store_fold_errors_total";
 pub const STORE_CHECKPOINT_DURATION: &str = "switchboard_store_checkpoint_duration_seconds";
 pub const STORE_WAL_PAGES: &str = "switchboard_store_wal_pages";
+pub const STORE_SYNC_DURATION: &str = "switchboard_store_sync_duration_seconds";
+pub const STORE_SYNC_BATCH: &str = "switchboard_store_sync_batch_size";
+pub const STORE_SYNC_ERRORS: &str = "switchboard_store_sync_errors_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -144,5 +147,18 @@ fn describe() {
     describe_gauge!(
         STORE_WAL_PAGES,
         "Pages in the write-ahead log after the last checkpoint."
+    );
+    describe_histogram!(
+        STORE_SYNC_DURATION,
+        Unit::Seconds,
+        "Time for one fdatasync of the write-ahead log (synchronous = full)."
+    );
+    describe_histogram!(
+        STORE_SYNC_BATCH,
+        "Committed transactions made durable by one fdatasync."
+    );
+    describe_counter!(
+        STORE_SYNC_ERRORS,
+        "Failed fdatasync calls; the store then refuses writes until restarted."
     );
 }

@@ -9,6 +9,7 @@ mod journal;
 mod rows;
 pub mod schema;
 pub mod sqlite;
+mod syncer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -129,7 +129,7 @@ impl PendingView {
         self.len.load(Ordering::Acquire) == 0
     }
 
-    fn publish(&self, tickets: impl IntoIterator<Item = Arc<Ticket>>) {
+    pub(super) fn publish(&self, tickets: impl IntoIterator<Item = Arc<Ticket>>) {
         let mut map = self.lock();
         map.extend(tickets.into_iter().map(|t| (t.id, t)));
         self.len.store(map.len(), Ordering::Release);
@@ -369,6 +369,29 @@ impl Journal {
             self.view.publish(self.unpublished.drain(..));
         }
         metrics::gauge!(m::STORE_JOURNAL_DEPTH).set(self.entries.len() as f64);
+    }
+
+    /// The transaction holding the recorded writes committed, but is not durable yet: returns its
+    /// snapshots for the syncer to publish once it is.
+    pub fn committed_unpublished(&mut self) -> Vec<Arc<Ticket>> {
+        metrics::gauge!(m::STORE_JOURNAL_DEPTH).set(self.entries.len() as f64);
+        std::mem::take(&mut self.unpublished)
+    }
+
+    /// The newest journalled row (or outbox row written beside the journal, such as a re-queued dead
+    /// letter's).
+    pub fn last_seq(&self) -> i64 {
+        self.last_seq
+    }
+
+    /// An outbox row outside the journal was written in the current transaction.
+    pub fn note_outbox_seq(&mut self, seq: i64) {
+        self.last_seq = self.last_seq.max(seq);
+    }
+
+    /// How many of the oldest journalled rows are at or below `seq` (durable, so foldable).
+    pub fn rows_up_to(&self, seq: i64) -> usize {
+        self.entries.partition_point(|e| e.seq <= seq)
     }
 
     /// The transaction did not commit: forget what it recorded by reading back what is durable.

@@ -308,11 +308,17 @@ pub fn events(
     Ok(out)
 }
 
-pub fn outbox_peek(conn: &Connection, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+/// The oldest undelivered outbox rows, up to `durable` (rows above it are not on disk yet).
+pub fn outbox_peek(
+    conn: &Connection,
+    limit: usize,
+    durable: i64,
+) -> Result<Vec<OutboxEntry>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, payload, enqueued_at FROM outbox WHERE delivered = 0 ORDER BY seq LIMIT ?1",
+        "SELECT seq, payload, enqueued_at FROM outbox WHERE delivered = 0 AND seq <= ?2 \
+         ORDER BY seq LIMIT ?1",
     )?;
-    let mut rows = stmt.query([limit as i64])?;
+    let mut rows = stmt.query([limit as i64, durable])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         let payload: String = row.get(1)?;

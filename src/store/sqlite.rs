@@ -23,6 +23,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use super::journal::{EncodedWrite, Journal, JournalOp, PendingView};
+use super::syncer::{Durable, SyncJob, Syncer, WalFile};
 use super::{
     rows, schema, DeadLetter, OutboxEntry, OutboxSignal, OutboxStats, Rejection, StoreError,
     StoreResult, TicketFilter, TicketStore, TicketWrite,
@@ -55,6 +56,8 @@ pub struct SqliteStore {
     readers: mpsc::Sender<ReadJob>,
     pending: Arc<PendingView>,
     signal: Arc<OutboxSignal>,
+    /// Outbox rows up to here are durable: the only ones offered to the bridge.
+    durable: Arc<Durable>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -67,7 +70,9 @@ impl SqliteStore {
             source,
         })?;
         let path = dir.join("switchboard.db");
-        let mut conn = open_connection(&path, settings.synchronous, false)?;
+        // With `synchronous = full` the syncer thread flushes the WAL after the writer's commits, so
+        // the writer's own connection commits without waiting for the disk (see `store::syncer`).
+        let mut conn = open_connection(&path, Synchronous::Normal, false)?;
         schema::migrate(&mut conn)?;
         let pending = Arc::new(PendingView::default());
         // The folded-ticket cache holds as many tickets as a full backlog fold touches at most.
@@ -80,6 +85,17 @@ impl SqliteStore {
             );
             journal.fold(&mut conn, usize::MAX)?;
         }
+        // Whatever the last run left in the WAL is made durable before anything is built on it.
+        let wal_path = dir.join("switchboard.db-wal");
+        let mut wal = WalFile::open(wal_path.clone()).map_err(|source| StoreError::Io {
+            path: wal_path.display().to_string(),
+            source,
+        })?;
+        wal.sync().map_err(|source| StoreError::Io {
+            path: wal_path.display().to_string(),
+            source,
+        })?;
+        let durable = Durable::new(journal.last_seq());
 
         // Checkpoints run on their own thread and connection, not inside the writer's commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -92,15 +108,25 @@ impl SqliteStore {
         };
 
         let signal = Arc::new(OutboxSignal::default());
+        let (sync_tx, sync_rx) = mpsc::channel();
+        let syncer = Syncer {
+            wal,
+            durable: durable.clone(),
+            view: pending.clone(),
+            signal: signal.clone(),
+        };
         let (wtx, wrx) = mpsc::channel();
-        let writer = Writer {
+        let mut writer = Writer {
             batch_max: settings.commit_batch_max,
             fold_max_rows: settings.fold_max_rows,
             fold_chunk_rows: settings.fold_chunk_rows,
             fold_interval: Duration::from_millis(settings.fold_interval_ms),
             signal: signal.clone(),
             checkpoint: checkpoint_tx,
-            synchronous: sync_pragma(settings.synchronous),
+            synchronous: sync_pragma(Synchronous::Normal),
+            durable: durable.clone(),
+            syncer: None,
+            commits: 0,
         };
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -111,16 +137,19 @@ impl SqliteStore {
                     source,
                 })
         };
-        let mut threads = vec![
-            spawn(
-                "store-writer",
-                Box::new(move || writer.run(conn, journal, wrx)),
-            )?,
-            spawn(
-                "store-checkpoint",
-                Box::new(move || checkpointer.run(checkpoint_rx)),
-            )?,
-        ];
+        let mut threads = Vec::new();
+        if settings.synchronous == Synchronous::Full {
+            writer.syncer = Some(sync_tx);
+            threads.push(spawn("store-sync", Box::new(move || syncer.run(sync_rx)))?);
+        }
+        threads.push(spawn(
+            "store-writer",
+            Box::new(move || writer.run(conn, journal, wrx)),
+        )?);
+        threads.push(spawn(
+            "store-checkpoint",
+            Box::new(move || checkpointer.run(checkpoint_rx)),
+        )?);
 
         let (rtx, rrx) = mpsc::channel::<ReadJob>();
         let rrx = Arc::new(Mutex::new(rrx));
@@ -142,6 +171,7 @@ impl SqliteStore {
             readers: rtx,
             pending,
             signal,
+            durable,
             threads: Mutex::new(threads),
         })
     }
@@ -244,7 +274,7 @@ fn reader_loop(conn: Connection, jobs: Arc<Mutex<mpsc::Receiver<ReadJob>>>) {
 }
 
 /// What a write did, to be replied once the transaction's fate is known.
-enum Done {
+pub(super) enum Done {
     Unit(Reply<()>, StoreResult<()>),
     Bool(Reply<bool>, StoreResult<bool>),
 }
@@ -271,7 +301,7 @@ impl Done {
     }
 
     /// Sends the result, or `failed` for every write when the transaction did not commit.
-    fn reply(self, failed: Option<&str>) {
+    pub(super) fn reply(self, failed: Option<&str>) {
         let fail = |why: &str| StoreError::CommitFailed(why.to_string());
         match self {
             Done::Unit(tx, r) => {
@@ -368,6 +398,13 @@ struct Writer {
     checkpoint: mpsc::SyncSender<()>,
     /// `PRAGMA synchronous` for commits (a fold lowers it while it runs).
     synchronous: &'static str,
+    /// How far the journal is durable; folds take only rows up to it.
+    durable: Arc<Durable>,
+    /// The syncer, with `synchronous = full`: committed batches wait there for their flush. Without
+    /// it a commit counts as durable when it returns (`synchronous = normal`).
+    syncer: Option<mpsc::Sender<SyncJob>>,
+    /// Transactions committed so far.
+    commits: u64,
 }
 
 /// What one batch leaves to do after its transaction.
@@ -380,10 +417,10 @@ struct Batch {
 }
 
 impl Writer {
-    fn run(self, mut conn: Connection, mut journal: Journal, jobs: mpsc::Receiver<WriteOp>) {
+    fn run(mut self, mut conn: Connection, mut journal: Journal, jobs: mpsc::Receiver<WriteOp>) {
         let mut closing: Option<oneshot::Sender<()>> = None;
         while closing.is_none() {
-            let first = match journal.fold_due_in(self.fold_max_rows, self.fold_interval) {
+            let first = match self.fold_due_in(&journal) {
                 None => match jobs.recv() {
                     Ok(op) => op,
                     Err(_) => break,
@@ -407,11 +444,13 @@ impl Writer {
             }
             let batch = self.commit(&mut conn, &mut journal, ops);
             closing = batch.closing;
-            let fold_due = journal
-                .fold_due_in(self.fold_max_rows, self.fold_interval)
-                .is_some_and(|d| d.is_zero());
+            let fold_due = self.fold_due_in(&journal).is_some_and(|d| d.is_zero());
             if !batch.fold_waiters.is_empty() || closing.is_some() {
-                let folded = self.fold(&mut conn, &mut journal, usize::MAX);
+                // Everything acknowledged must be in the tables, so wait for the last flush first.
+                let folded = self
+                    .durable
+                    .wait_for(self.commits)
+                    .and_then(|()| self.fold(&mut conn, &mut journal, usize::MAX));
                 for tx in batch.fold_waiters {
                     let _ = tx.send(folded.clone().map_err(StoreError::CommitFailed));
                 }
@@ -436,6 +475,11 @@ impl Writer {
         journal: &mut Journal,
         rows: usize,
     ) -> Result<(), String> {
+        // Only durable rows: a fold shows its rows to every reader of the tables.
+        let rows = rows.min(journal.rows_up_to(self.durable.seq()));
+        if rows == 0 {
+            return Ok(());
+        }
         let outcome = catch_unwind(AssertUnwindSafe(|| journal.fold(conn, rows)));
         let _ = self.checkpoint.try_send(());
         match outcome {
@@ -459,6 +503,16 @@ impl Writer {
         }
     }
 
+    /// How long until a fold is due, as [`Journal::fold_due_in`], except that a fold due while none of
+    /// its rows is durable yet waits a millisecond for the syncer rather than spinning.
+    fn fold_due_in(&self, journal: &Journal) -> Option<Duration> {
+        let due = journal.fold_due_in(self.fold_max_rows, self.fold_interval)?;
+        if due.is_zero() && journal.rows_up_to(self.durable.seq()) == 0 {
+            return Some(Duration::from_millis(1));
+        }
+        Some(due)
+    }
+
     /// How many rows the next fold takes. Small chunks while the journal keeps up, so a write never
     /// waits long behind a fold; the whole backlog once `fold_max_rows` wait, because under that
     /// load a big fold writes each hot page once for many rows, and throughput is what is short.
@@ -471,24 +525,62 @@ impl Writer {
     }
 
     /// Runs `ops` in one transaction and replies to each once its fate is known.
-    fn commit(&self, conn: &mut Connection, journal: &mut Journal, ops: Vec<WriteOp>) -> Batch {
+    fn commit(&mut self, conn: &mut Connection, journal: &mut Journal, ops: Vec<WriteOp>) -> Batch {
         let started = Instant::now();
         let size = ops.len();
         let mut batch = Batch::default();
+        if let Some(why) = self.durable.failure() {
+            // Nothing can be made durable any more: refuse rather than commit into the WAL.
+            for op in ops {
+                match op {
+                    WriteOp::Close(reply) => batch.closing = Some(reply),
+                    WriteOp::Fold(reply) => {
+                        let _ = reply.send(Err(StoreError::CommitFailed(why.clone())));
+                    }
+                    op => {
+                        if let Some(d) = Done::not_run(op) {
+                            d.reply(Some(&why));
+                        }
+                    }
+                }
+            }
+            return batch;
+        }
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             run_batch(conn, journal, ops, &mut batch)
         }));
         let failure = match outcome {
             Ok(Ok(())) => {
-                journal.committed();
                 metrics::histogram!(m::STORE_COMMIT_BATCH).record(size as f64);
                 metrics::histogram!(m::STORE_COMMIT_DURATION)
                     .record(started.elapsed().as_secs_f64());
-                for d in batch.done.drain(..) {
-                    d.reply(None);
-                }
-                if batch.outbox_appended > 0 {
-                    self.signal.appended(batch.outbox_appended);
+                self.commits += 1;
+                match &self.syncer {
+                    Some(syncer) => {
+                        let job = SyncJob {
+                            done: std::mem::take(&mut batch.done),
+                            publish: journal.committed_unpublished(),
+                            outbox_appended: batch.outbox_appended,
+                            seq: journal.last_seq(),
+                            commit: self.commits,
+                        };
+                        if let Err(mpsc::SendError(job)) = syncer.send(job) {
+                            // Only when the syncer thread died: nothing can be acknowledged.
+                            for d in job.done {
+                                d.reply(Some("the store's syncer has stopped"));
+                            }
+                        }
+                    }
+                    None => {
+                        journal.committed();
+                        self.durable.advance(self.commits, journal.last_seq());
+                        for d in batch.done.drain(..) {
+                            d.reply(None);
+                        }
+                        if batch.outbox_appended > 0 {
+                            self.signal.appended(batch.outbox_appended);
+                        }
+                    }
                 }
                 let _ = self.checkpoint.try_send(());
                 return batch;
@@ -557,7 +649,13 @@ fn run_batch(
             }
             WriteOp::RetryDeadLetter(id, reply) => {
                 let r = in_savepoint(&tx, |c| rows::retry_dead_letter(c, id));
-                batch.outbox_appended += matches!(r, Ok(true)) as u64;
+                if matches!(r, Ok(true)) {
+                    batch.outbox_appended += 1;
+                    // The row may be new: the flush that acknowledges it must make it offerable.
+                    let newest: Option<i64> =
+                        tx.query_row("SELECT MAX(seq) FROM outbox", [], |r| r.get(0))?;
+                    journal.note_outbox_seq(newest.unwrap_or(0));
+                }
                 batch.done.push(Done::Bool(reply, r));
                 continue;
             }
@@ -675,7 +773,10 @@ impl TicketStore for SqliteStore {
     }
 
     fn outbox_peek(&self, limit: usize) -> BoxFuture<'static, StoreResult<Vec<OutboxEntry>>> {
-        self.read(move |c| rows::outbox_peek(c, limit))
+        // Rows committed but not yet flushed are not offered: Django must never hold an event that a
+        // crash could take back.
+        let durable = self.durable.seq();
+        self.read(move |c| rows::outbox_peek(c, limit, durable))
     }
 
     fn outbox_ack(&self, seqs: Vec<i64>) -> BoxFuture<'static, StoreResult<()>> {
