@@ -55,6 +55,11 @@ pub async fn read_json<T: DeserializeOwned>(
 
 /// Syntax errors are 400; well-formed JSON of the wrong shape is 422 naming the field.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // A good body is parsed once, straight into `T`; only a bad one is parsed again to say which
+    // class of error it is and where.
+    if let Ok(value) = serde_json::from_slice(body) {
+        return Ok(value);
+    }
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?;
     serde_path_to_error::deserialize(value).map_err(|e| {
