@@ -19,11 +19,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
+
 use rusqlite::Connection;
 
 use super::{rows, StoreError, StoreResult, SyncRecord, TicketWrite};
 use crate::metrics as m;
-use crate::ticket::model::{Comment, Ticket, TicketEvent, TicketId};
+use crate::ticket::model::{Comment, EventId, EventKind, Ticket, TicketEvent, TicketId};
 
 fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -41,17 +43,38 @@ pub struct EncodedWrite {
     changes: String,
 }
 
-impl EncodedWrite {
-    pub fn new(write: TicketWrite) -> StoreResult<Self> {
-        let record = encode(&SyncRecord {
+/// A [`SyncRecord`] borrowing its parts, so encoding one copies no ticket. It serializes exactly as
+/// `SyncRecord` does (a unit test holds them together).
+#[derive(serde::Serialize)]
+struct SyncRecordRef<'a> {
+    event_id: EventId,
+    ticket_id: TicketId,
+    version: u64,
+    kind: EventKind,
+    #[serde(serialize_with = "crate::ticket::timestamp::serialize")]
+    occurred_at: DateTime<Utc>,
+    ticket: &'a Ticket,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    comment: Option<&'a Comment>,
+}
+
+impl<'a> From<&'a TicketWrite> for SyncRecordRef<'a> {
+    fn from(write: &'a TicketWrite) -> Self {
+        Self {
             event_id: write.event.event_id,
             ticket_id: write.ticket.id,
             version: write.ticket.version,
             kind: write.event.kind,
             occurred_at: write.event.at,
-            ticket: write.ticket.clone(),
-            comment: write.comment.clone(),
-        })?;
+            ticket: &write.ticket,
+            comment: write.comment.as_ref(),
+        }
+    }
+}
+
+impl EncodedWrite {
+    pub fn new(write: TicketWrite) -> StoreResult<Self> {
+        let record = encode(&SyncRecordRef::from(&write))?;
         let event = encode(&write.event)?;
         let changes = encode(&write.event.changes)?;
         Ok(Self {
@@ -595,6 +618,37 @@ mod tests {
                 changes: json!({"v": ticket.version}),
             },
             comment,
+        }
+    }
+
+    #[test]
+    fn a_borrowed_record_encodes_exactly_as_the_record() {
+        let t = ticket(&["a", "b"]);
+        let comment = Comment {
+            id: uuid::Uuid::now_v7(),
+            ticket_id: t.id,
+            author: "bob".into(),
+            body: "Extinguished.".into(),
+            created_at: t.updated_at,
+        };
+        for (kind, comment) in [
+            (EventKind::Updated, None),
+            (EventKind::Commented, Some(comment)),
+        ] {
+            let w = write(&t, kind, comment);
+            let owned = super::SyncRecord {
+                event_id: w.event.event_id,
+                ticket_id: w.ticket.id,
+                version: w.ticket.version,
+                kind: w.event.kind,
+                occurred_at: w.event.at,
+                ticket: w.ticket.clone(),
+                comment: w.comment.clone(),
+            };
+            assert_eq!(
+                serde_json::to_string(&super::SyncRecordRef::from(&w)).unwrap(),
+                serde_json::to_string(&owned).unwrap()
+            );
         }
     }
 

@@ -75,9 +75,9 @@ impl SqliteStore {
         let mut conn = open_connection(&path, Synchronous::Normal, false)?;
         schema::migrate(&mut conn)?;
         let pending = Arc::new(PendingView::default());
-        // The folded-ticket cache holds as many tickets as a full backlog fold touches at most.
-        let mut journal =
-            Journal::recover(&conn, pending.clone())?.with_folded_cache(settings.fold_max_rows);
+        // The folded-ticket cache holds what two backlog folds touch, as it is emptied when full.
+        let mut journal = Journal::recover(&conn, pending.clone())?
+            .with_folded_cache(settings.fold_max_rows.saturating_mul(2));
         if journal.len() > 0 {
             tracing::info!(
                 rows = journal.len(),
