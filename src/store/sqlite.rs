@@ -1,12 +1,14 @@
 //! [`TicketStore`] on SQLite in WAL mode.
 //!
 //! One writer thread owns the only write connection. It blocks for the first queued write, then takes
-//! whatever else is queued (up to `storage.commit_batch_max`) and runs them all in one transaction, each
-//! inside its own savepoint so one failed write does not fail its neighbours. Replies go out only after
-//! COMMIT returns, so an acknowledged write is on disk (group commit: one fsync for many requests).
-//! A ticket write is one outbox row, which is also its journal entry; between batches the same thread
-//! folds the journal into the ticket tables (see [`super::journal`]). A checkpointer thread copies the WAL into the
-//! database file, so commits do not pay for it.
+//! whatever else is queued (up to `storage.commit_batch_max`) and runs them all in one transaction;
+//! every check of a ticket write runs before its first insert, so a refused write leaves nothing behind.
+//! With `synchronous = full` the writer commits without waiting for the disk and hands the batch to the
+//! syncer thread (see [`super::syncer`]), which flushes the WAL once for every batch waiting and only then
+//! replies, so an acknowledged write is on disk (group commit: one flush for many requests).
+//! A ticket write is one outbox row, which is also its journal entry; between batches the writer folds
+//! durable journal rows into the ticket tables (see [`super::journal`]). A checkpointer thread copies
+//! the WAL into the database file, so commits do not pay for it.
 //! Reader threads each own a query-only connection. A panic on a store thread fails the jobs in hand and
 //! the thread carries on with a fresh transaction.
 
