@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 
+// jemalloc: the request path allocates on one thread and frees on another (HTTP worker, ticket
+// arbiter, store threads); see README, "Crates and why".
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Real-time edge of the support product: ticket REST API, Django bridge, supervision tree.
 #[derive(Debug, Parser)]
