@@ -125,7 +125,6 @@ impl SqliteStore {
             fold_interval: Duration::from_millis(settings.fold_interval_ms),
             signal: signal.clone(),
             checkpoint: checkpoint_tx,
-            synchronous: sync_pragma(Synchronous::Normal),
             durable: durable.clone(),
             syncer: None,
             commits: 0,
@@ -398,8 +397,6 @@ struct Writer {
     fold_interval: Duration,
     signal: Arc<OutboxSignal>,
     checkpoint: mpsc::SyncSender<()>,
-    /// `PRAGMA synchronous` for commits (a fold lowers it while it runs).
-    synchronous: &'static str,
     /// How far the journal is durable; folds take only rows up to it.
     durable: Arc<Durable>,
     /// The syncer, with `synchronous = full`: committed batches wait there for their flush. Without
@@ -496,7 +493,6 @@ impl Writer {
                 if !conn.is_autocommit() {
                     let _ = conn.execute_batch("ROLLBACK");
                 }
-                let _ = conn.pragma_update(None, "synchronous", self.synchronous);
                 if let Err(e) = journal.rolled_back(conn) {
                     tracing::error!(error = %e, "could not re-read the journal after a failed fold");
                 }
