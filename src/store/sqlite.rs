@@ -76,6 +76,16 @@ impl SqliteStore {
         // the writer's own connection commits without waiting for the disk (see `store::syncer`).
         let mut conn = open_connection(&path, Synchronous::Normal, false)?;
         schema::migrate(&mut conn)?;
+        // Whatever the last run left in the WAL is made durable before anything is built on it.
+        let wal_path = dir.join("switchboard.db-wal");
+        let mut wal = WalFile::open(wal_path.clone()).map_err(|source| StoreError::Io {
+            path: wal_path.display().to_string(),
+            source,
+        })?;
+        wal.sync().map_err(|source| StoreError::Io {
+            path: wal_path.display().to_string(),
+            source,
+        })?;
         let pending = Arc::new(PendingView::default());
         // The folded-ticket cache holds what two backlog folds touch, as it is emptied when full.
         let mut journal = Journal::recover(&conn, pending.clone())?
@@ -87,16 +97,6 @@ impl SqliteStore {
             );
             journal.fold(&mut conn, usize::MAX)?;
         }
-        // Whatever the last run left in the WAL is made durable before anything is built on it.
-        let wal_path = dir.join("switchboard.db-wal");
-        let mut wal = WalFile::open(wal_path.clone()).map_err(|source| StoreError::Io {
-            path: wal_path.display().to_string(),
-            source,
-        })?;
-        wal.sync().map_err(|source| StoreError::Io {
-            path: wal_path.display().to_string(),
-            source,
-        })?;
         let durable = Durable::new(journal.last_seq());
 
         // Checkpoints run on their own thread and connection, not inside the writer's commits.
