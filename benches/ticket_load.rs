@@ -1163,7 +1163,7 @@ fn updates(args: &Args) {
     let fold_rows1 = server.histogram("switchboard_store_fold_batch_size");
     if fold1.1 > fold0.1 {
         println!(
-            "journal folds: {:.0}, mean {:.0} rows and {:.1} ms each, {:.0}% of the wall clock folding",
+            "journal folds: {:.0}, mean {:.0} rows and {:.1} ms each, the folder busy {:.0}% of the wall clock",
             fold1.1 - fold0.1,
             (fold_rows1.0 - fold_rows0.0) / (fold1.1 - fold0.1),
             (fold1.0 - fold0.0) / (fold1.1 - fold0.1) * 1000.0,

@@ -90,7 +90,6 @@ pub struct StorageSettings {
     pub commit_batch_max: usize,
     pub readers: usize,
     pub fold_max_rows: usize,
-    pub fold_chunk_rows: usize,
     pub fold_interval_ms: u64,
     pub checkpoint_interval_ms: u64,
     pub wal_max_mib: u64,
@@ -268,10 +267,6 @@ impl Settings {
         positive("storage.readers", self.storage.readers as u64)?;
         positive("storage.fold_max_rows", self.storage.fold_max_rows as u64)?;
         positive("storage.fold_interval_ms", self.storage.fold_interval_ms)?;
-        positive(
-            "storage.fold_chunk_rows",
-            self.storage.fold_chunk_rows as u64,
-        )?;
         positive(
             "storage.checkpoint_interval_ms",
             self.storage.checkpoint_interval_ms,

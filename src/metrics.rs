@@ -142,11 +142,11 @@ fn describe() {
     describe_histogram!(
         STORE_CHECKPOINT_DURATION,
         Unit::Seconds,
-        "WAL checkpoints by mode (passive, restart)."
+        "WAL checkpoints by database (journal, tickets) and mode (passive, restart)."
     );
     describe_gauge!(
         STORE_WAL_PAGES,
-        "Pages in the write-ahead log after the last checkpoint."
+        "Pages in a database's write-ahead log after its last checkpoint."
     );
     describe_histogram!(
         STORE_SYNC_DURATION,

@@ -5,6 +5,7 @@
 //! history event and its outbox entry are written in one transaction, and a write is acknowledged only
 //! after that transaction commits. Another backend (PostgreSQL, say) implements the same trait.
 
+mod folder;
 mod journal;
 mod rows;
 pub mod schema;

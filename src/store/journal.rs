@@ -4,11 +4,12 @@
 //! whichever ticket it touches, so a group commit writes a few pages instead of a ticket row, its
 //! indexes and a history index entry per write scattered across the file. The outbox row is the
 //! journal entry: beside the snapshot the bridge sends to Django it carries the operation and the
-//! history event. The tickets table, the tag index, the history and the comments catch up in *folds*:
-//! each applies the oldest journalled writes (a chunk, or the whole backlog) in one transaction and
-//! moves the `folded_seq` watermark past them in that same transaction. A fold writes each touched page
-//! once, however many of its writes landed on it, and several updates of one ticket in it become one
-//! row update. An outbox row goes once it is both delivered and folded.
+//! history event. The tickets table, the tag index, the history and the comments (in `tickets.db`)
+//! catch up in *folds* on their own thread ([`super::folder`]): the writer hands it durable journal
+//! rows, and each fold applies them in one transaction that moves `tickets.db`'s `folded_seq` watermark
+//! past them. A fold writes each touched page once, however many of its writes landed on it, and
+//! several updates of one ticket in it become one row update. An outbox row goes once it is both
+//! delivered and folded.
 //!
 //! Until folded, a ticket's latest snapshot is served from memory ([`PendingView`]); queries that read
 //! the tables (lists, history) ask for a fold first. After a crash, [`Journal::recover`] rebuilds the
@@ -23,6 +24,7 @@ use chrono::{DateTime, Utc};
 
 use rusqlite::Connection;
 
+use super::folder::{self, FoldReport};
 use super::{rows, StoreError, StoreResult, SyncRecord, TicketWrite};
 use crate::metrics as m;
 use crate::ticket::model::{Comment, EventId, EventKind, Ticket, TicketEvent, TicketId};
@@ -177,119 +179,137 @@ impl PendingView {
 }
 
 struct PendingTicket {
-    /// Whether the tickets table has a row for it (then the fold updates that row, else inserts).
-    stored: bool,
     latest: Arc<Ticket>,
     /// The journal row that wrote `latest`.
     last_seq: i64,
 }
 
 /// One journalled write, as the fold needs it.
-struct Entry {
-    seq: i64,
-    journalled_at: Instant,
-    ticket: Arc<Ticket>,
-    event: TicketEvent,
+pub(super) struct Entry {
+    pub seq: i64,
+    pub journalled_at: Instant,
+    pub ticket: Arc<Ticket>,
+    pub event: TicketEvent,
     /// `event.changes` as JSON, encoded off the writer thread.
-    changes: String,
-    comment: Option<Comment>,
+    pub changes: String,
+    pub comment: Option<Comment>,
 }
 
 /// A write checked against the journal and the tables, ready to be recorded once its rows are in.
 pub struct Staged {
     write: TicketWrite,
     changes: String,
-    stored: bool,
     seq: i64,
 }
 
 /// The writer thread's account of the journal: every row not yet folded, in order.
 pub struct Journal {
+    /// Rows not yet handed to the folder, oldest first.
     entries: VecDeque<Entry>,
+    /// The newest row handed to the folder.
+    handed_seq: i64,
+    /// Rows handed to the folder and not yet reported folded.
+    in_flight: usize,
     /// Outbox rows up to here are applied to the tables.
     folded_seq: i64,
     /// The newest journalled row.
     last_seq: i64,
+    /// Every ticket with a row not yet folded (handed over or not).
     tickets: HashMap<TicketId, PendingTicket>,
     /// Snapshots written in the transaction under way, shown to readers once it commits.
     unpublished: Vec<Arc<Ticket>>,
     view: Arc<PendingView>,
-    last_failed_fold: Option<Instant>,
-    /// What the tickets table holds for recently folded tickets (the writer is its only writer), so
-    /// that a write's version check and the fold's diff need not read the row back.
-    folded: HashMap<TicketId, Arc<Ticket>>,
+    /// The version the tickets table holds for recently folded tickets, so that a write's version
+    /// check need not read the row back.
+    folded: HashMap<TicketId, u64>,
     /// At most this many tickets in `folded` (0: none); it is emptied when full.
     folded_cap: usize,
+    /// A read-only connection to `tickets.db`, for versions not in `folded`.
+    tables: Connection,
 }
 
 impl Journal {
-    /// Reads the journal (left by a previous run, or after a failed commit) into memory.
-    pub fn recover(conn: &Connection, view: Arc<PendingView>) -> StoreResult<Self> {
-        let folded_seq: i64 = conn.query_row(
-            "SELECT value FROM store_meta WHERE key = 'folded_seq'",
-            [],
-            |r| r.get(0),
-        )?;
+    /// Reads the journal (left by a previous run) into memory: the `switchboard.db` outbox rows above
+    /// `tickets.db`'s watermark (`tables` is a read connection to it, kept for version checks).
+    pub fn recover(
+        conn: &Connection,
+        tables: Connection,
+        view: Arc<PendingView>,
+    ) -> StoreResult<Self> {
         let mut journal = Self {
             entries: VecDeque::new(),
-            folded_seq,
-            last_seq: folded_seq,
+            handed_seq: 0,
+            in_flight: 0,
+            folded_seq: 0,
+            last_seq: 0,
             tickets: HashMap::new(),
             unpublished: Vec::new(),
             view,
-            last_failed_fold: None,
             folded: HashMap::new(),
             folded_cap: 0,
+            tables,
         };
+        journal.reload(conn)?;
+        Ok(journal)
+    }
+
+    /// Re-reads every row not yet folded from disk, keeping out of `entries` those the folder has.
+    fn reload(&mut self, conn: &Connection) -> StoreResult<()> {
+        let folded_seq = folder::folded_seq(&self.tables)?;
+        self.folded_seq = self.folded_seq.max(folded_seq);
+        self.last_seq = self.folded_seq;
+        self.entries.clear();
+        self.tickets.clear();
         // Rows without an op are dead letters sent again: their change was journalled already.
         let mut stmt = conn.prepare(
             "SELECT seq, op, payload, event FROM outbox WHERE seq > ?1 AND op IS NOT NULL \
              ORDER BY seq",
         )?;
-        let mut rows = stmt.query([folded_seq])?;
+        let mut rows = stmt.query([self.folded_seq])?;
         while let Some(row) = rows.next()? {
             let seq: i64 = row.get(0)?;
             let op: String = row.get(1)?;
-            let op = JournalOp::parse(&op)
+            JournalOp::parse(&op)
                 .ok_or_else(|| StoreError::Corrupt(format!("bad journal op `{op}`")))?;
             let (write, changes) =
                 EncodedWrite::decode(&row.get::<_, String>(2)?, &row.get::<_, String>(3)?)?;
-            // Rows below the watermark are folded, so an update's ticket has its row; a create's or
-            // import's does not. A ticket seen earlier in the journal keeps what its first row said.
-            let stored = op == JournalOp::Update;
-            journal.record(Staged {
+            self.record(Staged {
                 write,
                 changes,
-                stored,
                 seq,
             });
         }
-        let snapshots = journal
+        let snapshots = self
             .tickets
             .iter()
             .map(|(id, p)| (*id, p.latest.clone()))
             .collect();
-        journal.unpublished.clear();
-        journal.view.replace(snapshots);
-        metrics::gauge!(m::STORE_JOURNAL_DEPTH).set(journal.entries.len() as f64);
-        Ok(journal)
+        self.unpublished.clear();
+        self.view.replace(snapshots);
+        self.publish_depth();
+        Ok(())
     }
 
-    /// Keeps the table's state of up to `cap` recently folded tickets in memory.
+    /// Keeps the table's version of up to `cap` recently folded tickets in memory.
     pub fn with_folded_cache(mut self, cap: usize) -> Self {
         self.folded_cap = cap;
         self
     }
 
+    /// Rows not yet handed to the folder.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    fn publish_depth(&self) {
+        metrics::gauge!(m::STORE_JOURNAL_DEPTH).set((self.entries.len() + self.in_flight) as f64);
+    }
+
     /// The version the tickets table holds for `id`, if it has a row.
-    fn table_version(&self, conn: &Connection, id: TicketId) -> StoreResult<Option<u64>> {
+    fn table_version(&self, id: TicketId) -> StoreResult<Option<u64>> {
         match self.folded.get(&id) {
-            Some(t) => Ok(Some(t.version)),
-            None => rows::stored_version(conn, id),
+            Some(v) => Ok(Some(*v)),
+            None => rows::stored_version(&self.tables, id),
         }
     }
 
@@ -315,29 +335,27 @@ impl Journal {
         let id = write.ticket.id;
         let pending = self.tickets.get(&id);
         // Every check comes before the first insert, so a refused write leaves nothing behind.
-        let stored = match op {
+        match op {
             JournalOp::Create | JournalOp::Import => {
-                if pending.is_some() || self.table_version(conn, id)?.is_some() {
+                if pending.is_some() || self.table_version(id)?.is_some() {
                     if op == JournalOp::Import {
                         // A concurrent activation imported it first; the first one wins.
                         return Ok(None);
                     }
                     return Err(StoreError::AlreadyExists(id));
                 }
-                false
             }
             JournalOp::Update => {
                 let expected = write.ticket.version.saturating_sub(1);
                 let current = match pending {
                     Some(p) => Some(p.latest.version),
-                    None => self.table_version(conn, id)?,
+                    None => self.table_version(id)?,
                 };
                 if current != Some(expected) {
                     return Err(StoreError::VersionConflict { id, expected });
                 }
-                true
             }
-        };
+        }
         let seq = rows::insert_outbox(
             conn,
             op.as_str(),
@@ -349,7 +367,6 @@ impl Journal {
         Ok(Some(Staged {
             write,
             changes,
-            stored,
             seq,
         }))
     }
@@ -359,7 +376,6 @@ impl Journal {
         let Staged {
             write,
             changes,
-            stored,
             seq,
         } = staged;
         self.last_seq = self.last_seq.max(seq);
@@ -372,10 +388,13 @@ impl Journal {
                 p.last_seq = seq;
             })
             .or_insert(PendingTicket {
-                stored,
                 latest: latest.clone(),
                 last_seq: seq,
             });
+        if seq <= self.handed_seq {
+            // Re-read after a failed commit; the folder has it already.
+            return;
+        }
         self.entries.push_back(Entry {
             seq,
             journalled_at: Instant::now(),
@@ -391,13 +410,13 @@ impl Journal {
         if !self.unpublished.is_empty() {
             self.view.publish(self.unpublished.drain(..));
         }
-        metrics::gauge!(m::STORE_JOURNAL_DEPTH).set(self.entries.len() as f64);
+        self.publish_depth();
     }
 
     /// The transaction holding the recorded writes committed, but is not durable yet: returns its
     /// snapshots for the syncer to publish once it is.
     pub fn committed_unpublished(&mut self) -> Vec<Arc<Ticket>> {
-        metrics::gauge!(m::STORE_JOURNAL_DEPTH).set(self.entries.len() as f64);
+        self.publish_depth();
         std::mem::take(&mut self.unpublished)
     }
 
@@ -419,134 +438,57 @@ impl Journal {
 
     /// The transaction did not commit: forget what it recorded by reading back what is durable.
     pub fn rolled_back(&mut self, conn: &Connection) -> StoreResult<()> {
-        let view = self.view.clone();
-        *self = Self::recover(conn, view)?.with_folded_cache(self.folded_cap);
-        Ok(())
+        self.unpublished.clear();
+        self.reload(conn)
     }
 
-    /// How long until a fold is due (zero: now), or `None` when the journal is empty: when
-    /// `max_rows` wait, or the oldest has waited `interval`.
+    /// How long until the rows not yet handed over are due for a fold (zero: now), or `None` when
+    /// there are none: when `max_rows` wait, or the oldest has waited `interval`.
     pub fn fold_due_in(&self, max_rows: usize, interval: Duration) -> Option<Duration> {
         let oldest = self.entries.front()?.journalled_at;
-        if let Some(failed) = self.last_failed_fold {
-            // After a failed fold wait a whole interval, not a commit, before trying again.
-            return Some(interval.saturating_sub(failed.elapsed()));
-        }
         if self.entries.len() >= max_rows {
             return Some(Duration::ZERO);
         }
         Some(interval.saturating_sub(oldest.elapsed()))
     }
 
-    /// Applies the oldest `max_rows` journalled writes to the tables and moves the watermark past
-    /// them, in one transaction. The writer folds in chunks so that no commit waits long behind a
-    /// fold; queries that need every write folded pass `usize::MAX`. Returns the rows folded.
-    pub fn fold(&mut self, conn: &mut Connection, max_rows: usize) -> StoreResult<usize> {
-        let rows = max_rows.min(self.entries.len());
-        if rows == 0 {
-            return Ok(0);
+    /// Takes the rows up to `durable` (the only ones a fold may show) for the folder.
+    pub(super) fn hand_over(&mut self, durable: i64) -> Vec<Entry> {
+        let rows = self.rows_up_to(durable);
+        let taken: Vec<Entry> = self.entries.drain(..rows).collect();
+        if let Some(last) = taken.last() {
+            self.handed_seq = last.seq;
         }
-        let started = Instant::now();
-        let chunk = self.entries.range(..rows);
-        // Each ticket's newest snapshot within the chunk: several updates become one row write.
-        let mut snapshots: HashMap<TicketId, &Arc<Ticket>> = HashMap::new();
-        for e in chunk.clone() {
-            snapshots.insert(e.ticket.id, &e.ticket);
-        }
-        let watermark = self.entries[rows - 1].seq;
-        let _span = tracing::debug_span!("store_fold", rows, tickets = snapshots.len()).entered();
-        // The writer's connection commits without waiting for the disk (`synchronous = NORMAL`), and a
-        // fold need not: the rows it applies are durable already, so a fold lost to a power cut is
-        // folded again at start, and the next flush of the WAL covers its frames anyway.
-        let applied = self.apply(conn, chunk, &snapshots, watermark);
-        let folded_now: Vec<Arc<Ticket>> = snapshots.into_values().cloned().collect();
-        match applied {
-            Ok(()) => {
-                if self.folded.len() + folded_now.len() > self.folded_cap {
-                    self.folded.clear();
-                }
-                if self.folded_cap > 0 {
-                    self.folded
-                        .extend(folded_now.iter().map(|t| (t.id, Arc::clone(t))));
-                }
-                self.entries.drain(..rows);
-                self.folded_seq = watermark;
-                self.last_failed_fold = None;
-                let mut folded = Vec::new();
-                for id in folded_now.iter().map(|t| t.id) {
-                    if let Some(p) = self.tickets.get_mut(&id) {
-                        p.stored = true;
-                        if p.last_seq <= watermark {
-                            self.tickets.remove(&id);
-                            folded.push(id);
-                        }
-                    }
-                }
-                // Tickets written again after the chunk stay served from memory.
-                self.view.remove(&folded);
-                metrics::histogram!(m::STORE_FOLD_ROWS).record(rows as f64);
-                metrics::histogram!(m::STORE_FOLD_DURATION).record(started.elapsed().as_secs_f64());
-                metrics::gauge!(m::STORE_JOURNAL_DEPTH).set(self.entries.len() as f64);
-                tracing::debug!(
-                    rows,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "folded journal"
-                );
-                Ok(rows)
-            }
-            Err(e) => {
-                self.last_failed_fold = Some(Instant::now());
-                metrics::counter!(m::STORE_FOLD_ERRORS).increment(1);
-                tracing::error!(error = %e, rows, "journal fold failed; writes stay journalled and are retried");
-                Err(e)
-            }
-        }
+        self.in_flight += taken.len();
+        taken
     }
 
-    fn apply<'a>(
-        &self,
-        conn: &mut Connection,
-        chunk: impl Iterator<Item = &'a Entry>,
-        snapshots: &HashMap<TicketId, &Arc<Ticket>>,
-        watermark: i64,
-    ) -> StoreResult<()> {
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        for e in chunk {
-            rows::insert_event(&tx, &e.event, &e.changes)?;
-            if let Some(comment) = &e.comment {
-                rows::insert_comment(&tx, comment)?;
+    /// The folder reports a fold: its tickets are read from the tables from now on, except those
+    /// written again since.
+    pub(super) fn folded(&mut self, report: &FoldReport) {
+        self.in_flight = self.in_flight.saturating_sub(report.rows);
+        if report.error.is_none() {
+            self.folded_seq = self.folded_seq.max(report.watermark);
+            if self.folded.len() + report.tickets.len() > self.folded_cap {
+                self.folded.clear();
             }
-        }
-        // In key order, so neighbouring rows and index entries are written while their pages are hot.
-        let mut tickets: Vec<&Arc<Ticket>> = snapshots.values().copied().collect();
-        tickets.sort_unstable_by_key(|t| t.id);
-        for t in tickets {
-            let stored = self.tickets.get(&t.id).is_some_and(|p| p.stored);
-            if !stored {
-                rows::insert_ticket(&tx, t)?;
-                continue;
-            }
-            match self.folded.get(&t.id) {
-                Some(base) => rows::update_ticket(&tx, base, t)?,
-                None => {
-                    let base = rows::load(&tx, t.id)?.ok_or_else(|| {
-                        StoreError::Corrupt(format!("journalled ticket {} has no row", t.id))
-                    })?;
-                    rows::update_ticket(&tx, &base, t)?;
+            let mut gone = Vec::new();
+            for t in &report.tickets {
+                if self.folded_cap > 0 {
+                    self.folded.insert(t.id, t.version);
+                }
+                if self
+                    .tickets
+                    .get(&t.id)
+                    .is_some_and(|p| p.last_seq <= report.watermark)
+                {
+                    self.tickets.remove(&t.id);
+                    gone.push(t.id);
                 }
             }
+            self.view.remove(&gone);
         }
-        tx.execute(
-            "UPDATE store_meta SET value = ?1 WHERE key = 'folded_seq'",
-            [watermark],
-        )?;
-        // Rows delivered before their fold were kept for it; delivered rows exist only in this range.
-        tx.execute(
-            "DELETE FROM outbox WHERE seq > ?1 AND seq <= ?2 AND delivered = 1",
-            [self.folded_seq, watermark],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.publish_depth();
     }
 }
 
@@ -573,7 +515,6 @@ mod tests {
             commit_batch_max: 64,
             readers: 1,
             fold_max_rows: 1_000_000,
-            fold_chunk_rows: 2,
             fold_interval_ms: 3_600_000,
             checkpoint_interval_ms: 50,
             wal_max_mib: 64,
@@ -618,8 +559,9 @@ mod tests {
 
     #[test]
     fn the_bridge_is_offered_only_rows_up_to_the_durable_mark() {
-        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
-        crate::store::schema::migrate(&mut conn).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = rusqlite::Connection::open(dir.path().join("switchboard.db")).unwrap();
+        crate::store::schema::migrate(&mut conn, &dir.path().join("tickets.db")).unwrap();
         let t = ticket(&[]);
         let mut seqs = Vec::new();
         for _ in 0..3 {
@@ -798,11 +740,12 @@ mod tests {
             states
         };
         let raw = rusqlite::Connection::open(dir.path().join("switchboard.db")).unwrap();
+        let tables = rusqlite::Connection::open(dir.path().join("tickets.db")).unwrap();
+        let folded = super::folder::folded_seq(&tables).unwrap();
         let journalled: i64 = raw
             .query_row(
-                "SELECT COUNT(*) FROM outbox WHERE seq > \
-                 (SELECT value FROM store_meta WHERE key = 'folded_seq')",
-                [],
+                "SELECT COUNT(*) FROM outbox WHERE seq > ?1",
+                [folded],
                 |r| r.get(0),
             )
             .unwrap();
@@ -909,14 +852,32 @@ mod tests {
     }
 
     #[test]
-    fn chunked_folds_keep_later_writes_served_from_memory_until_folded() {
+    fn folds_in_parts_keep_later_writes_served_from_memory_until_folded() {
+        use super::super::folder::Folder;
+        use super::super::sqlite::WalLimits;
         use super::super::{rows, schema};
         use super::{EncodedWrite, Journal, JournalOp, PendingView};
 
-        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
-        schema::migrate(&mut conn).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let tables_path = dir.path().join("tickets.db");
+        let mut conn = rusqlite::Connection::open(dir.path().join("switchboard.db")).unwrap();
+        schema::migrate(&mut conn, &tables_path).unwrap();
+        let tables = rusqlite::Connection::open(&tables_path).unwrap();
+        let wal = WalLimits {
+            restart_pages: 1000,
+        };
+        let mut folder = Folder::new(
+            rusqlite::Connection::open(&tables_path).unwrap(),
+            16,
+            std::time::Duration::from_secs(1),
+            wal,
+        )
+        .unwrap();
         let view = std::sync::Arc::new(PendingView::default());
-        let mut journal = Journal::recover(&conn, view.clone()).unwrap();
+        let reader = rusqlite::Connection::open(&tables_path).unwrap();
+        let mut journal = Journal::recover(&conn, reader, view.clone())
+            .unwrap()
+            .with_folded_cache(16);
         let v1 = ticket(&["printer"]);
         let other = ticket(&[]);
         let v2 = next(&v1, |t| {
@@ -930,6 +891,7 @@ mod tests {
             (JournalOp::Update, &v2, EventKind::Updated),
             (JournalOp::Update, &v3, EventKind::Updated),
         ];
+        let mut seqs = Vec::new();
         for (op, t, kind) in writes {
             let tx = conn.transaction().unwrap();
             let encoded = EncodedWrite::new(write(t, kind, None)).unwrap();
@@ -937,45 +899,47 @@ mod tests {
             journal.record(staged);
             tx.commit().unwrap();
             journal.committed();
+            seqs.push(journal.last_seq());
         }
-        let stored = |conn: &rusqlite::Connection, id| rows::load(conn, id).unwrap();
-        let count = |conn: &rusqlite::Connection, sql: &str| -> i64 {
-            conn.query_row(sql, [], |r| r.get(0)).unwrap()
+        let stored = |id| rows::load(&tables, id).unwrap();
+        let count = |sql: &str| -> i64 { tables.query_row(sql, [], |r| r.get(0)).unwrap() };
+        let mut fold_up_to = |journal: &mut Journal, seq: i64| {
+            folder.take(journal.hand_over(seq));
+            let report = folder.fold_pending();
+            assert!(report.error.is_none(), "{:?}", report.error);
+            journal.folded(&report);
+            report.rows
         };
 
-        // The first chunk creates both rows; v1's ticket has later writes, still served from memory.
-        assert_eq!(journal.fold(&mut conn, 2).unwrap(), 2);
-        assert_eq!(stored(&conn, v1.id).as_ref(), Some(&v1));
-        assert_eq!(stored(&conn, other.id).as_ref(), Some(&other));
+        // The first fold creates both rows; v1's ticket has later writes, still served from memory.
+        assert_eq!(fold_up_to(&mut journal, seqs[1]), 2);
+        assert_eq!(stored(v1.id).as_ref(), Some(&v1));
+        assert_eq!(stored(other.id).as_ref(), Some(&other));
         assert_eq!(view.get(v1.id).as_ref(), Some(&v3));
         assert_eq!(view.get(other.id), None);
-        // The next chunk updates the row it created.
-        assert_eq!(journal.fold(&mut conn, 1).unwrap(), 1);
-        assert_eq!(stored(&conn, v1.id).as_ref(), Some(&v2));
+        // The next one updates the row the first created.
+        assert_eq!(fold_up_to(&mut journal, seqs[2]), 1);
+        assert_eq!(stored(v1.id).as_ref(), Some(&v2));
         assert_eq!(view.get(v1.id).as_ref(), Some(&v3));
-        assert_eq!(journal.fold(&mut conn, 100).unwrap(), 1);
-        assert_eq!(stored(&conn, v1.id).as_ref(), Some(&v3));
+        // Rows handed over again (the writer re-read its journal after a failed commit) are skipped.
+        journal.rolled_back(&conn).unwrap();
+        assert_eq!(fold_up_to(&mut journal, i64::MAX), 1);
+        assert_eq!(stored(v1.id).as_ref(), Some(&v3));
         assert!(view.is_empty() && journal.len() == 0);
-        assert_eq!(journal.fold(&mut conn, 100).unwrap(), 0);
+        assert_eq!(fold_up_to(&mut journal, i64::MAX), 0);
 
-        assert_eq!(count(&conn, "SELECT COUNT(*) FROM ticket_events"), 4);
+        assert_eq!(count("SELECT COUNT(*) FROM ticket_events"), 4);
         assert_eq!(
-            count(
-                &conn,
-                "SELECT COUNT(*) FROM ticket_tags WHERE tag = 'printer'"
-            ),
+            count("SELECT COUNT(*) FROM ticket_tags WHERE tag = 'printer'"),
             0
         );
         assert_eq!(
-            count(&conn, "SELECT COUNT(*) FROM ticket_tags WHERE tag = 'fire'"),
+            count("SELECT COUNT(*) FROM ticket_tags WHERE tag = 'fire'"),
             1
         );
         assert_eq!(
-            count(
-                &conn,
-                "SELECT value FROM store_meta WHERE key = 'folded_seq'"
-            ),
-            count(&conn, "SELECT MAX(seq) FROM outbox")
+            count("SELECT value FROM store_meta WHERE key = 'folded_seq'"),
+            seqs[3]
         );
     }
 

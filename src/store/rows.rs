@@ -333,6 +333,21 @@ pub fn outbox_peek(
     Ok(out)
 }
 
+/// Journal rows up to `watermark` are folded into `tickets.db`: records that in `switchboard.db` and
+/// drops the rows among them already delivered (kept until now for the fold).
+pub fn fold_done(conn: &Connection, watermark: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "DELETE FROM outbox WHERE seq > (SELECT value FROM store_meta WHERE key = 'folded_seq') \
+         AND seq <= ?1 AND delivered = 1",
+    )?
+    .execute([watermark])?;
+    conn.prepare_cached(
+        "UPDATE store_meta SET value = ?1 WHERE key = 'folded_seq' AND value < ?1",
+    )?
+    .execute([watermark])?;
+    Ok(())
+}
+
 /// Retires a delivered (or dead-lettered) row: gone if already folded, else kept for the fold.
 fn retire(conn: &Connection, seq: i64, folded_seq: i64) -> Result<(), StoreError> {
     let sql = if seq <= folded_seq {

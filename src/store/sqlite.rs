@@ -6,11 +6,12 @@
 //! With `synchronous = full` the writer commits without waiting for the disk and hands the batch to the
 //! syncer thread (see [`super::syncer`]), which flushes the WAL once for every batch waiting and only then
 //! replies, so an acknowledged write is on disk (group commit: one flush for many requests).
-//! A ticket write is one outbox row, which is also its journal entry; between batches the writer folds
-//! durable journal rows into the ticket tables (see [`super::journal`]). A checkpointer thread copies
-//! the WAL into the database file, so commits do not pay for it.
-//! Reader threads each own a query-only connection. A panic on a store thread fails the jobs in hand and
-//! the thread carries on with a fresh transaction.
+//! A ticket write is one outbox row, which is also its journal entry; between batches the writer hands
+//! durable journal rows to the folder thread, which applies them to the ticket tables in their own
+//! file, `tickets.db` (see [`super::journal`] and [`super::folder`]). A checkpointer thread copies the
+//! WAL into the database file, so commits do not pay for it.
+//! Reader threads each own a query-only connection to `switchboard.db` with `tickets.db` attached. A
+//! panic on a store thread fails the jobs in hand and the thread carries on with a fresh transaction.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -24,6 +25,7 @@ use futures_util::FutureExt;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
+use super::folder::{FoldJob, FoldReport, FoldWaiter, Folder};
 use super::journal::{EncodedWrite, Journal, JournalOp, PendingView};
 use super::syncer::{Durable, SyncJob, Syncer, WalFile};
 use super::{
@@ -48,7 +50,12 @@ enum WriteOp {
     Ping(Reply<()>),
     /// Fold the journal now, so the tables answer queries with every acknowledged write.
     Fold(Reply<()>),
+    /// From the folder thread: a fold finished (or failed).
+    Folded(Box<FoldReport>),
+    /// Fold everything, then stop the store's threads.
     Close(oneshot::Sender<()>),
+    /// Stop now, leaving the journal for the next start (the store was dropped without `close`).
+    Stop,
 }
 
 type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
@@ -64,7 +71,8 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) `data_dir/switchboard.db`, migrates it and starts the threads.
+    /// Opens (creating if needed) `data_dir/switchboard.db` and `data_dir/tickets.db`, migrates them,
+    /// folds what the last run left in the journal and starts the threads.
     pub fn open(settings: &StorageSettings) -> StoreResult<Self> {
         let dir = &settings.data_dir;
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
@@ -75,7 +83,8 @@ impl SqliteStore {
         // With `synchronous = full` the syncer thread flushes the WAL after the writer's commits, so
         // the writer's own connection commits without waiting for the disk (see `store::syncer`).
         let mut conn = open_connection(&path, Synchronous::Normal, false)?;
-        schema::migrate(&mut conn)?;
+        let tables_path = dir.join("tickets.db");
+        schema::migrate(&mut conn, &tables_path)?;
         // Whatever the last run left in the WAL is made durable before anything is built on it.
         let wal_path = dir.join("switchboard.db-wal");
         let mut wal = WalFile::open(wal_path.clone()).map_err(|source| StoreError::Io {
@@ -87,16 +96,44 @@ impl SqliteStore {
             source,
         })?;
         let pending = Arc::new(PendingView::default());
-        // The folded-ticket cache holds what two backlog folds touch, as it is emptied when full.
-        let mut journal = Journal::recover(&conn, pending.clone())?
-            .with_folded_cache(settings.fold_max_rows.saturating_mul(2));
+        // WAL frames are one page each (4 KiB by default).
+        let wal_limits = WalLimits {
+            restart_pages: (settings.wal_max_mib * 1024 * 1024 / 4096) as i64,
+        };
+        // The folded-ticket caches hold what two backlog folds touch, as they are emptied when full.
+        let cache = settings.fold_max_rows.saturating_mul(2);
+        // The folder's commits are flushed (with `synchronous = full`) before the journal drops what
+        // they cover.
+        let tables_conn = open_connection(&tables_path, settings.synchronous, false)?;
+        tables_conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let mut folder = Folder::new(
+            tables_conn,
+            cache,
+            Duration::from_millis(settings.fold_interval_ms),
+            wal_limits.clone(),
+        )?;
+        let mut journal = Journal::recover(
+            &conn,
+            open_connection(&tables_path, Synchronous::Normal, true)?,
+            pending.clone(),
+        )?
+        .with_folded_cache(cache);
         if journal.len() > 0 {
             tracing::info!(
                 rows = journal.len(),
                 "folding the journal left by the previous run"
             );
-            journal.fold(&mut conn, usize::MAX)?;
+            folder.take(journal.hand_over(i64::MAX));
+            let report = folder.fold_pending();
+            if let Some(e) = &report.error {
+                return Err(StoreError::CommitFailed(format!(
+                    "folding the journal left by the previous run: {e}"
+                )));
+            }
+            journal.folded(&report);
         }
+        // The last run may have stopped between a fold and dropping the rows it delivered.
+        rows::fold_done(&conn, journal.folded_seq())?;
         let durable = Durable::new(journal.last_seq());
 
         // Checkpoints run on their own thread and connection, not inside the writer's commits.
@@ -105,8 +142,7 @@ impl SqliteStore {
         let checkpointer = Checkpointer {
             conn: open_connection(&path, settings.synchronous, false)?,
             interval: Duration::from_millis(settings.checkpoint_interval_ms),
-            // WAL frames are one page each (4 KiB by default).
-            restart_pages: (settings.wal_max_mib * 1024 * 1024 / 4096) as i64,
+            wal: wal_limits,
         };
 
         let signal = Arc::new(OutboxSignal::default());
@@ -118,11 +154,12 @@ impl SqliteStore {
             signal: signal.clone(),
         };
         let (wtx, wrx) = mpsc::channel();
+        let (fold_tx, fold_rx) = mpsc::channel();
         let mut writer = Writer {
             batch_max: settings.commit_batch_max,
             fold_max_rows: settings.fold_max_rows,
-            fold_chunk_rows: settings.fold_chunk_rows,
             fold_interval: Duration::from_millis(settings.fold_interval_ms),
+            folder: fold_tx,
             signal: signal.clone(),
             checkpoint: checkpoint_tx,
             durable: durable.clone(),
@@ -143,6 +180,15 @@ impl SqliteStore {
             writer.syncer = Some(sync_tx);
             threads.push(spawn("store-sync", Box::new(move || syncer.run(sync_rx)))?);
         }
+        let reports = wtx.clone();
+        threads.push(spawn(
+            "store-folder",
+            Box::new(move || {
+                folder.run(fold_rx, move |report| {
+                    let _ = reports.send(WriteOp::Folded(Box::new(report)));
+                })
+            }),
+        )?);
         threads.push(spawn(
             "store-writer",
             Box::new(move || writer.run(conn, journal, wrx)),
@@ -155,7 +201,7 @@ impl SqliteStore {
         let (rtx, rrx) = mpsc::channel::<ReadJob>();
         let rrx = Arc::new(Mutex::new(rrx));
         for i in 0..settings.readers {
-            let conn = open_connection(&path, settings.synchronous, true)?;
+            let conn = open_reader(&path, &tables_path)?;
             let rrx = rrx.clone();
             threads.push(
                 std::thread::Builder::new()
@@ -240,6 +286,18 @@ fn sync_pragma(sync: Synchronous) -> &'static str {
     }
 }
 
+/// A query-only connection to `switchboard.db` with `tickets.db` attached: the ticket tables' names
+/// are not in the first, so queries name them unqualified.
+fn open_reader(path: &Path, tables: &Path) -> StoreResult<Connection> {
+    let conn = open_connection(path, Synchronous::Normal, false)?;
+    let tables = tables
+        .to_str()
+        .ok_or_else(|| StoreError::Corrupt(format!("{} is not UTF-8", tables.display())))?;
+    conn.execute("ATTACH DATABASE ?1 AS tables", [tables])?;
+    conn.pragma_update(None, "query_only", true)?;
+    Ok(conn)
+}
+
 fn open_connection(path: &Path, sync: Synchronous, query_only: bool) -> StoreResult<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
@@ -297,7 +355,7 @@ impl Done {
             | WriteOp::Ping(r)
             | WriteOp::Fold(r) => Done::Unit(r, err()),
             WriteOp::RetryDeadLetter(_, r) => Done::Bool(r, err().map(|()| false)),
-            WriteOp::Close(_) => return None,
+            WriteOp::Close(_) | WriteOp::Stop | WriteOp::Folded(_) => return None,
         })
     }
 
@@ -315,11 +373,19 @@ impl Done {
     }
 }
 
-/// The checkpointer thread: copies committed WAL frames into the database file.
+/// The checkpointer thread: copies committed WAL frames of `switchboard.db` into the database file.
+/// (`tickets.db` has one writer, the folder, which checkpoints it after each fold.)
 struct Checkpointer {
     conn: Connection,
     interval: Duration,
-    restart_pages: i64,
+    wal: WalLimits,
+}
+
+/// How a database's write-ahead log is kept short.
+#[derive(Clone, Debug)]
+pub(super) struct WalLimits {
+    /// Past this many pages left in the log after a passive checkpoint, run a restarting one.
+    pub restart_pages: i64,
 }
 
 impl Checkpointer {
@@ -332,7 +398,7 @@ impl Checkpointer {
                 return;
             }
             let started = Instant::now();
-            self.checkpoint();
+            checkpoint(&self.conn, "journal", &self.wal);
             due = false;
             loop {
                 let rest = self.interval.saturating_sub(started.elapsed());
@@ -347,44 +413,41 @@ impl Checkpointer {
             }
         }
     }
+}
 
-    fn checkpoint(&self) {
-        // PASSIVE never waits for the writer. Under constant writes it never sees the log fully
-        // copied at a moment the writer could start it over, so past `restart_pages` a RESTART
-        // (which waits for the writer's transaction to end, then holds the next one back while it
-        // copies the few frames left) lets the log begin again from its start.
-        let Some(pages) = self.run_mode("passive") else {
-            return;
-        };
-        let pages = if pages > self.restart_pages {
-            self.run_mode("restart").unwrap_or(pages)
-        } else {
-            pages
-        };
-        metrics::gauge!(m::STORE_WAL_PAGES).set(pages as f64);
-    }
+/// Checkpoints `conn`'s database (`db` names it in metrics). PASSIVE never waits for the writer. Under
+/// constant writes it never sees the log fully copied at a moment the writer could start it over, so
+/// past `wal.restart_pages` a RESTART (which waits for the writer's transaction to end, then holds the
+/// next one back while it copies the few frames left) lets the log begin again from its start.
+pub(super) fn checkpoint(conn: &Connection, db: &'static str, wal: &WalLimits) {
+    let Some(pages) = run_checkpoint(conn, db, "passive") else {
+        return;
+    };
+    let pages = if pages > wal.restart_pages {
+        run_checkpoint(conn, db, "restart").unwrap_or(pages)
+    } else {
+        pages
+    };
+    metrics::gauge!(m::STORE_WAL_PAGES, "db" => db).set(pages as f64);
+}
 
-    /// Runs one checkpoint; returns the pages in the log after it.
-    fn run_mode(&self, mode: &'static str) -> Option<i64> {
-        let started = Instant::now();
-        let sql = if mode == "restart" {
-            "PRAGMA wal_checkpoint(RESTART)"
-        } else {
-            "PRAGMA wal_checkpoint(PASSIVE)"
-        };
-        match self
-            .conn
-            .query_row(sql, [], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
-        {
-            Ok((_busy, log_pages)) => {
-                metrics::histogram!(m::STORE_CHECKPOINT_DURATION, "mode" => mode)
-                    .record(started.elapsed().as_secs_f64());
-                Some(log_pages)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, mode, "WAL checkpoint failed; the next one retries");
-                None
-            }
+/// Runs one checkpoint; returns the pages in the log after it.
+fn run_checkpoint(conn: &Connection, db: &'static str, mode: &'static str) -> Option<i64> {
+    let started = Instant::now();
+    let sql = if mode == "restart" {
+        "PRAGMA wal_checkpoint(RESTART)"
+    } else {
+        "PRAGMA wal_checkpoint(PASSIVE)"
+    };
+    match conn.query_row(sql, [], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))) {
+        Ok((_busy, log_pages)) => {
+            metrics::histogram!(m::STORE_CHECKPOINT_DURATION, "db" => db, "mode" => mode)
+                .record(started.elapsed().as_secs_f64());
+            Some(log_pages)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, db, mode, "WAL checkpoint failed; the next one retries");
+            None
         }
     }
 }
@@ -393,8 +456,9 @@ impl Checkpointer {
 struct Writer {
     batch_max: usize,
     fold_max_rows: usize,
-    fold_chunk_rows: usize,
     fold_interval: Duration,
+    /// Where durable journal rows go to be folded.
+    folder: mpsc::Sender<FoldJob>,
     signal: Arc<OutboxSignal>,
     checkpoint: mpsc::SyncSender<()>,
     /// How far the journal is durable; folds take only rows up to it.
@@ -413,6 +477,7 @@ struct Batch {
     fold_waiters: Vec<Reply<()>>,
     outbox_appended: u64,
     closing: Option<oneshot::Sender<()>>,
+    stopping: bool,
 }
 
 impl Writer {
@@ -427,8 +492,7 @@ impl Writer {
                 Some(due) => match jobs.recv_timeout(due) {
                     Ok(op) => op,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        let rows = self.fold_rows(&journal);
-                        let _ = self.fold(&mut conn, &mut journal, rows);
+                        self.hand_over(&mut journal, Vec::new(), None);
                         continue;
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -442,21 +506,34 @@ impl Writer {
                 }
             }
             let batch = self.commit(&mut conn, &mut journal, ops);
+            if batch.stopping {
+                return;
+            }
             closing = batch.closing;
-            let fold_due = self.fold_due_in(&journal).is_some_and(|d| d.is_zero());
             if !batch.fold_waiters.is_empty() || closing.is_some() {
                 // Everything acknowledged must be in the tables, so wait for the last flush first.
-                let folded = self
-                    .durable
-                    .wait_for(self.commits)
-                    .and_then(|()| self.fold(&mut conn, &mut journal, usize::MAX));
-                for tx in batch.fold_waiters {
-                    let _ = tx.send(folded.clone().map_err(StoreError::CommitFailed));
+                let close = closing.as_ref().map(|_| mpsc::sync_channel(1));
+                let (close_tx, close_rx) = close.unzip();
+                match self.durable.wait_for(self.commits) {
+                    Ok(()) => self.hand_over(&mut journal, batch.fold_waiters, close_tx),
+                    Err(why) => {
+                        for tx in batch.fold_waiters {
+                            let _ = tx.send(Err(StoreError::CommitFailed(why.clone())));
+                        }
+                        // Nothing more can be folded; the folder still has to stop.
+                        let job = FoldJob {
+                            close: close_tx,
+                            ..FoldJob::default()
+                        };
+                        let _ = self.folder.send(job);
+                    }
                 }
-            } else if fold_due {
-                // One chunk, then back to the queue: writes waiting meanwhile go first.
-                let rows = self.fold_rows(&journal);
-                let _ = self.fold(&mut conn, &mut journal, rows);
+                if let Some(rx) = close_rx {
+                    // Until the folder has folded and checkpointed `tickets.db` (or is gone).
+                    let _ = rx.recv();
+                }
+            } else if self.fold_due_in(&journal).is_some_and(|d| d.is_zero()) {
+                self.hand_over(&mut journal, Vec::new(), None);
             }
         }
         if let Some(done) = closing {
@@ -466,60 +543,42 @@ impl Writer {
         }
     }
 
-    /// Folds up to `rows` journal rows. A panic in the fold fails it like an error: the transaction is
-    /// rolled back, the journal re-read from what is durable, and the writer carries on.
-    fn fold(
+    /// Hands the durable journal rows to the folder, with the queries to answer once they are folded
+    /// (and, when closing, where to say the folder is done).
+    fn hand_over(
         &self,
-        conn: &mut Connection,
         journal: &mut Journal,
-        rows: usize,
-    ) -> Result<(), String> {
-        // Only durable rows: a fold shows its rows to every reader of the tables.
-        let rows = rows.min(journal.rows_up_to(self.durable.seq()));
-        if rows == 0 {
-            return Ok(());
+        waiters: Vec<FoldWaiter>,
+        close: Option<mpsc::SyncSender<()>>,
+    ) {
+        let entries = journal.hand_over(self.durable.seq());
+        if entries.is_empty() && waiters.is_empty() && close.is_none() {
+            return;
         }
-        let outcome = catch_unwind(AssertUnwindSafe(|| journal.fold(conn, rows)));
-        let _ = self.checkpoint.try_send(());
-        match outcome {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(panic) => {
-                let why = panic_message(panic.as_ref());
-                metrics::counter!(m::ACTOR_RESTARTS, "kind" => "store_writer", "cause" => "panic")
-                    .increment(1);
-                metrics::counter!(m::STORE_FOLD_ERRORS).increment(1);
-                tracing::error!(panic = %why, "journal fold panicked; rows stay journalled, writer continues");
-                if !conn.is_autocommit() {
-                    let _ = conn.execute_batch("ROLLBACK");
-                }
-                if let Err(e) = journal.rolled_back(conn) {
-                    tracing::error!(error = %e, "could not re-read the journal after a failed fold");
-                }
-                Err(why)
+        let job = FoldJob {
+            entries,
+            waiters,
+            close,
+        };
+        if let Err(mpsc::SendError(job)) = self.folder.send(job) {
+            // The folder stops only on close; the rows stay journalled on disk for the next start.
+            tracing::error!("the store's folder has stopped; journal rows are not folded");
+            for tx in job.waiters {
+                let _ = tx.send(Err(StoreError::CommitFailed(
+                    "the store's folder has stopped".into(),
+                )));
             }
         }
     }
 
-    /// How long until a fold is due, as [`Journal::fold_due_in`], except that a fold due while none of
-    /// its rows is durable yet waits a millisecond for the syncer rather than spinning.
+    /// How long until a hand-over to the folder is due, as [`Journal::fold_due_in`], except that one
+    /// due while none of its rows is durable yet waits a millisecond for the syncer rather than spinning.
     fn fold_due_in(&self, journal: &Journal) -> Option<Duration> {
         let due = journal.fold_due_in(self.fold_max_rows, self.fold_interval)?;
         if due.is_zero() && journal.rows_up_to(self.durable.seq()) == 0 {
             return Some(Duration::from_millis(1));
         }
         Some(due)
-    }
-
-    /// How many rows the next fold takes. Small chunks while the journal keeps up, so a write never
-    /// waits long behind a fold; the whole backlog once `fold_max_rows` wait, because under that
-    /// load a big fold writes each hot page once for many rows, and throughput is what is short.
-    fn fold_rows(&self, journal: &Journal) -> usize {
-        if journal.len() >= self.fold_max_rows {
-            usize::MAX
-        } else {
-            self.fold_chunk_rows
-        }
     }
 
     /// Runs `ops` in one transaction and replies to each once its fate is known.
@@ -532,6 +591,8 @@ impl Writer {
             for op in ops {
                 match op {
                     WriteOp::Close(reply) => batch.closing = Some(reply),
+                    WriteOp::Stop => batch.stopping = true,
+                    WriteOp::Folded(report) => not_run_report(journal, *report),
                     WriteOp::Fold(reply) => {
                         let _ = reply.send(Err(StoreError::CommitFailed(why.clone())));
                     }
@@ -622,6 +683,8 @@ fn run_batch(
             for op in ops {
                 match op {
                     WriteOp::Close(reply) => batch.closing = Some(reply),
+                    WriteOp::Stop => batch.stopping = true,
+                    WriteOp::Folded(report) => not_run_report(journal, *report),
                     op => batch.done.extend(Done::not_run(op)),
                 }
             }
@@ -665,8 +728,28 @@ fn run_batch(
                 batch.fold_waiters.push(reply);
                 continue;
             }
+            WriteOp::Folded(report) => {
+                // The tables have the rows whatever this transaction's fate; the journal's own record
+                // of it is tidied again by the next report if this one rolls back.
+                journal.folded(&report);
+                let cleaned = match &report.error {
+                    None => in_savepoint(&tx, |c| rows::fold_done(c, report.watermark)),
+                    Some(_) => Ok(()),
+                };
+                if let Err(e) = cleaned {
+                    tracing::warn!(error = %e, "could not drop delivered rows after a fold");
+                }
+                for tx in report.waiters {
+                    batch.done.push(Done::Unit(tx, fold_outcome(&report.error)));
+                }
+                continue;
+            }
             WriteOp::Close(reply) => {
                 batch.closing = Some(reply);
+                continue;
+            }
+            WriteOp::Stop => {
+                batch.stopping = true;
                 continue;
             }
         };
@@ -692,6 +775,8 @@ fn run_batch(
                     match op {
                         WriteOp::Close(reply) => batch.closing = Some(reply),
                         WriteOp::Fold(reply) => batch.fold_waiters.push(reply),
+                        WriteOp::Stop => batch.stopping = true,
+                        WriteOp::Folded(report) => not_run_report(journal, *report),
                         op => batch.done.extend(Done::not_run(op)),
                     }
                 }
@@ -702,6 +787,22 @@ fn run_batch(
     }
     tx.commit()?;
     Ok(())
+}
+
+/// A fold report that arrived in a batch whose transaction could not run: the fold itself stands, so
+/// the journal still learns of it and its waiters get its outcome.
+fn not_run_report(journal: &mut Journal, report: FoldReport) {
+    journal.folded(&report);
+    for tx in report.waiters {
+        let _ = tx.send(fold_outcome(&report.error));
+    }
+}
+
+fn fold_outcome(error: &Option<String>) -> StoreResult<()> {
+    match error {
+        None => Ok(()),
+        Some(why) => Err(StoreError::CommitFailed(format!("fold failed: {why}"))),
+    }
 }
 
 fn in_savepoint<T>(
@@ -828,7 +929,9 @@ impl TicketStore for SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        // Closing the channels ends the threads; joining keeps the database closed cleanly on exit.
+        // Stopping the writer (the folder holds a sender to its channel) and closing the channels ends
+        // the threads; joining keeps the database closed cleanly on exit.
+        let _ = self.writer.send(WriteOp::Stop);
         let (dead, _) = mpsc::channel();
         self.writer = dead;
         let (dead, _) = mpsc::channel();

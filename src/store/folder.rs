@@ -1,0 +1,269 @@
+//! The folder thread: applies journalled writes to the ticket tables.
+//!
+//! The tables live in their own file, `tickets.db`, with this thread's connection its only writer. A
+//! fold therefore never holds the journal's write lock: the writer keeps committing (and
+//! acknowledging) new writes while a fold of thousands of rows runs here, on the other core.
+//!
+//! The writer hands over durable journal rows in order ([`FoldJob`]); every job waiting is folded in
+//! one transaction, which also moves `tickets.db`'s `folded_seq` watermark past them. That commit is
+//! flushed to disk before the writer hears of it ([`FoldReport`]), because only then may the journal
+//! drop the rows it covers. A failed fold keeps its rows and is tried again after
+//! `storage.fold_interval_ms`; the queries waiting on it are told. After each fold this thread also
+//! checkpoints `tickets.db`'s WAL, so that cost stays off the writer too.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use super::journal::Entry;
+use super::sqlite::{checkpoint, WalLimits};
+use super::{rows, StoreError, StoreResult};
+use crate::metrics as m;
+use crate::telemetry::panic_message;
+use crate::ticket::model::{EventKind, Ticket, TicketId};
+
+pub(super) type FoldWaiter = oneshot::Sender<StoreResult<()>>;
+
+/// Writer → folder: durable journal rows, oldest first, continuing the previous job's.
+#[derive(Default)]
+pub(super) struct FoldJob {
+    pub entries: Vec<Entry>,
+    /// Queries waiting until every acknowledged write is in the tables; answered through the writer
+    /// once these rows are folded.
+    pub waiters: Vec<FoldWaiter>,
+    /// The store is closing: fold, checkpoint, then signal here and stop.
+    pub close: Option<mpsc::SyncSender<()>>,
+}
+
+/// Folder → writer: what one fold did.
+pub(super) struct FoldReport {
+    /// Journal rows up to here are in the tables (on disk). Unchanged when the fold failed.
+    pub watermark: i64,
+    /// Rows folded.
+    pub rows: usize,
+    /// Each folded ticket's newest snapshot.
+    pub tickets: Vec<Arc<Ticket>>,
+    pub waiters: Vec<FoldWaiter>,
+    /// Why the fold failed; its rows are kept and folded again later.
+    pub error: Option<String>,
+}
+
+pub(super) struct Folder {
+    conn: Connection,
+    /// Rows handed over and not yet folded, oldest first.
+    pending: Vec<Entry>,
+    /// The newest row handed over: a row at or below it that comes again (the writer re-read its
+    /// journal after a failed commit) is already here.
+    received_seq: i64,
+    folded_seq: i64,
+    /// What the tickets table holds for recently folded tickets (this thread is its only writer), so
+    /// a fold's diff need not read the row back.
+    bases: HashMap<TicketId, Arc<Ticket>>,
+    /// At most this many tickets in `bases` (0: none); emptied when full.
+    bases_cap: usize,
+    retry_after: Duration,
+    wal: WalLimits,
+}
+
+impl Folder {
+    /// `conn` is the read-write connection to `tickets.db`.
+    pub fn new(
+        conn: Connection,
+        bases_cap: usize,
+        retry_after: Duration,
+        wal: WalLimits,
+    ) -> StoreResult<Self> {
+        let folded_seq = folded_seq(&conn)?;
+        Ok(Self {
+            conn,
+            pending: Vec::new(),
+            received_seq: folded_seq,
+            folded_seq,
+            bases: HashMap::new(),
+            bases_cap,
+            retry_after,
+            wal,
+        })
+    }
+
+    /// Takes `jobs` until the writer stops or a job closes the store, reporting each fold to `report`.
+    pub fn run(mut self, jobs: mpsc::Receiver<FoldJob>, report: impl Fn(FoldReport)) {
+        loop {
+            // Rows kept by a failed fold are tried again after `retry_after`, or with the next job.
+            let first = if self.pending.is_empty() {
+                match jobs.recv() {
+                    Ok(job) => Some(job),
+                    Err(_) => return,
+                }
+            } else {
+                match jobs.recv_timeout(self.retry_after) {
+                    Ok(job) => Some(job),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            };
+            let mut waiters = Vec::new();
+            let mut close = None;
+            for job in first
+                .into_iter()
+                .chain(std::iter::from_fn(|| jobs.try_recv().ok()))
+            {
+                self.take(job.entries);
+                waiters.extend(job.waiters);
+                close = close.or(job.close);
+            }
+            let mut done = self.fold_pending();
+            done.waiters = waiters;
+            report(done);
+            if let Some(close) = close {
+                if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+                    tracing::warn!(error = %e, "final checkpoint of tickets.db failed");
+                }
+                let _ = close.send(());
+                return;
+            }
+        }
+    }
+
+    /// Queues `entries`, skipping any already handed over.
+    pub fn take(&mut self, entries: Vec<Entry>) {
+        for e in entries {
+            if e.seq > self.received_seq {
+                self.received_seq = e.seq;
+                self.pending.push(e);
+            }
+        }
+    }
+
+    /// Folds every queued row in one transaction. A panic fails the fold like an error.
+    pub fn fold_pending(&mut self) -> FoldReport {
+        let mut report = FoldReport {
+            watermark: self.folded_seq,
+            rows: 0,
+            tickets: Vec::new(),
+            waiters: Vec::new(),
+            error: None,
+        };
+        if self.pending.is_empty() {
+            return report;
+        }
+        let started = Instant::now();
+        let rows = self.pending.len();
+        let watermark = self.pending[rows - 1].seq;
+        // Each ticket's newest snapshot, and whether the fold creates its row.
+        let mut snapshots: HashMap<TicketId, (&Arc<Ticket>, bool)> = HashMap::new();
+        for e in &self.pending {
+            let creates = matches!(e.event.kind, EventKind::Created | EventKind::Imported);
+            snapshots
+                .entry(e.ticket.id)
+                .and_modify(|s| s.0 = &e.ticket)
+                .or_insert((&e.ticket, creates));
+        }
+        let span =
+            tracing::info_span!("store_fold", rows, tickets = snapshots.len(), watermark).entered();
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            apply(
+                &mut self.conn,
+                &self.pending,
+                &snapshots,
+                &self.bases,
+                watermark,
+            )
+        }));
+        let folded: Vec<Arc<Ticket>> = snapshots.into_values().map(|(t, _)| t.clone()).collect();
+        let error = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(panic) => {
+                metrics::counter!(m::ACTOR_RESTARTS, "kind" => "store_folder", "cause" => "panic")
+                    .increment(1);
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                Some(panic_message(panic.as_ref()))
+            }
+        };
+        if let Some(error) = error {
+            metrics::counter!(m::STORE_FOLD_ERRORS).increment(1);
+            tracing::error!(%error, rows, "journal fold failed; its rows stay journalled and are folded again");
+            report.error = Some(error);
+            return report;
+        }
+        if self.bases.len() + folded.len() > self.bases_cap {
+            self.bases.clear();
+        }
+        if self.bases_cap > 0 {
+            self.bases
+                .extend(folded.iter().map(|t| (t.id, Arc::clone(t))));
+        }
+        self.pending.clear();
+        self.folded_seq = watermark;
+        let elapsed = started.elapsed();
+        metrics::histogram!(m::STORE_FOLD_ROWS).record(rows as f64);
+        metrics::histogram!(m::STORE_FOLD_DURATION).record(elapsed.as_secs_f64());
+        tracing::debug!(
+            rows,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "folded journal"
+        );
+        drop(span);
+        checkpoint(&self.conn, "tickets", &self.wal);
+        report.watermark = watermark;
+        report.rows = rows;
+        report.tickets = folded;
+        report
+    }
+}
+
+/// `tickets.db`'s watermark: journal rows up to it are in the tables.
+pub(super) fn folded_seq(conn: &Connection) -> StoreResult<i64> {
+    Ok(conn.query_row(
+        "SELECT value FROM store_meta WHERE key = 'folded_seq'",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+fn apply(
+    conn: &mut Connection,
+    chunk: &[Entry],
+    snapshots: &HashMap<TicketId, (&Arc<Ticket>, bool)>,
+    bases: &HashMap<TicketId, Arc<Ticket>>,
+    watermark: i64,
+) -> StoreResult<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    for e in chunk {
+        rows::insert_event(&tx, &e.event, &e.changes)?;
+        if let Some(comment) = &e.comment {
+            rows::insert_comment(&tx, comment)?;
+        }
+    }
+    // In key order, so neighbouring rows and index entries are written while their pages are hot.
+    let mut tickets: Vec<&(&Arc<Ticket>, bool)> = snapshots.values().collect();
+    tickets.sort_unstable_by_key(|(t, _)| t.id);
+    for (t, creates) in tickets {
+        if *creates {
+            rows::insert_ticket(&tx, t)?;
+            continue;
+        }
+        match bases.get(&t.id) {
+            Some(base) => rows::update_ticket(&tx, base, t)?,
+            None => {
+                let base = rows::load(&tx, t.id)?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("journalled ticket {} has no row", t.id))
+                })?;
+                rows::update_ticket(&tx, &base, t)?;
+            }
+        }
+    }
+    tx.execute(
+        "UPDATE store_meta SET value = ?1 WHERE key = 'folded_seq'",
+        [watermark],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
