@@ -267,3 +267,93 @@ fn apply(
     tx.commit()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{now, schema};
+    use crate::ticket::model::{EventId, Priority, Source, TicketEvent};
+    use crate::ticket::state::Status;
+
+    fn ticket(version: u64) -> Ticket {
+        let at = now();
+        Ticket {
+            id: TicketId(uuid::Uuid::from_u128(7)),
+            subject: "Printer on fire".into(),
+            description: String::new(),
+            status: Status::Open,
+            priority: Priority::Normal,
+            requester: "ann@example.com".into(),
+            assignee: None,
+            tags: vec!["printer".into()],
+            source: Source::Api,
+            chat_session_id: None,
+            created_at: at,
+            updated_at: at,
+            version,
+        }
+    }
+
+    fn entry(seq: i64, ticket: &Ticket, kind: EventKind) -> Entry {
+        Entry {
+            seq,
+            journalled_at: Instant::now(),
+            ticket: Arc::new(ticket.clone()),
+            event: TicketEvent {
+                event_id: EventId::new(),
+                ticket_id: ticket.id,
+                kind,
+                actor: "test".into(),
+                at: ticket.updated_at,
+                version: ticket.version,
+                changes: serde_json::json!({}),
+            },
+            changes: "{}".into(),
+            comment: None,
+        }
+    }
+
+    #[test]
+    fn a_failed_fold_keeps_its_rows_and_folds_them_on_the_next_try() {
+        let dir = tempfile::tempdir().unwrap();
+        let tables = dir.path().join("tickets.db");
+        let mut main = Connection::open(dir.path().join("switchboard.db")).unwrap();
+        schema::migrate(&mut main, &tables).unwrap();
+        let other = Connection::open(&tables).unwrap();
+        let wal = WalLimits {
+            restart_pages: 1000,
+        };
+        let mut folder = Folder::new(
+            Connection::open(&tables).unwrap(),
+            16,
+            Duration::from_secs(1),
+            wal,
+        )
+        .unwrap();
+        let events = || -> i64 {
+            other
+                .query_row("SELECT COUNT(*) FROM ticket_events", [], |r| r.get(0))
+                .unwrap()
+        };
+
+        // An update of a ticket the tables lack: the fold fails, changes nothing, and keeps the row.
+        let (v1, v2) = (ticket(1), ticket(2));
+        folder.take(vec![entry(5, &v2, EventKind::Updated)]);
+        let failed = folder.fold_pending();
+        assert!(failed.error.is_some());
+        assert_eq!((failed.watermark, failed.rows), (0, 0));
+        assert_eq!(folded_seq(&other).unwrap(), 0);
+        assert_eq!(events(), 0, "the failed fold was rolled back");
+
+        // The same row handed over again is not taken twice; once the ticket exists it folds.
+        folder.take(vec![entry(5, &v2, EventKind::Updated)]);
+        rows::insert_ticket(&other, &v1).unwrap();
+        let done = folder.fold_pending();
+        assert_eq!(done.error, None);
+        assert_eq!((done.watermark, done.rows), (5, 1));
+        assert_eq!(folded_seq(&other).unwrap(), 5);
+        assert_eq!(rows::load(&other, v1.id).unwrap(), Some(v2));
+        assert_eq!(events(), 1);
+        assert_eq!(folder.fold_pending().rows, 0, "nothing left to fold");
+    }
+}
