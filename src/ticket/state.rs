@@ -134,16 +134,19 @@ pub fn apply_patch(
     if current.status == Status::Closed && changes.is_empty() && touches_fields(current, patch) {
         return Err(TransitionError::Closed);
     }
+    // Values are built only for fields that changed: most patches touch one or two.
     let mut field = |name: &str, from: Value, to: Value| {
-        if from != to {
-            changes.insert(name.into(), json!({"from": from, "to": to}));
-        }
+        changes.insert(name.into(), json!({"from": from, "to": to}));
     };
-    if let Some(subject) = &patch.subject {
+    if let Some(subject) = patch.subject.as_ref().filter(|s| **s != current.subject) {
         field("subject", json!(current.subject), json!(subject));
         next.subject = subject.clone();
     }
-    if let Some(description) = &patch.description {
+    if let Some(description) = patch
+        .description
+        .as_ref()
+        .filter(|d| **d != current.description)
+    {
         field(
             "description",
             json!(current.description),
@@ -151,15 +154,15 @@ pub fn apply_patch(
         );
         next.description = description.clone();
     }
-    if let Some(priority) = patch.priority {
+    if let Some(priority) = patch.priority.filter(|p| *p != current.priority) {
         field("priority", json!(current.priority), json!(priority));
         next.priority = priority;
     }
-    if let Some(assignee) = &patch.assignee {
+    if let Some(assignee) = patch.assignee.as_ref().filter(|a| **a != current.assignee) {
         field("assignee", json!(current.assignee), json!(assignee));
         next.assignee = assignee.clone();
     }
-    if let Some(tags) = &patch.tags {
+    if let Some(tags) = patch.tags.as_ref().filter(|t| **t != current.tags) {
         field("tags", json!(current.tags), json!(tags));
         next.tags = tags.clone();
     }
