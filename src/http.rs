@@ -10,6 +10,8 @@ pub mod errors;
 pub mod ops;
 pub mod tickets;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use actix_web::dev::{ServerHandle, Service};
 use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::Method;
 use actix_web::{web, App, HttpMessage, HttpResponse, HttpServer};
 use futures_util::future::{FutureExt, LocalBoxFuture};
 use tracing::Instrument;
@@ -55,6 +58,57 @@ fn request_id(req: &actix_web::dev::ServiceRequest) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
+/// The `method` label: standard methods by name, anything else as `other`, so that a client cannot
+/// mint label values.
+fn method_label(method: &Method) -> &'static str {
+    [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ]
+    .iter()
+    .find(|m| *m == method)
+    .map_or("other", |m| m.as_str())
+}
+
+type RequestMetrics = (metrics::Counter, metrics::Histogram);
+
+/// At most this many (route, method, status) handles cached per worker thread; past it (only with
+/// odd statuses on many routes) handles are looked up per request.
+const METRICS_CACHE_MAX: usize = 256;
+
+thread_local! {
+    /// Each worker's handles to the request counter and histogram by (route, method, status): a
+    /// labelled handle lookup hashes and allocates its labels, which a hit here does not.
+    static REQUEST_METRICS: RefCell<HashMap<(String, &'static str, u16), RequestMetrics>> =
+        RefCell::new(HashMap::new());
+}
+
+fn request_metrics(route: String, method: &'static str, status: u16) -> RequestMetrics {
+    REQUEST_METRICS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let key = (route, method, status);
+        if let Some(handles) = cache.get(&key) {
+            return handles.clone();
+        }
+        let (route, method, status) = &key;
+        let handles = (
+            metrics::counter!(m::HTTP_REQUESTS, "route" => route.clone(), "method" => *method, "status" => status.to_string()),
+            metrics::histogram!(m::HTTP_DURATION, "route" => route.clone(), "method" => *method),
+        );
+        if cache.len() < METRICS_CACHE_MAX {
+            cache.insert(key, handles.clone());
+        }
+        handles
+    })
+}
+
 /// Builds and starts the server on `listener` (not awaited: the caller owns the future).
 pub fn start_server(
     listener: TcpListener,
@@ -80,8 +134,8 @@ pub fn start_server(
                 let started = Instant::now();
                 let id = request_id(&req);
                 req.extensions_mut().insert(RequestId(id.clone()));
-                let method = req.method().to_string();
-                let span = tracing::info_span!("http_request", request_id = %id, %method, path = %req.path());
+                let method = method_label(req.method());
+                let span = tracing::info_span!("http_request", request_id = %id, method, path = %req.path());
                 let fut = srv.call(req);
                 async move {
                     let mut res = fut.await?;
@@ -91,8 +145,6 @@ pub fn start_server(
                         .unwrap_or_else(|| "unmatched".to_string());
                     let status = res.status().as_u16();
                     let elapsed = started.elapsed();
-                    metrics::counter!(m::HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status.to_string()).increment(1);
-                    metrics::histogram!(m::HTTP_DURATION, "route" => route.clone(), "method" => method).record(elapsed.as_secs_f64());
                     // Access lines at debug: at tens of thousands of requests a second an info line
                     // each would cost more than the request. Server errors are always logged.
                     if status >= 500 {
@@ -100,6 +152,9 @@ pub fn start_server(
                     } else {
                         tracing::debug!(%route, status, latency_us = elapsed.as_micros() as u64, "request served");
                     }
+                    let (count, latency) = request_metrics(route, method, status);
+                    count.increment(1);
+                    latency.record(elapsed.as_secs_f64());
                     if let Ok(v) = HeaderValue::from_str(&id) {
                         res.headers_mut().insert(REQUEST_ID.clone(), v);
                     }
