@@ -82,7 +82,7 @@ impl SqliteStore {
         let path = dir.join("switchboard.db");
         // With `synchronous = full` the syncer thread flushes the WAL after the writer's commits, so
         // the writer's own connection commits without waiting for the disk (see `store::syncer`).
-        let mut conn = open_connection(&path, Synchronous::Normal, false)?;
+        let mut conn = open_connection(&path, Synchronous::Normal, Role::Writer)?;
         let tables_path = dir.join("tickets.db");
         schema::migrate(&mut conn, &tables_path)?;
         // Whatever the last run left in the WAL is made durable before anything is built on it.
@@ -101,10 +101,10 @@ impl SqliteStore {
             restart_pages: (settings.wal_max_mib * 1024 * 1024 / 4096) as i64,
         };
         // The folded-ticket caches hold what two backlog folds touch, as they are emptied when full.
-        let cache = settings.fold_max_rows.saturating_mul(2);
+        let cache = settings.fold_max_rows;
         // The folder's commits are flushed (with `synchronous = full`) before the journal drops what
         // they cover.
-        let tables_conn = open_connection(&tables_path, settings.synchronous, false)?;
+        let tables_conn = open_connection(&tables_path, settings.synchronous, Role::Folder)?;
         tables_conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let mut folder = Folder::new(
             tables_conn,
@@ -114,10 +114,10 @@ impl SqliteStore {
         )?;
         let mut journal = Journal::recover(
             &conn,
-            open_connection(&tables_path, Synchronous::Normal, true)?,
+            open_connection(&tables_path, Synchronous::Normal, Role::Reader)?,
             pending.clone(),
         )?
-        .with_folded_cache(cache);
+        .with_folded_cache(cache.saturating_mul(2));
         if journal.len() > 0 {
             tracing::info!(
                 rows = journal.len(),
@@ -140,7 +140,7 @@ impl SqliteStore {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let (checkpoint_tx, checkpoint_rx) = mpsc::sync_channel(1);
         let checkpointer = Checkpointer {
-            conn: open_connection(&path, settings.synchronous, false)?,
+            conn: open_connection(&path, settings.synchronous, Role::Checkpointer)?,
             interval: Duration::from_millis(settings.checkpoint_interval_ms),
             wal: wal_limits,
         };
@@ -289,16 +289,30 @@ fn sync_pragma(sync: Synchronous) -> &'static str {
 /// A query-only connection to `switchboard.db` with `tickets.db` attached: the ticket tables' names
 /// are not in the first, so queries name them unqualified.
 fn open_reader(path: &Path, tables: &Path) -> StoreResult<Connection> {
-    let conn = open_connection(path, Synchronous::Normal, false)?;
+    let conn = open_connection(path, Synchronous::Normal, Role::Reader)?;
     let tables = tables
         .to_str()
         .ok_or_else(|| StoreError::Corrupt(format!("{} is not UTF-8", tables.display())))?;
     conn.execute("ATTACH DATABASE ?1 AS tables", [tables])?;
-    conn.pragma_update(None, "query_only", true)?;
+    conn.pragma_update(Some("tables"), "cache_size", -4096)?;
     Ok(conn)
 }
 
-fn open_connection(path: &Path, sync: Synchronous, query_only: bool) -> StoreResult<Connection> {
+/// What a connection is for, which sets its page cache and whether it may write.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Appends to the journal: a small cache holds the pages at its end.
+    Writer,
+    /// Rewrites the ticket tables' hot pages, many per fold: the one big cache.
+    Folder,
+    /// Queries; they lean on the OS page cache, so memory follows live actors rather than the size of
+    /// the database.
+    Reader,
+    /// Only checkpoints.
+    Checkpointer,
+}
+
+fn open_connection(path: &Path, sync: Synchronous, role: Role) -> StoreResult<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -308,12 +322,15 @@ fn open_connection(path: &Path, sync: Synchronous, query_only: bool) -> StoreRes
     conn.pragma_update(None, "busy_timeout", 5000)?;
     // Statement journals of the per-write savepoints stay in memory instead of a temp file a commit.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
-    // The writer's cache holds the pages a fold rewrites; readers lean on the OS page cache, so
-    // memory follows live actors rather than the size of the database. (A bigger writer cache also
-    // costs: SQLite scans its hash table at the end of every transaction.)
-    conn.pragma_update(None, "cache_size", if query_only { -4096 } else { -16384 })?;
+    // In KiB. A bigger cache also costs: SQLite scans its hash table at the end of every transaction.
+    let cache_kib = match role {
+        Role::Folder => 16384,
+        Role::Writer | Role::Reader => 4096,
+        Role::Checkpointer => 2048,
+    };
+    conn.pragma_update(None, "cache_size", -cache_kib)?;
     conn.set_prepared_statement_cache_capacity(64);
-    if query_only {
+    if role == Role::Reader {
         conn.pragma_update(None, "query_only", true)?;
     }
     Ok(conn)
