@@ -211,7 +211,15 @@ impl Folder {
             "folded journal"
         );
         drop(span);
-        checkpoint(&self.conn, "tickets", &self.wal);
+        // The fold stands whatever happens here; a panic must not end the thread that folds.
+        let checkpointed = catch_unwind(AssertUnwindSafe(|| {
+            checkpoint(&self.conn, "tickets", &self.wal)
+        }));
+        if let Err(panic) = checkpointed {
+            metrics::counter!(m::ACTOR_RESTARTS, "kind" => "store_folder", "cause" => "panic")
+                .increment(1);
+            tracing::error!(panic = %panic_message(panic.as_ref()), "checkpoint of tickets.db panicked; the next fold checkpoints again");
+        }
         report.watermark = watermark;
         report.rows = rows;
         report.tickets = folded;
