@@ -11,11 +11,11 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::StoreError;
 
-/// Migration `i` brings the schema from version `i` to `i + 1`. Append only; never edit a shipped one.
-pub const MIGRATIONS: &[&str] = &[
-    // 1: tickets, their history, comments, the Django outbox and its dead letters.
-    r#"
-    CREATE TABLE tickets (
+/// The ticket tables as migration 1 created them. `tickets.db`'s first migration creates the very same
+/// ones, which migration 3's column-for-column copy (`SELECT *`) relies on.
+macro_rules! ticket_tables {
+    () => {
+        r#"    CREATE TABLE tickets (
         id              TEXT PRIMARY KEY,
         subject         TEXT NOT NULL,
         description     TEXT NOT NULL,
@@ -57,7 +57,17 @@ pub const MIGRATIONS: &[&str] = &[
         created_at TEXT NOT NULL
     );
     CREATE INDEX comments_by_ticket ON comments (ticket_id, created_at);
-    CREATE TABLE outbox (
+"#
+    };
+}
+
+/// Migration `i` brings the schema from version `i` to `i + 1`. Append only; never edit a shipped one.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: tickets, their history, comments, the Django outbox and its dead letters.
+    concat!(
+        "\n",
+        ticket_tables!(),
+        r#"    CREATE TABLE outbox (
         seq         INTEGER PRIMARY KEY AUTOINCREMENT,
         event_id    TEXT NOT NULL UNIQUE,
         ticket_id   TEXT NOT NULL,
@@ -74,7 +84,8 @@ pub const MIGRATIONS: &[&str] = &[
         status_code INTEGER,
         error       TEXT NOT NULL
     );
-    "#,
+    "#
+    ),
     // 2: the outbox doubles as the write journal (see `store::journal`). A ticket write commits as one
     // outbox row that also carries what the fold needs; a row goes once it is delivered (or needs no
     // delivery: `delivered` starts at 1 for imports) and folded (`seq` <= `folded_seq`).
@@ -96,56 +107,17 @@ pub const VERSION: u32 = MIGRATIONS.len() as u32 + 1;
 
 /// `tickets.db`'s migrations, as [`MIGRATIONS`]. Its first is migration 1's ticket tables, as they were,
 /// and the fold's watermark.
-pub const TABLES_MIGRATIONS: &[&str] = &[r#"
-    CREATE TABLE tickets (
-        id              TEXT PRIMARY KEY,
-        subject         TEXT NOT NULL,
-        description     TEXT NOT NULL,
-        status          TEXT NOT NULL,
-        priority        TEXT NOT NULL,
-        requester       TEXT NOT NULL,
-        assignee        TEXT,
-        tags            TEXT NOT NULL,
-        source          TEXT NOT NULL,
-        chat_session_id TEXT,
-        created_at      TEXT NOT NULL,
-        updated_at      TEXT NOT NULL,
-        version         INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    CREATE INDEX tickets_by_status   ON tickets (status, id);
-    CREATE INDEX tickets_by_assignee ON tickets (assignee, id);
-    CREATE INDEX tickets_by_priority ON tickets (priority, id);
-    CREATE TABLE ticket_tags (
-        tag       TEXT NOT NULL,
-        ticket_id TEXT NOT NULL,
-        PRIMARY KEY (tag, ticket_id)
-    ) WITHOUT ROWID;
-    CREATE TABLE ticket_events (
-        seq       INTEGER PRIMARY KEY AUTOINCREMENT,
-        event_id  TEXT NOT NULL UNIQUE,
-        ticket_id TEXT NOT NULL,
-        kind      TEXT NOT NULL,
-        actor     TEXT NOT NULL,
-        at        TEXT NOT NULL,
-        version   INTEGER NOT NULL,
-        changes   TEXT NOT NULL
-    );
-    CREATE INDEX ticket_events_by_ticket ON ticket_events (ticket_id, seq);
-    CREATE TABLE comments (
-        id         TEXT PRIMARY KEY,
-        ticket_id  TEXT NOT NULL,
-        author     TEXT NOT NULL,
-        body       TEXT NOT NULL,
-        created_at TEXT NOT NULL
-    );
-    CREATE INDEX comments_by_ticket ON comments (ticket_id, created_at);
-    -- Journal rows up to `folded_seq` are applied to the tables above.
+pub const TABLES_MIGRATIONS: &[&str] = &[concat!(
+    "\n",
+    ticket_tables!(),
+    r#"    -- Journal rows up to `folded_seq` are applied to the tables above.
     CREATE TABLE store_meta (
         key   TEXT PRIMARY KEY,
         value INTEGER NOT NULL
     ) WITHOUT ROWID;
     INSERT INTO store_meta (key, value) VALUES ('folded_seq', 0);
-    "#];
+    "#
+)];
 
 /// The ticket tables moved from `switchboard.db` to `tickets.db` by [`move_ticket_tables`].
 const MOVED_TABLES: &[&str] = &["tickets", "ticket_tags", "ticket_events", "comments"];
