@@ -100,7 +100,8 @@ impl SqliteStore {
         let wal_limits = WalLimits {
             restart_pages: (settings.wal_max_mib * 1024 * 1024 / 4096) as i64,
         };
-        // The folded-ticket caches hold what two backlog folds touch, as they are emptied when full.
+        // The folder keeps the rows of one full fold's tickets for its diffs; the writer keeps only
+        // versions, so it can afford twice as many. Both caches are emptied when full.
         let cache = settings.fold_max_rows;
         // The folder's commits are flushed (with `synchronous = full`) before the journal drops what
         // they cover.
