@@ -93,6 +93,7 @@ pub struct StorageSettings {
     pub fold_interval_ms: u64,
     pub checkpoint_interval_ms: u64,
     pub wal_max_mib: u64,
+    pub tables_checkpoint_mib: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -272,6 +273,10 @@ impl Settings {
             self.storage.checkpoint_interval_ms,
         )?;
         positive("storage.wal_max_mib", self.storage.wal_max_mib)?;
+        positive(
+            "storage.tables_checkpoint_mib",
+            self.storage.tables_checkpoint_mib,
+        )?;
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(invalid("storage.data_dir", "must not be empty"));
         }

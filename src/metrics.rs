@@ -146,7 +146,7 @@ fn describe() {
     );
     describe_gauge!(
         STORE_WAL_PAGES,
-        "Pages in a database's write-ahead log after its last checkpoint."
+        "Pages in a database's write-ahead log: after its last checkpoint (journal), after the last fold (tickets)."
     );
     describe_histogram!(
         STORE_SYNC_DURATION,

@@ -8,14 +8,21 @@
 //! one transaction, which also moves `tickets.db`'s `folded_seq` watermark past them. That commit is
 //! flushed to disk before the writer hears of it ([`FoldReport`]), because only then may the journal
 //! drop the rows it covers. A failed fold keeps its rows and is tried again after
-//! `storage.fold_interval_ms`; the queries waiting on it are told. After each fold this thread also
-//! checkpoints `tickets.db`'s WAL, so that cost stays off the writer too.
+//! `storage.fold_interval_ms`; the queries waiting on it are told.
+//!
+//! This thread also checkpoints `tickets.db`, once its WAL holds `storage.tables_checkpoint_mib`
+//! rather than after every fold: consecutive folds rewrite the same pages (busy tickets' rows, the
+//! history index), and between checkpoints each such page is copied into the file, and the file
+//! flushed, once. Those scattered writes were a fold's most expensive disk work, and they delayed the
+//! journal's own flushes behind them.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use rusqlite::hooks::Wal;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
@@ -25,6 +32,18 @@ use super::{rows, StoreError, StoreResult};
 use crate::metrics as m;
 use crate::telemetry::panic_message;
 use crate::ticket::model::{EventKind, Ticket, TicketId};
+
+thread_local! {
+    /// Frames in the WAL of the connection that last committed on this thread, as SQLite's WAL hook
+    /// reports them (the hook takes no state of its own). Only the folder's connection has the hook,
+    /// and it is read on the thread that committed, right after the commit.
+    static WAL_FRAMES: Cell<i64> = const { Cell::new(0) };
+}
+
+fn note_wal_frames(_: &Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_FRAMES.with(|f| f.set(i64::from(frames)));
+    Ok(())
+}
 
 pub(super) type FoldWaiter = oneshot::Sender<StoreResult<()>>;
 
@@ -67,17 +86,21 @@ pub(super) struct Folder {
     bases_cap: usize,
     retry_after: Duration,
     wal: WalLimits,
+    /// Checkpoint once the WAL holds this many frames (pages).
+    checkpoint_pages: i64,
 }
 
 impl Folder {
-    /// `conn` is the read-write connection to `tickets.db`.
+    /// `conn` is the read-write connection to `tickets.db`, with automatic checkpoints off.
     pub fn new(
         conn: Connection,
         bases_cap: usize,
         retry_after: Duration,
         wal: WalLimits,
+        checkpoint_pages: i64,
     ) -> StoreResult<Self> {
         let folded_seq = folded_seq(&conn)?;
+        conn.wal_hook(Some(note_wal_frames));
         Ok(Self {
             conn,
             pending: Vec::new(),
@@ -87,6 +110,7 @@ impl Folder {
             bases_cap,
             retry_after,
             wal,
+            checkpoint_pages,
         })
     }
 
@@ -211,7 +235,20 @@ impl Folder {
             "folded journal"
         );
         drop(span);
-        // The fold stands whatever happens here; a panic must not end the thread that folds.
+        let frames = WAL_FRAMES.with(Cell::get);
+        metrics::gauge!(m::STORE_WAL_PAGES, "db" => "tickets").set(frames as f64);
+        if frames >= self.checkpoint_pages {
+            self.checkpoint();
+        }
+        report.watermark = watermark;
+        report.rows = rows;
+        report.tickets = folded;
+        report
+    }
+
+    /// Copies the WAL into `tickets.db`. The fold before it stands whatever happens here, and a panic
+    /// must not end the thread that folds: the next due fold checkpoints again.
+    fn checkpoint(&self) {
         let checkpointed = catch_unwind(AssertUnwindSafe(|| {
             checkpoint(&self.conn, "tickets", &self.wal)
         }));
@@ -220,10 +257,6 @@ impl Folder {
                 .increment(1);
             tracing::error!(panic = %panic_message(panic.as_ref()), "checkpoint of tickets.db panicked; the next fold checkpoints again");
         }
-        report.watermark = watermark;
-        report.rows = rows;
-        report.tickets = folded;
-        report
     }
 }
 
@@ -321,12 +354,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_failed_fold_keeps_its_rows_and_folds_them_on_the_next_try() {
+    /// A migrated store in a temporary directory, and the path of its `tickets.db`.
+    fn migrated() -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let tables = dir.path().join("tickets.db");
         let mut main = Connection::open(dir.path().join("switchboard.db")).unwrap();
         schema::migrate(&mut main, &tables).unwrap();
+        (dir, tables)
+    }
+
+    #[test]
+    fn a_failed_fold_keeps_its_rows_and_folds_them_on_the_next_try() {
+        let (_dir, tables) = migrated();
         let other = Connection::open(&tables).unwrap();
         let wal = WalLimits {
             restart_pages: 1000,
@@ -336,6 +375,7 @@ mod tests {
             16,
             Duration::from_secs(1),
             wal,
+            1,
         )
         .unwrap();
         let events = || -> i64 {
@@ -363,5 +403,55 @@ mod tests {
         assert_eq!(rows::load(&other, v1.id).unwrap(), Some(v2));
         assert_eq!(events(), 1);
         assert_eq!(folder.fold_pending().rows, 0, "nothing left to fold");
+    }
+
+    #[test]
+    fn tickets_db_is_checkpointed_only_once_its_log_holds_enough() {
+        let (_dir, tables) = migrated();
+        let wal = WalLimits {
+            restart_pages: 1000,
+        };
+        let conn = Connection::open(&tables).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0")
+            .unwrap();
+        let mut folder = Folder::new(conn, 16, Duration::from_secs(1), wal, 64).unwrap();
+        // Pages reach the database file only through a checkpoint.
+        let file_len = || std::fs::metadata(&tables).unwrap().len();
+        let before = file_len();
+
+        // A fold of one ticket leaves a few pages in the log: no checkpoint yet.
+        let mut t = ticket(1);
+        folder.take(vec![entry(1, &t, EventKind::Created)]);
+        assert_eq!(folder.fold_pending().error, None);
+        let frames = WAL_FRAMES.with(Cell::get);
+        assert!(
+            frames > 0 && frames < 64,
+            "{frames} frames after one small fold"
+        );
+        assert_eq!(
+            file_len(),
+            before,
+            "checkpointed before the log held 64 pages"
+        );
+
+        // Folds that bring the log past 64 pages are followed by a checkpoint.
+        let mut seq = 1;
+        let mut long = ticket(1);
+        long.description = "x".repeat(3000);
+        while WAL_FRAMES.with(Cell::get) < 64 {
+            let mut batch = Vec::new();
+            for _ in 0..8 {
+                seq += 1;
+                t.version += 1;
+                long.version = t.version;
+                batch.push(entry(seq, &long, EventKind::Updated));
+            }
+            folder.take(batch);
+            assert_eq!(folder.fold_pending().error, None);
+        }
+        assert!(
+            file_len() > before,
+            "no checkpoint once the log held 64 pages"
+        );
     }
 }

@@ -518,6 +518,7 @@ mod tests {
             fold_interval_ms: 3_600_000,
             checkpoint_interval_ms: 50,
             wal_max_mib: 64,
+            tables_checkpoint_mib: 64,
         })
         .unwrap()
     }
@@ -906,6 +907,7 @@ mod tests {
             16,
             std::time::Duration::from_secs(1),
             wal,
+            1,
         )
         .unwrap();
         let view = std::sync::Arc::new(PendingView::default());

@@ -96,9 +96,8 @@ impl SqliteStore {
             source,
         })?;
         let pending = Arc::new(PendingView::default());
-        // WAL frames are one page each (4 KiB by default).
         let wal_limits = WalLimits {
-            restart_pages: (settings.wal_max_mib * 1024 * 1024 / 4096) as i64,
+            restart_pages: mib_pages(settings.wal_max_mib),
         };
         // The folder keeps the rows of one full fold's tickets for its diffs; the writer keeps only
         // versions, so it can afford twice as many. Both caches are emptied when full.
@@ -112,6 +111,7 @@ impl SqliteStore {
             cache,
             Duration::from_millis(settings.fold_interval_ms),
             wal_limits.clone(),
+            mib_pages(settings.tables_checkpoint_mib),
         )?;
         let mut journal = Journal::recover(
             &conn,
@@ -392,7 +392,7 @@ impl Done {
 }
 
 /// The checkpointer thread: copies committed WAL frames of `switchboard.db` into the database file.
-/// (`tickets.db` has one writer, the folder, which checkpoints it after each fold.)
+/// (`tickets.db` has one writer, the folder, which checkpoints it itself once its WAL has grown.)
 struct Checkpointer {
     conn: Connection,
     interval: Duration,
@@ -468,6 +468,11 @@ fn run_checkpoint(conn: &Connection, db: &'static str, mode: &'static str) -> Op
             None
         }
     }
+}
+
+/// WAL frames (4 KiB pages) in `mib` MiB.
+fn mib_pages(mib: u64) -> i64 {
+    (mib * 1024 * 1024 / 4096) as i64
 }
 
 /// The writer thread's settings.
