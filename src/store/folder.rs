@@ -91,7 +91,8 @@ pub(super) struct Folder {
 }
 
 impl Folder {
-    /// `conn` is the read-write connection to `tickets.db`, with automatic checkpoints off.
+    /// `conn` is the read-write connection to `tickets.db`, with automatic checkpoints already off:
+    /// setting `wal_autocheckpoint` afterwards would replace the WAL hook installed here.
     pub fn new(
         conn: Connection,
         bases_cap: usize,
