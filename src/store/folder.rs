@@ -314,7 +314,7 @@ fn apply(
 mod tests {
     use super::*;
     use crate::store::{now, schema};
-    use crate::ticket::model::{EventId, Priority, Source, TicketEvent};
+    use crate::ticket::model::{Priority, Source};
     use crate::ticket::state::Status;
 
     fn ticket(version: u64) -> Ticket {
@@ -337,20 +337,13 @@ mod tests {
     }
 
     fn entry(seq: i64, ticket: &Ticket, kind: EventKind) -> Entry {
+        let w = crate::store::journal::tests::write(ticket, kind, None);
         Entry {
             seq,
             journalled_at: Instant::now(),
-            ticket: Arc::new(ticket.clone()),
-            event: TicketEvent {
-                event_id: EventId::new(),
-                ticket_id: ticket.id,
-                kind,
-                actor: "test".into(),
-                at: ticket.updated_at,
-                version: ticket.version,
-                changes: serde_json::json!({}),
-            },
-            changes: "{}".into(),
+            ticket: Arc::new(w.ticket),
+            changes: w.event.changes.to_string(),
+            event: w.event,
             comment: None,
         }
     }

@@ -493,7 +493,7 @@ impl Journal {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::path::Path;
 
     use chrono::Duration as ChronoDuration;
@@ -542,7 +542,23 @@ mod tests {
         }
     }
 
-    fn write(ticket: &Ticket, kind: EventKind, comment: Option<Comment>) -> TicketWrite {
+    /// A store opened in `dir` holding one created ticket, and that ticket.
+    async fn with_one_ticket(dir: &Path) -> (SqliteStore, Ticket) {
+        let store = open(dir);
+        let v1 = ticket(&[]);
+        store
+            .create(write(&v1, EventKind::Created, None))
+            .await
+            .unwrap();
+        (store, v1)
+    }
+
+    /// A write of `ticket` as it stands, by actor "test" (the folder's tests use it too).
+    pub(in crate::store) fn write(
+        ticket: &Ticket,
+        kind: EventKind,
+        comment: Option<Comment>,
+    ) -> TicketWrite {
         TicketWrite {
             ticket: ticket.clone(),
             event: TicketEvent {
@@ -733,12 +749,7 @@ mod tests {
     #[actix_rt::test]
     async fn writes_are_acknowledged_while_a_fold_waits_for_the_tables() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        let v1 = ticket(&[]);
-        store
-            .create(write(&v1, EventKind::Created, None))
-            .await
-            .unwrap();
+        let (store, v1) = with_one_ticket(dir.path()).await;
         // Another connection holds tickets.db's write lock, so the fold this list asks for waits.
         let blocker = rusqlite::Connection::open(dir.path().join("tickets.db")).unwrap();
         blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
@@ -795,12 +806,7 @@ mod tests {
     #[actix_rt::test]
     async fn conflicts_and_duplicates_are_refused_against_journal_and_tables() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        let v1 = ticket(&[]);
-        store
-            .create(write(&v1, EventKind::Created, None))
-            .await
-            .unwrap();
+        let (store, v1) = with_one_ticket(dir.path()).await;
         for round in ["journalled", "folded"] {
             let again = store.create(write(&v1, EventKind::Created, None)).await;
             assert!(
