@@ -12,9 +12,11 @@ use std::time::Duration;
 use chrono::Utc;
 use criterion::{criterion_group, criterion_main, Criterion};
 use switchboard::bridge::batch::coalesce;
+use switchboard::domain::ids::{EventId, TicketId};
+use switchboard::domain::patch::{apply_patch, TicketPatch};
+use switchboard::domain::status::Status;
+use switchboard::domain::ticket::{Comment, EventKind, Priority, Source, Ticket};
 use switchboard::store::{now, OutboxEntry, SyncRecord};
-use switchboard::ticket::model::{Comment, EventId, EventKind, Priority, Source, Ticket, TicketId};
-use switchboard::ticket::state::{apply_patch, Status, TicketPatch};
 
 /// A ticket as the API stores it: a realistic subject and description, a few tags, an assignee.
 fn typical_ticket(id: TicketId, version: u64) -> Ticket {

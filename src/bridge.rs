@@ -15,7 +15,8 @@ pub mod client;
 use actix::prelude::*;
 use serde::Serialize;
 
-use crate::ticket::model::{Ticket, TicketId};
+use crate::domain::ids::TicketId;
+use crate::domain::ticket::Ticket;
 
 /// Why the bridge could not answer.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -24,6 +24,7 @@
 
 pub mod bridge;
 pub mod config;
+pub mod domain;
 pub mod http;
 pub mod metrics;
 pub mod store;

@@ -19,8 +19,9 @@ use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::ticket::model::{Comment, EventId, EventKind, Priority, Ticket, TicketEvent, TicketId};
-use crate::ticket::state::Status;
+use crate::domain::ids::{EventId, TicketId};
+use crate::domain::status::Status;
+use crate::domain::ticket::{Comment, EventKind, Priority, Ticket, TicketEvent};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +56,7 @@ pub struct SyncRecord {
     pub ticket_id: TicketId,
     pub version: u64,
     pub kind: EventKind,
-    #[serde(serialize_with = "crate::ticket::timestamp::serialize")]
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     pub occurred_at: DateTime<Utc>,
     pub ticket: Ticket,
     #[serde(default, skip_serializing_if = "Option::is_none")]

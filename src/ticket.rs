@@ -1,18 +1,14 @@
 //! Tickets as actors.
 //!
-//! The [`registry::TicketRegistry`] is a dynamic supervisor: it routes by [`model::TicketId`], activates a
+//! The [`registry::TicketRegistry`] is a dynamic supervisor: it routes by [`TicketId`](crate::domain::ids::TicketId), activates a
 //! [`actor::TicketActor`] on the first message for a ticket (from the store, or from Django when the
 //! ticket is not known locally), passivates it after `tickets.idle_timeout_ms` without traffic, and
 //! restarts it in place (reloaded from the store) when one of its handlers panics. The status state
-//! machine and patch logic in [`state`] are pure and unit-tested.
+//! machine and patch logic live in [`crate::domain`], pure and unit-tested.
 
 pub mod actor;
 pub mod compact;
-pub mod model;
 pub mod registry;
-pub mod state;
-pub mod timestamp;
-pub mod validate;
 
 use crate::store::StoreError;
 
@@ -20,13 +16,13 @@ use crate::store::StoreError;
 #[derive(Debug, thiserror::Error)]
 pub enum TicketError {
     #[error("ticket {0} not found")]
-    NotFound(model::TicketId),
+    NotFound(crate::domain::ids::TicketId),
     #[error("ticket is at version {current}, not {expected}")]
     StaleVersion { current: u64, expected: u64 },
     #[error(transparent)]
-    Transition(#[from] state::TransitionError),
+    Transition(#[from] crate::domain::patch::TransitionError),
     #[error(transparent)]
-    Validation(#[from] validate::ValidationError),
+    Validation(#[from] crate::domain::validate::ValidationError),
     #[error("storage failed: {0}")]
     Store(#[from] StoreError),
     #[error("Django is unavailable: {0}")]

@@ -19,9 +19,9 @@ use super::breaker::{backoff, Breaker, BreakerState};
 use super::client::{AwcDjango, CallError, DjangoApi, SyncOutcome};
 use super::{BridgeError, BridgeStatus, Drain, FetchTicket, GetStatus, InjectPanic};
 use crate::config::{BridgeSettings, DjangoSettings};
+use crate::domain::ticket::Ticket;
 use crate::metrics as m;
 use crate::store::{Rejection, StoreError, TicketStore};
-use crate::ticket::model::Ticket;
 
 /// What one delivery cycle did.
 #[derive(Debug, Default)]

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::domain::ids::{EventId, TicketId};
+use crate::domain::ticket::{Comment, EventKind, Ticket};
 use crate::store::OutboxEntry;
-use crate::ticket::model::{Comment, EventId, EventKind, Ticket, TicketId};
 
 /// One element of `events` in `POST /api/tickets/sync/` (see docs/django-api.md).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -69,9 +70,9 @@ pub fn coalesce(entries: &[OutboxEntry]) -> Vec<SyncItem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::status::Status;
+    use crate::domain::ticket::Priority;
     use crate::store::SyncRecord;
-    use crate::ticket::model::Priority;
-    use crate::ticket::state::Status;
 
     fn entry(
         seq: i64,
@@ -90,7 +91,7 @@ mod tests {
             requester: "r".into(),
             assignee: None,
             tags: vec![],
-            source: crate::ticket::model::Source::Api,
+            source: crate::domain::ticket::Source::Api,
             chat_session_id: None,
             created_at: now,
             updated_at: now,

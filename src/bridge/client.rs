@@ -11,9 +11,10 @@ use uuid::Uuid;
 
 use super::batch::SyncItem;
 use crate::config::DjangoSettings;
+use crate::domain::ids::{EventId, TicketId};
+use crate::domain::status::Status;
+use crate::domain::ticket::{Priority, Source, Ticket};
 use crate::metrics as m;
-use crate::ticket::model::{EventId, Priority, Source, Ticket, TicketId};
-use crate::ticket::state::Status;
 
 /// The largest Django response body read.
 const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;

@@ -6,6 +6,7 @@ use actix_web::HttpRequest;
 
 use super::errors::ApiError;
 use crate::config::{ApiKey, Scope};
+use crate::domain::principal::Principal;
 
 #[derive(Debug, Clone)]
 pub struct Auth {
@@ -13,10 +14,10 @@ pub struct Auth {
     max_name_chars: usize,
 }
 
-/// Who is calling: the key's name, or `X-Actor` when the caller names the person it acts for.
+/// Who is calling: the key (by name), and the person it acts for when `X-Actor` names one.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub actor: String,
+    pub actor: Principal,
 }
 
 impl Auth {
@@ -30,7 +31,7 @@ impl Auth {
     /// Checks the bearer key and that it grants `scope`.
     pub fn authorize(&self, req: &HttpRequest, scope: Scope) -> Result<Caller, ApiError> {
         let key_name = if self.keys.is_empty() {
-            "anonymous".to_string()
+            None
         } else {
             let presented = bearer(req).ok_or_else(|| {
                 ApiError::new(
@@ -53,12 +54,12 @@ impl Auth {
                     format!("API key `{}` lacks the `{scope:?}` scope", key.name).to_lowercase(),
                 ));
             }
-            key.name.clone()
+            Some(key.name.clone())
         };
-        let actor = match req.headers().get("X-Actor").map(|v| v.to_str()) {
-            None => key_name,
+        let on_behalf_of = match req.headers().get("X-Actor").map(|v| v.to_str()) {
+            None => None,
             Some(Ok(v)) if !v.trim().is_empty() && v.chars().count() <= self.max_name_chars => {
-                v.trim().to_string()
+                Some(v.trim().to_string())
             }
             Some(_) => {
                 return Err(ApiError::field(
@@ -66,6 +67,12 @@ impl Auth {
                     format!("must be 1 to {} visible characters", self.max_name_chars),
                 ))
             }
+        };
+        let actor = match (key_name, on_behalf_of) {
+            (Some(key), on_behalf_of) => Principal::ApiKey { key, on_behalf_of },
+            // No keys configured: a named person is recorded by name, as a keyless caller.
+            (None, Some(person)) => Principal::Anonymous.on_behalf_of(person),
+            (None, None) => Principal::Anonymous,
         };
         Ok(Caller { actor })
     }

@@ -5,8 +5,8 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use crate::domain::validate::{FieldError, ValidationError};
 use crate::store::StoreError;
-use crate::ticket::validate::{FieldError, ValidationError};
 use crate::ticket::TicketError;
 
 #[derive(Debug, Clone)]

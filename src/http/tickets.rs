@@ -14,12 +14,14 @@ use super::auth::Auth;
 use super::body::{parse_query, read_json};
 use super::errors::ApiError;
 use crate::config::{Scope, TicketSettings};
+use crate::domain::ids::TicketId;
+use crate::domain::patch::TicketPatch;
+use crate::domain::status::Status;
+use crate::domain::ticket::{Priority, Source, Ticket};
+use crate::domain::validate::Checker;
 use crate::store::{now, TicketFilter, TicketStore};
 use crate::ticket::actor::{AddComment, GetEvents, GetTicket, UpdateTicket};
-use crate::ticket::model::{Priority, Source, Ticket, TicketId};
 use crate::ticket::registry::{self, CreateTicket, TicketRegistry};
-use crate::ticket::state::{Status, TicketPatch};
-use crate::ticket::validate::Checker;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -278,7 +280,10 @@ async fn comment(
     }
     check.finish()?;
     let msg = AddComment {
-        author: body.author.unwrap_or_else(|| caller.actor.clone()),
+        author: match body.author {
+            Some(person) => caller.actor.clone().on_behalf_of(person),
+            None => caller.actor.clone(),
+        },
         body: body.body,
         expected_version,
         actor: caller.actor,

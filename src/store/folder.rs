@@ -29,9 +29,10 @@ use tokio::sync::oneshot;
 use super::journal::Entry;
 use super::sqlite::{checkpoint, WalLimits};
 use super::{rows, StoreError, StoreResult};
+use crate::domain::ids::TicketId;
+use crate::domain::ticket::{EventKind, Ticket};
 use crate::metrics as m;
 use crate::telemetry::panic_message;
-use crate::ticket::model::{EventKind, Ticket, TicketId};
 
 thread_local! {
     /// Frames in the WAL of the connection that last committed on this thread, as SQLite's WAL hook
@@ -313,9 +314,9 @@ fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::status::Status;
+    use crate::domain::ticket::{Priority, Source};
     use crate::store::{now, schema};
-    use crate::ticket::model::{Priority, Source};
-    use crate::ticket::state::Status;
 
     fn ticket(version: u64) -> Ticket {
         let at = now();

@@ -26,8 +26,9 @@ use rusqlite::Connection;
 
 use super::folder::{self, FoldReport};
 use super::{rows, StoreError, StoreResult, SyncRecord, TicketWrite};
+use crate::domain::ids::{EventId, TicketId};
+use crate::domain::ticket::{Comment, EventKind, Ticket, TicketEvent};
 use crate::metrics as m;
-use crate::ticket::model::{Comment, EventId, EventKind, Ticket, TicketEvent, TicketId};
 
 fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -53,7 +54,7 @@ struct SyncRecordRef<'a> {
     ticket_id: TicketId,
     version: u64,
     kind: EventKind,
-    #[serde(serialize_with = "crate::ticket::timestamp::serialize")]
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
     occurred_at: DateTime<Utc>,
     ticket: &'a Ticket,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -502,10 +503,9 @@ pub(super) mod tests {
     use super::super::sqlite::SqliteStore;
     use super::super::{now, StoreError, TicketFilter, TicketStore, TicketWrite};
     use crate::config::{StorageSettings, Synchronous};
-    use crate::ticket::model::{
-        Comment, EventId, EventKind, Priority, Source, Ticket, TicketEvent, TicketId,
-    };
-    use crate::ticket::state::Status;
+    use crate::domain::ids::{EventId, TicketId};
+    use crate::domain::status::Status;
+    use crate::domain::ticket::{Comment, EventKind, Priority, Source, Ticket, TicketEvent};
 
     /// A store that never folds on its own: only queries, `close` and a reopen fold.
     fn open(dir: &Path) -> SqliteStore {

@@ -6,11 +6,13 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::{
     DeadLetter, OutboxEntry, OutboxStats, Rejection, StoreError, SyncRecord, TicketFilter,
 };
-use crate::ticket::model::{Comment, EventKind, Priority, Source, Ticket, TicketEvent, TicketId};
-use crate::ticket::state::Status;
+use crate::domain::ids::TicketId;
+use crate::domain::principal::Principal;
+use crate::domain::status::Status;
+use crate::domain::ticket::{Comment, EventKind, Priority, Source, Ticket, TicketEvent};
 
 pub fn ts(at: &DateTime<Utc>) -> String {
-    crate::ticket::timestamp::millis(at)
+    crate::domain::timestamp::millis(at)
 }
 
 fn parse_ts(s: &str) -> Result<DateTime<Utc>, StoreError> {
@@ -165,7 +167,7 @@ pub fn insert_event(conn: &Connection, e: &TicketEvent, changes: &str) -> Result
         e.event_id.to_string(),
         e.ticket_id.to_string(),
         e.kind.as_str(),
-        e.actor,
+        e.actor.to_string(),
         ts(&e.at),
         e.version as i64,
         changes,
@@ -180,7 +182,7 @@ pub fn insert_comment(conn: &Connection, c: &Comment) -> Result<(), StoreError> 
     .execute(params![
         c.id.to_string(),
         c.ticket_id.to_string(),
-        c.author,
+        c.author.to_string(),
         c.body,
         ts(&c.created_at)
     ])?;
@@ -290,14 +292,14 @@ pub fn events(
         out.push((
             row.get(0)?,
             TicketEvent {
-                event_id: crate::ticket::model::EventId(
+                event_id: crate::domain::ids::EventId(
                     event_id
                         .parse()
                         .map_err(|_| corrupt("event id", &event_id))?,
                 ),
                 ticket_id: id,
                 kind: EventKind::parse(&kind).ok_or_else(|| corrupt("event kind", &kind))?,
-                actor: row.get(3)?,
+                actor: Principal::from(row.get::<_, String>(3)?.as_str()),
                 at: parse_ts(&at)?,
                 version: row.get::<_, i64>(5)? as u64,
                 changes: serde_json::from_str(&changes)

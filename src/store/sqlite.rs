@@ -33,9 +33,10 @@ use super::{
     StoreResult, TicketFilter, TicketStore, TicketWrite,
 };
 use crate::config::{StorageSettings, Synchronous};
+use crate::domain::ids::TicketId;
+use crate::domain::ticket::{Ticket, TicketEvent};
 use crate::metrics as m;
 use crate::telemetry::panic_message;
-use crate::ticket::model::{Ticket, TicketEvent, TicketId};
 
 type Reply<T> = oneshot::Sender<StoreResult<T>>;
 

@@ -23,8 +23,8 @@ use std::time::Instant;
 use super::journal::PendingView;
 use super::sqlite::Done;
 use super::OutboxSignal;
+use crate::domain::ticket::Ticket;
 use crate::metrics as m;
-use crate::ticket::model::Ticket;
 
 /// How far the journal is durable, shared by the writer, the syncer and the readers.
 #[derive(Debug)]

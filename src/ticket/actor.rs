@@ -18,10 +18,12 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::compact::CompactTicket;
-use super::model::{Comment, EventId, EventKind, Ticket, TicketEvent, TicketId};
-use super::state::{apply_patch, TicketPatch};
 use super::TicketError;
 use crate::bridge::FetchTicket;
+use crate::domain::ids::{EventId, TicketId};
+use crate::domain::patch::{apply_patch, TicketPatch};
+use crate::domain::principal::Principal;
+use crate::domain::ticket::{Comment, EventKind, Ticket, TicketEvent};
 use crate::metrics as m;
 use crate::store::{now, StoreError, TicketStore, TicketWrite};
 
@@ -36,17 +38,17 @@ pub struct GetTicket;
 pub struct UpdateTicket {
     pub patch: TicketPatch,
     pub expected_version: Option<u64>,
-    pub actor: String,
+    pub actor: Principal,
 }
 
 /// HTTP → ticket: add a comment (bumps the version). Reply: the comment and the new state.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<(Comment, Ticket), TicketError>")]
 pub struct AddComment {
-    pub author: String,
+    pub author: Principal,
     pub body: String,
     pub expected_version: Option<u64>,
-    pub actor: String,
+    pub actor: Principal,
 }
 
 /// HTTP → ticket: a page of the ticket's history after `after_seq`. Reply: `(seq, event)` pairs.
@@ -196,7 +198,7 @@ impl Actor for TicketActor {
                         event_id: EventId::new(),
                         ticket_id: id,
                         kind: EventKind::Imported,
-                        actor: "django".into(),
+                        actor: Principal::Django,
                         at: now(),
                         version: t.version,
                         changes: json!({}),

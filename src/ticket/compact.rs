@@ -15,8 +15,9 @@
 
 use chrono::{DateTime, Utc};
 
-use super::model::{Priority, Source, Ticket, TicketId};
-use super::state::Status;
+use crate::domain::ids::TicketId;
+use crate::domain::status::Status;
+use crate::domain::ticket::{Priority, Source, Ticket};
 
 const HAS_ASSIGNEE: u8 = 1;
 const HAS_CHAT: u8 = 1 << 1;

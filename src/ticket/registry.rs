@@ -19,9 +19,11 @@ use actix::WeakAddr;
 use serde_json::json;
 
 use super::actor::{Hibernate, Passivate, TicketActor, TicketDeps};
-use super::model::{EventId, EventKind, Ticket, TicketEvent, TicketId};
 use super::TicketError;
 use crate::bridge::FetchTicket;
+use crate::domain::ids::{EventId, TicketId};
+use crate::domain::principal::Principal;
+use crate::domain::ticket::{EventKind, Ticket, TicketEvent};
 use crate::metrics as m;
 use crate::store::{TicketStore, TicketWrite};
 use crate::supervisor::dynamic::{self, ChildExit, ExitSink, Parked};
@@ -41,7 +43,7 @@ pub struct Lookup {
 #[rtype(result = "Result<Ticket, TicketError>")]
 pub struct CreateTicket {
     pub ticket: Ticket,
-    pub actor: String,
+    pub actor: Principal,
 }
 
 /// A ticket actor's supervision wrapper (through [`TicketExits`]) → registry: the actor exited.

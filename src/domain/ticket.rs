@@ -1,66 +1,12 @@
-//! The ticket data model: ids, enums, the ticket itself, its events and comments.
-
-use std::fmt;
-use std::str::FromStr;
+//! The ticket data model: its enums, the ticket itself, its events and comments.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::state::Status;
-
-/// A ticket's id: a UUIDv7, so ids sort by creation time (cursor pagination relies on it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct TicketId(pub Uuid);
-
-impl TicketId {
-    pub fn new() -> Self {
-        Self(Uuid::now_v7())
-    }
-}
-
-impl Default for TicketId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for TicketId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl FromStr for TicketId {
-    type Err = uuid::Error;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s).map(Self)
-    }
-}
-
-/// Id of one change to a ticket; the idempotency key Django deduplicates on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct EventId(pub Uuid);
-
-impl EventId {
-    pub fn new() -> Self {
-        Self(Uuid::now_v7())
-    }
-}
-
-impl Default for EventId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for EventId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+use super::ids::{EventId, TicketId};
+use super::principal::Principal;
+use super::status::Status;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -177,7 +123,7 @@ pub struct TicketEvent {
     pub event_id: EventId,
     pub ticket_id: TicketId,
     pub kind: EventKind,
-    pub actor: String,
+    pub actor: Principal,
     #[serde(serialize_with = "super::timestamp::serialize")]
     pub at: DateTime<Utc>,
     /// The version the ticket reached with this change.
@@ -190,7 +136,7 @@ pub struct TicketEvent {
 pub struct Comment {
     pub id: Uuid,
     pub ticket_id: TicketId,
-    pub author: String,
+    pub author: Principal,
     pub body: String,
     #[serde(serialize_with = "super::timestamp::serialize")]
     pub created_at: DateTime<Utc>,

@@ -1,69 +1,11 @@
-//! The pure core of a ticket: its status state machine and how a patch changes a ticket.
+//! How a patch changes a ticket, within the status state machine ([`super::status`]).
 //! No I/O here; the ticket actor wraps it.
 
-use std::fmt;
-
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::model::{EventKind, Priority, Ticket};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Open,
-    InProgress,
-    Pending,
-    Resolved,
-    Closed,
-}
-
-impl Status {
-    pub const ALL: [Status; 5] = [
-        Self::Open,
-        Self::InProgress,
-        Self::Pending,
-        Self::Resolved,
-        Self::Closed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Open => "open",
-            Self::InProgress => "in_progress",
-            Self::Pending => "pending",
-            Self::Resolved => "resolved",
-            Self::Closed => "closed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-
-    /// Statuses reachable from this one in a single change. `closed` is final; `resolved` may reopen.
-    pub fn allowed_next(self) -> &'static [Status] {
-        use Status::*;
-        match self {
-            Open => &[InProgress, Pending, Resolved, Closed],
-            InProgress => &[Open, Pending, Resolved, Closed],
-            Pending => &[Open, InProgress, Resolved, Closed],
-            Resolved => &[Open, Closed],
-            Closed => &[],
-        }
-    }
-
-    pub fn can_become(self, next: Status) -> bool {
-        self.allowed_next().contains(&next)
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use super::status::Status;
+use super::ticket::{EventKind, Priority, Ticket};
 
 /// A partial update; `None` leaves a field alone, `assignee: Some(None)` unassigns.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -205,7 +147,8 @@ fn touches_fields(current: &Ticket, patch: &TicketPatch) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ticket::model::{Source, TicketId};
+    use crate::domain::ids::TicketId;
+    use crate::domain::ticket::Source;
 
     fn ticket(status: Status) -> Ticket {
         let now = Utc::now();
