@@ -16,7 +16,7 @@ use switchboard::domain::ids::{EventId, TicketId};
 use switchboard::domain::patch::{apply_patch, TicketPatch};
 use switchboard::domain::status::Status;
 use switchboard::domain::ticket::{Comment, EventKind, Priority, Source, Ticket};
-use switchboard::store::{now, OutboxEntry, SyncRecord};
+use switchboard::store::{now, OutboxEntry, OutboxRecord, SyncRecord};
 
 /// A ticket as the API stores it: a realistic subject and description, a few tags, an assignee.
 fn typical_ticket(id: TicketId, version: u64) -> Ticket {
@@ -94,7 +94,7 @@ fn outbox(entries: usize, tickets: usize) -> Vec<OutboxEntry> {
             OutboxEntry {
                 seq: i as i64 + 1,
                 enqueued_at: at,
-                record: SyncRecord {
+                record: OutboxRecord::TicketSync(SyncRecord {
                     event_id: EventId::new(),
                     ticket_id,
                     version,
@@ -102,7 +102,8 @@ fn outbox(entries: usize, tickets: usize) -> Vec<OutboxEntry> {
                     occurred_at: at,
                     ticket: typical_ticket(ticket_id, version),
                     comment,
-                },
+                    request_id: None,
+                }),
             }
         })
         .collect()

@@ -2,6 +2,7 @@
 //! them). Typed ids, who acted, the ticket model and its status state machine, how a patch applies,
 //! input validation, and the timestamp format every layer writes.
 
+pub mod chat;
 pub mod ids;
 pub mod patch;
 pub mod principal;

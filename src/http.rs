@@ -20,14 +20,15 @@ use actix::Addr;
 use actix_web::dev::{ServerHandle, Service};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::Method;
-use actix_web::{web, App, HttpMessage, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpMessage, HttpRequest, HttpResponse, HttpServer};
 use futures_util::future::{FutureExt, LocalBoxFuture};
 use tracing::Instrument;
 
 use crate::bridge::actor::Bridge;
 use crate::config::Settings;
+use crate::domain::ids::RequestId;
 use crate::metrics as m;
-use crate::store::TicketStore;
+use crate::store::{Outbox, TicketStore};
 use crate::supervisor::supervised::Exit;
 use crate::supervisor::{Child, ExitReport, Restart, StartError};
 use crate::ticket::registry::TicketRegistry;
@@ -40,12 +41,15 @@ pub struct HttpDeps {
     pub registry: Addr<TicketRegistry>,
     pub bridge: Addr<Bridge>,
     pub store: Arc<dyn TicketStore>,
+    pub outbox: Arc<dyn Outbox>,
     pub ops: ops::Ops,
 }
 
-/// The id of the request being served, from `X-Request-Id` or generated.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+/// The id of the request being served (from `X-Request-Id`, or generated), as the middleware put it
+/// in the request's extensions; handlers pass it to the actors, which pass it on to Django.
+pub fn request_id_of(req: &HttpRequest) -> Option<RequestId> {
+    req.extensions().get::<RequestId>().cloned()
+}
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -124,6 +128,7 @@ pub fn start_server(
             .app_data(web::Data::new(d.registry.clone()))
             .app_data(web::Data::new(d.bridge.clone()))
             .app_data(web::Data::new(d.store.clone()))
+            .app_data(web::Data::new(d.outbox.clone()))
             .app_data(web::Data::new(d.settings.tickets.clone()))
             .app_data(web::Data::new(auth::Auth::new(
                 d.settings.auth.api_keys.clone(),
@@ -133,7 +138,7 @@ pub fn start_server(
             .wrap_fn(|req, srv| {
                 let started = Instant::now();
                 let id = request_id(&req);
-                req.extensions_mut().insert(RequestId(id.clone()));
+                req.extensions_mut().insert(RequestId::from(id.clone()));
                 let method = method_label(req.method());
                 let span = tracing::info_span!("http_request", request_id = %id, method, path = %req.path());
                 let fut = srv.call(req);

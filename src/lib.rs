@@ -44,7 +44,7 @@ use crate::bridge::actor::Bridge;
 use crate::bridge::Drain;
 use crate::config::Settings;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{StoreError, TicketStore};
+use crate::store::{Outbox, StoreError, TicketStore};
 use crate::supervisor::supervised::{self, Restart};
 use crate::supervisor::{
     ActorChild, Child, ExitReport, Intensity, StartError, StopChildren, Strategy, Supervisor,
@@ -108,7 +108,9 @@ pub async fn run(
             upkeep.run_upkeep();
         }
     });
-    let store: Arc<dyn TicketStore> = Arc::new(SqliteStore::open(&settings.storage)?);
+    let sqlite = Arc::new(SqliteStore::open(&settings.storage)?);
+    let store: Arc<dyn TicketStore> = sqlite.clone();
+    let outbox: Arc<dyn Outbox> = sqlite;
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         data_dir = %settings.storage.data_dir.display(),
@@ -122,7 +124,7 @@ pub async fn run(
         supervised::mailbox::<TicketRegistry>(settings.tickets.registry_queue_depth);
 
     let bridge_child = {
-        let store = store.clone();
+        let outbox = outbox.clone();
         let django = settings.django.clone();
         let bridge_settings = settings.bridge.clone();
         let arbiter = bridge_arbiter.handle();
@@ -134,7 +136,7 @@ pub async fn run(
                 "bridge",
                 Restart::Permanent,
                 bridge_mailbox,
-                move |_| Bridge::new(store, django, bridge_settings),
+                move |_| Bridge::new(outbox, django, bridge_settings),
                 report,
             )
         })
@@ -199,6 +201,7 @@ pub async fn run(
         registry: registry_addr.clone(),
         bridge: bridge_addr.clone(),
         store: store.clone(),
+        outbox,
         ops: http::ops::Ops {
             metrics: prometheus,
             metrics_token: settings.metrics.token.clone(),

@@ -1,27 +1,27 @@
 //! Durable storage behind a narrow seam.
 //!
-//! [`TicketStore`] is everything the actors need from storage; [`sqlite::SqliteStore`] implements it
+//! [`TicketStore`] is everything the ticket actors need from storage, and [`Outbox`] everything the
+//! bridge needs: two seams, so chat can enqueue Django calls without touching tickets.
+//! [`sqlite::SqliteStore`] implements both
 //! with one writer thread doing group commit and a few reader threads. A change to a ticket, its
 //! history event and its outbox entry are written in one transaction, and a write is acknowledged only
 //! after that transaction commits. Another backend (PostgreSQL, say) implements the same trait.
 
 mod folder;
 mod journal;
+pub mod outbox;
 mod rows;
 pub mod schema;
 pub mod sqlite;
 mod syncer;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::ids::{EventId, TicketId};
+use crate::domain::ids::{RequestId, TicketId};
 use crate::domain::status::Status;
-use crate::domain::ticket::{Comment, EventKind, Priority, Ticket, TicketEvent};
+use crate::domain::ticket::{Comment, Priority, Ticket, TicketEvent};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,51 +48,6 @@ pub enum StoreError {
     Panicked(String),
 }
 
-/// One change bound for Django, as stored in the outbox: the ticket's snapshot after the change and,
-/// for comments, the comment itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SyncRecord {
-    pub event_id: EventId,
-    pub ticket_id: TicketId,
-    pub version: u64,
-    pub kind: EventKind,
-    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
-    pub occurred_at: DateTime<Utc>,
-    pub ticket: Ticket,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub comment: Option<Comment>,
-}
-
-/// An outbox row: a record and its position.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutboxEntry {
-    pub seq: i64,
-    pub record: SyncRecord,
-    pub enqueued_at: DateTime<Utc>,
-}
-
-/// A record Django refused, kept for an operator.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DeadLetter {
-    pub id: i64,
-    pub event_id: EventId,
-    pub ticket_id: TicketId,
-    pub version: u64,
-    pub kind: EventKind,
-    pub status_code: Option<u16>,
-    pub error: String,
-    pub failed_at: DateTime<Utc>,
-    pub enqueued_at: DateTime<Utc>,
-}
-
-/// An event the bridge gives up on, with Django's reason.
-#[derive(Debug, Clone)]
-pub struct Rejection {
-    pub seq: i64,
-    pub status_code: Option<u16>,
-    pub error: String,
-}
-
 /// Filters for listing tickets; every field narrows the result.
 #[derive(Debug, Clone, Default)]
 pub struct TicketFilter {
@@ -105,44 +60,20 @@ pub struct TicketFilter {
     pub limit: u32,
 }
 
-/// Outbox depth and the enqueue time of its oldest entry.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct OutboxStats {
-    pub depth: u64,
-    pub oldest: Option<DateTime<Utc>>,
-    pub dead_letters: u64,
-}
-
 /// A write to a ticket: its new state, the event that explains it, and an optional comment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TicketWrite {
     pub ticket: Ticket,
     pub event: TicketEvent,
     pub comment: Option<Comment>,
+    /// The request that caused the write; travels with its outbox record to Django.
+    pub request_id: Option<RequestId>,
 }
 
-/// Counts outbox appends so the bridge can wake up without polling the database.
-#[derive(Debug, Default)]
-pub struct OutboxSignal {
-    appended: AtomicU64,
-    notify: tokio::sync::Notify,
-}
-
-impl OutboxSignal {
-    pub fn appended(&self, n: u64) {
-        self.appended.fetch_add(n, Ordering::Relaxed);
-        self.notify.notify_one();
-    }
-
-    /// Total appends since start.
-    pub fn total(&self) -> u64 {
-        self.appended.load(Ordering::Relaxed)
-    }
-
-    pub async fn wait(&self) {
-        self.notify.notified().await
-    }
-}
+pub use outbox::{
+    ChatTicketRecord, DeadLetter, Outbox, OutboxEntry, OutboxRecord, OutboxSignal, OutboxStats,
+    Rejection, SyncRecord,
+};
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -162,20 +93,8 @@ pub trait TicketStore: Send + Sync + 'static {
         after_seq: i64,
         limit: u32,
     ) -> BoxFuture<'static, StoreResult<Vec<(i64, TicketEvent)>>>;
-    /// The oldest `limit` outbox entries, in order.
-    fn outbox_peek(&self, limit: usize) -> BoxFuture<'static, StoreResult<Vec<OutboxEntry>>>;
-    /// Removes delivered entries.
-    fn outbox_ack(&self, seqs: Vec<i64>) -> BoxFuture<'static, StoreResult<()>>;
-    /// Moves refused entries to the dead-letter table.
-    fn outbox_dead_letter(&self, rejected: Vec<Rejection>) -> BoxFuture<'static, StoreResult<()>>;
-    fn outbox_stats(&self) -> BoxFuture<'static, StoreResult<OutboxStats>>;
-    fn dead_letters(&self, limit: u32) -> BoxFuture<'static, StoreResult<Vec<DeadLetter>>>;
-    /// Puts a dead letter back in the outbox with its original event id. `false` if unknown.
-    fn retry_dead_letter(&self, id: i64) -> BoxFuture<'static, StoreResult<bool>>;
     /// A cheap round trip through a reader and the writer, for readiness.
     fn ping(&self) -> BoxFuture<'static, StoreResult<()>>;
-    /// Where the bridge learns about new outbox entries.
-    fn outbox_signal(&self) -> Arc<OutboxSignal>;
     /// Stops the writer after it has committed everything queued so far.
     fn close(&self) -> BoxFuture<'static, ()>;
 }

@@ -21,7 +21,7 @@ use super::{BridgeError, BridgeStatus, Drain, FetchTicket, GetStatus, InjectPani
 use crate::config::{BridgeSettings, DjangoSettings};
 use crate::domain::ticket::Ticket;
 use crate::metrics as m;
-use crate::store::{Rejection, StoreError, TicketStore};
+use crate::store::{Outbox, Rejection, StoreError};
 
 /// What one delivery cycle did.
 #[derive(Debug, Default)]
@@ -39,7 +39,7 @@ struct Draining {
 }
 
 pub struct Bridge {
-    store: Arc<dyn TicketStore>,
+    outbox: Arc<dyn Outbox>,
     django: DjangoSettings,
     settings: BridgeSettings,
     api: Option<Rc<dyn DjangoApi>>,
@@ -57,17 +57,13 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    pub fn new(
-        store: Arc<dyn TicketStore>,
-        django: DjangoSettings,
-        settings: BridgeSettings,
-    ) -> Self {
+    pub fn new(outbox: Arc<dyn Outbox>, django: DjangoSettings, settings: BridgeSettings) -> Self {
         let breaker = Breaker::new(
             settings.breaker_threshold,
             Duration::from_millis(settings.breaker_cooldown_ms),
         );
         Self {
-            store,
+            outbox,
             django,
             settings,
             api: None,
@@ -99,7 +95,7 @@ impl Bridge {
         if self.retry_at.is_some_and(|at| now < at) {
             return;
         }
-        let total = self.store.outbox_signal().total();
+        let total = self.outbox.signal().total();
         if self.idle_at == Some(total) {
             self.finish_drain();
             return;
@@ -109,10 +105,10 @@ impl Bridge {
         }
         self.in_flight = true;
         self.cycle_mark = total;
-        let store = self.store.clone();
+        let outbox = self.outbox.clone();
         let batch_max = self.settings.batch_max;
         let cycle = async move {
-            let entries = store.outbox_peek(batch_max).await?;
+            let entries = outbox.peek(batch_max).await?;
             let mut report = Report {
                 entries: entries.len(),
                 ..Report::default()
@@ -123,10 +119,10 @@ impl Bridge {
             metrics::histogram!(m::BRIDGE_BATCH_SIZE).record(entries.len() as f64);
             deliver(api, coalesce(&entries), &mut report).await;
             if !report.delivered.is_empty() {
-                store.outbox_ack(report.delivered.clone()).await?;
+                outbox.ack(report.delivered.clone()).await?;
             }
             if !report.rejected.is_empty() {
-                store.outbox_dead_letter(report.rejected.clone()).await?;
+                outbox.dead_letter(report.rejected.clone()).await?;
             }
             Ok::<_, StoreError>(report)
         };
@@ -174,7 +170,7 @@ impl Bridge {
                 self.retry_at = None;
                 self.last_success_at = Some(Utc::now());
             }
-            let appended = self.store.outbox_signal().total().saturating_sub(mark);
+            let appended = self.outbox.signal().total().saturating_sub(mark);
             if report.entries >= self.settings.batch_max {
                 // A backlog: go again at once.
                 ctx.run_later(Duration::ZERO, |act, ctx| act.maybe_flush(ctx));
@@ -230,7 +226,7 @@ impl Bridge {
 
     fn refresh_gauges(&mut self, ctx: &mut Context<Self>) {
         self.publish_breaker();
-        let stats = self.store.outbox_stats();
+        let stats = self.outbox.stats();
         ctx.spawn(
             async move {
                 match stats.await {
@@ -322,7 +318,7 @@ impl Actor for Bridge {
         } else {
             tracing::info!("no django.base_url configured; changes stay in the outbox");
         }
-        let signal = self.store.outbox_signal();
+        let signal = self.outbox.signal();
         ctx.add_stream(futures_util::stream::unfold(signal, |s| async move {
             s.wait().await;
             Some(((), s))
@@ -349,7 +345,7 @@ impl actix::Supervised for Bridge {
 
 impl StreamHandler<()> for Bridge {
     fn handle(&mut self, _: (), ctx: &mut Context<Self>) {
-        let total = self.store.outbox_signal().total();
+        let total = self.outbox.signal().total();
         if total.saturating_sub(self.cycle_mark) >= self.settings.batch_max as u64 {
             self.maybe_flush(ctx);
         }
@@ -389,10 +385,10 @@ impl Handler<Drain> for Bridge {
         self.idle_at = None;
         self.retry_at = None;
         self.maybe_flush(ctx);
-        let store = self.store.clone();
+        let outbox = self.outbox.clone();
         Box::pin(async move {
             let _ = tokio::time::timeout(msg.deadline, rx).await;
-            store.outbox_stats().await.map(|s| s.depth).unwrap_or(0)
+            outbox.stats().await.map(|s| s.depth).unwrap_or(0)
         })
     }
 }

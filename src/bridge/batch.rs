@@ -1,4 +1,4 @@
-//! Pure batching logic: outbox entries become one sync item per ticket, coalesced to the latest
+//! Pure batching logic: ticket-sync outbox entries become one sync item per ticket, coalesced to the latest
 //! snapshot while keeping every comment and every folded event id.
 
 use std::collections::HashMap;
@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::domain::ids::{EventId, TicketId};
 use crate::domain::ticket::{Comment, EventKind, Ticket};
-use crate::store::OutboxEntry;
+use crate::store::{OutboxEntry, OutboxRecord};
 
 /// One element of `events` in `POST /api/tickets/sync/` (see docs/django-api.md).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -31,7 +31,10 @@ pub fn coalesce(entries: &[OutboxEntry]) -> Vec<SyncItem> {
     let mut order: Vec<TicketId> = Vec::new();
     let mut items: HashMap<TicketId, SyncItem> = HashMap::new();
     for entry in entries {
-        let r = &entry.record;
+        // Other records go to their own endpoints, one call each.
+        let OutboxRecord::TicketSync(r) = &entry.record else {
+            continue;
+        };
         let item = items.entry(r.ticket_id).or_insert_with(|| {
             order.push(r.ticket_id);
             SyncItem {
@@ -100,7 +103,7 @@ mod tests {
         OutboxEntry {
             seq,
             enqueued_at: now,
-            record: SyncRecord {
+            record: OutboxRecord::TicketSync(SyncRecord {
                 event_id: EventId::new(),
                 ticket_id: ticket,
                 version,
@@ -114,7 +117,8 @@ mod tests {
                     body: format!("c{seq}"),
                     created_at: now,
                 }),
-            },
+                request_id: None,
+            }),
         }
     }
 
@@ -133,7 +137,10 @@ mod tests {
         assert_eq!(items[0].ticket_id, a);
         assert_eq!(items[0].version, 3);
         assert_eq!(items[0].ticket.subject, "v3");
-        assert_eq!(items[0].event_id, entries[3].record.event_id);
+        assert_eq!(
+            items[0].event_id,
+            entries[3].record.as_sync().unwrap().event_id
+        );
         assert_eq!(items[0].coalesced_event_ids.len(), 3);
         assert_eq!(items[0].comments.len(), 1);
         assert_eq!(items[0].seqs, vec![1, 3, 4]);

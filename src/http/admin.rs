@@ -10,7 +10,7 @@ use super::auth::Auth;
 use super::body::parse_query;
 use super::errors::ApiError;
 use crate::config::{Scope, TicketSettings};
-use crate::store::TicketStore;
+use crate::store::Outbox;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/admin/dead-letters").route(web::get().to(list)))
@@ -26,7 +26,7 @@ struct ListQuery {
 async fn list(
     req: HttpRequest,
     auth: web::Data<Auth>,
-    store: web::Data<Arc<dyn TicketStore>>,
+    outbox: web::Data<Arc<dyn Outbox>>,
     limits: web::Data<TicketSettings>,
 ) -> Result<HttpResponse, ApiError> {
     auth.authorize(&req, Scope::Admin)?;
@@ -35,7 +35,7 @@ async fn list(
         .limit
         .unwrap_or(limits.list_default_limit)
         .clamp(1, limits.list_max_limit);
-    let items = store.dead_letters(limit).await?;
+    let items = outbox.dead_letters(limit).await?;
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }
 
@@ -43,13 +43,13 @@ async fn retry(
     req: HttpRequest,
     path: web::Path<String>,
     auth: web::Data<Auth>,
-    store: web::Data<Arc<dyn TicketStore>>,
+    outbox: web::Data<Arc<dyn Outbox>>,
 ) -> Result<HttpResponse, ApiError> {
     auth.authorize(&req, Scope::Admin)?;
     let id: i64 = path
         .parse()
         .map_err(|_| ApiError::not_found(format!("dead letter {path} not found")))?;
-    if !store.retry_dead_letter(id).await? {
+    if !outbox.retry_dead_letter(id).await? {
         return Err(ApiError::not_found(format!("dead letter {id} not found")));
     }
     tracing::info!(dead_letter = id, "dead letter re-queued");

@@ -15,7 +15,7 @@ use super::auth::{bearer, constant_time_eq};
 use super::errors::ApiError;
 use crate::bridge::actor::Bridge;
 use crate::bridge::GetStatus;
-use crate::store::TicketStore;
+use crate::store::{Outbox, TicketStore};
 
 /// What the operator endpoints read.
 #[derive(Clone)]
@@ -38,6 +38,7 @@ async fn healthz() -> HttpResponse {
 async fn readyz(
     ops: web::Data<Ops>,
     store: web::Data<Arc<dyn TicketStore>>,
+    outbox: web::Data<Arc<dyn Outbox>>,
     bridge: web::Data<Addr<Bridge>>,
 ) -> HttpResponse {
     let store_ok = matches!(
@@ -49,7 +50,7 @@ async fn readyz(
         Ok(Ok(status)) => json!(status),
         _ => json!({"error": "bridge did not answer"}),
     };
-    let outbox = match tokio::time::timeout(Duration::from_secs(2), store.outbox_stats()).await {
+    let outbox = match tokio::time::timeout(Duration::from_secs(2), outbox.stats()).await {
         Ok(Ok(s)) => json!({"depth": s.depth, "oldest": s.oldest, "dead_letters": s.dead_letters}),
         _ => json!(null),
     };

@@ -13,6 +13,7 @@ use serde_json::json;
 use super::auth::Auth;
 use super::body::{parse_query, read_json};
 use super::errors::ApiError;
+use super::request_id_of;
 use crate::config::{Scope, TicketSettings};
 use crate::domain::ids::TicketId;
 use crate::domain::patch::TicketPatch;
@@ -150,6 +151,7 @@ async fn create(
         .send(CreateTicket {
             ticket,
             actor: caller.actor,
+            request_id: request_id_of(&req),
         })
         .await
         .map_err(|e| ApiError::unavailable(format!("ticket registry: {e}")))??;
@@ -248,6 +250,7 @@ async fn update(
         patch,
         expected_version,
         actor: caller.actor,
+        request_id: request_id_of(&req),
     };
     let ticket = registry::call(&registry, id, msg, timeout(&limits)).await?;
     Ok(with_etag(HttpResponse::Ok().json(&ticket), ticket.version))
@@ -287,6 +290,7 @@ async fn comment(
         body: body.body,
         expected_version,
         actor: caller.actor,
+        request_id: request_id_of(&req),
     };
     let (comment, ticket) = registry::call(&registry, id, msg, timeout(&limits)).await?;
     let resp = HttpResponse::Created()

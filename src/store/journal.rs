@@ -26,7 +26,7 @@ use rusqlite::Connection;
 
 use super::folder::{self, FoldReport};
 use super::{rows, StoreError, StoreResult, SyncRecord, TicketWrite};
-use crate::domain::ids::{EventId, TicketId};
+use crate::domain::ids::{EventId, RequestId, TicketId};
 use crate::domain::ticket::{Comment, EventKind, Ticket, TicketEvent};
 use crate::metrics as m;
 
@@ -59,6 +59,8 @@ struct SyncRecordRef<'a> {
     ticket: &'a Ticket,
     #[serde(skip_serializing_if = "Option::is_none")]
     comment: Option<&'a Comment>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a RequestId>,
 }
 
 impl<'a> From<&'a TicketWrite> for SyncRecordRef<'a> {
@@ -71,6 +73,7 @@ impl<'a> From<&'a TicketWrite> for SyncRecordRef<'a> {
             occurred_at: write.event.at,
             ticket: &write.ticket,
             comment: write.comment.as_ref(),
+            request_id: write.request_id.as_ref(),
         }
     }
 }
@@ -98,6 +101,7 @@ impl EncodedWrite {
             ticket: record.ticket,
             event,
             comment: record.comment,
+            request_id: record.request_id,
         };
         Ok((write, changes))
     }
@@ -501,7 +505,7 @@ pub(super) mod tests {
     use serde_json::json;
 
     use super::super::sqlite::SqliteStore;
-    use super::super::{now, StoreError, TicketFilter, TicketStore, TicketWrite};
+    use super::super::{now, Outbox, StoreError, TicketFilter, TicketStore, TicketWrite};
     use crate::config::{StorageSettings, Synchronous};
     use crate::domain::ids::{EventId, TicketId};
     use crate::domain::status::Status;
@@ -571,6 +575,7 @@ pub(super) mod tests {
                 changes: json!({"v": ticket.version}),
             },
             comment,
+            request_id: None,
         }
     }
 
@@ -626,6 +631,7 @@ pub(super) mod tests {
                 occurred_at: w.event.at,
                 ticket: w.ticket.clone(),
                 comment: w.comment.clone(),
+                request_id: w.request_id.clone(),
             };
             assert_eq!(
                 serde_json::to_string(&super::SyncRecordRef::from(&w)).unwrap(),
@@ -722,11 +728,21 @@ pub(super) mod tests {
             "history in order"
         );
         assert_eq!(events[3].1.kind, EventKind::Commented);
-        let outbox = store.outbox_peek(100).await.unwrap();
-        let synced: Vec<u64> = outbox.iter().map(|e| e.record.version).collect();
+        let outbox = Outbox::peek(store, 100).await.unwrap();
+        let synced: Vec<u64> = outbox
+            .iter()
+            .map(|e| e.record.as_sync().unwrap().version)
+            .collect();
         assert_eq!(synced, vec![1, 2, 3, 4], "every write is in the outbox");
         assert_eq!(
-            outbox[3].record.comment.as_ref().unwrap().body,
+            outbox[3]
+                .record
+                .as_sync()
+                .unwrap()
+                .comment
+                .as_ref()
+                .unwrap()
+                .body,
             "Extinguished."
         );
     }
@@ -835,7 +851,7 @@ pub(super) mod tests {
             .update(write(&v2, EventKind::Updated, None))
             .await
             .unwrap();
-        assert_eq!(store.outbox_peek(10).await.unwrap().len(), 2);
+        assert_eq!(store.peek(10).await.unwrap().len(), 2);
         assert_eq!(store.events(v1.id, 0, 10).await.unwrap().len(), 2);
         assert_eq!(store.load(v1.id).await.unwrap(), Some(v2));
         store.close().await;
@@ -846,26 +862,26 @@ pub(super) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
         let states = history(&store).await;
-        let outbox = store.outbox_peek(10).await.unwrap();
+        let outbox = store.peek(10).await.unwrap();
         let seqs: Vec<i64> = outbox.iter().map(|e| e.seq).collect();
         // Django takes the first two and refuses the third before any fold.
-        store.outbox_ack(seqs[..2].to_vec()).await.unwrap();
+        store.ack(seqs[..2].to_vec()).await.unwrap();
         store
-            .outbox_dead_letter(vec![super::super::Rejection {
+            .dead_letter(vec![super::super::Rejection {
                 seq: seqs[2],
                 status_code: Some(422),
                 error: "no".into(),
             }])
             .await
             .unwrap();
-        let waiting = store.outbox_peek(10).await.unwrap();
+        let waiting = store.peek(10).await.unwrap();
         assert_eq!(waiting.len(), 1, "only the fourth is still to send");
-        assert_eq!(store.outbox_stats().await.unwrap().depth, 1);
+        assert_eq!(store.stats().await.unwrap().depth, 1);
         // An operator re-queues the dead letter while its row still waits for the fold.
         let dead = store.dead_letters(10).await.unwrap();
         assert!(store.retry_dead_letter(dead[0].id).await.unwrap());
         let again: Vec<i64> = store
-            .outbox_peek(10)
+            .peek(10)
             .await
             .unwrap()
             .iter()
@@ -874,10 +890,10 @@ pub(super) mod tests {
         assert_eq!(again, vec![seqs[2], seqs[3]], "re-sent from its own row");
         // The fold applies all four, and drops the delivered ones.
         assert_tables_hold_after_delivery(&store, &states).await;
-        let stats = store.outbox_stats().await.unwrap();
+        let stats = store.stats().await.unwrap();
         assert_eq!((stats.depth, stats.dead_letters), (2, 0));
-        store.outbox_ack(vec![seqs[2], seqs[3]]).await.unwrap();
-        assert_eq!(store.outbox_stats().await.unwrap().depth, 0);
+        store.ack(vec![seqs[2], seqs[3]]).await.unwrap();
+        assert_eq!(store.stats().await.unwrap().depth, 0);
         drop(store);
         let raw = rusqlite::Connection::open(dir.path().join("switchboard.db")).unwrap();
         let rows: i64 = raw
@@ -998,7 +1014,7 @@ pub(super) mod tests {
         assert_eq!(store.load(t.id).await.unwrap().as_ref(), Some(&t));
         assert_eq!(store.list(filter()).await.unwrap(), vec![t.clone()]);
         store.import(t.clone(), event).await.unwrap();
-        assert!(store.outbox_peek(10).await.unwrap().is_empty());
+        assert!(store.peek(10).await.unwrap().is_empty());
         assert_eq!(store.events(t.id, 0, 10).await.unwrap().len(), 1);
         store.close().await;
     }

@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    DeadLetter, OutboxEntry, OutboxStats, Rejection, StoreError, SyncRecord, TicketFilter,
+    DeadLetter, OutboxEntry, OutboxRecord, OutboxStats, Rejection, StoreError, SyncRecord,
+    TicketFilter,
 };
 use crate::domain::ids::TicketId;
 use crate::domain::principal::Principal;
@@ -327,8 +328,10 @@ pub fn outbox_peek(
         let at: String = row.get(2)?;
         out.push(OutboxEntry {
             seq: row.get(0)?,
-            record: serde_json::from_str(&payload)
-                .map_err(|e| StoreError::Corrupt(format!("outbox payload: {e}")))?,
+            record: OutboxRecord::TicketSync(
+                serde_json::from_str(&payload)
+                    .map_err(|e| StoreError::Corrupt(format!("outbox payload: {e}")))?,
+            ),
             enqueued_at: parse_ts(&at)?,
         });
     }

@@ -29,8 +29,8 @@ use super::folder::{FoldJob, FoldReport, FoldWaiter, Folder};
 use super::journal::{EncodedWrite, Journal, JournalOp, PendingView};
 use super::syncer::{Durable, SyncJob, Syncer, WalFile};
 use super::{
-    rows, schema, DeadLetter, OutboxEntry, OutboxSignal, OutboxStats, Rejection, StoreError,
-    StoreResult, TicketFilter, TicketStore, TicketWrite,
+    rows, schema, DeadLetter, Outbox, OutboxEntry, OutboxRecord, OutboxSignal, OutboxStats,
+    Rejection, StoreError, StoreResult, TicketFilter, TicketStore, TicketWrite,
 };
 use crate::config::{StorageSettings, Synchronous};
 use crate::domain::ids::TicketId;
@@ -868,6 +868,7 @@ impl TicketStore for SqliteStore {
             ticket,
             event,
             comment: None,
+            request_id: None,
         };
         match EncodedWrite::new(write) {
             Ok(w) => self.write(|r| WriteOp::Import(Box::new(w), r)),
@@ -895,33 +896,6 @@ impl TicketStore for SqliteStore {
         self.read_folded(move |c| rows::events(c, id, after_seq, limit))
     }
 
-    fn outbox_peek(&self, limit: usize) -> BoxFuture<'static, StoreResult<Vec<OutboxEntry>>> {
-        // Rows committed but not yet flushed are not offered: Django must never hold an event that a
-        // crash could take back.
-        let durable = self.durable.seq();
-        self.read(move |c| rows::outbox_peek(c, limit, durable))
-    }
-
-    fn outbox_ack(&self, seqs: Vec<i64>) -> BoxFuture<'static, StoreResult<()>> {
-        self.write(|r| WriteOp::OutboxAck(seqs, r))
-    }
-
-    fn outbox_dead_letter(&self, rejected: Vec<Rejection>) -> BoxFuture<'static, StoreResult<()>> {
-        self.write(|r| WriteOp::DeadLetter(rejected, r))
-    }
-
-    fn outbox_stats(&self) -> BoxFuture<'static, StoreResult<OutboxStats>> {
-        self.read(rows::outbox_stats)
-    }
-
-    fn dead_letters(&self, limit: u32) -> BoxFuture<'static, StoreResult<Vec<DeadLetter>>> {
-        self.read(move |c| rows::dead_letters(c, limit))
-    }
-
-    fn retry_dead_letter(&self, id: i64) -> BoxFuture<'static, StoreResult<bool>> {
-        self.write(|r| WriteOp::RetryDeadLetter(id, r))
-    }
-
     fn ping(&self) -> BoxFuture<'static, StoreResult<()>> {
         let read = self.read(|c| {
             c.query_row("SELECT 1", [], |_| Ok(()))?;
@@ -935,10 +909,6 @@ impl TicketStore for SqliteStore {
         .boxed()
     }
 
-    fn outbox_signal(&self) -> Arc<OutboxSignal> {
-        self.signal.clone()
-    }
-
     fn close(&self) -> BoxFuture<'static, ()> {
         let (tx, rx) = oneshot::channel();
         let sent = self.writer.send(WriteOp::Close(tx)).is_ok();
@@ -948,6 +918,47 @@ impl TicketStore for SqliteStore {
             }
         }
         .boxed()
+    }
+}
+
+impl Outbox for SqliteStore {
+    fn enqueue(&self, record: OutboxRecord) -> BoxFuture<'static, StoreResult<i64>> {
+        let kind = record.kind();
+        futures_util::future::ready(Err(StoreError::Corrupt(format!(
+            "outbox records of kind `{kind}` cannot be stored yet"
+        ))))
+        .boxed()
+    }
+
+    fn peek(&self, limit: usize) -> BoxFuture<'static, StoreResult<Vec<OutboxEntry>>> {
+        // Rows committed but not yet flushed are not offered: Django must never hold an event that a
+        // crash could take back.
+        let durable = self.durable.seq();
+        self.read(move |c| rows::outbox_peek(c, limit, durable))
+    }
+
+    fn ack(&self, seqs: Vec<i64>) -> BoxFuture<'static, StoreResult<()>> {
+        self.write(|r| WriteOp::OutboxAck(seqs, r))
+    }
+
+    fn dead_letter(&self, rejected: Vec<Rejection>) -> BoxFuture<'static, StoreResult<()>> {
+        self.write(|r| WriteOp::DeadLetter(rejected, r))
+    }
+
+    fn stats(&self) -> BoxFuture<'static, StoreResult<OutboxStats>> {
+        self.read(rows::outbox_stats)
+    }
+
+    fn dead_letters(&self, limit: u32) -> BoxFuture<'static, StoreResult<Vec<DeadLetter>>> {
+        self.read(move |c| rows::dead_letters(c, limit))
+    }
+
+    fn retry_dead_letter(&self, id: i64) -> BoxFuture<'static, StoreResult<bool>> {
+        self.write(|r| WriteOp::RetryDeadLetter(id, r))
+    }
+
+    fn signal(&self) -> Arc<OutboxSignal> {
+        self.signal.clone()
     }
 }
 

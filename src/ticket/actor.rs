@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::compact::CompactTicket;
 use super::TicketError;
 use crate::bridge::FetchTicket;
-use crate::domain::ids::{EventId, TicketId};
+use crate::domain::ids::{EventId, RequestId, TicketId};
 use crate::domain::patch::{apply_patch, TicketPatch};
 use crate::domain::principal::Principal;
 use crate::domain::ticket::{Comment, EventKind, Ticket, TicketEvent};
@@ -39,6 +39,8 @@ pub struct UpdateTicket {
     pub patch: TicketPatch,
     pub expected_version: Option<u64>,
     pub actor: Principal,
+    /// The REST request behind the change; it travels with the change's outbox record to Django.
+    pub request_id: Option<RequestId>,
 }
 
 /// HTTP → ticket: add a comment (bumps the version). Reply: the comment and the new state.
@@ -49,6 +51,8 @@ pub struct AddComment {
     pub body: String,
     pub expected_version: Option<u64>,
     pub actor: Principal,
+    /// The REST request behind the change; it travels with the change's outbox record to Django.
+    pub request_id: Option<RequestId>,
 }
 
 /// HTTP → ticket: a page of the ticket's history after `after_seq`. Reply: `(seq, event)` pairs.
@@ -288,6 +292,7 @@ impl Handler<UpdateTicket> for TicketActor {
                     },
                     ticket: applied.ticket,
                     comment: None,
+                    request_id: msg.request_id.clone(),
                 }),
             )
         })();
@@ -342,6 +347,7 @@ impl Handler<AddComment> for TicketActor {
             },
             ticket,
             comment: Some(comment.clone()),
+            request_id: msg.request_id.clone(),
         };
         self.persist(write, move |t| (comment, t))
     }

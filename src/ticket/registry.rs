@@ -21,7 +21,7 @@ use serde_json::json;
 use super::actor::{Hibernate, Passivate, TicketActor, TicketDeps};
 use super::TicketError;
 use crate::bridge::FetchTicket;
-use crate::domain::ids::{EventId, TicketId};
+use crate::domain::ids::{EventId, RequestId, TicketId};
 use crate::domain::principal::Principal;
 use crate::domain::ticket::{EventKind, Ticket, TicketEvent};
 use crate::metrics as m;
@@ -44,6 +44,8 @@ pub struct Lookup {
 pub struct CreateTicket {
     pub ticket: Ticket,
     pub actor: Principal,
+    /// The REST request behind the creation; it travels with the outbox record to Django.
+    pub request_id: Option<RequestId>,
 }
 
 /// A ticket actor's supervision wrapper (through [`TicketExits`]) → registry: the actor exited.
@@ -342,6 +344,7 @@ impl Handler<CreateTicket> for TicketRegistry {
             },
             ticket: ticket.clone(),
             comment: None,
+            request_id: msg.request_id,
         };
         let fut = self.deps.store.create(write);
         Box::pin(async move {

@@ -1,0 +1,178 @@
+//! The outbox seam: every Django call that must not be lost waits here, durably, until the bridge
+//! has delivered it or moved it to the dead letters.
+//!
+//! [`Outbox`] is what the bridge needs of storage, apart from [`super::TicketStore`]: ticket syncs
+//! enter it in the same transaction as the ticket change they describe, and any other record (a
+//! ticket created from a chat, say) through [`Outbox::enqueue`]. Records are typed
+//! ([`OutboxRecord`]), so each reaches its own Django endpoint.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use super::StoreResult;
+use crate::domain::chat::TranscriptLine;
+use crate::domain::ids::{EventId, RequestId, SessionId, TicketId};
+use crate::domain::ticket::{Comment, EventKind, Priority, Ticket};
+
+/// One change bound for Django, as stored in the outbox: the ticket's snapshot after the change and,
+/// for comments, the comment itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncRecord {
+    pub event_id: EventId,
+    pub ticket_id: TicketId,
+    pub version: u64,
+    pub kind: EventKind,
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
+    pub occurred_at: DateTime<Utc>,
+    pub ticket: Ticket,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<Comment>,
+    /// The request that caused the change, sent on as `X-Request-Id` context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<RequestId>,
+}
+
+/// A chat escalated into a ticket, bound for `POST /api/livechat/tickets/create/` (docs/django-api.md
+/// 3.2). The ticket itself is created locally first; `ticket_id` is Django's idempotency key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatTicketRecord {
+    pub session_id: SessionId,
+    pub ticket_id: TicketId,
+    pub subject: String,
+    pub description: String,
+    pub priority: Priority,
+    pub requester: String,
+    pub transcript: Vec<TranscriptLine>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<RequestId>,
+}
+
+/// A Django call that must not be lost, as the outbox keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+// Ticket syncs are nearly every record: boxing them would cost an allocation per entry read.
+#[allow(clippy::large_enum_variant)]
+pub enum OutboxRecord {
+    /// A ticket change, written by [`super::TicketStore`] in the transaction of the change itself.
+    TicketSync(SyncRecord),
+    /// A ticket created from a chat, written through [`Outbox::enqueue`].
+    ChatTicket(ChatTicketRecord),
+}
+
+impl OutboxRecord {
+    /// The record's kind, for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::TicketSync(_) => "ticket_sync",
+            Self::ChatTicket(_) => "chat_ticket",
+        }
+    }
+
+    /// The ticket the record is about.
+    pub fn ticket_id(&self) -> TicketId {
+        match self {
+            Self::TicketSync(r) => r.ticket_id,
+            Self::ChatTicket(r) => r.ticket_id,
+        }
+    }
+
+    /// The ticket change, for a ticket-sync record.
+    pub fn as_sync(&self) -> Option<&SyncRecord> {
+        match self {
+            Self::TicketSync(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    pub fn request_id(&self) -> Option<&RequestId> {
+        match self {
+            Self::TicketSync(r) => r.request_id.as_ref(),
+            Self::ChatTicket(r) => r.request_id.as_ref(),
+        }
+    }
+}
+
+/// An outbox row: a record and its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    pub seq: i64,
+    pub record: OutboxRecord,
+    pub enqueued_at: DateTime<Utc>,
+}
+
+/// A record Django refused, kept for an operator.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub event_id: EventId,
+    pub ticket_id: TicketId,
+    pub version: u64,
+    pub kind: EventKind,
+    pub status_code: Option<u16>,
+    pub error: String,
+    pub failed_at: DateTime<Utc>,
+    pub enqueued_at: DateTime<Utc>,
+}
+
+/// An event the bridge gives up on, with Django's reason.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub seq: i64,
+    pub status_code: Option<u16>,
+    pub error: String,
+}
+
+/// Counts outbox appends so the bridge can wake up without polling the database.
+#[derive(Debug, Default)]
+pub struct OutboxSignal {
+    appended: AtomicU64,
+    notify: tokio::sync::Notify,
+}
+
+impl OutboxSignal {
+    pub fn appended(&self, n: u64) {
+        self.appended.fetch_add(n, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    /// Total appends since start.
+    pub fn total(&self) -> u64 {
+        self.appended.load(Ordering::Relaxed)
+    }
+
+    pub async fn wait(&self) {
+        self.notify.notified().await
+    }
+}
+
+/// Outbox depth and the enqueue time of its oldest entry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutboxStats {
+    pub depth: u64,
+    pub oldest: Option<DateTime<Utc>>,
+    pub dead_letters: u64,
+}
+
+/// The outbox seam the bridge uses. Every future resolves on the caller's side of the store's
+/// threads; none blocks an actor.
+pub trait Outbox: Send + Sync + 'static {
+    /// Appends a record that is not part of a ticket write, durably: it resolves once the record is
+    /// on disk, with its position.
+    fn enqueue(&self, record: OutboxRecord) -> BoxFuture<'static, StoreResult<i64>>;
+    /// The oldest `limit` durable entries, in order.
+    fn peek(&self, limit: usize) -> BoxFuture<'static, StoreResult<Vec<OutboxEntry>>>;
+    /// Removes delivered entries.
+    fn ack(&self, seqs: Vec<i64>) -> BoxFuture<'static, StoreResult<()>>;
+    /// Moves refused entries to the dead-letter table.
+    fn dead_letter(&self, rejected: Vec<Rejection>) -> BoxFuture<'static, StoreResult<()>>;
+    fn stats(&self) -> BoxFuture<'static, StoreResult<OutboxStats>>;
+    fn dead_letters(&self, limit: u32) -> BoxFuture<'static, StoreResult<Vec<DeadLetter>>>;
+    /// Puts a dead letter back in the outbox with its original record. `false` if unknown.
+    fn retry_dead_letter(&self, id: i64) -> BoxFuture<'static, StoreResult<bool>>;
+    /// Where the bridge learns about new entries without polling.
+    fn signal(&self) -> Arc<OutboxSignal>;
+}
