@@ -10,6 +10,7 @@
 
 pub mod dynamic;
 pub mod intensity;
+pub mod keyed;
 pub mod supervised;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -26,6 +26,7 @@ use crate::domain::principal::Principal;
 use crate::domain::ticket::{Comment, EventKind, Ticket, TicketEvent};
 use crate::metrics as m;
 use crate::store::{now, StoreError, TicketStore, TicketWrite};
+use crate::supervisor::keyed::{Hibernate, Passivate};
 
 /// Registry → ticket (forwarded from HTTP): the current state. Reply: the ticket.
 #[derive(Message, Debug, Clone)]
@@ -62,16 +63,6 @@ pub struct GetEvents {
     pub after_seq: i64,
     pub limit: u32,
 }
-
-/// Registry → ticket: stop now; the state is on disk.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "()")]
-pub struct Passivate;
-
-/// Registry → ticket: no message for `tickets.hibernate_after_ms`; pack the ticket into one allocation.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "()")]
-pub struct Hibernate;
 
 /// Test hook (only routed when `testing.fault_injection` is on): panic inside a handler.
 #[derive(Message, Debug, Clone)]
