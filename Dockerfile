@@ -34,7 +34,7 @@ COPY --from=builder /build/config /app/config
 # Listeners on all interfaces and the SQLite database on the volume. RUST_LOG is deliberately not set:
 # the log filter comes from [log] level in the configuration (RUST_LOG, when given, overrides it).
 ENV SWITCHBOARD__STORAGE__DATA_DIR=/data \
-    SWITCHBOARD__TICKETS__BIND=0.0.0.0:4000 \
+    SWITCHBOARD__API__BIND=0.0.0.0:4000 \
     SWITCHBOARD__CHAT__BIND=0.0.0.0:4001
 
 # Switchboard refuses to listen on a non-loopback address unless API keys are configured, so the

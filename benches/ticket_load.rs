@@ -196,7 +196,8 @@ impl Server {
         cmd.env_remove("RUST_LOG")
             .env("SWITCHBOARD__LOG__FORMAT", "json")
             .env("SWITCHBOARD__LOG__LEVEL", &args.log)
-            .env("SWITCHBOARD__TICKETS__BIND", "127.0.0.1:0")
+            .env("SWITCHBOARD__API__BIND", "127.0.0.1:0")
+            .env("SWITCHBOARD__CHAT__BIND", "127.0.0.1:0")
             .env("SWITCHBOARD__STORAGE__DATA_DIR", dir.path())
             .env("SWITCHBOARD__STORAGE__SYNCHRONOUS", &args.sync)
             .env("SWITCHBOARD__TESTING__FAULT_INJECTION", "true")
@@ -220,7 +221,7 @@ impl Server {
                 };
                 if v["message"] == "switchboard starting" {
                     if let Some(tx) = tx.take() {
-                        let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_string());
+                        let _ = tx.send(v["api"].as_str().unwrap_or_default().to_string());
                     }
                 }
                 let mut t = tally.lock().unwrap();

@@ -18,15 +18,15 @@ pub enum ConfigError {
     #[error("configuration could not be read: {0}")]
     Load(#[from] config::ConfigError),
     #[error("invalid configuration key `{key}`: {message}")]
-    Invalid { key: &'static str, message: String },
+    Invalid { key: String, message: String },
 }
 
 /// Largest idle timeout or sweep interval: 2^31 - 1 ms, about 24.8 days.
 const MAX_IDLE_MS: u64 = i32::MAX as u64;
 
-fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        key,
+        key: key.into(),
         message: message.into(),
     }
 }
@@ -34,8 +34,11 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
+    /// The REST listener (tickets, operators' endpoints).
+    pub api: ListenerSettings,
+    /// The live-chat listener.
+    pub chat: ListenerSettings,
     pub tickets: TicketSettings,
-    pub chat: ChatSettings,
     pub storage: StorageSettings,
     pub django: DjangoSettings,
     pub bridge: BridgeSettings,
@@ -50,13 +53,9 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TicketSettings {
-    pub bind: String,
-    pub http_workers: usize,
-    pub max_connections: usize,
     pub idle_timeout_ms: u64,
     pub hibernate_after_ms: u64,
     pub sweep_interval_ms: u64,
-    pub max_body_bytes: usize,
     pub list_default_limit: u32,
     pub list_max_limit: u32,
     pub max_subject_chars: usize,
@@ -65,14 +64,48 @@ pub struct TicketSettings {
     pub max_tags: usize,
     pub max_tag_chars: usize,
     pub max_name_chars: usize,
-    pub request_timeout_ms: u64,
+    pub actor_timeout_ms: u64,
     pub registry_queue_depth: usize,
 }
 
+/// One listener's server settings; `[api]` and `[chat]` each hold one.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ChatSettings {
+pub struct ListenerSettings {
     pub bind: String,
+    pub workers: usize,
+    pub max_connections: usize,
+    pub keep_alive_ms: u64,
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    pub request_timeout_ms: u64,
+}
+
+impl ListenerSettings {
+    /// Checks one listener's keys; `section` (`api`, `chat`) prefixes them in errors.
+    fn validate(&self, section: &str) -> Result<SocketAddr, ConfigError> {
+        let key = |k: &str| format!("{section}.{k}");
+        let addr = parse_bind(&key("bind"), &self.bind)?;
+        positive(&key("workers"), self.workers as u64)?;
+        positive(&key("max_connections"), self.max_connections as u64)?;
+        positive(&key("max_body_bytes"), self.max_body_bytes as u64)?;
+        positive(&key("max_header_bytes"), self.max_header_bytes as u64)?;
+        positive(&key("request_timeout_ms"), self.request_timeout_ms)?;
+        Ok(addr)
+    }
+
+    /// The address to bind (valid once the settings are).
+    pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
+        parse_bind("bind", &self.bind)
+    }
+
+    pub fn keep_alive(&self) -> Duration {
+        Duration::from_millis(self.keep_alive_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -217,13 +250,14 @@ impl Settings {
 
     /// Checks what serde cannot: addresses, ranges, and the secure-by-default rule.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let tickets_bind = parse_bind("tickets.bind", &self.tickets.bind)?;
-        let chat_bind = parse_bind("chat.bind", &self.chat.bind)?;
-        positive("tickets.http_workers", self.tickets.http_workers as u64)?;
-        positive(
-            "tickets.max_connections",
-            self.tickets.max_connections as u64,
-        )?;
+        let api_bind = self.api.validate("api")?;
+        let chat_bind = self.chat.validate("chat")?;
+        if api_bind == chat_bind && api_bind.port() != 0 {
+            return Err(invalid(
+                "chat.bind",
+                format!("must differ from api.bind ({api_bind})"),
+            ));
+        }
         positive("tickets.idle_timeout_ms", self.tickets.idle_timeout_ms)?;
         positive("tickets.sweep_interval_ms", self.tickets.sweep_interval_ms)?;
         // The registry tracks idleness on a 32-bit millisecond clock that wraps; ages stay exact while
@@ -242,12 +276,8 @@ impl Settings {
                 "must be less than tickets.idle_timeout_ms (0 turns hibernation off)",
             ));
         }
-        positive("tickets.max_body_bytes", self.tickets.max_body_bytes as u64)?;
         positive("tickets.list_max_limit", self.tickets.list_max_limit as u64)?;
-        positive(
-            "tickets.request_timeout_ms",
-            self.tickets.request_timeout_ms,
-        )?;
+        positive("tickets.actor_timeout_ms", self.tickets.actor_timeout_ms)?;
         positive(
             "tickets.registry_queue_depth",
             self.tickets.registry_queue_depth as u64,
@@ -328,7 +358,7 @@ impl Settings {
             }
         }
         if self.auth.api_keys.is_empty() {
-            for (key, addr) in [("tickets.bind", tickets_bind), ("chat.bind", chat_bind)] {
+            for (key, addr) in [("api.bind", api_bind), ("chat.bind", chat_bind)] {
                 if !addr.ip().is_loopback() {
                     return Err(invalid(
                         key,
@@ -340,7 +370,7 @@ impl Settings {
                 }
             }
         }
-        if self.testing.fault_injection && !tickets_bind.ip().is_loopback() {
+        if self.testing.fault_injection && !api_bind.ip().is_loopback() {
             return Err(invalid(
                 "testing.fault_injection",
                 "fault injection is only allowed on a loopback bind",
@@ -349,23 +379,18 @@ impl Settings {
         Ok(())
     }
 
-    pub fn tickets_bind(&self) -> SocketAddr {
-        // validate() has proven it parses.
-        parse_bind("tickets.bind", &self.tickets.bind).expect("validated tickets.bind")
-    }
-
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.tickets.idle_timeout_ms)
     }
 }
 
-fn parse_bind(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+fn parse_bind(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value
         .parse::<SocketAddr>()
         .map_err(|e| invalid(key, format!("`{value}` is not a socket address ({e})")))
 }
 
-fn positive(key: &'static str, value: u64) -> Result<(), ConfigError> {
+fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
         Err(invalid(key, "must be greater than zero"))
     } else {
@@ -380,23 +405,23 @@ mod tests {
     #[test]
     fn embedded_defaults_are_valid() {
         let s = Settings::from_toml("").unwrap();
-        assert_eq!(s.tickets.bind, "127.0.0.1:4000");
+        assert_eq!(s.api.bind, "127.0.0.1:4000");
         assert_eq!(s.chat.bind, "127.0.0.1:4001");
         assert_eq!(s.bridge.batch_max, 100);
     }
 
     #[test]
     fn non_loopback_without_keys_is_refused_naming_the_key() {
-        let err = Settings::from_toml("[tickets]\nbind = \"0.0.0.0:4000\"").unwrap_err();
+        let err = Settings::from_toml("[api]\nbind = \"0.0.0.0:4000\"").unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("tickets.bind"), "{text}");
+        assert!(text.contains("api.bind"), "{text}");
         assert!(text.contains("API keys"), "{text}");
     }
 
     #[test]
     fn non_loopback_with_keys_is_accepted() {
         let s = Settings::from_toml(
-            "[tickets]\nbind = \"0.0.0.0:4000\"\n[chat]\nbind = \"0.0.0.0:4001\"\n\
+            "[api]\nbind = \"0.0.0.0:4000\"\n[chat]\nbind = \"0.0.0.0:4001\"\n\
              [[auth.api_keys]]\nname = \"django\"\nkey = \"0123456789abcdef\"\nscopes = [\"read\"]",
         )
         .unwrap();

@@ -1,12 +1,15 @@
-//! The REST transport on `tickets.bind`: routing, the request-id/metrics/tracing middleware, JSON
-//! errors for unknown routes, and [`HttpChild`], which runs the server as a child of the root
-//! supervisor. Handlers are thin: they talk to actors and the store, never to Django.
+//! The HTTP transport: the REST app on `api.bind` ([`start_api_server`]) and the chat listener's on
+//! `chat.bind` ([`chat`]), the middleware both run ([`observe`]: request ids, header limit, metrics,
+//! tracing), JSON errors for unknown routes, and [`listener::ListenerChild`], which runs a server
+//! as a supervised child. Handlers are thin: they talk to actors and the store, never to Django.
 
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod chat;
 pub mod debug;
 pub mod errors;
+pub mod listener;
 pub mod ops;
 pub mod tickets;
 
@@ -17,9 +20,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::Addr;
-use actix_web::dev::{ServerHandle, Service};
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::http::Method;
+use actix_web::http::{Method, StatusCode};
 use actix_web::{web, App, HttpMessage, HttpRequest, HttpResponse, HttpServer};
 use futures_util::future::{FutureExt, LocalBoxFuture};
 use tracing::Instrument;
@@ -29,8 +33,6 @@ use crate::config::Settings;
 use crate::domain::ids::RequestId;
 use crate::metrics as m;
 use crate::store::{Outbox, TicketStore};
-use crate::supervisor::supervised::Exit;
-use crate::supervisor::{Child, ExitReport, Restart, StartError};
 use crate::ticket::registry::TicketRegistry;
 use errors::ApiError;
 
@@ -53,7 +55,7 @@ pub fn request_id_of(req: &HttpRequest) -> Option<RequestId> {
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-fn request_id(req: &actix_web::dev::ServiceRequest) -> String {
+fn request_id(req: &ServiceRequest) -> String {
     req.headers()
         .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
@@ -82,6 +84,7 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 type RequestMetrics = (metrics::Counter, metrics::Histogram);
+type MetricsKey = (&'static str, String, &'static str, u16);
 
 /// At most this many (route, method, status) handles cached per worker thread; past it (only with
 /// odd statuses on many routes) handles are looked up per request.
@@ -90,21 +93,26 @@ const METRICS_CACHE_MAX: usize = 256;
 thread_local! {
     /// Each worker's handles to the request counter and histogram by (route, method, status): a
     /// labelled handle lookup hashes and allocates its labels, which a hit here does not.
-    static REQUEST_METRICS: RefCell<HashMap<(String, &'static str, u16), RequestMetrics>> =
+    static REQUEST_METRICS: RefCell<HashMap<MetricsKey, RequestMetrics>> =
         RefCell::new(HashMap::new());
 }
 
-fn request_metrics(route: String, method: &'static str, status: u16) -> RequestMetrics {
+fn request_metrics(
+    listener: &'static str,
+    route: String,
+    method: &'static str,
+    status: u16,
+) -> RequestMetrics {
     REQUEST_METRICS.with(|cache| {
         let mut cache = cache.borrow_mut();
-        let key = (route, method, status);
+        let key = (listener, route, method, status);
         if let Some(handles) = cache.get(&key) {
             return handles.clone();
         }
-        let (route, method, status) = &key;
+        let (listener, route, method, status) = &key;
         let handles = (
-            metrics::counter!(m::HTTP_REQUESTS, "route" => route.clone(), "method" => *method, "status" => status.to_string()),
-            metrics::histogram!(m::HTTP_DURATION, "route" => route.clone(), "method" => *method),
+            metrics::counter!(m::HTTP_REQUESTS, "listener" => *listener, "route" => route.clone(), "method" => *method, "status" => status.to_string()),
+            metrics::histogram!(m::HTTP_DURATION, "listener" => *listener, "route" => route.clone(), "method" => *method),
         );
         if cache.len() < METRICS_CACHE_MAX {
             cache.insert(key, handles.clone());
@@ -113,60 +121,31 @@ fn request_metrics(route: String, method: &'static str, status: u16) -> RequestM
     })
 }
 
-/// Builds and starts the server on `listener` (not awaited: the caller owns the future).
-pub fn start_server(
+/// Builds and starts the REST server on `listener` (not awaited: the caller owns the future).
+pub fn start_api_server(
     listener: TcpListener,
     deps: HttpDeps,
 ) -> std::io::Result<actix_web::dev::Server> {
     let settings = deps.settings.clone();
-    let workers = settings.tickets.http_workers;
+    let server = settings.api.clone();
     let grace = Duration::from_millis(settings.shutdown.grace_ms);
-    let server = HttpServer::new(move || {
+    let http = HttpServer::new(move || {
         let d = deps.clone();
         let fault_injection = d.settings.testing.fault_injection;
+        let max_header_bytes = d.settings.api.max_header_bytes;
         App::new()
             .app_data(web::Data::new(d.registry.clone()))
             .app_data(web::Data::new(d.bridge.clone()))
             .app_data(web::Data::new(d.store.clone()))
             .app_data(web::Data::new(d.outbox.clone()))
             .app_data(web::Data::new(d.settings.tickets.clone()))
+            .app_data(web::Data::new(BodyLimit(d.settings.api.max_body_bytes)))
             .app_data(web::Data::new(auth::Auth::new(
                 d.settings.auth.api_keys.clone(),
                 d.settings.tickets.max_name_chars,
             )))
             .app_data(web::Data::new(d.ops.clone()))
-            .wrap_fn(|req, srv| {
-                let started = Instant::now();
-                let id = request_id(&req);
-                req.extensions_mut().insert(RequestId::from(id.clone()));
-                let method = method_label(req.method());
-                let span = tracing::info_span!("http_request", request_id = %id, method, path = %req.path());
-                let fut = srv.call(req);
-                async move {
-                    let mut res = fut.await?;
-                    let route = res
-                        .request()
-                        .match_pattern()
-                        .unwrap_or_else(|| "unmatched".to_string());
-                    let status = res.status().as_u16();
-                    let elapsed = started.elapsed();
-                    // Access lines at debug: at tens of thousands of requests a second an info line
-                    // each would cost more than the request. Server errors are always logged.
-                    if status >= 500 {
-                        tracing::warn!(%route, status, latency_us = elapsed.as_micros() as u64, "request failed");
-                    } else {
-                        tracing::debug!(%route, status, latency_us = elapsed.as_micros() as u64, "request served");
-                    }
-                    let (count, latency) = request_metrics(route, method, status);
-                    count.increment(1);
-                    latency.record(elapsed.as_secs_f64());
-                    if let Ok(v) = HeaderValue::from_str(&id) {
-                        res.headers_mut().insert(REQUEST_ID.clone(), v);
-                    }
-                    Ok(res)
-                }
-                .instrument(span)
-            })
+            .wrap_fn(move |req, srv| observe(req, srv, "api", max_header_bytes))
             .configure(ops::routes)
             .service(
                 web::scope("/api/v1")
@@ -178,96 +157,95 @@ pub fn start_server(
                         }
                     }),
             )
-            .default_service(web::to(|req: actix_web::HttpRequest| async move {
-                Err::<HttpResponse, _>(ApiError::not_found(format!(
-                    "no route for {} {}",
-                    req.method(),
-                    req.path()
-                )))
-            }))
-    })
-    .workers(workers)
-    .max_connections(settings.tickets.max_connections)
-    .disable_signals()
-    .shutdown_timeout(grace.as_secs().max(1))
-    .listen(listener)?
-    .run();
-    Ok(server)
+            .default_service(web::to(no_route))
+    });
+    Ok(crate::apply_listener_settings!(http, &server, grace)
+        .listen(listener)?
+        .run())
 }
 
-/// The REST listener as a supervised child: permanent; restarted on a clone of the same socket if the
-/// server ever stops on its own; stopped gracefully (in-flight requests drain within
-/// `shutdown.grace_ms`).
-pub struct HttpChild {
-    listener: TcpListener,
-    deps: HttpDeps,
-    handle: Option<ServerHandle>,
-    report: Option<ExitReport>,
+/// The answer for a path no route matches: a JSON 404 like every other error.
+pub async fn no_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
 }
 
-impl HttpChild {
-    pub fn new(listener: TcpListener, deps: HttpDeps) -> Self {
-        Self {
-            listener,
-            deps,
-            handle: None,
-            report: None,
-        }
-    }
+/// The largest request body this listener accepts (`<listener>.max_body_bytes`).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
 
-    fn launch(&mut self) -> Result<(), StartError> {
-        let fail = |e: std::io::Error| StartError {
-            child: "http",
-            message: e.to_string(),
+/// The body limit of the listener serving `req`.
+pub fn body_limit(req: &HttpRequest) -> usize {
+    req.app_data::<web::Data<BodyLimit>>().map_or(0, |l| l.0)
+}
+
+/// The size of a request's headers as they came: names, values and the `: ` and CRLF around each.
+fn header_bytes(req: &ServiceRequest) -> usize {
+    req.headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
+
+/// The middleware every listener runs: a request id (echoed or minted) in the request's extensions,
+/// its tracing span and `X-Request-Id` response header; the header-size limit (431); and the
+/// request counter and latency histogram, labelled by listener, route, method and status.
+pub fn observe<S, B>(
+    req: ServiceRequest,
+    srv: &S,
+    listener: &'static str,
+    max_header_bytes: usize,
+) -> LocalBoxFuture<'static, Result<ServiceResponse<BoxBody>, actix_web::Error>>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    S::Future: 'static,
+    B: MessageBody + 'static,
+{
+    let started = Instant::now();
+    let id = request_id(&req);
+    req.extensions_mut().insert(RequestId::from(id.clone()));
+    let method = method_label(req.method());
+    let span =
+        tracing::info_span!("http_request", listener, request_id = %id, method, path = %req.path());
+    let too_big = header_bytes(&req) > max_header_bytes;
+    let fut: LocalBoxFuture<'static, Result<ServiceResponse<BoxBody>, actix_web::Error>> =
+        if too_big {
+            let err = ApiError::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                format!("request headers exceed {max_header_bytes} bytes"),
+            );
+            Box::pin(async move { Ok(req.error_response(err)) })
+        } else {
+            let call = srv.call(req);
+            Box::pin(async move { call.await.map(|res| res.map_into_boxed_body()) })
         };
-        let listener = self.listener.try_clone().map_err(fail)?;
-        let server = start_server(listener, self.deps.clone()).map_err(fail)?;
-        self.handle = Some(server.handle());
-        let report = self.report.clone();
-        actix_rt::spawn(async move {
-            let result = server.await;
-            if let Some(report) = report {
-                match result {
-                    Ok(()) => report(Exit::Normal),
-                    Err(e) => report(Exit::Panicked(e.to_string())),
-                }
-            }
-        });
-        Ok(())
-    }
-}
-
-impl Child for HttpChild {
-    fn name(&self) -> &'static str {
-        "http"
-    }
-
-    fn restart_type(&self) -> Restart {
-        Restart::Permanent
-    }
-
-    fn start(&mut self, report: ExitReport) -> Result<(), StartError> {
-        self.report = Some(report);
-        self.launch()
-    }
-
-    fn restart(&mut self, cause: &'static str) -> Result<(), StartError> {
-        metrics::counter!(m::ACTOR_RESTARTS, "kind" => "http", "cause" => cause).increment(1);
-        if let Some(old) = self.handle.take() {
-            actix_rt::spawn(old.stop(true));
+    async move {
+        let mut res = fut.await?;
+        let route = res
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".to_string());
+        let status = res.status().as_u16();
+        let elapsed = started.elapsed();
+        // Access lines at debug: at tens of thousands of requests a second an info line each would
+        // cost more than the request. Server errors are always logged.
+        if status >= 500 {
+            tracing::warn!(%route, status, latency_us = elapsed.as_micros() as u64, "request failed");
+        } else {
+            tracing::debug!(%route, status, latency_us = elapsed.as_micros() as u64, "request served");
         }
-        self.launch()
-    }
-
-    fn stop(&mut self) -> LocalBoxFuture<'static, ()> {
-        // Stopping is not an exit to report.
-        self.report = None;
-        let handle = self.handle.take();
-        async move {
-            if let Some(h) = handle {
-                h.stop(true).await;
-            }
+        let (count, latency) = request_metrics(listener, route, method, status);
+        count.increment(1);
+        latency.record(elapsed.as_secs_f64());
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            res.headers_mut().insert(REQUEST_ID.clone(), v);
         }
-        .boxed_local()
+        Ok(res)
     }
+    .instrument(span)
+    .boxed_local()
 }

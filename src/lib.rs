@@ -43,19 +43,28 @@ use futures_util::future::{FutureExt, LocalBoxFuture};
 use crate::bridge::actor::Bridge;
 use crate::bridge::Drain;
 use crate::config::Settings;
+use crate::http::listener::ListenerChild;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Outbox, StoreError, TicketStore};
 use crate::supervisor::supervised::{self, Restart};
 use crate::supervisor::{
     ActorChild, Child, ExitReport, Intensity, StartError, StopChildren, Strategy, Supervisor,
+    SupervisorChild,
 };
 use crate::ticket::registry::{RegistryConfig, TicketRegistry};
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("could not open the store: {0}")]
+    #[error("could not open the store")]
     Store(#[from] StoreError),
+    #[error("cannot listen on {key} {addr}")]
+    Bind {
+        key: &'static str,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the root supervisor gave up: {0}")]
     Escalated(String),
 }
@@ -90,10 +99,36 @@ impl Child for StoreChild {
     }
 }
 
-/// Runs the whole tree on an already-bound listener until `shutdown` resolves, then stops it in order.
+/// The server's already-bound sockets: `run` serves on them, so a caller (a test binding port 0,
+/// say) knows the addresses before the tree starts.
+pub struct Listeners {
+    /// The REST API (`api.bind`).
+    pub api: TcpListener,
+    /// Live chat (`chat.bind`).
+    pub chat: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both listeners at their configured addresses; errors name the key.
+    pub fn bind(settings: &Settings) -> Result<Self, RunError> {
+        let bind = |key: &'static str, addr: &str| {
+            TcpListener::bind(addr).map_err(|source| RunError::Bind {
+                key,
+                addr: addr.to_string(),
+                source,
+            })
+        };
+        Ok(Self {
+            api: bind("api.bind", &settings.api.bind)?,
+            chat: bind("chat.bind", &settings.chat.bind)?,
+        })
+    }
+}
+
+/// Runs the whole tree on already-bound listeners until `shutdown` resolves, then stops it in order.
 /// Must be called inside an actix `System`.
 pub async fn run(
-    listener: TcpListener,
+    listeners: Listeners,
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
@@ -112,7 +147,8 @@ pub async fn run(
     let store: Arc<dyn TicketStore> = sqlite.clone();
     let outbox: Arc<dyn Outbox> = sqlite;
     tracing::info!(
-        addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        api = %listeners.api.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        chat = %listeners.chat.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         data_dir = %settings.storage.data_dir.display(),
         "switchboard starting"
     );
@@ -191,9 +227,14 @@ pub async fn run(
             Duration::from_secs(settings.supervisor.max_seconds),
         ),
         Vec::new(),
-        Box::new(move |reason| {
-            let _ = escalate_tx.send(reason);
-        }),
+        {
+            let mut escalate_tx = Some(escalate_tx);
+            Box::new(move |reason| {
+                if let Some(tx) = escalate_tx.take() {
+                    let _ = tx.send(reason);
+                }
+            })
+        },
     );
     let tree_up = root.up_flag();
     let deps = http::HttpDeps {
@@ -214,7 +255,12 @@ pub async fn run(
         }),
         Box::new(bridge_child),
         Box::new(tickets_child),
-        Box::new(http::HttpChild::new(listener, deps)),
+        Box::new(chat_tree(listeners.chat, &settings)),
+        Box::new(ListenerChild::new(
+            "api",
+            listeners.api,
+            Box::new(move |l| http::start_api_server(l, deps.clone())),
+        )),
     ];
     let root = root.with_children(children).start();
 
@@ -235,4 +281,26 @@ pub async fn run(
     tickets_arbiter.stop();
     tracing::info!(ok = outcome.is_ok(), "switchboard stopped");
     outcome
+}
+
+/// The live-chat subtree: its own supervisor (one_for_one, the root's intensity), escalating to the
+/// root. It holds the chat listener; the session registry and the queue join it.
+fn chat_tree(listener: TcpListener, settings: &Arc<Settings>) -> SupervisorChild {
+    let listener_settings = settings.clone();
+    let children: Vec<Box<dyn Child>> = vec![Box::new(ListenerChild::new(
+        "chat_listener",
+        listener,
+        Box::new(move |l| http::chat::start_chat_server(l, listener_settings.clone())),
+    ))];
+    let chat = Supervisor::new(
+        "chat",
+        Strategy::OneForOne,
+        Intensity::new(
+            settings.supervisor.max_restarts,
+            Duration::from_secs(settings.supervisor.max_seconds),
+        ),
+        children,
+        Box::new(|_| {}),
+    );
+    SupervisorChild::new(chat, Restart::Permanent)
 }

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Parser;
 
 // jemalloc: the request path allocates on one thread and frees on another (HTTP worker, ticket
@@ -11,7 +10,7 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// Real-time edge of the support product: ticket REST API, Django bridge, supervision tree.
+/// Real-time edge of the support product: ticket REST API, live chat, Django bridge, supervision tree.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
@@ -24,11 +23,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = switchboard::config::Settings::load(cli.config.as_deref())?;
     switchboard::telemetry::init(&settings.log);
-    let addr = settings.tickets_bind();
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("cannot listen on tickets.bind {addr}"))?;
+    let listeners = switchboard::Listeners::bind(&settings)?;
     actix::System::new()
-        .block_on(async move { switchboard::run(listener, settings, shutdown_signal()).await })?;
+        .block_on(async move { switchboard::run(listeners, settings, shutdown_signal()).await })?;
     Ok(())
 }
 

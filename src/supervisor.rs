@@ -3,7 +3,9 @@
 //! A [`Supervisor`] is an actor owning an ordered list of [`Child`]ren. It starts them in order, and
 //! stops them in reverse. When a child exits it applies its [`Strategy`] (one_for_one, one_for_all,
 //! rest_for_one) within a restart [`Intensity`]; past that it stops every child and escalates to its
-//! parent. The root supervisor's parent is `run()`, which then exits the process with an error.
+//! parent. Supervisors nest: a [`SupervisorChild`] is a supervisor run as another's child, escalating
+//! to it and restarted in place by it. The root supervisor's parent is `run()`, which then exits the
+//! process with an error.
 //! Actor children run inside [`supervised::Supervised`], which turns a panic into an [`Exit`] report
 //! and restarts the actor in place, keeping its address and mailbox. Dynamic children (one actor per
 //! live ticket) use the lighter [`dynamic`] wrapper, reporting to a supervisor that is itself an actor.
@@ -70,17 +72,39 @@ pub struct ChildExited {
 #[rtype(result = "()")]
 pub struct StopChildren;
 
-/// Called once when a supervisor gives up; receives the reason.
-pub type Escalate = Box<dyn FnOnce(String)>;
+/// Sent by a parent supervisor to a nested one that escalated: start over, restarting every child
+/// in place with a fresh restart intensity.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct RestartChildren {
+    pub cause: &'static str,
+}
+
+/// Called each time a supervisor gives up; receives the reason. The root's goes to `run()`; a
+/// nested supervisor's reports an [`Exit::Escalated`] to its parent.
+pub type Escalate = Box<dyn FnMut(String)>;
+
+/// What a supervisor does with its children when it gives up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnGiveUp {
+    /// Stop them all, then escalate: nobody above can restart this supervisor (the root).
+    StopChildren,
+    /// Escalate and leave them to the parent, which either restarts this supervisor in place
+    /// ([`RestartChildren`]) or stops it with the rest of its own children.
+    LeaveToParent,
+}
 
 pub struct Supervisor {
     name: &'static str,
     strategy: Strategy,
     intensity: Intensity,
     children: Vec<Box<dyn Child>>,
-    escalate: Option<Escalate>,
+    escalate: Escalate,
+    on_give_up: OnGiveUp,
     up: Arc<AtomicBool>,
     stopping: bool,
+    /// Gave up and waits for its parent's word; child exits are ignored meanwhile.
+    escalated: bool,
     /// Per child: it exited and was not restarted, so its actor is gone and later restarts of its
     /// siblings (one_for_all, rest_for_one) leave it out.
     gone: Vec<bool>,
@@ -99,9 +123,11 @@ impl Supervisor {
             strategy,
             intensity,
             children,
-            escalate: Some(escalate),
+            escalate,
+            on_give_up: OnGiveUp::StopChildren,
             up: Arc::new(AtomicBool::new(false)),
             stopping: false,
+            escalated: false,
             gone: Vec::new(),
         }
     }
@@ -121,18 +147,32 @@ impl Supervisor {
         metrics::counter!(m::SUPERVISOR_ESCALATIONS, "supervisor" => self.name).increment(1);
         tracing::error!(supervisor = self.name, %reason, "supervisor gives up and escalates");
         self.up.store(false, Ordering::SeqCst);
+        if self.on_give_up == OnGiveUp::LeaveToParent {
+            self.escalated = true;
+            (self.escalate)(reason);
+            return;
+        }
         self.stopping = true;
         let stops = self.stop_all();
-        let escalate = self.escalate.take();
         ctx.wait(
             async move {
                 stops.await;
-                if let Some(escalate) = escalate {
-                    escalate(reason);
-                }
+                reason
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(|reason, act, _| (act.escalate)(reason)),
         );
+    }
+
+    /// Restarts every child still present in place, in start order.
+    fn restart_all(&mut self, cause: &'static str, ctx: &mut Context<Self>) {
+        for i in (0..self.children.len()).filter(|&i| !self.gone[i]) {
+            if let Err(e) = self.children[i].restart(cause) {
+                self.give_up(e.to_string(), ctx);
+                return;
+            }
+        }
+        self.up.store(true, Ordering::SeqCst);
     }
 
     /// Stops every child, newest first, one at a time: a child's `stop` may act as soon as it is
@@ -179,7 +219,7 @@ impl Handler<ChildExited> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: ChildExited, ctx: &mut Context<Self>) {
-        if self.stopping || msg.index >= self.children.len() {
+        if self.stopping || self.escalated || msg.index >= self.children.len() {
             return;
         }
         let name = self.children[msg.index].name();
@@ -213,6 +253,24 @@ impl Handler<ChildExited> for Supervisor {
                 return;
             }
         }
+    }
+}
+
+impl Handler<RestartChildren> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RestartChildren, ctx: &mut Context<Self>) {
+        if self.stopping {
+            return;
+        }
+        tracing::warn!(
+            supervisor = self.name,
+            cause = msg.cause,
+            "supervisor restarting its children"
+        );
+        self.escalated = false;
+        self.intensity.reset();
+        self.restart_all(msg.cause, ctx);
     }
 }
 
@@ -299,6 +357,72 @@ impl Child for ActorChild {
             }
             if let Some(h) = handle.as_mut() {
                 h.stop().await;
+            }
+        }
+        .boxed_local()
+    }
+}
+
+/// A nested [`Supervisor`] as a [`Child`] of another: it starts on the parent's arbiter when the
+/// parent starts it, escalates to the parent as an [`Exit::Escalated`] exit, is restarted in place
+/// (every child of it restarted, its intensity reset) when the parent's strategy says so, and stops
+/// its own children, newest first, when the parent stops it.
+pub struct SupervisorChild {
+    name: &'static str,
+    restart: Restart,
+    pending: Option<Supervisor>,
+    addr: Option<Addr<Supervisor>>,
+}
+
+impl SupervisorChild {
+    pub fn new(supervisor: Supervisor, restart: Restart) -> Self {
+        Self {
+            name: supervisor.name,
+            restart,
+            pending: Some(supervisor),
+            addr: None,
+        }
+    }
+}
+
+impl Child for SupervisorChild {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn restart_type(&self) -> Restart {
+        self.restart
+    }
+
+    fn start(&mut self, report: ExitReport) -> Result<(), StartError> {
+        let mut sup = self.pending.take().ok_or_else(|| StartError {
+            child: self.name,
+            message: "already started".into(),
+        })?;
+        sup.on_give_up = OnGiveUp::LeaveToParent;
+        sup.escalate = Box::new(move |reason| report(Exit::Escalated(reason)));
+        self.addr = Some(sup.start());
+        Ok(())
+    }
+
+    fn restart(&mut self, cause: &'static str) -> Result<(), StartError> {
+        match &self.addr {
+            Some(addr) if addr.connected() => {
+                addr.do_send(RestartChildren { cause });
+                Ok(())
+            }
+            _ => Err(StartError {
+                child: self.name,
+                message: "supervisor is gone and cannot be restarted in place".into(),
+            }),
+        }
+    }
+
+    fn stop(&mut self) -> LocalBoxFuture<'static, ()> {
+        let addr = self.addr.take();
+        async move {
+            if let Some(addr) = addr {
+                let _ = addr.send(StopChildren).await;
             }
         }
         .boxed_local()

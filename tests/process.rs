@@ -25,7 +25,8 @@ fn binary() -> Command {
 /// "switchboard starting" log line.
 fn start(dir: &Path) -> (Child, String) {
     let mut child = binary()
-        .env("SWITCHBOARD__TICKETS__BIND", "127.0.0.1:0")
+        .env("SWITCHBOARD__API__BIND", "127.0.0.1:0")
+        .env("SWITCHBOARD__CHAT__BIND", "127.0.0.1:0")
         .env("SWITCHBOARD__STORAGE__DATA_DIR", dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -39,7 +40,7 @@ fn start(dir: &Path) -> (Child, String) {
             if !sent {
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
                     if v["message"] == "switchboard starting" {
-                        let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_string());
+                        let _ = tx.send(v["api"].as_str().unwrap_or_default().to_string());
                         sent = true;
                     }
                 }
@@ -72,13 +73,13 @@ fn invalid_config_fails_at_start_naming_the_key() {
     assert!(stderr.contains("bridge.batch_max"), "{stderr}");
 
     let out = binary()
-        .env("SWITCHBOARD__TICKETS__BIND", "0.0.0.0:0")
+        .env("SWITCHBOARD__API__BIND", "0.0.0.0:0")
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("tickets.bind") && stderr.contains("API keys"),
+        stderr.contains("api.bind") && stderr.contains("API keys"),
         "{stderr}"
     );
 

@@ -6,6 +6,8 @@
 //! - one_for_all restarts every child, rest_for_one the child and those started after it;
 //! - exceeding the restart intensity stops every child and escalates with a reason;
 //! - temporary children are never restarted, transient ones only after an abnormal exit;
+//! - a nested supervisor escalates to its parent, which restarts it in place (all its children
+//!   restarted, its intensity fresh), and past the parent's intensity the escalation goes up;
 //! - `StopChildren` stops children newest first, each one finished before the previous is stopped;
 //! - under one_for_all, a temporary child that has already exited does not break a sibling's restart.
 //!
@@ -23,7 +25,7 @@ use futures_util::future::{FutureExt, LocalBoxFuture};
 use switchboard::supervisor::supervised::{self, Restart};
 use switchboard::supervisor::{
     ActorChild, Child, ChildExited, Exit, ExitReport, Intensity, StartError, StopChildren,
-    Strategy, Supervisor,
+    Strategy, Supervisor, SupervisorChild,
 };
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -147,6 +149,31 @@ impl Tree {
         intensity: Intensity,
         children: &[(&'static str, Restart)],
     ) -> Tree {
+        Self::start_tree(strategy, intensity, children, None).await
+    }
+
+    /// Like [`Tree::start`], with the workers under a nested supervisor `inner` (one_for_one, with
+    /// `inner_intensity`), itself the only (permanent) child of the root under test.
+    async fn start_nested(
+        root_intensity: Intensity,
+        inner_intensity: Intensity,
+        children: &[(&'static str, Restart)],
+    ) -> Tree {
+        Self::start_tree(
+            Strategy::OneForOne,
+            root_intensity,
+            children,
+            Some(inner_intensity),
+        )
+        .await
+    }
+
+    async fn start_tree(
+        strategy: Strategy,
+        intensity: Intensity,
+        children: &[(&'static str, Restart)],
+        nest: Option<Intensity>,
+    ) -> Tree {
         let (events, started) = unbounded_channel();
         let (escalate_tx, escalated) = unbounded_channel();
         let mut workers = Vec::new();
@@ -176,6 +203,18 @@ impl Tree {
         }
         // Only the workers hold senders now, so `started` closes once they are all dropped.
         drop(events);
+        if let Some(inner_intensity) = nest {
+            let inner = Supervisor::new(
+                "inner",
+                Strategy::OneForOne,
+                inner_intensity,
+                boxed,
+                Box::new(|reason| {
+                    panic!("a nested supervisor's escalation is its parent's: {reason}")
+                }),
+            );
+            boxed = vec![Box::new(SupervisorChild::new(inner, Restart::Permanent))];
+        }
 
         let supervisor = Supervisor::new(
             "test",
@@ -279,6 +318,60 @@ impl Tree {
             Err(TryRecvError::Disconnected) => panic!("supervisor dropped its escalation"),
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Nested supervisors
+// ---------------------------------------------------------------------------------------------
+
+#[actix_rt::test]
+async fn a_nested_supervisor_escalates_to_its_parent_which_restarts_it_in_place() {
+    let mut tree = Tree::start_nested(
+        lenient(),
+        Intensity::new(1, Duration::from_secs(60)),
+        &[("a", Restart::Permanent), ("b", Restart::Permanent)],
+    )
+    .await;
+
+    // Within the inner supervisor's intensity: only `a` restarts.
+    tree.worker("a").do_send(Boom);
+    tree.expect_starts(&[("a", 2)]).await;
+
+    // Past it: the inner supervisor escalates, the root restarts it in place, and it restarts every
+    // child in place, on the same addresses, with a fresh intensity.
+    tree.worker("a").do_send(Boom);
+    tree.expect_starts(&[("a", 3), ("b", 2)]).await;
+    assert_eq!(tree.ping("a").await.starts, 3);
+    assert_eq!(tree.ping("b").await.starts, 2);
+    tree.settle().await;
+    tree.expect_no_more_starts();
+    tree.expect_not_escalated();
+
+    // The fresh intensity allows one restart again without escalating.
+    tree.worker("b").do_send(Boom);
+    tree.expect_starts(&[("b", 3)]).await;
+    tree.settle().await;
+    tree.expect_not_escalated();
+}
+
+#[actix_rt::test]
+async fn an_escalation_past_the_parents_intensity_goes_up_the_tree_and_stops_everything() {
+    let mut tree = Tree::start_nested(
+        Intensity::new(0, Duration::from_secs(60)),
+        Intensity::new(0, Duration::from_secs(60)),
+        &[("a", Restart::Permanent), ("b", Restart::Permanent)],
+    )
+    .await;
+
+    tree.worker("b").do_send(Boom);
+    let reason = timeout(WAIT, tree.escalated.recv())
+        .await
+        .expect("the root did not escalate")
+        .expect("escalation callback dropped without being called");
+    assert!(reason.contains("inner"), "{reason}");
+    tree.expect_gone("a").await;
+    tree.expect_gone("b").await;
+    assert!(!tree.up.load(Ordering::SeqCst));
 }
 
 // ---------------------------------------------------------------------------------------------

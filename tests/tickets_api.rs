@@ -167,7 +167,7 @@ async fn concurrent_patches_with_the_same_if_match_exactly_one_wins() {
 
 #[actix_rt::test]
 async fn bad_input_gets_a_json_error_of_the_right_class() {
-    let app = spawn_app("[tickets]\nmax_body_bytes = 2048\nmax_tags = 2");
+    let app = spawn_app("[api]\nmax_body_bytes = 2048\n[tickets]\nmax_tags = 2");
     let url = app.url("/api/v1/tickets");
     let raw = |body: &'static str, ct: &'static str| {
         let url = url.clone();
@@ -463,7 +463,7 @@ async fn probes_metrics_and_request_ids_serve_operators() {
             >= 1.0
     );
     assert!(text.contains(
-        "switchboard_http_request_duration_seconds_bucket{route=\"/api/v1/tickets/{id}\""
+        "switchboard_http_request_duration_seconds_bucket{listener=\"api\",route=\"/api/v1/tickets/{id}\""
     ));
     assert!(
         metric(

@@ -13,7 +13,7 @@ use serde_json::json;
 use super::auth::Auth;
 use super::body::{parse_query, read_json};
 use super::errors::ApiError;
-use super::request_id_of;
+use super::{body_limit, request_id_of};
 use crate::config::{Scope, TicketSettings};
 use crate::domain::ids::TicketId;
 use crate::domain::patch::TicketPatch;
@@ -60,7 +60,7 @@ fn with_etag(mut resp: HttpResponse, version: u64) -> HttpResponse {
 }
 
 fn timeout(limits: &TicketSettings) -> Duration {
-    Duration::from_millis(limits.request_timeout_ms)
+    Duration::from_millis(limits.actor_timeout_ms)
 }
 
 /// The version an `If-Match` header demands; `None` when absent or `*`.
@@ -112,7 +112,7 @@ async fn create(
     limits: Limits,
 ) -> Result<HttpResponse, ApiError> {
     let caller = auth.authorize(&req, Scope::Write)?;
-    let body: NewTicket = read_json(&req, payload, limits.max_body_bytes).await?;
+    let body: NewTicket = read_json(&req, payload, body_limit(&req)).await?;
     let mut check = Checker::default();
     check.text("subject", &body.subject, limits.max_subject_chars, true);
     check.text(
@@ -223,7 +223,7 @@ async fn update(
     let caller = auth.authorize(&req, Scope::Write)?;
     let id = ticket_id(&path)?;
     let expected_version = if_match(&req)?;
-    let body: Patch = read_json(&req, payload, limits.max_body_bytes).await?;
+    let body: Patch = read_json(&req, payload, body_limit(&req)).await?;
     let mut check = Checker::default();
     if let Some(s) = &body.subject {
         check.text("subject", s, limits.max_subject_chars, true);
@@ -275,7 +275,7 @@ async fn comment(
     let caller = auth.authorize(&req, Scope::Write)?;
     let id = ticket_id(&path)?;
     let expected_version = if_match(&req)?;
-    let body: NewComment = read_json(&req, payload, limits.max_body_bytes).await?;
+    let body: NewComment = read_json(&req, payload, body_limit(&req)).await?;
     let mut check = Checker::default();
     check.text("body", &body.body, limits.max_comment_chars, true);
     if let Some(a) = &body.author {

@@ -18,7 +18,10 @@ use switchboard::RunError;
 pub const WAIT: Duration = Duration::from_secs(20);
 
 pub struct TestApp {
+    /// The REST listener.
     pub addr: SocketAddr,
+    /// The chat listener.
+    pub chat_addr: SocketAddr,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     shutdown: Option<futures_channel::oneshot::Sender<()>>,
@@ -41,18 +44,23 @@ pub fn spawn_app_in(dir: &Path, overrides: &str) -> TestApp {
     settings.testing.fault_injection = true;
     settings.log.level = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into());
     switchboard::telemetry::init_subscriber(&settings.log);
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("local addr");
+    let listeners = switchboard::Listeners {
+        api: TcpListener::bind("127.0.0.1:0").expect("bind api"),
+        chat: TcpListener::bind("127.0.0.1:0").expect("bind chat"),
+    };
+    let addr = listeners.api.local_addr().expect("local addr");
+    let chat_addr = listeners.chat.local_addr().expect("chat local addr");
     let (stop_tx, stop_rx) = futures_channel::oneshot::channel::<()>();
     let (done_tx, done_rx) = futures_channel::oneshot::channel();
     std::thread::spawn(move || {
-        let result = actix::System::new().block_on(switchboard::run(listener, settings, async {
+        let result = actix::System::new().block_on(switchboard::run(listeners, settings, async {
             let _ = stop_rx.await;
         }));
         let _ = done_tx.send(result);
     });
     TestApp {
         addr,
+        chat_addr,
         data_dir: dir.to_path_buf(),
         _tmp: None,
         shutdown: Some(stop_tx),
@@ -63,6 +71,11 @@ pub fn spawn_app_in(dir: &Path, overrides: &str) -> TestApp {
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// A URL on the chat listener.
+    pub fn chat_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.chat_addr, path)
     }
 
     /// Graceful stop (as on SIGTERM); returns what `run` returned.

@@ -1,0 +1,117 @@
+//! Running one HTTP listener as a supervised child, and the server settings every listener takes
+//! from its own config section (`[api]`, `[chat]`).
+
+use std::net::TcpListener;
+
+use actix_web::dev::{Server, ServerHandle};
+use futures_util::future::{FutureExt, LocalBoxFuture};
+
+use crate::metrics as m;
+use crate::supervisor::supervised::Exit;
+use crate::supervisor::{Child, ExitReport, Restart, StartError};
+
+/// Applies one listener's [`ListenerSettings`](crate::config::ListenerSettings) to an
+/// `HttpServer`: workers, connection cap, keep-alive (0 disables it) and the time allowed for a
+/// request's head. Signals are the process's, not the server's; `grace` bounds the drain of
+/// in-flight requests on stop. (A macro: `HttpServer`'s type parameters make a function's bounds
+/// longer than its body.)
+#[macro_export]
+macro_rules! apply_listener_settings {
+    ($server:expr, $settings:expr, $grace:expr) => {{
+        let settings: &$crate::config::ListenerSettings = $settings;
+        let keep_alive = match settings.keep_alive_ms {
+            0 => actix_web::http::KeepAlive::Disabled,
+            _ => actix_web::http::KeepAlive::Timeout(settings.keep_alive()),
+        };
+        $server
+            .workers(settings.workers)
+            .max_connections(settings.max_connections)
+            .keep_alive(keep_alive)
+            .client_request_timeout(settings.request_timeout())
+            .disable_signals()
+            .shutdown_timeout($grace.as_secs().max(1))
+    }};
+}
+
+/// Starts a server on an already-bound listener; called again on each restart.
+pub type Serve = Box<dyn Fn(TcpListener) -> std::io::Result<Server>>;
+
+/// One listener as a supervised child: permanent; restarted on a clone of the same socket if its
+/// server ever stops on its own; stopped gracefully (in-flight requests drain within
+/// `shutdown.grace_ms`). Whatever app it serves is `serve`'s.
+pub struct ListenerChild {
+    name: &'static str,
+    listener: TcpListener,
+    serve: Serve,
+    handle: Option<ServerHandle>,
+    report: Option<ExitReport>,
+}
+
+impl ListenerChild {
+    pub fn new(name: &'static str, listener: TcpListener, serve: Serve) -> Self {
+        Self {
+            name,
+            listener,
+            serve,
+            handle: None,
+            report: None,
+        }
+    }
+
+    fn launch(&mut self) -> Result<(), StartError> {
+        let child = self.name;
+        let fail = |e: std::io::Error| StartError {
+            child,
+            message: e.to_string(),
+        };
+        let listener = self.listener.try_clone().map_err(fail)?;
+        let server = (self.serve)(listener).map_err(fail)?;
+        self.handle = Some(server.handle());
+        let report = self.report.clone();
+        actix_rt::spawn(async move {
+            let result = server.await;
+            if let Some(report) = report {
+                match result {
+                    Ok(()) => report(Exit::Normal),
+                    Err(e) => report(Exit::Panicked(e.to_string())),
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+impl Child for ListenerChild {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn restart_type(&self) -> Restart {
+        Restart::Permanent
+    }
+
+    fn start(&mut self, report: ExitReport) -> Result<(), StartError> {
+        self.report = Some(report);
+        self.launch()
+    }
+
+    fn restart(&mut self, cause: &'static str) -> Result<(), StartError> {
+        metrics::counter!(m::ACTOR_RESTARTS, "kind" => self.name, "cause" => cause).increment(1);
+        if let Some(old) = self.handle.take() {
+            actix_rt::spawn(old.stop(true));
+        }
+        self.launch()
+    }
+
+    fn stop(&mut self) -> LocalBoxFuture<'static, ()> {
+        // Stopping is not an exit to report.
+        self.report = None;
+        let handle = self.handle.take();
+        async move {
+            if let Some(h) = handle {
+                h.stop(true).await;
+            }
+        }
+        .boxed_local()
+    }
+}
