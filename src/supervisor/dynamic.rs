@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use actix::dev::ContextFut;
+use actix::dev::{AsyncContextParts, ContextFut};
 use actix::prelude::*;
 use actix::WeakAddr;
 use futures_channel::oneshot;
@@ -87,9 +87,21 @@ where
 {
     let mut ctx = Context::new();
     let act = make(&mut ctx);
-    let addr = ctx.address();
+    spawn_context(sink, key, ctx.into_future(act))
+}
+
+/// Starts an actor of any context type, already built into its context's future
+/// (`ctx.into_future(act)`), as a dynamic child: for actors whose context is not actix's plain
+/// `Context`, or that need streams attached before they start.
+pub fn spawn_context<A, C, S>(sink: Arc<S>, key: S::Key, fut: ContextFut<A, C>) -> Addr<A>
+where
+    C: AsyncContextParts<A> + Unpin + 'static,
+    A: Actor<Context = C> + actix::Supervised,
+    S: ExitSink<A>,
+{
+    let addr = fut.address();
     actix_rt::spawn(DynamicSupervised {
-        fut: ctx.into_future(act),
+        fut,
         sink,
         key,
         parked: None,
@@ -98,12 +110,13 @@ where
 }
 
 /// The supervising future around one dynamic child; see the module docs.
-pub struct DynamicSupervised<A, S>
+pub struct DynamicSupervised<A, S, C = Context<A>>
 where
-    A: Actor<Context = Context<A>>,
+    C: AsyncContextParts<A> + Unpin,
+    A: Actor<Context = C>,
     S: ExitSink<A>,
 {
-    fut: ContextFut<A, Context<A>>,
+    fut: ContextFut<A, C>,
     sink: Arc<S>,
     key: S::Key,
     /// Set while the actor is parked after an exit, waiting for its supervisor's answer. Boxed: it is
@@ -118,9 +131,10 @@ struct Parking<A: Actor> {
     _mailbox: Addr<A>,
 }
 
-impl<A, S> Future for DynamicSupervised<A, S>
+impl<A, S, C> Future for DynamicSupervised<A, S, C>
 where
-    A: Actor<Context = Context<A>> + actix::Supervised,
+    C: AsyncContextParts<A> + Unpin,
+    A: Actor<Context = C> + actix::Supervised,
     S: ExitSink<A>,
 {
     type Output = ();

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
 use actix::dev::channel;
-use actix::dev::ContextFut;
+use actix::dev::{AsyncContextParts, ContextFut};
 use actix::prelude::*;
 use futures_channel::{mpsc, oneshot};
 use futures_util::future::{BoxFuture, FutureExt};
@@ -134,14 +134,41 @@ where
     A: Actor<Context = Context<A>> + actix::Supervised,
     F: FnOnce(&mut Context<A>) -> A + Send + 'static,
 {
+    let rx = mailbox.rx;
+    spawn_context_in(
+        arbiter,
+        kind,
+        restart,
+        move || {
+            let mut ctx = Context::with_receiver(rx);
+            let act = make(&mut ctx);
+            ctx.into_future(act)
+        },
+        report,
+    )
+}
+
+/// Starts an actor of any context type on `arbiter` under supervision. `make` builds the actor in
+/// its context and returns the context's future (`ctx.into_future(act)`), so an actor that needs a
+/// context of its own kind, or streams attached before it starts (a WebSocket connection's frames,
+/// say), is supervised the same way.
+pub fn spawn_context_in<A, C, F>(
+    arbiter: &ArbiterHandle,
+    kind: &'static str,
+    restart: Restart,
+    make: F,
+    report: ExitReport,
+) -> ChildHandle
+where
+    C: AsyncContextParts<A> + Unpin + 'static,
+    A: Actor<Context = C> + actix::Supervised,
+    F: FnOnce() -> ContextFut<A, C> + Send + 'static,
+{
     let (ctl_tx, ctl_rx) = mpsc::unbounded();
     let (done_tx, done_rx) = oneshot::channel();
-    let rx = mailbox.rx;
     arbiter.spawn_fn(move || {
-        let mut ctx = Context::with_receiver(rx);
-        let act = make(&mut ctx);
         actix_rt::spawn(Supervised {
-            fut: ctx.into_future(act),
+            fut: make(),
             kind,
             restart,
             report,
@@ -158,8 +185,12 @@ where
 }
 
 /// The supervising future around one actor; see the module docs.
-pub struct Supervised<A: Actor<Context = Context<A>>> {
-    fut: ContextFut<A, Context<A>>,
+pub struct Supervised<A, C = Context<A>>
+where
+    C: AsyncContextParts<A> + Unpin,
+    A: Actor<Context = C>,
+{
+    fut: ContextFut<A, C>,
     kind: &'static str,
     restart: Restart,
     report: ExitReport,
@@ -169,9 +200,10 @@ pub struct Supervised<A: Actor<Context = Context<A>>> {
     done: Option<oneshot::Sender<()>>,
 }
 
-impl<A> Supervised<A>
+impl<A, C> Supervised<A, C>
 where
-    A: Actor<Context = Context<A>> + actix::Supervised,
+    C: AsyncContextParts<A> + Unpin,
+    A: Actor<Context = C> + actix::Supervised,
 {
     fn finish(&mut self) -> Poll<()> {
         if let Some(done) = self.done.take() {
@@ -181,9 +213,10 @@ where
     }
 }
 
-impl<A> Future for Supervised<A>
+impl<A, C> Future for Supervised<A, C>
 where
-    A: Actor<Context = Context<A>> + actix::Supervised,
+    C: AsyncContextParts<A> + Unpin,
+    A: Actor<Context = C> + actix::Supervised,
 {
     type Output = ();
 
