@@ -1,62 +1,147 @@
-//! The DjangoBridge: the one component that talks to Django.
+//! The DjangoBridge: the one component that talks to Django, in two lanes that share nothing but
+//! the settings, so a slow AI never holds back ticket sync and a sync backlog never delays an AI reply.
 //!
-//! Ticket changes reach it through the durable outbox the store fills in the same transaction as the
-//! ticket write. The [`actor::Bridge`] sends them to `POST /api/tickets/sync/` in batches
-//! ([`batch::coalesce`]: one item per ticket, latest snapshot), retries failures with jittered
-//! exponential backoff behind a [`breaker::Breaker`], dead-letters events Django refuses, and fetches
-//! tickets Django knows but this node does not. It is a permanent child of the root supervisor;
-//! restarted in place after a panic it resumes from the outbox, so nothing acknowledged is lost.
+//! - **The sync lane**, [`actor::Bridge`]: durable, at-least-once delivery of what the outbox holds.
+//!   Ticket changes go to `POST /api/tickets/sync/` in batches ([`batch::coalesce`]: one item per
+//!   ticket, latest snapshot) and chat tickets to `POST /api/livechat/tickets/create/`, one call each
+//!   ([`dispatch`]); failures are retried with jittered exponential backoff behind its own
+//!   [`breaker::Breaker`], and records Django refuses are dead-lettered. Takes [`Drain`], [`GetStatus`]
+//!   and [`InjectPanic`].
+//! - **The request/response lane**, [`calls::DjangoCalls`]: calls someone is waiting for, each made
+//!   once: [`FetchTicket`] (from the ticket actors), [`AiRespond`] and [`ManageService`] (from chat).
+//!   It has its own timeout, concurrency limit and breaker, and refuses a call at once
+//!   ([`CallsError::Busy`], [`CallsError::CircuitOpen`]) rather than queue it. Takes [`GetStatus`] too.
+//!
+//! Both are permanent children of the root supervisor, on the bridge's arbiter; both are restarted in
+//! place. The sync lane resumes from the outbox, so nothing acknowledged is lost; the calls lane has
+//! nothing to resume (a call cut short by a panic answers its caller with a mailbox error).
+//! [`client::DjangoApi`] is the seam to Django: one typed method per endpoint ([`wire`] holds the
+//! bodies), each sending `X-Request-Id`.
 
 pub mod actor;
 pub mod batch;
 pub mod breaker;
+pub mod calls;
 pub mod client;
+pub mod dispatch;
+pub mod wire;
+
+use std::fmt;
 
 use actix::prelude::*;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::domain::ids::TicketId;
+use crate::domain::ids::{RequestId, TicketId};
 use crate::domain::ticket::Ticket;
+use crate::metrics as m;
+use breaker::BreakerState;
+use wire::{AiReply, AiRespondRequest, ServiceActionRequest, ServiceActionResult};
 
-/// Why the bridge could not answer.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum BridgeError {
-    #[error("Django call failed: {0}")]
-    Call(#[from] client::CallError),
-    #[error("circuit breaker is open; Django is considered down")]
-    CircuitOpen,
+/// Which lane a call, a metric or a status belongs to (the `lane` metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    /// Outbox → Django, batched and retried.
+    Sync,
+    /// Request/response calls someone waits for.
+    Calls,
 }
 
-/// Ticket actor → bridge: fetch a ticket this node does not know. Reply: it, or `None` if Django does
-/// not know it either (or no Django is configured).
+impl Lane {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sync => "sync",
+            Self::Calls => "calls",
+        }
+    }
+
+    /// Publishes the lane's breaker state and in-flight calls as gauges.
+    pub fn publish(self, breaker: BreakerState, in_flight: usize) {
+        metrics::gauge!(m::BRIDGE_BREAKER_STATE, "lane" => self.as_str()).set(breaker.gauge());
+        metrics::gauge!(m::BRIDGE_IN_FLIGHT, "lane" => self.as_str()).set(in_flight as f64);
+    }
+
+    /// Counts a call the lane refused without making it (`reason`: `busy`, `breaker`).
+    pub fn refused(self, reason: &'static str) {
+        metrics::counter!(m::BRIDGE_REFUSALS, "lane" => self.as_str(), "reason" => reason)
+            .increment(1);
+    }
+}
+
+impl fmt::Display for Lane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why the calls lane could not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallsError {
+    #[error("the Django call failed")]
+    Call(#[from] client::CallError),
+    #[error("the {lane} lane's circuit breaker is open; Django is considered down")]
+    CircuitOpen { lane: Lane },
+    #[error("the {lane} lane already has {limit} calls in flight; call refused")]
+    Busy { lane: Lane, limit: usize },
+    #[error("no django.base_url is configured")]
+    NotConfigured,
+}
+
+/// Ticket actor → calls lane: fetch a ticket this node does not know. Reply: it, or `None` if Django
+/// does not know it either (or no Django is configured).
 #[derive(Message, Debug)]
-#[rtype(result = "Result<Option<Ticket>, BridgeError>")]
+#[rtype(result = "Result<Option<Ticket>, CallsError>")]
 pub struct FetchTicket {
     pub id: TicketId,
+    /// The request that needs the ticket, sent as `X-Request-Id`; `None` mints a fresh one.
+    pub request_id: Option<RequestId>,
 }
 
-/// Shutdown → bridge: deliver what the outbox holds, for at most `deadline`. Reply: events still left.
+/// Chat → calls lane: ask Django's AI to answer a customer message. Reply: the AI's answer; on any
+/// error the chat falls back (docs/django-api.md 3.1). Never retried.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<AiReply, CallsError>")]
+pub struct AiRespond {
+    pub request: AiRespondRequest,
+    pub request_id: Option<RequestId>,
+}
+
+/// Chat → calls lane: carry out a service action the AI chose for a customer. Reply: the result the
+/// customer is shown. Never retried (docs/django-api.md 3.3).
+#[derive(Message, Debug)]
+#[rtype(result = "Result<ServiceActionResult, CallsError>")]
+pub struct ManageService {
+    pub request: ServiceActionRequest,
+    pub request_id: Option<RequestId>,
+}
+
+/// Shutdown → sync lane: deliver what the outbox holds, for at most `deadline`. Reply: entries still
+/// left.
 #[derive(Message, Debug)]
 #[rtype(result = "u64")]
 pub struct Drain {
     pub deadline: std::time::Duration,
 }
 
-/// HTTP (/readyz) → bridge: how Django looks from here.
+/// HTTP (/readyz) → either lane: how Django looks from it.
 #[derive(Message, Debug)]
-#[rtype(result = "BridgeStatus")]
+#[rtype(result = "LaneStatus")]
 pub struct GetStatus;
 
+/// One lane's view of Django, as `/readyz` shows it.
 #[derive(Debug, Clone, Serialize)]
-pub struct BridgeStatus {
+pub struct LaneStatus {
+    pub lane: Lane,
     pub configured: bool,
     pub breaker: &'static str,
     pub consecutive_failures: u32,
+    pub in_flight: usize,
     pub last_error: Option<String>,
-    pub last_success_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_success_at: Option<DateTime<Utc>>,
 }
 
-/// Test hook (only routed when `testing.fault_injection` is on): panic inside the bridge.
+/// Test hook (only routed when `testing.fault_injection` is on): panic inside the sync lane.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct InjectPanic;

@@ -148,6 +148,10 @@ pub struct BridgeSettings {
     pub breaker_cooldown_ms: u64,
     pub drain_timeout_ms: u64,
     pub queue_depth: usize,
+    pub calls_timeout_ms: u64,
+    pub calls_max_in_flight: usize,
+    pub calls_breaker_threshold: u32,
+    pub calls_breaker_cooldown_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -335,6 +339,19 @@ impl Settings {
             "bridge.breaker_threshold",
             self.bridge.breaker_threshold as u64,
         )?;
+        positive("bridge.calls_timeout_ms", self.bridge.calls_timeout_ms)?;
+        positive(
+            "bridge.calls_max_in_flight",
+            self.bridge.calls_max_in_flight as u64,
+        )?;
+        positive(
+            "bridge.calls_breaker_threshold",
+            self.bridge.calls_breaker_threshold as u64,
+        )?;
+        positive(
+            "bridge.calls_breaker_cooldown_ms",
+            self.bridge.calls_breaker_cooldown_ms,
+        )?;
         positive("supervisor.max_seconds", self.supervisor.max_seconds)?;
         positive(
             "supervisor.ticket_max_seconds",
@@ -434,6 +451,15 @@ mod tests {
         assert!(err.to_string().contains("bridge.batch_max"), "{err}");
         let err = Settings::from_toml("[django]\nbase_url = \"ftp://x\"").unwrap_err();
         assert!(err.to_string().contains("django.base_url"), "{err}");
+        for key in [
+            "calls_timeout_ms",
+            "calls_max_in_flight",
+            "calls_breaker_threshold",
+            "calls_breaker_cooldown_ms",
+        ] {
+            let err = Settings::from_toml(&format!("[bridge]\n{key} = 0")).unwrap_err();
+            assert!(err.to_string().contains(&format!("bridge.{key}")), "{err}");
+        }
         let err = Settings::from_toml("[bridge]\nflush_ms = \"soon\"").unwrap_err();
         assert!(err.to_string().contains("flush_ms"), "{err}");
         let err = Settings::from_toml("[storage]\nsynchronous = \"sometimes\"").unwrap_err();

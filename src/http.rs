@@ -29,6 +29,7 @@ use futures_util::future::{FutureExt, LocalBoxFuture};
 use tracing::Instrument;
 
 use crate::bridge::actor::Bridge;
+use crate::bridge::calls::DjangoCalls;
 use crate::config::Settings;
 use crate::domain::ids::RequestId;
 use crate::metrics as m;
@@ -42,6 +43,8 @@ pub struct HttpDeps {
     pub settings: Arc<Settings>,
     pub registry: Addr<TicketRegistry>,
     pub bridge: Addr<Bridge>,
+    /// The Django request/response lane (`/readyz`, and the debug routes' AI and service calls).
+    pub calls: Addr<DjangoCalls>,
     pub store: Arc<dyn TicketStore>,
     pub outbox: Arc<dyn Outbox>,
     pub ops: ops::Ops,
@@ -136,6 +139,7 @@ pub fn start_api_server(
         App::new()
             .app_data(web::Data::new(d.registry.clone()))
             .app_data(web::Data::new(d.bridge.clone()))
+            .app_data(web::Data::new(d.calls.clone()))
             .app_data(web::Data::new(d.store.clone()))
             .app_data(web::Data::new(d.outbox.clone()))
             .app_data(web::Data::new(d.settings.tickets.clone()))

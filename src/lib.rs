@@ -4,7 +4,9 @@
 //! run()  ── owns the listener and the shutdown signal; exits non-zero if the root escalates
 //!  └─ root supervisor  (one_for_one, supervisor.max_restarts in supervisor.max_seconds)
 //!      ├─ store          SqliteStore: writer thread (group commit) + reader threads   [permanent]
-//!      ├─ bridge         Bridge actor, own arbiter: outbox → Django, FetchTicket      [permanent]
+//!      ├─ bridge         Bridge actor (sync lane), own arbiter: outbox → Django       [permanent]
+//!      ├─ django_calls   DjangoCalls actor (request/response lane), bridge's arbiter:  [permanent]
+//!      │                 FetchTicket, AiRespond, ManageService; own limit and breaker
 //!      ├─ tickets        TicketRegistry actor, own arbiter; a dynamic supervisor      [permanent]
 //!      │    └─ ticket*   TicketActor per live ticket (one_for_one, transient,
 //!      │                 supervisor.ticket_max_restarts; past it: escalate to root);
@@ -41,6 +43,7 @@ use actix::prelude::*;
 use futures_util::future::{FutureExt, LocalBoxFuture};
 
 use crate::bridge::actor::Bridge;
+use crate::bridge::calls::DjangoCalls;
 use crate::bridge::Drain;
 use crate::config::Settings;
 use crate::http::listener::ListenerChild;
@@ -194,9 +197,28 @@ pub async fn run(
         })
     };
 
+    // The request/response lane: calls someone waits for, apart from the sync lane's backlog.
+    let (calls_addr, calls_mailbox) =
+        supervised::mailbox::<DjangoCalls>(settings.bridge.queue_depth);
+    let calls_child = {
+        let django = settings.django.clone();
+        let bridge_settings = settings.bridge.clone();
+        let arbiter = bridge_arbiter.handle();
+        ActorChild::new("django_calls", Restart::Permanent, move |report| {
+            supervised::spawn_in(
+                &arbiter,
+                "django_calls",
+                Restart::Permanent,
+                calls_mailbox,
+                move |_| DjangoCalls::new(django, &bridge_settings),
+                report,
+            )
+        })
+    };
+
     let tickets_child = {
         let store = store.clone();
-        let django = bridge_addr.clone().recipient();
+        let django = calls_addr.clone().recipient();
         let arbiter = tickets_arbiter.handle();
         let config = RegistryConfig {
             idle_timeout: settings.idle_timeout(),
@@ -241,6 +263,7 @@ pub async fn run(
         settings: settings.clone(),
         registry: registry_addr.clone(),
         bridge: bridge_addr.clone(),
+        calls: calls_addr.clone(),
         store: store.clone(),
         outbox,
         ops: http::ops::Ops {
@@ -254,6 +277,7 @@ pub async fn run(
             store: store.clone(),
         }),
         Box::new(bridge_child),
+        Box::new(calls_child),
         Box::new(tickets_child),
         Box::new(chat_tree(listeners.chat, &settings)),
         Box::new(ListenerChild::new(

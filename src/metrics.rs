@@ -21,6 +21,8 @@ pub const OUTBOX_OLDEST_AGE: &str = "switchboard_outbox_oldest_age_seconds";
 pub const BRIDGE_BATCH_SIZE: &str = "switchboard_bridge_batch_size";
 pub const BRIDGE_EVENTS_DELIVERED: &str = "switchboard_bridge_events_delivered_total";
 pub const BRIDGE_BREAKER_STATE: &str = "switchboard_bridge_breaker_state";
+pub const BRIDGE_IN_FLIGHT: &str = "switchboard_bridge_in_flight";
+pub const BRIDGE_REFUSALS: &str = "switchboard_bridge_refusals_total";
 pub const DJANGO_DURATION: &str = "switchboard_django_request_duration_seconds";
 pub const DJANGO_FAILURES: &str = "switchboard_django_failures_total";
 pub const DEAD_LETTERS: &str = "switchboard_dead_letters_total";
@@ -41,6 +43,10 @@ pub const STORE_SYNC_ERRORS: &str = "switchboard_store_sync_errors_total";
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+/// Django calls: from a fast lookup to a slow AI reply, past the longest sensible timeout.
+const DJANGO_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 30.0,
+];
 const SIZE_BUCKETS: &[f64] = &[
     1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
 ];
@@ -51,8 +57,12 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
+            // A full-name matcher wins over a suffix one.
             let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .set_buckets_for_metric(Matcher::Full(DJANGO_DURATION.into()), DJANGO_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                })
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Suffix("_size".into()), SIZE_BUCKETS)
                 })
@@ -102,16 +112,21 @@ fn describe() {
     );
     describe_gauge!(
         BRIDGE_BREAKER_STATE,
-        "Circuit breaker: 0 closed, 1 half-open, 2 open."
+        "Circuit breaker by lane (sync, calls): 0 closed, 1 half-open, 2 open."
+    );
+    describe_gauge!(BRIDGE_IN_FLIGHT, "Django calls in flight by lane.");
+    describe_counter!(
+        BRIDGE_REFUSALS,
+        "Django calls a lane refused without making them, by lane and reason (busy, breaker)."
     );
     describe_histogram!(
         DJANGO_DURATION,
         Unit::Seconds,
-        "Django call latency by endpoint."
+        "Django call latency by lane and endpoint."
     );
     describe_counter!(
         DJANGO_FAILURES,
-        "Failed Django calls by endpoint and reason."
+        "Failed Django calls by lane, endpoint and reason."
     );
     describe_counter!(DEAD_LETTERS, "Events moved to the dead-letter table.");
     describe_gauge!(

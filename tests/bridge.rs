@@ -137,7 +137,7 @@ async fn circuit_breaker_opens_on_a_dead_django_then_a_probe_closes_it() {
     let url = app.url("/readyz");
     eventually("breaker open", || {
         let url = url.clone();
-        async move { get(&url).await.body["django"]["breaker"] == "open" }
+        async move { get(&url).await.body["django"]["sync"]["breaker"] == "open" }
     })
     .await;
     let ready = get(&url).await;
@@ -152,7 +152,7 @@ async fn circuit_breaker_opens_on_a_dead_django_then_a_probe_closes_it() {
     django.wait_delivered(&[(id, 1)]).await;
     eventually("breaker closed", || {
         let url = url.clone();
-        async move { get(&url).await.body["django"]["breaker"] == "closed" }
+        async move { get(&url).await.body["django"]["sync"]["breaker"] == "closed" }
     })
     .await;
 }

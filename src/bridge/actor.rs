@@ -1,37 +1,27 @@
-//! The bridge actor. One delivery cycle runs at a time: peek the oldest `bridge.batch_max` outbox
-//! entries, coalesce, send, then ack what Django took and dead-letter what it refused — in the store —
-//! before the next cycle. A cycle starts when `batch_max` new entries were appended, every
-//! `bridge.flush_ms`, or when a backoff delay ends. Entries leave the outbox only after Django answered
-//! 2xx, so a crash or restart anywhere resends them, with the same event ids.
+//! The sync lane's actor. One delivery cycle ([`super::dispatch::run_cycle`]) runs at a time: peek
+//! the oldest `bridge.batch_max` outbox entries, send ticket syncs and chat tickets, then ack what Django
+//! took and dead-letter what it refused — in the store — before the next cycle. A cycle starts when
+//! `batch_max` new entries were appended, every `bridge.flush_ms`, or when a backoff delay ends.
+//! Entries leave the outbox only after Django answered 2xx, so a crash or restart anywhere resends
+//! them, with the same event ids. Started by the root supervisor (child `bridge`); takes [`Drain`],
+//! [`GetStatus`] and [`InjectPanic`]. Calls someone waits for go through the other lane
+//! ([`super::calls`]).
 
-use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
-use futures_util::future::{FutureExt, LocalBoxFuture};
 use tokio::sync::oneshot;
 
-use super::batch::{coalesce, SyncItem};
-use super::breaker::{backoff, Breaker, BreakerState};
-use super::client::{AwcDjango, CallError, DjangoApi, SyncOutcome};
-use super::{BridgeError, BridgeStatus, Drain, FetchTicket, GetStatus, InjectPanic};
+use super::breaker::{backoff, Breaker};
+use super::client::{chain, AwcDjango, DjangoApi};
+use super::dispatch::{run_cycle, Report};
+use super::{Drain, GetStatus, InjectPanic, Lane, LaneStatus};
 use crate::config::{BridgeSettings, DjangoSettings};
-use crate::domain::ticket::Ticket;
 use crate::metrics as m;
-use crate::store::{Outbox, Rejection, StoreError};
-
-/// What one delivery cycle did.
-#[derive(Debug, Default)]
-struct Report {
-    entries: usize,
-    delivered: Vec<i64>,
-    rejected: Vec<Rejection>,
-    failed: Option<CallError>,
-    calls: u32,
-}
+use crate::store::{Outbox, StoreError};
 
 struct Draining {
     deadline: Instant,
@@ -79,8 +69,11 @@ impl Bridge {
         }
     }
 
-    fn publish_breaker(&self) {
-        metrics::gauge!(m::BRIDGE_BREAKER_STATE).set(self.breaker.state(Instant::now()).gauge());
+    fn publish(&self) {
+        Lane::Sync.publish(
+            self.breaker.state(Instant::now()),
+            usize::from(self.in_flight),
+        );
     }
 
     fn maybe_flush(&mut self, ctx: &mut Context<Self>) {
@@ -107,25 +100,8 @@ impl Bridge {
         self.cycle_mark = total;
         let outbox = self.outbox.clone();
         let batch_max = self.settings.batch_max;
-        let cycle = async move {
-            let entries = outbox.peek(batch_max).await?;
-            let mut report = Report {
-                entries: entries.len(),
-                ..Report::default()
-            };
-            if entries.is_empty() {
-                return Ok(report);
-            }
-            metrics::histogram!(m::BRIDGE_BATCH_SIZE).record(entries.len() as f64);
-            deliver(api, coalesce(&entries), &mut report).await;
-            if !report.delivered.is_empty() {
-                outbox.ack(report.delivered.clone()).await?;
-            }
-            if !report.rejected.is_empty() {
-                outbox.dead_letter(report.rejected.clone()).await?;
-            }
-            Ok::<_, StoreError>(report)
-        };
+        let cycle = async move { run_cycle(&*outbox, api, batch_max).await };
+        self.publish();
         let span = tracing::info_span!("bridge_cycle");
         ctx.spawn(
             tracing::Instrument::instrument(cycle, span)
@@ -162,7 +138,7 @@ impl Bridge {
         }
         if let Some(e) = report.failed {
             self.breaker.on_failure(now);
-            self.schedule_retry(e.to_string(), now, ctx);
+            self.schedule_retry(chain(&e), now, ctx);
         } else {
             if report.calls > 0 {
                 self.breaker.on_success();
@@ -185,7 +161,7 @@ impl Bridge {
                 }
             }
         }
-        self.publish_breaker();
+        self.publish();
         if self.draining.as_ref().is_some_and(|d| now >= d.deadline) {
             self.finish_drain_now();
         }
@@ -225,7 +201,7 @@ impl Bridge {
     }
 
     fn refresh_gauges(&mut self, ctx: &mut Context<Self>) {
-        self.publish_breaker();
+        self.publish();
         let stats = self.outbox.stats();
         ctx.spawn(
             async move {
@@ -247,74 +223,16 @@ impl Bridge {
     }
 }
 
-/// Sends `items`, isolating refused ones: events Django names are dead-lettered and the rest resent;
-/// a refusal naming none is bisected until single tickets remain. Stops at the first failure.
-fn deliver(
-    api: Rc<dyn DjangoApi>,
-    items: Vec<SyncItem>,
-    report: &mut Report,
-) -> LocalBoxFuture<'_, ()> {
-    async move {
-        let mut queue: VecDeque<Vec<SyncItem>> = VecDeque::from([items]);
-        while let Some(chunk) = queue.pop_front() {
-            report.calls += 1;
-            match api.sync(&chunk).await {
-                SyncOutcome::Delivered => {
-                    report
-                        .delivered
-                        .extend(chunk.iter().flat_map(|i| i.seqs.iter().copied()));
-                }
-                SyncOutcome::Rejected { status, named } => {
-                    let blamed = |item: &SyncItem| {
-                        named.iter().find(|(id, _)| {
-                            *id == item.event_id || item.coalesced_event_ids.contains(id)
-                        })
-                    };
-                    let (bad, good): (Vec<_>, Vec<_>) =
-                        chunk.into_iter().partition(|i| blamed(i).is_some());
-                    if !bad.is_empty() {
-                        for item in &bad {
-                            let why = blamed(item).map(|(_, m)| m.clone()).unwrap_or_default();
-                            reject(report, item, status, &why);
-                        }
-                        if !good.is_empty() {
-                            queue.push_front(good);
-                        }
-                    } else if good.len() == 1 {
-                        reject(report, &good[0], status, "refused by Django");
-                    } else {
-                        let mut left = good;
-                        let right = left.split_off(left.len() / 2);
-                        queue.push_front(right);
-                        queue.push_front(left);
-                    }
-                }
-                SyncOutcome::Failed(e) => {
-                    report.failed = Some(e);
-                    return;
-                }
-            }
-        }
-    }
-    .boxed_local()
-}
-
-fn reject(report: &mut Report, item: &SyncItem, status: u16, why: &str) {
-    for seq in &item.seqs {
-        report.rejected.push(Rejection {
-            seq: *seq,
-            status_code: Some(status),
-            error: format!("HTTP {status}: {why}"),
-        });
-    }
-}
-
 impl Actor for Bridge {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if !self.django.base_url.is_empty() {
-            self.api = Some(Rc::new(AwcDjango::new(&self.django)));
+            self.api = Some(Rc::new(AwcDjango::new(
+                &self.django,
+                Lane::Sync,
+                Duration::from_millis(self.django.timeout_ms),
+            )));
         } else {
             tracing::info!("no django.base_url configured; changes stay in the outbox");
         }
@@ -352,21 +270,6 @@ impl StreamHandler<()> for Bridge {
     }
 }
 
-impl Handler<FetchTicket> for Bridge {
-    type Result = ResponseFuture<Result<Option<Ticket>, BridgeError>>;
-
-    fn handle(&mut self, msg: FetchTicket, _: &mut Context<Self>) -> Self::Result {
-        let Some(api) = self.api.clone() else {
-            return Box::pin(async { Ok(None) });
-        };
-        if self.breaker.state(Instant::now()) == BreakerState::Open {
-            return Box::pin(async { Err(BridgeError::CircuitOpen) });
-        }
-        let fut = api.fetch_ticket(msg.id);
-        Box::pin(async move { fut.await.map_err(BridgeError::Call) })
-    }
-}
-
 impl Handler<Drain> for Bridge {
     type Result = ResponseFuture<u64>;
 
@@ -397,10 +300,12 @@ impl Handler<GetStatus> for Bridge {
     type Result = MessageResult<GetStatus>;
 
     fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(BridgeStatus {
+        MessageResult(LaneStatus {
+            lane: Lane::Sync,
             configured: self.api.is_some(),
             breaker: self.breaker.state(Instant::now()).as_str(),
             consecutive_failures: self.failures,
+            in_flight: usize::from(self.in_flight),
             last_error: self.last_error.clone(),
             last_success_at: self.last_success_at,
         })
@@ -411,6 +316,6 @@ impl Handler<InjectPanic> for Bridge {
     type Result = ();
 
     fn handle(&mut self, _: InjectPanic, _: &mut Context<Self>) {
-        panic!("injected panic in the Django bridge");
+        panic!("injected panic in the Django bridge's sync lane");
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::domain::ids::{EventId, TicketId};
+use crate::domain::ids::{EventId, RequestId, TicketId};
 use crate::domain::ticket::{Comment, EventKind, Ticket};
 use crate::store::{OutboxEntry, OutboxRecord};
 
@@ -21,6 +21,9 @@ pub struct SyncItem {
     pub coalesced_event_ids: Vec<EventId>,
     pub ticket: Ticket,
     pub comments: Vec<Comment>,
+    /// The request behind the newest folded change that has one (docs/django-api.md, "Request ids").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<RequestId>,
     /// Outbox positions folded into this item; not sent.
     #[serde(skip)]
     pub seqs: Vec<i64>,
@@ -46,6 +49,7 @@ pub fn coalesce(entries: &[OutboxEntry]) -> Vec<SyncItem> {
                 coalesced_event_ids: Vec::new(),
                 ticket: r.ticket.clone(),
                 comments: Vec::new(),
+                request_id: None,
                 seqs: Vec::new(),
             }
         });
@@ -54,6 +58,9 @@ pub fn coalesce(entries: &[OutboxEntry]) -> Vec<SyncItem> {
             item.version = r.version;
             item.occurred_at = r.occurred_at;
             item.ticket = r.ticket.clone();
+            if r.request_id.is_some() {
+                item.request_id = r.request_id.clone();
+            }
         }
         if !item.kinds.contains(&r.kind) {
             item.kinds.push(r.kind);
@@ -150,6 +157,30 @@ mod tests {
         );
         assert_eq!(items[1].ticket_id, b);
         assert_eq!(items[1].seqs, vec![2]);
+    }
+
+    #[test]
+    fn an_item_carries_the_request_id_of_its_newest_change_that_has_one() {
+        let a = TicketId::new();
+        let mut entries = vec![
+            entry(1, a, 1, EventKind::Created, false),
+            entry(2, a, 2, EventKind::Updated, false),
+            entry(3, a, 3, EventKind::Updated, false),
+        ];
+        for (i, id) in [(0, Some("first")), (1, Some("second")), (2, None)] {
+            if let OutboxRecord::TicketSync(r) = &mut entries[i].record {
+                r.request_id = id.map(RequestId::from);
+            }
+        }
+        let items = coalesce(&entries);
+        assert_eq!(items[0].request_id, Some(RequestId::from("second")));
+        let v = serde_json::to_value(&items[0]).unwrap();
+        assert_eq!(v["request_id"], "second");
+        let alone = coalesce(&entries[2..]);
+        assert!(serde_json::to_value(&alone[0])
+            .unwrap()
+            .get("request_id")
+            .is_none());
     }
 
     #[test]

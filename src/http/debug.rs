@@ -1,16 +1,19 @@
 //! `/api/v1/debug/…`: fault injection for tests, routed only when `testing.fault_injection` is on
 //! (which config refuses on a non-loopback bind): make a ticket actor or the bridge panic inside a
-//! handler, count live ticket actors, passivate them all.
+//! handler, count live ticket actors, passivate them all, and call Django's AI and service-action
+//! endpoints through the request/response lane (no chat listener serves them yet).
 
 use std::time::Duration;
 
 use actix::Addr;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use super::errors::ApiError;
 use crate::bridge::actor::Bridge;
-use crate::bridge::InjectPanic as BridgePanic;
+use crate::bridge::calls::DjangoCalls;
+use crate::bridge::wire::{AiRespondRequest, ServiceActionRequest};
+use crate::bridge::{AiRespond, InjectPanic as BridgePanic, ManageService};
 use crate::ticket::actor::InjectPanic;
 use crate::ticket::registry::{CountLive, Lookup, PassivateAll, TicketRegistry};
 
@@ -18,7 +21,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/debug/tickets/live", web::get().to(live_tickets))
         .route("/debug/tickets/passivate", web::post().to(passivate_all))
         .route("/debug/tickets/{id}/panic", web::post().to(panic_ticket))
-        .route("/debug/bridge/panic", web::post().to(panic_bridge));
+        .route("/debug/bridge/panic", web::post().to(panic_bridge))
+        .route("/debug/django/ai-respond", web::post().to(ai_respond))
+        .route(
+            "/debug/django/services-manage",
+            web::post().to(manage_service),
+        );
 }
 
 async fn panic_ticket(
@@ -61,4 +69,36 @@ async fn passivate_all(
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
     Ok(HttpResponse::Accepted().json(json!({ "passivating": asked })))
+}
+
+/// Asks the AI through the calls lane, as chat will, carrying this request's id.
+async fn ai_respond(
+    req: HttpRequest,
+    body: web::Json<AiRespondRequest>,
+    calls: web::Data<Addr<DjangoCalls>>,
+) -> Result<HttpResponse, ApiError> {
+    let reply = calls
+        .send(AiRespond {
+            request: body.into_inner(),
+            request_id: super::request_id_of(&req),
+        })
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))??;
+    Ok(HttpResponse::Ok().json(reply))
+}
+
+/// Carries out a service action through the calls lane, carrying this request's id.
+async fn manage_service(
+    req: HttpRequest,
+    body: web::Json<ServiceActionRequest>,
+    calls: web::Data<Addr<DjangoCalls>>,
+) -> Result<HttpResponse, ApiError> {
+    let result = calls
+        .send(ManageService {
+            request: body.into_inner(),
+            request_id: super::request_id_of(&req),
+        })
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))??;
+    Ok(HttpResponse::Ok().json(result))
 }

@@ -5,6 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use crate::bridge::CallsError;
 use crate::domain::validate::{FieldError, ValidationError};
 use crate::store::StoreError;
 use crate::ticket::TicketError;
@@ -121,6 +122,24 @@ impl From<TicketError> for ApiError {
             ),
             TicketError::Unavailable(_) => Self::unavailable(e.to_string()),
         }
+    }
+}
+
+/// A Django call someone waited for: 503 in every case, the code saying why (the lane refused it at
+/// once, or Django failed it).
+impl From<CallsError> for ApiError {
+    fn from(e: CallsError) -> Self {
+        let code = match &e {
+            CallsError::Busy { .. } => "django_busy",
+            CallsError::CircuitOpen { .. } => "django_circuit_open",
+            CallsError::NotConfigured => "django_not_configured",
+            CallsError::Call(_) => "django_unavailable",
+        };
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            code,
+            crate::bridge::client::chain(&e),
+        )
     }
 }
 

@@ -1,5 +1,6 @@
 //! Operator endpoints outside `/api`: `/healthz` (the process answers), `/readyz` (store open and
-//! supervision tree up; Django's state is reported but does not fail readiness) and `/metrics`.
+//! supervision tree up; each Django lane's state is reported but does not fail readiness) and
+//! `/metrics`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use serde_json::json;
 use super::auth::{bearer, constant_time_eq};
 use super::errors::ApiError;
 use crate::bridge::actor::Bridge;
+use crate::bridge::calls::DjangoCalls;
 use crate::bridge::GetStatus;
 use crate::store::{Outbox, TicketStore};
 
@@ -40,16 +42,25 @@ async fn readyz(
     store: web::Data<Arc<dyn TicketStore>>,
     outbox: web::Data<Arc<dyn Outbox>>,
     bridge: web::Data<Addr<Bridge>>,
+    calls: web::Data<Addr<DjangoCalls>>,
 ) -> HttpResponse {
     let store_ok = matches!(
         tokio::time::timeout(Duration::from_secs(2), store.ping()).await,
         Ok(Ok(()))
     );
     let tree_up = ops.tree_up.load(Ordering::SeqCst);
-    let django = match tokio::time::timeout(Duration::from_secs(1), bridge.send(GetStatus)).await {
+    let wait = Duration::from_secs(1);
+    let (sync, calls) = futures_util::future::join(
+        tokio::time::timeout(wait, bridge.send(GetStatus)),
+        tokio::time::timeout(wait, calls.send(GetStatus)),
+    )
+    .await;
+    let configured = matches!(&sync, Ok(Ok(s)) if s.configured);
+    let lane = |status: Result<Result<_, _>, _>| match status {
         Ok(Ok(status)) => json!(status),
-        _ => json!({"error": "bridge did not answer"}),
+        _ => json!({"error": "lane did not answer"}),
     };
+    let django = json!({"configured": configured, "sync": lane(sync), "calls": lane(calls)});
     let outbox = match tokio::time::timeout(Duration::from_secs(2), outbox.stats()).await {
         Ok(Ok(s)) => json!({"depth": s.depth, "oldest": s.oldest, "dead_letters": s.dead_letters}),
         _ => json!(null),

@@ -183,10 +183,14 @@ impl Actor for TicketActor {
                 return Ok((Some(t), "store"));
             }
             let fetched = django
-                .send(FetchTicket { id })
+                // The activating request's id is not known here yet; the lane mints one.
+                .send(FetchTicket {
+                    id,
+                    request_id: None,
+                })
                 .await
                 .map_err(|e| TicketError::DjangoUnavailable(e.to_string()))?
-                .map_err(|e| TicketError::DjangoUnavailable(e.to_string()))?;
+                .map_err(|e| TicketError::DjangoUnavailable(crate::bridge::client::chain(&e)))?;
             match fetched {
                 Some(t) => {
                     let event = TicketEvent {

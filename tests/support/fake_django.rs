@@ -1,6 +1,7 @@
 //! A fake Django: a real HTTP server on an ephemeral port, in its own thread, that records every call
 //! and answers as told: succeed, fail with a status, stall until released, return garbage, or refuse
-//! chosen tickets (naming their events, or not).
+//! chosen tickets (naming their events, or not). Ticket sync and fetch, and the three live-chat
+//! endpoints (AI respond, chat ticket create, services manage), each scripted on its own.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::TcpListener;
@@ -54,8 +55,42 @@ pub enum FetchReply {
     Status(u16),
 }
 
+/// The live-chat endpoints, each scripted and recorded on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChatEndpoint {
+    AiRespond,
+    ChatTicket,
+    ManageService,
+}
+
+impl ChatEndpoint {
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::AiRespond => "/api/livechat/ai/respond/",
+            Self::ChatTicket => "/api/livechat/tickets/create/",
+            Self::ManageService => "/api/livechat/services/manage/",
+        }
+    }
+}
+
+/// One live-chat call as the fake saw it (recorded when it arrives, before any stall).
+#[derive(Debug, Clone)]
+pub struct ChatCall {
+    pub endpoint: ChatEndpoint,
+    pub body: Value,
+    pub authorization: Option<String>,
+    pub request_id: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
 #[derive(Default)]
 struct Inner {
+    /// Per chat endpoint: scripted answers, then its default (`Ok` when unset).
+    chat_script: HashMap<ChatEndpoint, VecDeque<Behavior>>,
+    chat_default: HashMap<ChatEndpoint, Behavior>,
+    chat_calls: Vec<ChatCall>,
+    /// Ticket ids the chat ticket endpoint has created (a repeat answers 200).
+    chat_tickets: HashSet<String>,
     script: VecDeque<Behavior>,
     default: Option<Behavior>,
     /// Events of every batch answered 2xx, in order.
@@ -97,6 +132,18 @@ impl FakeDjango {
                         .app_data(web::Data::new(s.clone()))
                         .route("/api/tickets/sync/", web::post().to(sync))
                         .route("/api/tickets/{id}/", web::get().to(fetch))
+                        .route(
+                            ChatEndpoint::AiRespond.path(),
+                            web::post().to(|r, b, s| chat(ChatEndpoint::AiRespond, r, b, s)),
+                        )
+                        .route(
+                            ChatEndpoint::ChatTicket.path(),
+                            web::post().to(|r, b, s| chat(ChatEndpoint::ChatTicket, r, b, s)),
+                        )
+                        .route(
+                            ChatEndpoint::ManageService.path(),
+                            web::post().to(|r, b, s| chat(ChatEndpoint::ManageService, r, b, s)),
+                        )
                 })
                 .workers(1)
                 .disable_signals()
@@ -142,6 +189,34 @@ impl FakeDjango {
             .unwrap()
             .tickets
             .insert(id.to_string(), reply);
+    }
+
+    /// Answers every call to `endpoint` not otherwise scripted with `b` (`Status`, `Stall`, `Garbage`,
+    /// `Garbage200` or `Ok`).
+    pub fn set_chat_default(&self, endpoint: ChatEndpoint, b: Behavior) {
+        self.shared
+            .inner
+            .lock()
+            .unwrap()
+            .chat_default
+            .insert(endpoint, b);
+    }
+
+    /// The next call to `endpoint` gets `b`.
+    pub fn push_chat(&self, endpoint: ChatEndpoint, b: Behavior) {
+        let mut inner = self.shared.inner.lock().unwrap();
+        inner.chat_script.entry(endpoint).or_default().push_back(b);
+    }
+
+    /// Calls to `endpoint` so far, in order.
+    pub fn chat_calls(&self, endpoint: ChatEndpoint) -> Vec<ChatCall> {
+        let inner = self.shared.inner.lock().unwrap();
+        inner
+            .chat_calls
+            .iter()
+            .filter(|c| c.endpoint == endpoint)
+            .cloned()
+            .collect()
     }
 
     pub fn fetches(&self) -> Vec<String> {
@@ -305,5 +380,77 @@ async fn fetch(path: web::Path<String>, s: web::Data<Shared>) -> HttpResponse {
         Some(FetchReply::Status(code)) => {
             HttpResponse::build(awc::http::StatusCode::from_u16(code).unwrap()).finish()
         }
+    }
+}
+
+/// The answer a healthy Django gives each chat endpoint; the chat ticket endpoint answers 201 the first
+/// time it sees a ticket id and 200 after.
+fn chat_ok(endpoint: ChatEndpoint, body: &Value, s: &Shared) -> HttpResponse {
+    match endpoint {
+        ChatEndpoint::AiRespond => HttpResponse::Ok().json(json!({
+            "reply": format!("You said: {}", body["message"].as_str().unwrap_or("")),
+            "confidence": 0.9, "handoff": false, "suggested_actions": []
+        })),
+        ChatEndpoint::ChatTicket => {
+            let id = body["ticket_id"].as_str().unwrap_or_default().to_string();
+            let created = s.inner.lock().unwrap().chat_tickets.insert(id.clone());
+            let answer = json!({"ticket_id": id, "url": format!("https://support.example.com/tickets/{id}")});
+            if created {
+                HttpResponse::Created().json(answer)
+            } else {
+                HttpResponse::Ok().json(answer)
+            }
+        }
+        ChatEndpoint::ManageService => HttpResponse::Ok().json(json!({
+            "ok": true,
+            "message": format!("{} done for {}", body["operation"].as_str().unwrap_or("?"), body["service"].as_str().unwrap_or("?")),
+            "data": {"action_id": body["action_id"]}
+        })),
+    }
+}
+
+async fn chat(
+    endpoint: ChatEndpoint,
+    req: HttpRequest,
+    body: web::Bytes,
+    s: web::Data<Shared>,
+) -> HttpResponse {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let behavior = {
+        let mut inner = s.inner.lock().unwrap();
+        inner.chat_calls.push(ChatCall {
+            endpoint,
+            body: body.clone(),
+            authorization: header(&req, "Authorization"),
+            request_id: header(&req, "X-Request-Id"),
+            idempotency_key: header(&req, "Idempotency-Key"),
+        });
+        let scripted = inner
+            .chat_script
+            .get_mut(&endpoint)
+            .and_then(VecDeque::pop_front);
+        scripted
+            .or_else(|| inner.chat_default.get(&endpoint).cloned())
+            .unwrap_or(Behavior::Ok)
+    };
+    match behavior {
+        Behavior::Status(code) => {
+            HttpResponse::build(awc::http::StatusCode::from_u16(code).unwrap())
+                .json(json!({"detail": "scripted failure"}))
+        }
+        Behavior::Garbage => HttpResponse::InternalServerError()
+            .content_type("text/html")
+            .body("<html><body>Server Error (500)</body></html>"),
+        Behavior::Garbage200 => HttpResponse::Ok()
+            .content_type("text/html")
+            .body("<html><body>Please log in</body></html>"),
+        Behavior::Stall => {
+            let notified = s.release.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            notified.await;
+            chat_ok(endpoint, &body, &s)
+        }
+        _ => chat_ok(endpoint, &body, &s),
     }
 }

@@ -1,0 +1,220 @@
+//! The JSON Django's endpoints take and give, one typed struct per body (docs/django-api.md is the
+//! contract). Pure data: the client serializes requests and parses answers with these, nothing else.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::batch::SyncItem;
+use crate::domain::chat::TranscriptLine;
+use crate::domain::ids::{EventId, MessageId, RequestId, SessionId, TicketId};
+use crate::domain::status::Status;
+use crate::domain::ticket::{Priority, Source, Ticket};
+use crate::store::ChatTicketRecord;
+
+/// `POST /api/tickets/sync/`: one batch of coalesced ticket changes.
+#[derive(Debug, Serialize)]
+pub struct SyncBatch<'a> {
+    pub batch_id: Uuid,
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
+    pub sent_at: DateTime<Utc>,
+    pub events: &'a [SyncItem],
+}
+
+/// A 400/409/422 answer to a sync batch naming the events Django can never apply.
+#[derive(Debug, Default, Deserialize)]
+pub struct RejectedBody {
+    #[serde(default)]
+    pub rejected: Vec<RejectedEvent>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RejectedEvent {
+    pub event_id: EventId,
+    #[serde(default)]
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The customer a chat call is about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Customer {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+}
+
+/// `POST /api/livechat/ai/respond/`: ask for an AI reply to one customer message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AiRespondRequest {
+    pub session_id: SessionId,
+    pub message_id: MessageId,
+    pub customer: Customer,
+    pub message: String,
+    /// The session's last messages, oldest first, at most 50.
+    pub history: Vec<TranscriptLine>,
+}
+
+/// Django's AI reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AiReply {
+    pub reply: String,
+    pub confidence: f64,
+    pub handoff: bool,
+    #[serde(default)]
+    pub suggested_actions: Vec<String>,
+}
+
+/// `POST /api/livechat/tickets/create/`: a chat escalated into a ticket, built from its outbox record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatTicketRequest<'a> {
+    pub session_id: SessionId,
+    pub ticket_id: TicketId,
+    pub subject: &'a str,
+    pub description: &'a str,
+    pub priority: Priority,
+    pub requester: &'a str,
+    pub transcript: &'a [TranscriptLine],
+}
+
+impl<'a> From<&'a ChatTicketRecord> for ChatTicketRequest<'a> {
+    fn from(r: &'a ChatTicketRecord) -> Self {
+        Self {
+            session_id: r.session_id,
+            ticket_id: r.ticket_id,
+            subject: &r.subject,
+            description: &r.description,
+            priority: r.priority,
+            requester: &r.requester,
+            transcript: &r.transcript,
+        }
+    }
+}
+
+/// Django's answer to a chat ticket (201 created, 200 already known: the same body).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ChatTicketCreated {
+    pub ticket_id: TicketId,
+    #[serde(default)]
+    pub url: String,
+}
+
+/// `POST /api/livechat/services/manage/`: carry out one service action the AI chose for a customer
+/// (reset a password, restart a service).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceActionRequest {
+    /// Minted by Switchboard once per action: Django carries out an `action_id` at most once.
+    pub action_id: Uuid,
+    pub session_id: SessionId,
+    pub customer: Customer,
+    /// The service acted on, e.g. `email`, `vpn`.
+    pub service: String,
+    /// What to do to it, e.g. `reset_password`, `restart`.
+    pub operation: String,
+    /// Operation-specific arguments (may be `{}`).
+    #[serde(default)]
+    pub params: Value,
+    /// The request that caused the action, also sent as `X-Request-Id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<RequestId>,
+}
+
+/// What came of a service action; `message` is shown to the customer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceActionResult {
+    pub ok: bool,
+    pub message: String,
+    #[serde(default)]
+    pub data: Value,
+}
+
+/// `GET /api/tickets/{id}/`: Django's view of a ticket; optional fields take their documented
+/// defaults.
+#[derive(Debug, Deserialize)]
+pub struct DjangoTicket {
+    pub id: TicketId,
+    pub subject: String,
+    #[serde(default)]
+    pub description: String,
+    pub status: Status,
+    pub priority: Priority,
+    pub requester: String,
+    #[serde(default)]
+    pub assignee: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default = "default_source")]
+    pub source: Source,
+    #[serde(default)]
+    pub chat_session_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default = "one")]
+    pub version: u64,
+}
+
+fn default_source() -> Source {
+    Source::Api
+}
+
+fn one() -> u64 {
+    1
+}
+
+impl DjangoTicket {
+    pub fn into_ticket(self) -> Ticket {
+        use chrono::SubsecRound;
+        Ticket {
+            id: self.id,
+            subject: self.subject,
+            description: self.description,
+            status: self.status,
+            priority: self.priority,
+            requester: self.requester,
+            assignee: self.assignee,
+            tags: self.tags,
+            source: self.source,
+            chat_session_id: self.chat_session_id,
+            created_at: self.created_at.trunc_subsecs(3),
+            updated_at: self.updated_at.trunc_subsecs(3),
+            version: self.version.max(1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn service_action_request_omits_an_unknown_request_id() {
+        let req = ServiceActionRequest {
+            action_id: Uuid::now_v7(),
+            session_id: SessionId::new(),
+            customer: Customer {
+                id: "c-42".into(),
+                name: "Ada".into(),
+                email: "ada@example.com".into(),
+            },
+            service: "email".into(),
+            operation: "reset_password".into(),
+            params: json!({}),
+            request_id: None,
+        };
+        let v = serde_json::to_value(&req).unwrap();
+        assert!(v.get("request_id").is_none());
+        assert_eq!(v["operation"], "reset_password");
+    }
+
+    #[test]
+    fn ai_reply_tolerates_missing_suggestions_and_unknown_fields() {
+        let r: AiReply = serde_json::from_value(
+            json!({"reply": "hi", "confidence": 0.5, "handoff": false, "x": 1}),
+        )
+        .unwrap();
+        assert!(r.suggested_actions.is_empty());
+    }
+}
