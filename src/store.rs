@@ -44,6 +44,8 @@ pub enum StoreError {
     Closed,
     #[error("the write was not committed: {0}")]
     CommitFailed(String),
+    #[error("outbox records of type `{0}` are written by ticket writes only, not enqueued")]
+    NotEnqueueable(&'static str),
     #[error("store worker panicked: {0}")]
     Panicked(String),
 }

@@ -182,12 +182,12 @@ impl Folder {
         let watermark = self.pending[rows - 1].seq;
         // Each ticket's newest snapshot, and whether the fold creates its row.
         let mut snapshots: HashMap<TicketId, (&Arc<Ticket>, bool)> = HashMap::new();
-        for e in &self.pending {
-            let creates = matches!(e.event.kind, EventKind::Created | EventKind::Imported);
+        for c in self.pending.iter().filter_map(|e| e.change.as_ref()) {
+            let creates = matches!(c.event.kind, EventKind::Created | EventKind::Imported);
             snapshots
-                .entry(e.ticket.id)
-                .and_modify(|s| s.0 = &e.ticket)
-                .or_insert((&e.ticket, creates));
+                .entry(c.ticket.id)
+                .and_modify(|s| s.0 = &c.ticket)
+                .or_insert((&c.ticket, creates));
         }
         let span =
             tracing::info_span!("store_fold", rows, tickets = snapshots.len(), watermark).entered();
@@ -279,9 +279,10 @@ fn apply(
     watermark: i64,
 ) -> StoreResult<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    for e in chunk {
-        rows::insert_event(&tx, &e.event, &e.changes)?;
-        if let Some(comment) = &e.comment {
+    // Rows with no ticket change (other outbox records) fold nothing; the watermark passes them.
+    for c in chunk.iter().filter_map(|e| e.change.as_ref()) {
+        rows::insert_event(&tx, &c.event, &c.changes)?;
+        if let Some(comment) = &c.comment {
             rows::insert_comment(&tx, comment)?;
         }
     }
@@ -342,10 +343,12 @@ mod tests {
         Entry {
             seq,
             journalled_at: Instant::now(),
-            ticket: Arc::new(w.ticket),
-            changes: w.event.changes.to_string(),
-            event: w.event,
-            comment: None,
+            change: Some(crate::store::journal::Change {
+                ticket: Arc::new(w.ticket),
+                changes: w.event.changes.to_string(),
+                event: w.event,
+                comment: None,
+            }),
         }
     }
 

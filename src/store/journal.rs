@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::Connection;
 
 use super::folder::{self, FoldReport};
-use super::{rows, StoreError, StoreResult, SyncRecord, TicketWrite};
+use super::{rows, OutboxRecord, StoreError, StoreResult, TicketWrite};
 use crate::domain::ids::{EventId, RequestId, TicketId};
 use crate::domain::ticket::{Comment, EventKind, Ticket, TicketEvent};
 use crate::metrics as m;
@@ -38,7 +38,7 @@ fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
 /// thread and not on the single writer thread every write waits for.
 pub struct EncodedWrite {
     write: TicketWrite,
-    /// The [`SyncRecord`]: the journal row's and the outbox row's payload.
+    /// The [`OutboxRecord::TicketSync`]: the journal row's and the outbox row's payload.
     record: String,
     /// The [`TicketEvent`], for the history once folded.
     event: String,
@@ -46,9 +46,10 @@ pub struct EncodedWrite {
     changes: String,
 }
 
-/// A [`SyncRecord`] borrowing its parts, so encoding one copies no ticket. It serializes exactly as
-/// `SyncRecord` does (a unit test holds them together).
+/// An [`OutboxRecord::TicketSync`] borrowing its parts, so encoding one copies no ticket. It
+/// serializes exactly as that record does, type tag included (a unit test holds them together).
 #[derive(serde::Serialize)]
+#[serde(tag = "type", rename = "ticket_sync")]
 struct SyncRecordRef<'a> {
     event_id: EventId,
     ticket_id: TicketId,
@@ -92,8 +93,16 @@ impl EncodedWrite {
     }
 
     fn decode(record: &str, event: &str) -> StoreResult<(TicketWrite, String)> {
-        let record: SyncRecord = serde_json::from_str(record)
-            .map_err(|e| StoreError::Corrupt(format!("journal record: {e}")))?;
+        let record = match serde_json::from_str(record) {
+            Ok(OutboxRecord::TicketSync(r)) => r,
+            Ok(other) => {
+                return Err(StoreError::Corrupt(format!(
+                    "journal row holds a `{}` record",
+                    other.kind()
+                )))
+            }
+            Err(e) => return Err(StoreError::Corrupt(format!("journal record: {e}"))),
+        };
         let event: TicketEvent = serde_json::from_str(event)
             .map_err(|e| StoreError::Corrupt(format!("journal event: {e}")))?;
         let changes = encode(&event.changes)?;
@@ -104,6 +113,29 @@ impl EncodedWrite {
             request_id: record.request_id,
         };
         Ok((write, changes))
+    }
+}
+
+/// An outbox record that is no ticket change, encoded on the caller's thread.
+pub struct EncodedRecord {
+    /// The row's unique key, in the column ticket syncs fill with their event id.
+    pub key: String,
+    pub ticket_id: TicketId,
+    /// The tagged [`OutboxRecord`].
+    pub payload: String,
+}
+
+impl EncodedRecord {
+    /// Refuses a ticket sync: those are written by the ticket write they describe, in its transaction.
+    pub fn new(record: &OutboxRecord) -> StoreResult<Self> {
+        if record.as_sync().is_some() {
+            return Err(StoreError::NotEnqueueable(record.kind()));
+        }
+        Ok(Self {
+            key: EventId::new().to_string(),
+            ticket_id: record.ticket_id(),
+            payload: encode(record)?,
+        })
     }
 }
 
@@ -189,10 +221,18 @@ struct PendingTicket {
     last_seq: i64,
 }
 
-/// One journalled write, as the fold needs it.
+/// One journal row, as the fold needs it.
 pub(super) struct Entry {
     pub seq: i64,
     pub journalled_at: Instant,
+    /// The ticket change to apply; `None` for an outbox row that is no ticket change (a record
+    /// enqueued beside the journal, a re-queued dead letter): the fold only moves its watermark past
+    /// it, so the row can go once delivered.
+    pub change: Option<Change>,
+}
+
+/// A journalled ticket write.
+pub(super) struct Change {
     pub ticket: Arc<Ticket>,
     pub event: TicketEvent,
     /// `event.changes` as JSON, encoded off the writer thread.
@@ -265,15 +305,17 @@ impl Journal {
         self.last_seq = self.folded_seq;
         self.entries.clear();
         self.tickets.clear();
-        // Rows without an op are dead letters sent again: their change was journalled already.
-        let mut stmt = conn.prepare(
-            "SELECT seq, op, payload, event FROM outbox WHERE seq > ?1 AND op IS NOT NULL \
-             ORDER BY seq",
-        )?;
+        // Rows without an op (records enqueued beside the journal, dead letters sent again) have
+        // nothing to fold, but the watermark must still pass them.
+        let mut stmt =
+            conn.prepare("SELECT seq, op, payload, event FROM outbox WHERE seq > ?1 ORDER BY seq")?;
         let mut rows = stmt.query([self.folded_seq])?;
         while let Some(row) = rows.next()? {
             let seq: i64 = row.get(0)?;
-            let op: String = row.get(1)?;
+            let Some(op) = row.get::<_, Option<String>>(1)? else {
+                self.record_unfolded(seq);
+                continue;
+            };
             JournalOp::parse(&op)
                 .ok_or_else(|| StoreError::Corrupt(format!("bad journal op `{op}`")))?;
             let (write, changes) =
@@ -403,10 +445,26 @@ impl Journal {
         self.entries.push_back(Entry {
             seq,
             journalled_at: Instant::now(),
-            ticket: latest,
-            event: write.event,
-            changes,
-            comment: write.comment,
+            change: Some(Change {
+                ticket: latest,
+                event: write.event,
+                changes,
+                comment: write.comment,
+            }),
+        });
+    }
+
+    /// Takes in an outbox row with nothing to fold, written in the current transaction: it waits in
+    /// the journal only so that a fold's watermark passes it.
+    pub fn record_unfolded(&mut self, seq: i64) {
+        self.last_seq = self.last_seq.max(seq);
+        if seq <= self.handed_seq {
+            return;
+        }
+        self.entries.push_back(Entry {
+            seq,
+            journalled_at: Instant::now(),
+            change: None,
         });
     }
 
@@ -425,15 +483,9 @@ impl Journal {
         std::mem::take(&mut self.unpublished)
     }
 
-    /// The newest journalled row (or outbox row written beside the journal, such as a re-queued dead
-    /// letter's).
+    /// The newest journalled row.
     pub fn last_seq(&self) -> i64 {
         self.last_seq
-    }
-
-    /// An outbox row outside the journal was written in the current transaction.
-    pub fn note_outbox_seq(&mut self, seq: i64) {
-        self.last_seq = self.last_seq.max(seq);
     }
 
     /// How many of the oldest journalled rows are at or below `seq` (durable, so foldable).
@@ -505,17 +557,26 @@ pub(super) mod tests {
     use serde_json::json;
 
     use super::super::sqlite::SqliteStore;
-    use super::super::{now, Outbox, StoreError, TicketFilter, TicketStore, TicketWrite};
+    use super::super::{
+        now, ChatTicketRecord, Outbox, OutboxEntry, OutboxRecord, StoreError, TicketFilter,
+        TicketStore, TicketWrite,
+    };
     use crate::config::{StorageSettings, Synchronous};
+    use crate::domain::chat::{ChatRole, TranscriptLine};
+    use crate::domain::ids::SessionId;
     use crate::domain::ids::{EventId, TicketId};
     use crate::domain::status::Status;
     use crate::domain::ticket::{Comment, EventKind, Priority, Source, Ticket, TicketEvent};
 
     /// A store that never folds on its own: only queries, `close` and a reopen fold.
     fn open(dir: &Path) -> SqliteStore {
+        open_with(dir, Synchronous::Normal)
+    }
+
+    fn open_with(dir: &Path, synchronous: Synchronous) -> SqliteStore {
         SqliteStore::open(&StorageSettings {
             data_dir: dir.to_path_buf(),
-            synchronous: Synchronous::Normal,
+            synchronous,
             commit_batch_max: 64,
             readers: 1,
             fold_max_rows: 1_000_000,
@@ -623,7 +684,7 @@ pub(super) mod tests {
             (EventKind::Commented, Some(comment)),
         ] {
             let w = write(&t, kind, comment);
-            let owned = super::SyncRecord {
+            let owned = super::OutboxRecord::TicketSync(crate::store::SyncRecord {
                 event_id: w.event.event_id,
                 ticket_id: w.ticket.id,
                 version: w.ticket.version,
@@ -632,7 +693,7 @@ pub(super) mod tests {
                 ticket: w.ticket.clone(),
                 comment: w.comment.clone(),
                 request_id: w.request_id.clone(),
-            };
+            });
             assert_eq!(
                 serde_json::to_string(&super::SyncRecordRef::from(&w)).unwrap(),
                 serde_json::to_string(&owned).unwrap()
@@ -1016,6 +1077,174 @@ pub(super) mod tests {
         store.import(t.clone(), event).await.unwrap();
         assert!(store.peek(10).await.unwrap().is_empty());
         assert_eq!(store.events(t.id, 0, 10).await.unwrap().len(), 1);
+        store.close().await;
+    }
+
+    fn chat_record(ticket_id: TicketId) -> OutboxRecord {
+        OutboxRecord::ChatTicket(ChatTicketRecord {
+            session_id: SessionId::new(),
+            ticket_id,
+            subject: "Refund".into(),
+            description: "Wants a refund".into(),
+            priority: Priority::High,
+            requester: "ann@example.com".into(),
+            transcript: vec![TranscriptLine {
+                role: ChatRole::Customer,
+                text: "Refund please".into(),
+                at: now(),
+            }],
+            request_id: None,
+        })
+    }
+
+    fn records(entries: &[OutboxEntry]) -> Vec<&OutboxRecord> {
+        entries.iter().map(|e| &e.record).collect()
+    }
+
+    #[actix_rt::test]
+    async fn an_enqueued_record_is_peeked_in_order_acked_and_then_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, v1) = with_one_ticket(dir.path()).await;
+        let chat = chat_record(v1.id);
+        let seq = store.enqueue(chat.clone()).await.unwrap();
+        let v2 = next(&v1, |t| t.subject = "Still on fire".into());
+        store
+            .update(write(&v2, EventKind::Updated, None))
+            .await
+            .unwrap();
+        let outbox = store.peek(10).await.unwrap();
+        assert_eq!(outbox[1].seq, seq);
+        let versions: Vec<Option<u64>> = outbox
+            .iter()
+            .map(|e| e.record.as_sync().map(|r| r.version))
+            .collect();
+        assert_eq!(versions, vec![Some(1), None, Some(2)]);
+        assert_eq!(records(&outbox)[1], &chat, "the typed record comes back");
+        // The record folds nothing: lists and history hold the ticket writes only.
+        assert_eq!(store.list(filter()).await.unwrap(), vec![v2.clone()]);
+        assert_eq!(store.events(v1.id, 0, 10).await.unwrap().len(), 2);
+        assert_eq!(store.load(v1.id).await.unwrap(), Some(v2));
+        store.ack(vec![seq]).await.unwrap();
+        let left: Vec<i64> = store
+            .peek(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(left, vec![outbox[0].seq, outbox[2].seq]);
+        assert_eq!(store.stats().await.unwrap().depth, 2);
+        store.close().await;
+        let raw = rusqlite::Connection::open(dir.path().join("switchboard.db")).unwrap();
+        let gone: i64 = raw
+            .query_row("SELECT COUNT(*) FROM outbox WHERE seq = ?1", [seq], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(gone, 0, "delivered and passed by the fold: the row is gone");
+    }
+
+    #[actix_rt::test]
+    async fn a_ticket_sync_is_not_enqueued() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let w = write(&ticket(&[]), EventKind::Created, None);
+        let sync = OutboxRecord::TicketSync(crate::store::SyncRecord {
+            event_id: w.event.event_id,
+            ticket_id: w.ticket.id,
+            version: 1,
+            kind: EventKind::Created,
+            occurred_at: w.event.at,
+            ticket: w.ticket,
+            comment: None,
+            request_id: None,
+        });
+        let refused = store.enqueue(sync).await;
+        assert!(
+            matches!(refused, Err(StoreError::NotEnqueueable("ticket_sync"))),
+            "{refused:?}"
+        );
+        assert!(store.peek(10).await.unwrap().is_empty());
+        store.close().await;
+    }
+
+    #[actix_rt::test]
+    async fn an_enqueued_record_survives_a_crash_and_the_fold_passes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = ticket(&[]);
+        let chat = chat_record(v1.id);
+        let seq = {
+            let store = open_with(dir.path(), Synchronous::Full);
+            store
+                .create(write(&v1, EventKind::Created, None))
+                .await
+                .unwrap();
+            let seq = store.enqueue(chat.clone()).await.unwrap();
+            // Delivered before any fold: kept until a fold's watermark passes it.
+            store.ack(vec![seq - 1]).await.unwrap();
+            drop(store);
+            seq
+        };
+        let store = open_with(dir.path(), Synchronous::Full);
+        let outbox = store.peek(10).await.unwrap();
+        assert_eq!(records(&outbox), vec![&chat]);
+        assert_eq!(outbox[0].seq, seq);
+        assert_eq!(store.list(filter()).await.unwrap(), vec![v1.clone()]);
+        store.ack(vec![seq]).await.unwrap();
+        assert_eq!(store.stats().await.unwrap().depth, 0);
+        drop(store);
+        let raw = rusqlite::Connection::open(dir.path().join("switchboard.db")).unwrap();
+        let rows: i64 = raw
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0, "every row delivered and folded is gone");
+        let tables = rusqlite::Connection::open(dir.path().join("tickets.db")).unwrap();
+        assert_eq!(super::super::folder::folded_seq(&tables).unwrap(), seq);
+    }
+
+    #[actix_rt::test]
+    async fn a_dead_lettered_record_keeps_its_type_and_is_retried_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, v1) = with_one_ticket(dir.path()).await;
+        let chat = chat_record(v1.id);
+        let seq = store.enqueue(chat.clone()).await.unwrap();
+        let refuse = |seq| {
+            vec![super::super::Rejection {
+                seq,
+                status_code: Some(422),
+                error: "no".into(),
+            }]
+        };
+        store.dead_letter(refuse(seq)).await.unwrap();
+        store.dead_letter(refuse(seq - 1)).await.unwrap();
+        let dead = store.dead_letters(10).await.unwrap();
+        assert_eq!(dead.len(), 2);
+        let (chat_dead, sync_dead) = (&dead[0], &dead[1]);
+        assert_eq!(chat_dead.record, chat);
+        let shown = serde_json::to_value(chat_dead).unwrap();
+        assert_eq!(shown["type"], "chat_ticket");
+        assert_eq!(shown["ticket_id"], json!(v1.id));
+        assert!(shown.get("event_id").is_none() && shown.get("record").is_none());
+        let shown = serde_json::to_value(sync_dead).unwrap();
+        assert_eq!(shown["type"], "ticket_sync");
+        assert_eq!(shown["version"], 1);
+        assert_eq!(shown["kind"], "ticket.created");
+        assert!(shown["event_id"].is_string());
+        assert!(store.peek(10).await.unwrap().is_empty());
+        // Retried once its row has been folded away, then again while it still waits for a fold.
+        store.list(filter()).await.unwrap();
+        assert!(store.retry_dead_letter(chat_dead.id).await.unwrap());
+        assert!(!store.retry_dead_letter(chat_dead.id).await.unwrap());
+        let again = store.peek(10).await.unwrap();
+        assert_eq!(records(&again), vec![&chat]);
+        assert!(again[0].seq > seq, "appended again as a new row");
+        store.dead_letter(refuse(again[0].seq)).await.unwrap();
+        let dead = store.dead_letters(10).await.unwrap();
+        let id = dead.iter().find(|d| d.record == chat).unwrap().id;
+        assert!(store.retry_dead_letter(id).await.unwrap());
+        let revived = store.peek(10).await.unwrap();
+        assert_eq!(revived[0].seq, again[0].seq, "revived in place");
+        assert_eq!(records(&revived), vec![&chat]);
         store.close().await;
     }
 }

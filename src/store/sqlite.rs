@@ -26,7 +26,8 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use super::folder::{FoldJob, FoldReport, FoldWaiter, Folder};
-use super::journal::{EncodedWrite, Journal, JournalOp, PendingView};
+use super::journal::{EncodedRecord, EncodedWrite, Journal, JournalOp, PendingView};
+use super::rows::Requeued;
 use super::syncer::{Durable, SyncJob, Syncer, WalFile};
 use super::{
     rows, schema, DeadLetter, Outbox, OutboxEntry, OutboxRecord, OutboxSignal, OutboxStats,
@@ -45,6 +46,8 @@ enum WriteOp {
     Create(Box<EncodedWrite>, Reply<()>),
     Update(Box<EncodedWrite>, Reply<()>),
     Import(Box<EncodedWrite>, Reply<()>),
+    /// An outbox record that is no ticket change; replies with its `seq`.
+    Enqueue(Box<EncodedRecord>, Reply<i64>),
     OutboxAck(Vec<i64>, Reply<()>),
     DeadLetter(Vec<Rejection>, Reply<()>),
     RetryDeadLetter(i64, Reply<bool>),
@@ -355,6 +358,7 @@ fn reader_loop(conn: Connection, jobs: Arc<Mutex<mpsc::Receiver<ReadJob>>>) {
 pub(super) enum Done {
     Unit(Reply<()>, StoreResult<()>),
     Bool(Reply<bool>, StoreResult<bool>),
+    Seq(Reply<i64>, StoreResult<i64>),
 }
 
 impl Done {
@@ -374,6 +378,7 @@ impl Done {
             | WriteOp::Ping(r)
             | WriteOp::Fold(r) => Done::Unit(r, err()),
             WriteOp::RetryDeadLetter(_, r) => Done::Bool(r, err().map(|()| false)),
+            WriteOp::Enqueue(_, r) => Done::Seq(r, err().map(|()| 0)),
             WriteOp::Close(_) | WriteOp::Stop | WriteOp::Folded(_) => return None,
         })
     }
@@ -386,6 +391,9 @@ impl Done {
                 let _ = tx.send(failed.map_or(r, |why| Err(fail(why))));
             }
             Done::Bool(tx, r) => {
+                let _ = tx.send(failed.map_or(r, |why| Err(fail(why))));
+            }
+            Done::Seq(tx, r) => {
                 let _ = tx.send(failed.map_or(r, |why| Err(fail(why))));
             }
         }
@@ -734,14 +742,27 @@ fn run_batch(
             }
             WriteOp::RetryDeadLetter(id, reply) => {
                 let r = in_savepoint(&tx, |c| rows::retry_dead_letter(c, id));
-                if matches!(r, Ok(true)) {
-                    batch.outbox_appended += 1;
-                    // The row may be new: the flush that acknowledges it must make it offerable.
-                    let newest: Option<i64> =
-                        tx.query_row("SELECT MAX(seq) FROM outbox", [], |r| r.get(0))?;
-                    journal.note_outbox_seq(newest.unwrap_or(0));
+                if let Ok(Requeued::Appended(seq)) = r {
+                    // A new row: the flush that acknowledges it makes it offerable, and a fold's
+                    // watermark must pass it before it can go.
+                    journal.record_unfolded(seq);
                 }
+                if matches!(r, Ok(Requeued::Revived | Requeued::Appended(_))) {
+                    batch.outbox_appended += 1;
+                }
+                let r = r.map(|q| q != Requeued::Unknown);
                 batch.done.push(Done::Bool(reply, r));
+                continue;
+            }
+            WriteOp::Enqueue(record, reply) => {
+                let r = in_savepoint(&tx, |c| {
+                    rows::insert_record(c, &record.key, record.ticket_id, &record.payload)
+                });
+                if let Ok(seq) = r {
+                    journal.record_unfolded(seq);
+                    batch.outbox_appended += 1;
+                }
+                batch.done.push(Done::Seq(reply, r));
                 continue;
             }
             WriteOp::Ping(reply) => {
@@ -923,11 +944,10 @@ impl TicketStore for SqliteStore {
 
 impl Outbox for SqliteStore {
     fn enqueue(&self, record: OutboxRecord) -> BoxFuture<'static, StoreResult<i64>> {
-        let kind = record.kind();
-        futures_util::future::ready(Err(StoreError::Corrupt(format!(
-            "outbox records of kind `{kind}` cannot be stored yet"
-        ))))
-        .boxed()
+        match EncodedRecord::new(&record) {
+            Ok(r) => self.write(|reply| WriteOp::Enqueue(Box::new(r), reply)),
+            Err(e) => futures_util::future::ready(Err(e)).boxed(),
+        }
     }
 
     fn peek(&self, limit: usize) -> BoxFuture<'static, StoreResult<Vec<OutboxEntry>>> {
