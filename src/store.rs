@@ -6,14 +6,26 @@
 //! with one writer thread doing group commit and a few reader threads. A change to a ticket, its
 //! history event and its outbox entry are written in one transaction, and a write is acknowledged only
 //! after that transaction commits. Another backend (PostgreSQL, say) implements the same trait.
+//!
+//! Files, lowest layer first (each imports only from those above it): `rows` and `schema` (SQL),
+//! `outbox` (the outbox seam and its records), `reply`, `durable`, `pending`, `wal` and `fold` (what
+//! the threads share), `journal` (the writer's account of unfolded rows), then one file per thread:
+//! `syncer`, `checkpointer`, `folder`, `writer`; `sqlite` is the façade that starts them.
 
+mod checkpointer;
+mod durable;
+mod fold;
 mod folder;
 mod journal;
 pub mod outbox;
+mod pending;
+mod reply;
 mod rows;
 pub mod schema;
 pub mod sqlite;
 mod syncer;
+mod wal;
+mod writer;
 
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;

@@ -24,10 +24,9 @@ use std::time::{Duration, Instant};
 
 use rusqlite::hooks::Wal;
 use rusqlite::Connection;
-use tokio::sync::oneshot;
 
-use super::journal::Entry;
-use super::sqlite::{checkpoint, WalLimits};
+use super::fold::{folded_seq, Entry, FoldJob, FoldReport};
+use super::wal::{checkpoint, WalLimits};
 use super::{rows, StoreError, StoreResult};
 use crate::domain::ids::TicketId;
 use crate::domain::ticket::{EventKind, Ticket};
@@ -44,32 +43,6 @@ thread_local! {
 fn note_wal_frames(_: &Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
     WAL_FRAMES.with(|f| f.set(i64::from(frames)));
     Ok(())
-}
-
-pub(super) type FoldWaiter = oneshot::Sender<StoreResult<()>>;
-
-/// Writer → folder: durable journal rows, oldest first, continuing the previous job's.
-#[derive(Default)]
-pub(super) struct FoldJob {
-    pub entries: Vec<Entry>,
-    /// Queries waiting until every acknowledged write is in the tables; answered through the writer
-    /// once these rows are folded.
-    pub waiters: Vec<FoldWaiter>,
-    /// The store is closing: fold, checkpoint, then signal here and stop.
-    pub close: Option<mpsc::SyncSender<()>>,
-}
-
-/// Folder → writer: what one fold did.
-pub(super) struct FoldReport {
-    /// Journal rows up to here are in the tables (on disk). Unchanged when the fold failed.
-    pub watermark: i64,
-    /// Rows folded.
-    pub rows: usize,
-    /// Each folded ticket's newest snapshot.
-    pub tickets: Vec<Arc<Ticket>>,
-    pub waiters: Vec<FoldWaiter>,
-    /// Why the fold failed; its rows are kept and folded again later.
-    pub error: Option<String>,
 }
 
 pub(super) struct Folder {
@@ -262,15 +235,6 @@ impl Folder {
     }
 }
 
-/// `tickets.db`'s watermark: journal rows up to it are in the tables.
-pub(super) fn folded_seq(conn: &Connection) -> StoreResult<i64> {
-    Ok(conn.query_row(
-        "SELECT value FROM store_meta WHERE key = 'folded_seq'",
-        [],
-        |r| r.get(0),
-    )?)
-}
-
 fn apply(
     conn: &mut Connection,
     chunk: &[Entry],
@@ -339,11 +303,11 @@ mod tests {
     }
 
     fn entry(seq: i64, ticket: &Ticket, kind: EventKind) -> Entry {
-        let w = crate::store::journal::tests::write(ticket, kind, None);
+        let w = crate::store::sqlite::tests::write(ticket, kind, None);
         Entry {
             seq,
             journalled_at: Instant::now(),
-            change: Some(crate::store::journal::Change {
+            change: Some(crate::store::fold::Change {
                 ticket: Arc::new(w.ticket),
                 changes: w.event.changes.to_string(),
                 event: w.event,
