@@ -8,13 +8,14 @@
 //! after that transaction commits. Another backend (PostgreSQL, say) implements the same trait.
 //!
 //! Files, lowest layer first (each imports only from those above it): `rows` and `schema` (SQL),
-//! `outbox` (the outbox seam and its records), `reply`, `durable`, `pending`, `wal` and `fold` (what
-//! the threads share), `journal` (the writer's account of unfolded rows), then one file per thread:
+//! `outbox` (the outbox seam and its records), `reply`, `durable`, `pending`, `folded`, `wal` and `fold`
+//! (what the threads share), `journal` (the writer's account of unfolded rows), then one file per thread:
 //! `syncer`, `checkpointer`, `folder`, `writer`; `sqlite` is the façade that starts them.
 
 mod checkpointer;
 mod durable;
 mod fold;
+mod folded;
 mod folder;
 mod journal;
 pub mod outbox;

@@ -26,6 +26,7 @@ use rusqlite::hooks::Wal;
 use rusqlite::Connection;
 
 use super::fold::{folded_seq, Entry, FoldJob, FoldReport};
+use super::folded::FoldedTickets;
 use super::wal::{checkpoint, WalLimits};
 use super::{rows, StoreError, StoreResult};
 use crate::domain::ids::TicketId;
@@ -55,9 +56,7 @@ pub(super) struct Folder {
     folded_seq: i64,
     /// What the tickets table holds for recently folded tickets (this thread is its only writer), so
     /// a fold's diff need not read the row back.
-    bases: HashMap<TicketId, Arc<Ticket>>,
-    /// At most this many tickets in `bases` (0: none); emptied when full.
-    bases_cap: usize,
+    cache: Arc<FoldedTickets>,
     retry_after: Duration,
     wal: WalLimits,
     /// Checkpoint once the WAL holds this many frames (pages).
@@ -69,7 +68,7 @@ impl Folder {
     /// setting `wal_autocheckpoint` afterwards would replace the WAL hook installed here.
     pub fn new(
         conn: Connection,
-        bases_cap: usize,
+        cache: Arc<FoldedTickets>,
         retry_after: Duration,
         wal: WalLimits,
         checkpoint_pages: i64,
@@ -81,8 +80,7 @@ impl Folder {
             pending: Vec::new(),
             received_seq: folded_seq,
             folded_seq,
-            bases: HashMap::new(),
-            bases_cap,
+            cache,
             retry_after,
             wal,
             checkpoint_pages,
@@ -169,7 +167,7 @@ impl Folder {
                 &mut self.conn,
                 &self.pending,
                 &snapshots,
-                &self.bases,
+                &self.cache,
                 watermark,
             )
         }));
@@ -192,13 +190,7 @@ impl Folder {
             report.error = Some(error);
             return report;
         }
-        if self.bases.len() + folded.len() > self.bases_cap {
-            self.bases.clear();
-        }
-        if self.bases_cap > 0 {
-            self.bases
-                .extend(folded.iter().map(|t| (t.id, Arc::clone(t))));
-        }
+        self.cache.folded(&folded);
         self.pending.clear();
         self.folded_seq = watermark;
         let elapsed = started.elapsed();
@@ -239,7 +231,7 @@ fn apply(
     conn: &mut Connection,
     chunk: &[Entry],
     snapshots: &HashMap<TicketId, (&Arc<Ticket>, bool)>,
-    bases: &HashMap<TicketId, Arc<Ticket>>,
+    cache: &FoldedTickets,
     watermark: i64,
 ) -> StoreResult<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -258,8 +250,8 @@ fn apply(
             rows::insert_ticket(&tx, t)?;
             continue;
         }
-        match bases.get(&t.id) {
-            Some(base) => rows::update_ticket(&tx, base, t)?,
+        match cache.get(t.id) {
+            Some(base) => rows::update_ticket(&tx, &base, t)?,
             None => {
                 let base = rows::load(&tx, t.id)?.ok_or_else(|| {
                     StoreError::Corrupt(format!("journalled ticket {} has no row", t.id))
@@ -334,7 +326,7 @@ mod tests {
         };
         let mut folder = Folder::new(
             Connection::open(&tables).unwrap(),
-            16,
+            FoldedTickets::new(16),
             Duration::from_secs(1),
             wal,
             1,
@@ -376,7 +368,14 @@ mod tests {
         let conn = Connection::open(&tables).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0")
             .unwrap();
-        let mut folder = Folder::new(conn, 16, Duration::from_secs(1), wal, 64).unwrap();
+        let mut folder = Folder::new(
+            conn,
+            FoldedTickets::new(16),
+            Duration::from_secs(1),
+            wal,
+            64,
+        )
+        .unwrap();
         // Pages reach the database file only through a checkpoint.
         let file_len = || std::fs::metadata(&tables).unwrap().len();
         let before = file_len();

@@ -24,6 +24,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::Connection;
 
 use super::fold::{folded_seq, Change, Entry, FoldReport};
+use super::folded::FoldedTickets;
 use super::pending::PendingView;
 use super::{rows, OutboxRecord, StoreError, StoreResult, TicketWrite};
 use crate::domain::ids::{EventId, RequestId, TicketId};
@@ -196,11 +197,9 @@ pub struct Journal {
     /// Snapshots written in the transaction under way, shown to readers once it commits.
     unpublished: Vec<Arc<Ticket>>,
     view: Arc<PendingView>,
-    /// The version the tickets table holds for recently folded tickets, so that a write's version
-    /// check need not read the row back.
-    folded: HashMap<TicketId, u64>,
-    /// At most this many tickets in `folded` (0: none); it is emptied when full.
-    folded_cap: usize,
+    /// What the tickets table holds for recently folded tickets (filled by the folder), so that a
+    /// write's version check need not read the row back.
+    folded: Arc<FoldedTickets>,
     /// A read-only connection to `tickets.db`, for versions not in `folded`.
     tables: Connection,
 }
@@ -222,8 +221,7 @@ impl Journal {
             tickets: HashMap::new(),
             unpublished: Vec::new(),
             view,
-            folded: HashMap::new(),
-            folded_cap: 0,
+            folded: FoldedTickets::new(0),
             tables,
         };
         journal.reload(conn)?;
@@ -269,9 +267,9 @@ impl Journal {
         Ok(())
     }
 
-    /// Keeps the table's version of up to `cap` recently folded tickets in memory.
-    pub fn with_folded_cache(mut self, cap: usize) -> Self {
-        self.folded_cap = cap;
+    /// Reads table versions from `cache`, the one the folder fills.
+    pub fn with_folded_cache(mut self, cache: Arc<FoldedTickets>) -> Self {
+        self.folded = cache;
         self
     }
 
@@ -286,8 +284,8 @@ impl Journal {
 
     /// The version the tickets table holds for `id`, if it has a row.
     fn table_version(&self, id: TicketId) -> StoreResult<Option<u64>> {
-        match self.folded.get(&id) {
-            Some(v) => Ok(Some(*v)),
+        match self.folded.version(id) {
+            Some(v) => Ok(Some(v)),
             None => rows::stored_version(&self.tables, id),
         }
     }
@@ -458,14 +456,8 @@ impl Journal {
         self.in_flight = self.in_flight.saturating_sub(report.rows);
         if report.error.is_none() {
             self.folded_seq = self.folded_seq.max(report.watermark);
-            if self.folded.len() + report.tickets.len() > self.folded_cap {
-                self.folded.clear();
-            }
             let mut gone = Vec::new();
             for t in &report.tickets {
-                if self.folded_cap > 0 {
-                    self.folded.insert(t.id, t.version);
-                }
                 if self
                     .tickets
                     .get(&t.id)

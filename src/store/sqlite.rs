@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 
 use super::checkpointer::Checkpointer;
 use super::durable::Durable;
+use super::folded::FoldedTickets;
 use super::folder::Folder;
 use super::journal::{EncodedRecord, EncodedWrite, Journal};
 use super::pending::PendingView;
@@ -81,16 +82,16 @@ impl SqliteStore {
         let wal_limits = WalLimits {
             restart_pages: mib_pages(settings.wal_max_mib),
         };
-        // The folder keeps the rows of one full fold's tickets for its diffs; the writer keeps only
-        // versions, so it can afford twice as many. Both caches are emptied when full.
-        let cache = settings.fold_max_rows;
+        // What the tickets table holds for recently folded tickets: the folder's diffs and the
+        // writer's version checks read it instead of the table.
+        let folded = FoldedTickets::new(settings.fold_max_rows);
         // The folder's commits are flushed (with `synchronous = full`) before the journal drops what
         // they cover.
         let tables_conn = open_connection(&tables_path, settings.synchronous, Role::Folder)?;
         tables_conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let mut folder = Folder::new(
             tables_conn,
-            cache,
+            folded.clone(),
             Duration::from_millis(settings.fold_interval_ms),
             wal_limits.clone(),
             mib_pages(settings.tables_checkpoint_mib),
@@ -100,7 +101,7 @@ impl SqliteStore {
             open_connection(&tables_path, Synchronous::Normal, Role::Reader)?,
             pending.clone(),
         )?
-        .with_folded_cache(cache.saturating_mul(2));
+        .with_folded_cache(folded);
         if journal.len() > 0 {
             tracing::info!(
                 rows = journal.len(),

@@ -358,6 +358,7 @@ async fn assert_tables_hold_after_delivery(store: &SqliteStore, states: &[Ticket
 
 #[test]
 fn folds_in_parts_keep_later_writes_served_from_memory_until_folded() {
+    use crate::store::folded::FoldedTickets;
     use crate::store::folder::Folder;
     use crate::store::journal::{EncodedWrite, Journal, JournalOp};
     use crate::store::pending::PendingView;
@@ -372,9 +373,10 @@ fn folds_in_parts_keep_later_writes_served_from_memory_until_folded() {
     let wal = WalLimits {
         restart_pages: 1000,
     };
+    let folded = FoldedTickets::new(16);
     let mut folder = Folder::new(
         rusqlite::Connection::open(&tables_path).unwrap(),
-        16,
+        folded.clone(),
         std::time::Duration::from_secs(1),
         wal,
         1,
@@ -384,7 +386,7 @@ fn folds_in_parts_keep_later_writes_served_from_memory_until_folded() {
     let reader = rusqlite::Connection::open(&tables_path).unwrap();
     let mut journal = Journal::recover(&conn, reader, view.clone())
         .unwrap()
-        .with_folded_cache(16);
+        .with_folded_cache(folded);
     let v1 = ticket(&["printer"]);
     let other = ticket(&[]);
     let v2 = next(&v1, |t| {
