@@ -8,9 +8,9 @@
 //! one transaction, which also moves `tickets.db`'s `folded_seq` watermark past them. That commit is
 //! flushed to disk before the writer hears of it ([`FoldReport`]), because only then may the journal
 //! drop the rows it covers. A failed fold keeps its rows and is tried again after
-//! `storage.fold_interval_ms`; the queries waiting on it are told.
+//! `sqlite::FOLD_INTERVAL`; the queries waiting on it are told.
 //!
-//! This thread also checkpoints `tickets.db`, once its WAL holds `storage.tables_checkpoint_mib`
+//! This thread also checkpoints `tickets.db`, once its WAL holds `sqlite::TABLES_CHECKPOINT_MIB`
 //! rather than after every fold: consecutive folds rewrite the same pages (busy tickets' rows, the
 //! history index), and between checkpoints each such page is copied into the file, and the file
 //! flushed, once. Those scattered writes were a fold's most expensive disk work, and they delayed the

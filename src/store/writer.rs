@@ -1,6 +1,6 @@
 //! The writer thread, started by [`super::sqlite::SqliteStore::open`]: owns the only write connection
 //! to `switchboard.db` and the [`Journal`]. It takes every [`WriteOp`] queued (up to
-//! `storage.commit_batch_max`) into one transaction; every check of a ticket write runs before its
+//! `sqlite::COMMIT_BATCH_MAX`) into one transaction; every check of a ticket write runs before its
 //! first insert, so a refused write leaves nothing behind. With `synchronous = full` it commits without
 //! waiting for the disk and hands the batch's replies to the syncer ([`super::syncer`]); otherwise it
 //! replies itself. Between batches it hands durable journal rows to the folder ([`super::folder`]) and

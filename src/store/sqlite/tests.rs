@@ -8,7 +8,7 @@ use std::path::Path;
 use chrono::Duration as ChronoDuration;
 use serde_json::json;
 
-use super::SqliteStore;
+use super::{SqliteStore, Tuning};
 use crate::config::{StorageSettings, Synchronous};
 use crate::domain::ids::{EventId, TicketId};
 use crate::domain::status::Status;
@@ -21,18 +21,19 @@ pub(in crate::store) fn open(dir: &Path) -> SqliteStore {
 }
 
 pub(in crate::store) fn open_with(dir: &Path, synchronous: Synchronous) -> SqliteStore {
-    SqliteStore::open(&StorageSettings {
+    let settings = StorageSettings {
         data_dir: dir.to_path_buf(),
         synchronous,
-        commit_batch_max: 64,
         readers: 1,
         fold_max_rows: 1_000_000,
-        fold_interval_ms: 3_600_000,
-        checkpoint_interval_ms: 50,
-        wal_max_mib: 64,
-        tables_checkpoint_mib: 64,
-    })
-    .unwrap()
+    };
+    let tuning = Tuning {
+        commit_batch_max: 64,
+        fold_interval: std::time::Duration::from_secs(3600),
+        checkpoint_interval: std::time::Duration::from_millis(50),
+        ..Tuning::default()
+    };
+    SqliteStore::open_tuned(&settings, tuning).unwrap()
 }
 
 pub(in crate::store) fn ticket(tags: &[&str]) -> Ticket {
