@@ -85,10 +85,11 @@ impl Syncer {
                     let appended: u64 = batch.iter().map(|j| j.outbox_appended).sum();
                     self.view
                         .publish(batch.iter_mut().flat_map(|j| j.publish.drain(..)));
+                    // Before the replies: an acknowledged outbox row must already be offered.
+                    self.durable.advance(commit, seq);
                     for done in batch.into_iter().flat_map(|j| j.done) {
                         done.reply(None);
                     }
-                    self.durable.advance(commit, seq);
                     if appended > 0 {
                         self.signal.appended(appended);
                     }

@@ -1,6 +1,7 @@
 //! The store's own tests, through [`SqliteStore`] or the journal and folder it runs; `outbox` holds
 //! those of records other than ticket syncs.
 
+mod model;
 mod outbox;
 
 use std::path::Path;
