@@ -120,13 +120,8 @@ pub enum Synchronous {
 pub struct StorageSettings {
     pub data_dir: PathBuf,
     pub synchronous: Synchronous,
-    pub commit_batch_max: usize,
     pub readers: usize,
     pub fold_max_rows: usize,
-    pub fold_interval_ms: u64,
-    pub checkpoint_interval_ms: u64,
-    pub wal_max_mib: u64,
-    pub tables_checkpoint_mib: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -295,22 +290,8 @@ impl Settings {
                 "must be between 1 and tickets.list_max_limit",
             ));
         }
-        positive(
-            "storage.commit_batch_max",
-            self.storage.commit_batch_max as u64,
-        )?;
         positive("storage.readers", self.storage.readers as u64)?;
         positive("storage.fold_max_rows", self.storage.fold_max_rows as u64)?;
-        positive("storage.fold_interval_ms", self.storage.fold_interval_ms)?;
-        positive(
-            "storage.checkpoint_interval_ms",
-            self.storage.checkpoint_interval_ms,
-        )?;
-        positive("storage.wal_max_mib", self.storage.wal_max_mib)?;
-        positive(
-            "storage.tables_checkpoint_mib",
-            self.storage.tables_checkpoint_mib,
-        )?;
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(invalid("storage.data_dir", "must not be empty"));
         }

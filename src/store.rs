@@ -6,14 +6,27 @@
 //! with one writer thread doing group commit and a few reader threads. A change to a ticket, its
 //! history event and its outbox entry are written in one transaction, and a write is acknowledged only
 //! after that transaction commits. Another backend (PostgreSQL, say) implements the same trait.
+//!
+//! Files, lowest layer first (each imports only from those above it): `rows` and `schema` (SQL),
+//! `outbox` (the outbox seam and its records), `reply`, `durable`, `pending`, `folded`, `wal` and `fold`
+//! (what the threads share), `journal` (the writer's account of unfolded rows), then one file per thread:
+//! `syncer`, `checkpointer`, `folder`, `writer`; `sqlite` is the façade that starts them.
 
+mod checkpointer;
+mod durable;
+mod fold;
+mod folded;
 mod folder;
 mod journal;
 pub mod outbox;
+mod pending;
+mod reply;
 mod rows;
 pub mod schema;
 pub mod sqlite;
 mod syncer;
+mod wal;
+mod writer;
 
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
@@ -44,6 +57,8 @@ pub enum StoreError {
     Closed,
     #[error("the write was not committed: {0}")]
     CommitFailed(String),
+    #[error("outbox records of type `{0}` are written by ticket writes only, not enqueued")]
+    NotEnqueueable(&'static str),
     #[error("store worker panicked: {0}")]
     Panicked(String),
 }

@@ -8,9 +8,9 @@
 //! one transaction, which also moves `tickets.db`'s `folded_seq` watermark past them. That commit is
 //! flushed to disk before the writer hears of it ([`FoldReport`]), because only then may the journal
 //! drop the rows it covers. A failed fold keeps its rows and is tried again after
-//! `storage.fold_interval_ms`; the queries waiting on it are told.
+//! `sqlite::FOLD_INTERVAL`; the queries waiting on it are told.
 //!
-//! This thread also checkpoints `tickets.db`, once its WAL holds `storage.tables_checkpoint_mib`
+//! This thread also checkpoints `tickets.db`, once its WAL holds `sqlite::TABLES_CHECKPOINT_MIB`
 //! rather than after every fold: consecutive folds rewrite the same pages (busy tickets' rows, the
 //! history index), and between checkpoints each such page is copied into the file, and the file
 //! flushed, once. Those scattered writes were a fold's most expensive disk work, and they delayed the
@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 
 use rusqlite::hooks::Wal;
 use rusqlite::Connection;
-use tokio::sync::oneshot;
 
-use super::journal::Entry;
-use super::sqlite::{checkpoint, WalLimits};
+use super::fold::{folded_seq, Entry, FoldJob, FoldReport};
+use super::folded::FoldedTickets;
+use super::wal::{checkpoint, WalLimits};
 use super::{rows, StoreError, StoreResult};
 use crate::domain::ids::TicketId;
 use crate::domain::ticket::{EventKind, Ticket};
@@ -46,32 +46,6 @@ fn note_wal_frames(_: &Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
     Ok(())
 }
 
-pub(super) type FoldWaiter = oneshot::Sender<StoreResult<()>>;
-
-/// Writer → folder: durable journal rows, oldest first, continuing the previous job's.
-#[derive(Default)]
-pub(super) struct FoldJob {
-    pub entries: Vec<Entry>,
-    /// Queries waiting until every acknowledged write is in the tables; answered through the writer
-    /// once these rows are folded.
-    pub waiters: Vec<FoldWaiter>,
-    /// The store is closing: fold, checkpoint, then signal here and stop.
-    pub close: Option<mpsc::SyncSender<()>>,
-}
-
-/// Folder → writer: what one fold did.
-pub(super) struct FoldReport {
-    /// Journal rows up to here are in the tables (on disk). Unchanged when the fold failed.
-    pub watermark: i64,
-    /// Rows folded.
-    pub rows: usize,
-    /// Each folded ticket's newest snapshot.
-    pub tickets: Vec<Arc<Ticket>>,
-    pub waiters: Vec<FoldWaiter>,
-    /// Why the fold failed; its rows are kept and folded again later.
-    pub error: Option<String>,
-}
-
 pub(super) struct Folder {
     conn: Connection,
     /// Rows handed over and not yet folded, oldest first.
@@ -82,9 +56,7 @@ pub(super) struct Folder {
     folded_seq: i64,
     /// What the tickets table holds for recently folded tickets (this thread is its only writer), so
     /// a fold's diff need not read the row back.
-    bases: HashMap<TicketId, Arc<Ticket>>,
-    /// At most this many tickets in `bases` (0: none); emptied when full.
-    bases_cap: usize,
+    cache: Arc<FoldedTickets>,
     retry_after: Duration,
     wal: WalLimits,
     /// Checkpoint once the WAL holds this many frames (pages).
@@ -96,7 +68,7 @@ impl Folder {
     /// setting `wal_autocheckpoint` afterwards would replace the WAL hook installed here.
     pub fn new(
         conn: Connection,
-        bases_cap: usize,
+        cache: Arc<FoldedTickets>,
         retry_after: Duration,
         wal: WalLimits,
         checkpoint_pages: i64,
@@ -108,8 +80,7 @@ impl Folder {
             pending: Vec::new(),
             received_seq: folded_seq,
             folded_seq,
-            bases: HashMap::new(),
-            bases_cap,
+            cache,
             retry_after,
             wal,
             checkpoint_pages,
@@ -182,12 +153,12 @@ impl Folder {
         let watermark = self.pending[rows - 1].seq;
         // Each ticket's newest snapshot, and whether the fold creates its row.
         let mut snapshots: HashMap<TicketId, (&Arc<Ticket>, bool)> = HashMap::new();
-        for e in &self.pending {
-            let creates = matches!(e.event.kind, EventKind::Created | EventKind::Imported);
+        for c in self.pending.iter().filter_map(|e| e.change.as_ref()) {
+            let creates = matches!(c.event.kind, EventKind::Created | EventKind::Imported);
             snapshots
-                .entry(e.ticket.id)
-                .and_modify(|s| s.0 = &e.ticket)
-                .or_insert((&e.ticket, creates));
+                .entry(c.ticket.id)
+                .and_modify(|s| s.0 = &c.ticket)
+                .or_insert((&c.ticket, creates));
         }
         let span =
             tracing::info_span!("store_fold", rows, tickets = snapshots.len(), watermark).entered();
@@ -196,7 +167,7 @@ impl Folder {
                 &mut self.conn,
                 &self.pending,
                 &snapshots,
-                &self.bases,
+                &self.cache,
                 watermark,
             )
         }));
@@ -219,13 +190,7 @@ impl Folder {
             report.error = Some(error);
             return report;
         }
-        if self.bases.len() + folded.len() > self.bases_cap {
-            self.bases.clear();
-        }
-        if self.bases_cap > 0 {
-            self.bases
-                .extend(folded.iter().map(|t| (t.id, Arc::clone(t))));
-        }
+        self.cache.folded(&folded);
         self.pending.clear();
         self.folded_seq = watermark;
         let elapsed = started.elapsed();
@@ -262,26 +227,18 @@ impl Folder {
     }
 }
 
-/// `tickets.db`'s watermark: journal rows up to it are in the tables.
-pub(super) fn folded_seq(conn: &Connection) -> StoreResult<i64> {
-    Ok(conn.query_row(
-        "SELECT value FROM store_meta WHERE key = 'folded_seq'",
-        [],
-        |r| r.get(0),
-    )?)
-}
-
 fn apply(
     conn: &mut Connection,
     chunk: &[Entry],
     snapshots: &HashMap<TicketId, (&Arc<Ticket>, bool)>,
-    bases: &HashMap<TicketId, Arc<Ticket>>,
+    cache: &FoldedTickets,
     watermark: i64,
 ) -> StoreResult<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    for e in chunk {
-        rows::insert_event(&tx, &e.event, &e.changes)?;
-        if let Some(comment) = &e.comment {
+    // Rows with no ticket change (other outbox records) fold nothing; the watermark passes them.
+    for c in chunk.iter().filter_map(|e| e.change.as_ref()) {
+        rows::insert_event(&tx, &c.event, &c.changes)?;
+        if let Some(comment) = &c.comment {
             rows::insert_comment(&tx, comment)?;
         }
     }
@@ -293,8 +250,8 @@ fn apply(
             rows::insert_ticket(&tx, t)?;
             continue;
         }
-        match bases.get(&t.id) {
-            Some(base) => rows::update_ticket(&tx, base, t)?,
+        match cache.get(t.id) {
+            Some(base) => rows::update_ticket(&tx, &base, t)?,
             None => {
                 let base = rows::load(&tx, t.id)?.ok_or_else(|| {
                     StoreError::Corrupt(format!("journalled ticket {} has no row", t.id))
@@ -338,14 +295,16 @@ mod tests {
     }
 
     fn entry(seq: i64, ticket: &Ticket, kind: EventKind) -> Entry {
-        let w = crate::store::journal::tests::write(ticket, kind, None);
+        let w = crate::store::sqlite::tests::write(ticket, kind, None);
         Entry {
             seq,
             journalled_at: Instant::now(),
-            ticket: Arc::new(w.ticket),
-            changes: w.event.changes.to_string(),
-            event: w.event,
-            comment: None,
+            change: Some(crate::store::fold::Change {
+                ticket: Arc::new(w.ticket),
+                changes: w.event.changes.to_string(),
+                event: w.event,
+                comment: None,
+            }),
         }
     }
 
@@ -367,7 +326,7 @@ mod tests {
         };
         let mut folder = Folder::new(
             Connection::open(&tables).unwrap(),
-            16,
+            FoldedTickets::new(16),
             Duration::from_secs(1),
             wal,
             1,
@@ -409,7 +368,14 @@ mod tests {
         let conn = Connection::open(&tables).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0")
             .unwrap();
-        let mut folder = Folder::new(conn, 16, Duration::from_secs(1), wal, 64).unwrap();
+        let mut folder = Folder::new(
+            conn,
+            FoldedTickets::new(16),
+            Duration::from_secs(1),
+            wal,
+            64,
+        )
+        .unwrap();
         // Pages reach the database file only through a checkpoint.
         let file_len = || std::fs::metadata(&tables).unwrap().len();
         let before = file_len();

@@ -16,16 +16,17 @@
 //! same state from the rows above the watermark, and the store folds them before serving.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
 use rusqlite::Connection;
 
-use super::folder::{self, FoldReport};
-use super::{rows, StoreError, StoreResult, SyncRecord, TicketWrite};
+use super::fold::{folded_seq, Change, Entry, FoldReport};
+use super::folded::FoldedTickets;
+use super::pending::PendingView;
+use super::{rows, OutboxRecord, StoreError, StoreResult, TicketWrite};
 use crate::domain::ids::{EventId, RequestId, TicketId};
 use crate::domain::ticket::{Comment, EventKind, Ticket, TicketEvent};
 use crate::metrics as m;
@@ -38,7 +39,7 @@ fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
 /// thread and not on the single writer thread every write waits for.
 pub struct EncodedWrite {
     write: TicketWrite,
-    /// The [`SyncRecord`]: the journal row's and the outbox row's payload.
+    /// The [`OutboxRecord::TicketSync`]: the journal row's and the outbox row's payload.
     record: String,
     /// The [`TicketEvent`], for the history once folded.
     event: String,
@@ -46,9 +47,10 @@ pub struct EncodedWrite {
     changes: String,
 }
 
-/// A [`SyncRecord`] borrowing its parts, so encoding one copies no ticket. It serializes exactly as
-/// `SyncRecord` does (a unit test holds them together).
+/// An [`OutboxRecord::TicketSync`] borrowing its parts, so encoding one copies no ticket. It
+/// serializes exactly as that record does, type tag included (a unit test holds them together).
 #[derive(serde::Serialize)]
+#[serde(tag = "type", rename = "ticket_sync")]
 struct SyncRecordRef<'a> {
     event_id: EventId,
     ticket_id: TicketId,
@@ -92,8 +94,16 @@ impl EncodedWrite {
     }
 
     fn decode(record: &str, event: &str) -> StoreResult<(TicketWrite, String)> {
-        let record: SyncRecord = serde_json::from_str(record)
-            .map_err(|e| StoreError::Corrupt(format!("journal record: {e}")))?;
+        let record = match serde_json::from_str(record) {
+            Ok(OutboxRecord::TicketSync(r)) => r,
+            Ok(other) => {
+                return Err(StoreError::Corrupt(format!(
+                    "journal row holds a `{}` record",
+                    other.kind()
+                )))
+            }
+            Err(e) => return Err(StoreError::Corrupt(format!("journal record: {e}"))),
+        };
         let event: TicketEvent = serde_json::from_str(event)
             .map_err(|e| StoreError::Corrupt(format!("journal event: {e}")))?;
         let changes = encode(&event.changes)?;
@@ -104,6 +114,29 @@ impl EncodedWrite {
             request_id: record.request_id,
         };
         Ok((write, changes))
+    }
+}
+
+/// An outbox record that is no ticket change, encoded on the caller's thread.
+pub struct EncodedRecord {
+    /// The row's unique key, in the column ticket syncs fill with their event id.
+    pub key: String,
+    pub ticket_id: TicketId,
+    /// The tagged [`OutboxRecord`].
+    pub payload: String,
+}
+
+impl EncodedRecord {
+    /// Refuses a ticket sync: those are written by the ticket write they describe, in its transaction.
+    pub fn new(record: &OutboxRecord) -> StoreResult<Self> {
+        if record.as_sync().is_some() {
+            return Err(StoreError::NotEnqueueable(record.kind()));
+        }
+        Ok(Self {
+            key: EventId::new().to_string(),
+            ticket_id: record.ticket_id(),
+            payload: encode(record)?,
+        })
     }
 }
 
@@ -134,70 +167,10 @@ impl JournalOp {
     }
 }
 
-/// Latest snapshots of journalled, not yet folded tickets, readable from any thread.
-#[derive(Debug, Default)]
-pub struct PendingView {
-    tickets: Mutex<HashMap<TicketId, Arc<Ticket>>>,
-    len: AtomicUsize,
-}
-
-impl PendingView {
-    fn lock(&self) -> MutexGuard<'_, HashMap<TicketId, Arc<Ticket>>> {
-        // The map is only ever replaced whole or extended; a panic mid-update leaves it usable.
-        self.tickets.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn get(&self, id: TicketId) -> Option<Ticket> {
-        if self.is_empty() {
-            return None;
-        }
-        self.lock().get(&id).map(|t| Ticket::clone(t))
-    }
-
-    /// No acknowledged write is waiting for a fold: the tables are current.
-    pub fn is_empty(&self) -> bool {
-        self.len.load(Ordering::Acquire) == 0
-    }
-
-    pub(super) fn publish(&self, tickets: impl IntoIterator<Item = Arc<Ticket>>) {
-        let mut map = self.lock();
-        map.extend(tickets.into_iter().map(|t| (t.id, t)));
-        self.len.store(map.len(), Ordering::Release);
-    }
-
-    fn remove(&self, ids: &[TicketId]) {
-        if ids.is_empty() {
-            return;
-        }
-        let mut map = self.lock();
-        for id in ids {
-            map.remove(id);
-        }
-        self.len.store(map.len(), Ordering::Release);
-    }
-
-    fn replace(&self, tickets: HashMap<TicketId, Arc<Ticket>>) {
-        let mut map = self.lock();
-        *map = tickets;
-        self.len.store(map.len(), Ordering::Release);
-    }
-}
-
 struct PendingTicket {
     latest: Arc<Ticket>,
     /// The journal row that wrote `latest`.
     last_seq: i64,
-}
-
-/// One journalled write, as the fold needs it.
-pub(super) struct Entry {
-    pub seq: i64,
-    pub journalled_at: Instant,
-    pub ticket: Arc<Ticket>,
-    pub event: TicketEvent,
-    /// `event.changes` as JSON, encoded off the writer thread.
-    pub changes: String,
-    pub comment: Option<Comment>,
 }
 
 /// A write checked against the journal and the tables, ready to be recorded once its rows are in.
@@ -224,11 +197,9 @@ pub struct Journal {
     /// Snapshots written in the transaction under way, shown to readers once it commits.
     unpublished: Vec<Arc<Ticket>>,
     view: Arc<PendingView>,
-    /// The version the tickets table holds for recently folded tickets, so that a write's version
-    /// check need not read the row back.
-    folded: HashMap<TicketId, u64>,
-    /// At most this many tickets in `folded` (0: none); it is emptied when full.
-    folded_cap: usize,
+    /// What the tickets table holds for recently folded tickets (filled by the folder), so that a
+    /// write's version check need not read the row back.
+    folded: Arc<FoldedTickets>,
     /// A read-only connection to `tickets.db`, for versions not in `folded`.
     tables: Connection,
 }
@@ -250,8 +221,7 @@ impl Journal {
             tickets: HashMap::new(),
             unpublished: Vec::new(),
             view,
-            folded: HashMap::new(),
-            folded_cap: 0,
+            folded: FoldedTickets::new(0),
             tables,
         };
         journal.reload(conn)?;
@@ -260,20 +230,22 @@ impl Journal {
 
     /// Re-reads every row not yet folded from disk, keeping out of `entries` those the folder has.
     fn reload(&mut self, conn: &Connection) -> StoreResult<()> {
-        let folded_seq = folder::folded_seq(&self.tables)?;
+        let folded_seq = folded_seq(&self.tables)?;
         self.folded_seq = self.folded_seq.max(folded_seq);
         self.last_seq = self.folded_seq;
         self.entries.clear();
         self.tickets.clear();
-        // Rows without an op are dead letters sent again: their change was journalled already.
-        let mut stmt = conn.prepare(
-            "SELECT seq, op, payload, event FROM outbox WHERE seq > ?1 AND op IS NOT NULL \
-             ORDER BY seq",
-        )?;
+        // Rows without an op (records enqueued beside the journal, dead letters sent again) have
+        // nothing to fold, but the watermark must still pass them.
+        let mut stmt =
+            conn.prepare("SELECT seq, op, payload, event FROM outbox WHERE seq > ?1 ORDER BY seq")?;
         let mut rows = stmt.query([self.folded_seq])?;
         while let Some(row) = rows.next()? {
             let seq: i64 = row.get(0)?;
-            let op: String = row.get(1)?;
+            let Some(op) = row.get::<_, Option<String>>(1)? else {
+                self.record_unfolded(seq);
+                continue;
+            };
             JournalOp::parse(&op)
                 .ok_or_else(|| StoreError::Corrupt(format!("bad journal op `{op}`")))?;
             let (write, changes) =
@@ -295,9 +267,9 @@ impl Journal {
         Ok(())
     }
 
-    /// Keeps the table's version of up to `cap` recently folded tickets in memory.
-    pub fn with_folded_cache(mut self, cap: usize) -> Self {
-        self.folded_cap = cap;
+    /// Reads table versions from `cache`, the one the folder fills.
+    pub fn with_folded_cache(mut self, cache: Arc<FoldedTickets>) -> Self {
+        self.folded = cache;
         self
     }
 
@@ -312,8 +284,8 @@ impl Journal {
 
     /// The version the tickets table holds for `id`, if it has a row.
     fn table_version(&self, id: TicketId) -> StoreResult<Option<u64>> {
-        match self.folded.get(&id) {
-            Some(v) => Ok(Some(*v)),
+        match self.folded.version(id) {
+            Some(v) => Ok(Some(v)),
             None => rows::stored_version(&self.tables, id),
         }
     }
@@ -403,10 +375,26 @@ impl Journal {
         self.entries.push_back(Entry {
             seq,
             journalled_at: Instant::now(),
-            ticket: latest,
-            event: write.event,
-            changes,
-            comment: write.comment,
+            change: Some(Change {
+                ticket: latest,
+                event: write.event,
+                changes,
+                comment: write.comment,
+            }),
+        });
+    }
+
+    /// Takes in an outbox row with nothing to fold, written in the current transaction: it waits in
+    /// the journal only so that a fold's watermark passes it.
+    pub fn record_unfolded(&mut self, seq: i64) {
+        self.last_seq = self.last_seq.max(seq);
+        if seq <= self.handed_seq {
+            return;
+        }
+        self.entries.push_back(Entry {
+            seq,
+            journalled_at: Instant::now(),
+            change: None,
         });
     }
 
@@ -425,15 +413,9 @@ impl Journal {
         std::mem::take(&mut self.unpublished)
     }
 
-    /// The newest journalled row (or outbox row written beside the journal, such as a re-queued dead
-    /// letter's).
+    /// The newest journalled row.
     pub fn last_seq(&self) -> i64 {
         self.last_seq
-    }
-
-    /// An outbox row outside the journal was written in the current transaction.
-    pub fn note_outbox_seq(&mut self, seq: i64) {
-        self.last_seq = self.last_seq.max(seq);
     }
 
     /// How many of the oldest journalled rows are at or below `seq` (durable, so foldable).
@@ -474,14 +456,8 @@ impl Journal {
         self.in_flight = self.in_flight.saturating_sub(report.rows);
         if report.error.is_none() {
             self.folded_seq = self.folded_seq.max(report.watermark);
-            if self.folded.len() + report.tickets.len() > self.folded_cap {
-                self.folded.clear();
-            }
             let mut gone = Vec::new();
             for t in &report.tickets {
-                if self.folded_cap > 0 {
-                    self.folded.insert(t.id, t.version);
-                }
                 if self
                     .tickets
                     .get(&t.id)
@@ -498,86 +474,10 @@ impl Journal {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
-    use std::path::Path;
-
-    use chrono::Duration as ChronoDuration;
-    use serde_json::json;
-
-    use super::super::sqlite::SqliteStore;
-    use super::super::{now, Outbox, StoreError, TicketFilter, TicketStore, TicketWrite};
-    use crate::config::{StorageSettings, Synchronous};
-    use crate::domain::ids::{EventId, TicketId};
-    use crate::domain::status::Status;
-    use crate::domain::ticket::{Comment, EventKind, Priority, Source, Ticket, TicketEvent};
-
-    /// A store that never folds on its own: only queries, `close` and a reopen fold.
-    fn open(dir: &Path) -> SqliteStore {
-        SqliteStore::open(&StorageSettings {
-            data_dir: dir.to_path_buf(),
-            synchronous: Synchronous::Normal,
-            commit_batch_max: 64,
-            readers: 1,
-            fold_max_rows: 1_000_000,
-            fold_interval_ms: 3_600_000,
-            checkpoint_interval_ms: 50,
-            wal_max_mib: 64,
-            tables_checkpoint_mib: 64,
-        })
-        .unwrap()
-    }
-
-    fn ticket(tags: &[&str]) -> Ticket {
-        let at = now();
-        Ticket {
-            id: TicketId::new(),
-            subject: "Printer on fire — ünïcode".into(),
-            description: String::new(),
-            status: Status::Open,
-            priority: Priority::Normal,
-            requester: "ann@example.com".into(),
-            assignee: None,
-            tags: tags.iter().map(|t| t.to_string()).collect(),
-            source: Source::Api,
-            chat_session_id: None,
-            created_at: at,
-            updated_at: at,
-            version: 1,
-        }
-    }
-
-    /// A store opened in `dir` holding one created ticket, and that ticket.
-    async fn with_one_ticket(dir: &Path) -> (SqliteStore, Ticket) {
-        let store = open(dir);
-        let v1 = ticket(&[]);
-        store
-            .create(write(&v1, EventKind::Created, None))
-            .await
-            .unwrap();
-        (store, v1)
-    }
-
-    /// A write of `ticket` as it stands, by actor "test" (the folder's tests use it too).
-    pub(in crate::store) fn write(
-        ticket: &Ticket,
-        kind: EventKind,
-        comment: Option<Comment>,
-    ) -> TicketWrite {
-        TicketWrite {
-            ticket: ticket.clone(),
-            event: TicketEvent {
-                event_id: EventId::new(),
-                ticket_id: ticket.id,
-                kind,
-                actor: "test".into(),
-                at: ticket.updated_at,
-                version: ticket.version,
-                changes: json!({"v": ticket.version}),
-            },
-            comment,
-            request_id: None,
-        }
-    }
+mod tests {
+    use super::*;
+    use crate::domain::ticket::EventKind;
+    use crate::store::sqlite::tests::{ticket, write};
 
     #[test]
     fn the_bridge_is_offered_only_rows_up_to_the_durable_mark() {
@@ -588,19 +488,13 @@ pub(super) mod tests {
         let mut seqs = Vec::new();
         for _ in 0..3 {
             let w = super::EncodedWrite::new(write(&t, EventKind::Updated, None)).unwrap();
-            let seq = super::rows::insert_outbox(
-                &conn,
-                "update",
-                &w.write.event,
-                &w.record,
-                &w.event,
-                false,
-            )
-            .unwrap();
+            let seq =
+                rows::insert_outbox(&conn, "update", &w.write.event, &w.record, &w.event, false)
+                    .unwrap();
             seqs.push(seq);
         }
         let offered = |durable| -> Vec<i64> {
-            let rows = super::rows::outbox_peek(&conn, 10, durable).unwrap();
+            let rows = rows::outbox_peek(&conn, 10, durable).unwrap();
             rows.iter().map(|e| e.seq).collect()
         };
         assert_eq!(offered(0), Vec::<i64>::new());
@@ -623,7 +517,7 @@ pub(super) mod tests {
             (EventKind::Commented, Some(comment)),
         ] {
             let w = write(&t, kind, comment);
-            let owned = super::SyncRecord {
+            let owned = OutboxRecord::TicketSync(crate::store::SyncRecord {
                 event_id: w.event.event_id,
                 ticket_id: w.ticket.id,
                 version: w.ticket.version,
@@ -632,390 +526,11 @@ pub(super) mod tests {
                 ticket: w.ticket.clone(),
                 comment: w.comment.clone(),
                 request_id: w.request_id.clone(),
-            };
+            });
             assert_eq!(
                 serde_json::to_string(&super::SyncRecordRef::from(&w)).unwrap(),
                 serde_json::to_string(&owned).unwrap()
             );
         }
-    }
-
-    /// The next version of `t` with `change` applied.
-    fn next(t: &Ticket, change: impl FnOnce(&mut Ticket)) -> Ticket {
-        let mut t = t.clone();
-        change(&mut t);
-        t.version += 1;
-        t.updated_at += ChronoDuration::milliseconds(1);
-        t
-    }
-
-    fn filter() -> TicketFilter {
-        TicketFilter {
-            limit: 100,
-            ..TicketFilter::default()
-        }
-    }
-
-    /// Creates a ticket and changes it three times (fields, tags, a comment); returns its states.
-    async fn history(store: &SqliteStore) -> Vec<Ticket> {
-        let v1 = ticket(&["printer", "fire"]);
-        store
-            .create(write(&v1, EventKind::Created, None))
-            .await
-            .unwrap();
-        let v2 = next(&v1, |t| {
-            t.status = Status::InProgress;
-            t.assignee = Some("bob".into());
-            t.priority = Priority::Urgent;
-        });
-        store
-            .update(write(&v2, EventKind::StatusChanged, None))
-            .await
-            .unwrap();
-        let v3 = next(&v2, |t| t.tags = vec!["fire".into(), "facilities".into()]);
-        store
-            .update(write(&v3, EventKind::Updated, None))
-            .await
-            .unwrap();
-        let v4 = next(&v3, |_| {});
-        let comment = Comment {
-            id: uuid::Uuid::now_v7(),
-            ticket_id: v4.id,
-            author: "bob".into(),
-            body: "Extinguished.".into(),
-            created_at: v4.updated_at,
-        };
-        store
-            .update(write(&v4, EventKind::Commented, Some(comment)))
-            .await
-            .unwrap();
-        vec![v1, v2, v3, v4]
-    }
-
-    async fn assert_tables_hold(store: &SqliteStore, states: &[Ticket]) {
-        let last = states.last().unwrap();
-        assert_eq!(store.load(last.id).await.unwrap().as_ref(), Some(last));
-        let listed = store.list(filter()).await.unwrap();
-        assert_eq!(listed, vec![last.clone()]);
-        let by = |f: TicketFilter| async { store.list(f).await.unwrap().len() };
-        let tag = |t: &str| TicketFilter {
-            tag: Some(t.into()),
-            ..filter()
-        };
-        assert_eq!(
-            by(tag("printer")).await,
-            0,
-            "a removed tag leaves the index"
-        );
-        assert_eq!(by(tag("facilities")).await, 1);
-        assert_eq!(by(tag("fire")).await, 1);
-        let status = |s| TicketFilter {
-            status: Some(s),
-            ..filter()
-        };
-        assert_eq!(by(status(Status::Open)).await, 0);
-        assert_eq!(by(status(Status::InProgress)).await, 1);
-        let assignee = TicketFilter {
-            assignee: Some("bob".into()),
-            ..filter()
-        };
-        assert_eq!(by(assignee).await, 1);
-        let events = store.events(last.id, 0, 100).await.unwrap();
-        let versions: Vec<u64> = events.iter().map(|(_, e)| e.version).collect();
-        assert_eq!(versions, vec![1, 2, 3, 4]);
-        assert!(
-            events.windows(2).all(|w| w[0].0 < w[1].0),
-            "history in order"
-        );
-        assert_eq!(events[3].1.kind, EventKind::Commented);
-        let outbox = Outbox::peek(store, 100).await.unwrap();
-        let synced: Vec<u64> = outbox
-            .iter()
-            .map(|e| e.record.as_sync().unwrap().version)
-            .collect();
-        assert_eq!(synced, vec![1, 2, 3, 4], "every write is in the outbox");
-        assert_eq!(
-            outbox[3]
-                .record
-                .as_sync()
-                .unwrap()
-                .comment
-                .as_ref()
-                .unwrap()
-                .body,
-            "Extinguished."
-        );
-    }
-
-    #[actix_rt::test]
-    async fn journalled_writes_are_read_back_before_and_after_the_fold() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        let states = history(&store).await;
-        // Not folded yet: the snapshot comes from memory.
-        assert_eq!(
-            store.load(states[0].id).await.unwrap().as_ref(),
-            states.last()
-        );
-        // A list folds first, so every query below reads the tables.
-        assert_tables_hold(&store, &states).await;
-        store.close().await;
-    }
-
-    #[actix_rt::test]
-    async fn writes_are_acknowledged_while_a_fold_waits_for_the_tables() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, v1) = with_one_ticket(dir.path()).await;
-        // Another connection holds tickets.db's write lock, so the fold this list asks for waits.
-        let blocker = rusqlite::Connection::open(dir.path().join("tickets.db")).unwrap();
-        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let listed = store.list(filter());
-        let v2 = next(&v1, |t| t.subject = "Still on fire".into());
-        // Well inside the folder's 5 s busy timeout: the write does not queue behind the fold.
-        tokio::time::timeout(
-            std::time::Duration::from_secs(2),
-            store.update(write(&v2, EventKind::Updated, None)),
-        )
-        .await
-        .expect("the write is acknowledged while the fold waits")
-        .unwrap();
-        assert_eq!(store.load(v1.id).await.unwrap().as_ref(), Some(&v2));
-        blocker.execute_batch("COMMIT").unwrap();
-        // The list sees at least what was acknowledged when it was asked (the update too, when both
-        // reached the writer in one batch); the next one sees the update.
-        let first = listed.await.unwrap();
-        assert!(
-            first == vec![v1.clone()] || first == vec![v2.clone()],
-            "{first:?}"
-        );
-        assert_eq!(store.list(filter()).await.unwrap(), vec![v2]);
-        store.close().await;
-    }
-
-    #[actix_rt::test]
-    async fn a_journal_left_by_a_crash_is_folded_on_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let states = {
-            let store = open(dir.path());
-            let states = history(&store).await;
-            // Dropped without `close`: the writer stops without folding, as after kill -9.
-            drop(store);
-            states
-        };
-        let raw = rusqlite::Connection::open(dir.path().join("switchboard.db")).unwrap();
-        let tables = rusqlite::Connection::open(dir.path().join("tickets.db")).unwrap();
-        let folded = super::folder::folded_seq(&tables).unwrap();
-        let journalled: i64 = raw
-            .query_row(
-                "SELECT COUNT(*) FROM outbox WHERE seq > ?1",
-                [folded],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(journalled, 4, "the writes were left in the journal");
-        drop(raw);
-        let store = open(dir.path());
-        assert_tables_hold(&store, &states).await;
-        store.close().await;
-    }
-
-    #[actix_rt::test]
-    async fn conflicts_and_duplicates_are_refused_against_journal_and_tables() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, v1) = with_one_ticket(dir.path()).await;
-        for round in ["journalled", "folded"] {
-            let again = store.create(write(&v1, EventKind::Created, None)).await;
-            assert!(
-                matches!(again, Err(StoreError::AlreadyExists(_))),
-                "{round}"
-            );
-            let stale = next(&next(&v1, |_| {}), |_| {});
-            let conflict = store.update(write(&stale, EventKind::Updated, None)).await;
-            assert!(
-                matches!(
-                    conflict,
-                    Err(StoreError::VersionConflict { expected: 2, .. })
-                ),
-                "{round}: {conflict:?}"
-            );
-            store.list(filter()).await.unwrap();
-        }
-        let unknown = next(&ticket(&[]), |_| {});
-        let missing = store
-            .update(write(&unknown, EventKind::Updated, None))
-            .await;
-        assert!(matches!(missing, Err(StoreError::VersionConflict { .. })));
-        // A refused write leaves nothing behind, and its neighbours commit.
-        let v2 = next(&v1, |t| t.subject = "Still on fire".into());
-        store
-            .update(write(&v2, EventKind::Updated, None))
-            .await
-            .unwrap();
-        assert_eq!(store.peek(10).await.unwrap().len(), 2);
-        assert_eq!(store.events(v1.id, 0, 10).await.unwrap().len(), 2);
-        assert_eq!(store.load(v1.id).await.unwrap(), Some(v2));
-        store.close().await;
-    }
-
-    #[actix_rt::test]
-    async fn rows_delivered_or_dead_lettered_before_their_fold_are_folded_then_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        let states = history(&store).await;
-        let outbox = store.peek(10).await.unwrap();
-        let seqs: Vec<i64> = outbox.iter().map(|e| e.seq).collect();
-        // Django takes the first two and refuses the third before any fold.
-        store.ack(seqs[..2].to_vec()).await.unwrap();
-        store
-            .dead_letter(vec![super::super::Rejection {
-                seq: seqs[2],
-                status_code: Some(422),
-                error: "no".into(),
-            }])
-            .await
-            .unwrap();
-        let waiting = store.peek(10).await.unwrap();
-        assert_eq!(waiting.len(), 1, "only the fourth is still to send");
-        assert_eq!(store.stats().await.unwrap().depth, 1);
-        // An operator re-queues the dead letter while its row still waits for the fold.
-        let dead = store.dead_letters(10).await.unwrap();
-        assert!(store.retry_dead_letter(dead[0].id).await.unwrap());
-        let again: Vec<i64> = store
-            .peek(10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.seq)
-            .collect();
-        assert_eq!(again, vec![seqs[2], seqs[3]], "re-sent from its own row");
-        // The fold applies all four, and drops the delivered ones.
-        assert_tables_hold_after_delivery(&store, &states).await;
-        let stats = store.stats().await.unwrap();
-        assert_eq!((stats.depth, stats.dead_letters), (2, 0));
-        store.ack(vec![seqs[2], seqs[3]]).await.unwrap();
-        assert_eq!(store.stats().await.unwrap().depth, 0);
-        drop(store);
-        let raw = rusqlite::Connection::open(dir.path().join("switchboard.db")).unwrap();
-        let rows: i64 = raw
-            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(rows, 0, "delivered and folded rows are gone");
-    }
-
-    async fn assert_tables_hold_after_delivery(store: &SqliteStore, states: &[Ticket]) {
-        let last = states.last().unwrap();
-        assert_eq!(store.list(filter()).await.unwrap(), vec![last.clone()]);
-        let events = store.events(last.id, 0, 100).await.unwrap();
-        assert_eq!(events.len(), 4);
-    }
-
-    #[test]
-    fn folds_in_parts_keep_later_writes_served_from_memory_until_folded() {
-        use super::super::folder::Folder;
-        use super::super::sqlite::WalLimits;
-        use super::super::{rows, schema};
-        use super::{EncodedWrite, Journal, JournalOp, PendingView};
-
-        let dir = tempfile::tempdir().unwrap();
-        let tables_path = dir.path().join("tickets.db");
-        let mut conn = rusqlite::Connection::open(dir.path().join("switchboard.db")).unwrap();
-        schema::migrate(&mut conn, &tables_path).unwrap();
-        let tables = rusqlite::Connection::open(&tables_path).unwrap();
-        let wal = WalLimits {
-            restart_pages: 1000,
-        };
-        let mut folder = Folder::new(
-            rusqlite::Connection::open(&tables_path).unwrap(),
-            16,
-            std::time::Duration::from_secs(1),
-            wal,
-            1,
-        )
-        .unwrap();
-        let view = std::sync::Arc::new(PendingView::default());
-        let reader = rusqlite::Connection::open(&tables_path).unwrap();
-        let mut journal = Journal::recover(&conn, reader, view.clone())
-            .unwrap()
-            .with_folded_cache(16);
-        let v1 = ticket(&["printer"]);
-        let other = ticket(&[]);
-        let v2 = next(&v1, |t| {
-            t.priority = Priority::High;
-            t.tags = vec!["fire".into()];
-        });
-        let v3 = next(&v2, |t| t.subject = "Out".into());
-        let writes = [
-            (JournalOp::Create, &v1, EventKind::Created),
-            (JournalOp::Create, &other, EventKind::Created),
-            (JournalOp::Update, &v2, EventKind::Updated),
-            (JournalOp::Update, &v3, EventKind::Updated),
-        ];
-        let mut seqs = Vec::new();
-        for (op, t, kind) in writes {
-            let tx = conn.transaction().unwrap();
-            let encoded = EncodedWrite::new(write(t, kind, None)).unwrap();
-            let staged = journal.append(&tx, op, encoded).unwrap().unwrap();
-            journal.record(staged);
-            tx.commit().unwrap();
-            journal.committed();
-            seqs.push(journal.last_seq());
-        }
-        let stored = |id| rows::load(&tables, id).unwrap();
-        let count = |sql: &str| -> i64 { tables.query_row(sql, [], |r| r.get(0)).unwrap() };
-        let mut fold_up_to = |journal: &mut Journal, seq: i64| {
-            folder.take(journal.hand_over(seq));
-            let report = folder.fold_pending();
-            assert!(report.error.is_none(), "{:?}", report.error);
-            journal.folded(&report);
-            report.rows
-        };
-
-        // The first fold creates both rows; v1's ticket has later writes, still served from memory.
-        assert_eq!(fold_up_to(&mut journal, seqs[1]), 2);
-        assert_eq!(stored(v1.id).as_ref(), Some(&v1));
-        assert_eq!(stored(other.id).as_ref(), Some(&other));
-        assert_eq!(view.get(v1.id).as_ref(), Some(&v3));
-        assert_eq!(view.get(other.id), None);
-        // The next one updates the row the first created.
-        assert_eq!(fold_up_to(&mut journal, seqs[2]), 1);
-        assert_eq!(stored(v1.id).as_ref(), Some(&v2));
-        assert_eq!(view.get(v1.id).as_ref(), Some(&v3));
-        // Rows handed over again (the writer re-read its journal after a failed commit) are skipped.
-        journal.rolled_back(&conn).unwrap();
-        assert_eq!(fold_up_to(&mut journal, i64::MAX), 1);
-        assert_eq!(stored(v1.id).as_ref(), Some(&v3));
-        assert!(view.is_empty() && journal.len() == 0);
-        assert_eq!(fold_up_to(&mut journal, i64::MAX), 0);
-
-        assert_eq!(count("SELECT COUNT(*) FROM ticket_events"), 4);
-        assert_eq!(
-            count("SELECT COUNT(*) FROM ticket_tags WHERE tag = 'printer'"),
-            0
-        );
-        assert_eq!(
-            count("SELECT COUNT(*) FROM ticket_tags WHERE tag = 'fire'"),
-            1
-        );
-        assert_eq!(
-            count("SELECT value FROM store_meta WHERE key = 'folded_seq'"),
-            seqs[3]
-        );
-    }
-
-    #[actix_rt::test]
-    async fn an_import_is_stored_once_without_an_outbox_entry() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        let t = ticket(&["django"]);
-        let event = write(&t, EventKind::Imported, None).event;
-        store.import(t.clone(), event.clone()).await.unwrap();
-        // The second activation's import is a no-op, journalled or folded.
-        store.import(t.clone(), event.clone()).await.unwrap();
-        assert_eq!(store.load(t.id).await.unwrap().as_ref(), Some(&t));
-        assert_eq!(store.list(filter()).await.unwrap(), vec![t.clone()]);
-        store.import(t.clone(), event).await.unwrap();
-        assert!(store.peek(10).await.unwrap().is_empty());
-        assert_eq!(store.events(t.id, 0, 10).await.unwrap().len(), 1);
-        store.close().await;
     }
 }

@@ -104,18 +104,28 @@ pub struct OutboxEntry {
     pub enqueued_at: DateTime<Utc>,
 }
 
-/// A record Django refused, kept for an operator.
+/// A record Django refused, kept for an operator. The admin API shows this summary; `record` is what
+/// a retry puts back in the outbox.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeadLetter {
     pub id: i64,
-    pub event_id: EventId,
+    /// The record's type, as tagged in [`OutboxRecord`] (`ticket_sync`, `chat_ticket`).
+    #[serde(rename = "type")]
+    pub record_type: &'static str,
     pub ticket_id: TicketId,
-    pub version: u64,
-    pub kind: EventKind,
+    /// For a ticket sync: its event, the version it produced and what kind of change it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<EventId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<EventKind>,
     pub status_code: Option<u16>,
     pub error: String,
     pub failed_at: DateTime<Utc>,
     pub enqueued_at: DateTime<Utc>,
+    #[serde(skip)]
+    pub record: OutboxRecord,
 }
 
 /// An event the bridge gives up on, with Django's reason.

@@ -4,8 +4,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    DeadLetter, OutboxEntry, OutboxRecord, OutboxStats, Rejection, StoreError, SyncRecord,
-    TicketFilter,
+    DeadLetter, OutboxEntry, OutboxRecord, OutboxStats, Rejection, StoreError, TicketFilter,
 };
 use crate::domain::ids::TicketId;
 use crate::domain::principal::Principal;
@@ -190,8 +189,9 @@ pub fn insert_comment(conn: &Connection, c: &Comment) -> Result<(), StoreError> 
     Ok(())
 }
 
-/// Appends an outbox row and returns its `seq`. `payload` is the event's [`SyncRecord`] as JSON;
-/// `op` and `event` are what the journal fold needs (see `store::journal`).
+/// Appends a ticket write's outbox row and returns its `seq`. `payload` is its
+/// [`OutboxRecord::TicketSync`] as JSON; `op` and `event` are what the journal fold needs (see
+/// `store::journal`).
 pub fn insert_outbox(
     conn: &Connection,
     op: &str,
@@ -214,6 +214,30 @@ pub fn insert_outbox(
         delivered,
     ])?;
     Ok(conn.last_insert_rowid())
+}
+
+/// Appends an outbox row that is no ticket change (no `op`: the fold skips it) and returns its `seq`.
+/// `key` is the row's unique key in place of an event id; `payload` is its [`OutboxRecord`] as JSON.
+pub fn insert_record(
+    conn: &Connection,
+    key: &str,
+    ticket_id: TicketId,
+    payload: &str,
+) -> Result<i64, StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO outbox (event_id, ticket_id, payload, enqueued_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        key,
+        ticket_id.to_string(),
+        payload,
+        ts(&super::now())
+    ])?;
+    Ok(conn.last_insert_rowid())
+}
+
+fn decode_record(payload: &str, what: &str) -> Result<OutboxRecord, StoreError> {
+    serde_json::from_str(payload).map_err(|e| StoreError::Corrupt(format!("{what} payload: {e}")))
 }
 
 /// The version of `id` in the tickets table (folded writes only; see `store::journal`).
@@ -328,10 +352,7 @@ pub fn outbox_peek(
         let at: String = row.get(2)?;
         out.push(OutboxEntry {
             seq: row.get(0)?,
-            record: OutboxRecord::TicketSync(
-                serde_json::from_str(&payload)
-                    .map_err(|e| StoreError::Corrupt(format!("outbox payload: {e}")))?,
-            ),
+            record: decode_record(&payload, "outbox")?,
             enqueued_at: parse_ts(&at)?,
         });
     }
@@ -421,45 +442,62 @@ pub fn dead_letters(conn: &Connection, limit: u32) -> Result<Vec<DeadLetter>, St
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         let payload: String = row.get(1)?;
-        let record: SyncRecord = serde_json::from_str(&payload)
-            .map_err(|e| StoreError::Corrupt(format!("dead letter payload: {e}")))?;
+        let record = decode_record(&payload, "dead letter")?;
         let failed: String = row.get(4)?;
         let enqueued: String = row.get(5)?;
+        let sync = record.as_sync();
         out.push(DeadLetter {
             id: row.get(0)?,
-            event_id: record.event_id,
-            ticket_id: record.ticket_id,
-            version: record.version,
-            kind: record.kind,
+            record_type: record.kind(),
+            ticket_id: record.ticket_id(),
+            event_id: sync.map(|r| r.event_id),
+            version: sync.map(|r| r.version),
+            kind: sync.map(|r| r.kind),
             status_code: row.get::<_, Option<i64>>(2)?.map(|c| c as u16),
             error: row.get(3)?,
             failed_at: parse_ts(&failed)?,
             enqueued_at: parse_ts(&enqueued)?,
+            record,
         });
     }
     Ok(out)
 }
 
-pub fn retry_dead_letter(conn: &Connection, id: i64) -> Result<bool, StoreError> {
-    let event_id: Option<String> = conn
+/// What re-queueing a dead letter did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeued {
+    /// No such dead letter.
+    Unknown,
+    /// Its outbox row was still there (waiting for a fold) and is offered again.
+    Revived,
+    /// Its record was appended again as a new outbox row, at this `seq`, with nothing to fold.
+    Appended(i64),
+}
+
+/// Puts dead letter `id` back in the outbox with its whole record.
+pub fn retry_dead_letter(conn: &Connection, id: i64) -> Result<Requeued, StoreError> {
+    let key: Option<String> = conn
         .prepare_cached("SELECT event_id FROM dead_letters WHERE id = ?1")?
         .query_row([id], |r| r.get(0))
         .optional()?;
-    let Some(event_id) = event_id else {
-        return Ok(false);
+    let Some(key) = key else {
+        return Ok(Requeued::Unknown);
     };
     // The original row is still there when it waits for a fold: send it again from where it is.
     let revived = conn
         .prepare_cached("UPDATE outbox SET delivered = 0 WHERE event_id = ?1")?
-        .execute([&event_id])?;
-    if revived == 0 {
+        .execute([&key])?;
+    let requeued = if revived > 0 {
+        Requeued::Revived
+    } else {
         conn.prepare_cached(
-            "INSERT OR IGNORE INTO outbox (event_id, ticket_id, payload, enqueued_at) \
+            "INSERT INTO outbox (event_id, ticket_id, payload, enqueued_at) \
              SELECT event_id, ticket_id, payload, enqueued_at FROM dead_letters WHERE id = ?1",
         )?
         .execute([id])?;
-    }
+        Requeued::Appended(conn.last_insert_rowid())
+    };
     conn.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?
         .execute([id])?;
-    Ok(true)
+    Ok(requeued)
 }
