@@ -340,8 +340,13 @@ async fn unknown_tickets_are_fetched_from_django_and_imported_once() {
         })),
     );
     let url = app.url(&format!("/api/v1/tickets/{id}"));
-    let first = get(&url).await;
+    let first = request("GET", &url, None, &[("X-Request-Id", "fetch-req-1")]).await;
     assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(
+        django.fetch_request_ids(),
+        [Some("fetch-req-1".to_string())],
+        "the request that activated the ticket is named in Django's logs"
+    );
     assert_eq!(first.body["subject"], "From Django");
     assert_eq!(first.body["version"], 7);
     assert_eq!(first.body["tags"], json!([]));

@@ -312,3 +312,49 @@ async fn chat_tickets_are_created_idempotently_on_their_ticket_id() {
     assert_eq!(calls[0].body["transcript"][0]["role"], "customer");
     assert_eq!(calls[0].body["priority"], "normal");
 }
+
+#[actix_rt::test]
+async fn a_chat_ticket_in_the_outbox_reaches_django_once_even_across_a_restart() {
+    let django = FakeDjango::start();
+    // Django is down while the record is enqueued: it must wait on disk.
+    django.set_chat_default(ChatEndpoint::ChatTicket, Behavior::Status(503));
+    let mut app = spawn_app(
+        &django
+            .config("flush_ms = 10\nretry_base_ms = 5\nretry_max_ms = 20\ndrain_timeout_ms = 100"),
+    );
+    let record = json!({
+        "session_id": "8f14e45f-ceea-467f-a0e6-3b1c2d4e5f60",
+        "ticket_id": "01936f70-1d2e-7f30-8a41-6b7c8d9e0f99",
+        "subject": "Wrong invoice amount",
+        "description": "INV-1009 shows 120 EUR",
+        "priority": "high",
+        "requester": "ada@example.com",
+        "transcript": [{"role": "customer", "text": "My invoice is wrong", "at": "2026-11-27T05:40:10.000Z"}],
+        "request_id": "chat-req-9"
+    });
+    let queued = post(&app.url("/api/v1/debug/outbox/chat-ticket"), &record).await;
+    assert_eq!(queued.status, 202, "{}", queued.text);
+    let d = &django;
+    eventually("Django was tried", || async move {
+        !d.chat_calls(ChatEndpoint::ChatTicket).is_empty()
+    })
+    .await;
+
+    // A restart on the same disk, Django back: the record is delivered from the outbox.
+    let dir = app.take_tempdir().expect("tempdir");
+    app.stop().await.expect("clean stop");
+    django.set_chat_default(ChatEndpoint::ChatTicket, Behavior::Ok);
+    let app = spawn_app_in(dir.path(), &django.config("flush_ms = 10"));
+    let outbox = app.url("/readyz");
+    eventually("chat ticket delivered", || {
+        let u = outbox.clone();
+        async move { get(&u).await.body["outbox"]["depth"] == 0 }
+    })
+    .await;
+    let calls = django.chat_calls(ChatEndpoint::ChatTicket);
+    let last = calls.last().expect("a call");
+    assert_eq!(last.body["ticket_id"], record["ticket_id"]);
+    assert_eq!(last.body["transcript"][0]["text"], "My invoice is wrong");
+    assert_eq!(last.request_id.as_deref(), Some("chat-req-9"));
+    app.stop().await.expect("clean stop");
+}

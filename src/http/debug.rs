@@ -1,7 +1,8 @@
 //! `/api/v1/debug/…`: fault injection for tests, routed only when `testing.fault_injection` is on
 //! (which config refuses on a non-loopback bind): make a ticket actor or the bridge panic inside a
-//! handler, count live ticket actors, passivate them all, and call Django's AI and service-action
-//! endpoints through the request/response lane (no chat listener serves them yet).
+//! handler, count live ticket actors, passivate them all, call Django's AI and service-action
+//! endpoints through the request/response lane, and enqueue a chat-ticket outbox record (no chat
+//! session makes these yet).
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use crate::bridge::actor::Bridge;
 use crate::bridge::calls::DjangoCalls;
 use crate::bridge::wire::{AiRespondRequest, ServiceActionRequest};
 use crate::bridge::{AiRespond, InjectPanic as BridgePanic, ManageService};
+use crate::store::{ChatTicketRecord, Outbox, OutboxRecord};
 use crate::ticket::actor::InjectPanic;
 use crate::ticket::registry::{CountLive, Lookup, PassivateAll, TicketRegistry};
 
@@ -26,7 +28,23 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/debug/django/services-manage",
             web::post().to(manage_service),
+        )
+        .route(
+            "/debug/outbox/chat-ticket",
+            web::post().to(enqueue_chat_ticket),
         );
+}
+
+/// Puts a chat-ticket record in the durable outbox, as a chat session escalating will; answers once
+/// it is on disk, with its outbox position.
+async fn enqueue_chat_ticket(
+    outbox: web::Data<std::sync::Arc<dyn Outbox>>,
+    body: web::Json<ChatTicketRecord>,
+) -> Result<HttpResponse, ApiError> {
+    let seq = outbox
+        .enqueue(OutboxRecord::ChatTicket(body.into_inner()))
+        .await?;
+    Ok(HttpResponse::Accepted().json(json!({"seq": seq})))
 }
 
 async fn panic_ticket(

@@ -171,7 +171,14 @@ async fn get(
 ) -> Result<HttpResponse, ApiError> {
     auth.authorize(&req, Scope::Read)?;
     let id = ticket_id(&path)?;
-    let ticket = registry::call(&registry, id, GetTicket, timeout(&limits)).await?;
+    let ticket = registry::call(
+        &registry,
+        id,
+        GetTicket,
+        timeout(&limits),
+        request_id_of(&req),
+    )
+    .await?;
     let tag = etag(ticket.version);
     let not_modified = req
         .headers()
@@ -252,7 +259,7 @@ async fn update(
         actor: caller.actor,
         request_id: request_id_of(&req),
     };
-    let ticket = registry::call(&registry, id, msg, timeout(&limits)).await?;
+    let ticket = registry::call(&registry, id, msg, timeout(&limits), request_id_of(&req)).await?;
     Ok(with_etag(HttpResponse::Ok().json(&ticket), ticket.version))
 }
 
@@ -292,7 +299,8 @@ async fn comment(
         actor: caller.actor,
         request_id: request_id_of(&req),
     };
-    let (comment, ticket) = registry::call(&registry, id, msg, timeout(&limits)).await?;
+    let (comment, ticket) =
+        registry::call(&registry, id, msg, timeout(&limits), request_id_of(&req)).await?;
     let resp = HttpResponse::Created()
         .insert_header((
             header::LOCATION,
@@ -410,6 +418,7 @@ async fn events(
         id,
         GetEvents { after_seq, limit },
         timeout(&limits),
+        request_id_of(&req),
     )
     .await?;
     let next_cursor = (page.len() == limit as usize)

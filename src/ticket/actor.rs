@@ -84,7 +84,9 @@ pub struct TicketDeps {
 /// needs no separate field for it.
 #[derive(Debug)]
 enum State {
-    Loading(TicketId),
+    /// Boxed: the activation's request id is needed only until the load starts, and every byte of
+    /// this enum is paid by every live ticket.
+    Loading(Box<Activation>),
     Live(Box<Ticket>),
     /// Idle: the same ticket in one allocation, expanded by the next message.
     Hibernated(CompactTicket),
@@ -92,6 +94,14 @@ enum State {
     Missing(TicketId),
     /// Could not be loaded (Django down, store error): answer with this, then stop.
     Failed(Box<Failure>),
+}
+
+/// Why an actor is loading: which ticket, and the request that asked for it (carried to Django
+/// when the ticket must be fetched from there).
+#[derive(Debug)]
+struct Activation {
+    id: TicketId,
+    request_id: Option<RequestId>,
 }
 
 #[derive(Debug)]
@@ -106,16 +116,18 @@ pub struct TicketActor {
 }
 
 impl TicketActor {
-    pub fn new(id: TicketId, deps: Arc<TicketDeps>) -> Self {
+    /// An actor that loads ticket `id` when it starts; `request_id` is the request that activated it.
+    pub fn new(id: TicketId, deps: Arc<TicketDeps>, request_id: Option<RequestId>) -> Self {
         Self {
-            state: State::Loading(id),
+            state: State::Loading(Box::new(Activation { id, request_id })),
             deps,
         }
     }
 
     fn id(&self) -> TicketId {
         match &self.state {
-            State::Loading(id) | State::Missing(id) => *id,
+            State::Loading(a) => a.id,
+            State::Missing(id) => *id,
             State::Live(t) => t.id,
             State::Hibernated(c) => c.id(),
             State::Failed(f) => f.id,
@@ -176,6 +188,10 @@ impl Actor for TicketActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let id = self.id();
+        let request_id = match &mut self.state {
+            State::Loading(a) => a.request_id.take(),
+            _ => None,
+        };
         let deps = self.deps.clone();
         let load = async move {
             let TicketDeps { store, django } = &*deps;
@@ -183,11 +199,7 @@ impl Actor for TicketActor {
                 return Ok((Some(t), "store"));
             }
             let fetched = django
-                // The activating request's id is not known here yet; the lane mints one.
-                .send(FetchTicket {
-                    id,
-                    request_id: None,
-                })
+                .send(FetchTicket { id, request_id })
                 .await
                 .map_err(|e| TicketError::DjangoUnavailable(e.to_string()))?
                 .map_err(|e| TicketError::DjangoUnavailable(crate::bridge::client::chain(&e)))?;
@@ -247,7 +259,10 @@ impl actix::Supervised for TicketActor {
         // Whatever the panic left half-done in memory is dropped; started() reloads from disk.
         let id = self.id();
         tracing::warn!(ticket_id = %id, "ticket actor restarting from durable state");
-        self.state = State::Loading(id);
+        self.state = State::Loading(Box::new(Activation {
+            id,
+            request_id: None,
+        }));
     }
 }
 

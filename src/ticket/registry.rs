@@ -120,11 +120,11 @@ impl TicketRegistry {
 
     /// The live actor for `id`, activating one if needed (it loads itself from the store, or from
     /// Django when the store does not know it).
-    fn route(&mut self, id: TicketId) -> Addr<TicketActor> {
+    fn route(&mut self, id: TicketId, request_id: Option<RequestId>) -> Addr<TicketActor> {
         let deps = &self.deps;
         let (addr, started) = self
             .children
-            .route(id, || TicketActor::new(id, deps.clone()));
+            .route(id, || TicketActor::new(id, deps.clone(), request_id));
         if started {
             self.publish_count();
         }
@@ -157,7 +157,7 @@ impl Handler<Lookup> for TicketRegistry {
     type Result = MessageResult<Lookup>;
 
     fn handle(&mut self, msg: Lookup, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.route(msg.id))
+        MessageResult(self.route(msg.id, None))
     }
 }
 
@@ -167,6 +167,8 @@ impl Handler<Lookup> for TicketRegistry {
 pub struct Route<M> {
     pub id: TicketId,
     pub msg: M,
+    /// The request behind the message; an actor it activates passes it on to Django.
+    pub request_id: Option<RequestId>,
     /// How long the ticket may take to answer.
     pub timeout: Duration,
 }
@@ -188,7 +190,7 @@ where
     type Result = ResponseFuture<Result<M::Result, MailboxError>>;
 
     fn handle(&mut self, route: Route<M>, _: &mut Context<Self>) -> Self::Result {
-        let addr = self.route(route.id);
+        let addr = self.route(route.id, route.request_id);
         Box::pin(addr.send(route.msg).timeout(route.timeout))
     }
 }
@@ -258,6 +260,7 @@ pub async fn call<M, T>(
     id: TicketId,
     msg: M,
     timeout: Duration,
+    request_id: Option<RequestId>,
 ) -> Result<T, TicketError>
 where
     M: Message<Result = Result<T, TicketError>> + Clone + Send + 'static,
@@ -269,6 +272,7 @@ where
         let route = Route {
             id,
             msg: msg.clone(),
+            request_id: request_id.clone(),
             timeout,
         };
         match registry.send(route).await {

@@ -97,6 +97,8 @@ struct Inner {
     delivered: Vec<Value>,
     tickets: HashMap<String, FetchReply>,
     fetches: Vec<String>,
+    /// `X-Request-Id` of each fetch, in order.
+    fetch_request_ids: Vec<Option<String>>,
 }
 
 #[derive(Clone)]
@@ -221,6 +223,11 @@ impl FakeDjango {
 
     pub fn fetches(&self) -> Vec<String> {
         self.shared.inner.lock().unwrap().fetches.clone()
+    }
+
+    /// The `X-Request-Id` each ticket fetch carried, in order.
+    pub fn fetch_request_ids(&self) -> Vec<Option<String>> {
+        self.shared.inner.lock().unwrap().fetch_request_ids.clone()
     }
 
     /// Lets stalled calls answer (200).
@@ -365,10 +372,20 @@ async fn sync(req: HttpRequest, body: web::Bytes, s: web::Data<Shared>) -> HttpR
     }
 }
 
-async fn fetch(path: web::Path<String>, s: web::Data<Shared>) -> HttpResponse {
+async fn fetch(
+    req: actix_web::HttpRequest,
+    path: web::Path<String>,
+    s: web::Data<Shared>,
+) -> HttpResponse {
+    let request_id = req
+        .headers()
+        .get("X-Request-Id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let reply = {
         let mut inner = s.inner.lock().unwrap();
         inner.fetches.push(path.clone());
+        inner.fetch_request_ids.push(request_id);
         inner.tickets.get(path.as_str()).cloned()
     };
     match reply {
