@@ -10,6 +10,11 @@ pub mod actor;
 pub mod compact;
 pub mod registry;
 
+use std::sync::Arc;
+
+use actix::MailboxError;
+
+use crate::bridge::CallsError;
 use crate::store::StoreError;
 
 /// Why a ticket operation failed; mapped to HTTP statuses at the edge.
@@ -23,10 +28,21 @@ pub enum TicketError {
     Transition(#[from] crate::domain::patch::TransitionError),
     #[error(transparent)]
     Validation(#[from] crate::domain::validate::ValidationError),
-    #[error("storage failed: {0}")]
+    #[error("storage failed")]
     Store(#[from] StoreError),
-    #[error("Django is unavailable: {0}")]
-    DjangoUnavailable(String),
-    #[error("ticket service is unavailable: {0}")]
-    Unavailable(String),
+    #[error("Django is unavailable")]
+    DjangoUnavailable(#[source] CallsError),
+    /// An actor (the ticket's, the registry, the calls lane) did not take or answer a message.
+    #[error("{what} did not answer")]
+    Unavailable {
+        what: &'static str,
+        #[source]
+        source: MailboxError,
+    },
+    #[error("the ticket is still loading")]
+    Loading,
+    /// The activation failed; every message queued behind it gets this answer, then the actor stops
+    /// so the next message tries again.
+    #[error("the ticket could not be loaded")]
+    LoadFailed(#[source] Arc<TicketError>),
 }

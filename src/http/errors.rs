@@ -5,6 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use crate::bridge::client::chain;
 use crate::bridge::CallsError;
 use crate::domain::validate::{FieldError, ValidationError};
 use crate::store::StoreError;
@@ -118,9 +119,17 @@ impl From<TicketError> for ApiError {
             TicketError::DjangoUnavailable(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "django_unavailable",
-                e.to_string(),
+                chain(&e),
             ),
-            TicketError::Unavailable(_) => Self::unavailable(e.to_string()),
+            TicketError::LoadFailed(inner) => match &*inner {
+                TicketError::DjangoUnavailable(_) => Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "django_unavailable",
+                    chain(&*inner),
+                ),
+                _ => Self::unavailable(chain(&*inner)),
+            },
+            TicketError::Unavailable { .. } | TicketError::Loading => Self::unavailable(chain(&e)),
         }
     }
 }

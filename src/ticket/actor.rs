@@ -107,7 +107,7 @@ struct Activation {
 #[derive(Debug)]
 struct Failure {
     id: TicketId,
-    reason: String,
+    error: Arc<TicketError>,
 }
 
 pub struct TicketActor {
@@ -148,10 +148,8 @@ impl TicketActor {
         match &self.state {
             State::Live(t) => Ok(t),
             State::Missing(id) => Err(TicketError::NotFound(*id)),
-            State::Failed(f) => Err(TicketError::DjangoUnavailable(f.reason.clone())),
-            State::Loading(_) | State::Hibernated(_) => {
-                Err(TicketError::Unavailable("ticket is still loading".into()))
-            }
+            State::Failed(f) => Err(TicketError::LoadFailed(f.error.clone())),
+            State::Loading(_) | State::Hibernated(_) => Err(TicketError::Loading),
         }
     }
 
@@ -201,8 +199,11 @@ impl Actor for TicketActor {
             let fetched = django
                 .send(FetchTicket { id, request_id })
                 .await
-                .map_err(|e| TicketError::DjangoUnavailable(e.to_string()))?
-                .map_err(|e| TicketError::DjangoUnavailable(crate::bridge::client::chain(&e)))?;
+                .map_err(|source| TicketError::Unavailable {
+                    what: "the Django calls lane",
+                    source,
+                })?
+                .map_err(TicketError::DjangoUnavailable)?;
             match fetched {
                 Some(t) => {
                     let event = TicketEvent {
@@ -241,10 +242,10 @@ impl Actor for TicketActor {
                         ctx.run_later(LINGER, |_, ctx| ctx.stop());
                     }
                     Err(e) => {
-                        tracing::warn!(ticket_id = %id, error = %e, "ticket activation failed");
+                        tracing::warn!(ticket_id = %id, error = %crate::bridge::client::chain(&e), "ticket activation failed");
                         act.state = State::Failed(Box::new(Failure {
                             id,
-                            reason: e.to_string(),
+                            error: Arc::new(e),
                         }));
                         ctx.run_later(LINGER, |_, ctx| ctx.stop());
                     }

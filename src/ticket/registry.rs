@@ -278,9 +278,22 @@ where
         match registry.send(route).await {
             Ok(Ok(result)) => return result,
             Ok(Err(MailboxError::Closed)) => last = MailboxError::Closed,
-            Ok(Err(e)) => return Err(TicketError::Unavailable(format!("ticket {id}: {e}"))),
-            Err(e) => return Err(TicketError::Unavailable(format!("ticket registry: {e}"))),
+            Ok(Err(source)) => {
+                return Err(TicketError::Unavailable {
+                    what: "the ticket's actor",
+                    source,
+                })
+            }
+            Err(source) => {
+                return Err(TicketError::Unavailable {
+                    what: "the ticket registry",
+                    source,
+                })
+            }
         }
     }
-    Err(TicketError::Unavailable(format!("ticket {id}: {last}")))
+    Err(TicketError::Unavailable {
+        what: "the ticket's actor",
+        source: last,
+    })
 }
