@@ -1,26 +1,39 @@
-//! Switchboard: the real-time edge of the support product. This crate is its ticket core.
+//! Switchboard: the real-time edge of the support product: the ticket REST API, live chat, and the
+//! one bridge to Django, in one supervision tree.
 //!
 //! ```text
-//! run()  ── owns the listener and the shutdown signal; exits non-zero if the root escalates
-//!  └─ root supervisor  (one_for_one, supervisor.max_restarts in supervisor.max_seconds)
-//!      ├─ store          SqliteStore: writer thread (group commit) + reader threads   [permanent]
-//!      ├─ bridge         Bridge actor (sync lane), own arbiter: outbox → Django       [permanent]
-//!      ├─ django_calls   DjangoCalls actor (request/response lane), bridge's arbiter:  [permanent]
-//!      │                 FetchTicket, AiRespond, ManageService; own limit and breaker
-//!      ├─ tickets        TicketRegistry actor, own arbiter; a dynamic supervisor      [permanent]
-//!      │    └─ ticket*   TicketActor per live ticket (one_for_one, transient,
-//!      │                 supervisor.ticket_max_restarts; past it: escalate to root);
-//!      │                 hibernates when idle, passivated when idle longer
-//!      └─ http           actix-web server on tickets.bind (REST, /metrics, probes)   [permanent]
+//! run(listeners, settings, shutdown)                                          src/lib.rs
+//!  │  owns both bound listeners and the shutdown signal; exits non-zero if the root escalates
+//!  └─ root supervisor  one_for_one, supervisor.max_restarts in max_seconds  src/supervisor.rs
+//!      ├─ store          SqliteStore: writer (group commit), syncer (fdatasync),       src/store/
+//!      │                 folder (journal → tickets.db), checkpointer, readers       [permanent]
+//!      ├─ bridge         Bridge: the sync lane, own arbiter: outbox → Django           src/bridge/actor.rs
+//!      │                 (ticket sync batches, chat tickets)                          [permanent]
+//!      ├─ django_calls   DjangoCalls: the request/response lane, bridge's arbiter:    src/bridge/calls.rs
+//!      │                 FetchTicket, AiRespond, ManageService; own limit, breaker  [permanent]
+//!      ├─ tickets        TicketRegistry, own arbiter: a keyed supervisor             src/ticket/registry.rs
+//!      │    │            (KeyedChildren: route by id, start on demand, idle sweep,  src/supervisor/keyed.rs
+//!      │    │            supervisor.ticket_max_restarts → escalate)                 [permanent]
+//!      │    └─ ticket*   TicketActor per live ticket, transient; hibernates,          src/ticket/actor.rs
+//!      │                 then passivates when idle
+//!      ├─ chat           nested supervisor (one_for_one), escalates to the root       src/lib.rs chat_tree
+//!      │    └─ chat_listener  actix-web on chat.bind: /healthz; live-chat sessions   src/http/chat.rs
+//!      │                      land here                                             [permanent]
+//!      └─ api            actix-web on api.bind (REST, /metrics, probes)              src/http.rs [permanent]
 //! ```
-//! Children start top to bottom and stop bottom to top: on shutdown the listener drains in-flight
+//! Children start top to bottom and stop bottom to top: on shutdown the listeners drain in-flight
 //! requests, tickets passivate, the bridge flushes the outbox within `bridge.drain_timeout_ms`, and
 //! the store commits what is queued. Actor children are restarted in place (same address, mailbox
 //! kept), so dependents never hold a stale address and one_for_one is enough at the root; the
-//! supervisor also implements one_for_all and rest_for_one.
+//! supervisor also implements one_for_all and rest_for_one. A nested supervisor (`chat`) escalates
+//! to the root, which restarts it in place or gives up in turn.
 //!
-//! Seams for running past one machine: [`store::TicketStore`] (storage) and the registry's `Route`
-//! (routing) are the only ways actors reach data and each other.
+//! Layers read top-down: [`domain`] (ids, principals, the ticket model) below [`store`] and
+//! [`bridge`], the actors ([`ticket`]) above them, the transport ([`http`]) on top; [`supervisor`]
+//! knows none of them.
+//!
+//! Seams for running past one machine: [`store::TicketStore`] and [`store::Outbox`] (storage) and
+//! the registry's `Route` (routing) are the only ways actors reach data and each other.
 
 #![forbid(unsafe_code)]
 
