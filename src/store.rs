@@ -6,6 +6,8 @@
 //! with one writer thread doing group commit and a few reader threads. A change to a ticket, its
 //! history event and its outbox entry are written in one transaction, and a write is acknowledged only
 //! after that transaction commits. Another backend (PostgreSQL, say) implements the same trait.
+//! A write that did not commit fails with [`StoreError::CommitFailed`], whose [`CommitError`] says why
+//! and keeps the original I/O or SQLite error as its source.
 //!
 //! Files, lowest layer first (each imports only from those above it): `rows` and `schema` (SQL),
 //! `outbox` (the outbox seam and its records), `reply`, `durable`, `pending`, `folded`, `wal` and `fold`
@@ -28,6 +30,8 @@ mod syncer;
 mod wal;
 mod writer;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -43,11 +47,11 @@ pub enum StoreError {
     VersionConflict { id: TicketId, expected: u64 },
     #[error("ticket {0} already exists")]
     AlreadyExists(TicketId),
-    #[error("database error: {0}")]
+    #[error("database error")]
     Sqlite(#[from] rusqlite::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    #[error("cannot open the data directory {path}: {source}")]
+    #[error("I/O error on {path}")]
     Io {
         path: String,
         #[source]
@@ -55,12 +59,76 @@ pub enum StoreError {
     },
     #[error("the store is shut down")]
     Closed,
-    #[error("the write was not committed: {0}")]
-    CommitFailed(String),
+    #[error("the write was not committed")]
+    CommitFailed(#[source] CommitError),
     #[error("outbox records of type `{0}` are written by ticket writes only, not enqueued")]
     NotEnqueueable(&'static str),
     #[error("store worker panicked: {0}")]
     Panicked(String),
+}
+
+/// Why a write, or a fold of the journal, did not complete. One failure answers every write of its
+/// batch (and, once the WAL could not be flushed, every later one), so it is cloned to each waiter:
+/// the original error is shared behind an `Arc`, and allocated only when something fails.
+#[derive(Debug, Clone)]
+pub enum CommitError {
+    /// `fdatasync` of the write-ahead log failed; nothing can be made durable until restart.
+    Flush(Arc<std::io::Error>),
+    /// BEGIN, a write or COMMIT of the writer's transaction failed; the batch was rolled back.
+    Transaction(Arc<StoreError>),
+    /// The writer panicked with the batch in hand; the batch was rolled back.
+    WriterPanicked(String),
+    /// The folder's transaction failed; its rows stay journalled and are folded again.
+    Fold(Arc<StoreError>),
+    /// The folder panicked mid-fold; its rows stay journalled and are folded again.
+    FoldPanicked(String),
+    SyncerStopped,
+    FolderStopped,
+}
+
+impl std::fmt::Display for CommitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Flush(_) => f.write_str("could not flush the write-ahead log"),
+            Self::Transaction(_) => f.write_str("the transaction did not commit"),
+            Self::WriterPanicked(why) => write!(f, "the store writer panicked: {why}"),
+            Self::Fold(_) => f.write_str("the journal fold did not commit"),
+            Self::FoldPanicked(why) => write!(f, "the journal fold panicked: {why}"),
+            Self::SyncerStopped => f.write_str("the store's syncer has stopped"),
+            Self::FolderStopped => f.write_str("the store's folder has stopped"),
+        }
+    }
+}
+
+/// Written out rather than derived: `#[source]` on an `Arc<E>` would make the `Arc` itself the
+/// source, and a caller downcasting to `std::io::Error` or [`StoreError`] would not find it.
+impl std::error::Error for CommitError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Flush(e) => Some(&**e),
+            Self::Transaction(e) | Self::Fold(e) => Some(&**e),
+            Self::WriterPanicked(_)
+            | Self::FoldPanicked(_)
+            | Self::SyncerStopped
+            | Self::FolderStopped => None,
+        }
+    }
+}
+
+/// Shows an error followed by each of its sources, `outer: inner: root`, for the store's own logs
+/// (the layers above have their own helper; the store imports none of them).
+pub(crate) struct ErrorChain<'a>(pub &'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
+    }
 }
 
 /// Filters for listing tickets; every field narrows the result.
@@ -118,4 +186,35 @@ pub trait TicketStore: Send + Sync + 'static {
 pub fn now() -> DateTime<Utc> {
     use chrono::SubsecRound;
     Utc::now().trunc_subsecs(3)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn a_failed_transaction_walks_to_the_sqlite_error() {
+        // As SQLite reports a full disk: its message, then the code as the source.
+        let sqlite = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            Some("database or disk is full".into()),
+        );
+        let why = CommitError::Transaction(Arc::new(StoreError::Sqlite(sqlite)));
+        let err = StoreError::CommitFailed(why);
+        let cause = err.source().expect("the commit error");
+        let store = cause.source().and_then(|e| e.downcast_ref::<StoreError>());
+        assert!(matches!(store, Some(StoreError::Sqlite(_))), "{store:?}");
+        let root = store.and_then(|e| e.source()).expect("the sqlite error");
+        assert!(root.downcast_ref::<rusqlite::Error>().is_some());
+        assert!(
+            ErrorChain(&err).to_string().starts_with(
+                "the write was not committed: the transaction did not commit: database error: \
+                 database or disk is full: "
+            ),
+            "{}",
+            ErrorChain(&err)
+        );
+    }
 }

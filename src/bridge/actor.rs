@@ -121,8 +121,9 @@ impl Bridge {
         let report = match result {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(error = %e, "bridge could not read or update the outbox");
-                self.schedule_retry(e.to_string(), now, ctx);
+                let why = chain(&e);
+                tracing::error!(error = %why, "bridge could not read or update the outbox");
+                self.schedule_retry(why, now, ctx);
                 return;
             }
         };
@@ -215,7 +216,7 @@ impl Bridge {
                         metrics::gauge!(m::OUTBOX_OLDEST_AGE).set(age);
                         metrics::gauge!(m::DEAD_LETTERS_PENDING).set(s.dead_letters as f64);
                     }
-                    Err(e) => tracing::warn!(error = %e, "outbox stats unavailable"),
+                    Err(e) => tracing::warn!(error = %chain(&e), "outbox stats unavailable"),
                 }
             }
             .into_actor(self),

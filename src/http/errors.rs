@@ -144,17 +144,13 @@ impl From<CallsError> for ApiError {
             CallsError::NotConfigured => "django_not_configured",
             CallsError::Call(_) => "django_unavailable",
         };
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            code,
-            crate::bridge::client::chain(&e),
-        )
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, chain(&e))
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "storage error");
+        tracing::error!(error = %chain(&e), "storage error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "storage_error",

@@ -4,6 +4,8 @@
 
 use std::sync::{Arc, Condvar, Mutex};
 
+use super::CommitError;
+
 /// How far the journal is durable, shared by the writer, the syncer and the readers.
 #[derive(Debug)]
 pub struct Durable {
@@ -18,7 +20,7 @@ struct DurableState {
     /// Commits up to this number (counted by the writer from 1) are on disk.
     commit: u64,
     /// Why syncing stopped, if it did.
-    failed: Option<String>,
+    failed: Option<CommitError>,
 }
 
 impl Durable {
@@ -51,7 +53,9 @@ impl Durable {
         self.moved.notify_all();
     }
 
-    pub fn fail(&self, why: String) {
+    /// Syncing has stopped for good: every wait, now and later, fails with `why` (the first reason
+    /// given wins).
+    pub fn fail(&self, why: CommitError) {
         let mut state = self.lock();
         if state.failed.is_none() {
             state.failed = Some(why);
@@ -60,12 +64,12 @@ impl Durable {
     }
 
     /// Why nothing can be made durable any more, once syncing has failed.
-    pub fn failure(&self) -> Option<String> {
+    pub fn failure(&self) -> Option<CommitError> {
         self.lock().failed.clone()
     }
 
     /// Blocks until commits up to `commit` are durable and replied to; `Err` once syncing has failed.
-    pub fn wait_for(&self, commit: u64) -> Result<(), String> {
+    pub fn wait_for(&self, commit: u64) -> Result<(), CommitError> {
         let mut state = self.lock();
         loop {
             if let Some(why) = &state.failed {
@@ -105,7 +109,7 @@ mod tests {
             "commit 1's flush does not cover commit 2"
         );
         durable.advance(2, 15);
-        assert_eq!(waiter.join().unwrap(), Ok(()));
+        assert!(waiter.join().unwrap().is_ok());
         assert_eq!(durable.seq(), 15);
         // The mark never moves back.
         durable.advance(1, 11);
@@ -119,10 +123,12 @@ mod tests {
             let durable = durable.clone();
             std::thread::spawn(move || durable.wait_for(1))
         };
-        durable.fail("disk gone".into());
-        assert_eq!(waiter.join().unwrap(), Err("disk gone".to_string()));
-        durable.fail("second reason".into());
-        assert_eq!(durable.wait_for(0), Err("disk gone".to_string()));
-        assert_eq!(durable.failure().as_deref(), Some("disk gone"));
+        let disk_gone = Arc::new(std::io::Error::other("disk gone"));
+        durable.fail(CommitError::Flush(disk_gone.clone()));
+        let is_disk_gone = |r: Result<(), CommitError>| matches!(r, Err(CommitError::Flush(e)) if Arc::ptr_eq(&e, &disk_gone));
+        assert!(is_disk_gone(waiter.join().unwrap()));
+        durable.fail(CommitError::SyncerStopped);
+        assert!(is_disk_gone(durable.wait_for(0)), "the first reason stays");
+        assert!(is_disk_gone(durable.failure().map_or(Ok(()), Err)));
     }
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::StoreResult;
+use super::{CommitError, StoreResult};
 use crate::domain::ticket::{Comment, Ticket, TicketEvent};
 
 /// One journal row, as the fold needs it.
@@ -52,8 +52,9 @@ pub(super) struct FoldReport {
     /// Each folded ticket's newest snapshot.
     pub tickets: Vec<Arc<Ticket>>,
     pub waiters: Vec<FoldWaiter>,
-    /// Why the fold failed; its rows are kept and folded again later.
-    pub error: Option<String>,
+    /// Why the fold failed ([`CommitError::Fold`] or [`CommitError::FoldPanicked`]); its rows are
+    /// kept and folded again later.
+    pub error: Option<CommitError>,
 }
 
 /// `tickets.db`'s watermark: journal rows up to it are in the tables.

@@ -28,7 +28,7 @@ use rusqlite::Connection;
 use super::fold::{folded_seq, Entry, FoldJob, FoldReport};
 use super::folded::FoldedTickets;
 use super::wal::{checkpoint, WalLimits};
-use super::{rows, StoreError, StoreResult};
+use super::{rows, CommitError, ErrorChain, StoreError, StoreResult};
 use crate::domain::ids::TicketId;
 use crate::domain::ticket::{EventKind, Ticket};
 use crate::metrics as m;
@@ -174,19 +174,19 @@ impl Folder {
         let folded: Vec<Arc<Ticket>> = snapshots.into_values().map(|(t, _)| t.clone()).collect();
         let error = match outcome {
             Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
+            Ok(Err(e)) => Some(CommitError::Fold(Arc::new(e))),
             Err(panic) => {
                 metrics::counter!(m::ACTOR_RESTARTS, "kind" => "store_folder", "cause" => "panic")
                     .increment(1);
                 if !self.conn.is_autocommit() {
                     let _ = self.conn.execute_batch("ROLLBACK");
                 }
-                Some(panic_message(panic.as_ref()))
+                Some(CommitError::FoldPanicked(panic_message(panic.as_ref())))
             }
         };
         if let Some(error) = error {
             metrics::counter!(m::STORE_FOLD_ERRORS).increment(1);
-            tracing::error!(%error, rows, "journal fold failed; its rows stay journalled and are folded again");
+            tracing::error!(error = %ErrorChain(&error), rows, "journal fold failed; its rows stay journalled and are folded again");
             report.error = Some(error);
             return report;
         }
@@ -342,7 +342,11 @@ mod tests {
         let (v1, v2) = (ticket(1), ticket(2));
         folder.take(vec![entry(5, &v2, EventKind::Updated)]);
         let failed = folder.fold_pending();
-        assert!(failed.error.is_some());
+        let why = failed.error.expect("the fold failed");
+        assert!(
+            matches!(&why, CommitError::Fold(e) if matches!(**e, StoreError::Corrupt(_))),
+            "{why:?}"
+        );
         assert_eq!((failed.watermark, failed.rows), (0, 0));
         assert_eq!(folded_seq(&other).unwrap(), 0);
         assert_eq!(events(), 0, "the failed fold was rolled back");
@@ -351,7 +355,7 @@ mod tests {
         folder.take(vec![entry(5, &v2, EventKind::Updated)]);
         rows::insert_ticket(&other, &v1).unwrap();
         let done = folder.fold_pending();
-        assert_eq!(done.error, None);
+        assert!(done.error.is_none(), "{:?}", done.error);
         assert_eq!((done.watermark, done.rows), (5, 1));
         assert_eq!(folded_seq(&other).unwrap(), 5);
         assert_eq!(rows::load(&other, v1.id).unwrap(), Some(v2));
@@ -383,7 +387,7 @@ mod tests {
         // A fold of one ticket leaves a few pages in the log: no checkpoint yet.
         let mut t = ticket(1);
         folder.take(vec![entry(1, &t, EventKind::Created)]);
-        assert_eq!(folder.fold_pending().error, None);
+        assert!(folder.fold_pending().error.is_none());
         let frames = WAL_FRAMES.with(Cell::get);
         assert!(
             frames > 0 && frames < 64,
@@ -413,7 +417,7 @@ mod tests {
                 batch.push(entry(seq, &long, EventKind::Updated));
             }
             folder.take(batch);
-            assert_eq!(folder.fold_pending().error, None);
+            assert!(folder.fold_pending().error.is_none());
         }
         assert!(
             file_len() > before,

@@ -4,7 +4,7 @@
 
 use tokio::sync::oneshot;
 
-use super::{StoreError, StoreResult};
+use super::{CommitError, StoreError, StoreResult};
 
 pub(super) type Reply<T> = oneshot::Sender<StoreResult<T>>;
 
@@ -17,8 +17,8 @@ pub(super) enum Done {
 
 impl Done {
     /// Sends the result, or `failed` for every write when the transaction did not commit.
-    pub(super) fn reply(self, failed: Option<&str>) {
-        let fail = |why: &str| StoreError::CommitFailed(why.to_string());
+    pub(super) fn reply(self, failed: Option<&CommitError>) {
+        let fail = |why: &CommitError| StoreError::CommitFailed(why.clone());
         match self {
             Done::Unit(tx, r) => {
                 let _ = tx.send(failed.map_or(r, |why| Err(fail(why))));

@@ -153,10 +153,8 @@ impl SqliteStore {
             );
             folder.take(journal.hand_over(i64::MAX));
             let report = folder.fold_pending();
-            if let Some(e) = &report.error {
-                return Err(StoreError::CommitFailed(format!(
-                    "folding the journal left by the previous run: {e}"
-                )));
+            if let Some(why) = report.error {
+                return Err(StoreError::CommitFailed(why));
             }
             journal.folded(&report);
         }

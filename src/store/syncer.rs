@@ -21,7 +21,7 @@ use super::durable::Durable;
 use super::pending::PendingView;
 use super::reply::Done;
 use super::wal::WalFile;
-use super::OutboxSignal;
+use super::{CommitError, ErrorChain, OutboxSignal};
 use crate::domain::ticket::Ticket;
 use crate::metrics as m;
 
@@ -51,11 +51,11 @@ impl Syncer {
         struct Stopped(Arc<Durable>);
         impl Drop for Stopped {
             fn drop(&mut self) {
-                self.0.fail("the store's syncer has stopped".into());
+                self.0.fail(CommitError::SyncerStopped);
             }
         }
         let _stopped = Stopped(self.durable.clone());
-        let mut failed: Option<String> = None;
+        let mut failed: Option<CommitError> = None;
         while let Ok(first) = jobs.recv() {
             let mut batch = vec![first];
             batch.extend(jobs.try_iter());
@@ -70,8 +70,8 @@ impl Syncer {
                     metrics::histogram!(m::STORE_SYNC_BATCH).record(batch.len() as f64);
                     r.map_err(|e| {
                         metrics::counter!(m::STORE_SYNC_ERRORS).increment(1);
-                        let why = format!("could not flush the write-ahead log: {e}");
-                        tracing::error!(error = %e, "fdatasync of the WAL failed; the store refuses writes until restarted");
+                        let why = CommitError::Flush(Arc::new(e));
+                        tracing::error!(error = %ErrorChain(&why), "fdatasync of the WAL failed; the store refuses writes until restarted");
                         self.durable.fail(why.clone());
                         failed = Some(why.clone());
                         why
@@ -103,5 +103,63 @@ impl Syncer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::store::StoreError;
+
+    #[test]
+    fn a_failed_flush_fails_its_writes_with_the_io_error_as_their_source() {
+        // `fdatasync` of /dev/null fails (EINVAL): a flush that fails as a disk would.
+        let durable = Durable::new(0);
+        let syncer = Syncer {
+            wal: WalFile::open("/dev/null".into()).unwrap(),
+            durable: durable.clone(),
+            view: Arc::default(),
+            signal: Arc::default(),
+        };
+        let (jobs, rx) = mpsc::channel();
+        let (reply, answer) = oneshot::channel();
+        let job = |done| SyncJob {
+            done,
+            publish: Vec::new(),
+            outbox_appended: 0,
+            seq: 1,
+            commit: 1,
+        };
+        jobs.send(job(vec![Done::Unit(reply, Ok(()))])).unwrap();
+        drop(jobs);
+        syncer.run(rx);
+
+        let err = answer.blocking_recv().unwrap().unwrap_err();
+        assert!(
+            matches!(err, StoreError::CommitFailed(CommitError::Flush(_))),
+            "{err:?}"
+        );
+        let cause = err.source().expect("the commit error");
+        let io = cause.source().expect("the flush's error");
+        assert_eq!(
+            io.downcast_ref::<std::io::Error>()
+                .map(|e| e.raw_os_error()),
+            Some(Some(22)),
+            "{}",
+            ErrorChain(&err)
+        );
+        assert_eq!(
+            ErrorChain(&err).to_string(),
+            format!(
+                "the write was not committed: could not flush the write-ahead log: {}",
+                std::io::Error::from_raw_os_error(22)
+            )
+        );
+        // Nothing later can be made durable; the mark keeps the flush's own error, not the stop.
+        assert!(matches!(durable.failure(), Some(CommitError::Flush(_))));
     }
 }

@@ -20,7 +20,7 @@ use super::journal::{EncodedRecord, EncodedWrite, Journal, JournalOp};
 use super::reply::{Done, Reply};
 use super::rows::{self, Requeued};
 use super::syncer::SyncJob;
-use super::{OutboxSignal, Rejection, StoreError, StoreResult};
+use super::{CommitError, ErrorChain, OutboxSignal, Rejection, StoreError, StoreResult};
 use crate::metrics as m;
 use crate::telemetry::panic_message;
 
@@ -45,13 +45,9 @@ pub(super) enum WriteOp {
     Stop,
 }
 
-/// A write that never ran because its transaction could not start.
-fn not_run(op: WriteOp) -> Option<Done> {
-    let err = || {
-        Err(StoreError::CommitFailed(
-            "the transaction did not commit".into(),
-        ))
-    };
+/// A write that never ran because its transaction could not start (or was refused), failed with `why`.
+fn not_run(op: WriteOp, why: &CommitError) -> Option<Done> {
+    let err = || Err(StoreError::CommitFailed(why.clone()));
     Some(match op {
         WriteOp::Create(_, r)
         | WriteOp::Update(_, r)
@@ -183,9 +179,7 @@ impl Writer {
             // The folder stops only on close; the rows stay journalled on disk for the next start.
             tracing::error!("the store's folder has stopped; journal rows are not folded");
             for tx in job.waiters {
-                let _ = tx.send(Err(StoreError::CommitFailed(
-                    "the store's folder has stopped".into(),
-                )));
+                let _ = tx.send(Err(StoreError::CommitFailed(CommitError::FolderStopped)));
             }
         }
     }
@@ -216,8 +210,8 @@ impl Writer {
                         let _ = reply.send(Err(StoreError::CommitFailed(why.clone())));
                     }
                     op => {
-                        if let Some(d) = not_run(op) {
-                            d.reply(Some(&why));
+                        if let Some(d) = not_run(op, &why) {
+                            d.reply(None);
                         }
                     }
                 }
@@ -245,7 +239,7 @@ impl Writer {
                         if let Err(mpsc::SendError(job)) = syncer.send(job) {
                             // Only when the syncer thread died: nothing can be acknowledged.
                             for d in job.done {
-                                d.reply(Some("the store's syncer has stopped"));
+                                d.reply(Some(&CommitError::SyncerStopped));
                             }
                         }
                     }
@@ -263,11 +257,11 @@ impl Writer {
                 let _ = self.checkpoint.try_send(());
                 return batch;
             }
-            Ok(Err(e)) => {
+            Ok(Err(why)) => {
                 // BEGIN or COMMIT failed: nothing in the batch is durable, and every caller is told.
                 metrics::counter!(m::STORE_WRITE_ERRORS).increment(size as u64);
-                tracing::error!(error = %e, batch = size, "store commit failed");
-                e.to_string()
+                tracing::error!(error = %ErrorChain(&why), batch = size, "store commit failed");
+                why
             }
             Err(panic) => {
                 let why = panic_message(panic.as_ref());
@@ -277,11 +271,11 @@ impl Writer {
                 if !conn.is_autocommit() {
                     let _ = conn.execute_batch("ROLLBACK");
                 }
-                why
+                CommitError::WriterPanicked(why)
             }
         };
         if let Err(e) = journal.rolled_back(conn) {
-            tracing::error!(error = %e, "could not re-read the journal after a failed commit");
+            tracing::error!(error = %ErrorChain(&e), "could not re-read the journal after a failed commit");
         }
         for d in batch.done.drain(..) {
             d.reply(Some(&failure));
@@ -295,19 +289,21 @@ fn run_batch(
     journal: &mut Journal,
     ops: Vec<WriteOp>,
     batch: &mut Batch,
-) -> StoreResult<()> {
+) -> Result<(), CommitError> {
+    let failed = |e: StoreError| CommitError::Transaction(Arc::new(e));
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
+            let why = failed(e.into());
             for op in ops {
                 match op {
                     WriteOp::Close(reply) => batch.closing = Some(reply),
                     WriteOp::Stop => batch.stopping = true,
                     WriteOp::Folded(report) => not_run_report(journal, *report),
-                    op => batch.done.extend(not_run(op)),
+                    op => batch.done.extend(not_run(op, &why)),
                 }
             }
-            return Err(e.into());
+            return Err(why);
         }
     };
     let mut ops = ops.into_iter();
@@ -369,7 +365,7 @@ fn run_batch(
                     Some(_) => Ok(()),
                 };
                 if let Err(e) = cleaned {
-                    tracing::warn!(error = %e, "could not drop delivered rows after a fold");
+                    tracing::warn!(error = %ErrorChain(&e), "could not drop delivered rows after a fold");
                 }
                 for tx in report.waiters {
                     batch.done.push(Done::Unit(tx, fold_outcome(&report.error)));
@@ -399,9 +395,10 @@ fn run_batch(
                 Err(e)
             }
             Err(e) => {
+                let why = failed(e);
                 batch.done.push(Done::Unit(
                     reply,
-                    Err(StoreError::CommitFailed(e.to_string())),
+                    Err(StoreError::CommitFailed(why.clone())),
                 ));
                 for op in ops {
                     match op {
@@ -409,16 +406,15 @@ fn run_batch(
                         WriteOp::Fold(reply) => batch.fold_waiters.push(reply),
                         WriteOp::Stop => batch.stopping = true,
                         WriteOp::Folded(report) => not_run_report(journal, *report),
-                        op => batch.done.extend(not_run(op)),
+                        op => batch.done.extend(not_run(op, &why)),
                     }
                 }
-                return Err(e);
+                return Err(why);
             }
         };
         batch.done.push(Done::Unit(reply, r));
     }
-    tx.commit()?;
-    Ok(())
+    tx.commit().map_err(|e| failed(e.into()))
 }
 
 /// A fold report that arrived in a batch whose transaction could not run: the fold itself stands, so
@@ -430,10 +426,10 @@ fn not_run_report(journal: &mut Journal, report: FoldReport) {
     }
 }
 
-fn fold_outcome(error: &Option<String>) -> StoreResult<()> {
+fn fold_outcome(error: &Option<CommitError>) -> StoreResult<()> {
     match error {
         None => Ok(()),
-        Some(why) => Err(StoreError::CommitFailed(format!("fold failed: {why}"))),
+        Some(why) => Err(StoreError::CommitFailed(why.clone())),
     }
 }
 
