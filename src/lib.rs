@@ -38,6 +38,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bridge;
+pub mod chat;
 pub mod config;
 pub mod domain;
 pub mod http;

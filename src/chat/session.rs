@@ -1,0 +1,3 @@
+//! A chat session: its serializable state and rules ([`state`]).
+
+pub mod state;

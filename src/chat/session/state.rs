@@ -1,0 +1,796 @@
+//! A chat session's state as one serializable value, and the pure rules that change it: numbering
+//! server frames, the bounded history kept for resume, applying a customer message once per
+//! `client_id`, one AI call in flight at a time (messages sent meanwhile go into the next call),
+//! and turning the AI's answer into messages and actions. The session actor around it does the I/O
+//! and carries out the [`Effect`]s it returns.
+//!
+//! Everything here is data a later release can write to disk and read back, so a session can be
+//! carried across a restart.
+
+use std::collections::VecDeque;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::chat::protocol::{Author, CloseReason, ProposedAction, ServerFrame};
+use crate::domain::chat::{ChatRole, TranscriptLine};
+use crate::domain::ids::{MessageId, SessionId};
+use crate::domain::ticket::Priority;
+
+/// Limits one session lives within (from `[sessions]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Frames kept for resume; older ones are dropped.
+    pub history_max: usize,
+    /// Recent `client_id`s remembered to apply a message once.
+    pub dedupe_max: usize,
+    /// Messages sent to the AI as context.
+    pub ai_history: usize,
+}
+
+/// The customer of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerInfo {
+    /// From a token's `sub`; an anonymous visitor's is `anonymous:<session id>`.
+    pub id: String,
+    pub name: String,
+    pub email: String,
+    /// A token identified them.
+    pub known: bool,
+}
+
+/// Who answers the customer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Owner {
+    Ai,
+    /// Waiting for a human agent (the AI asked for a handoff).
+    Queued,
+    Closed,
+}
+
+/// An action the AI asked for (docs/django-api.md, `actions` in the AI answer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AiAction {
+    CreateTicket {
+        subject: String,
+        #[serde(default)]
+        description: String,
+        #[serde(default = "normal")]
+        priority: Priority,
+        #[serde(default)]
+        requires_confirmation: bool,
+    },
+    ManageService {
+        service: String,
+        operation: String,
+        #[serde(default)]
+        params: serde_json::Value,
+        #[serde(default)]
+        requires_confirmation: bool,
+    },
+    Handoff {
+        #[serde(default)]
+        reason: String,
+    },
+    /// A type this release does not know: ignored, so Django can add actions first.
+    #[serde(other)]
+    Unknown,
+}
+
+fn normal() -> Priority {
+    Priority::Normal
+}
+
+impl AiAction {
+    fn requires_confirmation(&self) -> bool {
+        match self {
+            Self::CreateTicket {
+                requires_confirmation,
+                ..
+            }
+            | Self::ManageService {
+                requires_confirmation,
+                ..
+            } => *requires_confirmation,
+            Self::Handoff { .. } | Self::Unknown => false,
+        }
+    }
+
+    fn proposal(&self) -> Option<(ProposedAction, String)> {
+        match self {
+            Self::CreateTicket { subject, .. } => Some((
+                ProposedAction::CreateTicket {
+                    subject: subject.clone(),
+                },
+                format!("Open a support ticket: \"{subject}\"?"),
+            )),
+            Self::ManageService {
+                service, operation, ..
+            } => Some((
+                ProposedAction::ManageService {
+                    service: service.clone(),
+                    operation: operation.clone(),
+                },
+                format!("Run `{operation}` on your {service} service?"),
+            )),
+            Self::Handoff { reason } => Some((
+                ProposedAction::Handoff {
+                    reason: reason.clone(),
+                },
+                "Hand this chat to a human agent?".to_string(),
+            )),
+            Self::Unknown => None,
+        }
+    }
+}
+
+/// One AI call to make: the message(s) it answers and the context before them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AiCall {
+    /// The newest customer message the call answers (Django's `message_id`).
+    pub message_id: MessageId,
+    /// The customer's text: one message, or every message sent while the previous call was out.
+    pub text: String,
+    pub history: Vec<TranscriptLine>,
+}
+
+/// What the session actor must do after a change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Send to the attached connection (already in the history when it has a seq).
+    Send(ServerFrame),
+    CallAi(AiCall),
+    /// Create a ticket from this chat (the AI's action, or the customer's `ticket.create`).
+    CreateTicket {
+        subject: String,
+        description: String,
+        priority: Priority,
+    },
+    RunService {
+        action_id: Uuid,
+        service: String,
+        operation: String,
+        params: serde_json::Value,
+    },
+    /// The session ended: close the connection after the frames before this.
+    Close(CloseReason),
+}
+
+/// How a customer message was taken.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Accepted {
+    /// New: this seq, and what to do.
+    New { seq: u64, effects: Vec<Effect> },
+    /// The same `client_id` was applied before, with this seq; nothing else happens.
+    Duplicate { seq: u64 },
+    /// The session is closed.
+    Closed,
+}
+
+/// An action waiting for the customer's word.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Pending {
+    action_id: Uuid,
+    action: AiAction,
+}
+
+/// Why a resume cannot replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayError {
+    /// The client claims frames the session never sent.
+    Ahead { newest: u64 },
+    /// Frames after `last_seq` are no longer kept.
+    Lost { oldest_kept: u64 },
+}
+
+/// The AI's turn: the message whose answer is awaited, and the messages sent meanwhile.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct AiTurn {
+    in_flight: Option<MessageId>,
+    waiting: Vec<(MessageId, String)>,
+}
+
+/// One session's whole state; see the module docs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionState {
+    pub id: SessionId,
+    pub resume_token: String,
+    pub customer: CustomerInfo,
+    pub started_at: DateTime<Utc>,
+    pub owner: Owner,
+    last_seq: u64,
+    /// Frames with a seq, oldest first; at most `history_max`.
+    history: VecDeque<ServerFrame>,
+    /// `(client_id, seq)` of recent customer messages, oldest first; at most `dedupe_max`.
+    recent: VecDeque<(String, u64)>,
+    ai: AiTurn,
+    pending: Vec<Pending>,
+}
+
+/// The text shown when the AI cannot answer.
+pub const AI_UNAVAILABLE: &str = "Our assistant cannot answer right now. You can ask for a ticket \
+and a person will get back to you, or try again in a moment.";
+
+impl SessionState {
+    pub fn new(
+        id: SessionId,
+        resume_token: String,
+        customer: CustomerInfo,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id,
+            resume_token,
+            customer,
+            started_at: now,
+            owner: Owner::Ai,
+            last_seq: 0,
+            history: VecDeque::new(),
+            recent: VecDeque::new(),
+            ai: AiTurn::default(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// The newest seq given out (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.owner == Owner::Closed
+    }
+
+    /// Frees what an idle session need not hold (spare capacity of its buffers).
+    pub fn shrink(&mut self) {
+        self.history.shrink_to_fit();
+        self.recent.shrink_to_fit();
+        self.pending.shrink_to_fit();
+        self.ai.waiting.shrink_to_fit();
+    }
+
+    /// Numbers `make`'s frame with the next seq, keeps it, and returns it.
+    fn record(&mut self, limits: &Limits, make: impl FnOnce(u64) -> ServerFrame) -> ServerFrame {
+        self.last_seq += 1;
+        let frame = make(self.last_seq);
+        self.history.push_back(frame.clone());
+        while self.history.len() > limits.history_max.max(1) {
+            self.history.pop_front();
+        }
+        frame
+    }
+
+    fn message(
+        &mut self,
+        limits: &Limits,
+        from: Author,
+        text: String,
+        client_id: Option<String>,
+        now: DateTime<Utc>,
+    ) -> ServerFrame {
+        self.record(limits, |seq| ServerFrame::Message {
+            seq,
+            from,
+            text,
+            at: now,
+            client_id,
+            name: None,
+        })
+    }
+
+    /// A system message, numbered and kept.
+    pub fn system(&mut self, limits: &Limits, text: String, now: DateTime<Utc>) -> ServerFrame {
+        self.message(limits, Author::System, text, None, now)
+    }
+
+    /// Every kept frame after `last_seq`, oldest first, or why they cannot all be given.
+    pub fn replay_after(&self, last_seq: u64) -> Result<Vec<ServerFrame>, ReplayError> {
+        if last_seq > self.last_seq {
+            return Err(ReplayError::Ahead {
+                newest: self.last_seq,
+            });
+        }
+        let oldest_kept = self
+            .history
+            .front()
+            .and_then(ServerFrame::seq)
+            .unwrap_or(self.last_seq + 1);
+        if last_seq + 1 < oldest_kept {
+            return Err(ReplayError::Lost { oldest_kept });
+        }
+        Ok(self
+            .history
+            .iter()
+            .filter(|f| f.seq().is_some_and(|s| s > last_seq))
+            .cloned()
+            .collect())
+    }
+
+    /// The chat so far as Django's transcript lines (what is kept of it), oldest first.
+    pub fn transcript(&self) -> Vec<TranscriptLine> {
+        self.history
+            .iter()
+            .filter_map(|f| match f {
+                ServerFrame::Message { from, text, at, .. } => Some(TranscriptLine {
+                    role: match from {
+                        Author::Customer => ChatRole::Customer,
+                        Author::Ai => ChatRole::Ai,
+                        Author::Agent => ChatRole::Agent,
+                        Author::System => ChatRole::System,
+                    },
+                    text: text.clone(),
+                    at: *at,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn ai_context(&self, limits: &Limits) -> Vec<TranscriptLine> {
+        let lines = self.transcript();
+        let skip = lines.len().saturating_sub(limits.ai_history);
+        lines.into_iter().skip(skip).collect()
+    }
+
+    /// Applies a customer message (once per `client_id`).
+    pub fn customer_message(
+        &mut self,
+        limits: &Limits,
+        client_id: String,
+        text: String,
+        now: DateTime<Utc>,
+    ) -> Accepted {
+        if self.is_closed() {
+            return Accepted::Closed;
+        }
+        if let Some((_, seq)) = self.recent.iter().find(|(id, _)| *id == client_id) {
+            return Accepted::Duplicate { seq: *seq };
+        }
+        let frame = self.message(
+            limits,
+            Author::Customer,
+            text.clone(),
+            Some(client_id.clone()),
+            now,
+        );
+        let seq = self.last_seq;
+        self.recent.push_back((client_id, seq));
+        while self.recent.len() > limits.dedupe_max.max(1) {
+            self.recent.pop_front();
+        }
+        let mut effects = vec![Effect::Send(frame)];
+        if self.owner == Owner::Ai {
+            let message_id = MessageId::new();
+            if self.ai.in_flight.is_some() {
+                self.ai.waiting.push((message_id, text));
+            } else {
+                effects.push(Effect::CallAi(self.start_ai(limits, message_id, text)));
+            }
+        }
+        Accepted::New { seq, effects }
+    }
+
+    fn start_ai(&mut self, limits: &Limits, message_id: MessageId, text: String) -> AiCall {
+        self.ai.in_flight = Some(message_id);
+        AiCall {
+            message_id,
+            text,
+            history: self.ai_context(limits),
+        }
+    }
+
+    /// The next call, for the messages sent while the last one was out (joined in order).
+    fn next_ai(&mut self, limits: &Limits) -> Option<Effect> {
+        self.ai.in_flight = None;
+        if self.ai.waiting.is_empty() || self.owner != Owner::Ai {
+            self.ai.waiting.clear();
+            return None;
+        }
+        let waiting = std::mem::take(&mut self.ai.waiting);
+        let message_id = waiting.last().map(|(id, _)| *id)?;
+        let text = waiting
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect::<Vec<_>>()
+            .join("\n");
+        Some(Effect::CallAi(self.start_ai(limits, message_id, text)))
+    }
+
+    /// The AI answered the call for `message_id`: its reply, then its actions, then the next call.
+    /// An answer to a call that is no longer awaited (the session closed or moved on) is dropped.
+    pub fn ai_replied(
+        &mut self,
+        limits: &Limits,
+        message_id: MessageId,
+        reply: String,
+        actions: Vec<AiAction>,
+        handoff: bool,
+        now: DateTime<Utc>,
+    ) -> Vec<Effect> {
+        if self.ai.in_flight != Some(message_id) || self.owner != Owner::Ai {
+            return Vec::new();
+        }
+        let mut effects = Vec::new();
+        if !reply.trim().is_empty() {
+            effects.push(Effect::Send(self.message(
+                limits,
+                Author::Ai,
+                reply,
+                None,
+                now,
+            )));
+        }
+        let mut actions = actions;
+        if handoff
+            && !actions
+                .iter()
+                .any(|a| matches!(a, AiAction::Handoff { .. }))
+        {
+            actions.push(AiAction::Handoff {
+                reason: "the assistant asked for a human".into(),
+            });
+        }
+        for action in actions {
+            effects.extend(self.act(limits, action, now));
+        }
+        effects.extend(self.next_ai(limits));
+        effects
+    }
+
+    /// The AI call for `message_id` failed (Django slow, down, or answering garbage): the customer
+    /// is told, never left in silence, and the next call goes out if messages wait.
+    pub fn ai_failed(
+        &mut self,
+        limits: &Limits,
+        message_id: MessageId,
+        now: DateTime<Utc>,
+    ) -> Vec<Effect> {
+        if self.ai.in_flight != Some(message_id) || self.owner != Owner::Ai {
+            return Vec::new();
+        }
+        let mut effects = vec![Effect::Send(self.system(
+            limits,
+            AI_UNAVAILABLE.to_string(),
+            now,
+        ))];
+        effects.extend(self.next_ai(limits));
+        effects
+    }
+
+    /// Carries out an AI action, or proposes it when it needs the customer's word.
+    fn act(&mut self, limits: &Limits, action: AiAction, now: DateTime<Utc>) -> Vec<Effect> {
+        if action == AiAction::Unknown {
+            return Vec::new();
+        }
+        if action.requires_confirmation() {
+            let Some((proposed, summary)) = action.proposal() else {
+                return Vec::new();
+            };
+            let action_id = Uuid::new_v4();
+            self.pending.push(Pending { action_id, action });
+            let frame = self.record(limits, |seq| ServerFrame::ActionProposed {
+                seq,
+                action_id,
+                action: proposed,
+                summary,
+            });
+            return vec![Effect::Send(frame)];
+        }
+        self.run(limits, Uuid::new_v4(), action, now)
+    }
+
+    fn run(
+        &mut self,
+        limits: &Limits,
+        action_id: Uuid,
+        action: AiAction,
+        _now: DateTime<Utc>,
+    ) -> Vec<Effect> {
+        match action {
+            AiAction::CreateTicket {
+                subject,
+                description,
+                priority,
+                ..
+            } => vec![Effect::CreateTicket {
+                subject,
+                description,
+                priority,
+            }],
+            AiAction::ManageService {
+                service,
+                operation,
+                params,
+                ..
+            } => vec![Effect::RunService {
+                action_id,
+                service,
+                operation,
+                params,
+            }],
+            AiAction::Handoff { reason } => self.queue(limits, reason),
+            AiAction::Unknown => Vec::new(),
+        }
+    }
+
+    /// Moves the session to the queue for a human agent; the AI stops answering.
+    fn queue(&mut self, limits: &Limits, reason: String) -> Vec<Effect> {
+        if self.owner != Owner::Ai {
+            return Vec::new();
+        }
+        self.owner = Owner::Queued;
+        self.ai.waiting.clear();
+        let frame = self.record(limits, |seq| ServerFrame::Queued { seq, reason });
+        vec![Effect::Send(frame)]
+    }
+
+    /// The customer accepted or declined a proposed action. `None`: no such action is pending.
+    pub fn confirm(
+        &mut self,
+        limits: &Limits,
+        action_id: Uuid,
+        accept: bool,
+        now: DateTime<Utc>,
+    ) -> Option<Vec<Effect>> {
+        let at = self.pending.iter().position(|p| p.action_id == action_id)?;
+        let pending = self.pending.remove(at);
+        if !accept {
+            let text = "Understood, nothing was done.".to_string();
+            return Some(vec![Effect::Send(self.system(limits, text, now))]);
+        }
+        Some(self.run(limits, pending.action_id, pending.action, now))
+    }
+
+    /// A ticket was created from this chat: the customer sees it.
+    pub fn ticket_created(
+        &mut self,
+        limits: &Limits,
+        ticket_id: crate::domain::ids::TicketId,
+    ) -> ServerFrame {
+        self.record(limits, |seq| ServerFrame::TicketCreated { seq, ticket_id })
+    }
+
+    /// Ends the session: the last frame, then close.
+    pub fn close(&mut self, limits: &Limits, reason: CloseReason) -> Vec<Effect> {
+        if self.is_closed() {
+            return Vec::new();
+        }
+        self.owner = Owner::Closed;
+        self.ai = AiTurn::default();
+        self.pending.clear();
+        let frame = self.record(limits, |seq| ServerFrame::Closed { seq, reason });
+        vec![Effect::Send(frame), Effect::Close(reason)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        history_max: 8,
+        dedupe_max: 4,
+        ai_history: 3,
+    };
+
+    fn session() -> SessionState {
+        SessionState::new(
+            SessionId::new(),
+            "token".into(),
+            CustomerInfo {
+                id: "anonymous".into(),
+                name: "Visitor".into(),
+                email: String::new(),
+                known: false,
+            },
+            Utc::now(),
+        )
+    }
+
+    fn ai_call(effects: &[Effect]) -> Option<AiCall> {
+        effects.iter().find_map(|e| match e {
+            Effect::CallAi(c) => Some(c.clone()),
+            _ => None,
+        })
+    }
+
+    fn new(a: Accepted) -> (u64, Vec<Effect>) {
+        match a {
+            Accepted::New { seq, effects } => (seq, effects),
+            other => panic!("expected a new message, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_client_id_is_applied_once_and_acked_with_the_same_seq() {
+        let mut s = session();
+        let (seq, effects) = new(s.customer_message(&LIMITS, "c1".into(), "hi".into(), Utc::now()));
+        assert_eq!(seq, 1);
+        assert!(ai_call(&effects).is_some());
+        assert_eq!(
+            s.customer_message(&LIMITS, "c1".into(), "hi".into(), Utc::now()),
+            Accepted::Duplicate { seq: 1 }
+        );
+        assert_eq!(s.last_seq(), 1, "a duplicate adds nothing");
+    }
+
+    #[test]
+    fn one_ai_call_at_a_time_and_messages_sent_meanwhile_go_into_the_next() {
+        let mut s = session();
+        let (_, e1) = new(s.customer_message(&LIMITS, "c1".into(), "first".into(), Utc::now()));
+        let call1 = ai_call(&e1).unwrap();
+        let (_, e2) = new(s.customer_message(&LIMITS, "c2".into(), "second".into(), Utc::now()));
+        let (_, e3) = new(s.customer_message(&LIMITS, "c3".into(), "third".into(), Utc::now()));
+        assert!(
+            ai_call(&e2).is_none() && ai_call(&e3).is_none(),
+            "one call in flight"
+        );
+
+        let after = s.ai_replied(
+            &LIMITS,
+            call1.message_id,
+            "answer 1".into(),
+            vec![],
+            false,
+            Utc::now(),
+        );
+        let reply_seq = after.iter().find_map(|e| match e {
+            Effect::Send(ServerFrame::Message {
+                seq,
+                from: Author::Ai,
+                ..
+            }) => Some(*seq),
+            _ => None,
+        });
+        assert_eq!(reply_seq, Some(4), "the reply follows the three messages");
+        let call2 = ai_call(&after).expect("the waiting messages go out next");
+        assert_eq!(call2.text, "second\nthird");
+        assert!(call2.history.len() <= LIMITS.ai_history);
+
+        // A late answer to the first call is not awaited any more.
+        assert!(s
+            .ai_replied(
+                &LIMITS,
+                call1.message_id,
+                "again".into(),
+                vec![],
+                false,
+                Utc::now()
+            )
+            .is_empty());
+    }
+
+    #[test]
+    fn a_failed_ai_call_tells_the_customer() {
+        let mut s = session();
+        let (_, e) = new(s.customer_message(&LIMITS, "c1".into(), "hello".into(), Utc::now()));
+        let call = ai_call(&e).unwrap();
+        let effects = s.ai_failed(&LIMITS, call.message_id, Utc::now());
+        assert!(matches!(
+            &effects[0],
+            Effect::Send(ServerFrame::Message { from: Author::System, text, .. }) if text == AI_UNAVAILABLE
+        ));
+    }
+
+    #[test]
+    fn actions_run_or_wait_for_confirmation() {
+        let mut s = session();
+        let (_, e) = new(s.customer_message(&LIMITS, "c1".into(), "reset it".into(), Utc::now()));
+        let call = ai_call(&e).unwrap();
+        let actions = vec![
+            AiAction::ManageService {
+                service: "email".into(),
+                operation: "reset_password".into(),
+                params: serde_json::json!({}),
+                requires_confirmation: true,
+            },
+            AiAction::CreateTicket {
+                subject: "Broken".into(),
+                description: String::new(),
+                priority: Priority::High,
+                requires_confirmation: false,
+            },
+        ];
+        let effects = s.ai_replied(
+            &LIMITS,
+            call.message_id,
+            "ok".into(),
+            actions,
+            false,
+            Utc::now(),
+        );
+        let proposed = effects.iter().find_map(|e| match e {
+            Effect::Send(ServerFrame::ActionProposed { action_id, .. }) => Some(*action_id),
+            _ => None,
+        });
+        let action_id = proposed.expect("the service action waits for the customer");
+        assert!(effects.iter().any(|e| matches!(
+            e,
+            Effect::CreateTicket {
+                priority: Priority::High,
+                ..
+            }
+        )));
+        assert!(!effects
+            .iter()
+            .any(|e| matches!(e, Effect::RunService { .. })));
+
+        let run = s.confirm(&LIMITS, action_id, true, Utc::now()).unwrap();
+        assert!(matches!(&run[0], Effect::RunService { service, .. } if service == "email"));
+        assert!(
+            s.confirm(&LIMITS, action_id, true, Utc::now()).is_none(),
+            "only once"
+        );
+    }
+
+    #[test]
+    fn handoff_queues_the_session_and_silences_the_ai() {
+        let mut s = session();
+        let (_, e) =
+            new(s.customer_message(&LIMITS, "c1".into(), "human please".into(), Utc::now()));
+        let call = ai_call(&e).unwrap();
+        let effects = s.ai_replied(
+            &LIMITS,
+            call.message_id,
+            "Sure.".into(),
+            vec![],
+            true,
+            Utc::now(),
+        );
+        assert!(effects
+            .iter()
+            .any(|e| matches!(e, Effect::Send(ServerFrame::Queued { .. }))));
+        assert_eq!(s.owner, Owner::Queued);
+        let (_, later) = new(s.customer_message(&LIMITS, "c2".into(), "hello?".into(), Utc::now()));
+        assert!(ai_call(&later).is_none(), "no AI while queued");
+    }
+
+    #[test]
+    fn replay_gives_every_frame_after_last_seq_or_says_why_not() {
+        let mut s = session();
+        for i in 0..5 {
+            s.system(&LIMITS, format!("m{i}"), Utc::now());
+        }
+        let seqs = |v: Vec<ServerFrame>| v.iter().filter_map(ServerFrame::seq).collect::<Vec<_>>();
+        assert_eq!(seqs(s.replay_after(2).unwrap()), [3, 4, 5]);
+        assert_eq!(seqs(s.replay_after(5).unwrap()), Vec::<u64>::new());
+        assert_eq!(s.replay_after(9), Err(ReplayError::Ahead { newest: 5 }));
+        for i in 0..10 {
+            s.system(&LIMITS, format!("n{i}"), Utc::now());
+        }
+        // 15 frames, 8 kept: 8..=15.
+        assert_eq!(s.replay_after(3), Err(ReplayError::Lost { oldest_kept: 8 }));
+        assert_eq!(
+            seqs(s.replay_after(7).unwrap()),
+            (8..=15).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn the_state_round_trips_through_json() {
+        let mut s = session();
+        new(s.customer_message(&LIMITS, "c1".into(), "hi".into(), Utc::now()));
+        let text = serde_json::to_string(&s).unwrap();
+        let back: SessionState = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.last_seq(), 1);
+        assert_eq!(back.transcript(), s.transcript());
+    }
+
+    #[test]
+    fn close_is_final() {
+        let mut s = session();
+        let effects = s.close(&LIMITS, CloseReason::CustomerClosed);
+        assert!(matches!(
+            effects[1],
+            Effect::Close(CloseReason::CustomerClosed)
+        ));
+        assert!(s.close(&LIMITS, CloseReason::IdleTimeout).is_empty());
+        assert_eq!(
+            s.customer_message(&LIMITS, "c9".into(), "x".into(), Utc::now()),
+            Accepted::Closed
+        );
+    }
+}
