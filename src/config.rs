@@ -39,6 +39,8 @@ pub struct Settings {
     /// The live-chat listener.
     pub chat: ListenerSettings,
     pub tickets: TicketSettings,
+    /// Live-chat sessions: protocol limits, resume, heartbeats, rates.
+    pub sessions: SessionSettings,
     pub storage: StorageSettings,
     pub django: DjangoSettings,
     pub bridge: BridgeSettings,
@@ -66,6 +68,119 @@ pub struct TicketSettings {
     pub max_name_chars: usize,
     pub actor_timeout_ms: u64,
     pub registry_queue_depth: usize,
+}
+
+/// Live-chat session settings (`[sessions]`); config/default.toml documents each key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSettings {
+    pub history_max: usize,
+    pub dedupe_max: usize,
+    pub ai_history: usize,
+    pub resume_grace_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub hibernate_after_ms: u64,
+    pub sweep_interval_ms: u64,
+    pub handshake_timeout_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub heartbeat_timeout_ms: u64,
+    pub max_frame_bytes: usize,
+    pub max_message_chars: usize,
+    pub allowed_origins: Vec<String>,
+    pub max_sessions: usize,
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+    pub admission_per_sec: u32,
+    pub admission_burst: u32,
+    pub outbound_queue: usize,
+    pub jwt_secret: String,
+    pub max_restarts: u32,
+    pub max_seconds: u64,
+}
+
+impl SessionSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("sessions.history_max", self.history_max as u64),
+            ("sessions.dedupe_max", self.dedupe_max as u64),
+            ("sessions.ai_history", self.ai_history as u64),
+            ("sessions.resume_grace_ms", self.resume_grace_ms),
+            ("sessions.idle_timeout_ms", self.idle_timeout_ms),
+            ("sessions.sweep_interval_ms", self.sweep_interval_ms),
+            ("sessions.handshake_timeout_ms", self.handshake_timeout_ms),
+            ("sessions.heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("sessions.max_frame_bytes", self.max_frame_bytes as u64),
+            ("sessions.max_message_chars", self.max_message_chars as u64),
+            ("sessions.max_sessions", self.max_sessions as u64),
+            ("sessions.rate_per_sec", self.rate_per_sec as u64),
+            ("sessions.rate_burst", self.rate_burst as u64),
+            ("sessions.admission_per_sec", self.admission_per_sec as u64),
+            ("sessions.admission_burst", self.admission_burst as u64),
+            ("sessions.outbound_queue", self.outbound_queue as u64),
+            ("sessions.max_seconds", self.max_seconds),
+        ] {
+            positive(key, value)?;
+        }
+        if self.ai_history > 50 {
+            return Err(invalid(
+                "sessions.ai_history",
+                "must be at most 50 (Django's contract)",
+            ));
+        }
+        for (key, value) in [
+            ("sessions.resume_grace_ms", self.resume_grace_ms),
+            ("sessions.idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if value > MAX_IDLE_MS {
+                return Err(invalid(key, format!("must be at most {MAX_IDLE_MS}")));
+            }
+        }
+        if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
+            return Err(invalid(
+                "sessions.heartbeat_timeout_ms",
+                "must be greater than sessions.heartbeat_interval_ms",
+            ));
+        }
+        if self.hibernate_after_ms >= self.idle_timeout_ms {
+            return Err(invalid(
+                "sessions.hibernate_after_ms",
+                "must be less than sessions.idle_timeout_ms (0 turns hibernation off)",
+            ));
+        }
+        if !self.jwt_secret.is_empty() && self.jwt_secret.len() < 32 {
+            return Err(invalid(
+                "sessions.jwt_secret",
+                "must be at least 32 bytes (or empty: anonymous visitors only)",
+            ));
+        }
+        for origin in &self.allowed_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://"))
+                || origin.ends_with('/')
+            {
+                return Err(invalid(
+                    "sessions.allowed_origins",
+                    format!("`{origin}` is not an origin like https://example.com"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn limits(&self) -> SessionLimits {
+        SessionLimits {
+            history_max: self.history_max,
+            dedupe_max: self.dedupe_max,
+            ai_history: self.ai_history,
+        }
+    }
+}
+
+/// The per-session limits the session's pure rules need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    pub history_max: usize,
+    pub dedupe_max: usize,
+    pub ai_history: usize,
 }
 
 /// One listener's server settings; `[api]` and `[chat]` each hold one.
@@ -250,6 +365,7 @@ impl Settings {
     /// Checks what serde cannot: addresses, ranges, and the secure-by-default rule.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let api_bind = self.api.validate("api")?;
+        self.sessions.validate()?;
         let chat_bind = self.chat.validate("chat")?;
         if api_bind == chat_bind && api_bind.port() != 0 {
             return Err(invalid(

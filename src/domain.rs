@@ -6,6 +6,7 @@ pub mod chat;
 pub mod ids;
 pub mod patch;
 pub mod principal;
+pub mod secret;
 pub mod status;
 pub mod ticket;
 pub mod timestamp;

@@ -39,6 +39,22 @@ pub const STORE_WAL_PAGES: &str = "switchboard_store_wal_pages";
 pub const STORE_SYNC_DURATION: &str = "switchboard_store_sync_duration_seconds";
 pub const STORE_SYNC_BATCH: &str = "switchboard_store_sync_batch_size";
 pub const STORE_SYNC_ERRORS: &str = "switchboard_store_sync_errors_total";
+pub const CHAT_SOCKETS: &str = "switchboard_chat_sockets";
+pub const CHAT_SESSIONS: &str = "switchboard_chat_sessions";
+pub const CHAT_SESSIONS_STARTED: &str = "switchboard_chat_sessions_started_total";
+pub const CHAT_SESSIONS_CLOSED: &str = "switchboard_chat_sessions_closed_total";
+pub const CHAT_FRAMES_IN: &str = "switchboard_chat_frames_in_total";
+pub const CHAT_FRAMES_OUT: &str = "switchboard_chat_frames_out_total";
+pub const CHAT_FRAME_ERRORS: &str = "switchboard_chat_frame_errors_total";
+pub const CHAT_ROUTING: &str = "switchboard_chat_routing_seconds";
+pub const CHAT_AI_DURATION: &str = "switchboard_chat_ai_duration_seconds";
+pub const CHAT_AI_CALLS: &str = "switchboard_chat_ai_calls_total";
+pub const CHAT_ACTIONS: &str = "switchboard_chat_actions_total";
+pub const CHAT_TICKETS: &str = "switchboard_chat_tickets_total";
+pub const CHAT_RATE_LIMITED: &str = "switchboard_chat_rate_limited_total";
+pub const CHAT_ADMISSION_REFUSED: &str = "switchboard_chat_admission_refusals_total";
+pub const CHAT_SLOW_CONSUMERS: &str = "switchboard_chat_slow_consumer_disconnects_total";
+pub const CHAT_RESUMES: &str = "switchboard_chat_resumes_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -46,6 +62,10 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Django calls: from a fast lookup to a slow AI reply, past the longest sensible timeout.
 const DJANGO_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 30.0,
+];
+/// In-process routing: a frame's way from the socket to each recipient's queue, microseconds apart.
+const ROUTING_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05,
 ];
 const SIZE_BUCKETS: &[f64] = &[
     1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0,
@@ -60,6 +80,12 @@ pub fn install() -> PrometheusHandle {
             // A full-name matcher wins over a suffix one.
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(DJANGO_DURATION.into()), DJANGO_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(CHAT_AI_DURATION.into()), DJANGO_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(CHAT_ROUTING.into()), ROUTING_BUCKETS)
+                })
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
                 })
@@ -78,6 +104,7 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
+    describe_chat();
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route, method and status.");
     describe_histogram!(
         HTTP_DURATION,
@@ -176,4 +203,52 @@ fn describe() {
         STORE_SYNC_ERRORS,
         "Failed fdatasync calls; the store then refuses writes until restarted."
     );
+}
+
+fn describe_chat() {
+    describe_gauge!(CHAT_SOCKETS, "Open chat WebSocket connections.");
+    describe_gauge!(
+        CHAT_SESSIONS,
+        "Live chat sessions (attached or waiting for a resume)."
+    );
+    describe_counter!(CHAT_SESSIONS_STARTED, "Chat sessions started.");
+    describe_counter!(CHAT_SESSIONS_CLOSED, "Chat sessions ended, by reason.");
+    describe_counter!(CHAT_FRAMES_IN, "Chat frames received, by type.");
+    describe_counter!(CHAT_FRAMES_OUT, "Chat frames sent, by type.");
+    describe_counter!(
+        CHAT_FRAME_ERRORS,
+        "Chat frames answered with an error frame, by error code."
+    );
+    describe_histogram!(
+        CHAT_ROUTING,
+        Unit::Seconds,
+        "In-process routing latency: frame received to queued for each recipient."
+    );
+    describe_histogram!(
+        CHAT_AI_DURATION,
+        Unit::Seconds,
+        "AI reply round trip, from the call to the reply (or failure) reaching the session."
+    );
+    describe_counter!(
+        CHAT_AI_CALLS,
+        "AI calls by outcome (replied, failed, refused, discarded)."
+    );
+    describe_counter!(CHAT_ACTIONS, "AI actions by kind and outcome.");
+    describe_counter!(
+        CHAT_TICKETS,
+        "Tickets created from chats, by who asked (customer, ai)."
+    );
+    describe_counter!(
+        CHAT_RATE_LIMITED,
+        "Chat frames refused by the per-connection rate limit."
+    );
+    describe_counter!(
+        CHAT_ADMISSION_REFUSED,
+        "Chat connections refused at the handshake, by reason (rate, capacity, origin)."
+    );
+    describe_counter!(
+        CHAT_SLOW_CONSUMERS,
+        "Chat connections closed because the client did not read its frames."
+    );
+    describe_counter!(CHAT_RESUMES, "Session resumes, by outcome.");
 }

@@ -7,7 +7,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::batch::SyncItem;
-use crate::domain::chat::TranscriptLine;
+use crate::domain::chat::{AiAction, TranscriptLine};
 use crate::domain::ids::{EventId, MessageId, RequestId, SessionId, TicketId};
 use crate::domain::status::Status;
 use crate::domain::ticket::{Priority, Source, Ticket};
@@ -65,6 +65,9 @@ pub struct AiReply {
     pub handoff: bool,
     #[serde(default)]
     pub suggested_actions: Vec<String>,
+    /// What the AI asks the session to do (docs/django-api.md 3.1); may be absent.
+    #[serde(default)]
+    pub actions: Vec<AiAction>,
 }
 
 /// `POST /api/livechat/tickets/create/`: a chat escalated into a ticket, built from its outbox record.

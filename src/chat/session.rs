@@ -1,3 +1,752 @@
-//! A chat session: its serializable state and rules ([`state`]).
+//! One live-chat session as an actor: started by the session registry when a customer sends
+//! `session.start`, it owns the session's [`state::SessionState`] and, while a connection is
+//! attached, that connection's [`Link`] and inbound stream. It outlives its connection for
+//! `sessions.resume_grace_ms`: a resume attaches a new one and replays what was missed.
+//!
+//! It reads client frames, applies them through the state's pure rules, and carries out the
+//! [`Effect`]s they return: frames to the client, AI calls through the bridge's request/response
+//! lane (one in flight), tickets created in the ticket registry and announced to Django through the
+//! outbox, and service actions. The registry's periodic [`Tick`] drives heartbeats and timeouts, so
+//! an idle session holds no timer of its own.
+//!
+//! Takes: [`Attach`], [`Resume`], [`Tick`], [`EndSession`], the keyed supervisor's `Passivate` and
+//! `Hibernate`, and its connection's [`Inbound`] stream.
 
 pub mod state;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use uuid::Uuid;
+
+use self::state::{Accepted, AiCall, CustomerInfo, Effect, Limits, ReplayError, SessionState};
+use super::link::{Connection, Inbound, Lane, Link, Local, SendError};
+use super::protocol::{self, close, Author, ClientFrame, CloseReason, ErrorCode, ServerFrame};
+use crate::bridge::wire::{AiRespondRequest, Customer, ServiceActionRequest};
+use crate::bridge::{AiRespond, ManageService};
+use crate::config::SessionSettings;
+use crate::domain::ids::{RequestId, SessionId, TicketId};
+use crate::domain::principal::Principal;
+use crate::domain::status::Status;
+use crate::domain::ticket::{Priority, Source, Ticket};
+use crate::metrics as m;
+use crate::store::{ChatTicketRecord, Outbox, OutboxRecord};
+use crate::supervisor::keyed::{Hibernate, Passivate};
+use crate::ticket::registry::{CreateTicket, TicketRegistry};
+
+/// What every session uses, shared by all of them.
+pub struct SessionDeps {
+    pub settings: SessionSettings,
+    pub limits: Limits,
+    pub calls: Recipient<AiRespond>,
+    pub services: Recipient<ManageService>,
+    pub tickets: Addr<TicketRegistry>,
+    pub outbox: Arc<dyn Outbox>,
+    /// Ticket subjects and descriptions are checked against the ticket limits.
+    pub max_subject_chars: usize,
+    pub max_description_chars: usize,
+}
+
+/// Registry → session: attach this connection (a new session's first, or a resume's after its
+/// token was checked). With `last_seq`, every kept frame after it is replayed first.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Attach {
+    pub conn: Local,
+    pub resume_from: Option<u64>,
+    pub started_at: Instant,
+}
+
+/// Registry → session: a client asks to resume this session. The session checks the token; a wrong
+/// one gets `error` resume_refused and close 4003.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resume {
+    pub conn: Local,
+    pub resume_token: String,
+    pub last_seq: u64,
+    pub started_at: Instant,
+}
+
+/// Registry → every session, each `sessions.heartbeat_interval_ms`: ping the client, and end what
+/// timed out (a silent connection, an idle session, a detached one past its grace).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Tick;
+
+/// Registry → session on shutdown: tell the client and close (1001; it may resume elsewhere).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct EndSession;
+
+/// The attached connection.
+struct Attached {
+    link: Box<dyn Link>,
+    reader: SpawnHandle,
+    last_heard: Instant,
+    limiter: DefaultDirectRateLimiter,
+}
+
+pub struct Session {
+    state: SessionState,
+    deps: Arc<SessionDeps>,
+    attached: Option<Attached>,
+    last_customer: Instant,
+    detached_at: Option<Instant>,
+    /// When the AI call in flight went out, for its round-trip histogram.
+    ai_started: Option<Instant>,
+}
+
+impl Session {
+    pub fn new(id: SessionId, customer: CustomerInfo, deps: Arc<SessionDeps>) -> Self {
+        let token = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+        Self {
+            state: SessionState::new(id, token, customer, chrono::Utc::now()),
+            deps,
+            attached: None,
+            last_customer: Instant::now(),
+            detached_at: Some(Instant::now()),
+            ai_started: None,
+        }
+    }
+
+    fn id(&self) -> SessionId {
+        self.state.id
+    }
+
+    fn limits(&self) -> Limits {
+        self.deps.limits
+    }
+
+    /// Sends one frame to the attached client, if any; a client that does not read is disconnected.
+    fn deliver(&mut self, frame: &ServerFrame, lane: Lane) {
+        let Some(att) = self.attached.as_mut() else {
+            return;
+        };
+        match att.link.send(frame.to_text(), lane) {
+            Ok(()) => {
+                metrics::counter!(m::CHAT_FRAMES_OUT, "type" => frame.kind()).increment(1);
+            }
+            Err(SendError::Full) if lane == Lane::Droppable => {}
+            Err(SendError::Full) => {
+                metrics::counter!(m::CHAT_SLOW_CONSUMERS).increment(1);
+                tracing::info!(session_id = %self.state.id, "client does not read; disconnecting it");
+                att.link
+                    .close(close::SLOW_CONSUMER, "slow consumer: resume");
+                self.detach();
+            }
+            Err(SendError::Closed) => self.detach(),
+        }
+    }
+
+    fn error(&mut self, code: ErrorCode, message: impl Into<String>, client_id: Option<String>) {
+        metrics::counter!(m::CHAT_FRAME_ERRORS, "code" => error_label(code)).increment(1);
+        let frame = ServerFrame::Error {
+            code,
+            message: message.into(),
+            client_id,
+        };
+        self.deliver(&frame, Lane::Reliable);
+    }
+
+    fn detach(&mut self) {
+        if let Some(att) = self.attached.take() {
+            // The reader may still be polled once; cancelling it in the context is the caller's
+            // job where it has the context. Dropping the link closes what is left of the socket.
+            drop(att.link);
+            self.detached_at = Some(Instant::now());
+        }
+    }
+
+    fn attach(&mut self, conn: Connection, ctx: &mut Context<Self>) {
+        if let Some(old) = self.attached.take() {
+            let mut old = old;
+            ctx.cancel_future(old.reader);
+            old.link
+                .close(close::REPLACED, "resumed on another connection");
+        }
+        let reader = ctx.add_stream(conn.inbound);
+        let quota = Quota::per_second(nonzero(self.deps.settings.rate_per_sec))
+            .allow_burst(nonzero(self.deps.settings.rate_burst));
+        self.attached = Some(Attached {
+            link: conn.link,
+            reader,
+            last_heard: Instant::now(),
+            limiter: RateLimiter::direct(quota),
+        });
+        self.detached_at = None;
+    }
+
+    /// Carries out what the state's rules asked for.
+    fn run(&mut self, effects: Vec<Effect>, ctx: &mut Context<Self>) {
+        for effect in effects {
+            match effect {
+                Effect::Send(frame) => self.deliver(&frame, Lane::Reliable),
+                Effect::CallAi(call) => self.call_ai(call, ctx),
+                Effect::CreateTicket {
+                    subject,
+                    description,
+                    priority,
+                } => self.create_ticket(subject, description, priority, "ai", ctx),
+                Effect::RunService {
+                    action_id,
+                    service,
+                    operation,
+                    params,
+                } => self.run_service(action_id, service, operation, params, ctx),
+                Effect::Close(reason) => {
+                    self.end(reason, ctx);
+                }
+            }
+        }
+    }
+
+    fn end(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
+        let label = match reason {
+            CloseReason::CustomerClosed => "customer_closed",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::ServerShutdown => "server_shutdown",
+        };
+        metrics::counter!(m::CHAT_SESSIONS_CLOSED, "reason" => label).increment(1);
+        tracing::info!(session_id = %self.id(), reason = label, "chat session ended");
+        if let Some(mut att) = self.attached.take() {
+            let code = if reason == CloseReason::ServerShutdown {
+                close::GOING_AWAY
+            } else {
+                close::NORMAL
+            };
+            att.link.close(code, label);
+        }
+        ctx.stop();
+    }
+
+    fn customer(&self) -> Customer {
+        Customer {
+            id: self.state.customer.id.clone(),
+            name: self.state.customer.name.clone(),
+            email: self.state.customer.email.clone(),
+        }
+    }
+
+    fn call_ai(&mut self, call: AiCall, ctx: &mut Context<Self>) {
+        self.deliver(
+            &ServerFrame::Typing {
+                from: Author::Ai,
+                active: true,
+            },
+            Lane::Droppable,
+        );
+        let message_id = call.message_id;
+        let request = AiRespond {
+            request: AiRespondRequest {
+                session_id: self.id(),
+                message_id,
+                customer: self.customer(),
+                message: call.text,
+                history: call.history,
+            },
+            request_id: Some(RequestId::from(message_id.to_string())),
+        };
+        self.ai_started = Some(Instant::now());
+        let span = tracing::info_span!("chat_ai_call", session_id = %self.id(), %message_id);
+        let sent = self.deps.calls.send(request);
+        ctx.spawn(
+            tracing::Instrument::instrument(sent, span)
+                .into_actor(self)
+                .map(move |result, act, ctx| {
+                    if let Some(started) = act.ai_started.take() {
+                        metrics::histogram!(m::CHAT_AI_DURATION)
+                            .record(started.elapsed().as_secs_f64());
+                    }
+                    let now = chrono::Utc::now();
+                    let limits = act.limits();
+                    let effects = match result {
+                        Ok(Ok(reply)) => {
+                            let effects = act.state.ai_replied(
+                                &limits,
+                                message_id,
+                                reply.reply,
+                                reply.actions,
+                                reply.handoff,
+                                now,
+                            );
+                            let outcome = if effects.is_empty() { "discarded" } else { "replied" };
+                            metrics::counter!(m::CHAT_AI_CALLS, "outcome" => outcome).increment(1);
+                            effects
+                        }
+                        Ok(Err(e)) => {
+                            let outcome = match e {
+                                crate::bridge::CallsError::Busy { .. }
+                                | crate::bridge::CallsError::CircuitOpen { .. } => "refused",
+                                _ => "failed",
+                            };
+                            metrics::counter!(m::CHAT_AI_CALLS, "outcome" => outcome).increment(1);
+                            tracing::warn!(session_id = %act.id(), error = %crate::bridge::client::chain(&e), "AI call failed; the customer is told");
+                            act.state.ai_failed(&limits, message_id, now)
+                        }
+                        Err(e) => {
+                            metrics::counter!(m::CHAT_AI_CALLS, "outcome" => "failed").increment(1);
+                            tracing::warn!(session_id = %act.id(), error = %e, "the calls lane did not answer");
+                            act.state.ai_failed(&limits, message_id, now)
+                        }
+                    };
+                    act.deliver(
+                        &ServerFrame::Typing {
+                            from: Author::Ai,
+                            active: false,
+                        },
+                        Lane::Droppable,
+                    );
+                    act.run(effects, ctx);
+                }),
+        );
+    }
+
+    fn create_ticket(
+        &mut self,
+        subject: String,
+        description: String,
+        priority: Priority,
+        asked_by: &'static str,
+        ctx: &mut Context<Self>,
+    ) {
+        let now = crate::store::now();
+        let session_id = self.id();
+        let ticket = Ticket {
+            id: TicketId::new(),
+            subject: subject.trim().to_string(),
+            description: description.clone(),
+            status: Status::Open,
+            priority,
+            requester: if self.state.customer.email.is_empty() {
+                self.state.customer.id.clone()
+            } else {
+                self.state.customer.email.clone()
+            },
+            assignee: None,
+            tags: vec!["chat".into()],
+            source: Source::Chat,
+            chat_session_id: Some(session_id.to_string()),
+            created_at: now,
+            updated_at: now,
+            version: 1,
+        };
+        let record = ChatTicketRecord {
+            session_id,
+            ticket_id: ticket.id,
+            subject: ticket.subject.clone(),
+            description,
+            priority,
+            requester: ticket.requester.clone(),
+            transcript: self.state.transcript(),
+            request_id: Some(RequestId::from(ticket.id.to_string())),
+        };
+        let create = self.deps.tickets.send(CreateTicket {
+            ticket,
+            actor: Principal::Customer(session_id),
+            request_id: record.request_id.clone(),
+        });
+        let outbox = self.deps.outbox.clone();
+        let fut = async move {
+            let ticket = create
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| crate::bridge::client::chain(&e))?;
+            // The ticket is durable and visible over REST; Django's chat record must not be lost.
+            outbox
+                .enqueue(OutboxRecord::ChatTicket(record))
+                .await
+                .map_err(|e| crate::bridge::client::chain(&e))?;
+            Ok::<TicketId, String>(ticket.id)
+        };
+        ctx.spawn(fut.into_actor(self).map(move |result, act, _| match result {
+            Ok(ticket_id) => {
+                metrics::counter!(m::CHAT_TICKETS, "asked_by" => asked_by).increment(1);
+                tracing::info!(session_id = %act.id(), %ticket_id, "ticket created from chat");
+                let limits = act.limits();
+                let frame = act.state.ticket_created(&limits, ticket_id);
+                act.deliver(&frame, Lane::Reliable);
+            }
+            Err(why) => {
+                tracing::warn!(session_id = %act.id(), error = %why, "ticket from chat failed");
+                act.error(
+                    ErrorCode::TicketFailed,
+                    "the ticket could not be created; please try again",
+                    None,
+                );
+            }
+        }));
+    }
+
+    fn run_service(
+        &mut self,
+        action_id: Uuid,
+        service: String,
+        operation: String,
+        params: serde_json::Value,
+        ctx: &mut Context<Self>,
+    ) {
+        let request = ManageService {
+            request: ServiceActionRequest {
+                action_id,
+                session_id: self.id(),
+                customer: self.customer(),
+                service: service.clone(),
+                operation: operation.clone(),
+                params,
+                request_id: None,
+            },
+            request_id: Some(RequestId::from(action_id.to_string())),
+        };
+        let sent = self.deps.services.send(request);
+        ctx.spawn(sent.into_actor(self).map(move |result, act, _| {
+            let (outcome, text) = match result {
+                Ok(Ok(r)) if r.ok => ("ok", r.message),
+                Ok(Ok(r)) => ("refused", r.message),
+                _ => (
+                    "failed",
+                    format!("We could not run `{operation}` on your {service} service just now."),
+                ),
+            };
+            metrics::counter!(m::CHAT_ACTIONS, "kind" => "manage_service", "outcome" => outcome)
+                .increment(1);
+            let limits = act.limits();
+            let frame = act.state.system(&limits, text, chrono::Utc::now());
+            act.deliver(&frame, Lane::Reliable);
+        }));
+    }
+
+    /// One client frame.
+    fn on_frame(&mut self, frame: ClientFrame, received: Instant, ctx: &mut Context<Self>) {
+        let limits = self.limits();
+        let now = chrono::Utc::now();
+        match frame {
+            ClientFrame::Start { .. } | ClientFrame::Resume { .. } => self.error(
+                ErrorCode::AlreadyStarted,
+                "this connection already carries a session",
+                None,
+            ),
+            ClientFrame::Send { client_id, text } => {
+                if let Err(why) =
+                    check_message(&client_id, &text, self.deps.settings.max_message_chars)
+                {
+                    return self.error(ErrorCode::InvalidFrame, why, Some(client_id));
+                }
+                self.last_customer = Instant::now();
+                match self
+                    .state
+                    .customer_message(&limits, client_id.clone(), text, now)
+                {
+                    Accepted::New { seq, effects } => {
+                        self.deliver(&ServerFrame::Ack { client_id, seq }, Lane::Reliable);
+                        metrics::histogram!(m::CHAT_ROUTING)
+                            .record(received.elapsed().as_secs_f64());
+                        self.run(effects, ctx);
+                    }
+                    Accepted::Duplicate { seq } => {
+                        self.deliver(&ServerFrame::Ack { client_id, seq }, Lane::Reliable)
+                    }
+                    Accepted::Closed => self.error(
+                        ErrorCode::SessionClosed,
+                        "the session has ended",
+                        Some(client_id),
+                    ),
+                }
+            }
+            ClientFrame::Typing { .. } => {
+                // Nobody but the AI answers yet, and it does not watch typing.
+                self.last_customer = Instant::now();
+            }
+            ClientFrame::CreateTicket {
+                subject,
+                description,
+            } => {
+                self.last_customer = Instant::now();
+                let subject_ok = !subject.trim().is_empty()
+                    && subject.chars().count() <= self.deps.max_subject_chars
+                    && clean(&subject);
+                let description_ok = description.chars().count() <= self.deps.max_description_chars
+                    && clean(&description);
+                if !subject_ok || !description_ok {
+                    let field = if subject_ok { "description" } else { "subject" };
+                    return self.error(
+                        ErrorCode::InvalidFrame,
+                        format!("`{field}` is empty, too long or holds control characters"),
+                        None,
+                    );
+                }
+                self.create_ticket(subject, description, Priority::Normal, "customer", ctx);
+            }
+            ClientFrame::ConfirmAction { action_id, accept } => {
+                self.last_customer = Instant::now();
+                match self.state.confirm(&limits, action_id, accept, now) {
+                    Some(effects) => self.run(effects, ctx),
+                    None => self.error(
+                        ErrorCode::UnknownAction,
+                        format!("no action {action_id} waits for an answer"),
+                        None,
+                    ),
+                }
+            }
+            ClientFrame::Close {} => {
+                let effects = self.state.close(&limits, CloseReason::CustomerClosed);
+                self.run(effects, ctx);
+            }
+            ClientFrame::Ping {} => self.deliver(&ServerFrame::Pong {}, Lane::Reliable),
+        }
+    }
+}
+
+fn nonzero(n: u32) -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::new(n.max(1)).unwrap_or(std::num::NonZeroU32::MIN)
+}
+
+/// No control characters but newline and tab.
+fn clean(text: &str) -> bool {
+    !text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+}
+
+fn check_message(client_id: &str, text: &str, max_chars: usize) -> Result<(), String> {
+    if client_id.is_empty()
+        || client_id.len() > 64
+        || !client_id.chars().all(|c| c.is_ascii_graphic())
+    {
+        return Err("`client_id` must be 1 to 64 visible ASCII characters".into());
+    }
+    if text.trim().is_empty() {
+        return Err("`text` must not be empty".into());
+    }
+    if text.chars().count() > max_chars {
+        return Err(format!("`text` must be at most {max_chars} characters"));
+    }
+    if !clean(text) {
+        return Err("`text` must not hold control characters (newline and tab are fine)".into());
+    }
+    Ok(())
+}
+
+fn error_label(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::MalformedFrame => "malformed_frame",
+        ErrorCode::UnknownType => "unknown_type",
+        ErrorCode::InvalidFrame => "invalid_frame",
+        ErrorCode::NoSession => "no_session",
+        ErrorCode::AlreadyStarted => "already_started",
+        ErrorCode::Unauthorized => "unauthorized",
+        ErrorCode::ResumeRefused => "resume_refused",
+        ErrorCode::RateLimited => "rate_limited",
+        ErrorCode::SessionClosed => "session_closed",
+        ErrorCode::UnknownAction => "unknown_action",
+        ErrorCode::TicketFailed => "ticket_failed",
+    }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        metrics::counter!(m::CHAT_SESSIONS_STARTED).increment(1);
+    }
+}
+
+impl actix::Supervised for Session {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        // The panic took the connection's reader with it; the state is kept, so the client resumes
+        // and is replayed what it missed.
+        tracing::warn!(session_id = %self.id(), "chat session restarting from its kept state");
+        if let Some(mut att) = self.attached.take() {
+            att.link
+                .close(close::INTERNAL_ERROR, "session restarted: resume");
+        }
+        self.detached_at = Some(Instant::now());
+        self.ai_started = None;
+    }
+}
+
+impl StreamHandler<Inbound> for Session {
+    fn handle(&mut self, item: Inbound, ctx: &mut Context<Self>) {
+        let received = Instant::now();
+        let Some(att) = self.attached.as_mut() else {
+            return;
+        };
+        att.last_heard = received;
+        let text = match item {
+            Inbound::Text(text) => text,
+            Inbound::Alive => return,
+            Inbound::Broken { code, reason } => {
+                tracing::info!(session_id = %self.id(), code, reason, "connection broke the protocol");
+                self.detach();
+                return;
+            }
+        };
+        if att.limiter.check().is_err() {
+            metrics::counter!(m::CHAT_RATE_LIMITED).increment(1);
+            return self.error(ErrorCode::RateLimited, "too many frames; slow down", None);
+        }
+        match protocol::parse(&text) {
+            Ok(frame) => {
+                metrics::counter!(m::CHAT_FRAMES_IN, "type" => frame.kind()).increment(1);
+                self.on_frame(frame, received, ctx);
+            }
+            Err(e) => {
+                metrics::counter!(m::CHAT_FRAMES_IN, "type" => "invalid").increment(1);
+                self.error(e.code, e.message, None);
+            }
+        }
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {
+        // The connection closed: the session waits for a resume.
+        if self.attached.take().is_some() {
+            self.detached_at = Some(Instant::now());
+        }
+    }
+}
+
+impl Handler<Attach> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Attach, ctx: &mut Context<Self>) {
+        self.attach(msg.conn.take(), ctx);
+        let started = ServerFrame::Started {
+            session_id: self.id(),
+            resume_token: self.state.resume_token.clone(),
+            seq: self.state.last_seq(),
+            customer: self
+                .state
+                .customer
+                .known
+                .then(|| self.state.customer.name.clone()),
+        };
+        self.deliver(&started, Lane::Reliable);
+        metrics::histogram!(m::CHAT_ROUTING).record(msg.started_at.elapsed().as_secs_f64());
+        if let Some(last_seq) = msg.resume_from {
+            self.replay(last_seq);
+        }
+    }
+}
+
+impl Session {
+    fn replay(&mut self, last_seq: u64) {
+        match self.state.replay_after(last_seq) {
+            Ok(frames) => {
+                for frame in &frames {
+                    self.deliver(frame, Lane::Reliable);
+                }
+            }
+            Err(ReplayError::Ahead { newest }) => {
+                // The client claims more than was sent; it cannot be trusted to have any of it.
+                let frames = self.state.replay_after(0).unwrap_or_default();
+                tracing::warn!(session_id = %self.id(), last_seq, newest, "resume from a seq never sent; replaying all kept");
+                for frame in &frames {
+                    self.deliver(frame, Lane::Reliable);
+                }
+            }
+            Err(ReplayError::Lost { oldest_kept }) => {
+                tracing::info!(session_id = %self.id(), last_seq, oldest_kept, "resume too late: history lost");
+                if let Some(mut att) = self.attached.take() {
+                    att.link
+                        .close(close::HISTORY_LOST, "history lost: start a new session");
+                }
+                self.detached_at = Some(Instant::now());
+            }
+        }
+    }
+}
+
+impl Handler<Resume> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Resume, ctx: &mut Context<Self>) {
+        let token_ok = crate::domain::secret::constant_time_eq(
+            msg.resume_token.as_bytes(),
+            self.state.resume_token.as_bytes(),
+        );
+        if !token_ok || self.state.is_closed() {
+            metrics::counter!(m::CHAT_RESUMES, "outcome" => "refused").increment(1);
+            let mut conn = msg.conn.take();
+            let _ = conn.link.send(
+                ServerFrame::error(ErrorCode::ResumeRefused, "unknown session or wrong token")
+                    .to_text(),
+                Lane::Reliable,
+            );
+            conn.link.close(close::RESUME_REFUSED, "resume refused");
+            return;
+        }
+        metrics::counter!(m::CHAT_RESUMES, "outcome" => "resumed").increment(1);
+        self.attach(msg.conn.take(), ctx);
+        let resumed = ServerFrame::Resumed {
+            session_id: self.id(),
+            seq: self.state.last_seq(),
+        };
+        self.deliver(&resumed, Lane::Reliable);
+        self.replay(msg.last_seq);
+        metrics::histogram!(m::CHAT_ROUTING).record(msg.started_at.elapsed().as_secs_f64());
+    }
+}
+
+impl Handler<Tick> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Tick, ctx: &mut Context<Self>) {
+        let s = &self.deps.settings;
+        let now = Instant::now();
+        if let Some(since) = self.detached_at {
+            if now.duration_since(since) >= Duration::from_millis(s.resume_grace_ms) {
+                tracing::debug!(session_id = %self.id(), "no resume within the grace period; session ends");
+                metrics::counter!(m::CHAT_SESSIONS_CLOSED, "reason" => "not_resumed").increment(1);
+                ctx.stop();
+                return;
+            }
+        }
+        if now.duration_since(self.last_customer) >= Duration::from_millis(s.idle_timeout_ms) {
+            let limits = self.limits();
+            let effects = self.state.close(&limits, CloseReason::IdleTimeout);
+            self.run(effects, ctx);
+            return;
+        }
+        if let Some(att) = self.attached.as_mut() {
+            if now.duration_since(att.last_heard) >= Duration::from_millis(s.heartbeat_timeout_ms) {
+                tracing::info!(session_id = %self.state.id, "no sign of life from the client; disconnecting it");
+                att.link
+                    .close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
+                let reader = att.reader;
+                ctx.cancel_future(reader);
+                self.detach();
+            } else {
+                att.link.ping();
+            }
+        }
+    }
+}
+
+impl Handler<EndSession> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: EndSession, ctx: &mut Context<Self>) {
+        self.end(CloseReason::ServerShutdown, ctx);
+    }
+}
+
+impl Handler<Passivate> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Passivate, ctx: &mut Context<Self>) {
+        if let Some(mut att) = self.attached.take() {
+            att.link.close(close::GOING_AWAY, "session stopped");
+        }
+        ctx.stop();
+    }
+}
+
+impl Handler<Hibernate> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Hibernate, _: &mut Context<Self>) {
+        self.state.shrink();
+    }
+}

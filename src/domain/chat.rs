@@ -1,7 +1,10 @@
-//! Chat data every layer shares: who spoke in a transcript line, and the line itself.
+//! Chat data every layer shares: who spoke in a transcript line, the line itself, and the actions
+//! Django's AI may ask a session to carry out.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+use super::ticket::Priority;
 
 /// Who wrote a chat message, as Django's chat endpoints name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -20,4 +23,38 @@ pub struct TranscriptLine {
     pub text: String,
     #[serde(serialize_with = "super::timestamp::serialize")]
     pub at: DateTime<Utc>,
+}
+
+/// An action the AI asked for (docs/django-api.md, `actions` in the AI answer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AiAction {
+    CreateTicket {
+        subject: String,
+        #[serde(default)]
+        description: String,
+        #[serde(default = "normal")]
+        priority: Priority,
+        #[serde(default)]
+        requires_confirmation: bool,
+    },
+    ManageService {
+        service: String,
+        operation: String,
+        #[serde(default)]
+        params: serde_json::Value,
+        #[serde(default)]
+        requires_confirmation: bool,
+    },
+    Handoff {
+        #[serde(default)]
+        reason: String,
+    },
+    /// A type this release does not know: ignored, so Django can add actions first.
+    #[serde(other)]
+    Unknown,
+}
+
+fn normal() -> Priority {
+    Priority::Normal
 }

@@ -98,7 +98,8 @@ pub struct KeyedConfig {
     /// The registry's name, for `switchboard_supervisor_escalations_total{supervisor}`.
     pub supervisor: &'static str,
     pub restart: Restart,
-    /// Idle time before a child is passivated (at most 2^31 ms: the clock wraps at 2^32).
+    /// Idle time (no message routed to it) before a child is passivated, at most 2^31 ms (the
+    /// clock wraps at 2^32); `Duration::ZERO`: never (children that time themselves out).
     pub idle_timeout: Duration,
     /// Idle time before a child is told to hibernate; `Duration::ZERO`: never.
     pub hibernate_after: Duration,
@@ -254,7 +255,7 @@ where
         let mut hibernated = 0;
         self.live.retain(|_, e| {
             let age = now.wrapping_sub(e.seen);
-            if age >= idle {
+            if idle > 0 && age >= idle {
                 e.send(Passivate);
                 return false;
             }
@@ -269,6 +270,23 @@ where
             passivated: before - self.live.len(),
             hibernated,
         }
+    }
+
+    /// Sends `msg` to every running child, without waiting.
+    pub fn broadcast<M>(&self, msg: M)
+    where
+        M: Message + Clone + Send + 'static,
+        M::Result: Send,
+        A: Handler<M>,
+    {
+        for e in self.live.values() {
+            e.send(msg.clone());
+        }
+    }
+
+    /// Forgets `key`'s child without stopping it (it stopped itself, or is stopping).
+    pub fn forget(&mut self, key: K) {
+        self.live.remove(&key);
     }
 
     /// Tells every child to stop (after the messages already queued) and forgets them all; a

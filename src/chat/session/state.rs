@@ -14,20 +14,12 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::chat::protocol::{Author, CloseReason, ProposedAction, ServerFrame};
-use crate::domain::chat::{ChatRole, TranscriptLine};
+use crate::domain::chat::{AiAction, ChatRole, TranscriptLine};
 use crate::domain::ids::{MessageId, SessionId};
 use crate::domain::ticket::Priority;
 
 /// Limits one session lives within (from `[sessions]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Frames kept for resume; older ones are dropped.
-    pub history_max: usize,
-    /// Recent `client_id`s remembered to apply a message once.
-    pub dedupe_max: usize,
-    /// Messages sent to the AI as context.
-    pub ai_history: usize,
-}
+pub use crate::config::SessionLimits as Limits;
 
 /// The customer of a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,41 +42,13 @@ pub enum Owner {
     Closed,
 }
 
-/// An action the AI asked for (docs/django-api.md, `actions` in the AI answer).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum AiAction {
-    CreateTicket {
-        subject: String,
-        #[serde(default)]
-        description: String,
-        #[serde(default = "normal")]
-        priority: Priority,
-        #[serde(default)]
-        requires_confirmation: bool,
-    },
-    ManageService {
-        service: String,
-        operation: String,
-        #[serde(default)]
-        params: serde_json::Value,
-        #[serde(default)]
-        requires_confirmation: bool,
-    },
-    Handoff {
-        #[serde(default)]
-        reason: String,
-    },
-    /// A type this release does not know: ignored, so Django can add actions first.
-    #[serde(other)]
-    Unknown,
+/// How the session treats each AI action.
+trait ActionRules {
+    fn requires_confirmation(&self) -> bool;
+    fn proposal(&self) -> Option<(ProposedAction, String)>;
 }
 
-fn normal() -> Priority {
-    Priority::Normal
-}
-
-impl AiAction {
+impl ActionRules for AiAction {
     fn requires_confirmation(&self) -> bool {
         match self {
             Self::CreateTicket {
@@ -162,7 +126,8 @@ pub enum Effect {
 /// How a customer message was taken.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Accepted {
-    /// New: this seq, and what to do.
+    /// New: this seq, and what to do. The message itself is in the history (for a resume or a
+    /// transcript); the sender is answered with an ack, not an echo.
     New { seq: u64, effects: Vec<Effect> },
     /// The same `client_id` was applied before, with this seq; nothing else happens.
     Duplicate { seq: u64 },
@@ -349,7 +314,8 @@ impl SessionState {
         if let Some((_, seq)) = self.recent.iter().find(|(id, _)| *id == client_id) {
             return Accepted::Duplicate { seq: *seq };
         }
-        let frame = self.message(
+        // Kept for resume and transcripts; the sender's own connection gets the ack instead.
+        self.message(
             limits,
             Author::Customer,
             text.clone(),
@@ -361,7 +327,7 @@ impl SessionState {
         while self.recent.len() > limits.dedupe_max.max(1) {
             self.recent.pop_front();
         }
-        let mut effects = vec![Effect::Send(frame)];
+        let mut effects = Vec::new();
         if self.owner == Owner::Ai {
             let message_id = MessageId::new();
             if self.ai.in_flight.is_some() {

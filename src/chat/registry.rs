@@ -1,0 +1,216 @@
+//! The session registry: the keyed supervisor of chat sessions, on the chat arbiter, where the chat
+//! listener accepts connections too (a connection never leaves that thread).
+//!
+//! Routing by session id, stale-exit checks, restart intensity (`sessions.max_restarts` in
+//! `max_seconds`) and escalation to the chat supervisor are the generic
+//! [`KeyedChildren`](crate::supervisor::keyed::KeyedChildren)'s. What is session-specific stays
+//! here: who the customer is (a token, or anonymous), starting a session with its first connection,
+//! routing a resume to the session it names, and one [`Tick`] for all sessions each heartbeat
+//! interval (heartbeats and timeouts without a timer per session).
+//!
+//! Takes [`StartSession`], [`ResumeSession`], [`CountSessions`], [`EndAll`]; sessions report their
+//! exits as [`SessionExited`].
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use super::auth;
+use super::link::{Lane, Local};
+use super::protocol::{close, ErrorCode, ServerFrame};
+use super::session::{Attach, EndSession, Resume, Session, SessionDeps, Tick};
+use crate::domain::ids::SessionId;
+use crate::metrics as m;
+use crate::supervisor::keyed::{ChildExited, ExitOutcome, KeyedChildren, KeyedConfig};
+use crate::supervisor::supervised::{Exit, ExitReport, Restart};
+
+/// Listener → registry: a connection sent `session.start`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StartSession {
+    pub conn: Local,
+    pub token: Option<String>,
+    /// When its first frame arrived, for the routing histogram.
+    pub started_at: Instant,
+}
+
+/// Listener → registry: a connection sent `session.resume`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ResumeSession {
+    pub conn: Local,
+    pub session_id: SessionId,
+    pub resume_token: String,
+    pub last_seq: u64,
+    pub started_at: Instant,
+}
+
+/// Anyone → registry: live sessions. Reply: the count.
+#[derive(Message, Debug)]
+#[rtype(result = "usize")]
+pub struct CountSessions;
+
+/// Shutdown → registry: end every session (each tells its client, close 1001). Reply: how many.
+#[derive(Message, Debug)]
+#[rtype(result = "usize")]
+pub struct EndAll;
+
+/// A session's exit, as its supervision wrapper reports it.
+pub type SessionExited = ChildExited<SessionId, Session>;
+
+pub struct SessionRegistry {
+    deps: Arc<SessionDeps>,
+    children: KeyedChildren<SessionId, Session>,
+    escalate: ExitReport,
+    /// Live sessions, read by the listener's admission check without a message.
+    live: Arc<AtomicUsize>,
+}
+
+impl SessionRegistry {
+    pub fn new(deps: Arc<SessionDeps>, live: Arc<AtomicUsize>, escalate: ExitReport) -> Self {
+        let s = &deps.settings;
+        let children = KeyedChildren::new(KeyedConfig {
+            kind: "session",
+            supervisor: "sessions",
+            restart: Restart::Transient,
+            // Sessions time themselves out (idle, detached past the grace) on the registry's Tick.
+            idle_timeout: Duration::ZERO,
+            hibernate_after: Duration::from_millis(s.hibernate_after_ms),
+            max_restarts: s.max_restarts,
+            max_window: Duration::from_secs(s.max_seconds),
+        });
+        Self {
+            deps,
+            children,
+            escalate,
+            live,
+        }
+    }
+
+    fn publish_count(&self) {
+        self.live.store(self.children.len(), Ordering::Relaxed);
+        metrics::gauge!(m::CHAT_SESSIONS).set(self.children.len() as f64);
+    }
+}
+
+/// Refuses a connection before any session: an `error` frame, then close with `code`.
+fn refuse(conn: Local, code: ErrorCode, message: &str, close_code: u16, reason: &'static str) {
+    let mut conn = conn.take();
+    let _ = conn
+        .link
+        .send(ServerFrame::error(code, message).to_text(), Lane::Reliable);
+    conn.link.close(close_code, reason);
+}
+
+impl Actor for SessionRegistry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.children.attach(ctx.address().recipient());
+        let every = Duration::from_millis(self.deps.settings.heartbeat_interval_ms)
+            .min(Duration::from_millis(self.deps.settings.sweep_interval_ms));
+        ctx.run_interval(every, |act, _| {
+            act.children.broadcast(Tick);
+            act.children.sweep();
+        });
+    }
+}
+
+impl actix::Supervised for SessionRegistry {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        tracing::warn!(
+            live = self.children.len(),
+            "session registry restarting; ending every session"
+        );
+        self.children.broadcast(EndSession);
+        self.children.stop_all();
+        self.children.reset_intensity();
+        self.publish_count();
+    }
+}
+
+impl Handler<StartSession> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: StartSession, _: &mut Context<Self>) {
+        let id = SessionId::new();
+        let customer =
+            match auth::customer(msg.token.as_deref(), &self.deps.settings.jwt_secret, id) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::info!(error = %e, "chat session refused: bad customer token");
+                    return refuse(
+                        msg.conn,
+                        ErrorCode::Unauthorized,
+                        &e.to_string(),
+                        close::POLICY_VIOLATION,
+                        "unauthorized",
+                    );
+                }
+            };
+        let deps = self.deps.clone();
+        let (addr, _) = self.children.route(id, || Session::new(id, customer, deps));
+        self.publish_count();
+        tracing::info!(session_id = %id, "chat session started");
+        addr.do_send(Attach {
+            conn: msg.conn,
+            resume_from: None,
+            started_at: msg.started_at,
+        });
+    }
+}
+
+impl Handler<ResumeSession> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: ResumeSession, _: &mut Context<Self>) {
+        let Some(addr) = self.children.get(msg.session_id) else {
+            metrics::counter!(m::CHAT_RESUMES, "outcome" => "unknown").increment(1);
+            return refuse(
+                msg.conn,
+                ErrorCode::ResumeRefused,
+                "unknown session or wrong token",
+                close::RESUME_REFUSED,
+                "resume refused",
+            );
+        };
+        addr.do_send(Resume {
+            conn: msg.conn,
+            resume_token: msg.resume_token,
+            last_seq: msg.last_seq,
+            started_at: msg.started_at,
+        });
+    }
+}
+
+impl Handler<SessionExited> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: SessionExited, _: &mut Context<Self>) {
+        let outcome = self.children.exited(msg);
+        self.publish_count();
+        if let ExitOutcome::Escalate(reason) = outcome {
+            (self.escalate)(Exit::Escalated(reason));
+        }
+    }
+}
+
+impl Handler<CountSessions> for SessionRegistry {
+    type Result = usize;
+
+    fn handle(&mut self, _: CountSessions, _: &mut Context<Self>) -> usize {
+        self.children.len()
+    }
+}
+
+impl Handler<EndAll> for SessionRegistry {
+    type Result = usize;
+
+    fn handle(&mut self, _: EndAll, _: &mut Context<Self>) -> usize {
+        let n = self.children.len();
+        self.children.broadcast(EndSession);
+        n
+    }
+}
