@@ -92,7 +92,7 @@ pub struct SessionSettings {
     pub rate_burst: u32,
     pub admission_per_sec: u32,
     pub admission_burst: u32,
-    pub outbound_queue: usize,
+    pub outbound_queue_bytes: usize,
     pub jwt_secret: String,
     pub max_restarts: u32,
     pub max_seconds: u64,
@@ -116,7 +116,7 @@ impl SessionSettings {
             ("sessions.rate_burst", self.rate_burst as u64),
             ("sessions.admission_per_sec", self.admission_per_sec as u64),
             ("sessions.admission_burst", self.admission_burst as u64),
-            ("sessions.outbound_queue", self.outbound_queue as u64),
+            ("sessions.outbound_queue_bytes", self.outbound_queue_bytes as u64),
             ("sessions.max_seconds", self.max_seconds),
         ] {
             positive(key, value)?;
