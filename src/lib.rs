@@ -46,6 +46,7 @@ pub mod store;
 pub mod supervisor;
 pub mod telemetry;
 pub mod ticket;
+pub mod transport;
 
 use std::future::Future;
 use std::net::TcpListener;
