@@ -29,7 +29,7 @@
 //! to the root, which restarts it in place or gives up in turn.
 //!
 //! Layers read top-down: [`domain`] (ids, principals, the ticket model) below [`store`] and
-//! [`bridge`], the actors ([`ticket`]) above them, the transport ([`http`]) on top; [`supervisor`]
+//! [`bridge`], the actors ([`ticket`]) above them, the transport ([`http`]; [`transport`] for live chat's WebSocket connections) on top; [`supervisor`]
 //! knows none of them.
 //!
 //! Seams for running past one machine: [`store::TicketStore`] and [`store::Outbox`] (storage) and
@@ -47,6 +47,7 @@ pub mod store;
 pub mod supervisor;
 pub mod telemetry;
 pub mod ticket;
+pub mod transport;
 
 use std::future::Future;
 use std::net::TcpListener;

@@ -1,0 +1,19 @@
+//! The live-chat WebSocket transport: a lean RFC 6455 server side over tokio's `TcpStream`, chosen
+//! because an idle connection holds no read or write buffer (see BENCHMARKS.md, "Live chat
+//! transport: memory per idle connection"). The chat listener accepts a socket, calls
+//! [`connection::accept`] for the upgrade, and hands the two halves to a session actor: it attaches
+//! [`connection::Inbound`] with `ctx.add_stream` and keeps [`connection::Outbound`] to send.
+//!
+//! - [`frame`]: the frame codec and message assembly, pure and unit-tested.
+//! - [`handshake`]: the HTTP upgrade request and its response, pure and unit-tested.
+//! - [`connection`]: the socket halves; reads into a per-thread scratch buffer, writes directly.
+//!
+//! Not here (yet): permessage-deflate (never offered back), client-side handshakes (the load tools
+//! write their own), and the session's ping timer and idle timeout, which belong to the session actor.
+
+pub mod connection;
+pub mod frame;
+pub mod handshake;
+
+pub use connection::{accept, Inbound, Limits, Outbound, SendError, TransportError};
+pub use frame::{close_code, Message, ProtocolError};

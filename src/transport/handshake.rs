@@ -1,0 +1,251 @@
+//! The HTTP/1.1 upgrade request (RFC 6455 §4.2): parsed with `httparse`, checked, answered with
+//! `101 Switching Protocols`, the `Sec-WebSocket-Accept` digest and the negotiated subprotocol.
+//! Pure code over byte slices; `connection::accept` does the reading and writing.
+
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
+use thiserror::Error;
+
+/// The GUID of RFC 6455 §1.3, appended to the client's key before hashing.
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+/// Headers read from one request; more is refused.
+const MAX_HEADERS: usize = 32;
+
+/// Why an upgrade request was refused; `response()` gives the HTTP answer to send before closing.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum HandshakeError {
+    #[error("malformed HTTP request")]
+    Malformed,
+    #[error("request head larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("method is not GET")]
+    NotGet,
+    #[error("not a WebSocket upgrade (Upgrade/Connection headers)")]
+    NotUpgrade,
+    #[error("Sec-WebSocket-Version is not 13")]
+    BadVersion,
+    #[error("Sec-WebSocket-Key missing or not 16 bytes in base64")]
+    BadKey,
+    #[error("no offered subprotocol is served here")]
+    NoProtocol,
+}
+
+impl HandshakeError {
+    /// The HTTP response refusing the upgrade.
+    pub fn response(&self) -> &'static [u8] {
+        match self {
+            HandshakeError::BadVersion => {
+                b"HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            }
+            HandshakeError::TooLarge(_) => {
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            }
+            HandshakeError::NotGet => {
+                b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            }
+            _ => b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        }
+    }
+}
+
+/// An accepted upgrade request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upgrade {
+    /// The request target (`/ws/chat?…`), for routing by the caller.
+    pub path: String,
+    /// The subprotocol chosen: the first the client offered that the server serves.
+    pub protocol: &'static str,
+    /// `Sec-WebSocket-Accept`.
+    pub accept: String,
+}
+
+impl Upgrade {
+    /// The `101 Switching Protocols` response.
+    pub fn response(&self) -> String {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: {}\r\n\r\n",
+            self.accept, self.protocol
+        )
+    }
+}
+
+/// Parses an upgrade request from the front of `buf`.
+///
+/// `Ok(None)`: the head is not complete yet. `Ok(Some((upgrade, used)))`: the head took
+/// `buf[..used]`; bytes after it are already WebSocket frames. A client must offer one of
+/// `protocols` (the wire protocol is versioned by its subprotocol name).
+pub fn parse_request(
+    buf: &[u8],
+    protocols: &[&'static str],
+    max_head: usize,
+) -> Result<Option<(Upgrade, usize)>, HandshakeError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let used = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > max_head => {
+            return Err(HandshakeError::TooLarge(max_head))
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::TooLarge(max_head)),
+        Err(_) => return Err(HandshakeError::Malformed),
+    };
+    if used > max_head {
+        return Err(HandshakeError::TooLarge(max_head));
+    }
+    if req.method != Some("GET") {
+        return Err(HandshakeError::NotGet);
+    }
+    if req.version != Some(1) {
+        return Err(HandshakeError::Malformed);
+    }
+    let header = |name: &'static str| {
+        req.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .filter_map(|h| std::str::from_utf8(h.value).ok())
+    };
+    let has_token = |name: &'static str, token: &str| {
+        header(name).any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+        return Err(HandshakeError::NotUpgrade);
+    }
+    if !header("sec-websocket-version").any(|v| v.trim() == "13") {
+        return Err(HandshakeError::BadVersion);
+    }
+    let key = header("sec-websocket-key")
+        .next()
+        .map(str::trim)
+        .filter(|k| {
+            base64::engine::general_purpose::STANDARD
+                .decode(k)
+                .is_ok_and(|raw| raw.len() == 16)
+        })
+        .ok_or(HandshakeError::BadKey)?;
+    let protocol = header("sec-websocket-protocol")
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|offered| protocols.iter().copied().find(|p| *p == offered))
+        .ok_or(HandshakeError::NoProtocol)?;
+    Ok(Some((
+        Upgrade {
+            path: req.path.unwrap_or("/").to_string(),
+            protocol,
+            accept: accept_key(key),
+        },
+        used,
+    )))
+}
+
+/// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`: base64(SHA-1(key + GUID)).
+pub fn accept_key(key: &str) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(WS_GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROTOCOLS: &[&str] = &["switchboard.v1"];
+
+    fn request(extra: &str) -> String {
+        format!(
+            "GET /ws/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+    }
+
+    #[test]
+    fn accept_key_matches_the_rfc_example() {
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn accepts_an_upgrade_and_picks_the_offered_protocol() {
+        let req = request("Sec-WebSocket-Protocol: other.v9, switchboard.v1\r\n");
+        let mut wire = req.clone().into_bytes();
+        wire.extend_from_slice(&[0x81, 0x80]); // a frame already behind the head
+        let (up, used) = parse_request(&wire, PROTOCOLS, 8192).unwrap().unwrap();
+        assert_eq!(used, req.len());
+        assert_eq!(up.path, "/ws/chat");
+        assert_eq!(up.protocol, "switchboard.v1");
+        let resp = up.response();
+        assert!(resp.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert!(resp.contains("Sec-WebSocket-Protocol: switchboard.v1\r\n"));
+        assert!(resp.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn waits_for_the_whole_head() {
+        let req = request("Sec-WebSocket-Protocol: switchboard.v1\r\n");
+        for cut in [0, 10, req.len() - 1] {
+            assert_eq!(
+                parse_request(&req.as_bytes()[..cut], PROTOCOLS, 8192),
+                Ok(None)
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_valid_upgrade() {
+        let p = "Sec-WebSocket-Protocol: switchboard.v1\r\n";
+        let check = |wire: String, err: HandshakeError| {
+            assert_eq!(
+                parse_request(wire.as_bytes(), PROTOCOLS, 8192),
+                Err(err),
+                "{wire}"
+            );
+        };
+        check(
+            request("Sec-WebSocket-Protocol: other.v1\r\n"),
+            HandshakeError::NoProtocol,
+        );
+        check(request(""), HandshakeError::NoProtocol);
+        check(
+            request(p).replacen("GET", "POST", 1),
+            HandshakeError::NotGet,
+        );
+        check(
+            request(p).replace("Upgrade: websocket", "Upgrade: h2c"),
+            HandshakeError::NotUpgrade,
+        );
+        check(
+            request(p).replace("keep-alive, Upgrade", "keep-alive"),
+            HandshakeError::NotUpgrade,
+        );
+        check(
+            request(p).replace("Version: 13", "Version: 8"),
+            HandshakeError::BadVersion,
+        );
+        check(
+            request(p).replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ="),
+            HandshakeError::BadKey,
+        );
+        check("GARBAGE\x01\r\n\r\n".into(), HandshakeError::Malformed);
+        assert!(HandshakeError::BadVersion
+            .response()
+            .starts_with(b"HTTP/1.1 426"));
+    }
+
+    #[test]
+    fn refuses_an_oversized_head() {
+        let big = request(&format!("X-Pad: {}\r\n", "a".repeat(10_000)));
+        assert_eq!(
+            parse_request(&big.as_bytes()[..9000], PROTOCOLS, 8192),
+            Err(HandshakeError::TooLarge(8192))
+        );
+        assert_eq!(
+            parse_request(big.as_bytes(), PROTOCOLS, 8192),
+            Err(HandshakeError::TooLarge(8192))
+        );
+    }
+}
