@@ -116,7 +116,10 @@ impl SessionSettings {
             ("sessions.rate_burst", self.rate_burst as u64),
             ("sessions.admission_per_sec", self.admission_per_sec as u64),
             ("sessions.admission_burst", self.admission_burst as u64),
-            ("sessions.outbound_queue_bytes", self.outbound_queue_bytes as u64),
+            (
+                "sessions.outbound_queue_bytes",
+                self.outbound_queue_bytes as u64,
+            ),
             ("sessions.max_seconds", self.max_seconds),
         ] {
             positive(key, value)?;

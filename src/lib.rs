@@ -51,6 +51,7 @@ pub mod transport;
 
 use std::future::Future;
 use std::net::TcpListener;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,7 +61,10 @@ use futures_util::future::{FutureExt, LocalBoxFuture};
 use crate::bridge::actor::Bridge;
 use crate::bridge::calls::DjangoCalls;
 use crate::bridge::Drain;
+use crate::chat::registry::{EndAll, SessionRegistry};
+use crate::chat::session::SessionDeps;
 use crate::config::Settings;
+use crate::http::chat::ChatListener;
 use crate::http::listener::ListenerChild;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Outbox, StoreError, TicketStore};
@@ -173,6 +177,7 @@ pub async fn run(
 
     let bridge_arbiter = Arbiter::new();
     let tickets_arbiter = Arbiter::new();
+    let chat_arbiter = Arbiter::new();
     let (bridge_addr, bridge_mailbox) = supervised::mailbox::<Bridge>(settings.bridge.queue_depth);
     let (registry_addr, registry_mailbox) =
         supervised::mailbox::<TicketRegistry>(settings.tickets.registry_queue_depth);
@@ -280,7 +285,7 @@ pub async fn run(
         bridge: bridge_addr.clone(),
         calls: calls_addr.clone(),
         store: store.clone(),
-        outbox,
+        outbox: outbox.clone(),
         ops: http::ops::Ops {
             metrics: prometheus,
             metrics_token: settings.metrics.token.clone(),
@@ -294,7 +299,16 @@ pub async fn run(
         Box::new(bridge_child),
         Box::new(calls_child),
         Box::new(tickets_child),
-        Box::new(chat_tree(listeners.chat, &settings)),
+        Box::new(chat_tree(
+            ChatParts {
+                listener: listeners.chat,
+                arbiter: chat_arbiter.handle(),
+                calls: calls_addr.clone(),
+                tickets: registry_addr.clone(),
+                outbox: outbox.clone(),
+            },
+            &settings,
+        )),
         Box::new(ListenerChild::new(
             "api",
             listeners.api,
@@ -318,19 +332,73 @@ pub async fn run(
     }
     bridge_arbiter.stop();
     tickets_arbiter.stop();
+    chat_arbiter.stop();
     tracing::info!(ok = outcome.is_ok(), "switchboard stopped");
     outcome
 }
 
+/// What the chat subtree is built from.
+struct ChatParts {
+    listener: TcpListener,
+    arbiter: ArbiterHandle,
+    calls: Addr<DjangoCalls>,
+    tickets: Addr<TicketRegistry>,
+    outbox: Arc<dyn Outbox>,
+}
+
 /// The live-chat subtree: its own supervisor (one_for_one, the root's intensity), escalating to the
-/// root. It holds the chat listener; the session registry and the queue join it.
-fn chat_tree(listener: TcpListener, settings: &Arc<Settings>) -> SupervisorChild {
-    let listener_settings = settings.clone();
-    let children: Vec<Box<dyn Child>> = vec![Box::new(ListenerChild::new(
-        "chat_listener",
-        listener,
-        Box::new(move |l| http::chat::start_chat_server(l, listener_settings.clone())),
-    ))];
+/// root. The session registry starts first and the chat listener after it, both on the chat
+/// arbiter, where every connection and session lives; on stop the listener closes first (no new
+/// connections), then the registry ends every session (close 1001: clients resume elsewhere).
+fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
+    let s = &settings.sessions;
+    let deps = Arc::new(SessionDeps {
+        settings: s.clone(),
+        limits: s.limits(),
+        calls: parts.calls.clone().recipient(),
+        services: parts.calls.recipient(),
+        tickets: parts.tickets,
+        outbox: parts.outbox,
+        max_subject_chars: settings.tickets.max_subject_chars,
+        max_description_chars: settings.tickets.max_description_chars,
+    });
+    let live = Arc::new(AtomicUsize::new(0));
+    let (registry_addr, registry_mailbox) = supervised::mailbox::<SessionRegistry>(4096);
+    let registry_child = {
+        let arbiter = parts.arbiter.clone();
+        let live = live.clone();
+        let end_addr = registry_addr.clone();
+        ActorChild::new("sessions", Restart::Permanent, move |report| {
+            let escalate = report.clone();
+            supervised::spawn_in(
+                &arbiter,
+                "session_registry",
+                Restart::Permanent,
+                registry_mailbox,
+                move |_| SessionRegistry::new(deps, live, escalate),
+                report,
+            )
+        })
+        .before_stop(move || {
+            async move {
+                match tokio::time::timeout(Duration::from_secs(5), end_addr.send(EndAll)).await {
+                    Ok(Ok(n)) => tracing::info!(sessions = n, "chat sessions told to end"),
+                    _ => tracing::warn!("session registry did not answer at shutdown"),
+                }
+            }
+            .boxed_local()
+        })
+    };
+    let children: Vec<Box<dyn Child>> = vec![
+        Box::new(registry_child),
+        Box::new(ChatListener::new(
+            parts.listener,
+            parts.arbiter,
+            registry_addr,
+            settings.clone(),
+            live,
+        )),
+    ];
     let chat = Supervisor::new(
         "chat",
         Strategy::OneForOne,

@@ -15,5 +15,6 @@ pub mod connection;
 pub mod frame;
 pub mod handshake;
 
-pub use connection::{accept, Inbound, Limits, Outbound, SendError, TransportError};
+pub use connection::{accept, accept_routed, Inbound, Limits, Outbound, SendError, TransportError};
 pub use frame::{close_code, Message, ProtocolError};
+pub use handshake::{Head, Route};

@@ -14,8 +14,9 @@ pub enum Inbound {
     Text(String),
     /// The peer showed it is alive (a pong, or any control frame).
     Alive,
-    /// The connection broke the protocol or a limit; the transport has already closed it with
-    /// `code` (a [`crate::chat::protocol::close`] code). The stream ends after this.
+    /// The connection broke the protocol or a limit: the session closes it with `code` (a
+    /// [`crate::chat::protocol::close`] code; the transport may have sent that close already) and
+    /// waits for a resume.
     Broken { code: u16, reason: &'static str },
 }
 

@@ -548,8 +548,12 @@ fn error_label(code: ErrorCode) -> &'static str {
 impl Actor for Session {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Context<Self>) {
+    fn started(&mut self, ctx: &mut Context<Self>) {
         metrics::counter!(m::CHAT_SESSIONS_STARTED).increment(1);
+        // A session lives until it ends or its grace runs out, not until its last address goes
+        // (the registry holds only a weak one, and a detached session has no stream). actix keeps
+        // an actor with a pending future running; this one is zero-sized.
+        ctx.spawn(actix::fut::wrap_future(std::future::pending::<()>()));
     }
 }
 
@@ -578,7 +582,8 @@ impl StreamHandler<Inbound> for Session {
             Inbound::Text(text) => text,
             Inbound::Alive => return,
             Inbound::Broken { code, reason } => {
-                tracing::info!(session_id = %self.id(), code, reason, "connection broke the protocol");
+                att.link.close(code, reason);
+                tracing::info!(session_id = %self.state.id, code, reason, "connection broke the protocol");
                 self.detach();
                 return;
             }

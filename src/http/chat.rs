@@ -1,34 +1,437 @@
-//! The chat listener's HTTP app on `chat.bind`: its own `/healthz`, and JSON errors for every path it
-//! does not serve. Live-chat WebSocket sessions (`/ws/chat`, `/ws/agent`) are upgraded here.
+//! The chat listener on `chat.bind`: an accept loop on the chat arbiter (the sessions' thread),
+//! over the lean WebSocket transport ([`crate::transport`]), because an idle connection must hold
+//! no buffer (BENCHMARKS.md, "Live chat transport").
+//!
+//! Each connection is routed by its request head before anything is upgraded: `/healthz` answers
+//! 200, `/ws/chat` is upgraded once it passes the origin allow-list (403), admission control (a
+//! token bucket, `sessions.admission_per_sec`, and `sessions.max_sessions`; 503 with
+//! `Retry-After`), and every other path is a JSON 404. An upgraded connection's first frame must be
+//! `session.start` or `session.resume` within `sessions.handshake_timeout_ms`; the connection then
+//! goes to the session registry, which attaches it to its session.
+//!
+//! [`ChatListener`] runs the loop as a supervised child: stopping it closes the listening socket
+//! at once (new connections are refused), while sessions go on until the registry ends them.
 
-use std::net::TcpListener;
+use std::cell::Cell;
+use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix::prelude::*;
+use futures_channel::oneshot;
+use futures_util::future::{FutureExt, LocalBoxFuture};
+use futures_util::{Stream, StreamExt};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
+use crate::chat::link::{Connection, Inbound, Lane, Link, Local, SendError};
+use crate::chat::protocol::{self, close, ClientFrame, ErrorCode, ServerFrame, SUBPROTOCOL};
+use crate::chat::registry::{ResumeSession, SessionRegistry, StartSession};
 use crate::config::Settings;
+use crate::metrics as m;
+use crate::supervisor::supervised::Exit;
+use crate::supervisor::{Child, ExitReport, Restart, StartError};
+use crate::transport::{self, Head, Message, Route, TransportError};
 
-/// Builds and starts the chat server on `listener` (not awaited: the caller owns the future).
-pub fn start_chat_server(
-    listener: TcpListener,
+/// What the accept loop needs; one per listener start.
+struct Shared {
+    registry: Addr<SessionRegistry>,
     settings: Arc<Settings>,
-) -> std::io::Result<actix_web::dev::Server> {
-    let server = settings.chat.clone();
-    let grace = Duration::from_millis(settings.shutdown.grace_ms);
-    let max_header_bytes = server.max_header_bytes;
-    let http = HttpServer::new(move || {
-        App::new()
-            .wrap_fn(move |req, srv| super::observe(req, srv, "chat", max_header_bytes))
-            .route("/healthz", web::get().to(healthz))
-            .default_service(web::to(super::no_route))
-    });
-    Ok(crate::apply_listener_settings!(http, &server, grace)
-        .listen(listener)?
-        .run())
+    live_sessions: Arc<AtomicUsize>,
+    admission: DefaultDirectRateLimiter,
+    limits: transport::Limits,
+    /// Connections accepted and not yet closed (gauge `switchboard_chat_sockets`).
+    sockets: Rc<Cell<i64>>,
 }
 
-/// The chat listener answers: the process is alive and this listener accepts connections.
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok", "listener": "chat"}))
+impl Shared {
+    /// Decides what to do with a request from its head alone.
+    fn route(&self, head: &Head) -> Route {
+        let path = head.path.split('?').next().unwrap_or("");
+        if path == "/healthz" && head.method == "GET" {
+            return Route::Respond(http_json(
+                200,
+                "OK",
+                r#"{"status":"ok","listener":"chat"}"#,
+                &[],
+            ));
+        }
+        if path != "/ws/chat" {
+            return Route::Respond(http_json(
+                404,
+                "Not Found",
+                &error_body("not_found", &format!("no route for {} {path}", head.method)),
+                &[],
+            ));
+        }
+        let s = &self.settings.sessions;
+        if !s.allowed_origins.is_empty() {
+            let allowed = head
+                .origin
+                .as_deref()
+                .is_some_and(|o| s.allowed_origins.iter().any(|a| a == o));
+            if !allowed {
+                metrics::counter!(m::CHAT_ADMISSION_REFUSED, "reason" => "origin").increment(1);
+                return Route::Respond(http_json(
+                    403,
+                    "Forbidden",
+                    &error_body("origin_not_allowed", "this origin may not open a chat"),
+                    &[],
+                ));
+            }
+        }
+        if self.live_sessions.load(Ordering::Relaxed) >= s.max_sessions {
+            metrics::counter!(m::CHAT_ADMISSION_REFUSED, "reason" => "capacity").increment(1);
+            return Route::Respond(http_json(
+                503,
+                "Service Unavailable",
+                &error_body("unavailable", "too many chat sessions; retry later"),
+                &[("Retry-After", "5")],
+            ));
+        }
+        if self.admission.check().is_err() {
+            metrics::counter!(m::CHAT_ADMISSION_REFUSED, "reason" => "rate").increment(1);
+            return Route::Respond(http_json(
+                503,
+                "Service Unavailable",
+                &error_body("unavailable", "too many new connections; retry in a moment"),
+                &[("Retry-After", "1")],
+            ));
+        }
+        Route::Upgrade
+    }
+}
+
+fn error_body(code: &str, message: &str) -> String {
+    serde_json::json!({"error": {"code": code, "message": message}}).to_string()
+}
+
+/// A whole HTTP/1.1 response that closes the connection.
+fn http_json(status: u16, reason: &str, body: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    out.push_str(body);
+    out.into_bytes()
+}
+
+/// The session's side of a socket: frames go straight to the socket, and only what the kernel
+/// will not take waits, up to `sessions.outbound_queue_bytes`.
+struct SocketLink {
+    out: transport::Outbound,
+    sockets: Rc<Cell<i64>>,
+}
+
+impl SocketLink {
+    fn new(out: transport::Outbound, sockets: Rc<Cell<i64>>) -> Self {
+        sockets.set(sockets.get() + 1);
+        metrics::gauge!(m::CHAT_SOCKETS).set(sockets.get() as f64);
+        Self { out, sockets }
+    }
+}
+
+impl Drop for SocketLink {
+    fn drop(&mut self) {
+        self.sockets.set(self.sockets.get() - 1);
+        metrics::gauge!(m::CHAT_SOCKETS).set(self.sockets.get() as f64);
+    }
+}
+
+impl Link for SocketLink {
+    fn send(&mut self, text: String, lane: Lane) -> Result<(), SendError> {
+        // A client that has bytes waiting is slow: typing is the first thing it does without.
+        if lane == Lane::Droppable && self.out.queued() > 0 {
+            return Err(SendError::Full);
+        }
+        match self.out.send_text(&text) {
+            Ok(()) => Ok(()),
+            Err(transport::SendError::Backlog { .. }) => Err(SendError::Full),
+            Err(_) => Err(SendError::Closed),
+        }
+    }
+
+    fn ping(&mut self) {
+        let _ = self.out.send_ping(b"");
+    }
+
+    fn close(&mut self, code: u16, reason: &'static str) {
+        self.out.close(code, reason);
+    }
+}
+
+/// The transport's messages as a session's inbound events.
+fn events(inbound: transport::Inbound) -> impl Stream<Item = Inbound> {
+    inbound
+        .take_while(|item| futures_util::future::ready(!matches!(item, Ok(Message::Close(_)))))
+        .filter_map(|item| {
+            futures_util::future::ready(match item {
+                Ok(Message::Text(text)) => Some(Inbound::Text(text)),
+                Ok(Message::Binary(_)) => Some(Inbound::Broken {
+                    code: close::UNSUPPORTED_DATA,
+                    reason: "binary frames are not accepted",
+                }),
+                Ok(Message::Ping(_) | Message::Pong(_)) => Some(Inbound::Alive),
+                Ok(Message::Close(_)) => None,
+                Err(TransportError::Protocol(e)) => Some(Inbound::Broken {
+                    code: e.close_code(),
+                    reason: "protocol error",
+                }),
+                Err(TransportError::Io(_)) => None,
+            })
+        })
+}
+
+/// One accepted socket: route, upgrade, wait for the first frame, hand over.
+async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, shared: Rc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let wait = Duration::from_millis(shared.settings.sessions.handshake_timeout_ms);
+    let accepted = tokio::time::timeout(
+        wait,
+        transport::accept_routed(stream, &[SUBPROTOCOL], &shared.limits, |head| {
+            shared.route(head)
+        }),
+    )
+    .await;
+    let (inbound, outbound) = match accepted {
+        Ok(Ok(Some((_, inbound, outbound)))) => (inbound, outbound),
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "chat handshake refused");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "chat handshake timed out");
+            return;
+        }
+    };
+    let mut conn = Connection {
+        link: Box::new(SocketLink::new(outbound, shared.sockets.clone())),
+        inbound: Box::pin(events(inbound)),
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let first = tokio::time::timeout_at(deadline, conn.inbound.next()).await;
+        let started_at = Instant::now();
+        let text = match first {
+            Ok(Some(Inbound::Text(text))) => text,
+            Ok(Some(Inbound::Alive)) => continue,
+            Ok(Some(Inbound::Broken { code, reason })) => {
+                conn.link.close(code, reason);
+                return;
+            }
+            Ok(None) => return,
+            Err(_) => {
+                reject(
+                    &mut conn,
+                    ErrorCode::NoSession,
+                    "no session.start or session.resume in time",
+                );
+                return;
+            }
+        };
+        match protocol::parse(&text) {
+            Ok(ClientFrame::Start { token }) => {
+                metrics::counter!(m::CHAT_FRAMES_IN, "type" => "session.start").increment(1);
+                shared.registry.do_send(StartSession {
+                    conn: Local::new(conn),
+                    token,
+                    started_at,
+                });
+            }
+            Ok(ClientFrame::Resume {
+                session_id,
+                resume_token,
+                last_seq,
+            }) => {
+                metrics::counter!(m::CHAT_FRAMES_IN, "type" => "session.resume").increment(1);
+                shared.registry.do_send(ResumeSession {
+                    conn: Local::new(conn),
+                    session_id,
+                    resume_token,
+                    last_seq,
+                    started_at,
+                });
+            }
+            Ok(ClientFrame::Ping {}) => {
+                let _ = conn
+                    .link
+                    .send(ServerFrame::Pong {}.to_text(), Lane::Reliable);
+                continue;
+            }
+            Ok(other) => reject(
+                &mut conn,
+                ErrorCode::NoSession,
+                &format!("`{}` before session.start or session.resume", other.kind()),
+            ),
+            Err(e) => reject(&mut conn, e.code, &e.message),
+        }
+        return;
+    }
+}
+
+/// Refuses a connection that has no session: an `error` frame, then close 1008.
+fn reject(conn: &mut Connection, code: ErrorCode, message: &str) {
+    let _ = conn
+        .link
+        .send(ServerFrame::error(code, message).to_text(), Lane::Reliable);
+    conn.link.close(close::POLICY_VIOLATION, "no session");
+}
+
+/// The accept loop; ends when `stop` fires (or its sender is dropped).
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Rc<Shared>,
+    mut stop: oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    loop {
+        futures_util::select! {
+            _ = (&mut stop).fuse() => return Ok(()),
+            accepted = listener.accept().fuse() => match accepted {
+                Ok((stream, peer)) => {
+                    actix_rt::spawn(serve_connection(stream, peer, shared.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors, say: the listener itself is fine, so wait a moment
+                    // rather than spin (closing connections free descriptors).
+                    tracing::warn!(error = %e, "chat listener could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+/// The chat listener as a supervised child, its loop on the chat arbiter.
+pub struct ChatListener {
+    listener: TcpListener,
+    arbiter: ArbiterHandle,
+    registry: Addr<SessionRegistry>,
+    settings: Arc<Settings>,
+    live_sessions: Arc<AtomicUsize>,
+    stop: Option<oneshot::Sender<()>>,
+    finished: Option<oneshot::Receiver<()>>,
+    report: Option<ExitReport>,
+}
+
+impl ChatListener {
+    pub fn new(
+        listener: TcpListener,
+        arbiter: ArbiterHandle,
+        registry: Addr<SessionRegistry>,
+        settings: Arc<Settings>,
+        live_sessions: Arc<AtomicUsize>,
+    ) -> Self {
+        Self {
+            listener,
+            arbiter,
+            registry,
+            settings,
+            live_sessions,
+            stop: None,
+            finished: None,
+            report: None,
+        }
+    }
+
+    fn launch(&mut self) -> Result<(), StartError> {
+        let listener = self.listener.try_clone().map_err(|e| StartError {
+            child: "chat_listener",
+            message: e.to_string(),
+        })?;
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        let registry = self.registry.clone();
+        let settings = self.settings.clone();
+        let live_sessions = self.live_sessions.clone();
+        let report = self.report.clone();
+        // The loop holds `Rc`s (it and every connection stay on this arbiter), so it is made there.
+        let spawned = self.arbiter.spawn_fn(move || {
+            actix_rt::spawn(async move {
+                let s = &settings.sessions;
+                let quota = Quota::per_second(nonzero(s.admission_per_sec))
+                    .allow_burst(nonzero(s.admission_burst));
+                let shared = Rc::new(Shared {
+                    registry,
+                    limits: transport::Limits {
+                        max_frame: s.max_frame_bytes,
+                        max_message: s.max_frame_bytes,
+                        max_queued: s.outbound_queue_bytes,
+                        max_head: settings.chat.max_header_bytes,
+                    },
+                    settings: settings.clone(),
+                    live_sessions,
+                    admission: RateLimiter::direct(quota),
+                    sockets: Rc::new(Cell::new(0)),
+                });
+                let result = accept_loop(listener, shared, stop_rx).await;
+                let _ = done_tx.send(());
+                if let Some(report) = report {
+                    match result {
+                        Ok(()) => {}
+                        Err(e) => report(Exit::Panicked(e.to_string())),
+                    }
+                }
+            });
+        });
+        if !spawned {
+            return Err(StartError {
+                child: "chat_listener",
+                message: "the chat arbiter is gone".into(),
+            });
+        }
+        self.stop = Some(stop_tx);
+        self.finished = Some(done_rx);
+        Ok(())
+    }
+}
+
+fn nonzero(n: u32) -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::new(n.max(1)).unwrap_or(std::num::NonZeroU32::MIN)
+}
+
+impl Child for ChatListener {
+    fn name(&self) -> &'static str {
+        "chat_listener"
+    }
+
+    fn restart_type(&self) -> Restart {
+        Restart::Permanent
+    }
+
+    fn start(&mut self, report: ExitReport) -> Result<(), StartError> {
+        self.report = Some(report);
+        self.launch()
+    }
+
+    fn restart(&mut self, cause: &'static str) -> Result<(), StartError> {
+        metrics::counter!(m::ACTOR_RESTARTS, "kind" => "chat_listener", "cause" => cause)
+            .increment(1);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.launch()
+    }
+
+    fn stop(&mut self) -> LocalBoxFuture<'static, ()> {
+        self.report = None;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let finished = self.finished.take();
+        async move {
+            if let Some(f) = finished {
+                let _ = f.await;
+            }
+        }
+        .boxed_local()
+    }
 }

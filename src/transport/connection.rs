@@ -22,7 +22,7 @@ use thiserror::Error;
 use tokio::net::TcpStream;
 
 use super::frame::{self, close_code, Assembler, Message, Opcode, ProtocolError, Role};
-use super::handshake::{self, HandshakeError, Upgrade};
+use super::handshake::{self, HandshakeError, Head, Route, Upgrade};
 
 /// Size of each thread's scratch read buffer: one read takes at most this much.
 const SCRATCH_LEN: usize = 16 * 1024;
@@ -186,7 +186,22 @@ pub async fn accept(
     protocols: &[&'static str],
     limits: &Limits,
 ) -> Result<(Upgrade, Inbound, Outbound), AcceptError> {
+    accept_routed(stream, protocols, limits, |_| Route::Upgrade)
+        .await?
+        .ok_or(AcceptError::Eof)
+}
+
+/// Like [`accept`], with the caller routing the request by its head first: `route` may answer it
+/// itself ([`Route::Respond`]: the bytes are written, the connection closed, `Ok(None)` returned)
+/// or have it upgraded.
+pub async fn accept_routed(
+    stream: TcpStream,
+    protocols: &[&'static str],
+    limits: &Limits,
+    route: impl FnOnce(&Head) -> Route,
+) -> Result<Option<(Upgrade, Inbound, Outbound)>, AcceptError> {
     let mut head = Vec::new();
+    let mut route = Some(route);
     loop {
         stream.readable().await?;
         let read = SCRATCH.with(|s| {
@@ -200,6 +215,21 @@ pub async fn accept(
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e.into()),
+        }
+        if route.is_some() {
+            match handshake::parse_head(&head, limits.max_head) {
+                Ok(None) => continue,
+                Ok(Some(h)) => {
+                    if let Route::Respond(bytes) = (route.take().expect("routed once"))(&h) {
+                        let _ = write_all(&stream, &bytes).await;
+                        return Ok(None);
+                    }
+                }
+                Err(e) => {
+                    let _ = write_all(&stream, e.response()).await;
+                    return Err(e.into());
+                }
+            }
         }
         match handshake::parse_request(&head, protocols, limits.max_head) {
             Ok(None) => continue,
@@ -222,7 +252,7 @@ pub async fn accept(
                     max_message: limits.max_message,
                     state: State::Open,
                 };
-                return Ok((upgrade, inbound, Outbound { shared }));
+                return Ok(Some((upgrade, inbound, Outbound { shared })));
             }
             Err(e) => {
                 let _ = write_all(&stream, e.response()).await;

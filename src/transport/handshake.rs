@@ -70,6 +70,51 @@ impl Upgrade {
     }
 }
 
+/// What a caller sees of a request before anything is answered: enough to route it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub method: String,
+    /// The request target, query included.
+    pub path: String,
+    pub origin: Option<String>,
+}
+
+/// A caller's decision on a request [`Head`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Check it as a WebSocket upgrade and upgrade it.
+    Upgrade,
+    /// Answer with these bytes (a whole HTTP response) and close.
+    Respond(Vec<u8>),
+}
+
+/// Parses just the head of a request at the front of `buf`, for routing. `Ok(None)`: incomplete.
+pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<Head>, HandshakeError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n > max_head => {
+            Err(HandshakeError::TooLarge(max_head))
+        }
+        Ok(httparse::Status::Complete(_)) => Ok(Some(Head {
+            method: req.method.unwrap_or("").to_string(),
+            path: req.path.unwrap_or("/").to_string(),
+            origin: req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("origin"))
+                .and_then(|h| std::str::from_utf8(h.value).ok())
+                .map(|v| v.trim().to_string()),
+        })),
+        Ok(httparse::Status::Partial) if buf.len() > max_head => {
+            Err(HandshakeError::TooLarge(max_head))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HandshakeError::TooLarge(max_head)),
+        Err(_) => Err(HandshakeError::Malformed),
+    }
+}
+
 /// Parses an upgrade request from the front of `buf`.
 ///
 /// `Ok(None)`: the head is not complete yet. `Ok(Some((upgrade, used)))`: the head took

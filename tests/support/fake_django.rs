@@ -28,6 +28,10 @@ pub enum Behavior {
     RejectNamed(HashSet<String>),
     /// 400 with an empty body if the batch holds any of these tickets; otherwise 200.
     RejectUnnamed(HashSet<String>),
+    /// (Chat endpoints) 200 with this body.
+    Json(Value),
+    /// (Chat endpoints) hold the request this long, then answer as `Ok` does.
+    Delay(std::time::Duration),
 }
 
 /// One sync call as the fake saw it.
@@ -369,6 +373,8 @@ async fn sync(req: HttpRequest, body: web::Bytes, s: web::Data<Shared>) -> HttpR
             let _ = s.calls.send(call);
             HttpResponse::BadRequest().finish()
         }
+        // Chat-only behaviours answer a sync batch as a healthy Django would.
+        Behavior::Json(_) | Behavior::Delay(_) => ok(&s, &mut call),
     }
 }
 
@@ -466,6 +472,11 @@ async fn chat(
             tokio::pin!(notified);
             notified.as_mut().enable();
             notified.await;
+            chat_ok(endpoint, &body, &s)
+        }
+        Behavior::Json(answer) => HttpResponse::Ok().json(answer),
+        Behavior::Delay(d) => {
+            tokio::time::sleep(d).await;
             chat_ok(endpoint, &body, &s)
         }
         _ => chat_ok(endpoint, &body, &s),
