@@ -51,7 +51,7 @@ pub mod transport;
 
 use std::future::Future;
 use std::net::TcpListener;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -279,6 +279,8 @@ pub async fn run(
         },
     );
     let tree_up = root.up_flag();
+    let (sessions_addr, sessions_mailbox) = supervised::mailbox::<SessionRegistry>(4096);
+    let chat_listening = Arc::new(AtomicBool::new(false));
     let deps = http::HttpDeps {
         settings: settings.clone(),
         registry: registry_addr.clone(),
@@ -290,6 +292,8 @@ pub async fn run(
             metrics: prometheus,
             metrics_token: settings.metrics.token.clone(),
             tree_up,
+            chat_listening: chat_listening.clone(),
+            chat_sessions: sessions_addr.clone(),
         },
     };
     let children: Vec<Box<dyn Child>> = vec![
@@ -302,6 +306,8 @@ pub async fn run(
         Box::new(chat_tree(
             ChatParts {
                 listener: listeners.chat,
+                registry: (sessions_addr, sessions_mailbox),
+                listening: chat_listening,
                 arbiter: chat_arbiter.handle(),
                 calls: calls_addr.clone(),
                 tickets: registry_addr.clone(),
@@ -340,6 +346,8 @@ pub async fn run(
 /// What the chat subtree is built from.
 struct ChatParts {
     listener: TcpListener,
+    registry: (Addr<SessionRegistry>, supervised::Mailbox<SessionRegistry>),
+    listening: Arc<AtomicBool>,
     arbiter: ArbiterHandle,
     calls: Addr<DjangoCalls>,
     tickets: Addr<TicketRegistry>,
@@ -363,7 +371,7 @@ fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
         max_description_chars: settings.tickets.max_description_chars,
     });
     let live = Arc::new(AtomicUsize::new(0));
-    let (registry_addr, registry_mailbox) = supervised::mailbox::<SessionRegistry>(4096);
+    let (registry_addr, registry_mailbox) = parts.registry;
     let registry_child = {
         let arbiter = parts.arbiter.clone();
         let live = live.clone();
@@ -397,6 +405,7 @@ fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
             registry_addr,
             settings.clone(),
             live,
+            parts.listening,
         )),
     ];
     let chat = Supervisor::new(

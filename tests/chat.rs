@@ -444,3 +444,132 @@ async fn a_client_that_does_not_read_is_disconnected_and_its_session_survives() 
     back.expect("session.resumed").await;
     app.stop().await.expect("clean stop");
 }
+
+#[actix_rt::test]
+async fn a_customer_token_names_the_customer_and_a_bad_one_is_refused() {
+    let django = FakeDjango::start();
+    let secret = "0123456789abcdef0123456789abcdef";
+    let app = chat_app(&django, &format!("jwt_secret = \"{secret}\""));
+    let exp = chrono::Utc::now().timestamp() + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "c-42", "name": "Ada", "email": "ada@example.com", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let mut c = ChatClient::connect(app.chat_addr).await;
+    c.send(json!({"type": "session.start", "token": token}))
+        .await;
+    let started = c.expect("session.started").await;
+    assert_eq!(started["customer"], "Ada");
+    say(&mut c, "m-1", "hi").await;
+    message_from(&mut c, "ai").await;
+    let call = &django.chat_calls(ChatEndpoint::AiRespond)[0];
+    assert_eq!(call.body["customer"]["id"], "c-42");
+    assert_eq!(call.body["customer"]["email"], "ada@example.com");
+
+    let mut bad = ChatClient::connect(app.chat_addr).await;
+    bad.send(json!({"type": "session.start", "token": "not.a.token"}))
+        .await;
+    assert_eq!(bad.expect("error").await["code"], "unauthorized");
+    assert_eq!(bad.until_closed().await, Ended::Closed(1008));
+    app.stop().await.expect("clean stop");
+}
+
+#[actix_rt::test]
+async fn a_silent_connection_is_closed_after_the_heartbeat_timeout_and_idle_sessions_end() {
+    let django = FakeDjango::start();
+    // Pings every 50 ms; a client that answers none is closed after 200 ms.
+    let app = chat_app(
+        &django,
+        "heartbeat_interval_ms = 50\nheartbeat_timeout_ms = 200\nsweep_interval_ms = 50",
+    );
+    let mut raw = RawClient::connect(app.chat_addr).await;
+    raw.write(&raw_frame(1, br#"{"type":"session.start"}"#))
+        .await;
+    // RawClient never answers pings.
+    let (code, texts) = raw.until_close().await;
+    assert_eq!(code, 4000, "frames before: {texts:?}");
+    app.stop().await.expect("clean stop");
+
+    // A session without a customer frame for idle_timeout_ms is closed with its reason.
+    let app = chat_app(
+        &django,
+        "idle_timeout_ms = 300\nhibernate_after_ms = 100\nheartbeat_interval_ms = 50\nheartbeat_timeout_ms = 60000\nsweep_interval_ms = 50",
+    );
+    let (mut c, _) = ChatClient::start(app.chat_addr).await;
+    let closed = c.expect("session.closed").await;
+    assert_eq!(closed["reason"], "idle_timeout");
+    assert_eq!(c.until_closed().await, Ended::Closed(1000));
+    app.stop().await.expect("clean stop");
+}
+
+#[actix_rt::test]
+async fn a_panicking_session_restarts_from_its_kept_state_and_no_other_session_notices() {
+    let django = FakeDjango::start();
+    let app = chat_app(&django, "");
+    let (mut a, started) = ChatClient::start(app.chat_addr).await;
+    let (mut b, _) = ChatClient::start(app.chat_addr).await;
+    say(&mut a, "a-1", "before the crash").await;
+    message_from(&mut a, "ai").await;
+
+    let id = started["session_id"].as_str().unwrap();
+    let hit = post(
+        &app.url(&format!("/api/v1/debug/chat/{id}/panic")),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(hit.status, 202, "{}", hit.text);
+    assert_eq!(a.until_closed().await, Ended::Closed(1011));
+
+    // The other session never noticed.
+    assert_eq!(say(&mut b, "b-1", "still fine?").await, 1);
+    assert_eq!(
+        message_from(&mut b, "ai").await["text"],
+        "You said: still fine?"
+    );
+
+    // The restarted session kept its history: a resume replays it, and numbering goes on.
+    let mut back = ChatClient::resume(app.chat_addr, &started, 0).await;
+    assert_eq!(back.expect("session.resumed").await["seq"], 2);
+    assert_eq!(back.expect("message").await["text"], "before the crash");
+    assert_eq!(say(&mut back, "a-2", "after").await, 3);
+    let text = scrape(&app).await;
+    assert!(
+        metric(
+            &text,
+            "switchboard_actor_restarts_total",
+            &[("kind", "session"), ("cause", "panic")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    app.stop().await.expect("clean stop");
+}
+
+#[actix_rt::test]
+async fn readiness_covers_the_chat_listener_and_typing_is_shown_while_the_ai_answers() {
+    let django = FakeDjango::start();
+    let app = chat_app(&django, "");
+    let ready = get(&app.url("/readyz")).await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    assert_eq!(ready.body["chat"]["listener"], "up");
+    assert!(
+        ready.body["django"]["calls"]["breaker"].is_string(),
+        "the AI's lane is reported"
+    );
+
+    let (mut c, _) = ChatClient::start(app.chat_addr).await;
+    c.send(json!({"type": "typing", "active": true})).await;
+    say(&mut c, "m-1", "hello").await;
+    message_from(&mut c, "ai").await;
+    let typing: Vec<_> = c.seen.iter().filter(|f| f["type"] == "typing").collect();
+    assert_eq!(
+        typing.first().map(|t| t["active"].clone()),
+        Some(json!(true))
+    );
+    assert_eq!(typing[0]["from"], "ai");
+    let ready = get(&app.url("/readyz")).await;
+    assert_eq!(ready.body["chat"]["sessions"], 1);
+    app.stop().await.expect("clean stop");
+}

@@ -20,7 +20,7 @@ use actix::prelude::*;
 use super::auth;
 use super::link::{Lane, Local};
 use super::protocol::{close, ErrorCode, ServerFrame};
-use super::session::{Attach, EndSession, Resume, Session, SessionDeps, Tick};
+use super::session::{Attach, EndSession, InjectPanic, Resume, Session, SessionDeps, Tick};
 use crate::domain::ids::SessionId;
 use crate::metrics as m;
 use crate::supervisor::keyed::{ChildExited, ExitOutcome, KeyedChildren, KeyedConfig};
@@ -56,6 +56,13 @@ pub struct CountSessions;
 #[derive(Message, Debug)]
 #[rtype(result = "usize")]
 pub struct EndAll;
+
+/// Test hook (fault injection) → registry: make session `id` panic. Reply: whether it was live.
+#[derive(Message, Debug)]
+#[rtype(result = "bool")]
+pub struct PanicSession {
+    pub id: SessionId,
+}
 
 /// A session's exit, as its supervision wrapper reports it.
 pub type SessionExited = ChildExited<SessionId, Session>;
@@ -212,5 +219,19 @@ impl Handler<EndAll> for SessionRegistry {
         let n = self.children.len();
         self.children.broadcast(EndSession);
         n
+    }
+}
+
+impl Handler<PanicSession> for SessionRegistry {
+    type Result = bool;
+
+    fn handle(&mut self, msg: PanicSession, _: &mut Context<Self>) -> bool {
+        match self.children.get(msg.id) {
+            Some(addr) => {
+                addr.do_send(InjectPanic);
+                true
+            }
+            None => false,
+        }
     }
 }

@@ -81,6 +81,11 @@ pub struct Tick;
 #[rtype(result = "()")]
 pub struct EndSession;
 
+/// Test hook (routed only when `testing.fault_injection` is on): panic inside a handler.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct InjectPanic;
+
 /// The attached connection.
 struct Attached {
     link: Box<dyn Link>,
@@ -753,5 +758,13 @@ impl Handler<Hibernate> for Session {
 
     fn handle(&mut self, _: Hibernate, _: &mut Context<Self>) {
         self.state.shrink();
+    }
+}
+
+impl Handler<InjectPanic> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: InjectPanic, _: &mut Context<Self>) {
+        panic!("injected panic in chat session {}", self.id());
     }
 }

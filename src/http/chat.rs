@@ -15,7 +15,7 @@
 use std::cell::Cell;
 use std::net::{SocketAddr, TcpListener};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -317,6 +317,7 @@ pub struct ChatListener {
     registry: Addr<SessionRegistry>,
     settings: Arc<Settings>,
     live_sessions: Arc<AtomicUsize>,
+    listening: Arc<AtomicBool>,
     stop: Option<oneshot::Sender<()>>,
     finished: Option<oneshot::Receiver<()>>,
     report: Option<ExitReport>,
@@ -329,6 +330,7 @@ impl ChatListener {
         registry: Addr<SessionRegistry>,
         settings: Arc<Settings>,
         live_sessions: Arc<AtomicUsize>,
+        listening: Arc<AtomicBool>,
     ) -> Self {
         Self {
             listener,
@@ -336,6 +338,7 @@ impl ChatListener {
             registry,
             settings,
             live_sessions,
+            listening,
             stop: None,
             finished: None,
             report: None,
@@ -352,6 +355,7 @@ impl ChatListener {
         let registry = self.registry.clone();
         let settings = self.settings.clone();
         let live_sessions = self.live_sessions.clone();
+        let listening = self.listening.clone();
         let report = self.report.clone();
         // The loop holds `Rc`s (it and every connection stay on this arbiter), so it is made there.
         let spawned = self.arbiter.spawn_fn(move || {
@@ -372,7 +376,9 @@ impl ChatListener {
                     admission: RateLimiter::direct(quota),
                     sockets: Rc::new(Cell::new(0)),
                 });
+                listening.store(true, Ordering::SeqCst);
                 let result = accept_loop(listener, shared, stop_rx).await;
+                listening.store(false, Ordering::SeqCst);
                 let _ = done_tx.send(());
                 if let Some(report) = report {
                     match result {

@@ -15,6 +15,7 @@ use crate::bridge::actor::Bridge;
 use crate::bridge::calls::DjangoCalls;
 use crate::bridge::wire::{AiRespondRequest, ServiceActionRequest};
 use crate::bridge::{AiRespond, InjectPanic as BridgePanic, ManageService};
+use crate::chat::registry::PanicSession;
 use crate::store::{ChatTicketRecord, Outbox, OutboxRecord};
 use crate::ticket::actor::InjectPanic;
 use crate::ticket::registry::{CountLive, Lookup, PassivateAll, TicketRegistry};
@@ -32,7 +33,26 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/debug/outbox/chat-ticket",
             web::post().to(enqueue_chat_ticket),
-        );
+        )
+        .route("/debug/chat/{id}/panic", web::post().to(panic_session));
+}
+
+async fn panic_session(
+    path: web::Path<String>,
+    ops: web::Data<super::ops::Ops>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path
+        .parse()
+        .map_err(|_| ApiError::not_found("not a session id"))?;
+    let live = ops
+        .chat_sessions
+        .send(PanicSession { id })
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    if !live {
+        return Err(ApiError::not_found("no such live session"));
+    }
+    Ok(HttpResponse::Accepted().json(json!({"panicked": true})))
 }
 
 /// Puts a chat-ticket record in the durable outbox, as a chat session escalating will; answers once

@@ -1,6 +1,6 @@
-//! Operator endpoints outside `/api`: `/healthz` (the process answers), `/readyz` (store open and
-//! supervision tree up; each Django lane's state is reported but does not fail readiness) and
-//! `/metrics`.
+//! Operator endpoints outside `/api`: `/healthz` (the process answers), `/readyz` (store open,
+//! supervision tree up, the chat listener accepting and its session registry answering; each Django
+//! lane's state, the AI's among them, is reported but does not fail readiness) and `/metrics`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use super::errors::ApiError;
 use crate::bridge::actor::Bridge;
 use crate::bridge::calls::DjangoCalls;
 use crate::bridge::GetStatus;
+use crate::chat::registry::{CountSessions, SessionRegistry};
 use crate::store::{Outbox, TicketStore};
 
 /// What the operator endpoints read.
@@ -25,6 +26,9 @@ pub struct Ops {
     pub metrics: PrometheusHandle,
     pub metrics_token: String,
     pub tree_up: Arc<AtomicBool>,
+    /// True while the chat listener accepts connections.
+    pub chat_listening: Arc<AtomicBool>,
+    pub chat_sessions: Addr<SessionRegistry>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -50,6 +54,16 @@ async fn readyz(
     );
     let tree_up = ops.tree_up.load(Ordering::SeqCst);
     let wait = Duration::from_secs(1);
+    let listening = ops.chat_listening.load(Ordering::SeqCst);
+    let sessions = tokio::time::timeout(wait, ops.chat_sessions.send(CountSessions))
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let chat_ok = listening && sessions.is_some();
+    let chat = json!({
+        "listener": if listening { "up" } else { "down" },
+        "sessions": sessions,
+    });
     let (sync, calls) = futures_util::future::join(
         tokio::time::timeout(wait, bridge.send(GetStatus)),
         tokio::time::timeout(wait, calls.send(GetStatus)),
@@ -65,7 +79,7 @@ async fn readyz(
         Ok(Ok(s)) => json!({"depth": s.depth, "oldest": s.oldest, "dead_letters": s.dead_letters}),
         _ => json!(null),
     };
-    let ready = store_ok && tree_up;
+    let ready = store_ok && tree_up && chat_ok;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -76,6 +90,7 @@ async fn readyz(
         "store": if store_ok { "ok" } else { "unavailable" },
         "supervisor": if tree_up { "up" } else { "down" },
         "django": django,
+        "chat": chat,
         "outbox": outbox,
     }))
 }
