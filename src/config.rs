@@ -37,7 +37,7 @@ pub struct Settings {
     /// The REST listener (tickets, operators' endpoints).
     pub api: ListenerSettings,
     /// The live-chat listener.
-    pub chat: ListenerSettings,
+    pub chat: ChatListenerSettings,
     pub tickets: TicketSettings,
     /// Live-chat sessions: protocol limits, resume, heartbeats, rates.
     pub sessions: SessionSettings,
@@ -186,7 +186,28 @@ pub struct SessionLimits {
     pub ai_history: usize,
 }
 
-/// One listener's server settings; `[api]` and `[chat]` each hold one.
+/// The chat listener's server settings (`[chat]`): its own accept loop over the lean WebSocket
+/// transport, so only what applies to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatListenerSettings {
+    pub bind: String,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub request_timeout_ms: u64,
+}
+
+impl ChatListenerSettings {
+    fn validate(&self) -> Result<SocketAddr, ConfigError> {
+        let addr = parse_bind("chat.bind", &self.bind)?;
+        positive("chat.max_connections", self.max_connections as u64)?;
+        positive("chat.max_header_bytes", self.max_header_bytes as u64)?;
+        positive("chat.request_timeout_ms", self.request_timeout_ms)?;
+        Ok(addr)
+    }
+}
+
+/// The REST listener's server settings (`[api]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerSettings {
@@ -369,7 +390,7 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let api_bind = self.api.validate("api")?;
         self.sessions.validate()?;
-        let chat_bind = self.chat.validate("chat")?;
+        let chat_bind = self.chat.validate()?;
         if api_bind == chat_bind && api_bind.port() != 0 {
             return Err(invalid(
                 "chat.bind",

@@ -1,7 +1,8 @@
-//! The HTTP transport: the REST app on `api.bind` ([`start_api_server`]) and the chat listener's on
-//! `chat.bind` ([`chat`]), the middleware both run ([`observe`]: request ids, header limit, metrics,
-//! tracing), JSON errors for unknown routes, and [`listener::ListenerChild`], which runs a server
-//! as a supervised child. Handlers are thin: they talk to actors and the store, never to Django.
+//! The transport edge: the REST app on `api.bind` ([`start_api_server`], with the middleware it runs:
+//! [`observe`] for request ids, the header limit, metrics and tracing), JSON errors for unknown
+//! routes, [`listener::ListenerChild`], which runs an actix-web server as a supervised child, and
+//! the chat listener on `chat.bind` ([`chat`]: its own accept loop over the lean WebSocket
+//! transport). Handlers are thin: they talk to actors and the store, never to Django.
 
 pub mod admin;
 pub mod auth;

@@ -17,8 +17,12 @@
 //!      │    └─ ticket*   TicketActor per live ticket, transient; hibernates,          src/ticket/actor.rs
 //!      │                 then passivates when idle
 //!      ├─ chat           nested supervisor (one_for_one), escalates to the root       src/lib.rs chat_tree
-//!      │    └─ chat_listener  actix-web on chat.bind: /healthz; live-chat sessions   src/http/chat.rs
-//!      │                      land here                                             [permanent]
+//!      │    │            both children on the chat arbiter, with every connection
+//!      │    ├─ sessions  SessionRegistry: a keyed supervisor (start, resume, ticks)   src/chat/registry.rs
+//!      │    │    └─ session*  Session per chat, transient; outlives its connection    src/chat/session.rs
+//!      │    │                 for sessions.resume_grace_ms                          [permanent]
+//!      │    └─ chat_listener  accept loop on chat.bind, lean WebSocket transport:     src/http/chat.rs
+//!      │                      /ws/chat, /healthz                                    [permanent]
 //!      └─ api            actix-web on api.bind (REST, /metrics, probes)              src/http.rs [permanent]
 //! ```
 //! Children start top to bottom and stop bottom to top: on shutdown the listeners drain in-flight

@@ -81,7 +81,10 @@ impl Shared {
                 ));
             }
         }
-        if self.live_sessions.load(Ordering::Relaxed) >= s.max_sessions {
+        let sockets = usize::try_from(self.sockets.get()).unwrap_or(0);
+        if self.live_sessions.load(Ordering::Relaxed) >= s.max_sessions
+            || sockets >= self.settings.chat.max_connections
+        {
             metrics::counter!(m::CHAT_ADMISSION_REFUSED, "reason" => "capacity").increment(1);
             return Route::Respond(http_json(
                 503,
@@ -191,9 +194,10 @@ fn events(inbound: transport::Inbound) -> impl Stream<Item = Inbound> {
 /// One accepted socket: route, upgrade, wait for the first frame, hand over.
 async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, shared: Rc<Shared>) {
     let _ = stream.set_nodelay(true);
+    let head_wait = Duration::from_millis(shared.settings.chat.request_timeout_ms);
     let wait = Duration::from_millis(shared.settings.sessions.handshake_timeout_ms);
     let accepted = tokio::time::timeout(
-        wait,
+        head_wait,
         transport::accept_routed(stream, &[SUBPROTOCOL], &shared.limits, |head| {
             shared.route(head)
         }),
