@@ -573,3 +573,20 @@ async fn readiness_covers_the_chat_listener_and_typing_is_shown_while_the_ai_ans
     assert_eq!(ready.body["chat"]["sessions"], 1);
     app.stop().await.expect("clean stop");
 }
+
+#[actix_rt::test]
+async fn resuming_on_a_second_connection_takes_the_session_from_the_first() {
+    let django = FakeDjango::start();
+    let app = chat_app(&django, "");
+    let (mut first, started) = ChatClient::start(app.chat_addr).await;
+    say(&mut first, "m-1", "from the laptop").await;
+    message_from(&mut first, "ai").await;
+
+    let mut second = ChatClient::resume(app.chat_addr, &started, 2).await;
+    assert_eq!(second.expect("session.resumed").await["seq"], 2);
+    assert_eq!(first.until_closed().await, Ended::Closed(4009));
+    // The first connection's end does not detach the second.
+    assert_eq!(say(&mut second, "m-2", "from the phone").await, 3);
+    assert_eq!(message_from(&mut second, "ai").await["seq"], 4);
+    app.stop().await.expect("clean stop");
+}

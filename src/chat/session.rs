@@ -102,6 +102,8 @@ pub struct Session {
     detached_at: Option<Instant>,
     /// When the AI call in flight went out, for its round-trip histogram.
     ai_started: Option<Instant>,
+    /// The reader of a connection detached without its context at hand (see `detach`).
+    stale_reader: Option<SpawnHandle>,
 }
 
 impl Session {
@@ -114,6 +116,7 @@ impl Session {
             last_customer: Instant::now(),
             detached_at: Some(Instant::now()),
             ai_started: None,
+            stale_reader: None,
         }
     }
 
@@ -158,14 +161,19 @@ impl Session {
 
     fn detach(&mut self) {
         if let Some(att) = self.attached.take() {
-            // The reader may still be polled once; cancelling it in the context is the caller's
-            // job where it has the context. Dropping the link closes what is left of the socket.
+            // Its reader may still deliver its end; it is cancelled when the next connection
+            // attaches, so that end cannot detach the newer one. Dropping the link closes what is
+            // left of the socket.
+            self.stale_reader = Some(att.reader);
             drop(att.link);
             self.detached_at = Some(Instant::now());
         }
     }
 
     fn attach(&mut self, conn: Connection, ctx: &mut Context<Self>) {
+        if let Some(stale) = self.stale_reader.take() {
+            ctx.cancel_future(stale);
+        }
         if let Some(old) = self.attached.take() {
             let mut old = old;
             ctx.cancel_future(old.reader);
@@ -564,6 +572,8 @@ impl Actor for Session {
 
 impl actix::Supervised for Session {
     fn restarting(&mut self, _: &mut Context<Self>) {
+        // The restart dropped every future of the old context, the readers among them.
+        self.stale_reader = None;
         // The panic took the connection's reader with it; the state is kept, so the client resumes
         // and is replayed what it missed.
         tracing::warn!(session_id = %self.id(), "chat session restarting from its kept state");
@@ -658,11 +668,11 @@ impl Session {
             }
             Err(ReplayError::Lost { oldest_kept }) => {
                 tracing::info!(session_id = %self.id(), last_seq, oldest_kept, "resume too late: history lost");
-                if let Some(mut att) = self.attached.take() {
+                if let Some(att) = self.attached.as_mut() {
                     att.link
                         .close(close::HISTORY_LOST, "history lost: start a new session");
                 }
-                self.detached_at = Some(Instant::now());
+                self.detach();
             }
         }
     }
