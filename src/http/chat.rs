@@ -85,25 +85,24 @@ impl Shared {
         if self.live_sessions.load(Ordering::Relaxed) >= s.max_sessions
             || sockets >= self.settings.chat.max_connections
         {
-            metrics::counter!(m::CHAT_ADMISSION_REFUSED, "reason" => "capacity").increment(1);
-            return Route::Respond(http_json(
-                503,
-                "Service Unavailable",
-                &error_body("unavailable", "too many chat sessions; retry later"),
-                &[("Retry-After", "5")],
-            ));
+            return refused("capacity", "too many chat sessions; retry later", "5");
         }
         if self.admission.check().is_err() {
-            metrics::counter!(m::CHAT_ADMISSION_REFUSED, "reason" => "rate").increment(1);
-            return Route::Respond(http_json(
-                503,
-                "Service Unavailable",
-                &error_body("unavailable", "too many new connections; retry in a moment"),
-                &[("Retry-After", "1")],
-            ));
+            return refused("rate", "too many new connections; retry in a moment", "1");
         }
         Route::Upgrade
     }
+}
+
+/// A 503 with `Retry-After` (seconds), counted under `reason`.
+fn refused(reason: &'static str, message: &str, retry_after: &str) -> Route {
+    metrics::counter!(m::CHAT_ADMISSION_REFUSED, "reason" => reason).increment(1);
+    Route::Respond(http_json(
+        503,
+        "Service Unavailable",
+        &error_body("unavailable", message),
+        &[("Retry-After", retry_after)],
+    ))
 }
 
 fn error_body(code: &str, message: &str) -> String {
