@@ -17,7 +17,10 @@ async fn the_chat_listener_starts_beside_the_api_and_answers_in_json() {
     assert_eq!(health.body["listener"], "chat");
 
     let missing = get(&app.chat_url("/api/v1/tickets")).await;
-    assert_eq!(missing.status, 404, "the chat listener serves no REST routes");
+    assert_eq!(
+        missing.status, 404,
+        "the chat listener serves no REST routes"
+    );
     assert_eq!(missing.error_code(), "not_found");
     app.stop().await.expect("clean stop");
 }
