@@ -339,6 +339,28 @@ async fn protocol_violations_close_with_the_documented_codes() {
 }
 
 #[actix_rt::test]
+async fn the_heartbeat_pings_once_per_interval_however_often_the_registry_sweeps() {
+    let django = FakeDjango::start();
+    // Ticks come every 20 ms (the sweep); pings must come every 400 ms (the heartbeat).
+    let app = chat_app(
+        &django,
+        "heartbeat_interval_ms = 400\nheartbeat_timeout_ms = 5000\nsweep_interval_ms = 20",
+    );
+    let mut raw = RawClient::connect(app.chat_addr).await;
+    raw.write(&raw_frame(1, br#"{"type":"session.start"}"#))
+        .await;
+    let opcodes = raw
+        .opcodes_for(std::time::Duration::from_millis(1100))
+        .await;
+    let pings = opcodes.iter().filter(|&&op| op == 9).count();
+    assert!(
+        (1..=3).contains(&pings),
+        "{pings} pings in 1.1 s at a 400 ms heartbeat (frames: {opcodes:?})"
+    );
+    app.stop().await.expect("clean stop");
+}
+
+#[actix_rt::test]
 async fn over_the_rate_limit_a_frame_is_refused_and_nothing_else_breaks() {
     let django = FakeDjango::start();
     let app = chat_app(&django, "rate_per_sec = 1\nrate_burst = 3");

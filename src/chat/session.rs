@@ -91,6 +91,9 @@ struct Attached {
     link: Box<dyn Link>,
     reader: SpawnHandle,
     last_heard: Instant,
+    /// When this connection was last pinged (or attached): the registry's `Tick` comes every
+    /// `min(heartbeat_interval_ms, sweep_interval_ms)`, pings go out every heartbeat interval.
+    last_ping: Instant,
     limiter: DefaultDirectRateLimiter,
 }
 
@@ -187,6 +190,7 @@ impl Session {
             link: conn.link,
             reader,
             last_heard: Instant::now(),
+            last_ping: Instant::now(),
             limiter: RateLimiter::direct(quota),
         });
         self.detached_at = None;
@@ -737,7 +741,10 @@ impl Handler<Tick> for Session {
                 let reader = att.reader;
                 ctx.cancel_future(reader);
                 self.detach();
-            } else {
+            } else if now.duration_since(att.last_ping)
+                >= Duration::from_millis(s.heartbeat_interval_ms)
+            {
+                att.last_ping = now;
                 att.link.ping();
             }
         }

@@ -280,6 +280,32 @@ impl RawClient {
         }
     }
 
+    /// The opcodes of the server frames that arrive within `d` (payloads under 64 KiB).
+    pub async fn opcodes_for(&mut self, d: std::time::Duration) -> Vec<u8> {
+        let deadline = tokio::time::Instant::now() + d;
+        let mut opcodes = Vec::new();
+        loop {
+            while self.buf.len() >= 4 || (self.buf.len() >= 2 && self.buf[1] & 0x7f < 126) {
+                let (len, start) = match self.buf[1] & 0x7f {
+                    126 => (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4),
+                    127 => panic!("a frame over 64 KiB"),
+                    n => (n as usize, 2),
+                };
+                if self.buf.len() < start + len {
+                    break;
+                }
+                opcodes.push(self.buf[0] & 0x0f);
+                self.buf.drain(..start + len);
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(_) => panic!("connection closed"),
+                Err(_) => return opcodes,
+            }
+        }
+    }
+
     async fn fill(&mut self) -> bool {
         let mut chunk = [0u8; 4096];
         match tokio::time::timeout(WAIT, self.stream.read(&mut chunk)).await {
