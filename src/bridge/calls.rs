@@ -136,10 +136,11 @@ impl Actor for DjangoCalls {
 
     fn started(&mut self, _: &mut Context<Self>) {
         if self.api.is_none() && !self.django.base_url.is_empty() {
-            self.api = Some(Rc::new(AwcDjango::new(
+            self.api = Some(Rc::new(AwcDjango::with_connections(
                 &self.django,
                 Lane::Calls,
                 self.timeout,
+                self.max_in_flight,
             )));
         }
         self.publish();

@@ -26,6 +26,8 @@ use crate::metrics as m;
 
 /// The largest Django response body read.
 const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+/// Connections a client keeps open to Django at most, unless told otherwise (awc's own default).
+const DEFAULT_CONNECTIONS: usize = 100;
 
 /// Django's endpoints, as metrics and errors name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,7 +232,19 @@ pub struct AwcDjango {
 impl AwcDjango {
     /// Builds a client bound to the current arbiter (awc clients are not `Send`).
     pub fn new(settings: &DjangoSettings, lane: Lane, timeout: Duration) -> Self {
+        Self::with_connections(settings, lane, timeout, DEFAULT_CONNECTIONS)
+    }
+
+    /// Like [`Self::new`], with up to `connections` open to Django at once (a lane that allows that
+    /// many calls in flight must not queue them behind the connection pool's own limit).
+    pub fn with_connections(
+        settings: &DjangoSettings,
+        lane: Lane,
+        timeout: Duration,
+        connections: usize,
+    ) -> Self {
         let client = awc::Client::builder()
+            .connector(awc::Connector::new().limit(connections))
             .timeout(timeout)
             .disable_redirects()
             .finish();
