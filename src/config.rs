@@ -389,6 +389,12 @@ impl Settings {
     /// Checks what serde cannot: addresses, ranges, and the secure-by-default rule.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let api_bind = self.api.validate("api")?;
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid(
+                "log.level",
+                format!("`{}` is not a log filter ({e})", self.log.level),
+            ));
+        }
         self.sessions.validate()?;
         let chat_bind = self.chat.validate()?;
         if api_bind == chat_bind && api_bind.port() != 0 {
@@ -564,6 +570,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.auth.api_keys.len(), 1);
+    }
+
+    #[test]
+    fn an_invalid_log_level_is_refused_naming_the_key() {
+        let err = Settings::from_toml("[log]\nlevel = \"verbose[\"").unwrap_err();
+        assert!(err.to_string().contains("log.level"), "{err}");
+        assert!(Settings::from_toml("[log]\nlevel = \"warn,switchboard=debug\"").is_ok());
     }
 
     #[test]

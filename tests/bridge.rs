@@ -32,6 +32,13 @@ async fn bridge_flushes_when_the_batch_is_full_with_token_and_request_id() {
         call.idempotency_key.as_deref(),
         call.body["batch_id"].as_str()
     );
+    // Milliseconds, as every timestamp in the contract: `2026-11-27T05:30:00.123Z`.
+    let sent_at = call.body["sent_at"].as_str().unwrap();
+    assert_eq!(sent_at.len(), 24, "{sent_at}");
+    assert!(
+        sent_at.ends_with('Z') && sent_at.as_bytes()[19] == b'.',
+        "{sent_at}"
+    );
     let e = &events[0];
     assert_eq!(e["kinds"], json!(["ticket.created"]));
     assert_eq!(e["version"], 1);

@@ -477,3 +477,50 @@ async fn probes_metrics_and_request_ids_serve_operators() {
     assert!(metric(&text, "switchboard_store_commit_batch_size_count", &[]).unwrap_or(0.0) >= 1.0);
     assert!(text.contains("switchboard_ticket_actors"));
 }
+
+#[actix_rt::test]
+async fn control_characters_are_refused_naming_the_field_but_newline_and_tab_pass() {
+    let app = spawn_app("");
+    let url = app.url("/api/v1/tickets");
+    for (body, field) in [
+        (
+            json!({"subject": "NUL\u{0}here", "requester": "a@example.com"}),
+            "subject",
+        ),
+        (
+            json!({"subject": "ok", "requester": "a@example.com", "description": "bell\u{7}"}),
+            "description",
+        ),
+        (
+            json!({"subject": "ok", "requester": "a@example.com", "tags": ["esc\u{1b}"]}),
+            "tags[0]",
+        ),
+    ] {
+        let resp = post(&url, &body).await;
+        assert_eq!(resp.status, 422, "{}", resp.text);
+        assert_eq!(
+            resp.body["error"]["fields"][0]["field"], field,
+            "{}",
+            resp.text
+        );
+    }
+    let fine = post(
+        &url,
+        &json!({"subject": "ok", "requester": "a@example.com", "description": "line 1\nline 2\tend"}),
+    )
+    .await;
+    assert_eq!(fine.status, 201, "{}", fine.text);
+    let id = id_of(&fine.body);
+    let comment = post(
+        &app.url(&format!("/api/v1/tickets/{id}/comments")),
+        &json!({"body": "nul \u{0}"}),
+    )
+    .await;
+    assert_eq!(
+        (
+            comment.status,
+            comment.body["error"]["fields"][0]["field"].as_str()
+        ),
+        (422, Some("body"))
+    );
+}

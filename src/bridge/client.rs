@@ -7,7 +7,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use futures_util::future::{FutureExt, LocalBoxFuture};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -369,7 +368,8 @@ impl DjangoApi for AwcDjango {
         let endpoint = Endpoint::Sync;
         let batch = SyncBatch {
             batch_id: Uuid::now_v7(),
-            sent_at: Utc::now(),
+            // To the millisecond, as every timestamp Django gets (docs/django-api.md).
+            sent_at: crate::store::now(),
             events: items,
         };
         let req = self

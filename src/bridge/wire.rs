@@ -17,7 +17,7 @@ use crate::store::ChatTicketRecord;
 #[derive(Debug, Serialize)]
 pub struct SyncBatch<'a> {
     pub batch_id: Uuid,
-    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
+    #[serde(serialize_with = "crate::domain::timestamp::serialize_millis")]
     pub sent_at: DateTime<Utc>,
     pub events: &'a [SyncItem],
 }

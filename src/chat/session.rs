@@ -31,6 +31,7 @@ use crate::domain::ids::{RequestId, SessionId, TicketId};
 use crate::domain::principal::Principal;
 use crate::domain::status::Status;
 use crate::domain::ticket::{Priority, Source, Ticket};
+use crate::domain::validate::is_clean as clean;
 use crate::metrics as m;
 use crate::store::{ChatTicketRecord, Outbox, OutboxRecord};
 use crate::supervisor::keyed::{Hibernate, Passivate};
@@ -518,13 +519,6 @@ impl Session {
 
 fn nonzero(n: u32) -> std::num::NonZeroU32 {
     std::num::NonZeroU32::new(n.max(1)).unwrap_or(std::num::NonZeroU32::MIN)
-}
-
-/// No control characters but newline and tab.
-fn clean(text: &str) -> bool {
-    !text
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t')
 }
 
 fn check_message(client_id: &str, text: &str, max_chars: usize) -> Result<(), String> {

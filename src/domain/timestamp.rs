@@ -67,6 +67,12 @@ pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Er
     }
 }
 
+/// Serializes `at` with exactly three millisecond digits, even on a whole second (the form the
+/// Django contract documents for every timestamp it receives).
+pub fn serialize_millis<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&millis(at))
+}
+
 /// `at` with millisecond digits, as the store's columns keep it.
 pub fn millis(at: &DateTime<Utc>) -> String {
     let mut buf = [0u8; MAX_LEN];

@@ -16,6 +16,13 @@ pub struct ValidationError {
     pub fields: Vec<FieldError>,
 }
 
+/// True when `text` holds no control character but newline and tab.
+pub fn is_clean(text: &str) -> bool {
+    !text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+}
+
 /// Collects field errors, then turns them into one [`ValidationError`].
 #[derive(Debug, Default)]
 pub struct Checker {
@@ -30,12 +37,18 @@ impl Checker {
         });
     }
 
-    /// Non-blank text of at most `max` characters.
+    /// Non-blank text of at most `max` characters, without control characters (newline and tab
+    /// excepted): a NUL, say, is refused here rather than by Django's database later.
     pub fn text(&mut self, field: &str, value: &str, max: usize, required: bool) {
         if required && value.trim().is_empty() {
             self.fail(field, "must not be empty");
         } else if value.chars().count() > max {
             self.fail(field, format!("must be at most {max} characters"));
+        } else if !is_clean(value) {
+            self.fail(
+                field,
+                "must not contain control characters (newline and tab are allowed)",
+            );
         }
     }
 
@@ -44,10 +57,14 @@ impl Checker {
             self.fail("tags", format!("at most {} tags", limits.max_tags));
         }
         for (i, tag) in value.iter().enumerate() {
-            if tag.trim().is_empty() || tag.chars().count() > limits.max_tag_chars {
+            if tag.trim().is_empty() || tag.chars().count() > limits.max_tag_chars || !is_clean(tag)
+            {
                 self.fail(
                     &format!("tags[{i}]"),
-                    format!("must be 1 to {} characters", limits.max_tag_chars),
+                    format!(
+                        "must be 1 to {} characters, without control characters",
+                        limits.max_tag_chars
+                    ),
                 );
             }
         }
