@@ -98,6 +98,7 @@ pub fn install() -> PrometheusHandle {
             // Another recorder may already be global (an embedding program's); then ours only renders.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            zero_alerting_counters();
             handle
         })
         .clone()
@@ -251,4 +252,41 @@ fn describe_chat() {
         "Chat connections closed because the client did not read its frames."
     );
     describe_counter!(CHAT_RESUMES, "Session resumes, by outcome.");
+}
+
+/// Creates, at zero, the counters that alerts watch, so `rate()` and absent-series alerts work from
+/// the first scrape rather than from the first failure.
+fn zero_alerting_counters() {
+    for kind in [
+        "ticket",
+        "session",
+        "bridge",
+        "django_calls",
+        "ticket_registry",
+        "session_registry",
+        "api",
+        "chat_listener",
+    ] {
+        metrics::counter!(ACTOR_RESTARTS, "kind" => kind, "cause" => "panic").absolute(0);
+    }
+    for supervisor in ["root", "chat", "tickets", "sessions"] {
+        metrics::counter!(SUPERVISOR_ESCALATIONS, "supervisor" => supervisor).absolute(0);
+    }
+    for (lane, endpoints) in [
+        ("sync", &["sync", "chat_ticket"][..]),
+        (
+            "calls",
+            &["fetch_ticket", "ai_respond", "manage_service"][..],
+        ),
+    ] {
+        for endpoint in endpoints {
+            for reason in ["timeout", "connect", "5xx", "4xx", "garbage"] {
+                metrics::counter!(DJANGO_FAILURES, "lane" => lane, "endpoint" => *endpoint, "reason" => reason)
+                    .absolute(0);
+            }
+        }
+    }
+    metrics::counter!(DEAD_LETTERS).absolute(0);
+    metrics::counter!(CHAT_SLOW_CONSUMERS).absolute(0);
+    metrics::counter!(CHAT_RATE_LIMITED).absolute(0);
 }

@@ -65,3 +65,31 @@ async fn listener_settings_are_validated_naming_the_key() {
         assert!(err.to_string().contains(key), "{toml}: {err}");
     }
 }
+
+#[actix_rt::test]
+async fn counters_that_alerts_watch_are_exported_at_zero_from_the_start() {
+    let app = spawn_app("");
+    let text = scrape(&app).await;
+    for (name, labels) in [
+        ("switchboard_dead_letters_total", &[][..]),
+        (
+            "switchboard_supervisor_escalations_total",
+            &[("supervisor", "root")][..],
+        ),
+        (
+            "switchboard_actor_restarts_total",
+            &[("kind", "session"), ("cause", "panic")][..],
+        ),
+        (
+            "switchboard_django_failures_total",
+            &[
+                ("lane", "calls"),
+                ("endpoint", "ai_respond"),
+                ("reason", "timeout"),
+            ][..],
+        ),
+    ] {
+        assert_eq!(metric(&text, name, labels), Some(0.0), "{name} {labels:?}");
+    }
+    app.stop().await.expect("clean stop");
+}
