@@ -484,7 +484,13 @@ impl Settings {
             "supervisor.ticket_max_seconds",
             self.supervisor.ticket_max_seconds,
         )?;
-        for key in &self.auth.api_keys {
+        for (i, key) in self.auth.api_keys.iter().enumerate() {
+            if self.auth.api_keys[..i].iter().any(|k| k.key == key.key) {
+                return Err(invalid(
+                    "auth.api_keys",
+                    format!("key `{}` repeats another key's secret", key.name),
+                ));
+            }
             if key.name.trim().is_empty() {
                 return Err(invalid("auth.api_keys", "every key needs a `name`"));
             }
@@ -577,6 +583,17 @@ mod tests {
         let err = Settings::from_toml("[log]\nlevel = \"verbose[\"").unwrap_err();
         assert!(err.to_string().contains("log.level"), "{err}");
         assert!(Settings::from_toml("[log]\nlevel = \"warn,switchboard=debug\"").is_ok());
+    }
+
+    #[test]
+    fn the_same_key_secret_twice_is_refused() {
+        let err = Settings::from_toml(
+            "[[auth.api_keys]]\nname = \"a\"\nkey = \"0123456789abcdef\"\nscopes = [\"read\"]\n\
+             [[auth.api_keys]]\nname = \"b\"\nkey = \"0123456789abcdef\"\nscopes = [\"write\"]",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("auth.api_keys"), "{err}");
+        assert!(err.to_string().contains("`b`"), "{err}");
     }
 
     #[test]

@@ -524,3 +524,62 @@ async fn control_characters_are_refused_naming_the_field_but_newline_and_tab_pas
         (422, Some("body"))
     );
 }
+
+#[actix_rt::test]
+async fn bodies_must_be_objects_without_repeated_keys_and_ids_have_one_spelling() {
+    let app = spawn_app("");
+    let url = app.url("/api/v1/tickets");
+    let raw = |body: &'static str| {
+        let url = url.clone();
+        async move {
+            let mut resp = client()
+                .post(&url)
+                .insert_header(("Content-Type", "application/json"))
+                .send_body(body)
+                .await
+                .unwrap();
+            let bytes = resp.body().await.unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            (resp.status().as_u16(), v)
+        }
+    };
+    // An array would be read by position, past the unknown-field check.
+    let (status, body) = raw(r#"["s", "d", null, null, "a@example.com"]"#).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["fields"][0]["field"], "body");
+    let (status, body) = raw("42").await;
+    assert_eq!(
+        (status, body["error"]["fields"][0]["field"].as_str()),
+        (422, Some("body"))
+    );
+    let (status, body) =
+        raw(r#"{"subject": "one", "subject": "two", "requester": "a@example.com"}"#).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["fields"][0]["field"], "subject");
+
+    let bad_session = post(
+        &url,
+        &json!({"subject": "s", "requester": "a@example.com", "chat_session_id": "not-a-uuid"}),
+    )
+    .await;
+    assert_eq!(bad_session.status, 422);
+    assert_eq!(
+        bad_session.body["error"]["fields"][0]["field"],
+        "chat_session_id"
+    );
+
+    let t = create_ticket(&app, "one spelling").await;
+    let id = id_of(&t);
+    assert_eq!(
+        get(&app.url(&format!("/api/v1/tickets/{id}"))).await.status,
+        200
+    );
+    for other in [id.to_uppercase(), id.replace('-', "")] {
+        let resp = get(&app.url(&format!("/api/v1/tickets/{other}"))).await;
+        assert_eq!(
+            (resp.status, resp.error_code()),
+            (404, "not_found"),
+            "{other}"
+        );
+    }
+}

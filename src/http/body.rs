@@ -55,18 +55,36 @@ pub async fn read_json<T: DeserializeOwned>(
 
 /// Syntax errors are 400; well-formed JSON of the wrong shape is 422 naming the field.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // Every body is an object: serde would read an array into a struct by position, past the
+    // unknown-field check.
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != b'{') {
+        if serde_json::from_slice::<serde_json::Value>(body).is_err() {
+            return Err(ApiError::bad_request("request body is not valid JSON"));
+        }
+        return Err(ApiError::field("body", "must be a JSON object"));
+    }
     // A good body is parsed once, straight into `T`; only a bad one is parsed again to say which
     // class of error it is and where.
-    if let Ok(value) = serde_json::from_slice(body) {
-        return Ok(value);
-    }
+    let first = match serde_json::from_slice(body) {
+        Ok(value) => return Ok(value),
+        Err(e) => e,
+    };
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?;
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let message = e.inner().to_string();
-        ApiError::field(&field_name(&path, &message), message)
-    })
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        // Only what a JSON value forgets made the body fail: a key given twice (a value keeps the
+        // last). That is refused, not silently resolved.
+        Ok(_) => {
+            let message = first.to_string();
+            Err(ApiError::field(&field_name(".", &message), message))
+        }
+        Err(e) => {
+            let path = e.path().to_string();
+            let message = e.inner().to_string();
+            Err(ApiError::field(&field_name(&path, &message), message))
+        }
+    }
 }
 
 /// Parses the query string into `T` (422 naming the parameter on failure).

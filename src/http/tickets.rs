@@ -15,7 +15,7 @@ use super::body::{parse_query, read_json};
 use super::errors::ApiError;
 use super::{body_limit, request_id_of};
 use crate::config::{Scope, TicketSettings};
-use crate::domain::ids::TicketId;
+use crate::domain::ids::{SessionId, TicketId};
 use crate::domain::patch::TicketPatch;
 use crate::domain::status::Status;
 use crate::domain::ticket::{Priority, Source, Ticket};
@@ -43,9 +43,13 @@ type Registry = web::Data<Addr<TicketRegistry>>;
 type Store = web::Data<Arc<dyn TicketStore>>;
 type Limits = web::Data<TicketSettings>;
 
+/// A ticket URL names its ticket in one form only, the lower-case hyphenated UUID: any other
+/// spelling of the same id is another URL, and no ticket lives there.
 fn ticket_id(raw: &str) -> Result<TicketId, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::not_found(format!("ticket {raw} not found (not a ticket id)")))
+    raw.parse::<TicketId>()
+        .ok()
+        .filter(|id| id.to_string() == raw)
+        .ok_or_else(|| ApiError::not_found(format!("ticket {raw} not found (not a ticket id)")))
 }
 
 fn etag(version: u64) -> String {
@@ -126,7 +130,12 @@ async fn create(
         check.text("assignee", a, limits.max_name_chars, true);
     }
     if let Some(c) = &body.chat_session_id {
-        check.text("chat_session_id", c, limits.max_name_chars, true);
+        if c.parse::<SessionId>().map(|id| id.to_string()).as_deref() != Ok(c.as_str()) {
+            check.fail(
+                "chat_session_id",
+                "must be a chat session id (a lower-case hyphenated UUID)",
+            );
+        }
     }
     check.tags(&body.tags, &limits);
     check.finish()?;
