@@ -5,6 +5,7 @@
 pub mod chat;
 pub mod ids;
 pub mod patch;
+pub mod precondition;
 pub mod principal;
 pub mod secret;
 pub mod status;

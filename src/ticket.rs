@@ -22,8 +22,8 @@ use crate::store::StoreError;
 pub enum TicketError {
     #[error("ticket {0} not found")]
     NotFound(crate::domain::ids::TicketId),
-    #[error("ticket is at version {current}, not {expected}")]
-    StaleVersion { current: u64, expected: u64 },
+    #[error("ticket is at version {current}, which If-Match does not name")]
+    StaleVersion { current: u64 },
     #[error(transparent)]
     Transition(#[from] crate::domain::patch::TransitionError),
     #[error(transparent)]

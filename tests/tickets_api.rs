@@ -122,8 +122,28 @@ async fn stale_if_match_is_412_and_if_none_match_is_304() {
     let stale = patch(&url, &json!({"subject": "z"}), Some("\"1\"")).await;
     assert_eq!(stale.status, 412);
     assert_eq!(stale.error_code(), "stale_version");
+    // RFC 9110: garbage is a bad request, not a failed precondition; a weak tag never matches; a
+    // list matches when any of its tags does.
     let garbage = patch(&url, &json!({"subject": "z"}), Some("nonsense")).await;
-    assert_eq!(garbage.status, 412);
+    assert_eq!(
+        (garbage.status, garbage.error_code()),
+        (400, "invalid_header")
+    );
+    let weak = patch(&url, &json!({"subject": "z"}), Some("W/\"2\"")).await;
+    assert_eq!(weak.status, 412);
+    let listed = patch(
+        &url,
+        &json!({"subject": "y2"}),
+        Some("\"1\", W/\"9\", \"2\""),
+    )
+    .await;
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    assert_eq!(
+        patch(&url, &json!({"subject": "y"}), Some("\"3\""))
+            .await
+            .status,
+        200
+    );
     let stale_comment = request(
         "POST",
         &format!("{url}/comments"),
@@ -132,8 +152,12 @@ async fn stale_if_match_is_412_and_if_none_match_is_304() {
     )
     .await;
     assert_eq!(stale_comment.status, 412);
-    let cached = request("GET", &url, None, &[("If-None-Match", "\"2\"")]).await;
+    let cached = request("GET", &url, None, &[("If-None-Match", "\"4\"")]).await;
     assert_eq!(cached.status, 304);
+    let weakly = request("GET", &url, None, &[("If-None-Match", "\"1\", W/\"4\"")]).await;
+    assert_eq!(weakly.status, 304);
+    let bad = request("GET", &url, None, &[("If-None-Match", "four")]).await;
+    assert_eq!(bad.status, 400);
     let changed = request("GET", &url, None, &[("If-None-Match", "\"1\"")]).await;
     assert_eq!(changed.status, 200);
     assert_eq!(changed.body["subject"], "y");

@@ -17,6 +17,7 @@ use super::{body_limit, request_id_of};
 use crate::config::{Scope, TicketSettings};
 use crate::domain::ids::{SessionId, TicketId};
 use crate::domain::patch::TicketPatch;
+use crate::domain::precondition::{self, VersionMatch};
 use crate::domain::status::Status;
 use crate::domain::ticket::{Priority, Source, Ticket};
 use crate::domain::validate::Checker;
@@ -67,26 +68,20 @@ fn timeout(limits: &TicketSettings) -> Duration {
     Duration::from_millis(limits.actor_timeout_ms)
 }
 
-/// The version an `If-Match` header demands; `None` when absent or `*`.
-fn if_match(req: &HttpRequest) -> Result<Option<u64>, ApiError> {
-    let Some(raw) = req.headers().get(header::IF_MATCH) else {
-        return Ok(None);
-    };
-    let raw = raw.to_str().unwrap_or("").trim();
-    if raw == "*" {
-        return Ok(None);
-    }
-    raw.trim_start_matches("W/")
-        .trim_matches('"')
-        .parse()
-        .map(Some)
-        .map_err(|_| {
-            ApiError::new(
-                actix_web::http::StatusCode::PRECONDITION_FAILED,
-                "stale_version",
-                format!("If-Match `{raw}` does not name a version of this ticket"),
-            )
-        })
+/// What an `If-Match` header demands (RFC 9110: strong comparison, any tag of a list); a header
+/// that is not `*` or a list of entity tags is a 400.
+fn if_match(req: &HttpRequest) -> Result<VersionMatch, ApiError> {
+    let raw = req
+        .headers()
+        .get(header::IF_MATCH)
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    precondition::if_match(raw).map_err(|e| {
+        ApiError::new(
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "invalid_header",
+            format!("If-Match: {e}"),
+        )
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -188,15 +183,17 @@ async fn get(
         request_id_of(&req),
     )
     .await?;
-    let tag = etag(ticket.version);
-    let not_modified = req
-        .headers()
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().trim_start_matches("W/") == tag)
-        });
+    let not_modified = match req.headers().get(header::IF_NONE_MATCH) {
+        None => false,
+        Some(v) => precondition::none_match_names(v.to_str().unwrap_or("\u{0}"), ticket.version)
+            .map_err(|e| {
+                ApiError::new(
+                    actix_web::http::StatusCode::BAD_REQUEST,
+                    "invalid_header",
+                    format!("If-None-Match: {e}"),
+                )
+            })?,
+    };
     if not_modified {
         return Ok(with_etag(
             HttpResponse::NotModified().finish(),
@@ -264,7 +261,7 @@ async fn update(
     };
     let msg = UpdateTicket {
         patch,
-        expected_version,
+        expected: expected_version,
         actor: caller.actor,
         request_id: request_id_of(&req),
     };
@@ -304,7 +301,7 @@ async fn comment(
             None => caller.actor.clone(),
         },
         body: body.body,
-        expected_version,
+        expected: expected_version,
         actor: caller.actor,
         request_id: request_id_of(&req),
     };

@@ -22,6 +22,7 @@ use super::TicketError;
 use crate::bridge::FetchTicket;
 use crate::domain::ids::{EventId, RequestId, TicketId};
 use crate::domain::patch::{apply_patch, TicketPatch};
+use crate::domain::precondition::VersionMatch;
 use crate::domain::principal::Principal;
 use crate::domain::ticket::{Comment, EventKind, Ticket, TicketEvent};
 use crate::metrics as m;
@@ -33,12 +34,13 @@ use crate::supervisor::keyed::{Hibernate, Passivate};
 #[rtype(result = "Result<Ticket, TicketError>")]
 pub struct GetTicket;
 
-/// HTTP → ticket: a partial update, refused if `expected_version` is stale. Reply: the new state.
+/// HTTP → ticket: a partial update, refused if `expected` does not admit the current version. Reply: the new state.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<Ticket, TicketError>")]
 pub struct UpdateTicket {
     pub patch: TicketPatch,
-    pub expected_version: Option<u64>,
+    /// What `If-Match` demanded of the current version.
+    pub expected: VersionMatch,
     pub actor: Principal,
     /// The REST request behind the change; it travels with the change's outbox record to Django.
     pub request_id: Option<RequestId>,
@@ -50,7 +52,8 @@ pub struct UpdateTicket {
 pub struct AddComment {
     pub author: Principal,
     pub body: String,
-    pub expected_version: Option<u64>,
+    /// What `If-Match` demanded of the current version.
+    pub expected: VersionMatch,
     pub actor: Principal,
     /// The REST request behind the change; it travels with the change's outbox record to Django.
     pub request_id: Option<RequestId>,
@@ -172,7 +175,6 @@ impl TicketActor {
                     ctx.stop();
                     Err(TicketError::StaleVersion {
                         current: expected + 1,
-                        expected,
                     })
                 }
                 Err(e) => Err(e.into()),
@@ -281,13 +283,10 @@ impl Handler<UpdateTicket> for TicketActor {
     fn handle(&mut self, msg: UpdateTicket, _: &mut Context<Self>) -> Self::Result {
         let prepared = (|| {
             let current = self.live()?;
-            if let Some(expected) = msg.expected_version {
-                if expected != current.version {
-                    return Err(TicketError::StaleVersion {
-                        current: current.version,
-                        expected,
-                    });
-                }
+            if !msg.expected.admits(current.version) {
+                return Err(TicketError::StaleVersion {
+                    current: current.version,
+                });
             }
             let at = now();
             Ok(
@@ -323,12 +322,9 @@ impl Handler<AddComment> for TicketActor {
 
     fn handle(&mut self, msg: AddComment, _: &mut Context<Self>) -> Self::Result {
         let current = match self.live() {
-            Ok(t) => match msg.expected_version {
-                Some(expected) if expected != t.version => {
-                    let stale = TicketError::StaleVersion {
-                        current: t.version,
-                        expected,
-                    };
+            Ok(t) => match &msg.expected {
+                expected if !expected.admits(t.version) => {
+                    let stale = TicketError::StaleVersion { current: t.version };
                     return AtomicResponse::new(Box::pin(fut::ready(Err(stale))));
                 }
                 _ => t.clone(),
