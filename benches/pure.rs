@@ -103,6 +103,7 @@ fn outbox(entries: usize, tickets: usize) -> Vec<OutboxEntry> {
                     ticket: typical_ticket(ticket_id, version),
                     comment,
                     request_id: None,
+                    status_changed: false,
                 }),
             }
         })

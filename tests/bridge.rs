@@ -389,3 +389,24 @@ async fn unknown_tickets_are_fetched_from_django_and_imported_once() {
     let unknown = get(&app.url("/api/v1/tickets/01936f5e-8a4b-7c3d-9e2f-000000000003")).await;
     assert_eq!(unknown.status, 404);
 }
+
+#[actix_rt::test]
+async fn a_status_change_with_other_fields_still_reaches_django_as_a_status_change() {
+    let mut django = FakeDjango::start();
+    let app = spawn_app(&django.config("batch_max = 2\nflush_ms = 3600000"));
+    let t = create_ticket(&app, "both").await;
+    let url = app.url(&format!("/api/v1/tickets/{}", id_of(&t)));
+    let changed = patch(
+        &url,
+        &json!({"status": "in_progress", "priority": "high"}),
+        None,
+    )
+    .await;
+    assert_eq!(changed.status, 200, "{}", changed.text);
+    let call = django.next_call().await;
+    let kinds = &call.events()[0]["kinds"];
+    assert_eq!(
+        kinds,
+        &json!(["ticket.created", "ticket.updated", "ticket.status_changed"])
+    );
+}

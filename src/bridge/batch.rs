@@ -65,6 +65,9 @@ pub fn coalesce(entries: &[OutboxEntry]) -> Vec<SyncItem> {
         if !item.kinds.contains(&r.kind) {
             item.kinds.push(r.kind);
         }
+        if r.status_changed && !item.kinds.contains(&EventKind::StatusChanged) {
+            item.kinds.push(EventKind::StatusChanged);
+        }
         item.coalesced_event_ids.push(r.event_id);
         if let Some(c) = &r.comment {
             item.comments.push(c.clone());
@@ -125,6 +128,7 @@ mod tests {
                     created_at: now,
                 }),
                 request_id: None,
+                status_changed: false,
             }),
         }
     }

@@ -428,6 +428,7 @@ mod tests {
             },
             comment: None,
             request_id: None,
+            status_changed: false,
         })
     }
 

@@ -63,6 +63,8 @@ struct SyncRecordRef<'a> {
     comment: Option<&'a Comment>,
     #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<&'a RequestId>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    status_changed: bool,
 }
 
 impl<'a> From<&'a TicketWrite> for SyncRecordRef<'a> {
@@ -76,6 +78,8 @@ impl<'a> From<&'a TicketWrite> for SyncRecordRef<'a> {
             ticket: &write.ticket,
             comment: write.comment.as_ref(),
             request_id: write.request_id.as_ref(),
+            status_changed: write.event.kind == EventKind::Updated
+                && write.event.changes.get("status").is_some(),
         }
     }
 }
@@ -526,6 +530,7 @@ mod tests {
                 ticket: w.ticket.clone(),
                 comment: w.comment.clone(),
                 request_id: w.request_id.clone(),
+                status_changed: false,
             });
             assert_eq!(
                 serde_json::to_string(&super::SyncRecordRef::from(&w)).unwrap(),

@@ -34,6 +34,10 @@ pub struct SyncRecord {
     /// The request that caused the change, sent on as `X-Request-Id` context.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<RequestId>,
+    /// The change moved the status along with other fields (its `kind` is then `updated`): Django
+    /// is told `ticket.status_changed` too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub status_changed: bool,
 }
 
 /// A chat escalated into a ticket, bound for `POST /api/livechat/tickets/create/` (docs/django-api.md

@@ -94,6 +94,8 @@ impl Model {
             ticket: w.ticket.clone(),
             comment: w.comment.clone(),
             request_id: None,
+            status_changed: w.event.kind == EventKind::Updated
+                && w.event.changes.get("status").is_some(),
         }));
     }
 }

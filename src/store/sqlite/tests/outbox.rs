@@ -90,6 +90,7 @@ async fn a_ticket_sync_is_not_enqueued() {
         ticket: w.ticket,
         comment: None,
         request_id: None,
+        status_changed: false,
     });
     let refused = store.enqueue(sync).await;
     assert!(
