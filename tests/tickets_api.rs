@@ -607,3 +607,24 @@ async fn bodies_must_be_objects_without_repeated_keys_and_ids_have_one_spelling(
         );
     }
 }
+
+#[actix_rt::test]
+async fn a_bad_limit_gets_the_same_answer_naming_limit_on_every_list_route() {
+    let app = spawn_app("");
+    let t = create_ticket(&app, "lists").await;
+    let id = id_of(&t);
+    let mut answers = Vec::new();
+    for route in [
+        "/api/v1/tickets".to_string(),
+        format!("/api/v1/tickets/{id}/events"),
+        "/api/v1/admin/dead-letters".to_string(),
+    ] {
+        for bad in ["abc", "0", "-1"] {
+            let resp = get(&app.url(&format!("{route}?limit={bad}"))).await;
+            assert_eq!(resp.status, 422, "{route}?limit={bad}: {}", resp.text);
+            assert_eq!(resp.body["error"]["fields"][0]["field"], "limit");
+            answers.push(resp.body["error"]["fields"][0]["message"].clone());
+        }
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+}

@@ -20,7 +20,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
-    limit: Option<u32>,
+    limit: Option<String>,
 }
 
 async fn list(
@@ -31,10 +31,7 @@ async fn list(
 ) -> Result<HttpResponse, ApiError> {
     auth.authorize(&req, Scope::Admin)?;
     let q: ListQuery = parse_query(&req)?;
-    let limit = q
-        .limit
-        .unwrap_or(limits.list_default_limit)
-        .clamp(1, limits.list_max_limit);
+    let limit = super::tickets::page_limit(q.limit.as_deref(), &limits)?;
     let items = outbox.dead_letters(limit).await?;
     Ok(HttpResponse::Ok().json(json!({ "items": items })))
 }

@@ -333,7 +333,8 @@ struct Page<T> {
     next_cursor: Option<String>,
 }
 
-fn page_limit(raw: Option<&str>, limits: &TicketSettings) -> Result<u32, ApiError> {
+/// A list route's `limit`: the same rule, and the same answer to a bad one, on every list route.
+pub(super) fn page_limit(raw: Option<&str>, limits: &TicketSettings) -> Result<u32, ApiError> {
     match raw {
         None => Ok(limits.list_default_limit),
         Some(raw) => match raw.parse::<u32>() {
