@@ -344,13 +344,13 @@ async fn the_heartbeat_pings_once_per_interval_however_often_the_registry_sweeps
     let mut raw = RawClient::connect(app.chat_addr).await;
     raw.write(&raw_frame(1, br#"{"type":"session.start"}"#))
         .await;
-    let opcodes = raw
-        .opcodes_for(std::time::Duration::from_millis(1100))
-        .await;
-    let pings = opcodes.iter().filter(|&&op| op == 9).count();
+    // A lower bound only: a slow machine can space pings further apart, never closer.
+    let first = raw.next_ping().await;
+    let second = raw.next_ping().await;
+    let gap = second.duration_since(first);
     assert!(
-        (1..=3).contains(&pings),
-        "{pings} pings in 1.1 s at a 400 ms heartbeat (frames: {opcodes:?})"
+        gap >= std::time::Duration::from_millis(350),
+        "pings {gap:?} apart at a 400 ms heartbeat"
     );
     app.stop().await.expect("clean stop");
 }

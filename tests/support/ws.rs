@@ -280,10 +280,9 @@ impl RawClient {
         }
     }
 
-    /// The opcodes of the server frames that arrive within `d` (payloads under 64 KiB).
-    pub async fn opcodes_for(&mut self, d: std::time::Duration) -> Vec<u8> {
-        let deadline = tokio::time::Instant::now() + d;
-        let mut opcodes = Vec::new();
+    /// Waits (within the wait) for the next server ping, skipping other frames; returns when it
+    /// arrived.
+    pub async fn next_ping(&mut self) -> std::time::Instant {
         loop {
             while self.buf.len() >= 4 || (self.buf.len() >= 2 && self.buf[1] & 0x7f < 126) {
                 let (len, start) = match self.buf[1] & 0x7f {
@@ -294,15 +293,13 @@ impl RawClient {
                 if self.buf.len() < start + len {
                     break;
                 }
-                opcodes.push(self.buf[0] & 0x0f);
+                let opcode = self.buf[0] & 0x0f;
                 self.buf.drain(..start + len);
+                if opcode == 9 {
+                    return std::time::Instant::now();
+                }
             }
-            let mut chunk = [0u8; 4096];
-            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
-                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
-                Ok(_) => panic!("connection closed"),
-                Err(_) => return opcodes,
-            }
+            assert!(self.fill().await, "connection closed before a ping");
         }
     }
 
