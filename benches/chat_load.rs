@@ -41,9 +41,12 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::Value;
 use switchboard::transport::frame::{self, Opcode, Role};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
-const PROTOCOL: &str = "switchboard.v1";
+#[path = "common/raw_ws.rs"]
+mod raw_ws;
+use raw_ws::{raise_nofile, read_some, watchdog, write_all};
+
 /// The machine's hard cap on open files per process (FINDINGS.md); the soft limit is raised to it.
 const NOFILE: u64 = 20_000;
 /// Connections a client process opens at once.
@@ -67,8 +70,12 @@ fn main() {
         Some("client") => client(&args[1..]),
         Some(mode @ ("memory" | "rtt")) => match Opts::parse(mode, &args[1..]) {
             Ok(o) => {
-                watchdog(Duration::from_secs(600 + 240 * o.runs as u64));
-                raise_nofile();
+                watchdog(
+                    "chat_load",
+                    Duration::from_secs(600 + 240 * o.runs as u64),
+                    &CHILDREN,
+                );
+                raise_nofile("chat_load", NOFILE);
                 println!("{}", machine());
                 if mode == "memory" {
                     memory(&o, false);
@@ -83,8 +90,8 @@ fn main() {
         },
         _ => {
             // A test harness ran us (`cargo test --all-targets`): smoke only.
-            watchdog(Duration::from_secs(120));
-            raise_nofile();
+            watchdog("chat_load", Duration::from_secs(120), &CHILDREN);
+            raise_nofile("chat_load", NOFILE);
             let o = Opts {
                 conns: 200,
                 runs: 1,
@@ -861,25 +868,6 @@ fn summary(sorted: &[u64]) -> String {
     )
 }
 
-fn watchdog(limit: Duration) {
-    std::thread::spawn(move || {
-        std::thread::sleep(limit);
-        eprintln!("chat_load: still running after {limit:?}; killing the children and exiting");
-        for pid in CHILDREN.lock().unwrap().iter() {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-        }
-        std::process::exit(3);
-    });
-}
-
-fn raise_nofile() {
-    if let Err(e) = rlimit::increase_nofile_limit(NOFILE) {
-        eprintln!("chat_load: cannot raise the open-files limit: {e}");
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Clients
 // ---------------------------------------------------------------------------------------------
@@ -891,7 +879,7 @@ fn raise_nofile() {
 /// stdin, has every session send one message a second for `secs`, and reports `result …`, then the
 /// ack and AI-reply latencies in microseconds (`ack …`, `ai …`).
 fn client(args: &[String]) {
-    raise_nofile();
+    raise_nofile("chat_load", NOFILE);
     let addr: SocketAddr = args[0].parse().expect("server address");
     let count: usize = args[1].parse().expect("count");
     let first: u8 = args[2].parse().expect("first source octet");
@@ -1005,39 +993,7 @@ struct Conn {
 
 async fn open_session(addr: SocketAddr, src: Ipv4Addr) -> Result<Conn, String> {
     let err = |what: &'static str| move |e: std::io::Error| format!("{what}: {e}");
-    let socket = TcpSocket::new_v4().map_err(err("socket"))?;
-    socket
-        .bind(SocketAddr::new(src.into(), 0))
-        .map_err(err("bind"))?;
-    let stream = socket.connect(addr).await.map_err(err("connect"))?;
-    let _ = stream.set_nodelay(true);
-    let request = format!(
-        "GET /ws/chat HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Protocol: {PROTOCOL}\r\n\r\n"
-    );
-    write_all(&stream, request.as_bytes())
-        .await
-        .map_err(err("send upgrade"))?;
-    let mut buf = Vec::new();
-    let head_len = loop {
-        read_some(&stream, &mut buf)
-            .await
-            .map_err(err("read upgrade"))?;
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_len]).to_ascii_lowercase();
-    if !head.starts_with("http/1.1 101")
-        || !head.contains(&format!("sec-websocket-protocol: {PROTOCOL}"))
-    {
-        return Err(format!(
-            "upgrade refused: {}",
-            head.lines().next().unwrap_or("")
-        ));
-    }
-    buf.drain(..head_len);
+    let (stream, buf) = raw_ws::upgrade(addr, src, "/ws/chat").await?;
     let mut conn = Conn { stream, buf };
     send_text(&conn.stream, r#"{"type":"session.start"}"#)
         .await
@@ -1215,33 +1171,4 @@ async fn chat(
     drop(t);
     // The caller keeps the socket open (idle) until the process exits.
     conn
-}
-
-async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
-    while !bytes.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Appends what one read gives to `buf`; end of file is an error.
-async fn read_some(stream: &TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    let mut chunk = [0u8; 2048];
-    loop {
-        stream.readable().await?;
-        match stream.try_read(&mut chunk) {
-            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                return Ok(());
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
 }

@@ -36,10 +36,13 @@ use futures_util::{SinkExt, StreamExt};
 use switchboard::transport::frame::{self, Opcode, Role};
 use tokio::net::{TcpSocket, TcpStream};
 
+#[path = "common/raw_ws.rs"]
+mod raw_ws;
+use raw_ws::{raise_nofile, read_some, watchdog, write_all, PROTOCOL};
+
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-const PROTOCOL: &str = "switchboard.v1";
 const CANDIDATES: [&str; 4] = ["actix-ws", "tungstenite-4k", "tungstenite-1k", "lean"];
 /// The machine's hard cap on open files per process (FINDINGS.md); the soft limit is raised to it.
 const NOFILE: u64 = 20_000;
@@ -165,12 +168,16 @@ fn rss(pid: u32) -> Rss {
 }
 
 fn run_all(run: &Run, smoke: bool) {
-    watchdog(if smoke {
-        Duration::from_secs(120)
-    } else {
-        Duration::from_secs(1800 + 120 * (run.runs * run.candidates.len()) as u64)
-    });
-    raise_nofile();
+    watchdog(
+        "ws_idle",
+        if smoke {
+            Duration::from_secs(120)
+        } else {
+            Duration::from_secs(1800 + 120 * (run.runs * run.candidates.len()) as u64)
+        },
+        &CHILDREN,
+    );
+    raise_nofile("ws_idle", NOFILE);
     if !smoke {
         let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         println!(
@@ -357,25 +364,6 @@ fn plateau(pid: u32, max_secs: u64) -> Rss {
     last
 }
 
-fn watchdog(limit: Duration) {
-    std::thread::spawn(move || {
-        std::thread::sleep(limit);
-        eprintln!("ws_idle: still running after {limit:?}; killing the children and exiting");
-        for pid in CHILDREN.lock().unwrap().iter() {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-        }
-        std::process::exit(3);
-    });
-}
-
-fn raise_nofile() {
-    if let Err(e) = rlimit::increase_nofile_limit(NOFILE) {
-        eprintln!("ws_idle: cannot raise the open-files limit: {e}");
-    }
-}
-
 /// Children exit when the parent closes their stdin (or dies).
 fn exit_on_stdin_eof() {
     std::thread::spawn(|| {
@@ -389,7 +377,7 @@ fn exit_on_stdin_eof() {
 // ---------------------------------------------------------------------------------------------
 
 fn serve(candidate: &str) {
-    raise_nofile();
+    raise_nofile("ws_idle", NOFILE);
     exit_on_stdin_eof();
     let candidate = candidate.to_string();
     actix::System::new().block_on(async move {
@@ -642,7 +630,7 @@ mod lean_server {
 /// `client <addr> <count> <first source octet> <source addresses>`: opens `count` connections,
 /// reports `ready <ok> <errors> <first error>`, and holds them until stdin closes.
 fn client(args: &[String]) {
-    raise_nofile();
+    raise_nofile("ws_idle", NOFILE);
     let addr: SocketAddr = args[0].parse().expect("server address");
     let count: usize = args[1].parse().expect("count");
     let first: u8 = args[2].parse().expect("first source octet");
@@ -680,38 +668,7 @@ fn client(args: &[String]) {
 
 async fn client_connection(addr: SocketAddr, src: Ipv4Addr, i: usize) -> Result<TcpStream, String> {
     let err = |what: &'static str| move |e: std::io::Error| format!("{what}: {e}");
-    let socket = TcpSocket::new_v4().map_err(err("socket"))?;
-    socket
-        .bind(SocketAddr::new(src.into(), 0))
-        .map_err(err("bind"))?;
-    let stream = socket.connect(addr).await.map_err(err("connect"))?;
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Protocol: {PROTOCOL}\r\n\r\n"
-    );
-    write_all(&stream, request.as_bytes())
-        .await
-        .map_err(err("send upgrade"))?;
-    let mut buf = Vec::new();
-    let head_len = loop {
-        read_some(&stream, &mut buf)
-            .await
-            .map_err(err("read upgrade"))?;
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_len]).to_ascii_lowercase();
-    if !head.starts_with("http/1.1 101")
-        || !head.contains(&format!("sec-websocket-protocol: {PROTOCOL}"))
-    {
-        return Err(format!(
-            "upgrade refused: {}",
-            head.lines().next().unwrap_or("")
-        ));
-    }
-    buf.drain(..head_len);
+    let (stream, mut buf) = raw_ws::upgrade(addr, src, "/ws").await?;
     let text = format!(r#"{{"type":"hello","seq":{i}}}"#);
     let mask = (i as u32).wrapping_mul(2_654_435_761).to_be_bytes();
     write_all(
@@ -732,34 +689,5 @@ async fn client_connection(addr: SocketAddr, src: Ipv4Addr, i: usize) -> Result<
         read_some(&stream, &mut buf)
             .await
             .map_err(err("read echo"))?;
-    }
-}
-
-async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
-    while !bytes.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Appends what one read gives to `buf`; end of file is an error.
-async fn read_some(stream: &TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    let mut chunk = [0u8; 512];
-    loop {
-        stream.readable().await?;
-        match stream.try_read(&mut chunk) {
-            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                return Ok(());
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
     }
 }
