@@ -30,8 +30,6 @@ pub enum Behavior {
     RejectUnnamed(HashSet<String>),
     /// (Chat endpoints) 200 with this body.
     Json(Value),
-    /// (Chat endpoints) hold the request this long, then answer as `Ok` does.
-    Delay(std::time::Duration),
 }
 
 /// One sync call as the fake saw it.
@@ -374,7 +372,7 @@ async fn sync(req: HttpRequest, body: web::Bytes, s: web::Data<Shared>) -> HttpR
             HttpResponse::BadRequest().finish()
         }
         // Chat-only behaviours answer a sync batch as a healthy Django would.
-        Behavior::Json(_) | Behavior::Delay(_) => ok(&s, &mut call),
+        Behavior::Json(_) => ok(&s, &mut call),
     }
 }
 
@@ -475,10 +473,6 @@ async fn chat(
             chat_ok(endpoint, &body, &s)
         }
         Behavior::Json(answer) => HttpResponse::Ok().json(answer),
-        Behavior::Delay(d) => {
-            tokio::time::sleep(d).await;
-            chat_ok(endpoint, &body, &s)
-        }
         _ => chat_ok(endpoint, &body, &s),
     }
 }
