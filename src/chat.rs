@@ -1,13 +1,24 @@
-//! Live chat: customer sessions on the chat listener.
+//! Live chat: customer sessions and human agents on the chat listener.
 //!
 //! - [`protocol`]: the `switchboard.v1` wire frames, parsed once at the edge.
 //! - [`link`]: the seam between a session and the connection attached to it.
 //! - [`auth`]: who the customer is (an optional token).
 //! - [`session`]: one session's actor, and its state with its pure rules (seq numbering, bounded
-//!   history for resume, once-per-`client_id` messages, one AI call in flight, AI actions).
+//!   history for resume, once-per-`client_id` messages, one AI call in flight, AI actions), and
+//!   its owner (AI, queued, an agent, closed).
+//! - [`history`]: the numbered, bounded frame stream both customers and agents resume from.
+//! - [`routing`]: the messages sessions, agents and the queue exchange, and their handles.
+//! - [`queue`]: the routing queue: waiting sessions, agents' presence and capacity, assignment.
+//! - [`agent`]: one agent's actor (presence, capacity, the chats held, their own resumable
+//!   stream) and the agents' wire frames; [`agents`]: their keyed supervisor.
 
+pub mod agent;
+pub mod agents;
 pub mod auth;
+pub mod history;
 pub mod link;
 pub mod protocol;
+pub mod queue;
 pub mod registry;
+pub mod routing;
 pub mod session;

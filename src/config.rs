@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The embedded defaults; also the documentation of every key.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -41,6 +41,8 @@ pub struct Settings {
     pub tickets: TicketSettings,
     /// Live-chat sessions: protocol limits, resume, heartbeats, rates.
     pub sessions: SessionSettings,
+    /// Human agents on `/ws/agent`: sign-in, capacity, the routing queue.
+    pub agents: AgentSettings,
     pub storage: StorageSettings,
     pub django: DjangoSettings,
     pub bridge: BridgeSettings,
@@ -175,6 +177,67 @@ impl SessionSettings {
             dedupe_max: self.dedupe_max,
             ai_history: self.ai_history,
         }
+    }
+}
+
+/// What happens to a chat after its agent leaves it of their own accord (`agents.on_leave`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AfterLeave {
+    /// The AI answers again.
+    #[default]
+    Ai,
+    /// The chat waits for another agent.
+    Requeue,
+}
+
+/// Human agents (`[agents]`); config/default.toml documents each key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSettings {
+    pub jwt_secret: String,
+    pub default_capacity: u32,
+    pub max_capacity: u32,
+    pub auto_assign: bool,
+    pub on_leave: AfterLeave,
+    pub resume_grace_ms: u64,
+    pub history_max: usize,
+    pub max_agents: usize,
+    pub heartbeat_interval_ms: u64,
+    pub heartbeat_timeout_ms: u64,
+}
+
+impl AgentSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.jwt_secret.is_empty() && self.jwt_secret.len() < 32 {
+            return Err(invalid(
+                "agents.jwt_secret",
+                "must be at least 32 bytes (or empty: no agent may sign in)",
+            ));
+        }
+        positive("agents.default_capacity", self.default_capacity.into())?;
+        positive("agents.history_max", self.history_max as u64)?;
+        positive("agents.max_agents", self.max_agents as u64)?;
+        positive("agents.heartbeat_interval_ms", self.heartbeat_interval_ms)?;
+        if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
+            return Err(invalid(
+                "agents.heartbeat_timeout_ms",
+                "must be greater than agents.heartbeat_interval_ms",
+            ));
+        }
+        if self.default_capacity > self.max_capacity {
+            return Err(invalid(
+                "agents.default_capacity",
+                "must be at most agents.max_capacity",
+            ));
+        }
+        if self.resume_grace_ms > MAX_IDLE_MS {
+            return Err(invalid(
+                "agents.resume_grace_ms",
+                format!("must be at most {MAX_IDLE_MS}"),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -396,6 +459,7 @@ impl Settings {
             ));
         }
         self.sessions.validate()?;
+        self.agents.validate()?;
         let chat_bind = self.chat.validate()?;
         if api_bind == chat_bind && api_bind.port() != 0 {
             return Err(invalid(

@@ -20,9 +20,14 @@
 //!      │    │            both children on the chat arbiter, with every connection
 //!      │    ├─ sessions  SessionRegistry: a keyed supervisor (start, resume, ticks)   src/chat/registry.rs
 //!      │    │    └─ session*  Session per chat, transient; outlives its connection    src/chat/session.rs
-//!      │    │                 for sessions.resume_grace_ms                          [permanent]
+//!      │    │                 for sessions.resume_grace_ms; owner ai/queued/agent   [permanent]
+//!      │    ├─ queue     Queue: waiting chats → agents (order, capacity, presence)   src/chat/queue.rs
+//!      │    │                                                                       [permanent]
+//!      │    ├─ agents    AgentRegistry: a keyed supervisor of agents (ticks)         src/chat/agents.rs
+//!      │    │    └─ agent*  Agent per signed-in agent, transient; outlives its       src/chat/agent.rs
+//!      │    │               connection for agents.resume_grace_ms                   [permanent]
 //!      │    └─ chat_listener  accept loop on chat.bind, lean WebSocket transport:     src/http/chat.rs
-//!      │                      /ws/chat, /healthz                                    [permanent]
+//!      │                      /ws/chat, /ws/agent, /healthz                         [permanent]
 //!      └─ api            actix-web on api.bind (REST, /metrics, probes)              src/http.rs [permanent]
 //! ```
 //! Children start top to bottom and stop bottom to top: on shutdown the listeners drain in-flight
@@ -65,10 +70,13 @@ use futures_util::future::{FutureExt, LocalBoxFuture};
 use crate::bridge::actor::Bridge;
 use crate::bridge::calls::DjangoCalls;
 use crate::bridge::Drain;
+use crate::chat::agent::AgentDeps;
+use crate::chat::agents::{AgentRegistry, EndAllAgents};
+use crate::chat::queue::Queue;
 use crate::chat::registry::{EndAll, SessionRegistry};
 use crate::chat::session::SessionDeps;
 use crate::config::Settings;
-use crate::http::chat::ChatListener;
+use crate::http::chat::{ChatListener, ChatRoutes};
 use crate::http::listener::ListenerChild;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Outbox, StoreError, TicketStore};
@@ -359,11 +367,15 @@ struct ChatParts {
 }
 
 /// The live-chat subtree: its own supervisor (one_for_one, the root's intensity), escalating to the
-/// root. The session registry starts first and the chat listener after it, both on the chat
-/// arbiter, where every connection and session lives; on stop the listener closes first (no new
-/// connections), then the registry ends every session (close 1001: clients resume elsewhere).
+/// root. The session registry, the routing queue, the agent registry and the chat listener start
+/// in that order, all on the chat arbiter, where every connection, session and agent lives; on
+/// stop the listener closes first (no new connections), then agents end (their chats requeued),
+/// then the registry ends every session (close 1001: clients resume elsewhere).
 fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
     let s = &settings.sessions;
+    let agents_online = Arc::new(AtomicBool::new(false));
+    let (queue_addr, queue_mailbox) = supervised::mailbox::<Queue>(4096);
+    let (agents_addr, agents_mailbox) = supervised::mailbox::<AgentRegistry>(4096);
     let deps = Arc::new(SessionDeps {
         settings: s.clone(),
         limits: s.limits(),
@@ -373,8 +385,19 @@ fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
         outbox: parts.outbox,
         max_subject_chars: settings.tickets.max_subject_chars,
         max_description_chars: settings.tickets.max_description_chars,
+        queue: queue_addr.clone().recipient(),
+        agents_online: agents_online.clone(),
+        after_leave: settings.agents.on_leave,
+    });
+    let agent_deps = Arc::new(AgentDeps {
+        settings: settings.agents.clone(),
+        sessions: s.clone(),
+        queue: queue_addr,
+        max_subject_chars: settings.tickets.max_subject_chars,
+        max_description_chars: settings.tickets.max_description_chars,
     });
     let live = Arc::new(AtomicUsize::new(0));
+    let live_agents = Arc::new(AtomicUsize::new(0));
     let (registry_addr, registry_mailbox) = parts.registry;
     let registry_child = {
         let arbiter = parts.arbiter.clone();
@@ -401,14 +424,61 @@ fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
             .boxed_local()
         })
     };
+    let queue_child = {
+        let arbiter = parts.arbiter.clone();
+        let registry = registry_addr.clone();
+        ActorChild::new("queue", Restart::Permanent, move |report| {
+            supervised::spawn_in(
+                &arbiter,
+                "queue",
+                Restart::Permanent,
+                queue_mailbox,
+                move |_| Queue::new(registry, agents_online),
+                report,
+            )
+        })
+    };
+    let agents_child = {
+        let arbiter = parts.arbiter.clone();
+        let live_agents = live_agents.clone();
+        let end_addr = agents_addr.clone();
+        ActorChild::new("agents", Restart::Permanent, move |report| {
+            let escalate = report.clone();
+            supervised::spawn_in(
+                &arbiter,
+                "agent_registry",
+                Restart::Permanent,
+                agents_mailbox,
+                move |_| AgentRegistry::new(agent_deps, live_agents, escalate),
+                report,
+            )
+        })
+        .before_stop(move || {
+            async move {
+                match tokio::time::timeout(Duration::from_secs(5), end_addr.send(EndAllAgents))
+                    .await
+                {
+                    Ok(Ok(n)) => tracing::info!(agents = n, "agents told to end"),
+                    _ => tracing::warn!("agent registry did not answer at shutdown"),
+                }
+            }
+            .boxed_local()
+        })
+    };
     let children: Vec<Box<dyn Child>> = vec![
         Box::new(registry_child),
+        Box::new(queue_child),
+        Box::new(agents_child),
         Box::new(ChatListener::new(
             parts.listener,
             parts.arbiter,
-            registry_addr,
+            ChatRoutes {
+                sessions: registry_addr,
+                agents: agents_addr,
+                live_sessions: live,
+                live_agents,
+            },
             settings.clone(),
-            live,
             parts.listening,
         )),
     ];

@@ -55,9 +55,25 @@ pub const CHAT_RATE_LIMITED: &str = "switchboard_chat_rate_limited_total";
 pub const CHAT_ADMISSION_REFUSED: &str = "switchboard_chat_admission_refusals_total";
 pub const CHAT_SLOW_CONSUMERS: &str = "switchboard_chat_slow_consumer_disconnects_total";
 pub const CHAT_RESUMES: &str = "switchboard_chat_resumes_total";
+pub const CHAT_QUEUE_LENGTH: &str = "switchboard_chat_queue_length";
+pub const CHAT_QUEUE_WAIT: &str = "switchboard_chat_queue_wait_seconds";
+pub const CHAT_FIRST_AGENT_REPLY: &str = "switchboard_chat_first_agent_reply_seconds";
+pub const CHAT_HANDOFFS: &str = "switchboard_chat_handoffs_total";
+pub const CHAT_ABANDONED: &str = "switchboard_chat_abandoned_total";
+pub const AGENTS: &str = "switchboard_agents";
+pub const AGENTS_LOAD: &str = "switchboard_agents_load";
+pub const AGENTS_CAPACITY: &str = "switchboard_agents_capacity";
+pub const AGENT_CONNECTIONS: &str = "switchboard_agent_connections";
+pub const AGENT_FRAMES_IN: &str = "switchboard_agent_frames_in_total";
+pub const AGENT_FRAMES_OUT: &str = "switchboard_agent_frames_out_total";
+pub const AGENT_REFUSED: &str = "switchboard_agent_refusals_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Waiting for a human: seconds to an hour.
+const QUEUE_BUCKETS: &[f64] = &[
+    1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
 ];
 /// Django calls: from a fast lookup to a slow AI reply, past the longest sensible timeout.
 const DJANGO_BUCKETS: &[f64] = &[
@@ -85,6 +101,15 @@ pub fn install() -> PrometheusHandle {
                 })
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full(CHAT_ROUTING.into()), ROUTING_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(CHAT_QUEUE_WAIT.into()), QUEUE_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(CHAT_FIRST_AGENT_REPLY.into()),
+                        QUEUE_BUCKETS,
+                    )
                 })
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
@@ -252,6 +277,41 @@ fn describe_chat() {
         "Chat connections closed because the client did not read its frames."
     );
     describe_counter!(CHAT_RESUMES, "Session resumes, by outcome.");
+    describe_gauge!(
+        CHAT_QUEUE_LENGTH,
+        "Chat sessions waiting for a human agent."
+    );
+    describe_histogram!(
+        CHAT_QUEUE_WAIT,
+        Unit::Seconds,
+        "Time a chat waited in the queue before an agent took it."
+    );
+    describe_histogram!(
+        CHAT_FIRST_AGENT_REPLY,
+        Unit::Seconds,
+        "Time from an agent taking a chat to their first message in it."
+    );
+    describe_counter!(
+        CHAT_HANDOFFS,
+        "Handoffs from the AI to a human, by stage (requested, accepted)."
+    );
+    describe_counter!(
+        CHAT_ABANDONED,
+        "Chats whose customer left (or timed out) while waiting for an agent."
+    );
+    describe_gauge!(
+        AGENTS,
+        "Signed-in agents by presence (online, away, offline)."
+    );
+    describe_gauge!(AGENTS_LOAD, "Chats held by agents.");
+    describe_gauge!(AGENTS_CAPACITY, "Chats online agents can hold at once.");
+    describe_gauge!(AGENT_CONNECTIONS, "Open agent WebSocket connections.");
+    describe_counter!(AGENT_FRAMES_IN, "Agent frames received, by type.");
+    describe_counter!(AGENT_FRAMES_OUT, "Agent frames sent, by type.");
+    describe_counter!(
+        AGENT_REFUSED,
+        "Agent handshakes refused, by reason (unauthorized, forbidden, expired, capacity)."
+    );
 }
 
 /// Creates, at zero, the counters that alerts watch, so `rate()` and absent-series alerts work from
@@ -266,10 +326,13 @@ fn zero_alerting_counters() {
         "session_registry",
         "api",
         "chat_listener",
+        "agent",
+        "agent_registry",
+        "queue",
     ] {
         metrics::counter!(ACTOR_RESTARTS, "kind" => kind, "cause" => "panic").absolute(0);
     }
-    for supervisor in ["root", "chat", "tickets", "sessions"] {
+    for supervisor in ["root", "chat", "tickets", "sessions", "agents"] {
         metrics::counter!(SUPERVISOR_ESCALATIONS, "supervisor" => supervisor).absolute(0);
     }
     for (lane, endpoints) in [
@@ -289,4 +352,12 @@ fn zero_alerting_counters() {
     metrics::counter!(DEAD_LETTERS).absolute(0);
     metrics::counter!(CHAT_SLOW_CONSUMERS).absolute(0);
     metrics::counter!(CHAT_RATE_LIMITED).absolute(0);
+    metrics::counter!(CHAT_ABANDONED).absolute(0);
+    for stage in ["requested", "accepted"] {
+        metrics::counter!(CHAT_HANDOFFS, "stage" => stage).absolute(0);
+    }
+    metrics::gauge!(CHAT_QUEUE_LENGTH).set(0.0);
+    for presence in ["online", "away", "offline"] {
+        metrics::gauge!(AGENTS, "presence" => presence).set(0.0);
+    }
 }

@@ -1,5 +1,6 @@
-//! Who the customer is: an optional HS256 token in `session.start` identifies a known customer
-//! (`sessions.jwt_secret`); without one the visitor is anonymous.
+//! Who is connecting. Customers: an optional HS256 token in `session.start` identifies a known
+//! customer (`sessions.jwt_secret`); without one the visitor is anonymous. Agents: an HS256 token
+//! with `role` = "agent" is required at the handshake (`agents.jwt_secret`).
 
 use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -70,6 +71,89 @@ pub fn customer(
     })
 }
 
+/// A signed-in agent, from their token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentIdentity {
+    pub id: crate::domain::ids::AgentId,
+    pub name: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+/// Why an agent's token was refused; each maps to the handshake's status.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentAuthError {
+    #[error("an agent token is required (Authorization: Bearer, or ?access_token=)")]
+    Missing,
+    #[error("agents cannot sign in here (no agents.jwt_secret is configured)")]
+    NotConfigured,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid")]
+    Invalid(#[source] jsonwebtoken::errors::Error),
+    #[error("the token is for role `{0}`, not an agent")]
+    WrongRole(String),
+}
+
+impl AgentAuthError {
+    /// The HTTP status and error code that refuse the handshake.
+    pub fn status(&self) -> (u16, &'static str) {
+        match self {
+            Self::WrongRole(_) => (403, "forbidden"),
+            Self::Expired => (401, "token_expired"),
+            _ => (401, "unauthorized"),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct AgentClaims {
+    sub: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    role: String,
+    exp: u64,
+}
+
+/// Checks an agent's token: signed with `secret`, unexpired, `role` = "agent".
+pub fn agent(token: Option<&str>, secret: &str) -> Result<AgentIdentity, AgentAuthError> {
+    let token = token
+        .filter(|t| !t.is_empty())
+        .ok_or(AgentAuthError::Missing)?;
+    if secret.is_empty() {
+        return Err(AgentAuthError::NotConfigured);
+    }
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    validation.leeway = 0;
+    let data = decode::<AgentClaims>(
+        token,
+        &DecodingKey::from_secret(secret.as_bytes()),
+        &validation,
+    )
+    .map_err(|e| match e.kind() {
+        jsonwebtoken::errors::ErrorKind::ExpiredSignature => AgentAuthError::Expired,
+        _ => AgentAuthError::Invalid(e),
+    })?;
+    let claims = data.claims;
+    if claims.role != "agent" {
+        return Err(AgentAuthError::WrongRole(claims.role));
+    }
+    if claims.sub.is_empty() || claims.sub.len() > 128 {
+        return Err(AgentAuthError::Missing);
+    }
+    Ok(AgentIdentity {
+        name: if claims.name.is_empty() {
+            claims.sub.clone()
+        } else {
+            claims.name
+        },
+        id: crate::domain::ids::AgentId::from(claims.sub.as_str()),
+        expires_at: claims.exp,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use jsonwebtoken::{encode, EncodingKey, Header};
@@ -131,5 +215,32 @@ mod tests {
             customer(Some("x.y.z"), "", SessionId::new()),
             Err(AuthError::NotConfigured)
         ));
+    }
+
+    #[test]
+    fn agents_need_a_valid_unexpired_agent_token() {
+        let ok = token(
+            json!({"sub": "a-1", "name": "Grace", "role": "agent", "exp": exp(60)}),
+            SECRET,
+        );
+        let a = agent(Some(&ok), SECRET).unwrap();
+        assert_eq!((a.id.as_str(), a.name.as_str()), ("a-1", "Grace"));
+        let status = |t: Option<&str>, secret: &str| agent(t, secret).unwrap_err().status();
+        assert_eq!(status(None, SECRET), (401, "unauthorized"));
+        assert_eq!(status(Some(&ok), ""), (401, "unauthorized"));
+        let wrong = "another-secret-another-secret-xx";
+        assert_eq!(status(Some(&ok), wrong), (401, "unauthorized"));
+        let expired = token(
+            json!({"sub": "a", "role": "agent", "exp": exp(-10)}),
+            SECRET,
+        );
+        assert_eq!(status(Some(&expired), SECRET), (401, "token_expired"));
+        let customer = token(
+            json!({"sub": "c", "role": "customer", "exp": exp(60)}),
+            SECRET,
+        );
+        assert_eq!(status(Some(&customer), SECRET), (403, "forbidden"));
+        let no_role = token(json!({"sub": "c", "exp": exp(60)}), SECRET);
+        assert_eq!(status(Some(&no_role), SECRET), (403, "forbidden"));
     }
 }

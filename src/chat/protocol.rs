@@ -90,6 +90,9 @@ pub enum ServerFrame {
         /// The customer's display name when a token identified them.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         customer: Option<String>,
+        /// Whether any human agent is online now (`presence` frames follow its changes).
+        #[serde(default)]
+        agents_online: bool,
     },
     /// A resume was accepted; replayed frames (seq after `last_seq`) follow, then the live stream.
     #[serde(rename = "session.resumed")]
@@ -130,6 +133,21 @@ pub enum ServerFrame {
     /// The session waits for a human agent.
     #[serde(rename = "session.queued")]
     Queued { seq: u64, reason: String },
+    /// A human agent took the chat; their messages follow as `message` from `agent`.
+    #[serde(rename = "agent.joined")]
+    AgentJoined { seq: u64, name: String },
+    /// The agent left the chat (the AI answers again, or the session waits for another agent).
+    #[serde(rename = "agent.left")]
+    AgentLeft { seq: u64, name: String },
+    /// While queued: the session's place in the queue (1 is next), sent whenever it changes.
+    #[serde(rename = "queue.position")]
+    QueuePosition {
+        position: usize,
+        agents_online: bool,
+    },
+    /// Whether any human agent is online, sent whenever that changes.
+    #[serde(rename = "presence")]
+    Presence { agents_online: bool },
     /// The session ended; the connection closes after this frame.
     #[serde(rename = "session.closed")]
     Closed { seq: u64, reason: CloseReason },
@@ -153,6 +171,8 @@ impl ServerFrame {
             | Self::ActionProposed { seq, .. }
             | Self::TicketCreated { seq, .. }
             | Self::Queued { seq, .. }
+            | Self::AgentJoined { seq, .. }
+            | Self::AgentLeft { seq, .. }
             | Self::Closed { seq, .. } => Some(*seq),
             _ => None,
         }
@@ -169,6 +189,10 @@ impl ServerFrame {
             Self::ActionProposed { .. } => "action.proposed",
             Self::TicketCreated { .. } => "ticket.created",
             Self::Queued { .. } => "session.queued",
+            Self::AgentJoined { .. } => "agent.joined",
+            Self::AgentLeft { .. } => "agent.left",
+            Self::QueuePosition { .. } => "queue.position",
+            Self::Presence { .. } => "presence",
             Self::Closed { .. } => "session.closed",
             Self::Error { .. } => "error",
             Self::Pong { .. } => "pong",
@@ -216,6 +240,8 @@ pub enum CloseReason {
     IdleTimeout,
     /// The server is shutting down.
     ServerShutdown,
+    /// The agent holding the session ended it.
+    AgentClosed,
 }
 
 /// The `code` of an `error` frame; docs/protocol.md lists when each is sent.
@@ -243,6 +269,40 @@ pub enum ErrorCode {
     UnknownAction,
     /// The ticket could not be created now; the customer may try again.
     TicketFailed,
+    /// Agents: another agent holds the session.
+    AlreadyClaimed,
+    /// Agents: the frame names a session this agent does not hold.
+    NotJoined,
+    /// Agents: joining would exceed the agent's capacity.
+    AtCapacity,
+    /// Agents: no live session has this id.
+    UnknownSession,
+    /// Agents: the token expired; the connection closes (4011). Reconnect with a fresh token.
+    TokenExpired,
+}
+
+impl ErrorCode {
+    /// The code as sent, for metrics labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::MalformedFrame => "malformed_frame",
+            Self::UnknownType => "unknown_type",
+            Self::InvalidFrame => "invalid_frame",
+            Self::NoSession => "no_session",
+            Self::AlreadyStarted => "already_started",
+            Self::Unauthorized => "unauthorized",
+            Self::ResumeRefused => "resume_refused",
+            Self::RateLimited => "rate_limited",
+            Self::SessionClosed => "session_closed",
+            Self::UnknownAction => "unknown_action",
+            Self::TicketFailed => "ticket_failed",
+            Self::AlreadyClaimed => "already_claimed",
+            Self::NotJoined => "not_joined",
+            Self::AtCapacity => "at_capacity",
+            Self::UnknownSession => "unknown_session",
+            Self::TokenExpired => "token_expired",
+        }
+    }
 }
 
 /// Why a text frame could not be read as a [`ClientFrame`].
@@ -276,12 +336,13 @@ const CLIENT_TYPES: [&str; 8] = [
 pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
     match serde_json::from_str::<ClientFrame>(text) {
         Ok(frame) => Ok(frame),
-        Err(e) => Err(classify(text, &e)),
+        Err(e) => Err(classify(text, &e, &CLIENT_TYPES)),
     }
 }
 
-/// Only a bad frame pays for a second parse, to say precisely what is wrong.
-fn classify(text: &str, e: &serde_json::Error) -> FrameError {
+/// Says precisely what is wrong with a frame that did not parse (only a bad frame pays for this
+/// second parse); `known` are the `type`s the reader accepts.
+pub(crate) fn classify(text: &str, e: &serde_json::Error, known: &[&str]) -> FrameError {
     let fail = |code, message: String| FrameError { code, message };
     let value: serde_json::Value = match serde_json::from_str(text) {
         Ok(v) => v,
@@ -296,7 +357,7 @@ fn classify(text: &str, e: &serde_json::Error) -> FrameError {
     let Some(kind) = kind.as_str() else {
         return fail(ErrorCode::MalformedFrame, "`type` must be a string".into());
     };
-    if !CLIENT_TYPES.contains(&kind) {
+    if !known.contains(&kind) {
         return fail(
             ErrorCode::UnknownType,
             format!("unknown frame type `{kind}`"),
@@ -339,6 +400,8 @@ pub mod close {
     /// The client resumed from a seq older than the session's kept history: frames would be
     /// missing. Start a new session.
     pub const HISTORY_LOST: u16 = 4010;
+    /// An agent's token expired; reconnect with a fresh one (and resume).
+    pub const TOKEN_EXPIRED: u16 = 4011;
 }
 
 #[cfg(test)]

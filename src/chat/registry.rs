@@ -8,8 +8,9 @@
 //! routing a resume to the session it names, and one [`Tick`] for all sessions each heartbeat
 //! interval (heartbeats and timeouts without a timer per session).
 //!
-//! Takes [`StartSession`], [`ResumeSession`], [`CountSessions`], [`EndAll`]; sessions report their
-//! exits as [`SessionExited`].
+//! Takes [`StartSession`], [`ResumeSession`], [`CountSessions`], [`EndAll`], and from the routing
+//! queue [`LookupSession`] and [`BroadcastToSessions`]; sessions report their exits as
+//! [`SessionExited`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use actix::prelude::*;
 use super::auth;
 use super::link::{Lane, Local};
 use super::protocol::{close, ErrorCode, ServerFrame};
+use super::routing::{SessionCommand, SessionHandle};
 use super::session::{Attach, EndSession, InjectPanic, Resume, Session, SessionDeps, Tick};
 use crate::domain::ids::SessionId;
 use crate::metrics as m;
@@ -63,6 +65,19 @@ pub struct EndAll;
 pub struct PanicSession {
     pub id: SessionId,
 }
+
+/// The queue → registry: the handle of a live session, if there is one (an agent may take a chat
+/// that is not waiting).
+#[derive(Message, Debug)]
+#[rtype(result = "Option<SessionHandle>")]
+pub struct LookupSession {
+    pub id: SessionId,
+}
+
+/// The queue → registry: a command for every live session (whether agents are online).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct BroadcastToSessions(pub SessionCommand);
 
 /// A session's exit, as its supervision wrapper reports it.
 pub type SessionExited = ChildExited<SessionId, Session>;
@@ -233,5 +248,21 @@ impl Handler<PanicSession> for SessionRegistry {
             }
             None => false,
         }
+    }
+}
+
+impl Handler<LookupSession> for SessionRegistry {
+    type Result = Option<SessionHandle>;
+
+    fn handle(&mut self, msg: LookupSession, _: &mut Context<Self>) -> Self::Result {
+        self.children.get(msg.id).map(|a| a.recipient())
+    }
+}
+
+impl Handler<BroadcastToSessions> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: BroadcastToSessions, _: &mut Context<Self>) {
+        self.children.broadcast(msg.0);
     }
 }

@@ -9,11 +9,19 @@
 //! outbox, and service actions. The registry's periodic [`Tick`] drives heartbeats and timeouts, so
 //! an idle session holds no timer of its own.
 //!
-//! Takes: [`Attach`], [`Resume`], [`Tick`], [`EndSession`], the keyed supervisor's `Passivate` and
-//! `Hibernate`, and its connection's [`Inbound`] stream.
+//! While an agent holds the session (see [`owner`]), the AI is silent and every numbered frame,
+//! the customer's messages included, is forwarded to that agent; while it waits for one it is in
+//! the routing queue (src/chat/queue.rs). Handoffs reach Django through the outbox.
+//!
+//! Takes: [`Attach`], [`Resume`], [`Tick`], [`EndSession`], [`SessionCommand`] (agents and the
+//! queue; src/chat/session/agents.rs), the keyed supervisor's `Passivate` and `Hibernate`, and its
+//! connection's [`Inbound`] stream.
 
+mod agents;
+pub mod owner;
 pub mod state;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,13 +29,16 @@ use actix::prelude::*;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use uuid::Uuid;
 
-use self::state::{Accepted, AiCall, CustomerInfo, Effect, Limits, ReplayError, SessionState};
+use self::state::{
+    Accepted, AfterLeave, AiCall, CustomerInfo, Effect, Limits, ReplayError, SessionState,
+};
 use super::link::{Connection, Inbound, Lane, Link, Local, SendError};
 use super::protocol::{self, close, Author, ClientFrame, CloseReason, ErrorCode, ServerFrame};
+use super::routing::{AgentHandle, ToAgent, ToQueue};
 use crate::bridge::wire::{AiRespondRequest, Customer, ServiceActionRequest};
 use crate::bridge::{AiRespond, ManageService};
 use crate::config::SessionSettings;
-use crate::domain::ids::{RequestId, SessionId, TicketId};
+use crate::domain::ids::{AgentId, RequestId, SessionId, TicketId};
 use crate::domain::principal::Principal;
 use crate::domain::status::Status;
 use crate::domain::ticket::{Priority, Source, Ticket};
@@ -48,6 +59,12 @@ pub struct SessionDeps {
     /// Ticket subjects and descriptions are checked against the ticket limits.
     pub max_subject_chars: usize,
     pub max_description_chars: usize,
+    /// The routing queue.
+    pub queue: Recipient<ToQueue>,
+    /// Whether any agent is online (kept by the queue), for `session.started`.
+    pub agents_online: Arc<AtomicBool>,
+    /// `agents.on_leave`.
+    pub after_leave: AfterLeave,
 }
 
 /// Registry → session: attach this connection (a new session's first, or a resume's after its
@@ -98,9 +115,24 @@ struct Attached {
     limiter: DefaultDirectRateLimiter,
 }
 
+/// The agent holding the session, as the actor reaches them.
+struct AgentLink {
+    id: AgentId,
+    handle: AgentHandle,
+    /// The newest seq forwarded to them.
+    forwarded: u64,
+    claimed_at: Instant,
+    replied: bool,
+}
+
 pub struct Session {
     state: SessionState,
     deps: Arc<SessionDeps>,
+    agent: Option<AgentLink>,
+    /// In the routing queue (told `Enqueue`, not yet claimed or dequeued).
+    in_queue: bool,
+    /// The queue position last told to the customer.
+    position: Option<usize>,
     attached: Option<Attached>,
     last_customer: Instant,
     detached_at: Option<Instant>,
@@ -116,6 +148,9 @@ impl Session {
         Self {
             state: SessionState::new(id, token, customer, chrono::Utc::now()),
             deps,
+            agent: None,
+            in_queue: false,
+            position: None,
             attached: None,
             last_customer: Instant::now(),
             detached_at: Some(Instant::now()),
@@ -154,7 +189,7 @@ impl Session {
     }
 
     fn error(&mut self, code: ErrorCode, message: impl Into<String>, client_id: Option<String>) {
-        metrics::counter!(m::CHAT_FRAME_ERRORS, "code" => error_label(code)).increment(1);
+        metrics::counter!(m::CHAT_FRAME_ERRORS, "code" => code.label()).increment(1);
         let frame = ServerFrame::Error {
             code,
             message: message.into(),
@@ -214,11 +249,14 @@ impl Session {
                     operation,
                     params,
                 } => self.run_service(action_id, service, operation, params, ctx),
+                Effect::Enqueue { reason } => self.enqueue(reason, ctx),
                 Effect::Close(reason) => {
+                    self.forward_to_agent();
                     self.end(reason, ctx);
                 }
             }
         }
+        self.forward_to_agent();
     }
 
     fn end(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
@@ -226,6 +264,7 @@ impl Session {
             CloseReason::CustomerClosed => "customer_closed",
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::ServerShutdown => "server_shutdown",
+            CloseReason::AgentClosed => "agent_closed",
         };
         metrics::counter!(m::CHAT_SESSIONS_CLOSED, "reason" => label).increment(1);
         tracing::info!(session_id = %self.id(), reason = label, "chat session ended");
@@ -280,6 +319,8 @@ impl Session {
                     }
                     let now = chrono::Utc::now();
                     let limits = act.limits();
+                    // An agent who took the chat meanwhile already cleared the AI's typing.
+                    let ai_answering = act.state.owner.is_ai();
                     let effects = match result {
                         Ok(Ok(reply)) => {
                             let effects = act.state.ai_replied(
@@ -310,13 +351,15 @@ impl Session {
                             act.state.ai_failed(&limits, message_id, now)
                         }
                     };
-                    act.deliver(
-                        &ServerFrame::Typing {
-                            from: Author::Ai,
-                            active: false,
-                        },
-                        Lane::Droppable,
-                    );
+                    if ai_answering {
+                        act.deliver(
+                            &ServerFrame::Typing {
+                                from: Author::Ai,
+                                active: false,
+                            },
+                            Lane::Droppable,
+                        );
+                    }
                     act.run(effects, ctx);
                 }),
         );
@@ -330,6 +373,9 @@ impl Session {
         asked_by: &'static str,
         ctx: &mut Context<Self>,
     ) {
+        let agent = (asked_by == "agent")
+            .then(|| self.agent.as_ref().map(|a| a.handle.clone()))
+            .flatten();
         let now = crate::store::now();
         let session_id = self.id();
         let ticket = Ticket {
@@ -386,14 +432,27 @@ impl Session {
                 let limits = act.limits();
                 let frame = act.state.ticket_created(&limits, ticket_id);
                 act.deliver(&frame, Lane::Reliable);
+                act.forward_to_agent();
+                if let Some(agent) = agent {
+                    agent.do_send(ToAgent::Ticket {
+                        session_id: act.id(),
+                        ticket_id: Some(ticket_id),
+                    });
+                }
             }
             Err(why) => {
                 tracing::warn!(session_id = %act.id(), error = %why, "ticket from chat failed");
-                act.error(
-                    ErrorCode::TicketFailed,
-                    "the ticket could not be created; please try again",
-                    None,
-                );
+                match agent {
+                    Some(agent) => agent.do_send(ToAgent::Ticket {
+                        session_id: act.id(),
+                        ticket_id: None,
+                    }),
+                    None => act.error(
+                        ErrorCode::TicketFailed,
+                        "the ticket could not be created; please try again",
+                        None,
+                    ),
+                }
             }
         }));
     }
@@ -433,6 +492,7 @@ impl Session {
             let limits = act.limits();
             let frame = act.state.system(&limits, text, chrono::Utc::now());
             act.deliver(&frame, Lane::Reliable);
+            act.forward_to_agent();
         }));
     }
 
@@ -473,9 +533,15 @@ impl Session {
                     ),
                 }
             }
-            ClientFrame::Typing { .. } => {
-                // Nobody but the AI answers yet, and it does not watch typing.
+            ClientFrame::Typing { active } => {
                 self.last_customer = Instant::now();
+                // Only a human watches typing; the AI does not.
+                if let Some(agent) = &self.agent {
+                    agent.handle.do_send(ToAgent::Typing {
+                        session_id: self.state.id,
+                        active,
+                    });
+                }
             }
             ClientFrame::CreateTicket {
                 subject,
@@ -521,7 +587,8 @@ fn nonzero(n: u32) -> std::num::NonZeroU32 {
     std::num::NonZeroU32::new(n.max(1)).unwrap_or(std::num::NonZeroU32::MIN)
 }
 
-fn check_message(client_id: &str, text: &str, max_chars: usize) -> Result<(), String> {
+/// Checks a chat message's `client_id` and text (customers' and agents' alike).
+pub(crate) fn check_message(client_id: &str, text: &str, max_chars: usize) -> Result<(), String> {
     if client_id.is_empty()
         || client_id.len() > 64
         || !client_id.chars().all(|c| c.is_ascii_graphic())
@@ -540,24 +607,38 @@ fn check_message(client_id: &str, text: &str, max_chars: usize) -> Result<(), St
     Ok(())
 }
 
-fn error_label(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::MalformedFrame => "malformed_frame",
-        ErrorCode::UnknownType => "unknown_type",
-        ErrorCode::InvalidFrame => "invalid_frame",
-        ErrorCode::NoSession => "no_session",
-        ErrorCode::AlreadyStarted => "already_started",
-        ErrorCode::Unauthorized => "unauthorized",
-        ErrorCode::ResumeRefused => "resume_refused",
-        ErrorCode::RateLimited => "rate_limited",
-        ErrorCode::SessionClosed => "session_closed",
-        ErrorCode::UnknownAction => "unknown_action",
-        ErrorCode::TicketFailed => "ticket_failed",
-    }
-}
-
 impl Actor for Session {
     type Context = Context<Self>;
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        // Whoever routes to this session must not wait for it any longer: a session that stops
+        // while waiting was abandoned (closed, timed out or never resumed); one an agent held is
+        // released from their hands.
+        if self.in_queue {
+            self.in_queue = false;
+            self.deps.queue.do_send(ToQueue::Dequeue {
+                session_id: self.id(),
+                abandoned: true,
+            });
+        }
+        if let Some(link) = self.agent.take() {
+            let frames = self.state.frames_after(link.forwarded);
+            if !frames.is_empty() {
+                link.handle.do_send(ToAgent::Frames {
+                    session_id: self.id(),
+                    frames,
+                });
+            }
+            link.handle.do_send(ToAgent::Released {
+                session_id: self.id(),
+                reason: crate::chat::agent::protocol::Released::Closed,
+            });
+            self.deps.queue.do_send(ToQueue::Released {
+                session_id: self.id(),
+                agent: link.id,
+            });
+        }
+    }
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         metrics::counter!(m::CHAT_SESSIONS_STARTED).increment(1);
@@ -639,6 +720,7 @@ impl Handler<Attach> for Session {
                 .customer
                 .known
                 .then(|| self.state.customer.name.clone()),
+            agents_online: self.deps.agents_online.load(Ordering::Relaxed),
         };
         self.deliver(&started, Lane::Reliable);
         metrics::histogram!(m::CHAT_ROUTING).record(msg.started_at.elapsed().as_secs_f64());
@@ -703,6 +785,7 @@ impl Handler<Resume> for Session {
         };
         self.deliver(&resumed, Lane::Reliable);
         self.replay(msg.last_seq);
+        self.tell_position();
         metrics::histogram!(m::CHAT_ROUTING).record(msg.started_at.elapsed().as_secs_f64());
     }
 }

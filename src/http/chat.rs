@@ -9,6 +9,12 @@
 //! `session.start` or `session.resume` within `sessions.handshake_timeout_ms`; the connection then
 //! goes to the session registry, which attaches it to its session.
 //!
+//! `/ws/agent` signs the agent in at the handshake: a token (`Authorization: Bearer`, or
+//! `?access_token=` for browsers) that is missing, invalid or signed with another secret is
+//! answered 401 `unauthorized`, an expired one 401 `token_expired`, another role 403 `forbidden`,
+//! and past `agents.max_agents` 503. The first frame must be `agent.start` or `agent.resume`; the
+//! connection then goes to the agent registry.
+//!
 //! [`ChatListener`] runs the loop as a supervised child: stopping it closes the listening socket
 //! at once (new connections are refused), while sessions go on until the registry ends them.
 
@@ -25,8 +31,14 @@ use futures_util::future::{FutureExt, LocalBoxFuture};
 use futures_util::{Stream, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
+use crate::chat::agent::protocol::{self as agent_protocol, AgentFrame};
+use crate::chat::agent::Opening;
+use crate::chat::agents::{AgentConnected, AgentRegistry};
+use crate::chat::auth::{self, AgentIdentity};
 use crate::chat::link::{Connection, Inbound, Lane, Link, Local, SendError};
-use crate::chat::protocol::{self, close, ClientFrame, ErrorCode, ServerFrame, SUBPROTOCOL};
+use crate::chat::protocol::{
+    self, close, ClientFrame, ErrorCode, FrameError, ServerFrame, SUBPROTOCOL,
+};
 use crate::chat::registry::{ResumeSession, SessionRegistry, StartSession};
 use crate::config::Settings;
 use crate::metrics as m;
@@ -34,11 +46,25 @@ use crate::supervisor::supervised::Exit;
 use crate::supervisor::{Child, ExitReport, Restart, StartError};
 use crate::transport::{self, Head, Message, Route, TransportError};
 
+/// Where the listener hands connections, and the counts its admission reads.
+#[derive(Clone)]
+pub struct ChatRoutes {
+    pub sessions: Addr<SessionRegistry>,
+    pub agents: Addr<AgentRegistry>,
+    pub live_sessions: Arc<AtomicUsize>,
+    pub live_agents: Arc<AtomicUsize>,
+}
+
+/// Who an upgraded connection is for, decided from its head.
+enum Target {
+    Customer,
+    Agent(AgentIdentity),
+}
+
 /// What the accept loop needs; one per listener start.
 struct Shared {
-    registry: Addr<SessionRegistry>,
+    routes: ChatRoutes,
     settings: Arc<Settings>,
-    live_sessions: Arc<AtomicUsize>,
     admission: DefaultDirectRateLimiter,
     limits: transport::Limits,
     /// Connections accepted and not yet closed (gauge `switchboard_chat_sockets`).
@@ -46,8 +72,8 @@ struct Shared {
 }
 
 impl Shared {
-    /// Decides what to do with a request from its head alone.
-    fn route(&self, head: &Head) -> Route {
+    /// Decides what to do with a request from its head alone; an upgrade names its [`Target`].
+    fn route(&self, head: &Head, target: &mut Option<Target>) -> Route {
         let path = head.path.split('?').next().unwrap_or("");
         if path == "/healthz" && head.method == "GET" {
             return Route::Respond(http_json(
@@ -57,7 +83,7 @@ impl Shared {
                 &[],
             ));
         }
-        if path != "/ws/chat" {
+        if path != "/ws/chat" && path != "/ws/agent" {
             return Route::Respond(http_json(
                 404,
                 "Not Found",
@@ -81,8 +107,11 @@ impl Shared {
                 ));
             }
         }
+        if path == "/ws/agent" {
+            return self.route_agent(head, target);
+        }
         let sockets = usize::try_from(self.sockets.get()).unwrap_or(0);
-        if self.live_sessions.load(Ordering::Relaxed) >= s.max_sessions
+        if self.routes.live_sessions.load(Ordering::Relaxed) >= s.max_sessions
             || sockets >= self.settings.chat.max_connections
         {
             return refused("capacity", "too many chat sessions; retry later", "5");
@@ -90,8 +119,56 @@ impl Shared {
         if self.admission.check().is_err() {
             return refused("rate", "too many new connections; retry in a moment", "1");
         }
+        *target = Some(Target::Customer);
         Route::Upgrade
     }
+
+    /// Signs an agent in from the head's token (see the module docs for each refusal).
+    fn route_agent(&self, head: &Head, target: &mut Option<Target>) -> Route {
+        let token = bearer(head);
+        let identity = match auth::agent(token.as_deref(), &self.settings.agents.jwt_secret) {
+            Ok(identity) => identity,
+            Err(e) => {
+                let (status, code) = e.status();
+                metrics::counter!(m::AGENT_REFUSED, "reason" => code).increment(1);
+                tracing::info!(error = %e, code, "agent handshake refused");
+                let (reason, challenge) = if status == 403 {
+                    ("Forbidden", None)
+                } else {
+                    ("Unauthorized", Some(("WWW-Authenticate", "Bearer")))
+                };
+                return Route::Respond(http_json(
+                    status,
+                    reason,
+                    &error_body(code, &e.to_string()),
+                    challenge.as_slice(),
+                ));
+            }
+        };
+        if self.routes.live_agents.load(Ordering::Relaxed) >= self.settings.agents.max_agents {
+            metrics::counter!(m::AGENT_REFUSED, "reason" => "capacity").increment(1);
+            return refused("capacity", "too many agents signed in; retry later", "5");
+        }
+        *target = Some(Target::Agent(identity));
+        Route::Upgrade
+    }
+}
+
+/// An agent's token: `Authorization: Bearer …`, else the `access_token` query parameter (browsers
+/// cannot set headers on a WebSocket).
+fn bearer(head: &Head) -> Option<String> {
+    if let Some(value) = head.authorization.as_deref() {
+        let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_string());
+    }
+    let query = head.path.split_once('?')?.1;
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+        .ok()?
+        .into_iter()
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v)
 }
 
 /// A 503 with `Retry-After` (seconds), counted under `reason`.
@@ -194,11 +271,11 @@ fn events(inbound: transport::Inbound) -> impl Stream<Item = Inbound> {
 async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, shared: Rc<Shared>) {
     let _ = stream.set_nodelay(true);
     let head_wait = Duration::from_millis(shared.settings.chat.request_timeout_ms);
-    let wait = Duration::from_millis(shared.settings.sessions.handshake_timeout_ms);
+    let mut target = None;
     let accepted = tokio::time::timeout(
         head_wait,
         transport::accept_routed(stream, &[SUBPROTOCOL], &shared.limits, |head| {
-            shared.route(head)
+            shared.route(head, &mut target)
         }),
     )
     .await;
@@ -214,10 +291,25 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, share
             return;
         }
     };
-    let mut conn = Connection {
+    let conn = Connection {
         link: Box::new(SocketLink::new(outbound, shared.sockets.clone())),
         inbound: Box::pin(events(inbound)),
     };
+    match target {
+        Some(Target::Agent(identity)) => agent_first_frame(conn, identity, &shared).await,
+        _ => customer_first_frame(conn, &shared).await,
+    }
+}
+
+/// A connection's first frame other than a ping (answered), within the handshake timeout; `None`
+/// when the connection ended or was refused for it.
+async fn first_frame<F>(
+    conn: &mut Connection,
+    shared: &Shared,
+    parse: impl Fn(&str) -> Result<F, FrameError>,
+    is_ping: impl Fn(&F) -> bool,
+) -> Option<(F, Instant)> {
+    let wait = Duration::from_millis(shared.settings.sessions.handshake_timeout_ms);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let first = tokio::time::timeout_at(deadline, conn.inbound.next()).await;
@@ -227,59 +319,109 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, share
             Ok(Some(Inbound::Alive)) => continue,
             Ok(Some(Inbound::Broken { code, reason })) => {
                 conn.link.close(code, reason);
-                return;
+                return None;
             }
-            Ok(None) => return,
+            Ok(None) => return None,
             Err(_) => {
                 reject(
-                    &mut conn,
+                    conn,
                     ErrorCode::NoSession,
-                    "no session.start or session.resume in time",
+                    "no start or resume frame in time",
                 );
-                return;
+                return None;
             }
         };
-        match protocol::parse(&text) {
-            Ok(ClientFrame::Start { token }) => {
-                metrics::counter!(m::CHAT_FRAMES_IN, "type" => "session.start").increment(1);
-                shared.registry.do_send(StartSession {
-                    conn: Local::new(conn),
-                    token,
-                    started_at,
-                });
-            }
-            Ok(ClientFrame::Resume {
-                session_id,
-                resume_token,
-                last_seq,
-            }) => {
-                metrics::counter!(m::CHAT_FRAMES_IN, "type" => "session.resume").increment(1);
-                shared.registry.do_send(ResumeSession {
-                    conn: Local::new(conn),
-                    session_id,
-                    resume_token,
-                    last_seq,
-                    started_at,
-                });
-            }
-            Ok(ClientFrame::Ping {}) => {
+        match parse(&text) {
+            Ok(frame) if is_ping(&frame) => {
                 let _ = conn
                     .link
                     .send(ServerFrame::Pong {}.to_text(), Lane::Reliable);
-                continue;
             }
-            Ok(other) => reject(
-                &mut conn,
-                ErrorCode::NoSession,
-                &format!("`{}` before session.start or session.resume", other.kind()),
-            ),
-            Err(e) => reject(&mut conn, e.code, &e.message),
+            Ok(frame) => return Some((frame, started_at)),
+            Err(e) => {
+                reject(conn, e.code, &e.message);
+                return None;
+            }
         }
-        return;
     }
 }
 
-/// Refuses a connection that has no session: an `error` frame, then close 1008.
+async fn customer_first_frame(mut conn: Connection, shared: &Shared) {
+    let first = first_frame(&mut conn, shared, protocol::parse, |f| {
+        matches!(f, ClientFrame::Ping {})
+    })
+    .await;
+    let Some((frame, started_at)) = first else {
+        return;
+    };
+    let registry = &shared.routes.sessions;
+    match frame {
+        ClientFrame::Start { token } => {
+            metrics::counter!(m::CHAT_FRAMES_IN, "type" => "session.start").increment(1);
+            registry.do_send(StartSession {
+                conn: Local::new(conn),
+                token,
+                started_at,
+            });
+        }
+        ClientFrame::Resume {
+            session_id,
+            resume_token,
+            last_seq,
+        } => {
+            metrics::counter!(m::CHAT_FRAMES_IN, "type" => "session.resume").increment(1);
+            registry.do_send(ResumeSession {
+                conn: Local::new(conn),
+                session_id,
+                resume_token,
+                last_seq,
+                started_at,
+            });
+        }
+        other => reject(
+            &mut conn,
+            ErrorCode::NoSession,
+            &format!("`{}` before session.start or session.resume", other.kind()),
+        ),
+    }
+}
+
+async fn agent_first_frame(mut conn: Connection, identity: AgentIdentity, shared: &Shared) {
+    let first = first_frame(&mut conn, shared, agent_protocol::parse, |f| {
+        matches!(f, AgentFrame::Ping {})
+    })
+    .await;
+    let Some((frame, _)) = first else {
+        return;
+    };
+    metrics::counter!(m::AGENT_FRAMES_IN, "type" => frame.kind()).increment(1);
+    let opening = match frame {
+        AgentFrame::Start {
+            presence,
+            capacity,
+            auto_assign,
+        } => Opening::Start {
+            presence,
+            capacity,
+            auto_assign,
+        },
+        AgentFrame::Resume { last_seq } => Opening::Resume { last_seq },
+        other => {
+            return reject(
+                &mut conn,
+                ErrorCode::NoSession,
+                &format!("`{}` before agent.start or agent.resume", other.kind()),
+            )
+        }
+    };
+    shared.routes.agents.do_send(AgentConnected {
+        conn: Local::new(conn),
+        identity,
+        opening,
+    });
+}
+
+/// Refuses a connection that has no session (or agent): an `error` frame, then close 1008.
 fn reject(conn: &mut Connection, code: ErrorCode, message: &str) {
     let _ = conn
         .link
@@ -317,9 +459,8 @@ async fn accept_loop(
 pub struct ChatListener {
     listener: TcpListener,
     arbiter: ArbiterHandle,
-    registry: Addr<SessionRegistry>,
+    routes: ChatRoutes,
     settings: Arc<Settings>,
-    live_sessions: Arc<AtomicUsize>,
     listening: Arc<AtomicBool>,
     stop: Option<oneshot::Sender<()>>,
     finished: Option<oneshot::Receiver<()>>,
@@ -330,17 +471,15 @@ impl ChatListener {
     pub fn new(
         listener: TcpListener,
         arbiter: ArbiterHandle,
-        registry: Addr<SessionRegistry>,
+        routes: ChatRoutes,
         settings: Arc<Settings>,
-        live_sessions: Arc<AtomicUsize>,
         listening: Arc<AtomicBool>,
     ) -> Self {
         Self {
             listener,
             arbiter,
-            registry,
+            routes,
             settings,
-            live_sessions,
             listening,
             stop: None,
             finished: None,
@@ -355,9 +494,8 @@ impl ChatListener {
         })?;
         let (stop_tx, stop_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
-        let registry = self.registry.clone();
+        let routes = self.routes.clone();
         let settings = self.settings.clone();
-        let live_sessions = self.live_sessions.clone();
         let listening = self.listening.clone();
         let report = self.report.clone();
         // The loop holds `Rc`s (it and every connection stay on this arbiter), so it is made there.
@@ -367,7 +505,7 @@ impl ChatListener {
                 let quota = Quota::per_second(nonzero(s.admission_per_sec))
                     .allow_burst(nonzero(s.admission_burst));
                 let shared = Rc::new(Shared {
-                    registry,
+                    routes,
                     limits: transport::Limits {
                         max_frame: s.max_frame_bytes,
                         max_message: s.max_frame_bytes,
@@ -375,7 +513,6 @@ impl ChatListener {
                         max_head: settings.chat.max_header_bytes,
                     },
                     settings: settings.clone(),
-                    live_sessions,
                     admission: RateLimiter::direct(quota),
                     sockets: Rc::new(Cell::new(0)),
                 });

@@ -37,7 +37,7 @@ use crate::telemetry::panic_message;
 /// One per dynamic supervisor, shared by all its children: what they are and where their exits go.
 pub trait ExitSink<A: Actor>: Send + Sync + 'static {
     /// Names one child to its supervisor (a ticket's id).
-    type Key: Copy + Send + Unpin + 'static;
+    type Key: Clone + Send + Unpin + 'static;
 
     /// The children's kind, for logs and `switchboard_actor_restarts_total{kind}`.
     fn kind(&self) -> &'static str;
@@ -178,7 +178,7 @@ where
                 Parked { control: tx }
             });
             this.sink.exited(ChildExit {
-                key: this.key,
+                key: this.key.clone(),
                 child: this.fut.address().downgrade(),
                 exit,
                 parked,

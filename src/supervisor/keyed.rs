@@ -66,7 +66,7 @@ pub struct ExitsTo<K: Send + 'static, A: Actor> {
 
 impl<K, A> ExitSink<A> for ExitsTo<K, A>
 where
-    K: Copy + Send + Unpin + 'static,
+    K: Clone + Send + Unpin + 'static,
     A: Actor,
 {
     type Key = K;
@@ -173,7 +173,7 @@ fn millis(d: Duration) -> u32 {
 
 impl<K, A> KeyedChildren<K, A>
 where
-    K: Copy + Eq + Hash + fmt::Display + Send + Unpin + 'static,
+    K: Clone + Eq + Hash + fmt::Display + Send + Unpin + 'static,
     A: Actor<Context = Context<A>> + actix::Supervised + Handler<Passivate> + Handler<Hibernate>,
 {
     pub fn new(config: KeyedConfig) -> Self {
@@ -225,7 +225,7 @@ where
     /// # Panics
     /// If the owner never called [`Self::attach`].
     pub fn route(&mut self, key: K, make: impl FnOnce() -> A) -> (Addr<A>, bool) {
-        if let Some(addr) = self.get(key) {
+        if let Some(addr) = self.get(key.clone()) {
             return (addr, false);
         }
         let exits = self
@@ -233,7 +233,7 @@ where
             .clone()
             .expect("keyed children routed before their owner attached");
         let act = make();
-        let addr = dynamic::spawn(exits, key, move |_| act);
+        let addr = dynamic::spawn(exits, key.clone(), move |_| act);
         let seen = self.now();
         self.live.insert(
             key,

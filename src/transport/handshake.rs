@@ -77,6 +77,8 @@ pub struct Head {
     /// The request target, query included.
     pub path: String,
     pub origin: Option<String>,
+    /// The `Authorization` header, for routes that sign in at the handshake.
+    pub authorization: Option<String>,
 }
 
 /// A caller's decision on a request [`Head`].
@@ -96,16 +98,21 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<Head>, Handshake
         Ok(httparse::Status::Complete(n)) if n > max_head => {
             Err(HandshakeError::TooLarge(max_head))
         }
-        Ok(httparse::Status::Complete(_)) => Ok(Some(Head {
-            method: req.method.unwrap_or("").to_string(),
-            path: req.path.unwrap_or("/").to_string(),
-            origin: req
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("origin"))
-                .and_then(|h| std::str::from_utf8(h.value).ok())
-                .map(|v| v.trim().to_string()),
-        })),
+        Ok(httparse::Status::Complete(_)) => {
+            let header = |name: &str| {
+                req.headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                    .and_then(|h| std::str::from_utf8(h.value).ok())
+                    .map(|v| v.trim().to_string())
+            };
+            Ok(Some(Head {
+                method: req.method.unwrap_or("").to_string(),
+                path: req.path.unwrap_or("/").to_string(),
+                origin: header("origin"),
+                authorization: header("authorization"),
+            }))
+        }
         Ok(httparse::Status::Partial) if buf.len() > max_head => {
             Err(HandshakeError::TooLarge(max_head))
         }

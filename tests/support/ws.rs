@@ -37,9 +37,16 @@ pub struct ChatClient {
 impl ChatClient {
     /// Connects to `/ws/chat` offering `switchboard.v1`, with extra headers (e.g. `Origin`).
     pub async fn connect_with(addr: SocketAddr, headers: &[(&str, &str)]) -> Result<Self, u16> {
-        let mut req = format!("ws://{addr}/ws/chat")
-            .into_client_request()
-            .unwrap();
+        Self::connect_to(addr, "/ws/chat", headers).await
+    }
+
+    /// Connects to `path` (with its query) offering `switchboard.v1`; `Err`: the refusal's status.
+    pub async fn connect_to(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Self, u16> {
+        let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
         req.headers_mut().insert(
             "Sec-WebSocket-Protocol",
             HeaderValue::from_static(SUBPROTOCOL),

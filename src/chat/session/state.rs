@@ -9,13 +9,16 @@
 
 use std::collections::VecDeque;
 
+pub use crate::chat::history::ReplayError;
+use crate::chat::history::{History, Numbered};
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::chat::protocol::{Author, CloseReason, ProposedAction, ServerFrame};
 use crate::domain::chat::{AiAction, ChatRole, TranscriptLine};
-use crate::domain::ids::{MessageId, SessionId};
+use crate::domain::ids::{AgentId, MessageId, SessionId};
 use crate::domain::ticket::Priority;
 
 /// Limits one session lives within (from `[sessions]`).
@@ -32,15 +35,7 @@ pub struct CustomerInfo {
     pub known: bool,
 }
 
-/// Who answers the customer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Owner {
-    Ai,
-    /// Waiting for a human agent (the AI asked for a handoff).
-    Queued,
-    Closed,
-}
+pub use super::owner::{AfterLeave, AgentRef, Owner, OwnerEvent, Refused};
 
 /// How the session treats each AI action.
 trait ActionRules {
@@ -119,6 +114,10 @@ pub enum Effect {
         operation: String,
         params: serde_json::Value,
     },
+    /// The session now waits for a human agent: put it in the routing queue (and tell Django).
+    Enqueue {
+        reason: String,
+    },
     /// The session ended: close the connection after the frames before this.
     Close(CloseReason),
 }
@@ -142,15 +141,6 @@ struct Pending {
     action: AiAction,
 }
 
-/// Why a resume cannot replay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplayError {
-    /// The client claims frames the session never sent.
-    Ahead { newest: u64 },
-    /// Frames after `last_seq` are no longer kept.
-    Lost { oldest_kept: u64 },
-}
-
 /// The AI's turn: the message whose answer is awaited, and the messages sent meanwhile.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct AiTurn {
@@ -166,13 +156,18 @@ pub struct SessionState {
     pub customer: CustomerInfo,
     pub started_at: DateTime<Utc>,
     pub owner: Owner,
-    last_seq: u64,
-    /// Frames with a seq, oldest first; at most `history_max`.
-    history: VecDeque<ServerFrame>,
+    /// Frames with a seq; at most `history_max`.
+    history: History<ServerFrame>,
     /// `(client_id, seq)` of recent customer messages, oldest first; at most `dedupe_max`.
     recent: VecDeque<(String, u64)>,
     ai: AiTurn,
     pending: Vec<Pending>,
+}
+
+impl Numbered for ServerFrame {
+    fn seq(&self) -> Option<u64> {
+        ServerFrame::seq(self)
+    }
 }
 
 /// The text shown when the AI cannot answer.
@@ -192,8 +187,7 @@ impl SessionState {
             customer,
             started_at: now,
             owner: Owner::Ai,
-            last_seq: 0,
-            history: VecDeque::new(),
+            history: History::default(),
             recent: VecDeque::new(),
             ai: AiTurn::default(),
             pending: Vec::new(),
@@ -202,16 +196,22 @@ impl SessionState {
 
     /// The newest seq given out (0 before the first).
     pub fn last_seq(&self) -> u64 {
-        self.last_seq
+        self.history.last_seq()
     }
 
     pub fn is_closed(&self) -> bool {
         self.owner == Owner::Closed
     }
 
+    /// Applies an owner change, keeping the owner when it is refused.
+    fn set_owner(&mut self, event: OwnerEvent, after_leave: AfterLeave) -> Result<(), Refused> {
+        self.owner = self.owner.apply(event, after_leave)?;
+        Ok(())
+    }
+
     /// Frees what an idle session need not hold (spare capacity of its buffers).
     pub fn shrink(&mut self) {
-        self.history.shrink_to_fit();
+        self.history.shrink();
         self.recent.shrink_to_fit();
         self.pending.shrink_to_fit();
         self.ai.waiting.shrink_to_fit();
@@ -219,13 +219,7 @@ impl SessionState {
 
     /// Numbers `make`'s frame with the next seq, keeps it, and returns it.
     fn record(&mut self, limits: &Limits, make: impl FnOnce(u64) -> ServerFrame) -> ServerFrame {
-        self.last_seq += 1;
-        let frame = make(self.last_seq);
-        self.history.push_back(frame.clone());
-        while self.history.len() > limits.history_max.max(1) {
-            self.history.pop_front();
-        }
-        frame
+        self.history.record(limits.history_max, make)
     }
 
     fn message(
@@ -253,25 +247,12 @@ impl SessionState {
 
     /// Every kept frame after `last_seq`, oldest first, or why they cannot all be given.
     pub fn replay_after(&self, last_seq: u64) -> Result<Vec<ServerFrame>, ReplayError> {
-        if last_seq > self.last_seq {
-            return Err(ReplayError::Ahead {
-                newest: self.last_seq,
-            });
-        }
-        let oldest_kept = self
-            .history
-            .front()
-            .and_then(ServerFrame::seq)
-            .unwrap_or(self.last_seq + 1);
-        if last_seq + 1 < oldest_kept {
-            return Err(ReplayError::Lost { oldest_kept });
-        }
-        Ok(self
-            .history
-            .iter()
-            .filter(|f| f.seq().is_some_and(|s| s > last_seq))
-            .cloned()
-            .collect())
+        self.history.replay_after(last_seq)
+    }
+
+    /// The kept frames after `last_seq` (for an agent following the session).
+    pub fn frames_after(&self, last_seq: u64) -> Vec<ServerFrame> {
+        self.history.after(last_seq).cloned().collect()
     }
 
     /// The chat so far as Django's transcript lines (what is kept of it), oldest first.
@@ -322,13 +303,10 @@ impl SessionState {
             Some(client_id.clone()),
             now,
         );
-        let seq = self.last_seq;
-        self.recent.push_back((client_id, seq));
-        while self.recent.len() > limits.dedupe_max.max(1) {
-            self.recent.pop_front();
-        }
+        let seq = self.last_seq();
+        self.remember(limits, client_id, seq);
         let mut effects = Vec::new();
-        if self.owner == Owner::Ai {
+        if self.owner.is_ai() {
             let message_id = MessageId::new();
             if self.ai.in_flight.is_some() {
                 self.ai.waiting.push((message_id, text));
@@ -351,7 +329,7 @@ impl SessionState {
     /// The next call, for the messages sent while the last one was out (joined in order).
     fn next_ai(&mut self, limits: &Limits) -> Option<Effect> {
         self.ai.in_flight = None;
-        if self.ai.waiting.is_empty() || self.owner != Owner::Ai {
+        if self.ai.waiting.is_empty() || !self.owner.is_ai() {
             self.ai.waiting.clear();
             return None;
         }
@@ -376,7 +354,7 @@ impl SessionState {
         handoff: bool,
         now: DateTime<Utc>,
     ) -> Vec<Effect> {
-        if self.ai.in_flight != Some(message_id) || self.owner != Owner::Ai {
+        if self.ai.in_flight != Some(message_id) || !self.owner.is_ai() {
             return Vec::new();
         }
         let mut effects = Vec::new();
@@ -414,7 +392,7 @@ impl SessionState {
         message_id: MessageId,
         now: DateTime<Utc>,
     ) -> Vec<Effect> {
-        if self.ai.in_flight != Some(message_id) || self.owner != Owner::Ai {
+        if self.ai.in_flight != Some(message_id) || !self.owner.is_ai() {
             return Vec::new();
         }
         let mut effects = vec![Effect::Send(self.system(
@@ -484,13 +462,112 @@ impl SessionState {
 
     /// Moves the session to the queue for a human agent; the AI stops answering.
     fn queue(&mut self, limits: &Limits, reason: String) -> Vec<Effect> {
-        if self.owner != Owner::Ai {
+        if !self.owner.is_ai() {
             return Vec::new();
         }
-        self.owner = Owner::Queued;
+        let event = OwnerEvent::Handoff {
+            reason: reason.clone(),
+        };
+        if self.set_owner(event, AfterLeave::Ai).is_err() {
+            return Vec::new();
+        }
         self.ai.waiting.clear();
-        let frame = self.record(limits, |seq| ServerFrame::Queued { seq, reason });
-        vec![Effect::Send(frame)]
+        self.queued_frames(limits, reason)
+    }
+
+    fn queued_frames(&mut self, limits: &Limits, reason: String) -> Vec<Effect> {
+        let frame = self.record(limits, |seq| ServerFrame::Queued {
+            seq,
+            reason: reason.clone(),
+        });
+        vec![Effect::Send(frame), Effect::Enqueue { reason }]
+    }
+
+    /// An agent takes the session: a reply the AI still owes is dropped, its proposals lapse, and
+    /// the customer is told who joined. Claiming a session one already holds changes nothing.
+    pub fn claim(&mut self, limits: &Limits, agent: AgentRef) -> Result<Vec<Effect>, Refused> {
+        if self.owner.agent().is_some_and(|a| a.id == agent.id) {
+            return Ok(Vec::new());
+        }
+        self.set_owner(OwnerEvent::Claim(agent.clone()), AfterLeave::Ai)?;
+        self.ai = AiTurn::default();
+        self.pending.clear();
+        let frame = self.record(limits, |seq| ServerFrame::AgentJoined {
+            seq,
+            name: agent.name,
+        });
+        Ok(vec![Effect::Send(frame)])
+    }
+
+    /// The agent holding the session left it (`lost`: they are gone, not by choice). The customer
+    /// is told; the AI answers again or the session waits for another agent.
+    pub fn release(
+        &mut self,
+        limits: &Limits,
+        agent: &AgentId,
+        lost: bool,
+        after_leave: AfterLeave,
+    ) -> Result<Vec<Effect>, Refused> {
+        let name = match self.owner.agent() {
+            Some(a) if a.id == *agent => a.name.clone(),
+            _ if self.is_closed() => return Err(Refused::Closed),
+            _ => return Err(Refused::NotOwner),
+        };
+        let event = if lost {
+            OwnerEvent::AgentLost(agent.clone())
+        } else {
+            OwnerEvent::Leave(agent.clone())
+        };
+        self.set_owner(event, after_leave)?;
+        let mut effects = vec![Effect::Send(
+            self.record(limits, |seq| ServerFrame::AgentLeft { seq, name }),
+        )];
+        if let Owner::Queued { reason } = &self.owner {
+            let reason = reason.clone();
+            effects.extend(self.queued_frames(limits, reason));
+        }
+        Ok(effects)
+    }
+
+    /// A message from the agent holding the session, once per `client_id`.
+    pub fn agent_message(
+        &mut self,
+        limits: &Limits,
+        agent: &AgentId,
+        client_id: String,
+        text: String,
+        now: DateTime<Utc>,
+    ) -> Result<Accepted, Refused> {
+        let name = match self.owner.agent() {
+            Some(a) if a.id == *agent => a.name.clone(),
+            _ if self.is_closed() => return Err(Refused::Closed),
+            _ => return Err(Refused::NotOwner),
+        };
+        let key = format!("agent:{client_id}");
+        if let Some((_, seq)) = self.recent.iter().find(|(id, _)| *id == key) {
+            return Ok(Accepted::Duplicate { seq: *seq });
+        }
+        let frame = self.record(limits, |seq| ServerFrame::Message {
+            seq,
+            from: Author::Agent,
+            text,
+            at: now,
+            client_id: Some(client_id),
+            name: Some(name),
+        });
+        let seq = self.last_seq();
+        self.remember(limits, key, seq);
+        Ok(Accepted::New {
+            seq,
+            effects: vec![Effect::Send(frame)],
+        })
+    }
+
+    fn remember(&mut self, limits: &Limits, client_id: String, seq: u64) {
+        self.recent.push_back((client_id, seq));
+        while self.recent.len() > limits.dedupe_max.max(1) {
+            self.recent.pop_front();
+        }
     }
 
     /// The customer accepted or declined a proposed action. `None`: no such action is pending.
@@ -521,10 +598,9 @@ impl SessionState {
 
     /// Ends the session: the last frame, then close.
     pub fn close(&mut self, limits: &Limits, reason: CloseReason) -> Vec<Effect> {
-        if self.is_closed() {
+        if self.set_owner(OwnerEvent::Close, AfterLeave::Ai).is_err() {
             return Vec::new();
         }
-        self.owner = Owner::Closed;
         self.ai = AiTurn::default();
         self.pending.clear();
         let frame = self.record(limits, |seq| ServerFrame::Closed { seq, reason });
@@ -709,30 +785,9 @@ mod tests {
         assert!(effects
             .iter()
             .any(|e| matches!(e, Effect::Send(ServerFrame::Queued { .. }))));
-        assert_eq!(s.owner, Owner::Queued);
+        assert!(s.owner.is_queued());
         let (_, later) = new(s.customer_message(&LIMITS, "c2".into(), "hello?".into(), Utc::now()));
         assert!(ai_call(&later).is_none(), "no AI while queued");
-    }
-
-    #[test]
-    fn replay_gives_every_frame_after_last_seq_or_says_why_not() {
-        let mut s = session();
-        for i in 0..5 {
-            s.system(&LIMITS, format!("m{i}"), Utc::now());
-        }
-        let seqs = |v: Vec<ServerFrame>| v.iter().filter_map(ServerFrame::seq).collect::<Vec<_>>();
-        assert_eq!(seqs(s.replay_after(2).unwrap()), [3, 4, 5]);
-        assert_eq!(seqs(s.replay_after(5).unwrap()), Vec::<u64>::new());
-        assert_eq!(s.replay_after(9), Err(ReplayError::Ahead { newest: 5 }));
-        for i in 0..10 {
-            s.system(&LIMITS, format!("n{i}"), Utc::now());
-        }
-        // 15 frames, 8 kept: 8..=15.
-        assert_eq!(s.replay_after(3), Err(ReplayError::Lost { oldest_kept: 8 }));
-        assert_eq!(
-            seqs(s.replay_after(7).unwrap()),
-            (8..=15).collect::<Vec<_>>()
-        );
     }
 
     #[test]
@@ -757,6 +812,138 @@ mod tests {
         assert_eq!(
             s.customer_message(&LIMITS, "c9".into(), "x".into(), Utc::now()),
             Accepted::Closed
+        );
+    }
+
+    fn agent(id: &str) -> AgentRef {
+        AgentRef {
+            id: AgentId::from(id),
+            name: format!("Agent {id}"),
+        }
+    }
+
+    #[test]
+    fn a_claim_discards_the_reply_the_ai_still_owes_and_silences_it() {
+        let mut s = session();
+        let (_, e) = new(s.customer_message(&LIMITS, "c1".into(), "help".into(), Utc::now()));
+        let call = ai_call(&e).unwrap();
+        let joined = s.claim(&LIMITS, agent("a")).unwrap();
+        assert!(matches!(
+            &joined[0],
+            Effect::Send(ServerFrame::AgentJoined { name, .. }) if name == "Agent a"
+        ));
+        let late = s.ai_replied(
+            &LIMITS,
+            call.message_id,
+            "too late".into(),
+            vec![],
+            false,
+            Utc::now(),
+        );
+        assert!(
+            late.is_empty(),
+            "the late AI reply must not reach the customer"
+        );
+        assert!(s.ai_failed(&LIMITS, call.message_id, Utc::now()).is_empty());
+        let (_, e) = new(s.customer_message(&LIMITS, "c2".into(), "hi?".into(), Utc::now()));
+        assert!(e.is_empty(), "no AI call while an agent holds the session");
+    }
+
+    #[test]
+    fn after_a_leave_the_ai_answers_again_without_its_old_call() {
+        let mut s = session();
+        let (_, e) = new(s.customer_message(&LIMITS, "c1".into(), "help".into(), Utc::now()));
+        let old = ai_call(&e).unwrap();
+        s.claim(&LIMITS, agent("a")).unwrap();
+        let left = s
+            .release(&LIMITS, &AgentId::from("a"), false, AfterLeave::Ai)
+            .unwrap();
+        assert!(matches!(
+            &left[0],
+            Effect::Send(ServerFrame::AgentLeft { .. })
+        ));
+        assert!(s.owner.is_ai());
+        assert!(
+            s.ai_replied(
+                &LIMITS,
+                old.message_id,
+                "stale".into(),
+                vec![],
+                false,
+                Utc::now()
+            )
+            .is_empty(),
+            "a call made before the claim stays discarded"
+        );
+        let (_, e) = new(s.customer_message(&LIMITS, "c2".into(), "again".into(), Utc::now()));
+        assert!(ai_call(&e).is_some());
+    }
+
+    #[test]
+    fn a_lost_agent_puts_the_session_back_in_the_queue() {
+        let mut s = session();
+        s.claim(&LIMITS, agent("a")).unwrap();
+        let effects = s
+            .release(&LIMITS, &AgentId::from("a"), true, AfterLeave::Ai)
+            .unwrap();
+        assert!(effects.iter().any(|e| matches!(e, Effect::Enqueue { .. })));
+        assert!(s.owner.is_queued());
+        assert_eq!(
+            s.release(&LIMITS, &AgentId::from("a"), true, AfterLeave::Ai),
+            Err(Refused::NotOwner)
+        );
+    }
+
+    #[test]
+    fn agent_messages_are_numbered_named_and_applied_once() {
+        let mut s = session();
+        assert_eq!(
+            s.agent_message(
+                &LIMITS,
+                &AgentId::from("a"),
+                "m1".into(),
+                "x".into(),
+                Utc::now()
+            ),
+            Err(Refused::NotOwner)
+        );
+        s.claim(&LIMITS, agent("a")).unwrap();
+        let sent = s
+            .agent_message(
+                &LIMITS,
+                &AgentId::from("a"),
+                "m1".into(),
+                "Hello".into(),
+                Utc::now(),
+            )
+            .unwrap();
+        let Accepted::New { seq, effects } = sent else {
+            panic!("expected a new message")
+        };
+        assert!(matches!(
+            &effects[0],
+            Effect::Send(ServerFrame::Message { from: Author::Agent, name: Some(n), .. }) if n == "Agent a"
+        ));
+        assert_eq!(
+            s.agent_message(
+                &LIMITS,
+                &AgentId::from("a"),
+                "m1".into(),
+                "Hello".into(),
+                Utc::now()
+            ),
+            Ok(Accepted::Duplicate { seq })
+        );
+        assert_eq!(
+            s.agent_message(
+                &LIMITS,
+                &AgentId::from("b"),
+                "m2".into(),
+                "Hi".into(),
+                Utc::now()
+            ),
+            Err(Refused::NotOwner),
+            "another agent cannot write into it"
         );
     }
 }

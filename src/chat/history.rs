@@ -1,0 +1,129 @@
+//! A numbered, bounded stream of frames kept for resume: each recorded frame gets the next seq
+//! (1, 2, 3, …), the newest `max` are kept, and a reconnecting client that names the last seq it saw
+//! is given every later one, in order, or told why it cannot be. Customers' sessions and agents'
+//! connections each keep one.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+/// A frame that may carry a place in a [`History`].
+pub trait Numbered: Clone {
+    fn seq(&self) -> Option<u64>;
+}
+
+/// Why a resume cannot replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayError {
+    /// The client claims frames that were never sent.
+    Ahead { newest: u64 },
+    /// Frames after the client's seq are no longer kept.
+    Lost { oldest_kept: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound(
+    serialize = "F: Serialize",
+    deserialize = "F: serde::de::DeserializeOwned"
+))]
+pub struct History<F> {
+    last_seq: u64,
+    /// Oldest first.
+    frames: VecDeque<F>,
+}
+
+impl<F> Default for History<F> {
+    fn default() -> Self {
+        Self {
+            last_seq: 0,
+            frames: VecDeque::new(),
+        }
+    }
+}
+
+impl<F: Numbered> History<F> {
+    /// The newest seq given out (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Numbers `make`'s frame with the next seq, keeps it (dropping the oldest beyond `max`), and
+    /// returns it.
+    pub fn record(&mut self, max: usize, make: impl FnOnce(u64) -> F) -> F {
+        self.last_seq += 1;
+        let frame = make(self.last_seq);
+        self.frames.push_back(frame.clone());
+        while self.frames.len() > max.max(1) {
+            self.frames.pop_front();
+        }
+        frame
+    }
+
+    /// Every kept frame after `last_seq`, oldest first, or why they cannot all be given.
+    pub fn replay_after(&self, last_seq: u64) -> Result<Vec<F>, ReplayError> {
+        if last_seq > self.last_seq {
+            return Err(ReplayError::Ahead {
+                newest: self.last_seq,
+            });
+        }
+        let oldest_kept = self
+            .frames
+            .front()
+            .and_then(Numbered::seq)
+            .unwrap_or(self.last_seq + 1);
+        if last_seq + 1 < oldest_kept {
+            return Err(ReplayError::Lost { oldest_kept });
+        }
+        Ok(self.after(last_seq).cloned().collect())
+    }
+
+    /// The kept frames after `last_seq`.
+    pub fn after(&self, last_seq: u64) -> impl Iterator<Item = &F> {
+        self.frames
+            .iter()
+            .filter(move |f| f.seq().is_some_and(|s| s > last_seq))
+    }
+
+    /// Every kept frame, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &F> {
+        self.frames.iter()
+    }
+
+    pub fn shrink(&mut self) {
+        self.frames.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct F(u64);
+
+    impl Numbered for F {
+        fn seq(&self) -> Option<u64> {
+            Some(self.0)
+        }
+    }
+
+    #[test]
+    fn replay_gives_every_frame_after_last_seq_or_says_why_not() {
+        let mut h = History::default();
+        for _ in 0..5 {
+            h.record(8, F);
+        }
+        let seqs = |v: Vec<F>| v.into_iter().map(|f| f.0).collect::<Vec<_>>();
+        assert_eq!(seqs(h.replay_after(2).unwrap()), [3, 4, 5]);
+        assert!(h.replay_after(5).unwrap().is_empty());
+        assert_eq!(h.replay_after(9), Err(ReplayError::Ahead { newest: 5 }));
+        for _ in 0..10 {
+            h.record(8, F);
+        }
+        assert_eq!(h.replay_after(3), Err(ReplayError::Lost { oldest_kept: 8 }));
+        assert_eq!(
+            seqs(h.replay_after(7).unwrap()),
+            (8..=15).collect::<Vec<_>>()
+        );
+    }
+}

@@ -1,0 +1,359 @@
+//! The routing queue: one actor on the chat arbiter that hands sessions waiting for a human to
+//! agents. Sessions join it ([`ToQueue::Enqueue`]) when the AI hands off or their agent is gone;
+//! agents sign on and off ([`AgentUp`], [`AgentStatus`], [`AgentGone`]) and claim ([`Join`]).
+//!
+//! With auto-assign (`agents.auto_assign`, per agent) the oldest waiting session goes to the
+//! online agent with the fewest chats, within their capacity. Every claim, automatic or by hand,
+//! reserves the agent's slot here and is then put to the session itself, which alone decides the
+//! owner: of two agents racing for one session exactly one wins. The queue pushes what changes:
+//! each waiting customer's position, the waiting list and every agent's presence and load to
+//! agents, and to every customer whether any agent is online.
+//!
+//! Its state and rules are pure ([`state`]); it holds only handles ([`crate::chat::routing`]).
+
+pub mod state;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+
+use self::state::{ClaimError, Entry, QueueState};
+use crate::chat::agent::protocol::{AgentServerFrame, AgentView, AssignedBy, Presence, Waiting};
+use crate::chat::registry::{BroadcastToSessions, LookupSession, SessionRegistry};
+use crate::chat::routing::{AgentHandle, AgentOp, SessionCommand, SessionHandle, ToAgent, ToQueue};
+use crate::chat::session::owner::{AgentRef, Refused};
+use crate::domain::ids::{AgentId, SessionId};
+use crate::metrics as m;
+
+/// Agent → queue: the agent is connected (again). Reply: the present state for `agent.ready`.
+#[derive(Message)]
+#[rtype(result = "Snapshot")]
+pub struct AgentUp {
+    pub agent: AgentRef,
+    pub handle: AgentHandle,
+    pub presence: Presence,
+    pub capacity: u32,
+    pub auto_assign: bool,
+}
+
+/// The queue's present state, as an agent is first shown it.
+#[derive(Debug, Clone, Default, MessageResponse)]
+pub struct Snapshot {
+    pub agents: Vec<AgentView>,
+    pub queue: Vec<Waiting>,
+}
+
+/// Agent → queue: presence, capacity or auto-assign changed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AgentStatus {
+    pub agent: AgentRef,
+    pub presence: Presence,
+    pub capacity: u32,
+    pub auto_assign: bool,
+}
+
+/// Agent → queue: the agent is gone for good (their chats were requeued by their sessions).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AgentGone {
+    pub agent: AgentId,
+}
+
+/// Agent → queue: the agent takes this session.
+#[derive(Message)]
+#[rtype(result = "Result<(), JoinError>")]
+pub struct Join {
+    pub agent: AgentRef,
+    pub handle: AgentHandle,
+    pub session_id: SessionId,
+}
+
+/// Why a claim failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    #[error(transparent)]
+    Queue(#[from] ClaimError),
+    #[error(transparent)]
+    Session(#[from] Refused),
+    #[error("no live session has this id")]
+    UnknownSession,
+}
+
+pub struct Queue {
+    state: QueueState,
+    registry: Addr<SessionRegistry>,
+    /// Handles of the waiting sessions.
+    sessions: HashMap<SessionId, SessionHandle>,
+    agents: HashMap<AgentId, AgentHandle>,
+    agents_online: Arc<AtomicBool>,
+}
+
+impl Queue {
+    pub fn new(registry: Addr<SessionRegistry>, agents_online: Arc<AtomicBool>) -> Self {
+        Self {
+            state: QueueState::default(),
+            registry,
+            sessions: HashMap::new(),
+            agents: HashMap::new(),
+            agents_online,
+        }
+    }
+
+    fn push_all(&self, frame: AgentServerFrame) {
+        for handle in self.agents.values() {
+            handle.do_send(ToAgent::Push(frame.clone()));
+        }
+    }
+
+    fn push_presence(&self, id: &AgentId) {
+        let view = match self.state.agent(id) {
+            Some(a) => a.view(id),
+            None => return,
+        };
+        self.push_all(AgentServerFrame::Presence { agent: view });
+    }
+
+    fn publish_agents(&self) {
+        let mut by_presence = [0u32; 3];
+        let (mut load, mut capacity) = (0u64, 0u64);
+        for (_, a) in self.state.agents() {
+            by_presence[a.presence as usize] += 1;
+            load += a.held.len() as u64;
+            if a.presence == Presence::Online {
+                capacity += u64::from(a.capacity);
+            }
+        }
+        for p in [Presence::Online, Presence::Away, Presence::Offline] {
+            metrics::gauge!(m::AGENTS, "presence" => p.label()).set(by_presence[p as usize] as f64);
+        }
+        metrics::gauge!(m::AGENTS_LOAD).set(load as f64);
+        metrics::gauge!(m::AGENTS_CAPACITY).set(capacity as f64);
+        let online = self.state.any_online();
+        if self.agents_online.swap(online, Ordering::Relaxed) != online {
+            tracing::info!(online, "agents online changed; customers are told");
+            self.registry
+                .do_send(BroadcastToSessions(SessionCommand::AgentsOnline(online)));
+        }
+    }
+
+    /// After any change: hand out what can be, tell customers who moved, show agents the list.
+    fn settle(&mut self, ctx: &mut Context<Self>, queue_changed: bool) {
+        let mut changed = queue_changed;
+        while let Some((session_id, agent)) = self.state.next_assignment() {
+            let Some(handle) = self.agents.get(&agent).cloned() else {
+                self.state.remove_agent(&agent);
+                continue;
+            };
+            let name = self
+                .state
+                .agent(&agent)
+                .map(|a| a.name.clone())
+                .unwrap_or_default();
+            let agent = AgentRef { id: agent, name };
+            changed = true;
+            let fut = self.claim(agent, handle, session_id, AssignedBy::Queue);
+            ctx.spawn(fut.map(|_, _, _| ()));
+        }
+        let online = self.state.any_online();
+        for (session_id, position) in self.state.moved() {
+            if let Some(s) = self.sessions.get(&session_id) {
+                s.do_send(SessionCommand::QueuePosition {
+                    position,
+                    agents_online: online,
+                });
+            }
+        }
+        if changed {
+            metrics::gauge!(m::CHAT_QUEUE_LENGTH).set(self.state.len() as f64);
+            self.push_all(AgentServerFrame::Queue {
+                waiting: self.state.snapshot(),
+            });
+        }
+        self.publish_agents();
+    }
+
+    /// Reserves the agent's slot and puts the claim to the session.
+    fn claim(
+        &mut self,
+        agent: AgentRef,
+        handle: AgentHandle,
+        session_id: SessionId,
+        by: AssignedBy,
+    ) -> ResponseActFuture<Self, Result<(), JoinError>> {
+        if let Err(e) = self.state.reserve(&agent.id, session_id) {
+            return Box::pin(actix::fut::ready(Err(e.into())));
+        }
+        let known = self.sessions.get(&session_id).cloned();
+        let registry = self.registry.clone();
+        let id = agent.id.clone();
+        let command = SessionCommand::ByAgent {
+            agent,
+            op: AgentOp::Claim { to: handle, by },
+        };
+        let fut = async move {
+            let session = match known {
+                Some(s) => s,
+                None => registry
+                    .send(LookupSession { id: session_id })
+                    .await
+                    .ok()
+                    .flatten()
+                    .ok_or(JoinError::UnknownSession)?,
+            };
+            match session.send(command).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(refused)) => Err(JoinError::Session(refused)),
+                Err(_) => Err(JoinError::UnknownSession),
+            }
+        };
+        Box::pin(fut.into_actor(self).map(move |result, act, ctx| {
+            match &result {
+                Ok(()) => {
+                    if let Some(entry) = act.state.claimed(&id, session_id) {
+                        metrics::histogram!(m::CHAT_QUEUE_WAIT)
+                            .record(entry.enqueued.elapsed().as_secs_f64());
+                    }
+                    act.sessions.remove(&session_id);
+                    act.push_presence(&id);
+                }
+                Err(e) => {
+                    tracing::info!(%session_id, agent_id = %id, error = %e, "claim refused");
+                    act.state.claim_failed(&id, session_id);
+                    if matches!(
+                        e,
+                        JoinError::UnknownSession | JoinError::Session(Refused::Closed)
+                    ) && act.state.remove(session_id).is_some()
+                    {
+                        act.sessions.remove(&session_id);
+                    }
+                }
+            }
+            act.settle(ctx, true);
+            result
+        }))
+    }
+}
+
+impl Actor for Queue {
+    type Context = Context<Self>;
+}
+
+impl actix::Supervised for Queue {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        // A claim cut short by the panic never completes: free its reservations.
+        tracing::warn!(waiting = self.state.len(), "routing queue restarting");
+    }
+}
+
+impl Handler<ToQueue> for Queue {
+    type Result = ();
+
+    fn handle(&mut self, msg: ToQueue, ctx: &mut Context<Self>) {
+        match msg {
+            ToQueue::Enqueue {
+                session_id,
+                session,
+                customer,
+                reason,
+            } => {
+                let added = self.state.enqueue(Entry {
+                    session_id,
+                    customer,
+                    reason,
+                    since: chrono::Utc::now(),
+                    enqueued: Instant::now(),
+                    claiming: None,
+                    told: 0,
+                });
+                self.sessions.insert(session_id, session);
+                self.settle(ctx, added);
+            }
+            ToQueue::Dequeue {
+                session_id,
+                abandoned,
+            } => {
+                self.sessions.remove(&session_id);
+                if self.state.remove(session_id).is_some() {
+                    if abandoned {
+                        metrics::counter!(m::CHAT_ABANDONED).increment(1);
+                    }
+                    self.settle(ctx, true);
+                }
+            }
+            ToQueue::Released { session_id, agent } => {
+                if self.state.released(&agent, session_id) {
+                    self.push_presence(&agent);
+                    self.settle(ctx, false);
+                }
+            }
+        }
+    }
+}
+
+impl Handler<AgentUp> for Queue {
+    type Result = Snapshot;
+
+    fn handle(&mut self, msg: AgentUp, ctx: &mut Context<Self>) -> Snapshot {
+        let id = msg.agent.id.clone();
+        self.state.set_agent(
+            id.clone(),
+            msg.agent.name,
+            msg.presence,
+            msg.capacity,
+            msg.auto_assign,
+        );
+        self.agents.insert(id.clone(), msg.handle);
+        self.push_presence(&id);
+        let snapshot = Snapshot {
+            agents: self.state.agents().map(|(id, a)| a.view(id)).collect(),
+            queue: self.state.snapshot(),
+        };
+        self.settle(ctx, false);
+        snapshot
+    }
+}
+
+impl Handler<AgentStatus> for Queue {
+    type Result = ();
+
+    fn handle(&mut self, msg: AgentStatus, ctx: &mut Context<Self>) {
+        let id = msg.agent.id.clone();
+        self.state.set_agent(
+            id.clone(),
+            msg.agent.name,
+            msg.presence,
+            msg.capacity,
+            msg.auto_assign,
+        );
+        self.push_presence(&id);
+        self.settle(ctx, false);
+    }
+}
+
+impl Handler<AgentGone> for Queue {
+    type Result = ();
+
+    fn handle(&mut self, msg: AgentGone, ctx: &mut Context<Self>) {
+        if let Some(mut gone) = self.state.remove_agent(&msg.agent) {
+            gone.presence = Presence::Offline;
+            gone.held.clear();
+            self.push_all(AgentServerFrame::Presence {
+                agent: gone.view(&msg.agent),
+            });
+        }
+        self.agents.remove(&msg.agent);
+        self.settle(ctx, false);
+    }
+}
+
+impl Handler<Join> for Queue {
+    type Result = ResponseActFuture<Self, Result<(), JoinError>>;
+
+    fn handle(&mut self, msg: Join, _: &mut Context<Self>) -> Self::Result {
+        self.claim(msg.agent, msg.handle, msg.session_id, AssignedBy::Join)
+    }
+}

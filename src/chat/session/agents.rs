@@ -1,0 +1,270 @@
+//! The session's side of human agents and the routing queue: claims, an agent's messages, typing,
+//! leaving, tickets and closing ([`SessionCommand`]), forwarding every numbered frame to the agent
+//! holding the session, joining the queue, and telling the customer their place in it and whether
+//! anyone is online.
+//!
+//! The owner's rules are pure ([`super::owner`], [`super::state`]); this file carries them out.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use actix::prelude::*;
+
+use super::owner::{AgentRef, Refused};
+use super::{AgentLink, Session};
+use crate::chat::agent::protocol::{AssignedBy, Released};
+use crate::chat::link::Lane;
+use crate::chat::protocol::{CloseReason, ServerFrame};
+use crate::chat::routing::{AgentOp, SessionCommand, ToAgent, ToQueue};
+use crate::metrics as m;
+
+/// Told to a customer whose chat is queued while no agent is online.
+const NOTE_NO_AGENT: &str = "No agent is online right now. Your chat stays in the queue and \
+the first agent to come online will answer here.";
+
+/// Which step of a handoff Django is told about.
+#[derive(Debug, Clone, Copy)]
+pub enum HandoffEvent {
+    Requested,
+    Accepted,
+}
+
+impl Session {
+    /// Sends the agent holding the session every numbered frame they have not had yet.
+    pub(super) fn forward_to_agent(&mut self) {
+        let Some(link) = self.agent.as_mut() else {
+            return;
+        };
+        if link.forwarded >= self.state.last_seq() {
+            return;
+        }
+        let frames = self.state.frames_after(link.forwarded);
+        link.forwarded = self.state.last_seq();
+        link.handle.do_send(ToAgent::Frames {
+            session_id: self.state.id,
+            frames,
+        });
+    }
+
+    /// The session now waits for an agent: into the queue, and Django is told.
+    pub(super) fn enqueue(&mut self, reason: String, ctx: &mut Context<Self>) {
+        if !self.deps.agents_online.load(Ordering::Relaxed) {
+            let limits = self.limits();
+            let note = self
+                .state
+                .system(&limits, NOTE_NO_AGENT.into(), chrono::Utc::now());
+            self.deliver(&note, Lane::Reliable);
+        }
+        self.in_queue = true;
+        self.deps.queue.do_send(ToQueue::Enqueue {
+            session_id: self.id(),
+            session: ctx.address().recipient(),
+            customer: self.state.customer.name.clone(),
+            reason: reason.clone(),
+        });
+        metrics::counter!(m::CHAT_HANDOFFS, "stage" => "requested").increment(1);
+        tracing::info!(session_id = %self.id(), %reason, "chat waits for an agent");
+        self.record_handoff(HandoffEvent::Requested, reason, None, ctx);
+    }
+
+    /// `handoff_requested` / `handoff_accepted` reach Django's records through the outbox.
+    fn record_handoff(
+        &mut self,
+        event: HandoffEvent,
+        reason: String,
+        agent: Option<&AgentRef>,
+        ctx: &mut Context<Self>,
+    ) {
+        // HANDOFF-OUTBOX
+        let _ = (event, reason, agent, ctx);
+    }
+
+    pub(super) fn tell_position(&mut self) {
+        if let (true, Some(position)) = (self.in_queue, self.position) {
+            let frame = ServerFrame::QueuePosition {
+                position,
+                agents_online: self.deps.agents_online.load(Ordering::Relaxed),
+            };
+            self.deliver(&frame, Lane::Reliable);
+        }
+    }
+
+    fn claim(
+        &mut self,
+        agent: AgentRef,
+        to: crate::chat::routing::AgentHandle,
+        by: AssignedBy,
+        ctx: &mut Context<Self>,
+    ) -> Result<Option<u64>, Refused> {
+        let limits = self.limits();
+        let again = self.agent.as_ref().is_some_and(|a| a.id == agent.id);
+        let effects = self.state.claim(&limits, agent.clone())?;
+        if again {
+            return Ok(None);
+        }
+        // Whatever the AI had under way is void: its call's answer is discarded by the state, and
+        // its typing indicator goes now rather than when that answer comes.
+        if self.ai_started.take().is_some() {
+            self.deliver(
+                &ServerFrame::Typing {
+                    from: crate::chat::protocol::Author::Ai,
+                    active: false,
+                },
+                Lane::Droppable,
+            );
+        }
+        self.in_queue = false;
+        self.position = None;
+        to.do_send(ToAgent::Assigned {
+            session_id: self.id(),
+            customer: self.state.customer.name.clone(),
+            by,
+            history: self.state.frames_after(0),
+            session: ctx.address().recipient(),
+        });
+        self.agent = Some(AgentLink {
+            id: agent.id.clone(),
+            handle: to,
+            forwarded: self.state.last_seq(),
+            claimed_at: Instant::now(),
+            replied: false,
+        });
+        let by_label = match by {
+            AssignedBy::Queue => "queue",
+            AssignedBy::Join => "join",
+        };
+        metrics::counter!(m::CHAT_HANDOFFS, "stage" => "accepted").increment(1);
+        tracing::info!(session_id = %self.id(), agent_id = %agent.id, by = by_label, "agent took the chat");
+        self.record_handoff(HandoffEvent::Accepted, by_label.into(), Some(&agent), ctx);
+        self.run(effects, ctx);
+        Ok(None)
+    }
+
+    /// The agent left or is gone: the customer is told, and the AI or the queue takes over.
+    fn release(
+        &mut self,
+        agent: &AgentRef,
+        lost: bool,
+        ctx: &mut Context<Self>,
+    ) -> Result<Option<u64>, Refused> {
+        let limits = self.limits();
+        let effects = self
+            .state
+            .release(&limits, &agent.id, lost, self.deps.after_leave)?;
+        self.forward_to_agent();
+        if let Some(link) = self.agent.take() {
+            link.handle.do_send(ToAgent::Released {
+                session_id: self.id(),
+                reason: if lost {
+                    Released::Requeued
+                } else {
+                    Released::Left
+                },
+            });
+        }
+        self.deps.queue.do_send(ToQueue::Released {
+            session_id: self.id(),
+            agent: agent.id.clone(),
+        });
+        tracing::info!(session_id = %self.id(), agent_id = %agent.id, lost, "agent released the chat");
+        self.run(effects, ctx);
+        Ok(None)
+    }
+
+    fn holder(&self, agent: &AgentRef) -> Result<(), Refused> {
+        match self.state.owner.agent() {
+            Some(a) if a.id == agent.id => Ok(()),
+            _ if self.state.is_closed() => Err(Refused::Closed),
+            _ => Err(Refused::NotOwner),
+        }
+    }
+
+    fn by_agent(
+        &mut self,
+        agent: AgentRef,
+        op: AgentOp,
+        ctx: &mut Context<Self>,
+    ) -> Result<Option<u64>, Refused> {
+        let limits = self.limits();
+        match op {
+            AgentOp::Claim { to, by } => self.claim(agent, to, by, ctx),
+            AgentOp::Send { client_id, text } => {
+                let now = chrono::Utc::now();
+                let accepted = self
+                    .state
+                    .agent_message(&limits, &agent.id, client_id, text, now)?;
+                match accepted {
+                    super::state::Accepted::New { seq, effects } => {
+                        if let Some(link) = self.agent.as_mut().filter(|l| !l.replied) {
+                            link.replied = true;
+                            metrics::histogram!(m::CHAT_FIRST_AGENT_REPLY)
+                                .record(link.claimed_at.elapsed().as_secs_f64());
+                        }
+                        self.run(effects, ctx);
+                        Ok(Some(seq))
+                    }
+                    super::state::Accepted::Duplicate { seq } => Ok(Some(seq)),
+                    super::state::Accepted::Closed => Err(Refused::Closed),
+                }
+            }
+            AgentOp::Typing { active } => {
+                self.holder(&agent)?;
+                self.deliver(
+                    &ServerFrame::Typing {
+                        from: crate::chat::protocol::Author::Agent,
+                        active,
+                    },
+                    Lane::Droppable,
+                );
+                Ok(None)
+            }
+            AgentOp::Leave => self.release(&agent, false, ctx),
+            AgentOp::Lost => self.release(&agent, true, ctx),
+            AgentOp::CreateTicket {
+                subject,
+                description,
+                priority,
+            } => {
+                self.holder(&agent)?;
+                self.create_ticket(subject, description, priority, "agent", ctx);
+                Ok(None)
+            }
+            AgentOp::Close => {
+                self.holder(&agent)?;
+                let effects = self.state.close(&limits, CloseReason::AgentClosed);
+                self.run(effects, ctx);
+                Ok(None)
+            }
+        }
+    }
+}
+
+impl Handler<SessionCommand> for Session {
+    type Result = Result<Option<u64>, Refused>;
+
+    fn handle(&mut self, msg: SessionCommand, ctx: &mut Context<Self>) -> Self::Result {
+        match msg {
+            SessionCommand::ByAgent { agent, op } => {
+                let span = tracing::info_span!("chat_agent_op", session_id = %self.id(), agent_id = %agent.id, op = op.label());
+                let _guard = span.enter();
+                self.by_agent(agent, op, ctx)
+            }
+            SessionCommand::QueuePosition { position, .. } => {
+                if self.in_queue && self.position != Some(position) {
+                    self.position = Some(position);
+                    self.tell_position();
+                }
+                Ok(None)
+            }
+            SessionCommand::AgentsOnline(online) => {
+                self.deliver(
+                    &ServerFrame::Presence {
+                        agents_online: online,
+                    },
+                    Lane::Reliable,
+                );
+                Ok(None)
+            }
+        }
+    }
+}
