@@ -336,7 +336,7 @@ fn zero_alerting_counters() {
         metrics::counter!(SUPERVISOR_ESCALATIONS, "supervisor" => supervisor).absolute(0);
     }
     for (lane, endpoints) in [
-        ("sync", &["sync", "chat_ticket"][..]),
+        ("sync", &["sync", "chat_ticket", "handoff"][..]),
         (
             "calls",
             &["fetch_ticket", "ai_respond", "manage_service"][..],

@@ -573,3 +573,32 @@ async fn an_agent_can_open_a_ticket_from_the_chat_and_end_it() {
     assert_eq!(released["reason"], "closed");
     app.stop().await.unwrap();
 }
+
+#[actix_rt::test]
+async fn handoffs_reach_django_through_the_outbox_requested_then_accepted() {
+    let django = FakeDjango::start();
+    let app = app_with(&django, "", "");
+    let (_c, started) = queued_customer(&app, &django).await;
+    let (mut a, _) = agent(&app, "ann", json!({})).await;
+    a.expect("session.assigned").await;
+    eventually("both handoff steps delivered", || async {
+        django.chat_calls(ChatEndpoint::Handoff).len() >= 2
+    })
+    .await;
+    let calls = django.chat_calls(ChatEndpoint::Handoff);
+    let events: Vec<_> = calls.iter().map(|c| c.body["event"].clone()).collect();
+    assert_eq!(
+        events,
+        [json!("handoff_requested"), json!("handoff_accepted")]
+    );
+    assert!(calls
+        .iter()
+        .all(|c| c.body["session_id"] == started["session_id"]));
+    assert_eq!(calls[1].body["agent_id"], "ann");
+    assert_eq!(calls[1].body["agent_name"], "Agent ann");
+    assert!(calls[0].body["transcript"]
+        .as_array()
+        .is_some_and(|t| t.iter().any(|l| l["text"] == "I want a human")));
+    assert!(calls.iter().all(|c| c.idempotency_key.is_some()));
+    app.stop().await.unwrap();
+}

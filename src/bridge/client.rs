@@ -22,6 +22,7 @@ use crate::config::DjangoSettings;
 use crate::domain::ids::{EventId, RequestId, TicketId};
 use crate::domain::ticket::Ticket;
 use crate::metrics as m;
+use crate::store::HandoffRecord;
 
 /// The largest Django response body read.
 const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
@@ -36,6 +37,7 @@ pub enum Endpoint {
     AiRespond,
     ChatTicket,
     ManageService,
+    Handoff,
 }
 
 impl Endpoint {
@@ -46,6 +48,7 @@ impl Endpoint {
             Self::AiRespond => "ai_respond",
             Self::ChatTicket => "chat_ticket",
             Self::ManageService => "manage_service",
+            Self::Handoff => "handoff",
         }
     }
 }
@@ -217,6 +220,25 @@ pub trait DjangoApi {
         request: &ServiceActionRequest,
         request_id: &RequestId,
     ) -> LocalBoxFuture<'static, Result<ServiceActionResult, CallError>>;
+    /// `POST /api/livechat/handoffs/`.
+    fn record_handoff(
+        &self,
+        record: &HandoffRecord,
+        request_id: &RequestId,
+    ) -> LocalBoxFuture<'static, Delivery>;
+}
+
+/// The outcome of a record Django only acknowledges.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// 2xx.
+    Delivered,
+    /// 400, 409 or 422: Django will never take this record.
+    Rejected {
+        status: u16,
+        message: String,
+    },
+    Failed(CallError),
 }
 
 /// [`DjangoApi`] over HTTP. One per lane: each has its own timeout and labels its metrics with it.
@@ -498,6 +520,38 @@ impl DjangoApi for AwcDjango {
         };
         self.observed(endpoint, span, fut, |o| match o {
             ChatTicketOutcome::Failed(e) => Some(e),
+            _ => None,
+        })
+    }
+
+    fn record_handoff(
+        &self,
+        record: &HandoffRecord,
+        request_id: &RequestId,
+    ) -> LocalBoxFuture<'static, Delivery> {
+        let endpoint = Endpoint::Handoff;
+        let req = self
+            .request(
+                awc::http::Method::POST,
+                "/api/livechat/handoffs/",
+                request_id,
+            )
+            .insert_header(("Idempotency-Key", record.handoff_id.to_string()));
+        let span = tracing::info_span!("django_handoff", lane = self.lane.as_str(), %request_id, session_id = %record.session_id);
+        let call = self.exchange(endpoint, req, encode(record));
+        let fut = async move {
+            match call.await {
+                Err(e) => Delivery::Failed(e),
+                Ok((200..=299, _)) => Delivery::Delivered,
+                Ok((status, bytes)) if is_refusal(status) => Delivery::Rejected {
+                    status,
+                    message: String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned(),
+                },
+                Ok((status, _)) => Delivery::Failed(CallError::Status { endpoint, status }),
+            }
+        };
+        self.observed(endpoint, span, fut, |o| match o {
+            Delivery::Failed(e) => Some(e),
             _ => None,
         })
     }

@@ -15,12 +15,14 @@ use std::rc::Rc;
 use futures_util::future::{FutureExt, LocalBoxFuture};
 
 use super::batch::{coalesce, SyncItem};
-use super::client::{ChatTicketOutcome, DjangoApi, SyncOutcome};
+use super::client::{ChatTicketOutcome, Delivery, DjangoApi, SyncOutcome};
 use super::wire::ChatTicketRequest;
 use crate::bridge::client::CallError;
 use crate::domain::ids::RequestId;
 use crate::metrics as m;
-use crate::store::{ChatTicketRecord, Outbox, OutboxEntry, OutboxRecord, Rejection, StoreError};
+use crate::store::{
+    ChatTicketRecord, HandoffRecord, Outbox, OutboxEntry, OutboxRecord, Rejection, StoreError,
+};
 
 /// What one delivery cycle did.
 #[derive(Debug, Default)]
@@ -55,6 +57,8 @@ pub struct Plan {
     pub syncs: Vec<SyncItem>,
     /// Chat tickets with their outbox positions, in outbox order.
     pub chats: Vec<(i64, ChatTicketRecord)>,
+    /// Handoff steps with their outbox positions, in outbox order.
+    pub handoffs: Vec<(i64, HandoffRecord)>,
 }
 
 /// Splits entries (in outbox order) by kind.
@@ -65,7 +69,14 @@ pub fn plan(entries: &[OutboxEntry]) -> Plan {
             .iter()
             .filter_map(|e| match &e.record {
                 OutboxRecord::ChatTicket(r) => Some((e.seq, r.clone())),
-                OutboxRecord::TicketSync(_) => None,
+                _ => None,
+            })
+            .collect(),
+        handoffs: entries
+            .iter()
+            .filter_map(|e| match &e.record {
+                OutboxRecord::Handoff(r) => Some((e.seq, r.clone())),
+                _ => None,
             })
             .collect(),
     }
@@ -87,13 +98,15 @@ pub async fn run_cycle(
     }
     metrics::histogram!(m::BRIDGE_BATCH_SIZE).record(entries.len() as f64);
     let plan = plan(&entries);
-    let (syncs, chats) = futures_util::future::join(
+    let (syncs, chats, handoffs) = futures_util::future::join3(
         deliver_syncs(api.clone(), plan.syncs),
-        deliver_chats(api, plan.chats),
+        deliver_chats(api.clone(), plan.chats),
+        deliver_handoffs(api, plan.handoffs),
     )
     .await;
     report.merge(syncs);
     report.merge(chats);
+    report.merge(handoffs);
     if !report.delivered.is_empty() {
         outbox.ack(report.delivered.clone()).await?;
     }
@@ -192,6 +205,34 @@ fn deliver_chats(
                     })
                 }
                 ChatTicketOutcome::Failed(e) => {
+                    report.failed = Some(e);
+                    break;
+                }
+            }
+        }
+        report
+    }
+    .boxed_local()
+}
+
+/// Sends handoff steps one by one, in outbox order (Django sees a chat's requested before its
+/// accepted). Stops at the first failure, like chat tickets.
+fn deliver_handoffs(
+    api: Rc<dyn DjangoApi>,
+    handoffs: Vec<(i64, HandoffRecord)>,
+) -> LocalBoxFuture<'static, Report> {
+    async move {
+        let mut report = Report::default();
+        for (seq, record) in handoffs {
+            report.calls += 1;
+            match api.record_handoff(&record, &RequestId::generate()).await {
+                Delivery::Delivered => report.delivered.push(seq),
+                Delivery::Rejected { status, message } => report.rejected.push(Rejection {
+                    seq,
+                    status_code: Some(status),
+                    error: format!("HTTP {status}: {message}"),
+                }),
+                Delivery::Failed(e) => {
                     report.failed = Some(e);
                     break;
                 }
@@ -400,6 +441,14 @@ mod tests {
             _: &RequestId,
         ) -> LocalBoxFuture<'static, Result<ServiceActionResult, CallError>> {
             unreachable!("the sync lane carries out no action")
+        }
+
+        fn record_handoff(
+            &self,
+            _: &HandoffRecord,
+            _: &RequestId,
+        ) -> LocalBoxFuture<'static, Delivery> {
+            async { Delivery::Delivered }.boxed_local()
         }
     }
 

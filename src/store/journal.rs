@@ -125,7 +125,8 @@ impl EncodedWrite {
 pub struct EncodedRecord {
     /// The row's unique key, in the column ticket syncs fill with their event id.
     pub key: String,
-    pub ticket_id: TicketId,
+    /// What the record is about (a ticket id, or a chat session's), in the row's `ticket_id`.
+    pub subject: String,
     /// The tagged [`OutboxRecord`].
     pub payload: String,
 }
@@ -138,7 +139,7 @@ impl EncodedRecord {
         }
         Ok(Self {
             key: EventId::new().to_string(),
-            ticket_id: record.ticket_id(),
+            subject: record.subject(),
             payload: encode(record)?,
         })
     }

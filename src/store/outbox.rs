@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::StoreResult;
 use crate::domain::chat::TranscriptLine;
-use crate::domain::ids::{EventId, RequestId, SessionId, TicketId};
+use crate::domain::ids::{AgentId, EventId, RequestId, SessionId, TicketId};
 use crate::domain::ticket::{Comment, EventKind, Priority, Ticket};
 
 /// One change bound for Django, as stored in the outbox: the ticket's snapshot after the change and,
@@ -55,6 +55,37 @@ pub struct ChatTicketRecord {
     pub request_id: Option<RequestId>,
 }
 
+/// Which step of an AI-to-human handoff a [`HandoffRecord`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HandoffEvent {
+    /// The chat waits for a human (the AI handed off, or its agent left or dropped).
+    #[serde(rename = "handoff_requested")]
+    Requested,
+    /// An agent took the chat.
+    #[serde(rename = "handoff_accepted")]
+    Accepted,
+}
+
+/// A handoff step, bound for `POST /api/livechat/handoffs/` (docs/django-api.md 3.4);
+/// `handoff_id` is Django's idempotency key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoffRecord {
+    pub handoff_id: EventId,
+    pub session_id: SessionId,
+    pub event: HandoffEvent,
+    /// Why the chat waits (requested), or how the agent came to it (`queue` or `join`).
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<AgentId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_name: Option<String>,
+    pub customer_id: String,
+    pub customer_name: String,
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
+    pub at: DateTime<Utc>,
+    pub transcript: Vec<TranscriptLine>,
+}
+
 /// A Django call that must not be lost, as the outbox keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -65,6 +96,8 @@ pub enum OutboxRecord {
     TicketSync(SyncRecord),
     /// A ticket created from a chat, written through [`Outbox::enqueue`].
     ChatTicket(ChatTicketRecord),
+    /// A step of a chat's handoff to a human, written through [`Outbox::enqueue`].
+    Handoff(HandoffRecord),
 }
 
 impl OutboxRecord {
@@ -73,14 +106,24 @@ impl OutboxRecord {
         match self {
             Self::TicketSync(_) => "ticket_sync",
             Self::ChatTicket(_) => "chat_ticket",
+            Self::Handoff(_) => "handoff",
         }
     }
 
-    /// The ticket the record is about.
-    pub fn ticket_id(&self) -> TicketId {
+    /// The ticket the record is about, if it is about one.
+    pub fn ticket_id(&self) -> Option<TicketId> {
         match self {
-            Self::TicketSync(r) => r.ticket_id,
-            Self::ChatTicket(r) => r.ticket_id,
+            Self::TicketSync(r) => Some(r.ticket_id),
+            Self::ChatTicket(r) => Some(r.ticket_id),
+            Self::Handoff(_) => None,
+        }
+    }
+
+    /// What the record is about, as the outbox row keeps it: its ticket, or its chat session.
+    pub fn subject(&self) -> String {
+        match self {
+            Self::Handoff(r) => r.session_id.to_string(),
+            other => other.ticket_id().map(|t| t.to_string()).unwrap_or_default(),
         }
     }
 
@@ -96,6 +139,7 @@ impl OutboxRecord {
         match self {
             Self::TicketSync(r) => r.request_id.as_ref(),
             Self::ChatTicket(r) => r.request_id.as_ref(),
+            Self::Handoff(_) => None,
         }
     }
 }
@@ -116,7 +160,12 @@ pub struct DeadLetter {
     /// The record's type, as tagged in [`OutboxRecord`] (`ticket_sync`, `chat_ticket`).
     #[serde(rename = "type")]
     pub record_type: &'static str,
-    pub ticket_id: TicketId,
+    /// The ticket it is about (none for a handoff).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ticket_id: Option<TicketId>,
+    /// The chat it is about, for a handoff.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<SessionId>,
     /// For a ticket sync: its event, the version it produced and what kind of change it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_id: Option<EventId>,

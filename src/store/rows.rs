@@ -217,22 +217,18 @@ pub fn insert_outbox(
 }
 
 /// Appends an outbox row that is no ticket change (no `op`: the fold skips it) and returns its `seq`.
-/// `key` is the row's unique key in place of an event id; `payload` is its [`OutboxRecord`] as JSON.
+/// `key` is the row's unique key in place of an event id; `subject` what it is about (its ticket, or
+/// its chat session); `payload` is its [`OutboxRecord`] as JSON.
 pub fn insert_record(
     conn: &Connection,
     key: &str,
-    ticket_id: TicketId,
+    subject: &str,
     payload: &str,
 ) -> Result<i64, StoreError> {
     conn.prepare_cached(
         "INSERT INTO outbox (event_id, ticket_id, payload, enqueued_at) VALUES (?1, ?2, ?3, ?4)",
     )?
-    .execute(params![
-        key,
-        ticket_id.to_string(),
-        payload,
-        ts(&super::now())
-    ])?;
+    .execute(params![key, subject, payload, ts(&super::now())])?;
     Ok(conn.last_insert_rowid())
 }
 
@@ -450,6 +446,10 @@ pub fn dead_letters(conn: &Connection, limit: u32) -> Result<Vec<DeadLetter>, St
             id: row.get(0)?,
             record_type: record.kind(),
             ticket_id: record.ticket_id(),
+            session_id: match &record {
+                OutboxRecord::Handoff(h) => Some(h.session_id),
+                _ => None,
+            },
             event_id: sync.map(|r| r.event_id),
             version: sync.map(|r| r.version),
             kind: sync.map(|r| r.kind),

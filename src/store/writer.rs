@@ -339,7 +339,7 @@ fn run_batch(
             }
             WriteOp::Enqueue(record, reply) => {
                 let r = in_savepoint(&tx, |c| {
-                    rows::insert_record(c, &record.key, record.ticket_id, &record.payload)
+                    rows::insert_record(c, &record.key, &record.subject, &record.payload)
                 });
                 if let Ok(seq) = r {
                     journal.record_unfolded(seq);

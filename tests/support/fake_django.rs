@@ -63,6 +63,7 @@ pub enum ChatEndpoint {
     AiRespond,
     ChatTicket,
     ManageService,
+    Handoff,
 }
 
 impl ChatEndpoint {
@@ -71,6 +72,7 @@ impl ChatEndpoint {
             Self::AiRespond => "/api/livechat/ai/respond/",
             Self::ChatTicket => "/api/livechat/tickets/create/",
             Self::ManageService => "/api/livechat/services/manage/",
+            Self::Handoff => "/api/livechat/handoffs/",
         }
     }
 }
@@ -147,6 +149,10 @@ impl FakeDjango {
                         .route(
                             ChatEndpoint::ManageService.path(),
                             web::post().to(|r, b, s| chat(ChatEndpoint::ManageService, r, b, s)),
+                        )
+                        .route(
+                            ChatEndpoint::Handoff.path(),
+                            web::post().to(|r, b, s| chat(ChatEndpoint::Handoff, r, b, s)),
                         )
                 })
                 .workers(1)
@@ -422,6 +428,7 @@ fn chat_ok(endpoint: ChatEndpoint, body: &Value, s: &Shared) -> HttpResponse {
                 HttpResponse::Ok().json(answer)
             }
         }
+        ChatEndpoint::Handoff => HttpResponse::Ok().json(json!({"ok": true})),
         ChatEndpoint::ManageService => HttpResponse::Ok().json(json!({
             "ok": true,
             "message": format!("{} done for {}", body["operation"].as_str().unwrap_or("?"), body["service"].as_str().unwrap_or("?")),

@@ -16,18 +16,13 @@ use crate::chat::agent::protocol::{AssignedBy, Released};
 use crate::chat::link::Lane;
 use crate::chat::protocol::{CloseReason, ServerFrame};
 use crate::chat::routing::{AgentOp, SessionCommand, ToAgent, ToQueue};
+use crate::domain::ids::EventId;
 use crate::metrics as m;
+use crate::store::{HandoffEvent, HandoffRecord, OutboxRecord};
 
 /// Told to a customer whose chat is queued while no agent is online.
 const NOTE_NO_AGENT: &str = "No agent is online right now. Your chat stays in the queue and \
 the first agent to come online will answer here.";
-
-/// Which step of a handoff Django is told about.
-#[derive(Debug, Clone, Copy)]
-pub enum HandoffEvent {
-    Requested,
-    Accepted,
-}
 
 impl Session {
     /// Sends the agent holding the session every numbered frame they have not had yet.
@@ -75,8 +70,29 @@ impl Session {
         agent: Option<&AgentRef>,
         ctx: &mut Context<Self>,
     ) {
-        // HANDOFF-OUTBOX
-        let _ = (event, reason, agent, ctx);
+        let record = HandoffRecord {
+            handoff_id: EventId::new(),
+            session_id: self.id(),
+            event,
+            reason,
+            agent_id: agent.map(|a| a.id.clone()),
+            agent_name: agent.map(|a| a.name.clone()),
+            customer_id: self.state.customer.id.clone(),
+            customer_name: self.state.customer.name.clone(),
+            at: chrono::Utc::now(),
+            transcript: self.state.transcript(),
+        };
+        let outbox = self.deps.outbox.clone();
+        let session_id = self.id();
+        ctx.spawn(
+            async move {
+                // Durable once enqueued; a store that refuses is an operator's problem, logged.
+                if let Err(e) = outbox.enqueue(OutboxRecord::Handoff(record)).await {
+                    tracing::error!(%session_id, error = %e, "handoff could not be recorded for Django");
+                }
+            }
+            .into_actor(self),
+        );
     }
 
     pub(super) fn tell_position(&mut self) {
