@@ -1,7 +1,8 @@
 //! Live chat: customer sessions and human agents on the chat listener.
 //!
 //! - [`protocol`]: the `switchboard.v1` wire frames, parsed once at the edge.
-//! - [`link`]: the seam between a session and the connection attached to it.
+//! - [`link`]: the seam between a session and the connection attached to it; [`attached`]: a
+//!   connection as its actor holds it (writes, heartbeats, rate limit).
 //! - [`auth`]: who the customer is (an optional token).
 //! - [`session`]: one session's actor, and its state with its pure rules (seq numbering, bounded
 //!   history for resume, once-per-`client_id` messages, one AI call in flight, AI actions), and
@@ -14,6 +15,7 @@
 
 pub mod agent;
 pub mod agents;
+pub mod attached;
 pub mod auth;
 pub mod history;
 pub mod link;

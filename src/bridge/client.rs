@@ -241,6 +241,16 @@ pub enum Delivery {
     Failed(CallError),
 }
 
+impl From<ChatTicketOutcome> for Delivery {
+    fn from(o: ChatTicketOutcome) -> Self {
+        match o {
+            ChatTicketOutcome::Created(_) => Self::Delivered,
+            ChatTicketOutcome::Rejected { status, message } => Self::Rejected { status, message },
+            ChatTicketOutcome::Failed(e) => Self::Failed(e),
+        }
+    }
+}
+
 /// [`DjangoApi`] over HTTP. One per lane: each has its own timeout and labels its metrics with it.
 pub struct AwcDjango {
     client: awc::Client,

@@ -15,7 +15,7 @@ use std::rc::Rc;
 use futures_util::future::{FutureExt, LocalBoxFuture};
 
 use super::batch::{coalesce, SyncItem};
-use super::client::{ChatTicketOutcome, Delivery, DjangoApi, SyncOutcome};
+use super::client::{Delivery, DjangoApi, SyncOutcome};
 use super::wire::ChatTicketRequest;
 use crate::bridge::client::CallError;
 use crate::domain::ids::RequestId;
@@ -180,52 +180,43 @@ fn reject_item(report: &mut Report, item: &SyncItem, status: u16, why: &str) {
     }
 }
 
-/// Sends chat tickets one call each, in outbox order, stopping at the first failure so that none
-/// overtakes an older one. The `X-Request-Id` is the record's own, else a fresh one.
+/// Sends chat tickets one by one, in outbox order; stops at the first failure.
 fn deliver_chats(
     api: Rc<dyn DjangoApi>,
     chats: Vec<(i64, ChatTicketRecord)>,
 ) -> LocalBoxFuture<'static, Report> {
-    async move {
-        let mut report = Report::default();
-        for (seq, record) in chats {
-            report.calls += 1;
-            let request_id = record
-                .request_id
-                .clone()
-                .unwrap_or_else(RequestId::generate);
-            let request = ChatTicketRequest::from(&record);
-            match api.create_chat_ticket(&request, &request_id).await {
-                ChatTicketOutcome::Created(_) => report.delivered.push(seq),
-                ChatTicketOutcome::Rejected { status, message } => {
-                    report.rejected.push(Rejection {
-                        seq,
-                        status_code: Some(status),
-                        error: format!("HTTP {status}: {message}"),
-                    })
-                }
-                ChatTicketOutcome::Failed(e) => {
-                    report.failed = Some(e);
-                    break;
-                }
-            }
-        }
-        report
-    }
-    .boxed_local()
+    deliver_each(chats, move |record| {
+        let request_id = record
+            .request_id
+            .clone()
+            .unwrap_or_else(RequestId::generate);
+        let sent = api.create_chat_ticket(&ChatTicketRequest::from(record), &request_id);
+        async move { Delivery::from(sent.await) }.boxed_local()
+    })
 }
 
 /// Sends handoff steps one by one, in outbox order (Django sees a chat's requested before its
-/// accepted). Stops at the first failure, like chat tickets.
+/// accepted); stops at the first failure.
 fn deliver_handoffs(
     api: Rc<dyn DjangoApi>,
     handoffs: Vec<(i64, HandoffRecord)>,
 ) -> LocalBoxFuture<'static, Report> {
+    deliver_each(handoffs, move |record| {
+        api.record_handoff(record, &RequestId::generate())
+    })
+}
+
+/// Sends records one at a time: a refused one goes to the dead letters, a failure stops the run
+/// (the rest wait for the next cycle, in order).
+fn deliver_each<R: 'static>(
+    records: Vec<(i64, R)>,
+    send: impl Fn(&R) -> LocalBoxFuture<'static, Delivery> + 'static,
+) -> LocalBoxFuture<'static, Report> {
     async move {
         let mut report = Report::default();
-        for (seq, record) in handoffs {
+        for (seq, record) in records {
             report.calls += 1;
-            match api.record_handoff(&record, &RequestId::generate()).await {
+            match send(&record).await {
                 Delivery::Delivered => report.delivered.push(seq),
                 Delivery::Rejected { status, message } => report.rejected.push(Rejection {
                     seq,
@@ -251,7 +242,7 @@ mod tests {
     use futures_util::future::BoxFuture;
 
     use super::*;
-    use crate::bridge::client::Endpoint;
+    use crate::bridge::client::{ChatTicketOutcome, Endpoint};
     use crate::bridge::wire::{
         AiReply, AiRespondRequest, ChatTicketCreated, ServiceActionRequest, ServiceActionResult,
     };

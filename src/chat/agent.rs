@@ -19,13 +19,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use self::protocol::{AgentFrame, AgentServerFrame, Presence};
 use self::state::AgentState;
+use super::attached::{Attached, Beat, Sent};
 use super::auth::{self, AgentIdentity};
 use super::history::ReplayError;
-use super::link::{Connection, Inbound, Lane, Link, Local, SendError};
+use super::link::{Connection, Inbound, Lane, Local};
 use super::protocol::{close, ErrorCode};
 use super::queue::{AgentGone, AgentStatus, AgentUp, Join, JoinError, Queue};
 use super::routing::{AgentOp, SessionCommand, SessionHandle, ToAgent};
@@ -80,14 +80,6 @@ pub struct AgentTick;
 #[rtype(result = "()")]
 pub struct EndAgent;
 
-struct Attached {
-    link: Box<dyn Link>,
-    reader: SpawnHandle,
-    last_heard: Instant,
-    last_ping: Instant,
-    limiter: DefaultDirectRateLimiter,
-}
-
 pub struct Agent {
     state: AgentState,
     deps: Arc<AgentDeps>,
@@ -128,19 +120,17 @@ impl Agent {
         let Some(att) = self.attached.as_mut() else {
             return;
         };
-        match att.link.send(frame.to_text(), lane) {
-            Ok(()) => {
+        match att.send(frame.to_text(), lane) {
+            Sent::Queued => {
                 metrics::counter!(m::AGENT_FRAMES_OUT, "type" => frame.kind()).increment(1);
             }
-            Err(SendError::Full) if lane == Lane::Droppable => {}
-            Err(SendError::Full) => {
+            Sent::Dropped => {}
+            Sent::SlowConsumer => {
                 metrics::counter!(m::CHAT_SLOW_CONSUMERS).increment(1);
                 tracing::info!(agent_id = %self.state.me.id, "agent does not read; disconnecting");
-                att.link
-                    .close(close::SLOW_CONSUMER, "slow consumer: resume");
                 self.detach();
             }
-            Err(SendError::Closed) => self.detach(),
+            Sent::Closed => self.detach(),
         }
     }
 
@@ -201,14 +191,12 @@ impl Agent {
         }
         let reader = ctx.add_stream(conn.inbound);
         let s = &self.deps.sessions;
-        let quota = Quota::per_second(nonzero(s.rate_per_sec)).allow_burst(nonzero(s.rate_burst));
-        self.attached = Some(Attached {
-            link: conn.link,
+        self.attached = Some(Attached::new(
+            conn.link,
             reader,
-            last_heard: Instant::now(),
-            last_ping: Instant::now(),
-            limiter: RateLimiter::direct(quota),
-        });
+            s.rate_per_sec,
+            s.rate_burst,
+        ));
         self.detached_at = None;
         metrics::gauge!(m::AGENT_CONNECTIONS).increment(1.0);
     }
@@ -453,10 +441,6 @@ impl Agent {
     }
 }
 
-fn nonzero(n: u32) -> std::num::NonZeroU32 {
-    std::num::NonZeroU32::new(n.max(1)).unwrap_or(std::num::NonZeroU32::MIN)
-}
-
 impl Actor for Agent {
     type Context = Context<Self>;
 
@@ -506,7 +490,7 @@ impl StreamHandler<Inbound> for Agent {
                 return;
             }
         };
-        if att.limiter.check().is_err() {
+        if !att.admit() {
             metrics::counter!(m::CHAT_RATE_LIMITED).increment(1);
             return self.error(ErrorCode::RateLimited, "too many frames; slow down", None);
         }
@@ -692,18 +676,24 @@ impl Handler<AgentTick> for Agent {
             Duration::from_millis(s.heartbeat_timeout_ms),
         );
         if let Some(att) = self.attached.as_mut() {
-            if now.duration_since(att.last_heard) >= timeout {
+            if att.heartbeat(now, interval, timeout) == Beat::TimedOut {
                 tracing::info!(agent_id = %self.state.me.id, "no sign of life from the agent; disconnecting");
-                att.link
-                    .close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
                 let reader = att.reader;
                 ctx.cancel_future(reader);
                 self.detach();
-            } else if now.duration_since(att.last_ping) >= interval {
-                att.last_ping = now;
-                att.link.ping();
             }
         }
+    }
+}
+
+impl Agent {
+    /// Closes the connection (1001: reconnect elsewhere) and stops; the agent's chats are requeued.
+    fn end(&mut self, reason: &'static str, ctx: &mut Context<Self>) {
+        if let Some(mut att) = self.attached.take() {
+            att.link.close(close::GOING_AWAY, reason);
+            metrics::gauge!(m::AGENT_CONNECTIONS).decrement(1.0);
+        }
+        ctx.stop();
     }
 }
 
@@ -711,11 +701,7 @@ impl Handler<EndAgent> for Agent {
     type Result = ();
 
     fn handle(&mut self, _: EndAgent, ctx: &mut Context<Self>) {
-        if let Some(mut att) = self.attached.take() {
-            att.link.close(close::GOING_AWAY, "server shutting down");
-            metrics::gauge!(m::AGENT_CONNECTIONS).decrement(1.0);
-        }
-        ctx.stop();
+        self.end("server shutting down", ctx);
     }
 }
 
@@ -723,11 +709,7 @@ impl Handler<Passivate> for Agent {
     type Result = ();
 
     fn handle(&mut self, _: Passivate, ctx: &mut Context<Self>) {
-        if let Some(mut att) = self.attached.take() {
-            att.link.close(close::GOING_AWAY, "agent stopped");
-            metrics::gauge!(m::AGENT_CONNECTIONS).decrement(1.0);
-        }
-        ctx.stop();
+        self.end("agent stopped", ctx);
     }
 }
 

@@ -117,6 +117,13 @@ impl Queue {
         self.push_all(AgentServerFrame::Presence { agent: view });
     }
 
+    fn set_agent(&mut self, agent: AgentRef, presence: Presence, capacity: u32, auto: bool) {
+        let id = agent.id.clone();
+        self.state
+            .set_agent(id.clone(), agent.name, presence, capacity, auto);
+        self.push_presence(&id);
+    }
+
     fn publish_agents(&self) {
         let mut by_presence = [0u32; 3];
         let (mut load, mut capacity) = (0u64, 0u64);
@@ -244,7 +251,7 @@ impl Actor for Queue {
 
 impl actix::Supervised for Queue {
     fn restarting(&mut self, _: &mut Context<Self>) {
-        // A claim cut short by the panic never completes: free its reservations.
+        // The state is kept: waiting chats and agents stay where they were.
         tracing::warn!(waiting = self.state.len(), "routing queue restarting");
     }
 }
@@ -299,15 +306,8 @@ impl Handler<AgentUp> for Queue {
 
     fn handle(&mut self, msg: AgentUp, ctx: &mut Context<Self>) -> Snapshot {
         let id = msg.agent.id.clone();
-        self.state.set_agent(
-            id.clone(),
-            msg.agent.name,
-            msg.presence,
-            msg.capacity,
-            msg.auto_assign,
-        );
         self.agents.insert(id.clone(), msg.handle);
-        self.push_presence(&id);
+        self.set_agent(msg.agent, msg.presence, msg.capacity, msg.auto_assign);
         let snapshot = Snapshot {
             agents: self.state.agents().map(|(id, a)| a.view(id)).collect(),
             queue: self.state.snapshot(),
@@ -321,15 +321,7 @@ impl Handler<AgentStatus> for Queue {
     type Result = ();
 
     fn handle(&mut self, msg: AgentStatus, ctx: &mut Context<Self>) {
-        let id = msg.agent.id.clone();
-        self.state.set_agent(
-            id.clone(),
-            msg.agent.name,
-            msg.presence,
-            msg.capacity,
-            msg.auto_assign,
-        );
-        self.push_presence(&id);
+        self.set_agent(msg.agent, msg.presence, msg.capacity, msg.auto_assign);
         self.settle(ctx, false);
     }
 }

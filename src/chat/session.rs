@@ -26,13 +26,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use uuid::Uuid;
 
 use self::state::{
     Accepted, AfterLeave, AiCall, CustomerInfo, Effect, Limits, ReplayError, SessionState,
 };
-use super::link::{Connection, Inbound, Lane, Link, Local, SendError};
+use super::attached::{Attached, Beat, Sent};
+use super::link::{Connection, Inbound, Lane, Local};
 use super::protocol::{self, close, Author, ClientFrame, CloseReason, ErrorCode, ServerFrame};
 use super::routing::{AgentHandle, ToAgent, ToQueue};
 use crate::bridge::wire::{AiRespondRequest, Customer, ServiceActionRequest};
@@ -104,17 +104,6 @@ pub struct EndSession;
 #[rtype(result = "()")]
 pub struct InjectPanic;
 
-/// The attached connection.
-struct Attached {
-    link: Box<dyn Link>,
-    reader: SpawnHandle,
-    last_heard: Instant,
-    /// When this connection was last pinged (or attached): the registry's `Tick` comes every
-    /// `min(heartbeat_interval_ms, sweep_interval_ms)`, pings go out every heartbeat interval.
-    last_ping: Instant,
-    limiter: DefaultDirectRateLimiter,
-}
-
 /// The agent holding the session, as the actor reaches them.
 struct AgentLink {
     id: AgentId,
@@ -172,19 +161,17 @@ impl Session {
         let Some(att) = self.attached.as_mut() else {
             return;
         };
-        match att.link.send(frame.to_text(), lane) {
-            Ok(()) => {
+        match att.send(frame.to_text(), lane) {
+            Sent::Queued => {
                 metrics::counter!(m::CHAT_FRAMES_OUT, "type" => frame.kind()).increment(1);
             }
-            Err(SendError::Full) if lane == Lane::Droppable => {}
-            Err(SendError::Full) => {
+            Sent::Dropped => {}
+            Sent::SlowConsumer => {
                 metrics::counter!(m::CHAT_SLOW_CONSUMERS).increment(1);
                 tracing::info!(session_id = %self.state.id, "client does not read; disconnecting it");
-                att.link
-                    .close(close::SLOW_CONSUMER, "slow consumer: resume");
                 self.detach();
             }
-            Err(SendError::Closed) => self.detach(),
+            Sent::Closed => self.detach(),
         }
     }
 
@@ -220,15 +207,13 @@ impl Session {
                 .close(close::REPLACED, "resumed on another connection");
         }
         let reader = ctx.add_stream(conn.inbound);
-        let quota = Quota::per_second(nonzero(self.deps.settings.rate_per_sec))
-            .allow_burst(nonzero(self.deps.settings.rate_burst));
-        self.attached = Some(Attached {
-            link: conn.link,
+        let s = &self.deps.settings;
+        self.attached = Some(Attached::new(
+            conn.link,
             reader,
-            last_heard: Instant::now(),
-            last_ping: Instant::now(),
-            limiter: RateLimiter::direct(quota),
-        });
+            s.rate_per_sec,
+            s.rate_burst,
+        ));
         self.detached_at = None;
     }
 
@@ -583,10 +568,6 @@ impl Session {
     }
 }
 
-fn nonzero(n: u32) -> std::num::NonZeroU32 {
-    std::num::NonZeroU32::new(n.max(1)).unwrap_or(std::num::NonZeroU32::MIN)
-}
-
 /// Checks a chat message's `client_id` and text (customers' and agents' alike).
 pub(crate) fn check_message(client_id: &str, text: &str, max_chars: usize) -> Result<(), String> {
     if client_id.is_empty()
@@ -682,7 +663,7 @@ impl StreamHandler<Inbound> for Session {
                 return;
             }
         };
-        if att.limiter.check().is_err() {
+        if !att.admit() {
             metrics::counter!(m::CHAT_RATE_LIMITED).increment(1);
             return self.error(ErrorCode::RateLimited, "too many frames; slow down", None);
         }
@@ -810,19 +791,17 @@ impl Handler<Tick> for Session {
             self.run(effects, ctx);
             return;
         }
+        // The registry's `Tick` comes every `min(heartbeat_interval_ms, sweep_interval_ms)`.
+        let (interval, timeout) = (
+            Duration::from_millis(s.heartbeat_interval_ms),
+            Duration::from_millis(s.heartbeat_timeout_ms),
+        );
         if let Some(att) = self.attached.as_mut() {
-            if now.duration_since(att.last_heard) >= Duration::from_millis(s.heartbeat_timeout_ms) {
+            if att.heartbeat(now, interval, timeout) == Beat::TimedOut {
                 tracing::info!(session_id = %self.state.id, "no sign of life from the client; disconnecting it");
-                att.link
-                    .close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
                 let reader = att.reader;
                 ctx.cancel_future(reader);
                 self.detach();
-            } else if now.duration_since(att.last_ping)
-                >= Duration::from_millis(s.heartbeat_interval_ms)
-            {
-                att.last_ping = now;
-                att.link.ping();
             }
         }
     }

@@ -34,6 +34,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use crate::chat::agent::protocol::{self as agent_protocol, AgentFrame};
 use crate::chat::agent::Opening;
 use crate::chat::agents::{AgentConnected, AgentRegistry};
+use crate::chat::attached::nonzero;
 use crate::chat::auth::{self, AgentIdentity};
 use crate::chat::link::{Connection, Inbound, Lane, Link, Local, SendError};
 use crate::chat::protocol::{
@@ -538,10 +539,6 @@ impl ChatListener {
         self.finished = Some(done_rx);
         Ok(())
     }
-}
-
-fn nonzero(n: u32) -> std::num::NonZeroU32 {
-    std::num::NonZeroU32::new(n.max(1)).unwrap_or(std::num::NonZeroU32::MIN)
 }
 
 impl Child for ChatListener {
