@@ -297,12 +297,24 @@ pub struct SupervisorSettings {
     pub ticket_max_seconds: u64,
 }
 
+/// What an API key may do. Scopes are not hierarchical: `admin` does not imply `write`, nor `write`
+/// `read`; a key lists each scope it needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     Read,
     Write,
     Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Admin => "admin",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -160,17 +160,18 @@ pub fn update_ticket(conn: &Connection, base: &Ticket, latest: &Ticket) -> Resul
 /// `changes` is `e.changes` already encoded.
 pub fn insert_event(conn: &Connection, e: &TicketEvent, changes: &str) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "INSERT INTO ticket_events (event_id, ticket_id, kind, actor, at, version, changes) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO ticket_events (event_id, ticket_id, kind, actor, at, version, changes, \
+         on_behalf_of) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         e.event_id.to_string(),
         e.ticket_id.to_string(),
         e.kind.as_str(),
-        e.actor.to_string(),
+        e.actor.identity(),
         ts(&e.at),
         e.version as i64,
         changes,
+        e.actor.acting_for(),
     ])?;
     Ok(())
 }
@@ -304,7 +305,7 @@ pub fn events(
     limit: u32,
 ) -> Result<Vec<(i64, TicketEvent)>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, event_id, kind, actor, at, version, changes FROM ticket_events \
+        "SELECT seq, event_id, kind, actor, at, version, changes, on_behalf_of FROM ticket_events \
          WHERE ticket_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
     )?;
     let mut rows = stmt.query(params![id.to_string(), after_seq, limit as i64])?;
@@ -324,7 +325,7 @@ pub fn events(
                 ),
                 ticket_id: id,
                 kind: EventKind::parse(&kind).ok_or_else(|| corrupt("event kind", &kind))?,
-                actor: Principal::from(row.get::<_, String>(3)?.as_str()),
+                actor: Principal::from_record(&row.get::<_, String>(3)?, row.get(7)?),
                 at: parse_ts(&at)?,
                 version: row.get::<_, i64>(5)? as u64,
                 changes: serde_json::from_str(&changes)

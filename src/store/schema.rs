@@ -105,6 +105,11 @@ pub const TABLES_MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     INSERT INTO store_meta (key, value) VALUES ('folded_seq', 0);
     "#,
+    // 2: the person an API key said it acted for (`X-Actor`), apart from `actor`, which now always
+    // names the key.
+    r#"
+    ALTER TABLE ticket_events ADD COLUMN on_behalf_of TEXT;
+    "#,
 ];
 
 fn user_version(conn: &Connection) -> Result<u32, StoreError> {
