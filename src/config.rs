@@ -280,6 +280,8 @@ pub struct BridgeSettings {
     pub retry_max_ms: u64,
     pub breaker_threshold: u32,
     pub breaker_cooldown_ms: u64,
+    /// Failures of one event sent alone, while Django takes other events, before it is dead-lettered.
+    pub poison_max_attempts: u32,
     pub drain_timeout_ms: u64,
     pub queue_depth: usize,
     pub calls_timeout_ms: u64,
@@ -517,6 +519,10 @@ impl Settings {
             "bridge.breaker_threshold",
             self.bridge.breaker_threshold as u64,
         )?;
+        positive(
+            "bridge.poison_max_attempts",
+            self.bridge.poison_max_attempts as u64,
+        )?;
         positive("bridge.calls_timeout_ms", self.bridge.calls_timeout_ms)?;
         positive(
             "bridge.calls_max_in_flight",
@@ -715,6 +721,7 @@ mod tests {
         let err = Settings::from_toml("[django]\nbase_url = \"ftp://x\"").unwrap_err();
         assert!(err.to_string().contains("django.base_url"), "{err}");
         for key in [
+            "poison_max_attempts",
             "calls_timeout_ms",
             "calls_max_in_flight",
             "calls_breaker_threshold",

@@ -47,6 +47,14 @@ pub const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     INSERT INTO store_meta (key, value) VALUES ('folded_seq', 0);
     "#,
+    // 2: what the bridge learnt delivering each row, for operators and to isolate an event Django
+    // keeps failing on: failed delivery cycles that carried it, the last error, and how often it
+    // failed alone while Django took other events (a bounded number of those dead-letters it).
+    r#"
+    ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE outbox ADD COLUMN isolated_failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE outbox ADD COLUMN last_error TEXT;
+    "#,
 ];
 
 /// `switchboard.db`'s newest version.
