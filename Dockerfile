@@ -39,8 +39,9 @@ ENV SWITCHBOARD__STORAGE__DATA_DIR=/data \
 
 # Switchboard refuses to listen on a non-loopback address unless API keys are configured, so the
 # container expects a configuration file with [[auth.api_keys]] mounted at
-# /etc/switchboard/switchboard.toml (template: config/production.example.toml). Django settings can
-# come from the same file or from SWITCHBOARD__DJANGO__BASE_URL / SWITCHBOARD__DJANGO__TOKEN.
+# /etc/switchboard/switchboard.toml (template: config/production.example.toml, whose key is read from
+# the SWITCHBOARD_API_KEY environment variable). Django settings can come from the same file or from
+# SWITCHBOARD__DJANGO__BASE_URL / SWITCHBOARD__DJANGO__TOKEN.
 USER switchboard
 VOLUME ["/data"]
 EXPOSE 4000 4001

@@ -94,6 +94,8 @@ fn outbox(entries: usize, tickets: usize) -> Vec<OutboxEntry> {
             OutboxEntry {
                 seq: i as i64 + 1,
                 enqueued_at: at,
+                attempts: 0,
+                isolated_failures: 0,
                 record: OutboxRecord::TicketSync(SyncRecord {
                     event_id: EventId::new(),
                     ticket_id,

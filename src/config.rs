@@ -343,6 +343,8 @@ pub struct BridgeSettings {
     pub retry_max_ms: u64,
     pub breaker_threshold: u32,
     pub breaker_cooldown_ms: u64,
+    /// Failures of one event sent alone, while Django takes other events, before it is dead-lettered.
+    pub poison_max_attempts: u32,
     pub drain_timeout_ms: u64,
     pub queue_depth: usize,
     pub calls_timeout_ms: u64,
@@ -360,6 +362,8 @@ pub struct SupervisorSettings {
     pub ticket_max_seconds: u64,
 }
 
+/// What an API key may do. Scopes are not hierarchical: `admin` does not imply `write`, nor `write`
+/// `read`; a key lists each scope it needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
@@ -368,13 +372,32 @@ pub enum Scope {
     Admin,
 }
 
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Admin => "admin",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKey {
     pub name: String,
+    /// The secret, written in the file; or empty, with `key_env` naming the environment variable
+    /// that holds it (how a container is given a secret). Filled from there at load.
+    #[serde(default)]
     pub key: String,
+    #[serde(default)]
+    pub key_env: Option<String>,
     pub scopes: Vec<Scope>,
 }
+
+/// The marker of every placeholder secret shipped in config/production.example.toml and the docs:
+/// a secret containing it is public, so the server refuses it rather than run with it.
+const EXAMPLE_SECRET_MARKER: &str = "change-me";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -430,23 +453,53 @@ impl Settings {
                 .separator("__")
                 .try_parsing(true),
         );
-        let settings: Settings = builder.build()?.try_deserialize()?;
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.resolve_secrets(|name| std::env::var(name).ok())?;
         settings.validate()?;
         Ok(settings)
     }
 
     /// The embedded defaults alone, with overrides from a TOML string (tests and tools).
     pub fn from_toml(overrides: &str) -> Result<Self, ConfigError> {
-        let settings: Settings = config::Config::builder()
+        let mut settings = Self::parse_toml(overrides)?;
+        settings.resolve_secrets(|name| std::env::var(name).ok())?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn parse_toml(overrides: &str) -> Result<Self, ConfigError> {
+        Ok(config::Config::builder()
             .add_source(config::File::from_str(
                 DEFAULT_TOML,
                 config::FileFormat::Toml,
             ))
             .add_source(config::File::from_str(overrides, config::FileFormat::Toml))
             .build()?
-            .try_deserialize()?;
-        settings.validate()?;
-        Ok(settings)
+            .try_deserialize()?)
+    }
+
+    /// Fills each API key given as `key_env` from that environment variable (`env` looks one up).
+    fn resolve_secrets(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        for key in &mut self.auth.api_keys {
+            let Some(var) = &key.key_env else { continue };
+            if !key.key.is_empty() {
+                return Err(invalid(
+                    "auth.api_keys",
+                    format!("key `{}` sets both `key` and `key_env`; keep one", key.name),
+                ));
+            }
+            key.key = env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+                invalid(
+                    "auth.api_keys",
+                    format!(
+                        "key `{}` reads its secret from the environment variable {var}, which is \
+                         not set",
+                        key.name
+                    ),
+                )
+            })?;
+        }
+        Ok(())
     }
 
     /// Checks what serde cannot: addresses, ranges, and the secure-by-default rule.
@@ -530,6 +583,10 @@ impl Settings {
             "bridge.breaker_threshold",
             self.bridge.breaker_threshold as u64,
         )?;
+        positive(
+            "bridge.poison_max_attempts",
+            self.bridge.poison_max_attempts as u64,
+        )?;
         positive("bridge.calls_timeout_ms", self.bridge.calls_timeout_ms)?;
         positive(
             "bridge.calls_max_in_flight",
@@ -558,6 +615,16 @@ impl Settings {
             if key.name.trim().is_empty() {
                 return Err(invalid("auth.api_keys", "every key needs a `name`"));
             }
+            if key.key.contains(EXAMPLE_SECRET_MARKER) {
+                return Err(invalid(
+                    "auth.api_keys",
+                    format!(
+                        "key `{}` is the published example key; set a secret of your own \
+                         (e.g. `openssl rand -hex 32`)",
+                        key.name
+                    ),
+                ));
+            }
             if key.key.len() < 16 {
                 return Err(invalid(
                     "auth.api_keys",
@@ -570,6 +637,12 @@ impl Settings {
                     format!("key `{}` has no scopes", key.name),
                 ));
             }
+        }
+        if self.metrics.token.contains(EXAMPLE_SECRET_MARKER) {
+            return Err(invalid(
+                "metrics.token",
+                "is the published example token; set a token of your own or leave it empty",
+            ));
         }
         if self.auth.api_keys.is_empty() {
             for (key, addr) in [("api.bind", api_bind), ("chat.bind", chat_bind)] {
@@ -660,6 +733,51 @@ mod tests {
         assert!(err.to_string().contains("`b`"), "{err}");
     }
 
+    /// The shipped example, as an operator copies it.
+    const EXAMPLE: &str = include_str!("../config/production.example.toml");
+
+    #[test]
+    fn the_published_example_keys_are_refused() {
+        for (what, toml) in [
+            (
+                "auth.api_keys",
+                "[[auth.api_keys]]\nname = \"django\"\n\
+                 key = \"change-me-django-key-0000000000000000\"\nscopes = [\"read\"]",
+            ),
+            (
+                "metrics.token",
+                "[metrics]\ntoken = \"change-me-metrics-token\"",
+            ),
+        ] {
+            let err = Settings::from_toml(toml).unwrap_err().to_string();
+            assert!(err.contains(what), "{err}");
+            assert!(err.contains("example"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_example_config_takes_its_key_from_the_environment_and_names_it_when_missing() {
+        let mut s = Settings::parse_toml(EXAMPLE).unwrap();
+        let err = s.resolve_secrets(|_| None).unwrap_err().to_string();
+        assert!(err.contains("SWITCHBOARD_API_KEY"), "{err}");
+        let secret = "0123456789abcdef0123456789abcdef";
+        s.resolve_secrets(|name| (name == "SWITCHBOARD_API_KEY").then(|| secret.to_string()))
+            .unwrap();
+        s.validate().unwrap();
+        assert_eq!(s.auth.api_keys[0].key, secret);
+    }
+
+    #[test]
+    fn a_key_given_twice_over_is_refused() {
+        let mut s = Settings::parse_toml(
+            "[[auth.api_keys]]\nname = \"a\"\nkey = \"0123456789abcdef\"\nkey_env = \"K\"\n\
+             scopes = [\"read\"]",
+        )
+        .unwrap();
+        let err = s.resolve_secrets(|_| Some("x".into())).unwrap_err();
+        assert!(err.to_string().contains("key_env"), "{err}");
+    }
+
     #[test]
     fn bad_values_name_their_key() {
         let err = Settings::from_toml("[bridge]\nbatch_max = 0").unwrap_err();
@@ -667,6 +785,7 @@ mod tests {
         let err = Settings::from_toml("[django]\nbase_url = \"ftp://x\"").unwrap_err();
         assert!(err.to_string().contains("django.base_url"), "{err}");
         for key in [
+            "poison_max_attempts",
             "calls_timeout_ms",
             "calls_max_in_flight",
             "calls_breaker_threshold",

@@ -23,6 +23,8 @@ pub const BRIDGE_EVENTS_DELIVERED: &str = "switchboard_bridge_events_delivered_t
 pub const BRIDGE_BREAKER_STATE: &str = "switchboard_bridge_breaker_state";
 pub const BRIDGE_IN_FLIGHT: &str = "switchboard_bridge_in_flight";
 pub const BRIDGE_REFUSALS: &str = "switchboard_bridge_refusals_total";
+pub const BRIDGE_ISOLATED: &str = "switchboard_bridge_isolated_events_total";
+pub const BRIDGE_POISONED: &str = "switchboard_bridge_poisoned_events_total";
 pub const DJANGO_DURATION: &str = "switchboard_django_request_duration_seconds";
 pub const DJANGO_FAILURES: &str = "switchboard_django_failures_total";
 pub const DEAD_LETTERS: &str = "switchboard_dead_letters_total";
@@ -171,6 +173,14 @@ fn describe() {
     describe_counter!(
         BRIDGE_REFUSALS,
         "Django calls a lane refused without making them, by lane and reason (busy, breaker)."
+    );
+    describe_counter!(
+        BRIDGE_ISOLATED,
+        "Ticket syncs that failed with a 5xx sent alone while Django took other events."
+    );
+    describe_counter!(
+        BRIDGE_POISONED,
+        "Ticket syncs dead-lettered after bridge.poison_max_attempts isolated failures."
     );
     describe_histogram!(
         DJANGO_DURATION,
@@ -350,6 +360,8 @@ fn zero_alerting_counters() {
         }
     }
     metrics::counter!(DEAD_LETTERS).absolute(0);
+    metrics::counter!(BRIDGE_ISOLATED).absolute(0);
+    metrics::counter!(BRIDGE_POISONED).absolute(0);
     metrics::counter!(CHAT_SLOW_CONSUMERS).absolute(0);
     metrics::counter!(CHAT_RATE_LIMITED).absolute(0);
     metrics::counter!(CHAT_ABANDONED).absolute(0);

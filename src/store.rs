@@ -154,8 +154,8 @@ pub struct TicketWrite {
 }
 
 pub use outbox::{
-    ChatTicketRecord, DeadLetter, HandoffEvent, HandoffRecord, Outbox, OutboxEntry, OutboxRecord,
-    OutboxSignal, OutboxStats, Rejection, SyncRecord,
+    ChatTicketRecord, DeadLetter, Failure, HandoffEvent, HandoffRecord, Outbox, OutboxEntry,
+    OutboxRecord, OutboxSignal, OutboxStats, PendingEntry, RecordSummary, Rejection, SyncRecord,
 };
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -410,3 +410,166 @@ async fn a_status_change_with_other_fields_still_reaches_django_as_a_status_chan
         &json!(["ticket.created", "ticket.updated", "ticket.status_changed"])
     );
 }
+
+#[actix_rt::test]
+async fn an_event_django_fails_on_is_isolated_then_dead_lettered_and_the_rest_flows() {
+    let mut django = FakeDjango::start();
+    django.set_default(Behavior::StatusIfContains("POISON-9".into(), 500));
+    let app = spawn_app(&django.config(
+        "batch_max = 10\nflush_ms = 20\nretry_base_ms = 5\nretry_max_ms = 20\npoison_max_attempts = 3",
+    ));
+    let before = id_of(&create_ticket(&app, "before").await);
+    let bad = id_of(&create_ticket(&app, "POISON-9 cannot be stored").await);
+    let mut good = vec![(before, 1)];
+    for i in 0..3 {
+        good.push((id_of(&create_ticket(&app, &format!("after {i}")).await), 1));
+    }
+    django.wait_delivered(&good).await;
+
+    // Django keeps taking other tickets while the bad one keeps failing alone.
+    let url = app.url("/api/v1/admin/dead-letters");
+    eventually("the bad event dead-lettered", || {
+        let (app, url) = (&app, url.clone());
+        async move {
+            create_ticket(app, "meanwhile").await;
+            get(&url).await.body["items"]
+                .as_array()
+                .is_some_and(|i| !i.is_empty())
+        }
+    })
+    .await;
+    let dead = wait_dead_letters(&app, 1).await;
+    assert_eq!(dead[0]["ticket_id"], json!(bad));
+    assert_eq!(dead[0]["status_code"], 500);
+    let error = dead[0]["error"].as_str().unwrap();
+    assert!(error.contains("HTTP 500"), "{error}");
+    assert!(error.contains("3 times"), "{error}");
+    assert!(!django
+        .delivered()
+        .iter()
+        .any(|e| e["ticket_id"] == json!(bad)));
+
+    // Whatever is created now still reaches Django.
+    let later = id_of(&create_ticket(&app, "later").await);
+    django.wait_delivered(&[(later, 1)]).await;
+    let text = scrape(&app).await;
+    for name in [
+        "switchboard_bridge_isolated_events_total",
+        "switchboard_bridge_poisoned_events_total",
+    ] {
+        assert!(metric(&text, name, &[]).unwrap_or(0.0) >= 1.0, "{name}");
+    }
+}
+
+#[actix_rt::test]
+async fn a_django_down_for_every_event_dead_letters_nothing() {
+    let mut django = FakeDjango::start();
+    django.set_default(Behavior::Status(500));
+    let app = spawn_app(&django.config(
+        "batch_max = 10\nflush_ms = 20\nretry_base_ms = 1\nretry_max_ms = 5\n\
+         breaker_threshold = 1000\npoison_max_attempts = 1",
+    ));
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(id_of(&create_ticket(&app, &format!("t{i}")).await));
+    }
+    // Enough failed calls for each event to have been sent alone more than once.
+    for _ in 0..40 {
+        assert_eq!(django.next_call().await.status, 500);
+    }
+    let dead = get(&app.url("/api/v1/admin/dead-letters")).await;
+    assert_eq!(dead.body["items"], json!([]), "{}", dead.text);
+    let pending = get(&app.url("/api/v1/admin/outbox")).await;
+    let items = pending.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 4, "{}", pending.text);
+    assert!(items.iter().all(|i| i["isolated_failures"] == 0));
+
+    django.set_default(Behavior::Ok);
+    let want: Vec<_> = ids.iter().map(|i| (i.clone(), 1)).collect();
+    django.wait_delivered(&want).await;
+}
+
+const OPS_KEYS: &str = "[[auth.api_keys]]\nname = \"ops\"\nkey = \"ops-key-0123456789abcdef\"\n\
+    scopes = [\"read\", \"write\", \"admin\"]\n\
+    [[auth.api_keys]]\nname = \"viewer\"\nkey = \"viewer-key-0123456789abcdef\"\nscopes = [\"read\"]\n";
+const OPS: (&str, &str) = ("Authorization", "Bearer ops-key-0123456789abcdef");
+
+#[actix_rt::test]
+async fn operators_list_the_pending_outbox_and_move_an_entry_to_the_dead_letters() {
+    let django = FakeDjango::start();
+    django.set_default(Behavior::Status(503));
+    let config = format!(
+        "{}{OPS_KEYS}",
+        django.config("batch_max = 10\nflush_ms = 20\nretry_base_ms = 5\nretry_max_ms = 20")
+    );
+    let app = spawn_app(&config);
+    let mut ids = Vec::new();
+    for subject in ["first", "second"] {
+        let created = request(
+            "POST",
+            &app.url("/api/v1/tickets"),
+            Some(&json!({"subject": subject, "requester": "alice@example.com"})),
+            &[OPS],
+        )
+        .await;
+        assert_eq!(created.status, 201, "{}", created.text);
+        ids.push(id_of(&created.body));
+    }
+    let url = app.url("/api/v1/admin/outbox");
+    eventually("both entries tried and failed", || {
+        let url = url.clone();
+        async move {
+            let items = request("GET", &url, None, &[OPS]).await.body["items"].clone();
+            items.as_array().is_some_and(|i| {
+                i.len() == 2 && i.iter().all(|e| e["attempts"].as_u64().unwrap_or(0) >= 1)
+            })
+        }
+    })
+    .await;
+    let listed = request("GET", &url, None, &[OPS]).await;
+    let items = listed.body["items"].as_array().unwrap().clone();
+    assert_eq!(items[0]["ticket_id"], json!(ids[0]), "oldest first");
+    assert_eq!(items[1]["ticket_id"], json!(ids[1]));
+    assert!(items[0]["id"].as_i64().unwrap() < items[1]["id"].as_i64().unwrap());
+    assert_eq!(items[0]["type"], "ticket_sync");
+    assert_eq!(items[0]["kind"], "ticket.created");
+    let last_error = items[0]["last_error"].as_str().unwrap();
+    assert!(last_error.contains("503"), "{last_error}");
+    let one = request("GET", &format!("{url}?limit=1"), None, &[OPS]).await;
+    assert_eq!(one.body["items"].as_array().unwrap().len(), 1);
+    let bad_limit = request("GET", &format!("{url}?limit=x"), None, &[OPS]).await;
+    assert_eq!(
+        (bad_limit.status, bad_limit.error_code()),
+        (422, "validation_failed")
+    );
+
+    let viewer = ("Authorization", "Bearer viewer-key-0123456789abcdef");
+    let move_url = |id: &str| app.url(&format!("/api/v1/admin/outbox/{id}/dead-letter"));
+    let first = items[0]["id"].to_string();
+    for (method, target) in [("GET", url.clone()), ("POST", move_url(&first))] {
+        let refused = request(method, &target, None, &[viewer]).await;
+        assert_eq!((refused.status, refused.error_code()), (403, "forbidden"));
+        let anonymous = request(method, &target, None, &[]).await;
+        assert_eq!(anonymous.status, 401);
+    }
+
+    let moved = request("POST", &move_url(&first), None, &[OPS]).await;
+    assert_eq!(moved.status, 200, "{}", moved.text);
+    assert_eq!(moved.body["dead_lettered"], items[0]["id"]);
+    let again = request("POST", &move_url(&first), None, &[OPS]).await;
+    assert_eq!((again.status, again.error_code()), (404, "not_found"));
+    for unknown in ["999999", "abc"] {
+        let missing = request("POST", &move_url(unknown), None, &[OPS]).await;
+        assert_eq!((missing.status, missing.error_code()), (404, "not_found"));
+    }
+
+    let left = request("GET", &url, None, &[OPS]).await.body["items"].clone();
+    assert_eq!(left.as_array().unwrap().len(), 1);
+    assert_eq!(left[0]["ticket_id"], json!(ids[1]));
+    let dead = request("GET", &app.url("/api/v1/admin/dead-letters"), None, &[OPS]).await;
+    let dead = dead.body["items"].as_array().unwrap().clone();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["ticket_id"], json!(ids[0]));
+    let error = dead[0]["error"].as_str().unwrap();
+    assert!(error.contains("API key `ops`"), "{error}");
+}

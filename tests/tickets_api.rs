@@ -425,7 +425,8 @@ async fn api_keys_gate_reads_writes_and_admin() {
     )
     .await;
     assert_eq!(read.status, 200);
-    assert_eq!(read.body["items"][0]["actor"], "agent-7");
+    assert_eq!(read.body["items"][0]["actor"], "django");
+    assert_eq!(read.body["items"][0]["on_behalf_of"], "agent-7");
 
     let admin = app.url("/api/v1/admin/dead-letters");
     let denied = with_key("GET", &admin, None, "write-key-0123456789").await;
@@ -440,6 +441,67 @@ async fn api_keys_gate_reads_writes_and_admin() {
     let metrics = with_key("GET", &app.url("/metrics"), None, "metrics-secret").await;
     assert_eq!(metrics.status, 200);
     assert!(metrics.text.contains("switchboard_http_requests_total"));
+}
+
+#[actix_rt::test]
+async fn the_history_names_the_key_of_every_change_and_the_person_it_acted_for() {
+    let app = spawn_app(KEYS);
+    let url = app.url("/api/v1/tickets");
+    let write = ("Authorization", "Bearer write-key-0123456789");
+    let created = request(
+        "POST",
+        &url,
+        Some(&json!({"subject": "s", "requester": "r"})),
+        &[write],
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let ticket = format!("{url}/{}", created.body["id"].as_str().unwrap());
+    // A person named by X-Actor is recorded beside the key, never instead of it, even when the
+    // name is another key's.
+    for actor in ["ada@example.com", "ops"] {
+        let changed = request(
+            "PATCH",
+            &ticket,
+            Some(&json!({"subject": format!("by {actor}")})),
+            &[write, ("X-Actor", actor)],
+        )
+        .await;
+        assert_eq!(changed.status, 200, "{}", changed.text);
+    }
+    let commented = request(
+        "POST",
+        &format!("{ticket}/comments"),
+        Some(&json!({"body": "looking", "author": "bob"})),
+        &[write],
+    )
+    .await;
+    assert_eq!(commented.status, 201, "{}", commented.text);
+
+    let history = with_key(
+        "GET",
+        &format!("{ticket}/events"),
+        None,
+        "read-key-0123456789",
+    )
+    .await;
+    let items = history.body["items"].as_array().unwrap().clone();
+    let who: Vec<_> = items
+        .iter()
+        .map(|e| (e["actor"].clone(), e.get("on_behalf_of").cloned()))
+        .collect();
+    assert_eq!(
+        who,
+        [
+            (json!("django"), None),
+            (json!("django"), Some(json!("ada@example.com"))),
+            (json!("django"), Some(json!("ops"))),
+            (json!("django"), None),
+        ],
+        "{}",
+        history.text
+    );
+    assert!(!history.text.contains("write-key"), "never the secret");
 }
 
 #[actix_rt::test]

@@ -3,10 +3,13 @@
 //! took and dead-letter what it refused — in the store — before the next cycle. A cycle starts when
 //! `batch_max` new entries were appended, every `bridge.flush_ms`, or when a backoff delay ends.
 //! Entries leave the outbox only after Django answered 2xx, so a crash or restart anywhere resends
-//! them, with the same event ids. Started by the root supervisor (child `bridge`); takes [`Drain`],
+//! them, with the same event ids. An event Django fails on (5xx) while it takes others is isolated and,
+//! after `bridge.poison_max_attempts` such failures, dead-lettered ([`super::dispatch::Isolation`]).
+//! Started by the root supervisor (child `bridge`); takes [`Drain`],
 //! [`GetStatus`] and [`InjectPanic`]. Calls someone waits for go through the other lane
 //! ([`super::calls`]).
 
+use std::collections::BTreeSet;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +20,7 @@ use tokio::sync::oneshot;
 
 use super::breaker::{backoff, Breaker};
 use super::client::{chain, AwcDjango, DjangoApi};
-use super::dispatch::{run_cycle, Report};
+use super::dispatch::{run_cycle, Isolation, Report};
 use super::{Drain, GetStatus, InjectPanic, Lane, LaneStatus};
 use crate::config::{BridgeSettings, DjangoSettings};
 use crate::metrics as m;
@@ -44,6 +47,8 @@ pub struct Bridge {
     last_error: Option<String>,
     last_success_at: Option<DateTime<Utc>>,
     draining: Option<Draining>,
+    /// Outbox positions that failed sent alone; the next cycle sends them apart.
+    suspects: BTreeSet<i64>,
 }
 
 impl Bridge {
@@ -66,6 +71,7 @@ impl Bridge {
             last_error: None,
             last_success_at: None,
             draining: None,
+            suspects: BTreeSet::new(),
         }
     }
 
@@ -100,7 +106,11 @@ impl Bridge {
         self.cycle_mark = total;
         let outbox = self.outbox.clone();
         let batch_max = self.settings.batch_max;
-        let cycle = async move { run_cycle(&*outbox, api, batch_max).await };
+        let isolation = Isolation {
+            max_attempts: self.settings.poison_max_attempts,
+            suspects: self.suspects.clone(),
+        };
+        let cycle = async move { run_cycle(&*outbox, api, batch_max, isolation).await };
         self.publish();
         let span = tracing::info_span!("bridge_cycle");
         ctx.spawn(
@@ -118,7 +128,7 @@ impl Bridge {
     ) {
         self.in_flight = false;
         let now = Instant::now();
-        let report = match result {
+        let mut report = match result {
             Ok(r) => r,
             Err(e) => {
                 let why = chain(&e);
@@ -130,6 +140,7 @@ impl Bridge {
         if report.calls == 0 {
             self.breaker.cancel_probe();
         }
+        self.suspects = std::mem::take(&mut report.suspects);
         metrics::counter!(m::BRIDGE_EVENTS_DELIVERED).increment(report.delivered.len() as u64);
         if !report.rejected.is_empty() {
             metrics::counter!(m::DEAD_LETTERS).increment(report.rejected.len() as u64);
@@ -151,6 +162,9 @@ impl Bridge {
             if report.entries >= self.settings.batch_max {
                 // A backlog: go again at once.
                 ctx.run_later(Duration::ZERO, |act, ctx| act.maybe_flush(ctx));
+            } else if !report.failures.is_empty() {
+                // Django took the rest but failed on some events: they wait, so the outbox is not
+                // drained, and the flush_ms timer sends them again.
             } else {
                 self.idle_at = Some(mark);
                 let full_batch_waiting = appended >= self.settings.batch_max as u64;

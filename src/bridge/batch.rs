@@ -113,6 +113,8 @@ mod tests {
         OutboxEntry {
             seq,
             enqueued_at: now,
+            attempts: 0,
+            isolated_failures: 0,
             record: OutboxRecord::TicketSync(SyncRecord {
                 event_id: EventId::new(),
                 ticket_id: ticket,

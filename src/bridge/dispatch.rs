@@ -7,9 +7,15 @@
 //! The two kinds are sent side by side, and a failure stops only its own kind: a broken chat endpoint
 //! does not hold ticket syncs back, nor the reverse. What Django took is acked and what it refused
 //! (400, 409, 422) dead-lettered, in the store, before the cycle ends; the rest stays in the outbox for
-//! the next cycle, at its place.
+//! the next cycle, at its place, with its failed attempt and last error recorded on its row.
+//!
+//! One event can make Django fail a whole batch with a 5xx (a value its database cannot store), so a
+//! 5xx batch is bisected too. Whether an event that fails alone is to blame is for the cycle as a
+//! whole to say: if Django took other events meanwhile, the failure counts against the event
+//! ([`Isolation`], `bridge.poison_max_attempts`, then the dead letters); if it took none, Django is
+//! down and the breaker, not the event, answers for it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
 
 use futures_util::future::{FutureExt, LocalBoxFuture};
@@ -17,11 +23,12 @@ use futures_util::future::{FutureExt, LocalBoxFuture};
 use super::batch::{coalesce, SyncItem};
 use super::client::{Delivery, DjangoApi, SyncOutcome};
 use super::wire::ChatTicketRequest;
-use crate::bridge::client::CallError;
+use crate::bridge::client::{chain, CallError};
 use crate::domain::ids::RequestId;
 use crate::metrics as m;
 use crate::store::{
-    ChatTicketRecord, HandoffRecord, Outbox, OutboxEntry, OutboxRecord, Rejection, StoreError,
+    ChatTicketRecord, Failure, HandoffRecord, Outbox, OutboxEntry, OutboxRecord, Rejection,
+    StoreError,
 };
 
 /// What one delivery cycle did.
@@ -31,19 +38,32 @@ pub struct Report {
     pub entries: usize,
     /// Outbox positions Django took (acked).
     pub delivered: Vec<i64>,
-    /// Entries Django refused (dead-lettered).
+    /// Entries Django refused, or failed on too often alone (dead-lettered).
     pub rejected: Vec<Rejection>,
-    /// The first failure, if any kind stopped on one (retry later).
+    /// The first failure, if any kind stopped on one or Django answered none of its calls (retry
+    /// later; it counts against the breaker).
     pub failed: Option<CallError>,
     /// Calls made.
     pub calls: u32,
+    /// Failed deliveries of entries that stay in the outbox, recorded on their rows.
+    pub failures: Vec<Failure>,
+    /// Ticket syncs that failed sent alone while Django took other events.
+    pub isolated: usize,
+    /// Of those, the ones dead-lettered for reaching `bridge.poison_max_attempts`.
+    pub poisoned: usize,
+    /// Positions to send apart next cycle ([`Isolation::suspects`]).
+    pub suspects: BTreeSet<i64>,
 }
 
 impl Report {
     fn merge(&mut self, other: Report) {
         self.delivered.extend(other.delivered);
         self.rejected.extend(other.rejected);
+        self.failures.extend(other.failures);
+        self.suspects.extend(other.suspects);
         self.calls += other.calls;
+        self.isolated += other.isolated;
+        self.poisoned += other.poisoned;
         if self.failed.is_none() {
             self.failed = other.failed;
         }
@@ -82,11 +102,23 @@ pub fn plan(entries: &[OutboxEntry]) -> Plan {
     }
 }
 
-/// Runs one cycle: peek, send, then ack and dead-letter in the store.
+/// What the sync lane carries from one cycle to the next to get past events Django fails on.
+#[derive(Debug, Clone, Default)]
+pub struct Isolation {
+    /// `bridge.poison_max_attempts`: isolated failures that dead-letter an event.
+    pub max_attempts: u32,
+    /// Outbox positions that already failed sent alone. They go in a batch of their own, after the
+    /// rest: otherwise a run of bad events at the head of the outbox, bisected first, would use up a
+    /// cycle's failure budget before any good event showed that Django is up.
+    pub suspects: BTreeSet<i64>,
+}
+
+/// Runs one cycle: peek, send, then ack, dead-letter and record failures in the store.
 pub async fn run_cycle(
     outbox: &dyn Outbox,
     api: Rc<dyn DjangoApi>,
     batch_max: usize,
+    isolation: Isolation,
 ) -> Result<Report, StoreError> {
     let entries = outbox.peek(batch_max).await?;
     let mut report = Report {
@@ -99,42 +131,93 @@ pub async fn run_cycle(
     metrics::histogram!(m::BRIDGE_BATCH_SIZE).record(entries.len() as f64);
     let plan = plan(&entries);
     let (syncs, chats, handoffs) = futures_util::future::join3(
-        deliver_syncs(api.clone(), plan.syncs),
+        deliver_syncs(api.clone(), plan.syncs, isolation.suspects.clone()),
         deliver_chats(api.clone(), plan.chats),
         deliver_handoffs(api, plan.handoffs),
     )
     .await;
+    let syncs = judge(syncs, &entries, &isolation);
     report.merge(syncs);
     report.merge(chats);
     report.merge(handoffs);
+    if report.isolated > 0 {
+        metrics::counter!(m::BRIDGE_ISOLATED).increment(report.isolated as u64);
+    }
+    if report.poisoned > 0 {
+        metrics::counter!(m::BRIDGE_POISONED).increment(report.poisoned as u64);
+    }
     if !report.delivered.is_empty() {
         outbox.ack(report.delivered.clone()).await?;
     }
     if !report.rejected.is_empty() {
         outbox.dead_letter(report.rejected.clone()).await?;
     }
+    if !report.failures.is_empty() {
+        outbox.record_failures(report.failures.clone()).await?;
+    }
     Ok(report)
 }
 
-/// Sends `items`, isolating refused ones: events Django names are dead-lettered and the rest resent;
-/// a refusal naming none is bisected until single tickets remain. Stops at the first failure. Each
-/// batch has its own `X-Request-Id`; its items carry the ids of the requests behind them.
-fn deliver_syncs(api: Rc<dyn DjangoApi>, items: Vec<SyncItem>) -> LocalBoxFuture<'static, Report> {
+/// What sending the ticket syncs of one cycle showed, before [`judge`] weighs it.
+#[derive(Default)]
+struct SyncRun {
+    report: Report,
+    /// Django took or refused at least one call: it is up, so an event failing alone is the event's
+    /// fault rather than Django's.
+    answered: bool,
+    /// Per outbox position, the last error of a failed call that carried it.
+    failed: BTreeMap<i64, String>,
+    /// Items that failed sent alone, with the 5xx status of their last failure.
+    alone: Vec<(SyncItem, u16)>,
+}
+
+/// The failed calls one cycle may make in a row, without an answer in between, for a window of `n`
+/// items: enough to bisect down to one item and try its neighbour, few enough that a Django which
+/// answers 5xx to everything gets a handful of calls per cycle rather than one per event.
+fn failure_budget(n: usize) -> u32 {
+    (usize::BITS - n.leading_zeros()) + 2
+}
+
+/// Sends `items`, isolating what Django does not take. Refusals (400, 409, 422): events Django
+/// names are dead-lettered and the rest resent; a refusal naming none is bisected until single
+/// tickets remain. A 5xx is bisected the same way, because one event can make Django fail a whole
+/// batch; the cycle gives up after [`failure_budget`] failures in a row. Any other failure (timeout,
+/// no connection) stops at once: the answer says nothing about the events. Suspects go last, in a
+/// batch of their own. Each batch has its own `X-Request-Id`; its items carry the ids of the
+/// requests behind them.
+fn deliver_syncs(
+    api: Rc<dyn DjangoApi>,
+    items: Vec<SyncItem>,
+    suspects: BTreeSet<i64>,
+) -> LocalBoxFuture<'static, SyncRun> {
     async move {
-        let mut report = Report::default();
+        let mut run = SyncRun::default();
         if items.is_empty() {
-            return report;
+            return run;
         }
-        let mut queue: VecDeque<Vec<SyncItem>> = VecDeque::from([items]);
+        let budget = failure_budget(items.len());
+        let (apart, rest): (Vec<_>, Vec<_>) = items
+            .into_iter()
+            .partition(|i| i.seqs.iter().any(|s| suspects.contains(s)));
+        let mut queue: VecDeque<Vec<SyncItem>> = [rest, apart]
+            .into_iter()
+            .filter(|c| !c.is_empty())
+            .collect();
+        let mut failures_in_a_row = 0;
+        let mut last_failure = None;
         while let Some(chunk) = queue.pop_front() {
-            report.calls += 1;
+            run.report.calls += 1;
             match api.sync_tickets(&chunk, &RequestId::generate()).await {
                 SyncOutcome::Delivered => {
-                    report
+                    run.answered = true;
+                    failures_in_a_row = 0;
+                    run.report
                         .delivered
                         .extend(chunk.iter().flat_map(|i| i.seqs.iter().copied()));
                 }
                 SyncOutcome::Rejected { status, named } => {
+                    run.answered = true;
+                    failures_in_a_row = 0;
                     let blamed = |item: &SyncItem| {
                         named.iter().find(|(id, _)| {
                             *id == item.event_id || item.coalesced_event_ids.contains(id)
@@ -145,29 +228,124 @@ fn deliver_syncs(api: Rc<dyn DjangoApi>, items: Vec<SyncItem>) -> LocalBoxFuture
                     if !bad.is_empty() {
                         for item in &bad {
                             let why = blamed(item).map(|(_, m)| m.clone()).unwrap_or_default();
-                            reject_item(&mut report, item, status, &why);
+                            reject_item(&mut run.report, item, status, &why);
                         }
                         if !good.is_empty() {
                             queue.push_front(good);
                         }
                     } else if good.len() == 1 {
-                        reject_item(&mut report, &good[0], status, "refused by Django");
+                        reject_item(&mut run.report, &good[0], status, "refused by Django");
                     } else {
-                        let mut left = good;
-                        let right = left.split_off(left.len() / 2);
+                        let (left, right) = halves(good);
                         queue.push_front(right);
                         queue.push_front(left);
                     }
                 }
                 SyncOutcome::Failed(e) => {
-                    report.failed = Some(e);
-                    break;
+                    let error = chain(&e);
+                    for seq in chunk.iter().flat_map(|i| i.seqs.iter()) {
+                        run.failed.insert(*seq, error.clone());
+                    }
+                    let status = match &e {
+                        CallError::Status { status, .. } => *status,
+                        _ => 0,
+                    };
+                    if status < 500 {
+                        run.report.failed = Some(e);
+                        break;
+                    }
+                    failures_in_a_row += 1;
+                    if failures_in_a_row > budget {
+                        run.report.failed = Some(e);
+                        break;
+                    }
+                    last_failure = Some(e);
+                    if chunk.len() == 1 {
+                        run.alone.extend(chunk.into_iter().map(|i| (i, status)));
+                    } else {
+                        let (left, right) = halves(chunk);
+                        queue.push_front(right);
+                        queue.push_front(left);
+                    }
                 }
             }
         }
-        report
+        if !run.answered && run.report.failed.is_none() {
+            // Every call failed: as far as anyone can tell Django is down, which is the breaker's
+            // business, not the events'.
+            run.report.failed = last_failure;
+        }
+        run
     }
     .boxed_local()
+}
+
+fn halves(mut chunk: Vec<SyncItem>) -> (Vec<SyncItem>, Vec<SyncItem>) {
+    let right = chunk.split_off(chunk.len() / 2);
+    (chunk, right)
+}
+
+/// Weighs a cycle's sync failures. When Django took other events, each event that failed alone
+/// counts one isolated failure, and one that reaches `max_attempts` goes to the dead letters with
+/// its last error; when Django took nothing, no event is blamed. Every failed delivery is recorded
+/// on its rows, and whatever failed alone is sent apart next time.
+fn judge(run: SyncRun, entries: &[OutboxEntry], isolation: &Isolation) -> Report {
+    let SyncRun {
+        mut report,
+        answered,
+        mut failed,
+        alone,
+    } = run;
+    let window: BTreeSet<i64> = entries.iter().map(|e| e.seq).collect();
+    let gone: BTreeSet<i64> = (report.delivered.iter().copied())
+        .chain(report.rejected.iter().map(|r| r.seq))
+        .collect();
+    report.suspects = isolation
+        .suspects
+        .intersection(&window)
+        .copied()
+        .filter(|s| !gone.contains(s))
+        .collect();
+    let mut isolated = BTreeSet::new();
+    for (item, status) in alone {
+        report.suspects.extend(item.seqs.iter().copied());
+        if !answered {
+            continue;
+        }
+        report.isolated += 1;
+        let before = entries
+            .iter()
+            .filter(|e| item.seqs.contains(&e.seq))
+            .map(|e| e.isolated_failures)
+            .max()
+            .unwrap_or(0);
+        let strikes = before + 1;
+        if strikes < isolation.max_attempts {
+            isolated.extend(item.seqs.iter().copied());
+            continue;
+        }
+        report.poisoned += 1;
+        for seq in &item.seqs {
+            let last = failed.remove(seq).unwrap_or_default();
+            report.rejected.push(Rejection {
+                seq: *seq,
+                status_code: Some(status),
+                error: format!(
+                    "{last} (failed {strikes} times sent alone while Django took other events)"
+                ),
+            });
+            report.suspects.remove(seq);
+        }
+    }
+    report.failures = failed
+        .into_iter()
+        .map(|(seq, error)| Failure {
+            seq,
+            error,
+            isolated: isolated.contains(&seq),
+        })
+        .collect();
+    report
 }
 
 fn reject_item(report: &mut Report, item: &SyncItem, status: u16, why: &str) {
@@ -224,6 +402,11 @@ fn deliver_each<R: 'static>(
                     error: format!("HTTP {status}: {message}"),
                 }),
                 Delivery::Failed(e) => {
+                    report.failures.push(Failure {
+                        seq,
+                        error: chain(&e),
+                        isolated: false,
+                    });
                     report.failed = Some(e);
                     break;
                 }
@@ -249,7 +432,9 @@ mod tests {
     use crate::domain::ids::{EventId, SessionId, TicketId};
     use crate::domain::status::Status;
     use crate::domain::ticket::{EventKind, Priority, Source, Ticket};
-    use crate::store::{DeadLetter, OutboxSignal, OutboxStats, StoreResult, SyncRecord};
+    use crate::store::{
+        DeadLetter, OutboxSignal, OutboxStats, PendingEntry, StoreResult, SyncRecord,
+    };
 
     /// An outbox in memory: entries in order, acked ones removed, refused ones moved aside.
     #[derive(Default)]
@@ -269,6 +454,8 @@ mod tests {
                     seq: i as i64 + 1,
                     record,
                     enqueued_at: crate::store::now(),
+                    attempts: 0,
+                    isolated_failures: 0,
                 })
                 .collect();
             outbox
@@ -296,6 +483,8 @@ mod tests {
                 seq,
                 record,
                 enqueued_at: crate::store::now(),
+                attempts: 0,
+                isolated_failures: 0,
             });
             self.signal.appended(1);
             ready(Ok(seq))
@@ -322,6 +511,25 @@ mod tests {
                 .retain(|e| !seqs.contains(&e.seq));
             self.dead.lock().unwrap().extend(rejected);
             ready(Ok(()))
+        }
+
+        fn record_failures(&self, failures: Vec<Failure>) -> BoxFuture<'static, StoreResult<()>> {
+            let mut entries = self.entries.lock().unwrap();
+            for f in failures {
+                if let Some(e) = entries.iter_mut().find(|e| e.seq == f.seq) {
+                    e.attempts += 1;
+                    e.isolated_failures += u32::from(f.isolated);
+                }
+            }
+            ready(Ok(()))
+        }
+
+        fn pending(&self, _: u32) -> BoxFuture<'static, StoreResult<Vec<PendingEntry>>> {
+            ready(Ok(Vec::new()))
+        }
+
+        fn dead_letter_entry(&self, _: i64, _: String) -> BoxFuture<'static, StoreResult<bool>> {
+            ready(Ok(false))
         }
 
         fn stats(&self) -> BoxFuture<'static, StoreResult<OutboxStats>> {
@@ -352,6 +560,8 @@ mod tests {
     #[derive(Default)]
     struct ScriptedDjango {
         sync_status: RefCell<u16>,
+        /// Tickets whose presence in a sync batch makes Django answer 500 (a value it cannot store).
+        poison: RefCell<Vec<TicketId>>,
         chat_status: RefCell<Vec<(TicketId, u16)>>,
         calls: RefCell<Vec<String>>,
         chat_request_ids: RefCell<Vec<RequestId>>,
@@ -370,7 +580,15 @@ mod tests {
             self.calls
                 .borrow_mut()
                 .push(format!("sync:{}", items.len()));
-            let outcome = match *self.sync_status.borrow() {
+            let poisoned = items
+                .iter()
+                .any(|i| self.poison.borrow().contains(&i.ticket_id));
+            let status = if poisoned {
+                500
+            } else {
+                *self.sync_status.borrow()
+            };
+            let outcome = match status {
                 200 => SyncOutcome::Delivered,
                 s @ (400 | 409 | 422) => SyncOutcome::Rejected {
                     status: s,
@@ -486,8 +704,138 @@ mod tests {
     }
 
     fn run(outbox: &MemoryOutbox, django: &Rc<ScriptedDjango>, batch_max: usize) -> Report {
+        run_isolating(outbox, django, batch_max, &mut isolation(3))
+    }
+
+    fn isolation(max_attempts: u32) -> Isolation {
+        Isolation {
+            max_attempts,
+            suspects: BTreeSet::new(),
+        }
+    }
+
+    /// One cycle, carrying the suspects over to the next as the actor does.
+    fn run_isolating(
+        outbox: &MemoryOutbox,
+        django: &Rc<ScriptedDjango>,
+        batch_max: usize,
+        isolation: &mut Isolation,
+    ) -> Report {
         let api: Rc<dyn DjangoApi> = django.clone();
-        block_on(run_cycle(outbox, api, batch_max)).unwrap()
+        let mut report = block_on(run_cycle(outbox, api, batch_max, isolation.clone())).unwrap();
+        isolation.suspects = std::mem::take(&mut report.suspects);
+        report
+    }
+
+    fn isolated_failures(outbox: &MemoryOutbox, seq: i64) -> u32 {
+        let entries = outbox.entries.lock().unwrap();
+        entries
+            .iter()
+            .find(|e| e.seq == seq)
+            .map_or(0, |e| e.isolated_failures)
+    }
+
+    #[test]
+    fn a_5xx_batch_is_bisected_the_rest_delivered_and_the_culprit_counted() {
+        let (a, p, b, c) = (
+            TicketId::new(),
+            TicketId::new(),
+            TicketId::new(),
+            TicketId::new(),
+        );
+        let outbox = MemoryOutbox::with(vec![sync(a, 1), sync(p, 1), sync(b, 1), sync(c, 1)]);
+        let django = Rc::new(ScriptedDjango::default());
+        *django.sync_status.borrow_mut() = 200;
+        django.poison.borrow_mut().push(p);
+        let report = run(&outbox, &django, 10);
+        assert!(report.failed.is_none(), "Django took the others: no outage");
+        assert_eq!(
+            django.calls.borrow().clone(),
+            ["sync:4", "sync:2", "sync:1", "sync:1", "sync:2"]
+        );
+        assert_eq!(outbox.seqs(), [2], "only the culprit waits");
+        assert_eq!(report.isolated, 1);
+        assert_eq!(isolated_failures(&outbox, 2), 1);
+        assert!(outbox.dead_seqs().is_empty(), "not on the first failure");
+    }
+
+    #[test]
+    fn an_event_failing_alone_while_others_flow_is_dead_lettered_after_max_attempts() {
+        let p = TicketId::new();
+        let outbox = MemoryOutbox::with(vec![sync(p, 1)]);
+        let django = Rc::new(ScriptedDjango::default());
+        *django.sync_status.borrow_mut() = 200;
+        django.poison.borrow_mut().push(p);
+        let mut iso = isolation(3);
+        for cycle in 1..=3 {
+            block_on(outbox.enqueue(sync(TicketId::new(), 1))).unwrap();
+            django.calls.borrow_mut().clear();
+            let report = run_isolating(&outbox, &django, 10, &mut iso);
+            assert!(report.failed.is_none());
+            if cycle > 1 {
+                assert_eq!(
+                    django.calls.borrow().clone(),
+                    ["sync:1", "sync:1"],
+                    "the suspect goes apart, after the rest: no bisecting"
+                );
+            }
+        }
+        assert_eq!(outbox.seqs(), Vec::<i64>::new());
+        assert_eq!(outbox.dead_seqs(), [(1, Some(500))]);
+        let dead = outbox.dead.lock().unwrap();
+        assert!(dead[0].error.contains("HTTP 500"), "{}", dead[0].error);
+        assert!(iso.suspects.is_empty());
+    }
+
+    #[test]
+    fn a_django_failing_every_call_blames_no_event() {
+        let outbox = MemoryOutbox::with((0..100).map(|_| sync(TicketId::new(), 1)).collect());
+        let django = Rc::new(ScriptedDjango::default());
+        *django.sync_status.borrow_mut() = 500;
+        let mut iso = isolation(1);
+        for _ in 0..20 {
+            django.calls.borrow_mut().clear();
+            let report = run_isolating(&outbox, &django, 100, &mut iso);
+            assert!(report.failed.is_some(), "an outage, for the breaker");
+            assert_eq!(report.isolated, 0);
+            assert!(
+                django.calls.borrow().len() as u32 <= failure_budget(100) + 1,
+                "a few calls a cycle, not one per event: {:?}",
+                django.calls.borrow()
+            );
+        }
+        assert_eq!(outbox.seqs().len(), 100);
+        assert!(outbox.dead_seqs().is_empty());
+        let entries = outbox.entries.lock().unwrap();
+        assert!(entries.iter().all(|e| e.isolated_failures == 0));
+        assert!(
+            entries.iter().all(|e| e.attempts >= 1),
+            "failed attempts are recorded"
+        );
+        assert_eq!(
+            entries[99].attempts, 20,
+            "one per failed cycle that carried it"
+        );
+    }
+
+    #[test]
+    fn a_run_of_bad_events_at_the_head_does_not_hide_the_good_ones() {
+        let bad: Vec<_> = (0..6).map(|_| TicketId::new()).collect();
+        let mut records: Vec<_> = bad.iter().map(|t| sync(*t, 1)).collect();
+        records.extend((0..10).map(|_| sync(TicketId::new(), 1)));
+        let outbox = MemoryOutbox::with(records);
+        let django = Rc::new(ScriptedDjango::default());
+        *django.sync_status.borrow_mut() = 200;
+        django.poison.borrow_mut().extend(bad.iter().copied());
+        let mut iso = isolation(5);
+        for _ in 0..4 {
+            run_isolating(&outbox, &django, 100, &mut iso);
+            if outbox.seqs().len() == bad.len() {
+                break;
+            }
+        }
+        assert_eq!(outbox.seqs(), [1, 2, 3, 4, 5, 6], "every good event went");
+        assert!(outbox.dead_seqs().is_empty());
     }
 
     /// The futures here never wait on I/O: poll them to completion on this thread.

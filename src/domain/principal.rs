@@ -1,6 +1,7 @@
 //! Who acted: every change in a ticket's history and every message in a chat names a [`Principal`],
 //! never a free string.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -31,10 +32,49 @@ pub enum Principal {
 }
 
 impl Principal {
-    /// The name shown in a ticket's history: the person a key acts for when it says, else the key's
-    /// name; `customer:<session>` and `agent:<id>` for chat principals.
+    /// The name shown as a comment's author: the person a key acts for when it says, else the
+    /// key's name; `customer:<session>` and `agent:<id>` for chat principals. The history records
+    /// more: [`Self::identity`] and [`Self::acting_for`].
     pub fn display_name(&self) -> String {
         self.to_string()
+    }
+
+    /// Who authenticated, for the audit trail: a key's name, never replaced by the person it acts
+    /// for; the principal's own name otherwise.
+    pub fn identity(&self) -> Cow<'_, str> {
+        match self {
+            Self::ApiKey { key, .. } => Cow::Borrowed(key),
+            other => Cow::Owned(other.to_string()),
+        }
+    }
+
+    /// The person a key acts for (`X-Actor`), when it says.
+    pub fn acting_for(&self) -> Option<&str> {
+        match self {
+            Self::ApiKey { on_behalf_of, .. } => on_behalf_of.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Rebuilds a principal from what the history keeps: [`Self::identity`] and
+    /// [`Self::acting_for`].
+    pub fn from_record(identity: &str, on_behalf_of: Option<String>) -> Self {
+        let principal = Self::parse(identity);
+        match on_behalf_of {
+            Some(person) => principal.on_behalf_of(person),
+            None => principal,
+        }
+    }
+
+    /// For logs and operators' notes: "API key `helpdesk` on behalf of ada".
+    pub fn audit_name(&self) -> String {
+        match self {
+            Self::ApiKey { key, on_behalf_of } => match on_behalf_of {
+                Some(person) => format!("API key `{key}` on behalf of {person}"),
+                None => format!("API key `{key}`"),
+            },
+            other => other.to_string(),
+        }
     }
 
     /// The same caller, acting for `person` (a REST key's `X-Actor`, or a comment's named author).
@@ -62,8 +102,8 @@ impl Principal {
                 if let Some(agent) = s.strip_prefix("agent:") {
                     return Self::Agent(AgentId::from(agent));
                 }
-                // Stored history keeps the shown name only: a key acting for someone reads back
-                // as that person's name.
+                // A comment's author keeps the shown name only: a key acting for someone reads
+                // back as that person's name (the history keeps both, see `from_record`).
                 Self::ApiKey {
                     key: s.to_string(),
                     on_behalf_of: None,
@@ -126,6 +166,25 @@ mod tests {
             on_behalf_of: None,
         };
         assert_eq!(serde_json::to_string(&p).unwrap(), "\"helpdesk\"");
+    }
+
+    #[test]
+    fn the_audit_record_keeps_the_key_and_the_person_apart() {
+        let p = Principal::ApiKey {
+            key: "helpdesk".into(),
+            on_behalf_of: Some("agent-7".into()),
+        };
+        assert_eq!(p.identity(), "helpdesk");
+        assert_eq!(p.acting_for(), Some("agent-7"));
+        assert_eq!(p.audit_name(), "API key `helpdesk` on behalf of agent-7");
+        assert_eq!(
+            Principal::from_record(&p.identity(), p.acting_for().map(str::to_string)),
+            p
+        );
+        let keyless = Principal::Anonymous.on_behalf_of("ada".into());
+        assert_eq!(keyless.identity(), "anonymous");
+        assert_eq!(keyless.acting_for(), Some("ada"));
+        assert_eq!(Principal::from_record("system", None), Principal::System);
     }
 
     #[test]

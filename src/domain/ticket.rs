@@ -117,19 +117,67 @@ impl EventKind {
     }
 }
 
-/// One entry of a ticket's history: who changed what, when.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One entry of a ticket's history: who changed what, when. Its JSON names the actor by
+/// [`Principal::identity`] (an API key's name, whoever it acts for) and, apart, `on_behalf_of`: the
+/// person a key said it acts for, so the audit trail never loses which key made a change.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(from = "EventRecord<String, String, serde_json::Value>")]
 pub struct TicketEvent {
     pub event_id: EventId,
     pub ticket_id: TicketId,
     pub kind: EventKind,
     pub actor: Principal,
-    #[serde(serialize_with = "super::timestamp::serialize")]
     pub at: DateTime<Utc>,
     /// The version the ticket reached with this change.
     pub version: u64,
     /// `{"field": {"from": .., "to": ..}}` for updates; the comment for comments.
     pub changes: serde_json::Value,
+}
+
+/// [`TicketEvent`] as its JSON has it (the API's history, the journal).
+#[derive(Serialize, Deserialize)]
+struct EventRecord<A, P, C> {
+    event_id: EventId,
+    ticket_id: TicketId,
+    kind: EventKind,
+    actor: A,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    on_behalf_of: Option<P>,
+    #[serde(serialize_with = "super::timestamp::serialize")]
+    at: DateTime<Utc>,
+    version: u64,
+    changes: C,
+}
+
+impl Serialize for TicketEvent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Borrowed, not cloned: every ticket write encodes its event on the way to the journal.
+        EventRecord {
+            event_id: self.event_id,
+            ticket_id: self.ticket_id,
+            kind: self.kind,
+            actor: self.actor.identity(),
+            on_behalf_of: self.actor.acting_for(),
+            at: self.at,
+            version: self.version,
+            changes: &self.changes,
+        }
+        .serialize(s)
+    }
+}
+
+impl From<EventRecord<String, String, serde_json::Value>> for TicketEvent {
+    fn from(r: EventRecord<String, String, serde_json::Value>) -> Self {
+        Self {
+            event_id: r.event_id,
+            ticket_id: r.ticket_id,
+            kind: r.kind,
+            actor: Principal::from_record(&r.actor, r.on_behalf_of),
+            at: r.at,
+            version: r.version,
+            changes: r.changes,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -33,25 +33,37 @@ impl Auth {
         let key_name = if self.keys.is_empty() {
             None
         } else {
-            let presented = bearer(req).ok_or_else(|| {
-                ApiError::new(
+            let Some(presented) = bearer(req) else {
+                refused(req, 401, None, scope, "no API key");
+                return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",
                     "missing `Authorization: Bearer <key>` header",
-                )
-            })?;
-            let key = self
+                ));
+            };
+            let Some(key) = self
                 .keys
                 .iter()
                 .find(|k| constant_time_eq(k.key.as_bytes(), presented.as_bytes()))
-                .ok_or_else(|| {
-                    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown API key")
-                })?;
+            else {
+                // The presented secret is never logged: it may be a real key sent to the wrong place.
+                refused(req, 401, None, scope, "unknown API key");
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "unknown API key",
+                ));
+            };
             if !key.scopes.contains(&scope) {
+                refused(req, 403, Some(&key.name), scope, "API key lacks the scope");
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "forbidden",
-                    format!("API key `{}` lacks the `{scope:?}` scope", key.name).to_lowercase(),
+                    format!(
+                        "API key `{}` lacks the `{}` scope",
+                        key.name,
+                        scope.as_str()
+                    ),
                 ));
             }
             Some(key.name.clone())
@@ -78,6 +90,20 @@ impl Auth {
     }
 }
 
+/// Logs a refused request at INFO: an operator looking into a 401 or 403 needs the key's name
+/// (when one matched) and what was asked, and a probe from outside is not a server error.
+fn refused(req: &HttpRequest, status: u16, key: Option<&str>, scope: Scope, why: &str) {
+    tracing::info!(
+        status,
+        key = key.unwrap_or(""),
+        scope = scope.as_str(),
+        method = %req.method(),
+        path = req.path(),
+        peer = req.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+        "request refused: {why}"
+    );
+}
+
 /// The token of an `Authorization: Bearer <token>` header.
 pub fn bearer(req: &HttpRequest) -> Option<&str> {
     let value = req.headers().get("Authorization")?.to_str().ok()?;
@@ -89,3 +115,87 @@ pub fn bearer(req: &HttpRequest) -> Option<&str> {
 }
 
 pub use crate::domain::secret::constant_time_eq;
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::{Arc, Mutex};
+
+    use actix_web::test::TestRequest;
+
+    use super::*;
+
+    /// Log lines written while a test's subscriber is the default.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Logs {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+        type Writer = Logs;
+
+        fn make_writer(&'a self) -> Logs {
+            self.clone()
+        }
+    }
+
+    fn request(key: Option<&str>) -> HttpRequest {
+        let req = TestRequest::default().uri("/api/v1/tickets");
+        match key {
+            Some(k) => req.insert_header(("Authorization", format!("Bearer {k}"))),
+            None => req,
+        }
+        .to_http_request()
+    }
+
+    #[test]
+    fn refusals_are_logged_at_info_with_the_key_name_and_never_a_secret() {
+        let auth = Auth::new(
+            vec![ApiKey {
+                name: "dashboard".into(),
+                key: "read-key-0123456789".into(),
+                key_env: None,
+                scopes: vec![Scope::Read],
+            }],
+            254,
+        );
+        let logs = Logs::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let forbidden = auth.authorize(&request(Some("read-key-0123456789")), Scope::Write);
+            assert_eq!(forbidden.unwrap_err().status, StatusCode::FORBIDDEN);
+            let unknown = auth.authorize(&request(Some("guessed-secret-0000")), Scope::Read);
+            assert_eq!(unknown.unwrap_err().status, StatusCode::UNAUTHORIZED);
+            let missing = auth.authorize(&request(None), Scope::Read);
+            assert_eq!(missing.unwrap_err().status, StatusCode::UNAUTHORIZED);
+        });
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines.iter().all(|l| l.contains(" INFO ")), "{text}");
+        assert!(
+            lines[0].contains("key=\"dashboard\"") || lines[0].contains("key=dashboard"),
+            "{text}"
+        );
+        assert!(lines[0].contains("status=403"), "{text}");
+        assert!(lines[1].contains("unknown API key"), "{text}");
+        assert!(lines[2].contains("no API key"), "{text}");
+        assert!(
+            !text.contains("read-key") && !text.contains("guessed-secret"),
+            "{text}"
+        );
+    }
+}

@@ -150,14 +150,26 @@ pub struct OutboxEntry {
     pub seq: i64,
     pub record: OutboxRecord,
     pub enqueued_at: DateTime<Utc>,
+    /// Delivery cycles that carried this entry and failed.
+    pub attempts: u32,
+    /// Times it failed sent alone while Django took other events: the count that ends in the dead
+    /// letters (`bridge.poison_max_attempts`).
+    pub isolated_failures: u32,
 }
 
-/// A record Django refused, kept for an operator. The admin API shows this summary; `record` is what
-/// a retry puts back in the outbox.
+/// A failed delivery of one outbox entry, recorded on its row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub seq: i64,
+    pub error: String,
+    /// It failed sent alone while Django took other events in the same cycle.
+    pub isolated: bool,
+}
+
+/// What the admin API shows of a record: its type, its ticket and, for a ticket sync, its event.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DeadLetter {
-    pub id: i64,
-    /// The record's type, as tagged in [`OutboxRecord`] (`ticket_sync`, `chat_ticket`).
+pub struct RecordSummary {
+    /// The record's type, as tagged in [`OutboxRecord`] (`ticket_sync`, `chat_ticket`, `handoff`).
     #[serde(rename = "type")]
     pub record_type: &'static str,
     /// The ticket it is about (none for a handoff).
@@ -173,6 +185,46 @@ pub struct DeadLetter {
     pub version: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<EventKind>,
+}
+
+impl From<&OutboxRecord> for RecordSummary {
+    fn from(record: &OutboxRecord) -> Self {
+        let sync = record.as_sync();
+        Self {
+            record_type: record.kind(),
+            ticket_id: record.ticket_id(),
+            session_id: match record {
+                OutboxRecord::Handoff(h) => Some(h.session_id),
+                _ => None,
+            },
+            event_id: sync.map(|r| r.event_id),
+            version: sync.map(|r| r.version),
+            kind: sync.map(|r| r.kind),
+        }
+    }
+}
+
+/// An entry still waiting for Django, as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PendingEntry {
+    /// The outbox position: the id an operator moves it to the dead letters by.
+    pub id: i64,
+    #[serde(flatten)]
+    pub record: RecordSummary,
+    pub attempts: u32,
+    pub isolated_failures: u32,
+    pub last_error: Option<String>,
+    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
+    pub enqueued_at: DateTime<Utc>,
+}
+
+/// A record Django refused, kept for an operator. The admin API shows this summary; `record` is what
+/// a retry puts back in the outbox.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    #[serde(flatten)]
+    pub summary: RecordSummary,
     pub status_code: Option<u16>,
     pub error: String,
     pub failed_at: DateTime<Utc>,
@@ -232,6 +284,13 @@ pub trait Outbox: Send + Sync + 'static {
     fn ack(&self, seqs: Vec<i64>) -> BoxFuture<'static, StoreResult<()>>;
     /// Moves refused entries to the dead-letter table.
     fn dead_letter(&self, rejected: Vec<Rejection>) -> BoxFuture<'static, StoreResult<()>>;
+    /// Records failed deliveries on the entries' rows (attempts, last error, isolated failures).
+    fn record_failures(&self, failures: Vec<Failure>) -> BoxFuture<'static, StoreResult<()>>;
+    /// The oldest `limit` entries still waiting for Django, in outbox order.
+    fn pending(&self, limit: u32) -> BoxFuture<'static, StoreResult<Vec<PendingEntry>>>;
+    /// Moves waiting entry `seq` to the dead letters with `error` (an operator's decision). `false` if
+    /// no such entry waits.
+    fn dead_letter_entry(&self, seq: i64, error: String) -> BoxFuture<'static, StoreResult<bool>>;
     fn stats(&self) -> BoxFuture<'static, StoreResult<OutboxStats>>;
     fn dead_letters(&self, limit: u32) -> BoxFuture<'static, StoreResult<Vec<DeadLetter>>>;
     /// Puts a dead letter back in the outbox with its original record. `false` if unknown.

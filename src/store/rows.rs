@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    DeadLetter, OutboxEntry, OutboxRecord, OutboxStats, Rejection, StoreError, TicketFilter,
+    DeadLetter, Failure, OutboxEntry, OutboxRecord, OutboxStats, PendingEntry, RecordSummary,
+    Rejection, StoreError, TicketFilter,
 };
 use crate::domain::ids::TicketId;
 use crate::domain::principal::Principal;
@@ -160,17 +161,18 @@ pub fn update_ticket(conn: &Connection, base: &Ticket, latest: &Ticket) -> Resul
 /// `changes` is `e.changes` already encoded.
 pub fn insert_event(conn: &Connection, e: &TicketEvent, changes: &str) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "INSERT INTO ticket_events (event_id, ticket_id, kind, actor, at, version, changes) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO ticket_events (event_id, ticket_id, kind, actor, at, version, changes, \
+         on_behalf_of) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         e.event_id.to_string(),
         e.ticket_id.to_string(),
         e.kind.as_str(),
-        e.actor.to_string(),
+        e.actor.identity(),
         ts(&e.at),
         e.version as i64,
         changes,
+        e.actor.acting_for(),
     ])?;
     Ok(())
 }
@@ -300,7 +302,7 @@ pub fn events(
     limit: u32,
 ) -> Result<Vec<(i64, TicketEvent)>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, event_id, kind, actor, at, version, changes FROM ticket_events \
+        "SELECT seq, event_id, kind, actor, at, version, changes, on_behalf_of FROM ticket_events \
          WHERE ticket_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
     )?;
     let mut rows = stmt.query(params![id.to_string(), after_seq, limit as i64])?;
@@ -320,7 +322,7 @@ pub fn events(
                 ),
                 ticket_id: id,
                 kind: EventKind::parse(&kind).ok_or_else(|| corrupt("event kind", &kind))?,
-                actor: Principal::from(row.get::<_, String>(3)?.as_str()),
+                actor: Principal::from_record(&row.get::<_, String>(3)?, row.get(7)?),
                 at: parse_ts(&at)?,
                 version: row.get::<_, i64>(5)? as u64,
                 changes: serde_json::from_str(&changes)
@@ -338,8 +340,8 @@ pub fn outbox_peek(
     durable: i64,
 ) -> Result<Vec<OutboxEntry>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, payload, enqueued_at FROM outbox WHERE delivered = 0 AND seq <= ?2 \
-         ORDER BY seq LIMIT ?1",
+        "SELECT seq, payload, enqueued_at, attempts, isolated_failures FROM outbox \
+         WHERE delivered = 0 AND seq <= ?2 ORDER BY seq LIMIT ?1",
     )?;
     let mut rows = stmt.query([limit as i64, durable])?;
     let mut out = Vec::new();
@@ -350,9 +352,47 @@ pub fn outbox_peek(
             seq: row.get(0)?,
             record: decode_record(&payload, "outbox")?,
             enqueued_at: parse_ts(&at)?,
+            attempts: row.get(3)?,
+            isolated_failures: row.get(4)?,
         });
     }
     Ok(out)
+}
+
+/// The oldest `limit` rows still waiting for Django, for operators.
+pub fn outbox_pending(conn: &Connection, limit: u32) -> Result<Vec<PendingEntry>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, payload, enqueued_at, attempts, isolated_failures, last_error FROM outbox \
+         WHERE delivered = 0 ORDER BY seq LIMIT ?1",
+    )?;
+    let mut rows = stmt.query([limit as i64])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let payload: String = row.get(1)?;
+        let record = decode_record(&payload, "outbox")?;
+        let at: String = row.get(2)?;
+        out.push(PendingEntry {
+            id: row.get(0)?,
+            record: RecordSummary::from(&record),
+            attempts: row.get(3)?,
+            isolated_failures: row.get(4)?,
+            last_error: row.get(5)?,
+            enqueued_at: parse_ts(&at)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Counts failed deliveries on rows still waiting (a row delivered or moved meanwhile is left alone).
+pub fn outbox_record_failures(conn: &Connection, failures: &[Failure]) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, \
+         isolated_failures = isolated_failures + ?3 WHERE seq = ?1 AND delivered = 0",
+    )?;
+    for f in failures {
+        stmt.execute(params![f.seq, f.error, i64::from(f.isolated)])?;
+    }
+    Ok(())
 }
 
 /// Journal rows up to `watermark` are folded into `tickets.db`: records that in `switchboard.db` and
@@ -388,12 +428,14 @@ pub fn outbox_ack(conn: &Connection, seqs: &[i64], folded_seq: i64) -> Result<()
     Ok(())
 }
 
+/// Moves waiting rows to the dead letters; returns how many were still waiting.
 pub fn outbox_dead_letter(
     conn: &Connection,
     rejected: &[Rejection],
     folded_seq: i64,
-) -> Result<(), StoreError> {
+) -> Result<usize, StoreError> {
     let now = ts(&super::now());
+    let mut total = 0;
     for r in rejected {
         let moved = conn
             .prepare_cached(
@@ -405,8 +447,9 @@ pub fn outbox_dead_letter(
         if moved > 0 {
             retire(conn, r.seq, folded_seq)?;
         }
+        total += moved;
     }
-    Ok(())
+    Ok(total)
 }
 
 pub fn outbox_stats(conn: &Connection) -> Result<OutboxStats, StoreError> {
@@ -441,18 +484,9 @@ pub fn dead_letters(conn: &Connection, limit: u32) -> Result<Vec<DeadLetter>, St
         let record = decode_record(&payload, "dead letter")?;
         let failed: String = row.get(4)?;
         let enqueued: String = row.get(5)?;
-        let sync = record.as_sync();
         out.push(DeadLetter {
             id: row.get(0)?,
-            record_type: record.kind(),
-            ticket_id: record.ticket_id(),
-            session_id: match &record {
-                OutboxRecord::Handoff(h) => Some(h.session_id),
-                _ => None,
-            },
-            event_id: sync.map(|r| r.event_id),
-            version: sync.map(|r| r.version),
-            kind: sync.map(|r| r.kind),
+            summary: RecordSummary::from(&record),
             status_code: row.get::<_, Option<i64>>(2)?.map(|c| c as u16),
             error: row.get(3)?,
             failed_at: parse_ts(&failed)?,

@@ -47,6 +47,14 @@ pub const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     INSERT INTO store_meta (key, value) VALUES ('folded_seq', 0);
     "#,
+    // 2: what the bridge learnt delivering each row, for operators and to isolate an event Django
+    // keeps failing on: failed delivery cycles that carried it, the last error, and how often it
+    // failed alone while Django took other events (a bounded number of those dead-letters it).
+    r#"
+    ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE outbox ADD COLUMN isolated_failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE outbox ADD COLUMN last_error TEXT;
+    "#,
 ];
 
 /// `switchboard.db`'s newest version.
@@ -105,6 +113,11 @@ pub const TABLES_MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     INSERT INTO store_meta (key, value) VALUES ('folded_seq', 0);
     "#,
+    // 2: the person an API key said it acted for (`X-Actor`), apart from `actor`, which now always
+    // names the key.
+    r#"
+    ALTER TABLE ticket_events ADD COLUMN on_behalf_of TEXT;
+    "#,
 ];
 
 fn user_version(conn: &Connection) -> Result<u32, StoreError> {
@@ -125,13 +138,21 @@ fn apply(conn: &mut Connection, steps: &[&str], what: &str) -> Result<u32, Store
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", index as u32 + 1)?;
         tx.commit()?;
-        tracing::info!(
-            database = what,
-            version = index + 1,
-            "applied schema migration"
-        );
+    }
+    if let Some(note) = outcome(current, target) {
+        tracing::info!(database = what, from = current, version = target, "{note}");
     }
     Ok(target)
+}
+
+/// What bringing a database from schema version `from` to `to` did, as the log says it. A fresh
+/// data folder is created, not migrated: an operator reading "migrated" would look for what moved.
+fn outcome(from: u32, to: u32) -> Option<String> {
+    match from {
+        _ if from == to => None,
+        0 => Some(format!("created a new database (schema version {to})")),
+        _ => Some(format!("migrated the schema from version {from} to {to}")),
+    }
 }
 
 /// Brings `switchboard.db` (`conn`) and `tickets.db` (at `tables`) to the newest schema. Refuses to
@@ -169,6 +190,42 @@ mod tests {
             migrate(&mut conn, &tables),
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn a_fresh_database_is_reported_created_and_an_old_one_migrated() {
+        assert_eq!(
+            outcome(0, VERSION).as_deref(),
+            Some(format!("created a new database (schema version {VERSION})").as_str())
+        );
+        assert!(outcome(1, 2).is_some_and(|n| n.contains("from version 1 to 2")));
+        assert_eq!(outcome(VERSION, VERSION), None, "nothing to say");
+    }
+
+    #[test]
+    fn a_database_of_the_first_version_gains_the_later_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let tables = dir.path().join("tickets.db");
+        apply(
+            &mut Connection::open(&tables).unwrap(),
+            &TABLES_MIGRATIONS[..1],
+            "tickets.db",
+        )
+        .unwrap();
+        let mut conn = Connection::open(dir.path().join("switchboard.db")).unwrap();
+        apply(&mut conn, &MIGRATIONS[..1], "switchboard.db").unwrap();
+        conn.execute(
+            "INSERT INTO outbox (event_id, ticket_id, payload, enqueued_at) VALUES ('e', 't', '{}', 'now')",
+            [],
+        )
+        .unwrap();
+        migrate(&mut conn, &tables).unwrap();
+        let (attempts, last_error): (i64, Option<String>) = conn
+            .query_row("SELECT attempts, last_error FROM outbox", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((attempts, last_error), (0, None));
     }
 
     #[test]

@@ -33,8 +33,9 @@ use super::syncer::Syncer;
 use super::wal::{mib_pages, WalFile, WalLimits};
 use super::writer::{WriteOp, Writer};
 use super::{
-    rows, schema, DeadLetter, Outbox, OutboxEntry, OutboxRecord, OutboxSignal, OutboxStats,
-    Rejection, StoreError, StoreResult, TicketFilter, TicketStore, TicketWrite,
+    rows, schema, DeadLetter, Failure, Outbox, OutboxEntry, OutboxRecord, OutboxSignal,
+    OutboxStats, PendingEntry, Rejection, StoreError, StoreResult, TicketFilter, TicketStore,
+    TicketWrite,
 };
 use crate::config::{StorageSettings, Synchronous};
 use crate::domain::ids::TicketId;
@@ -469,6 +470,23 @@ impl Outbox for SqliteStore {
 
     fn dead_letter(&self, rejected: Vec<Rejection>) -> BoxFuture<'static, StoreResult<()>> {
         self.write(|r| WriteOp::DeadLetter(rejected, r))
+    }
+
+    fn record_failures(&self, failures: Vec<Failure>) -> BoxFuture<'static, StoreResult<()>> {
+        self.write(|r| WriteOp::RecordFailures(failures, r))
+    }
+
+    fn pending(&self, limit: u32) -> BoxFuture<'static, StoreResult<Vec<PendingEntry>>> {
+        self.read(move |c| rows::outbox_pending(c, limit))
+    }
+
+    fn dead_letter_entry(&self, seq: i64, error: String) -> BoxFuture<'static, StoreResult<bool>> {
+        let rejection = Rejection {
+            seq,
+            status_code: None,
+            error,
+        };
+        self.write(|r| WriteOp::DeadLetterEntry(rejection, r))
     }
 
     fn stats(&self) -> BoxFuture<'static, StoreResult<OutboxStats>> {

@@ -20,7 +20,7 @@ use super::journal::{EncodedRecord, EncodedWrite, Journal, JournalOp};
 use super::reply::{Done, Reply};
 use super::rows::{self, Requeued};
 use super::syncer::SyncJob;
-use super::{CommitError, ErrorChain, OutboxSignal, Rejection, StoreError, StoreResult};
+use super::{CommitError, ErrorChain, Failure, OutboxSignal, Rejection, StoreError, StoreResult};
 use crate::metrics as m;
 use crate::telemetry::panic_message;
 
@@ -33,6 +33,9 @@ pub(super) enum WriteOp {
     Enqueue(Box<EncodedRecord>, Reply<i64>),
     OutboxAck(Vec<i64>, Reply<()>),
     DeadLetter(Vec<Rejection>, Reply<()>),
+    /// An operator's move of one waiting entry to the dead letters; replies whether it waited.
+    DeadLetterEntry(Rejection, Reply<bool>),
+    RecordFailures(Vec<Failure>, Reply<()>),
     RetryDeadLetter(i64, Reply<bool>),
     Ping(Reply<()>),
     /// Fold the journal now, so the tables answer queries with every acknowledged write.
@@ -54,9 +57,12 @@ fn not_run(op: WriteOp, why: &CommitError) -> Option<Done> {
         | WriteOp::Import(_, r)
         | WriteOp::OutboxAck(_, r)
         | WriteOp::DeadLetter(_, r)
+        | WriteOp::RecordFailures(_, r)
         | WriteOp::Ping(r)
         | WriteOp::Fold(r) => Done::Unit(r, err()),
-        WriteOp::RetryDeadLetter(_, r) => Done::Bool(r, err().map(|()| false)),
+        WriteOp::RetryDeadLetter(_, r) | WriteOp::DeadLetterEntry(_, r) => {
+            Done::Bool(r, err().map(|()| false))
+        }
         WriteOp::Enqueue(_, r) => Done::Seq(r, err().map(|()| 0)),
         WriteOp::Close(_) | WriteOp::Stop | WriteOp::Folded(_) => return None,
     })
@@ -320,6 +326,18 @@ fn run_batch(
             }
             WriteOp::DeadLetter(rejected, reply) => {
                 let r = in_savepoint(&tx, |c| rows::outbox_dead_letter(c, &rejected, folded));
+                batch.done.push(Done::Unit(reply, r.map(|_| ())));
+                continue;
+            }
+            WriteOp::DeadLetterEntry(rejection, reply) => {
+                let r = in_savepoint(&tx, |c| {
+                    rows::outbox_dead_letter(c, std::slice::from_ref(&rejection), folded)
+                });
+                batch.done.push(Done::Bool(reply, r.map(|moved| moved > 0)));
+                continue;
+            }
+            WriteOp::RecordFailures(failures, reply) => {
+                let r = in_savepoint(&tx, |c| rows::outbox_record_failures(c, &failures));
                 batch.done.push(Done::Unit(reply, r));
                 continue;
             }

@@ -1,7 +1,8 @@
 //! A fake Django: a real HTTP server on an ephemeral port, in its own thread, that records every call
-//! and answers as told: succeed, fail with a status, stall until released, return garbage, or refuse
-//! chosen tickets (naming their events, or not). Ticket sync and fetch, and the three live-chat
-//! endpoints (AI respond, chat ticket create, services manage), each scripted on its own.
+//! and answers as told: succeed, fail with a status (for every batch, or for batches holding a
+//! marker), stall until released, return garbage, or refuse chosen tickets (naming their events, or
+//! not). Ticket sync and fetch, and the three live-chat endpoints (AI respond, chat ticket create,
+//! services manage), each scripted on its own.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::TcpListener;
@@ -30,6 +31,9 @@ pub enum Behavior {
     RejectUnnamed(HashSet<String>),
     /// (Chat endpoints) 200 with this body.
     Json(Value),
+    /// This status if the batch's body contains the marker (an event Django cannot store);
+    /// otherwise 200.
+    StatusIfContains(String, u16),
 }
 
 /// One sync call as the fake saw it.
@@ -376,6 +380,15 @@ async fn sync(req: HttpRequest, body: web::Bytes, s: web::Data<Shared>) -> HttpR
             call.status = 400;
             let _ = s.calls.send(call);
             HttpResponse::BadRequest().finish()
+        }
+        Behavior::StatusIfContains(marker, code) => {
+            if !body.to_string().contains(&marker) {
+                return ok(&s, &mut call);
+            }
+            call.status = code;
+            let _ = s.calls.send(call);
+            HttpResponse::build(awc::http::StatusCode::from_u16(code).unwrap())
+                .json(json!({"detail": "scripted failure"}))
         }
         // Chat-only behaviours answer a sync batch as a healthy Django would.
         Behavior::Json(_) => ok(&s, &mut call),
