@@ -145,6 +145,7 @@ pub fn start_api_server(
             .app_data(web::Data::new(d.outbox.clone()))
             .app_data(web::Data::new(d.settings.tickets.clone()))
             .app_data(web::Data::new(BodyLimit(d.settings.api.max_body_bytes)))
+            .app_data(web::Data::new(BodyTimeout(d.settings.api.body_timeout())))
             .app_data(web::Data::new(auth::Auth::new(
                 d.settings.auth.api_keys.clone(),
                 d.settings.tickets.max_name_chars,
@@ -185,6 +186,19 @@ pub struct BodyLimit(pub usize);
 /// The body limit of the listener serving `req`.
 pub fn body_limit(req: &HttpRequest) -> usize {
     req.app_data::<web::Data<BodyLimit>>().map_or(0, |l| l.0)
+}
+
+/// How long a request's body may take to arrive once its head has (`<listener>.body_timeout_ms`).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeout(pub Duration);
+
+/// Used only by an app that registers no [`BodyTimeout`]: a body is never awaited without a bound.
+const FALLBACK_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The body timeout of the listener serving `req`.
+pub fn body_timeout(req: &HttpRequest) -> Duration {
+    req.app_data::<web::Data<BodyTimeout>>()
+        .map_or(FALLBACK_BODY_TIMEOUT, |t| t.0)
 }
 
 /// The size of a request's headers as they came: names, values and the `: ` and CRLF around each.

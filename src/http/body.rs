@@ -1,5 +1,6 @@
-//! Reading request bodies and query strings at the edge: size limit (413), media type (415), JSON
-//! syntax (400) and shape (422, naming the field), so handlers only see typed values.
+//! Reading request bodies and query strings at the edge: size limit (413), media type (415), a
+//! body that does not arrive in time (408), JSON syntax (400) and shape (422, naming the field), so
+//! handlers only see typed values.
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest};
@@ -41,8 +42,23 @@ pub async fn read_json<T: DeserializeOwned>(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
+    let timeout = super::body_timeout(req);
+    // One deadline for the whole body, not one per chunk: a client dripping a byte at a time must
+    // not hold the connection any longer than one that stalls.
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-    while let Some(chunk) = payload.next().await {
+    loop {
+        let Ok(next) = tokio::time::timeout_at(deadline, payload.next()).await else {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "request body not received within {} ms",
+                    timeout.as_millis()
+                ),
+            ));
+        };
+        let Some(chunk) = next else { break };
         let chunk =
             chunk.map_err(|e| ApiError::bad_request(format!("could not read body: {e}")))?;
         if body.len() + chunk.len() > limit {

@@ -79,6 +79,11 @@ impl ResponseError for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             resp.insert_header(("WWW-Authenticate", "Bearer"));
         }
+        // What is left of a body that timed out may never come: the connection cannot carry
+        // another request.
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            resp.force_close();
+        }
         resp.json(json!({ "error": error }))
     }
 }

