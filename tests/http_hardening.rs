@@ -6,7 +6,10 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
+use serde_json::json;
+use support::fake_django::{Behavior, ChatEndpoint, FakeDjango};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -114,4 +117,60 @@ async fn a_stalled_body_is_answered_408_in_json_and_closed() {
 async fn the_body_timeout_is_validated_naming_the_key() {
     let err = switchboard::config::Settings::from_toml("[api]\nbody_timeout_ms = 0").unwrap_err();
     assert!(err.to_string().contains("api.body_timeout_ms"), "{err}");
+}
+
+#[actix_rt::test]
+async fn a_stopping_server_refuses_new_connections_at_once() {
+    let django = FakeDjango::start();
+    django.set_chat_default(ChatEndpoint::AiRespond, Behavior::Stall);
+    let mut app = spawn_app(&format!(
+        "{}[shutdown]\ngrace_ms = 600000",
+        django.config("calls_timeout_ms = 600000")
+    ));
+    // A request in flight until Django answers, which it will not: the drain could last the whole
+    // grace.
+    let body = json!({
+        "session_id": "8f14e45f-ceea-467f-a0e6-3b1c2d4e5f60",
+        "message_id": uuid::Uuid::new_v4(),
+        "customer": {"id": "c-42", "name": "Ada", "email": "ada@example.com"},
+        "message": "hello",
+        "history": []
+    })
+    .to_string();
+    let mut in_flight = TcpStream::connect(app.addr).await.expect("connect");
+    in_flight
+        .write_all(
+            format!(
+                "POST /api/v1/debug/django/ai-respond HTTP/1.1\r\nHost: test\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("send");
+    let readyz = app.url("/readyz");
+    eventually("the AI call in flight", || {
+        let url = readyz.clone();
+        async move { get(&url).await.body["django"]["calls"]["in_flight"] == 1 }
+    })
+    .await;
+
+    app.begin_stop();
+    // Polled (nothing reports the socket's closing): far sooner than the grace, a connection
+    // attempt is refused rather than accepted and left waiting.
+    let addr = app.addr;
+    eventually("new connections refused", || async move {
+        // Bounded: a socket nobody accepts on completes handshakes until its backlog is full, and
+        // then leaves new ones pending.
+        let attempt = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await;
+        matches!(attempt, Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+    })
+    .await;
+
+    // The drain ends with the request in flight.
+    django.release();
+    let answer = read_answer(&mut in_flight, false).await;
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    app.wait_exit().await.expect("clean stop");
 }

@@ -39,9 +39,13 @@ pub type Serve = Box<dyn Fn(TcpListener) -> std::io::Result<Server>>;
 /// One listener as a supervised child: permanent; restarted on a clone of the same socket if its
 /// server ever stops on its own; stopped gracefully (in-flight requests drain within
 /// `shutdown.grace_ms`). Whatever app it serves is `serve`'s.
+///
+/// It keeps the bound socket for restarts, and lets go of it when stopped: a socket stays open, and
+/// the kernel keeps completing handshakes nobody will serve, while any copy of it is.
 pub struct ListenerChild {
     name: &'static str,
-    listener: TcpListener,
+    /// The bound socket; `None` once stopped.
+    listener: Option<TcpListener>,
     serve: Serve,
     handle: Option<ServerHandle>,
     report: Option<ExitReport>,
@@ -51,7 +55,7 @@ impl ListenerChild {
     pub fn new(name: &'static str, listener: TcpListener, serve: Serve) -> Self {
         Self {
             name,
-            listener,
+            listener: Some(listener),
             serve,
             handle: None,
             report: None,
@@ -64,7 +68,12 @@ impl ListenerChild {
             child,
             message: e.to_string(),
         };
-        let listener = self.listener.try_clone().map_err(fail)?;
+        let listener = self
+            .listener
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("the listener was stopped"))
+            .and_then(TcpListener::try_clone)
+            .map_err(fail)?;
         let server = (self.serve)(listener).map_err(fail)?;
         self.handle = Some(server.handle());
         let report = self.report.clone();
@@ -106,6 +115,9 @@ impl Child for ListenerChild {
     fn stop(&mut self) -> LocalBoxFuture<'static, ()> {
         // Stopping is not an exit to report.
         self.report = None;
+        // New connections are refused from now on (once the server's accept thread, told to stop
+        // below, drops its copy), not queued for the length of the drain.
+        self.listener = None;
         let handle = self.handle.take();
         async move {
             if let Some(h) = handle {
