@@ -174,3 +174,31 @@ async fn a_stopping_server_refuses_new_connections_at_once() {
     assert_eq!(answer.status, 200, "{}", answer.head);
     app.wait_exit().await.expect("clean stop");
 }
+
+#[actix_rt::test]
+async fn metrics_export_the_process_open_files_memory_and_cpu() {
+    let app = spawn_app("");
+    let text = scrape(&app).await;
+    for name in [
+        "process_open_fds",
+        "process_max_fds",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_start_time_seconds",
+        "process_threads",
+    ] {
+        let value = metric(&text, name, &[]).unwrap_or_else(|| panic!("{name} missing"));
+        assert!(value > 0.0, "{name} = {value}");
+    }
+    // Read at each scrape, not once: sockets held open show in the next scrape's count. Other tests
+    // of this process open and close descriptors meanwhile, far fewer than the margin left here.
+    let before = metric(&text, "process_open_fds", &[]).unwrap();
+    let held: Vec<_> = (0..500)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let after = metric(&scrape(&app).await, "process_open_fds", &[]).unwrap();
+    assert!(after >= before + 250.0, "{before} → {after}");
+    drop(held);
+    app.stop().await.expect("clean stop");
+}

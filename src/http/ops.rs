@@ -1,6 +1,7 @@
 //! Operator endpoints outside `/api`: `/healthz` (the process answers), `/readyz` (store open,
 //! supervision tree up, the chat listener accepting and its session registry answering; each Django
-//! lane's state, the AI's among them, is reported but does not fail readiness) and `/metrics`.
+//! lane's state, the AI's among them, is reported but does not fail readiness) and `/metrics` (the
+//! process's own metrics read afresh for each scrape).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -107,6 +108,7 @@ async fn metrics(req: HttpRequest, ops: web::Data<Ops>) -> Result<HttpResponse, 
             ));
         }
     }
+    crate::metrics::collect_process();
     ops.metrics.run_upkeep();
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
