@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
-use actix_web::{web, App, HttpMessage, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpMessage, HttpRequest, HttpResponse, HttpServer, ResponseError};
 use futures_util::future::{FutureExt, LocalBoxFuture};
 use tracing::Instrument;
 
@@ -209,11 +209,40 @@ fn header_bytes(req: &ServiceRequest) -> usize {
         .sum()
 }
 
+/// actix-web answers a method a resource has no route for with an empty 405 and its `Allow`: the
+/// same answer in the JSON shape of every other error, HEAD listed wherever GET is.
+fn method_not_allowed(res: ServiceResponse<BoxBody>, method: &str) -> ServiceResponse<BoxBody> {
+    let mut allowed: Vec<String> = res
+        .headers()
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(',')
+        .map(|m| m.trim().to_string())
+        .filter(|m| !m.is_empty())
+        .collect();
+    if allowed.iter().any(|m| m == "GET") && !allowed.iter().any(|m| m == "HEAD") {
+        allowed.push("HEAD".to_string());
+    }
+    let allow = allowed.join(", ");
+    let mut response = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed here; allowed: {allow}"),
+    )
+    .error_response();
+    if let Ok(v) = HeaderValue::from_str(&allow) {
+        response.headers_mut().insert(header::ALLOW, v);
+    }
+    res.into_response(response)
+}
+
 /// The middleware every listener runs: a request id (echoed or minted) in the request's extensions,
-/// its tracing span and `X-Request-Id` response header; the header-size limit (431); and the
-/// request counter and latency histogram, labelled by listener, route, method and status.
+/// its tracing span and `X-Request-Id` response header; the header-size limit (431); HEAD served by
+/// GET routes; 405 in JSON; and the request counter and latency histogram, labelled by listener,
+/// route, method and status.
 pub fn observe<S, B>(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     srv: &S,
     listener: &'static str,
     max_header_bytes: usize,
@@ -229,6 +258,12 @@ where
     let method = method_label(req.method());
     let span =
         tracing::info_span!("http_request", listener, request_id = %id, method, path = %req.path());
+    // HEAD is GET without the body (RFC 9110): served by the GET route, and the HTTP/1 codec, which
+    // saw the request's own method, sends the head alone (its Content-Length included).
+    let head = req.method() == Method::HEAD;
+    if head {
+        req.head_mut().method = Method::GET;
+    }
     let too_big = header_bytes(&req) > max_header_bytes;
     let fut: LocalBoxFuture<'static, Result<ServiceResponse<BoxBody>, actix_web::Error>> =
         if too_big {
@@ -244,6 +279,9 @@ where
         };
     async move {
         let mut res = fut.await?;
+        if res.status() == StatusCode::METHOD_NOT_ALLOWED {
+            res = method_not_allowed(res, if head { "HEAD" } else { method });
+        }
         let route = res
             .request()
             .match_pattern()

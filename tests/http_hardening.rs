@@ -24,6 +24,15 @@ struct Raw {
 }
 
 impl Raw {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+
     fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
@@ -200,5 +209,115 @@ async fn metrics_export_the_process_open_files_memory_and_cpu() {
     let after = metric(&scrape(&app).await, "process_open_fds", &[]).unwrap();
     assert!(after >= before + 250.0, "{before} → {after}");
     drop(held);
+    app.stop().await.expect("clean stop");
+}
+
+#[actix_rt::test]
+async fn a_method_a_route_lacks_is_405_in_json_with_allow() {
+    let app = spawn_app("");
+    let id = id_of(&create_ticket(&app, "405").await);
+    for (method, path, allow) in [
+        (
+            "DELETE",
+            format!("/api/v1/tickets/{id}"),
+            "GET, PATCH, HEAD",
+        ),
+        ("PUT", "/api/v1/tickets".to_string(), "POST, GET, HEAD"),
+        ("POST", "/healthz".to_string(), "GET, HEAD"),
+    ] {
+        let resp = request(method, &app.url(&path), None, &[]).await;
+        assert_eq!(resp.status, 405, "{method} {path}");
+        assert_eq!(resp.error_code(), "method_not_allowed", "{}", resp.text);
+        let mut listed: Vec<String> = resp
+            .header("Allow")
+            .unwrap_or_default()
+            .split(',')
+            .map(|m| m.trim().to_string())
+            .collect();
+        let mut expected: Vec<String> = allow.split(", ").map(str::to_string).collect();
+        listed.sort();
+        expected.sort();
+        assert_eq!(listed, expected, "{method} {path}");
+    }
+    app.stop().await.expect("clean stop");
+}
+
+#[actix_rt::test]
+async fn head_answers_every_get_route_with_its_head_and_no_body() {
+    let app = spawn_app("");
+    let id = id_of(&create_ticket(&app, "head").await);
+    for path in [
+        "/healthz".to_string(),
+        "/readyz".to_string(),
+        "/metrics".to_string(),
+        "/api/v1/tickets".to_string(),
+        format!("/api/v1/tickets/{id}"),
+        format!("/api/v1/tickets/{id}/events"),
+        "/api/v1/admin/dead-letters".to_string(),
+    ] {
+        let got = get(&app.url(&path)).await;
+        // `Connection: close`: whatever the server sends for the HEAD arrives before it closes.
+        let raw = exchange(
+            app.addr,
+            format!("HEAD {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+            true,
+        )
+        .await;
+        assert_eq!(raw.status, got.status, "HEAD {path}: {}", raw.head);
+        assert!(
+            raw.body.is_empty(),
+            "HEAD {path} sent a body: {:?}",
+            raw.body
+        );
+        assert_eq!(
+            raw.header("Content-Type"),
+            got.header("Content-Type"),
+            "{path}"
+        );
+        if path.contains("/tickets/") || path == "/healthz" {
+            assert_eq!(raw.header("ETag"), got.header("ETag"), "{path}");
+            assert_eq!(
+                raw.header("Content-Length"),
+                Some(got.text.len().to_string()),
+                "{path}"
+            );
+        }
+    }
+    app.stop().await.expect("clean stop");
+}
+
+#[actix_rt::test]
+async fn a_body_in_another_charset_or_coding_is_415() {
+    let app = spawn_app("");
+    let url = app.url("/api/v1/tickets");
+    let ticket = json!({"subject": "charset", "requester": "alice@example.com"});
+
+    let latin1 = request(
+        "POST",
+        &url,
+        Some(&ticket),
+        &[("Content-Type", "application/json; charset=ISO-8859-1")],
+    )
+    .await;
+    assert_eq!(latin1.status, 415, "{}", latin1.text);
+    assert_eq!(latin1.error_code(), "unsupported_charset");
+
+    let gzip = request("POST", &url, Some(&ticket), &[("Content-Encoding", "gzip")]).await;
+    assert_eq!(gzip.status, 415, "{}", gzip.text);
+    assert_eq!(gzip.error_code(), "unsupported_encoding");
+    assert_eq!(gzip.header("Accept-Encoding").as_deref(), Some("identity"));
+
+    // UTF-8 said outright, in any spelling, and the identity coding are what a body is anyway.
+    let utf8 = request(
+        "POST",
+        &url,
+        Some(&ticket),
+        &[
+            ("Content-Type", "application/json; charset=\"utf-8\""),
+            ("Content-Encoding", "identity"),
+        ],
+    )
+    .await;
+    assert_eq!(utf8.status, 201, "{}", utf8.text);
     app.stop().await.expect("clean stop");
 }
