@@ -10,6 +10,7 @@ pub mod body;
 pub mod chat;
 pub mod debug;
 pub mod errors;
+pub mod guard;
 pub mod listener;
 pub mod ops;
 pub mod tickets;
@@ -21,11 +22,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::Addr;
+use actix_http::{HttpService, KeepAlive};
+use actix_service::{fn_service, map_config, IntoServiceFactory, ServiceFactoryExt};
 use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::AppConfig;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
-use actix_web::{web, App, HttpMessage, HttpRequest, HttpResponse, HttpServer, ResponseError};
+use actix_web::{web, App, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use futures_util::future::{FutureExt, LocalBoxFuture};
 use tracing::Instrument;
 
@@ -126,14 +130,23 @@ fn request_metrics(
 }
 
 /// Builds and starts the REST server on `listener` (not awaited: the caller owns the future).
+///
+/// actix-web's `HttpServer`, taken apart: the same server (workers, connection cap, graceful stop)
+/// and HTTP/1 service, with every connection passed through [`guard::Guarded`] on its way in.
 pub fn start_api_server(
     listener: TcpListener,
     deps: HttpDeps,
 ) -> std::io::Result<actix_web::dev::Server> {
     let settings = deps.settings.clone();
-    let server = settings.api.clone();
+    let api = settings.api.clone();
     let grace = Duration::from_millis(settings.shutdown.grace_ms);
-    let http = HttpServer::new(move || {
+    let local_addr = listener.local_addr()?;
+    let keep_alive = match api.keep_alive_ms {
+        0 => KeepAlive::Disabled,
+        _ => KeepAlive::Timeout(api.keep_alive()),
+    };
+    let head_timeout = api.request_timeout();
+    let app = move || {
         let d = deps.clone();
         let fault_injection = d.settings.testing.fault_injection;
         let max_header_bytes = d.settings.api.max_header_bytes;
@@ -164,9 +177,45 @@ pub fn start_api_server(
                     }),
             )
             .default_service(web::to(no_route))
-    });
-    Ok(crate::apply_listener_settings!(http, &server, grace)
-        .listen(listener)?
+    };
+    let builder = actix_server::Server::build()
+        .workers(api.workers)
+        .max_concurrent_connections(api.max_connections)
+        // Signals are the process's, not the server's.
+        .disable_signals()
+        .shutdown_timeout(grace.as_secs().max(1));
+    let draining = builder.graceful_shutdown_signal();
+    Ok(builder
+        .listen("api", listener, move || {
+            let draining = draining.clone();
+            let http = HttpService::build()
+                .keep_alive(keep_alive)
+                // The guard times request heads (with a JSON 408); the dispatcher's own is off.
+                .client_request_timeout(Duration::ZERO)
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .local_addr(local_addr)
+                // On a graceful stop idle keep-alive connections close at once instead of holding
+                // the drain until they time out.
+                .graceful_shutdown_signal(move || {
+                    let draining = draining.clone();
+                    async move { draining.notified().await }
+                })
+                .h1(map_config(
+                    app()
+                        .into_factory()
+                        .map_err(|e: actix_web::Error| e.error_response()),
+                    // Only URL generation and `ConnectionInfo` read it; neither is used.
+                    |_| AppConfig::default(),
+                ));
+            // Per worker thread: the guard's parser shares its clock.
+            let parser = actix_http::ServiceConfig::default();
+            fn_service(move |io: actix_rt::net::TcpStream| {
+                let peer = io.peer_addr().ok();
+                let guarded = guard::Guarded::new(io, peer, head_timeout, &parser);
+                std::future::ready(Ok((guarded, peer)))
+            })
+            .and_then(http)
+        })?
         .run())
 }
 

@@ -13,6 +13,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const HTTP_REQUESTS: &str = "switchboard_http_requests_total";
 pub const HTTP_DURATION: &str = "switchboard_http_request_duration_seconds";
+pub const HTTP_PROTOCOL_ERRORS: &str = "switchboard_http_protocol_errors_total";
 pub const TICKET_ACTORS: &str = "switchboard_ticket_actors";
 pub const TICKET_ACTIVATIONS: &str = "switchboard_ticket_activations_total";
 pub const TICKET_PASSIVATIONS: &str = "switchboard_ticket_passivations_total";
@@ -125,6 +126,10 @@ fn describe() {
         HTTP_DURATION,
         Unit::Seconds,
         "HTTP request latency by route."
+    );
+    describe_counter!(
+        HTTP_PROTOCOL_ERRORS,
+        "REST connections closed for a request that does not parse, by reason."
     );
     describe_gauge!(TICKET_ACTORS, "Live (activated) ticket actors.");
     describe_counter!(TICKET_ACTIVATIONS, "Ticket actor activations by source.");

@@ -321,3 +321,100 @@ async fn a_body_in_another_charset_or_coding_is_415() {
     assert_eq!(utf8.status, 201, "{}", utf8.text);
     app.stop().await.expect("clean stop");
 }
+
+/// Asserts a protocol-level refusal: the status, the JSON error code, a request id, and a closed
+/// connection.
+fn assert_refused(answer: &Raw, status: u16, code: &str) {
+    assert_eq!(answer.status, status, "{}\n{}", answer.head, answer.body);
+    assert_eq!(answer.json()["error"]["code"], code);
+    assert!(answer.header("X-Request-Id").is_some(), "{}", answer.head);
+    assert_eq!(
+        answer.header("Content-Type").as_deref(),
+        Some("application/json")
+    );
+    assert!(answer.closed);
+}
+
+#[actix_rt::test]
+async fn requests_that_do_not_parse_are_answered_in_json_and_the_server_keeps_serving() {
+    let app = spawn_app("");
+    for request in [
+        &b"THIS IS NOT HTTP\r\n\r\n"[..],
+        b"GET /healthz HTTP/9.9\r\nHost: test\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: test\r\nBad Header: x\r\n\r\n",
+        b"GET /he\x01lthz HTTP/1.1\r\nHost: test\r\n\r\n",
+    ] {
+        let answer = exchange(app.addr, request, true).await;
+        assert_refused(&answer, 400, "malformed_request");
+    }
+
+    // Too many headers, and a head beyond any buffer: 431, like a head over api.max_header_bytes.
+    let many: String = (0..120).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let huge = format!("X-Big: {}\r\n", "x".repeat(200 * 1024));
+    for headers in [many, huge] {
+        let request = format!("GET /healthz HTTP/1.1\r\nHost: test\r\n{headers}\r\n");
+        let answer = exchange(app.addr, request.as_bytes(), true).await;
+        assert_refused(&answer, 431, "headers_too_large");
+    }
+
+    // A good request ahead of a bad one on the same connection is answered first.
+    let answer = exchange(
+        app.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\nNOT HTTP\r\n\r\n",
+        true,
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    assert!(
+        answer.body.contains("\"malformed_request\""),
+        "{}",
+        answer.body
+    );
+
+    // A body that stops being HTTP is its handler's to answer, in JSON like any bad body.
+    let answer = exchange(
+        app.addr,
+        b"POST /api/v1/tickets HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+          Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n",
+        true,
+    )
+    .await;
+    assert_eq!(answer.status, 400, "{}", answer.head);
+    assert_eq!(answer.json()["error"]["code"], "malformed_json");
+
+    assert_eq!(get(&app.url("/healthz")).await.status, 200);
+    let text = scrape(&app).await;
+    assert!(
+        metric(
+            &text,
+            "switchboard_http_protocol_errors_total",
+            &[("reason", "malformed")]
+        )
+        .unwrap_or(0.0)
+            >= 4.0
+    );
+    app.stop().await.expect("clean stop");
+}
+
+#[actix_rt::test]
+async fn a_request_head_that_never_completes_is_answered_408_in_json_and_closed() {
+    let app = spawn_app("[api]\nrequest_timeout_ms = 300");
+    // Read until the server closes: only its own head timer can end the wait before WAIT does.
+    let answer = exchange(app.addr, b"GET /healthz HTTP/1.1\r\nHost: te", true).await;
+    assert_refused(&answer, 408, "request_timeout");
+
+    // Later heads on a kept-alive connection too, once they have begun.
+    let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .expect("send");
+    assert_eq!(read_answer(&mut stream, false).await.status, 200);
+    stream.write_all(b"GET /hea").await.expect("send");
+    assert_refused(
+        &read_answer(&mut stream, true).await,
+        408,
+        "request_timeout",
+    );
+    app.stop().await.expect("clean stop");
+}

@@ -1,5 +1,5 @@
-//! Running one HTTP listener as a supervised child, and the server settings every listener takes
-//! from its own config section (`[api]`, `[chat]`).
+//! Running one HTTP listener as a supervised child (the REST listener; its server is built by
+//! [`crate::http::start_api_server`] from `[api]`).
 
 use std::net::TcpListener;
 
@@ -9,29 +9,6 @@ use futures_util::future::{FutureExt, LocalBoxFuture};
 use crate::metrics as m;
 use crate::supervisor::supervised::Exit;
 use crate::supervisor::{Child, ExitReport, Restart, StartError};
-
-/// Applies one listener's [`ListenerSettings`](crate::config::ListenerSettings) to an
-/// `HttpServer`: workers, connection cap, keep-alive (0 disables it) and the time allowed for a
-/// request's head. Signals are the process's, not the server's; `grace` bounds the drain of
-/// in-flight requests on stop. (A macro: `HttpServer`'s type parameters make a function's bounds
-/// longer than its body.)
-#[macro_export]
-macro_rules! apply_listener_settings {
-    ($server:expr, $settings:expr, $grace:expr) => {{
-        let settings: &$crate::config::ListenerSettings = $settings;
-        let keep_alive = match settings.keep_alive_ms {
-            0 => actix_web::http::KeepAlive::Disabled,
-            _ => actix_web::http::KeepAlive::Timeout(settings.keep_alive()),
-        };
-        $server
-            .workers(settings.workers)
-            .max_connections(settings.max_connections)
-            .keep_alive(keep_alive)
-            .client_request_timeout(settings.request_timeout())
-            .disable_signals()
-            .shutdown_timeout($grace.as_secs().max(1))
-    }};
-}
 
 /// Starts a server on an already-bound listener; called again on each restart.
 pub type Serve = Box<dyn Fn(TcpListener) -> std::io::Result<Server>>;
