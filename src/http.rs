@@ -1,8 +1,9 @@
 //! The transport edge: the REST app on `api.bind` ([`start_api_server`], with the middleware it runs:
-//! [`observe`] for request ids, the header limit, metrics and tracing), JSON errors for unknown
-//! routes, [`listener::ListenerChild`], which runs an actix-web server as a supervised child, and
-//! the chat listener on `chat.bind` ([`chat`]: its own accept loop over the lean WebSocket
-//! transport). Handlers are thin: they talk to actors and the store, never to Django.
+//! [`observe`] for request ids, the header limit, HEAD, 405s, metrics and tracing, and the
+//! [`guard`] every connection passes through, which answers requests that do not parse), JSON
+//! errors for unknown routes, [`listener::ListenerChild`], which runs the REST server as a
+//! supervised child, and the chat listener on `chat.bind` ([`chat`]: its own accept loop over the
+//! lean WebSocket transport). Handlers are thin: they talk to actors and the store, never to Django.
 
 pub mod admin;
 pub mod auth;
