@@ -146,7 +146,10 @@ pub fn start_api_server(
         0 => KeepAlive::Disabled,
         _ => KeepAlive::Timeout(api.keep_alive()),
     };
-    let head_timeout = api.request_timeout();
+    let timeouts = guard::Timeouts {
+        head: api.request_timeout(),
+        body: api.body_timeout(),
+    };
     let app = move || {
         let d = deps.clone();
         let fault_injection = d.settings.testing.fault_injection;
@@ -212,7 +215,7 @@ pub fn start_api_server(
             let parser = actix_http::ServiceConfig::default();
             fn_service(move |io: actix_rt::net::TcpStream| {
                 let peer = io.peer_addr().ok();
-                let guarded = guard::Guarded::new(io, peer, head_timeout, &parser);
+                let guarded = guard::Guarded::new(io, peer, timeouts, &parser);
                 std::future::ready(Ok((guarded, peer)))
             })
             .and_then(http)

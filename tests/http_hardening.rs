@@ -123,6 +123,19 @@ async fn a_stalled_body_is_answered_408_in_json_and_closed() {
 }
 
 #[actix_rt::test]
+async fn a_stalled_body_no_handler_reads_is_closed_after_the_body_timeout() {
+    let app = spawn_app("[api]\nbody_timeout_ms = 300");
+    // The retry route answers without reading a body; a chunked one is then read to its end
+    // before the connection can take another request, and this one never ends.
+    let request = b"POST /api/v1/admin/dead-letters/999/retry HTTP/1.1\r\nHost: test\r\n\
+        Transfer-Encoding: chunked\r\n\r\n10\r\n0123";
+    let answer = exchange(app.addr, request, true).await;
+    assert_eq!(answer.status, 404, "{}", answer.head);
+    assert!(answer.closed);
+    app.stop().await.expect("clean stop");
+}
+
+#[actix_rt::test]
 async fn the_body_timeout_is_validated_naming_the_key() {
     let err = switchboard::config::Settings::from_toml("[api]\nbody_timeout_ms = 0").unwrap_err();
     assert!(err.to_string().contains("api.body_timeout_ms"), "{err}");

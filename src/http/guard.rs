@@ -14,6 +14,9 @@
 //!
 //! The guard also owns the head timeout (`api.request_timeout_ms`), for the same reason: the
 //! dispatcher's own would answer an empty 408. It times every head, not only a connection's first.
+//! And it closes a connection whose request body has not arrived a moment after
+//! `api.body_timeout_ms`: a handler reading the body has answered 408 by then, but a body no
+//! handler reads would otherwise be waited for without end.
 
 use std::future::Future;
 use std::io;
@@ -44,6 +47,8 @@ pub enum Refusal {
     HeadTimeout(Duration),
     #[error("malformed request body: {0}")]
     Body(#[source] ParseError),
+    #[error("request body not complete within {} ms", .0.as_millis())]
+    BodyTimeout(Duration),
 }
 
 impl Refusal {
@@ -62,10 +67,11 @@ impl Refusal {
             Self::HeadTooLarge => "head_too_large",
             Self::HeadTimeout(_) => "head_timeout",
             Self::Body(_) => "body",
+            Self::BodyTimeout(_) => "body_timeout",
         }
     }
 
-    /// The answer's status and code, or `None` where the handler answers (a bad body).
+    /// The answer's status and code, or `None` where the handler answers (a bad or late body).
     fn answer(&self) -> Option<(StatusCode, &'static str)> {
         match self {
             Self::Malformed(_) => Some((StatusCode::BAD_REQUEST, "malformed_request")),
@@ -74,7 +80,7 @@ impl Refusal {
                 "headers_too_large",
             )),
             Self::HeadTimeout(_) => Some((StatusCode::REQUEST_TIMEOUT, "request_timeout")),
-            Self::Body(_) => None,
+            Self::Body(_) | Self::BodyTimeout(_) => None,
         }
     }
 }
@@ -160,6 +166,19 @@ impl Lookahead {
     }
 }
 
+/// How long a request's head, and then its body, may take to arrive.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// `api.request_timeout_ms`
+    pub head: Duration,
+    /// `api.body_timeout_ms`
+    pub body: Duration,
+}
+
+/// How much later than a handler's body timeout the guard closes a connection whose body has not
+/// arrived: enough for the handler's 408 to go out first.
+const BODY_BACKSTOP_MARGIN: Duration = Duration::from_secs(1);
+
 /// A REST connection's stream, as the dispatcher reads and writes it (see the module docs).
 pub struct Guarded<T> {
     io: T,
@@ -169,6 +188,10 @@ pub struct Guarded<T> {
     /// While a request head is awaited (see `poll_read`).
     head_deadline: Option<Pin<Box<Sleep>>>,
     head_timeout: Duration,
+    /// While a request body is awaited: a backstop for a body no handler reads, which actix-http
+    /// would otherwise wait for (a chunked one) before the connection can go on.
+    body_deadline: Option<Pin<Box<Sleep>>>,
+    body_timeout: Duration,
     /// The end of the stream is all the dispatcher reads from now on.
     refused: bool,
     /// The answer still to write before the connection closes.
@@ -181,15 +204,19 @@ impl<T> Guarded<T> {
     pub fn new(
         io: T,
         peer: Option<SocketAddr>,
-        head_timeout: Duration,
+        timeouts: Timeouts,
         config: &ServiceConfig,
     ) -> Self {
         Self {
             io,
             peer,
             lookahead: Some(Lookahead::new(config)),
-            head_deadline: Some(Box::pin(tokio::time::sleep(head_timeout))),
-            head_timeout,
+            head_deadline: Some(Box::pin(tokio::time::sleep(timeouts.head))),
+            head_timeout: timeouts.head,
+            body_deadline: None,
+            // Later than the handler's own (which answers 408): this one only ends what no
+            // handler waits for.
+            body_timeout: timeouts.body + BODY_BACKSTOP_MARGIN,
             refused: false,
             answer: None,
         }
@@ -199,6 +226,7 @@ impl<T> Guarded<T> {
         self.refused = true;
         self.lookahead = None;
         self.head_deadline = None;
+        self.body_deadline = None;
         let peer = self.peer.map(|p| p.to_string()).unwrap_or_default();
         let request_id = uuid::Uuid::new_v4().to_string();
         metrics::counter!(m::HTTP_PROTOCOL_ERRORS, "reason" => refusal.reason()).increment(1);
@@ -237,6 +265,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
                 return Poll::Ready(Ok(()));
             }
         }
+        if let Some(deadline) = this.body_deadline.as_mut() {
+            if deadline.as_mut().poll(cx).is_ready() {
+                this.refuse(Refusal::BodyTimeout(this.body_timeout));
+                return Poll::Ready(Ok(()));
+            }
+        }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
         let Some(lookahead) = this.lookahead.as_mut() else {
@@ -257,11 +291,17 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
                 } else if this.head_deadline.is_none() {
                     this.head_deadline = Some(Box::pin(tokio::time::sleep(this.head_timeout)));
                 }
+                if !lookahead.in_body {
+                    this.body_deadline = None;
+                } else if this.body_deadline.is_none() {
+                    this.body_deadline = Some(Box::pin(tokio::time::sleep(this.body_timeout)));
+                }
             }
             Seen::Fine => {}
             Seen::Upgraded => {
                 this.lookahead = None;
                 this.head_deadline = None;
+                this.body_deadline = None;
             }
             Seen::Failed { error, withheld } => {
                 let in_body = lookahead.in_body;
@@ -327,6 +367,11 @@ mod tests {
 
     use super::*;
 
+    const TIMEOUTS: Timeouts = Timeouts {
+        head: Duration::from_secs(30),
+        body: Duration::from_secs(30),
+    };
+
     /// Log lines written by the subscriber of one test.
     #[derive(Clone, Default)]
     struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -370,7 +415,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let peer: SocketAddr = "203.0.113.7:5555".parse().expect("address");
         let config = ServiceConfig::default();
-        let mut guarded = Guarded::new(server, Some(peer), Duration::from_secs(30), &config);
+        let mut guarded = Guarded::new(server, Some(peer), TIMEOUTS, &config);
         client.write_all(request).await.expect("client writes");
         let mut dispatched = Vec::new();
         guarded
@@ -424,7 +469,7 @@ mod tests {
             GET /b HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let config = ServiceConfig::default();
-        let mut guarded = Guarded::new(server, None, Duration::from_secs(30), &config);
+        let mut guarded = Guarded::new(server, None, TIMEOUTS, &config);
         client.write_all(requests).await.expect("client writes");
         drop(client);
         let mut dispatched = Vec::new();
