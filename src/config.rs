@@ -281,6 +281,7 @@ pub struct ListenerSettings {
     pub max_body_bytes: usize,
     pub max_header_bytes: usize,
     pub request_timeout_ms: u64,
+    pub body_timeout_ms: u64,
 }
 
 impl ListenerSettings {
@@ -293,6 +294,7 @@ impl ListenerSettings {
         positive(&key("max_body_bytes"), self.max_body_bytes as u64)?;
         positive(&key("max_header_bytes"), self.max_header_bytes as u64)?;
         positive(&key("request_timeout_ms"), self.request_timeout_ms)?;
+        positive(&key("body_timeout_ms"), self.body_timeout_ms)?;
         Ok(addr)
     }
 
@@ -307,6 +309,10 @@ impl ListenerSettings {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
     }
 }
 

@@ -1,8 +1,9 @@
 //! The transport edge: the REST app on `api.bind` ([`start_api_server`], with the middleware it runs:
-//! [`observe`] for request ids, the header limit, metrics and tracing), JSON errors for unknown
-//! routes, [`listener::ListenerChild`], which runs an actix-web server as a supervised child, and
-//! the chat listener on `chat.bind` ([`chat`]: its own accept loop over the lean WebSocket
-//! transport). Handlers are thin: they talk to actors and the store, never to Django.
+//! [`observe`] for request ids, the header limit, HEAD, 405s, metrics and tracing, and the
+//! [`guard`] every connection passes through, which answers requests that do not parse), JSON
+//! errors for unknown routes, [`listener::ListenerChild`], which runs the REST server as a
+//! supervised child, and the chat listener on `chat.bind` ([`chat`]: its own accept loop over the
+//! lean WebSocket transport). Handlers are thin: they talk to actors and the store, never to Django.
 
 pub mod admin;
 pub mod auth;
@@ -10,6 +11,7 @@ pub mod body;
 pub mod chat;
 pub mod debug;
 pub mod errors;
+pub mod guard;
 pub mod listener;
 pub mod ops;
 pub mod tickets;
@@ -21,11 +23,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::Addr;
+use actix_http::{HttpService, KeepAlive};
+use actix_service::{fn_service, map_config, IntoServiceFactory, ServiceFactoryExt};
 use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::AppConfig;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
-use actix_web::{web, App, HttpMessage, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use futures_util::future::{FutureExt, LocalBoxFuture};
 use tracing::Instrument;
 
@@ -126,14 +131,26 @@ fn request_metrics(
 }
 
 /// Builds and starts the REST server on `listener` (not awaited: the caller owns the future).
+///
+/// actix-web's `HttpServer`, taken apart: the same server (workers, connection cap, graceful stop)
+/// and HTTP/1 service, with every connection passed through [`guard::Guarded`] on its way in.
 pub fn start_api_server(
     listener: TcpListener,
     deps: HttpDeps,
 ) -> std::io::Result<actix_web::dev::Server> {
     let settings = deps.settings.clone();
-    let server = settings.api.clone();
+    let api = settings.api.clone();
     let grace = Duration::from_millis(settings.shutdown.grace_ms);
-    let http = HttpServer::new(move || {
+    let local_addr = listener.local_addr()?;
+    let keep_alive = match api.keep_alive_ms {
+        0 => KeepAlive::Disabled,
+        _ => KeepAlive::Timeout(api.keep_alive()),
+    };
+    let timeouts = guard::Timeouts {
+        head: api.request_timeout(),
+        body: api.body_timeout(),
+    };
+    let app = move || {
         let d = deps.clone();
         let fault_injection = d.settings.testing.fault_injection;
         let max_header_bytes = d.settings.api.max_header_bytes;
@@ -145,6 +162,7 @@ pub fn start_api_server(
             .app_data(web::Data::new(d.outbox.clone()))
             .app_data(web::Data::new(d.settings.tickets.clone()))
             .app_data(web::Data::new(BodyLimit(d.settings.api.max_body_bytes)))
+            .app_data(web::Data::new(BodyTimeout(d.settings.api.body_timeout())))
             .app_data(web::Data::new(auth::Auth::new(
                 d.settings.auth.api_keys.clone(),
                 d.settings.tickets.max_name_chars,
@@ -163,9 +181,45 @@ pub fn start_api_server(
                     }),
             )
             .default_service(web::to(no_route))
-    });
-    Ok(crate::apply_listener_settings!(http, &server, grace)
-        .listen(listener)?
+    };
+    let builder = actix_server::Server::build()
+        .workers(api.workers)
+        .max_concurrent_connections(api.max_connections)
+        // Signals are the process's, not the server's.
+        .disable_signals()
+        .shutdown_timeout(grace.as_secs().max(1));
+    let draining = builder.graceful_shutdown_signal();
+    Ok(builder
+        .listen("api", listener, move || {
+            let draining = draining.clone();
+            let http = HttpService::build()
+                .keep_alive(keep_alive)
+                // The guard times request heads (with a JSON 408); the dispatcher's own is off.
+                .client_request_timeout(Duration::ZERO)
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .local_addr(local_addr)
+                // On a graceful stop idle keep-alive connections close at once instead of holding
+                // the drain until they time out.
+                .graceful_shutdown_signal(move || {
+                    let draining = draining.clone();
+                    async move { draining.notified().await }
+                })
+                .h1(map_config(
+                    app()
+                        .into_factory()
+                        .map_err(|e: actix_web::Error| e.error_response()),
+                    // Only URL generation and `ConnectionInfo` read it; neither is used.
+                    |_| AppConfig::default(),
+                ));
+            // Per worker thread: the guard's parser shares its clock.
+            let parser = actix_http::ServiceConfig::default();
+            fn_service(move |io: actix_rt::net::TcpStream| {
+                let peer = io.peer_addr().ok();
+                let guarded = guard::Guarded::new(io, peer, timeouts, &parser);
+                std::future::ready(Ok((guarded, peer)))
+            })
+            .and_then(http)
+        })?
         .run())
 }
 
@@ -187,6 +241,19 @@ pub fn body_limit(req: &HttpRequest) -> usize {
     req.app_data::<web::Data<BodyLimit>>().map_or(0, |l| l.0)
 }
 
+/// How long a request's body may take to arrive once its head has (`<listener>.body_timeout_ms`).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeout(pub Duration);
+
+/// Used only by an app that registers no [`BodyTimeout`]: a body is never awaited without a bound.
+const FALLBACK_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The body timeout of the listener serving `req`.
+pub fn body_timeout(req: &HttpRequest) -> Duration {
+    req.app_data::<web::Data<BodyTimeout>>()
+        .map_or(FALLBACK_BODY_TIMEOUT, |t| t.0)
+}
+
 /// The size of a request's headers as they came: names, values and the `: ` and CRLF around each.
 fn header_bytes(req: &ServiceRequest) -> usize {
     req.headers()
@@ -195,11 +262,40 @@ fn header_bytes(req: &ServiceRequest) -> usize {
         .sum()
 }
 
+/// actix-web answers a method a resource has no route for with an empty 405 and its `Allow`: the
+/// same answer in the JSON shape of every other error, HEAD listed wherever GET is.
+fn method_not_allowed(res: ServiceResponse<BoxBody>, method: &str) -> ServiceResponse<BoxBody> {
+    let mut allowed: Vec<String> = res
+        .headers()
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(',')
+        .map(|m| m.trim().to_string())
+        .filter(|m| !m.is_empty())
+        .collect();
+    if allowed.iter().any(|m| m == "GET") && !allowed.iter().any(|m| m == "HEAD") {
+        allowed.push("HEAD".to_string());
+    }
+    let allow = allowed.join(", ");
+    let mut response = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed here; allowed: {allow}"),
+    )
+    .error_response();
+    if let Ok(v) = HeaderValue::from_str(&allow) {
+        response.headers_mut().insert(header::ALLOW, v);
+    }
+    res.into_response(response)
+}
+
 /// The middleware every listener runs: a request id (echoed or minted) in the request's extensions,
-/// its tracing span and `X-Request-Id` response header; the header-size limit (431); and the
-/// request counter and latency histogram, labelled by listener, route, method and status.
+/// its tracing span and `X-Request-Id` response header; the header-size limit (431); HEAD served by
+/// GET routes; 405 in JSON; and the request counter and latency histogram, labelled by listener,
+/// route, method and status.
 pub fn observe<S, B>(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     srv: &S,
     listener: &'static str,
     max_header_bytes: usize,
@@ -215,6 +311,12 @@ where
     let method = method_label(req.method());
     let span =
         tracing::info_span!("http_request", listener, request_id = %id, method, path = %req.path());
+    // HEAD is GET without the body (RFC 9110): served by the GET route, and the HTTP/1 codec, which
+    // saw the request's own method, sends the head alone (its Content-Length included).
+    let head = req.method() == Method::HEAD;
+    if head {
+        req.head_mut().method = Method::GET;
+    }
     let too_big = header_bytes(&req) > max_header_bytes;
     let fut: LocalBoxFuture<'static, Result<ServiceResponse<BoxBody>, actix_web::Error>> =
         if too_big {
@@ -230,6 +332,9 @@ where
         };
     async move {
         let mut res = fut.await?;
+        if res.status() == StatusCode::METHOD_NOT_ALLOWED {
+            res = method_not_allowed(res, if head { "HEAD" } else { method });
+        }
         let route = res
             .request()
             .match_pattern()

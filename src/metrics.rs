@@ -1,15 +1,19 @@
-//! Every metric name the server exports, registered once, and the Prometheus recorder.
+//! Every metric name the server exports, registered once, and the Prometheus recorder. The process's
+//! own metrics (`process_open_fds`, `process_max_fds`, `process_resident_memory_bytes`,
+//! `process_cpu_seconds_total`, `process_start_time_seconds`, …) come from `metrics-process`, under
+//! the names every Prometheus exporter gives them, read afresh at each scrape ([`collect_process`]).
 //!
 //! The recorder is process-global (the `metrics` facade has one); several servers started in one test
 //! process share it, so tests compare counters before and after rather than absolute values.
 
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock};
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const HTTP_REQUESTS: &str = "switchboard_http_requests_total";
 pub const HTTP_DURATION: &str = "switchboard_http_request_duration_seconds";
+pub const HTTP_PROTOCOL_ERRORS: &str = "switchboard_http_protocol_errors_total";
 pub const TICKET_ACTORS: &str = "switchboard_ticket_actors";
 pub const TICKET_ACTIVATIONS: &str = "switchboard_ticket_activations_total";
 pub const TICKET_PASSIVATIONS: &str = "switchboard_ticket_passivations_total";
@@ -91,6 +95,15 @@ const SIZE_BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+static PROCESS: LazyLock<metrics_process::Collector> =
+    LazyLock::new(metrics_process::Collector::default);
+
+/// Reads the process's open files and their limit, memory, CPU time, threads and start time into
+/// their gauges; called before each render of `/metrics`, so a scrape sees them as they are.
+pub fn collect_process() {
+    PROCESS.collect();
+}
+
 /// Installs the recorder on first call and returns the handle that renders `/metrics`.
 pub fn install() -> PrometheusHandle {
     HANDLE
@@ -125,6 +138,8 @@ pub fn install() -> PrometheusHandle {
             // Another recorder may already be global (an embedding program's); then ours only renders.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            PROCESS.describe();
+            collect_process();
             zero_alerting_counters();
             handle
         })
@@ -138,6 +153,10 @@ fn describe() {
         HTTP_DURATION,
         Unit::Seconds,
         "HTTP request latency by route."
+    );
+    describe_counter!(
+        HTTP_PROTOCOL_ERRORS,
+        "REST connections closed for a request that does not parse, by reason."
     );
     describe_gauge!(TICKET_ACTORS, "Live (activated) ticket actors.");
     describe_counter!(TICKET_ACTIVATIONS, "Ticket actor activations by source.");

@@ -1,7 +1,8 @@
-//! Reading request bodies and query strings at the edge: size limit (413), media type (415), JSON
-//! syntax (400) and shape (422, naming the field), so handlers only see typed values.
+//! Reading request bodies and query strings at the edge: size limit (413), media type, charset and
+//! content coding (415: JSON in UTF-8, uncompressed), a body that does not arrive in time (408), JSON syntax (400) and shape (422, naming the field), so
+//! handlers only see typed values.
 
-use actix_web::http::StatusCode;
+use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
@@ -18,13 +19,37 @@ pub async fn read_json<T: DeserializeOwned>(
         .get("Content-Type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let mime = content_type.split(';').next().unwrap_or("").trim();
+    let mut parts = content_type.split(';');
+    let mime = parts.next().unwrap_or("").trim();
     if !(mime.eq_ignore_ascii_case("application/json") || mime.ends_with("+json")) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send the body as `Content-Type: application/json`",
         ));
+    }
+    if let Some(charset) = charset(parts) {
+        if !charset.eq_ignore_ascii_case("utf-8") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_charset",
+                format!("charset `{charset}` is not accepted: send the body as UTF-8"),
+            ));
+        }
+    }
+    // No decoder is configured for any coding: a compressed body would only be misread as JSON.
+    for coding in req.headers().get_all(header::CONTENT_ENCODING) {
+        let coding = coding.to_str().unwrap_or("?");
+        if coding
+            .split(',')
+            .any(|c| !c.trim().eq_ignore_ascii_case("identity"))
+        {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_encoding",
+                format!("Content-Encoding `{coding}` is not accepted: send the body uncompressed"),
+            ));
+        }
     }
     let too_large = || {
         ApiError::new(
@@ -41,8 +66,23 @@ pub async fn read_json<T: DeserializeOwned>(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
+    let timeout = super::body_timeout(req);
+    // One deadline for the whole body, not one per chunk: a client dripping a byte at a time must
+    // not hold the connection any longer than one that stalls.
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-    while let Some(chunk) = payload.next().await {
+    loop {
+        let Ok(next) = tokio::time::timeout_at(deadline, payload.next()).await else {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "request body not received within {} ms",
+                    timeout.as_millis()
+                ),
+            ));
+        };
+        let Some(chunk) = next else { break };
         let chunk =
             chunk.map_err(|e| ApiError::bad_request(format!("could not read body: {e}")))?;
         if body.len() + chunk.len() > limit {
@@ -51,6 +91,17 @@ pub async fn read_json<T: DeserializeOwned>(
         body.extend_from_slice(&chunk);
     }
     parse_json(&body)
+}
+
+/// The `charset` parameter among a media type's parameters, unquoted.
+fn charset<'a>(params: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    params
+        .filter_map(|p| p.split_once('='))
+        .find_map(|(name, value)| {
+            name.trim()
+                .eq_ignore_ascii_case("charset")
+                .then(|| value.trim().trim_matches('"'))
+        })
 }
 
 /// Syntax errors are 400; well-formed JSON of the wrong shape is 422 naming the field.

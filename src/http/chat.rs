@@ -458,7 +458,9 @@ async fn accept_loop(
 
 /// The chat listener as a supervised child, its loop on the chat arbiter.
 pub struct ChatListener {
-    listener: TcpListener,
+    /// The bound socket, kept for restarts; `None` once stopped, so that the port refuses new
+    /// connections instead of queueing them for a loop that has ended.
+    listener: Option<TcpListener>,
     arbiter: ArbiterHandle,
     routes: ChatRoutes,
     settings: Arc<Settings>,
@@ -477,7 +479,7 @@ impl ChatListener {
         listening: Arc<AtomicBool>,
     ) -> Self {
         Self {
-            listener,
+            listener: Some(listener),
             arbiter,
             routes,
             settings,
@@ -489,10 +491,15 @@ impl ChatListener {
     }
 
     fn launch(&mut self) -> Result<(), StartError> {
-        let listener = self.listener.try_clone().map_err(|e| StartError {
-            child: "chat_listener",
-            message: e.to_string(),
-        })?;
+        let listener = self
+            .listener
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("the listener was stopped"))
+            .and_then(TcpListener::try_clone)
+            .map_err(|e| StartError {
+                child: "chat_listener",
+                message: e.to_string(),
+            })?;
         let (stop_tx, stop_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let routes = self.routes.clone();
@@ -566,6 +573,7 @@ impl Child for ChatListener {
 
     fn stop(&mut self) -> LocalBoxFuture<'static, ()> {
         self.report = None;
+        self.listener = None;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -79,6 +79,15 @@ impl ResponseError for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             resp.insert_header(("WWW-Authenticate", "Bearer"));
         }
+        // RFC 9110 §12.5.3: a body refused for its coding says which codings are accepted.
+        if self.code == "unsupported_encoding" {
+            resp.insert_header(("Accept-Encoding", "identity"));
+        }
+        // What is left of a body that timed out may never come: the connection cannot carry
+        // another request.
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            resp.force_close();
+        }
         resp.json(json!({ "error": error }))
     }
 }

@@ -1,5 +1,5 @@
-//! Running one HTTP listener as a supervised child, and the server settings every listener takes
-//! from its own config section (`[api]`, `[chat]`).
+//! Running one HTTP listener as a supervised child (the REST listener; its server is built by
+//! [`crate::http::start_api_server`] from `[api]`).
 
 use std::net::TcpListener;
 
@@ -10,38 +10,19 @@ use crate::metrics as m;
 use crate::supervisor::supervised::Exit;
 use crate::supervisor::{Child, ExitReport, Restart, StartError};
 
-/// Applies one listener's [`ListenerSettings`](crate::config::ListenerSettings) to an
-/// `HttpServer`: workers, connection cap, keep-alive (0 disables it) and the time allowed for a
-/// request's head. Signals are the process's, not the server's; `grace` bounds the drain of
-/// in-flight requests on stop. (A macro: `HttpServer`'s type parameters make a function's bounds
-/// longer than its body.)
-#[macro_export]
-macro_rules! apply_listener_settings {
-    ($server:expr, $settings:expr, $grace:expr) => {{
-        let settings: &$crate::config::ListenerSettings = $settings;
-        let keep_alive = match settings.keep_alive_ms {
-            0 => actix_web::http::KeepAlive::Disabled,
-            _ => actix_web::http::KeepAlive::Timeout(settings.keep_alive()),
-        };
-        $server
-            .workers(settings.workers)
-            .max_connections(settings.max_connections)
-            .keep_alive(keep_alive)
-            .client_request_timeout(settings.request_timeout())
-            .disable_signals()
-            .shutdown_timeout($grace.as_secs().max(1))
-    }};
-}
-
 /// Starts a server on an already-bound listener; called again on each restart.
 pub type Serve = Box<dyn Fn(TcpListener) -> std::io::Result<Server>>;
 
 /// One listener as a supervised child: permanent; restarted on a clone of the same socket if its
 /// server ever stops on its own; stopped gracefully (in-flight requests drain within
 /// `shutdown.grace_ms`). Whatever app it serves is `serve`'s.
+///
+/// It keeps the bound socket for restarts, and lets go of it when stopped: a socket stays open, and
+/// the kernel keeps completing handshakes nobody will serve, while any copy of it is.
 pub struct ListenerChild {
     name: &'static str,
-    listener: TcpListener,
+    /// The bound socket; `None` once stopped.
+    listener: Option<TcpListener>,
     serve: Serve,
     handle: Option<ServerHandle>,
     report: Option<ExitReport>,
@@ -51,7 +32,7 @@ impl ListenerChild {
     pub fn new(name: &'static str, listener: TcpListener, serve: Serve) -> Self {
         Self {
             name,
-            listener,
+            listener: Some(listener),
             serve,
             handle: None,
             report: None,
@@ -64,7 +45,12 @@ impl ListenerChild {
             child,
             message: e.to_string(),
         };
-        let listener = self.listener.try_clone().map_err(fail)?;
+        let listener = self
+            .listener
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("the listener was stopped"))
+            .and_then(TcpListener::try_clone)
+            .map_err(fail)?;
         let server = (self.serve)(listener).map_err(fail)?;
         self.handle = Some(server.handle());
         let report = self.report.clone();
@@ -106,6 +92,9 @@ impl Child for ListenerChild {
     fn stop(&mut self) -> LocalBoxFuture<'static, ()> {
         // Stopping is not an exit to report.
         self.report = None;
+        // New connections are refused from now on (once the server's accept thread, told to stop
+        // below, drops its copy), not queued for the length of the drain.
+        self.listener = None;
         let handle = self.handle.take();
         async move {
             if let Some(h) = handle {

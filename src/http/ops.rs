@@ -1,6 +1,7 @@
 //! Operator endpoints outside `/api`: `/healthz` (the process answers), `/readyz` (store open,
 //! supervision tree up, the chat listener accepting and its session registry answering; each Django
-//! lane's state, the AI's among them, is reported but does not fail readiness) and `/metrics`.
+//! lane's state, the AI's among them, is reported but does not fail readiness) and `/metrics` (the
+//! process's own metrics read afresh for each scrape).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,9 +33,10 @@ pub struct Ops {
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+    // Resources, not bare routes: another method on these paths is a 405 naming GET, not a 404.
+    cfg.service(web::resource("/healthz").route(web::get().to(healthz)))
+        .service(web::resource("/readyz").route(web::get().to(readyz)))
+        .service(web::resource("/metrics").route(web::get().to(metrics)));
 }
 
 async fn healthz() -> HttpResponse {
@@ -107,6 +109,7 @@ async fn metrics(req: HttpRequest, ops: web::Data<Ops>) -> Result<HttpResponse, 
             ));
         }
     }
+    crate::metrics::collect_process();
     ops.metrics.run_upkeep();
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

@@ -87,6 +87,13 @@ impl TestApp {
         self.wait_exit().await
     }
 
+    /// Starts a graceful stop (as on SIGTERM) without waiting for it; [`TestApp::wait_exit`] waits.
+    pub fn begin_stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
     /// Waits for `run` to return on its own (e.g. after an escalation).
     pub async fn wait_exit(&mut self) -> Result<(), RunError> {
         let done = self.done.take().expect("not yet stopped");
