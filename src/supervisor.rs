@@ -57,6 +57,9 @@ pub trait Child {
     fn restart(&mut self, cause: &'static str) -> Result<(), StartError>;
     /// Stop for good; resolves once stopped.
     fn stop(&mut self) -> LocalBoxFuture<'static, ()>;
+    /// Shutdown has begun: stop taking new work from outside at once (a listener closes its
+    /// socket), before any child is stopped. Most children have nothing to close.
+    fn close_doors(&mut self) {}
 }
 
 /// Sent by a child's exit report to its supervisor.
@@ -71,6 +74,11 @@ pub struct ChildExited {
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct StopChildren;
+
+/// Sent by a parent supervisor to a nested one as shutdown begins: every child closes its doors.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct CloseDoors;
 
 /// Sent by a parent supervisor to a nested one that escalated: start over, restarting every child
 /// in place with a fresh restart intensity.
@@ -179,6 +187,11 @@ impl Supervisor {
     /// called (the store's `close` does), so it is called only once the children started after it
     /// have finished stopping. The children are taken out; later exit reports find none.
     fn stop_all(&mut self) -> LocalBoxFuture<'static, ()> {
+        // Every listener of the tree refuses new connections now, not when its turn to stop comes
+        // after the drains of those stopped before it.
+        for child in &mut self.children {
+            child.close_doors();
+        }
         let mut children = std::mem::take(&mut self.children);
         async move {
             while let Some(mut child) = children.pop() {
@@ -271,6 +284,16 @@ impl Handler<RestartChildren> for Supervisor {
         self.escalated = false;
         self.intensity.reset();
         self.restart_all(msg.cause, ctx);
+    }
+}
+
+impl Handler<CloseDoors> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: CloseDoors, _: &mut Context<Self>) {
+        for child in &mut self.children {
+            child.close_doors();
+        }
     }
 }
 
@@ -415,6 +438,12 @@ impl Child for SupervisorChild {
                 child: self.name,
                 message: "supervisor is gone and cannot be restarted in place".into(),
             }),
+        }
+    }
+
+    fn close_doors(&mut self) {
+        if let Some(addr) = &self.addr {
+            addr.do_send(CloseDoors);
         }
     }
 

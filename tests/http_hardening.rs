@@ -189,6 +189,13 @@ async fn a_stopping_server_refuses_new_connections_at_once() {
         matches!(attempt, Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused)
     })
     .await;
+    // The chat port too, while the REST drain still waits for the call in flight.
+    let chat = app.chat_addr;
+    eventually("new chat connections refused", || async move {
+        let attempt = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(chat)).await;
+        matches!(attempt, Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+    })
+    .await;
 
     // The drain ends with the request in flight.
     django.release();

@@ -571,12 +571,17 @@ impl Child for ChatListener {
         self.launch()
     }
 
-    fn stop(&mut self) -> LocalBoxFuture<'static, ()> {
+    fn close_doors(&mut self) {
+        // The accept loop ends and drops its socket; ours goes too, so connecting is refused.
         self.report = None;
         self.listener = None;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    fn stop(&mut self) -> LocalBoxFuture<'static, ()> {
+        self.close_doors();
         let finished = self.finished.take();
         async move {
             if let Some(f) = finished {
