@@ -276,7 +276,8 @@ async fn drive(
                     Phase::Go { start } => {
                         to_send = (cfg.duration.as_secs_f64() * cfg.msg_rate).floor() as usize;
                         if to_send == 0 {
-                            finish(shared, 1, done_through);
+                            // Idle sessions: the phase lasts its duration all the same.
+                            straggler_deadline = Some(start + cfg.duration);
                         } else {
                             // Send times spread evenly over one interval across the sessions.
                             let offset = interval.mul_f64(index as f64 / cfg.count.max(1) as f64);

@@ -458,7 +458,7 @@ pub fn summary(r: &Value) -> String {
     ));
     let cpu = &r["cpu_percent"];
     out.push(format!(
-        "CPU during messages: server {}, load tool {} (100 % = one core); server log: {} warnings, {} errors; exit {}",
+        "CPU during messages: server {}, load tool {} (100 % = one core); server log: {} warnings, {} errors; server {}",
         cpu["server_during_messages"]
             .as_f64()
             .map_or("-".into(), |x| format!("{x:.0} %")),
