@@ -9,7 +9,8 @@
 #
 # Settings (environment): SESSIONS, RAMP_RATE, MSG_RATE, DURATION, SERVER_CPUS (0),
 # CLIENT_CPUS (1), OUT (a directory for the JSON reports; default target/chat-bench), EXTRA (more
-# arguments for both `switchboard-load chat` runs, e.g. --storm).
+# arguments for both `switchboard-load chat` runs, e.g. `--sources 16`; not --storm: the baseline
+# keeps no history to replay).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,12 +39,14 @@ taskset -c "$CLIENT_CPUS" "$load" chat "${workload[@]}" --label switchboard \
 
 echo "== baseline (plain tokio, one task per connection)"
 coproc BASE { exec taskset -c "$SERVER_CPUS" "$baseline" serve; }
-trap 'kill "$BASE_PID" 2>/dev/null || true' EXIT
+# bash forgets BASE_PID once the coprocess ends: keep it.
+base_pid=$BASE_PID
+trap 'kill "$base_pid" 2>/dev/null || true' EXIT
 read -r line <&"${BASE[0]}"
 addr="${line#listening }"
 # shellcheck disable=SC2086
 taskset -c "$CLIENT_CPUS" "$load" chat "${workload[@]}" --label baseline \
-    --chat-addr "$addr" --server-pid "$BASE_PID" --report "$OUT/baseline.json" $EXTRA
-kill "$BASE_PID"
+    --chat-addr "$addr" --server-pid "$base_pid" --report "$OUT/baseline.json" $EXTRA
+kill "$base_pid"
 
 "$load" compare "$OUT/switchboard.json" "$OUT/baseline.json"
