@@ -75,6 +75,8 @@ pub struct StormStats {
     pub sent: u64,
     pub delivered: u64,
     pub replied: u64,
+    /// Of those, answered by a `system` message (the AI could not answer).
+    pub replied_system: u64,
     pub resume: Option<Histogram<u64>>,
     pub first_error: Option<String>,
 }
@@ -510,7 +512,11 @@ async fn storm(
             delivered = true;
             shared.stats.borrow_mut().storm.delivered += 1;
         } else if delivered && v["from"] != "customer" {
-            shared.stats.borrow_mut().storm.replied += 1;
+            let mut s = shared.stats.borrow_mut();
+            s.storm.replied += 1;
+            if v["from"] == "system" {
+                s.storm.replied_system += 1;
+            }
             break;
         }
     }

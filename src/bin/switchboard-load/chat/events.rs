@@ -98,6 +98,8 @@ pub struct StormTally {
     pub delivered: u64,
     /// ... answered (in the replay or live).
     pub replied: u64,
+    /// ... of which by a `system` message (the AI could not answer).
+    pub replied_system: u64,
     /// From the drop to `session.resumed`.
     pub resume_us: Buckets,
     pub first_error: Option<String>,

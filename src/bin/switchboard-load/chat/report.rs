@@ -259,6 +259,7 @@ impl Collected {
             "messages_sent_before_drop": sent,
             "delivered": sum(|x| x.delivered),
             "answered": sum(|x| x.replied),
+            "answered_by_system": sum(|x| x.replied_system),
             "lost": sent.saturating_sub(sum(|x| x.delivered)),
             "timed_out": t.iter().any(|x| x.timed_out),
             "first_error": first_error(t.iter().map(|x| &x.first_error)),
@@ -412,7 +413,7 @@ pub fn summary(r: &Value) -> String {
     if !s.is_null() {
         out.push(format!(
             "storm: {} dropped, {} resumed ({} refused, {} failed, {} retried after 503), all back in {:.1} ms; \
-             {} sent before the drop, {} in the replay, {} answered, {} lost",
+             {} sent before the drop, {} in the replay, {} answered ({} by system), {} lost",
             s["dropped"],
             s["resumed"],
             s["refused"],
@@ -422,6 +423,7 @@ pub fn summary(r: &Value) -> String {
             s["messages_sent_before_drop"],
             s["delivered"],
             s["answered"],
+            s["answered_by_system"],
             s["lost"]
         ));
     }

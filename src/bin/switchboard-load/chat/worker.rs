@@ -170,6 +170,7 @@ fn storm_tally(s: &Stats, timed_out: bool) -> StormTally {
         sent: st.sent,
         delivered: st.delivered,
         replied: st.replied,
+        replied_system: st.replied_system,
         resume_us: st.resume.as_ref().map(buckets).unwrap_or_default(),
         first_error: st.first_error.clone(),
         timed_out,
