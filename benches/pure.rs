@@ -3,6 +3,8 @@
 //! * `apply_patch`: what a ticket actor does for every PATCH before it hands the write to the store.
 //! * `coalesce`: what the bridge does with one outbox batch (100 entries over 20 tickets) before
 //!   sending it to Django.
+//! * `outbox_batch`: the whole assembly of that batch: split by kind (`bridge::dispatch::plan`,
+//!   which coalesces) and the `POST /api/tickets/sync/` body written (`bridge::wire::SyncBatch`).
 //!
 //! Run with `cargo bench --bench pure`; `cargo test --benches` runs each benchmark once as a check.
 
@@ -12,6 +14,8 @@ use std::time::Duration;
 use chrono::Utc;
 use criterion::{criterion_group, criterion_main, Criterion};
 use switchboard::bridge::batch::coalesce;
+use switchboard::bridge::dispatch::plan;
+use switchboard::bridge::wire::SyncBatch;
 use switchboard::domain::ids::{EventId, TicketId};
 use switchboard::domain::patch::{apply_patch, TicketPatch};
 use switchboard::domain::status::Status;
@@ -126,5 +130,31 @@ fn bench_coalesce(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_apply_patch, bench_coalesce);
+fn bench_outbox_batch(c: &mut Criterion) {
+    let entries = outbox(100, 20);
+    let mut group = c.benchmark_group("outbox_batch");
+    group
+        .sample_size(30)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    group.bench_function("plan_and_body_100_entries_20_tickets", |b| {
+        b.iter(|| {
+            let work = plan(black_box(&entries));
+            let body = SyncBatch {
+                batch_id: uuid::Uuid::now_v7(),
+                sent_at: Utc::now(),
+                events: &work.syncs,
+            };
+            serde_json::to_vec(&body).map(|v| v.len())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_apply_patch,
+    bench_coalesce,
+    bench_outbox_batch
+);
 criterion_main!(benches);

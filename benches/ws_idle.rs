@@ -28,7 +28,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, StreamHandler, WrapFuture};
@@ -36,21 +35,21 @@ use futures_util::{SinkExt, StreamExt};
 use switchboard::transport::frame::{self, Opcode, Role};
 use tokio::net::{TcpSocket, TcpStream};
 
-#[path = "common/raw_ws.rs"]
+// The load tool's raw client and process plumbing, shared rather than copied.
+#[allow(dead_code)]
+#[path = "../src/bin/switchboard-load/procs.rs"]
+mod procs;
+#[allow(dead_code)]
+#[path = "../src/bin/switchboard-load/raw_ws.rs"]
 mod raw_ws;
-use raw_ws::{raise_nofile, read_some, watchdog, write_all, PROTOCOL};
+use raw_ws::{read_some, write_all, PROTOCOL};
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const CANDIDATES: [&str; 4] = ["actix-ws", "tungstenite-4k", "tungstenite-1k", "lean"];
-/// The machine's hard cap on open files per process (FINDINGS.md); the soft limit is raised to it.
-const NOFILE: u64 = 20_000;
 /// Connections a client process opens at once.
 const CLIENT_CONCURRENCY: usize = 256;
-
-/// Children still running, killed by the watchdog or at exit.
-static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -168,16 +167,15 @@ fn rss(pid: u32) -> Rss {
 }
 
 fn run_all(run: &Run, smoke: bool) {
-    watchdog(
+    procs::watchdog(
         "ws_idle",
         if smoke {
             Duration::from_secs(120)
         } else {
             Duration::from_secs(1800 + 120 * (run.runs * run.candidates.len()) as u64)
         },
-        &CHILDREN,
     );
-    raise_nofile("ws_idle", NOFILE);
+    procs::raise_nofile();
     if !smoke {
         let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         println!(
@@ -264,7 +262,7 @@ impl Proc {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn child");
-        CHILDREN.lock().unwrap().push(child.id());
+        procs::track(child.id());
         let out = BufReader::new(child.stdout.take().expect("child stdout"));
         Proc { child, out }
     }
@@ -280,7 +278,7 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        CHILDREN.lock().unwrap().retain(|p| *p != self.child.id());
+        procs::untrack(self.child.id());
     }
 }
 
@@ -377,7 +375,7 @@ fn exit_on_stdin_eof() {
 // ---------------------------------------------------------------------------------------------
 
 fn serve(candidate: &str) {
-    raise_nofile("ws_idle", NOFILE);
+    procs::raise_nofile();
     exit_on_stdin_eof();
     let candidate = candidate.to_string();
     actix::System::new().block_on(async move {
@@ -630,7 +628,7 @@ mod lean_server {
 /// `client <addr> <count> <first source octet> <source addresses>`: opens `count` connections,
 /// reports `ready <ok> <errors> <first error>`, and holds them until stdin closes.
 fn client(args: &[String]) {
-    raise_nofile("ws_idle", NOFILE);
+    procs::raise_nofile();
     let addr: SocketAddr = args[0].parse().expect("server address");
     let count: usize = args[1].parse().expect("count");
     let first: u8 = args[2].parse().expect("first source octet");

@@ -1,0 +1,491 @@
+//! `chat` mode: live chat under load over the real `switchboard.v1` protocol.
+//!
+//! ```text
+//! switchboard-load chat --sessions 10000 --ramp-rate 1000 --msg-rate 1 --duration 60 --spawn-fake-django
+//! switchboard-load chat --sessions 19000 --msg-rate 0 --duration 10          # idle: memory per session
+//! switchboard-load chat --sessions 2000 --storm --spawn-fake-django          # + a reconnect storm
+//! switchboard-load chat --chat-addr 127.0.0.1:4001 --server-pid 1234 …       # a server already running
+//! ```
+//!
+//! The parent starts the server (the `switchboard` binary beside this tool, fresh data dir, port
+//! 0) unless `--chat-addr` names one, optionally a fake Django (`--spawn-fake-django`), and then
+//! worker processes (this tool re-executed as the hidden `worker` subcommand, [`worker`]): as
+//! many as the open-files limit needs, each with its share of the sessions, of the ramp rate and
+//! of the loopback source addresses (127.0.0.2, .3, …). Phases, each reported live on stderr:
+//!
+//! 1. **before**: server RSS and `/metrics` before any session;
+//! 2. **ramp**: sessions open at `--ramp-rate` (503s from admission control are retried after
+//!    their `Retry-After`); **plateau**: RSS once it stops moving;
+//! 3. **messages**: each session sends `--msg-rate` messages a second for `--duration`; every
+//!    `message.send` is timed to its `message.ack` and to the answer that covers it;
+//! 4. **storm** (`--storm`): every connection dropped at once just after one more message, each
+//!    resumed with `session.resume` + `last_seq`; time until all are back, and whether that
+//!    message and its answer came back in the replay;
+//! 5. **close**: `session.close` on every session; **after**: RSS once the sessions are gone.
+//!
+//! Then a JSON report (`--report`) and a human summary; the server is stopped with SIGTERM.
+//!
+//! **Roles.** Every connection today is a customer ([`customer`]). Agents (`/ws/agent`, joining
+//! sessions and replying) are the next role: a second driver module beside `customer.rs`, a
+//! share of each worker's connections given to it by [`plan`], and a way for a customer to learn
+//! which agent took its session. Answers are already told apart by author (`ai`, `agent`,
+//! `system`), each with its own histogram in [`events::Tally`], so agent round trips will be
+//! reported beside the AI's without changing the report's shape.
+
+pub mod customer;
+pub mod events;
+pub mod plan;
+pub mod report;
+pub mod worker;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use self::events::Event;
+use self::report::{Collected, Sample};
+use crate::procs;
+use crate::server::{self, Launch, Server};
+
+/// Keeps the "switchboard starting" line, drops per-session info lines.
+const QUIET_LOG: &str = "warn,switchboard=info,switchboard::chat=warn,switchboard::http=warn";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChatArgs {
+    /// Customer sessions to open.
+    #[arg(long, default_value_t = 1000)]
+    pub sessions: usize,
+    /// Sessions opened per second, over all workers.
+    #[arg(long, default_value_t = 1000.0)]
+    pub ramp_rate: f64,
+    /// Messages per second per session (0: the sessions stay idle).
+    #[arg(long, default_value_t = 1.0)]
+    pub msg_rate: f64,
+    /// Seconds of messages (or of idling, with --msg-rate 0).
+    #[arg(long, default_value_t = 20.0)]
+    pub duration: f64,
+    /// After the messages, drop every connection at once and resume each session.
+    #[arg(long)]
+    pub storm: bool,
+    /// Worker processes (at least as many as the open-files limit needs).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Most sessions per worker (default: this process's open-files limit less a reserve).
+    #[arg(long)]
+    pub per_worker: Option<usize>,
+    /// Loopback source addresses to spread connections over (127.0.0.2 onwards).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(1..=250))]
+    pub sources: u8,
+    /// Start a fake Django (this tool's `fake-django` mode) and point the server at it.
+    #[arg(long)]
+    pub spawn_fake_django: bool,
+    /// Point the server at this Django instead (e.g. a fake Django started by a script).
+    #[arg(long)]
+    pub django_url: Option<String>,
+    /// The fake Django's delay before an AI answer, in ms.
+    #[arg(long, default_value_t = 0)]
+    pub django_delay_ms: u64,
+    /// Drive a server already running at this chat address instead of starting one.
+    #[arg(long)]
+    pub chat_addr: Option<SocketAddr>,
+    /// With --chat-addr: its REST address, for /metrics.
+    #[arg(long)]
+    pub api_addr: Option<SocketAddr>,
+    /// With --chat-addr: its pid, for RSS.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// WebSocket path.
+    #[arg(long, default_value = "/ws/chat")]
+    pub path: String,
+    /// The `switchboard` binary (default: beside this tool).
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+    /// Pin the started server to these CPUs (taskset list, e.g. `0`).
+    #[arg(long)]
+    pub server_cpus: Option<String>,
+    /// Pin the started fake Django to these CPUs.
+    #[arg(long)]
+    pub django_cpus: Option<String>,
+    /// The started server's `sessions.admission_per_sec` and `admission_burst` (default: its own).
+    #[arg(long)]
+    pub admission_per_sec: Option<u64>,
+    /// The started server's `sessions.resume_grace_ms` (default: its own).
+    #[arg(long)]
+    pub grace_ms: Option<u64>,
+    /// `_RJEM_MALLOC_CONF` for the started server.
+    #[arg(long)]
+    pub malloc_conf: Option<String>,
+    /// Server log filter.
+    #[arg(long, default_value = QUIET_LOG)]
+    pub log: String,
+    /// Seconds to wait after the sessions closed before the last RSS sample.
+    #[arg(long, default_value_t = 5)]
+    pub settle_secs: u64,
+    /// Where to write the JSON report (default: a file in the temp dir, named on stdout).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// A name for this run in the report (e.g. `switchboard`, `baseline`).
+    #[arg(long, default_value = "switchboard")]
+    pub label: String,
+    /// Exit non-zero unless every session opened, every message was answered by the AI, and
+    /// (with --storm) every session came back with nothing lost.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// Where the load goes: a server this run started, or one named on the command line.
+pub enum Target {
+    Started(Server),
+    Attached {
+        chat: SocketAddr,
+        api: Option<SocketAddr>,
+        pid: Option<u32>,
+    },
+}
+
+impl Target {
+    fn chat(&self) -> SocketAddr {
+        match self {
+            Target::Started(s) => s.chat,
+            Target::Attached { chat, .. } => *chat,
+        }
+    }
+    fn api(&self) -> Option<SocketAddr> {
+        match self {
+            Target::Started(s) => Some(s.api),
+            Target::Attached { api, .. } => *api,
+        }
+    }
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Target::Started(s) => Some(s.pid()),
+            Target::Attached { pid, .. } => *pid,
+        }
+    }
+
+    /// Server memory and the chat gauges now.
+    fn sample(&self, label: &str, t0: Instant) -> Sample {
+        let metrics = self.api().map(server::scrape).filter(|m| !m.is_empty());
+        Sample {
+            label: label.to_string(),
+            at_secs: t0.elapsed().as_secs_f64(),
+            rss_kb: self.pid().map(procs::rss_kb),
+            fds: self.pid().map(procs::fds),
+            sessions: metrics
+                .as_deref()
+                .map(|m| server::metric_sum(m, "switchboard_chat_sessions")),
+            sockets: metrics
+                .as_deref()
+                .map(|m| server::metric_sum(m, "switchboard_chat_sockets")),
+        }
+    }
+
+    /// RSS once two half-second samples agree within 64 kB (at most `max`), then a sample.
+    fn settled(&self, label: &str, t0: Instant, max: Duration) -> Sample {
+        if let Some(pid) = self.pid() {
+            procs::plateau_kb(pid, max);
+        }
+        self.sample(label, t0)
+    }
+}
+
+/// A child process of this run that speaks lines on stdin/stdout (a worker, the fake Django).
+struct Proc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Proc {
+    fn say(&mut self, word: &str) {
+        if let Some(s) = self.stdin.as_mut() {
+            // A worker that is gone is noticed by its missing event.
+            let _ = writeln!(s, "{word}");
+            let _ = s.flush();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stdin = None;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        procs::untrack(self.child.id());
+    }
+}
+
+fn spawn_self(
+    args: &[String],
+    cpus: Option<&str>,
+) -> anyhow::Result<(Proc, BufReader<std::process::ChildStdout>)> {
+    let exe = std::env::current_exe().context("this tool's executable")?;
+    let mut cmd = match cpus {
+        Some(c) => {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", c]).arg(exe);
+            cmd
+        }
+        None => Command::new(exe),
+    };
+    let mut child = cmd
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start a child of this tool")?;
+    procs::track(child.id());
+    let out = BufReader::new(child.stdout.take().context("child stdout")?);
+    let stdin = child.stdin.take();
+    Ok((Proc { child, stdin }, out))
+}
+
+/// Starts the fake Django; its base URL.
+fn spawn_fake_django(args: &ChatArgs) -> anyhow::Result<(Proc, String)> {
+    let (proc, mut out) = spawn_self(
+        &[
+            "fake-django".into(),
+            "--exit-on-stdin-eof".into(),
+            "--delay-ms".into(),
+            args.django_delay_ms.to_string(),
+        ],
+        args.django_cpus.as_deref(),
+    )?;
+    let mut line = String::new();
+    out.read_line(&mut line)
+        .context("the fake Django's address")?;
+    let Some(addr) = line.trim().strip_prefix("listening ") else {
+        bail!("the fake Django said `{}`", line.trim());
+    };
+    Ok((proc, format!("http://{addr}")))
+}
+
+pub fn run(args: ChatArgs) -> anyhow::Result<()> {
+    if args.sessions == 0 {
+        bail!("--sessions must be at least 1");
+    }
+    let nofile = procs::raise_nofile();
+    let plan = plan::plan(
+        args.sessions,
+        args.workers,
+        args.per_worker,
+        nofile,
+        args.sources,
+    );
+    let budget = Duration::from_secs_f64(
+        args.sessions as f64 / args.ramp_rate.max(0.001) + args.duration + 600.0,
+    );
+    procs::watchdog("switchboard-load chat", budget);
+
+    let mut django = None;
+    let django_url = if args.spawn_fake_django {
+        let (p, url) = spawn_fake_django(&args)?;
+        django = Some(p);
+        Some(url)
+    } else {
+        args.django_url.clone()
+    };
+    let target = match args.chat_addr {
+        Some(chat) => Target::Attached {
+            chat,
+            api: args.api_addr,
+            pid: args.server_pid,
+        },
+        None => {
+            let bin = server::locate(args.server_bin.as_deref())?;
+            let mut env = Vec::new();
+            if let Some(url) = &django_url {
+                env.push(("SWITCHBOARD__DJANGO__BASE_URL".to_string(), url.clone()));
+            }
+            if let Some(n) = args.admission_per_sec {
+                env.push((
+                    "SWITCHBOARD__SESSIONS__ADMISSION_PER_SEC".into(),
+                    n.to_string(),
+                ));
+                env.push((
+                    "SWITCHBOARD__SESSIONS__ADMISSION_BURST".into(),
+                    n.to_string(),
+                ));
+            }
+            if let Some(ms) = args.grace_ms {
+                env.push((
+                    "SWITCHBOARD__SESSIONS__RESUME_GRACE_MS".into(),
+                    ms.to_string(),
+                ));
+            }
+            Target::Started(Server::start(&Launch {
+                bin: &bin,
+                log: &args.log,
+                env,
+                malloc_conf: args.malloc_conf.as_deref(),
+                cpus: args.server_cpus.as_deref(),
+            })?)
+        }
+    };
+    eprintln!(
+        "chat: {} sessions over {} worker(s) (≤ {} each, open-files limit {nofile}), {} source addresses; \
+         target {}{}",
+        args.sessions,
+        plan.workers.len(),
+        plan.per_worker,
+        args.sources,
+        target.chat(),
+        django_url.as_deref().map(|u| format!(", Django {u}")).unwrap_or_default()
+    );
+
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut collected = Collected::new(&args, &plan, nofile);
+    collected
+        .samples
+        .push(target.settled("before", t0, Duration::from_secs(5)));
+
+    // Workers and their event streams.
+    let (tx, rx) = mpsc::channel::<(usize, Event)>();
+    let mut workers = Vec::new();
+    for w in &plan.workers {
+        let ramp = args.ramp_rate * w.sessions as f64 / args.sessions as f64;
+        let sources: Vec<String> = w.sources.iter().map(|a| a.to_string()).collect();
+        let (proc, out) = spawn_self(
+            &[
+                "worker".into(),
+                "--chat".into(),
+                target.chat().to_string(),
+                "--path".into(),
+                args.path.clone(),
+                "--worker".into(),
+                w.index.to_string(),
+                "--sessions".into(),
+                w.sessions.to_string(),
+                "--sources".into(),
+                sources.join(","),
+                "--ramp-rate".into(),
+                ramp.to_string(),
+                "--msg-rate".into(),
+                args.msg_rate.to_string(),
+                "--duration-secs".into(),
+                args.duration.to_string(),
+            ],
+            None,
+        )?;
+        let tx = tx.clone();
+        let index = w.index;
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                match serde_json::from_str::<Event>(&line) {
+                    Ok(ev) => {
+                        if tx.send((index, ev)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => eprintln!("worker {index}: {line}"),
+                }
+            }
+        });
+        workers.push(proc);
+    }
+    drop(tx);
+    let mut phases = report::Phases::new(workers.len());
+
+    // Ramp.
+    let ramp_started = Instant::now();
+    let ready = phases.wait(&rx, "ready", &target, t0, |e| matches!(e, Event::Ready(_)))?;
+    collected.ramp(ready, ramp_started.elapsed());
+    collected
+        .samples
+        .push(target.settled("plateau", t0, Duration::from_secs(30)));
+
+    // Messages.
+    let cpu0 = target.pid().map(procs::cpu_secs);
+    let me0 = procs::cpu_secs(std::process::id());
+    let msg_started = Instant::now();
+    for w in &mut workers {
+        w.say("go");
+    }
+    let done = phases.wait(&rx, "messages", &target, t0, |e| {
+        matches!(e, Event::Done(_))
+    })?;
+    let wall = msg_started.elapsed().as_secs_f64();
+    collected.messages(done, wall);
+    collected.server_cpu_percent = match (cpu0, target.pid()) {
+        (Some(c0), Some(pid)) => Some((procs::cpu_secs(pid) - c0) / wall * 100.0),
+        _ => None,
+    };
+    collected.samples.push(target.sample("after messages", t0));
+
+    // Storm.
+    if args.storm {
+        let storm_started = Instant::now();
+        for w in &mut workers {
+            w.say("storm");
+        }
+        let storm = phases.wait(&rx, "storm", &target, t0, |e| matches!(e, Event::Storm(_)))?;
+        collected.storm(storm, storm_started.elapsed());
+        collected.samples.push(target.sample("after storm", t0));
+    }
+
+    // Close.
+    for w in &mut workers {
+        w.say("close");
+    }
+    let closed = phases.wait(&rx, "close", &target, t0, |e| matches!(e, Event::Closed(_)))?;
+    collected.closed(closed);
+    collected.client_cpu_percent = {
+        // Workers are this tool too; their CPU is theirs, read before they exit.
+        let workers_cpu: f64 = workers.iter().map(|w| procs::cpu_secs(w.child.id())).sum();
+        Some((procs::cpu_secs(std::process::id()) - me0 + workers_cpu) / wall * 100.0)
+    };
+    drop(workers);
+    // Sessions gone (the gauge reads 0), then memory settled.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let s = target.sample("", t0);
+        if s.sessions.map_or(true, |n| n <= 0.0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    collected
+        .samples
+        .push(target.settled("after close", t0, Duration::from_secs(15)));
+    std::thread::sleep(Duration::from_secs(args.settle_secs));
+    collected.samples.push(target.sample("settled", t0));
+
+    if let Target::Started(server) = target {
+        let (warn, error) = server.log_counts();
+        collected.server_log = Some((warn, error, server.log_samples()));
+        let status = server.stop(Duration::from_secs(30));
+        collected.server_exit = Some(status.to_string());
+    }
+    drop(django);
+
+    let report = collected.to_json();
+    let path = match &args.report {
+        Some(p) => p.clone(),
+        None => std::env::temp_dir().join(format!(
+            "switchboard-load-chat-{}-{}.json",
+            args.label,
+            std::process::id()
+        )),
+    };
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("write {}", path.display()))?;
+    println!("{}", report::summary(&report));
+    println!("report: {}", path.display());
+    if args.check {
+        report::check(&report, args.storm)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,540 @@
+//! One customer session, as a browser widget would drive it over `switchboard.v1`
+//! (docs/protocol.md): open (`session.start`), idle answering pings, send messages on a schedule
+//! and time their acknowledgement and their answer, drop and come back with `session.resume` +
+//! `last_seq` in a storm, and close (`session.close`). One task per session, inside a worker; the
+//! worker's phase (a `watch` channel) tells every task what to do next.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde_json::Value;
+use tokio::sync::{watch, Semaphore};
+use tokio::time::{sleep, sleep_until, timeout, Instant};
+
+use super::events::{histogram, Counters, Outcome};
+use crate::raw_ws::{upgrade, Conn, Incoming, UpgradeError};
+
+/// How long a session keeps trying to open (or resume) through 503s before it counts as failed.
+const OPEN_DEADLINE: Duration = Duration::from_secs(60);
+/// How long answers may trail the last message before the missing ones count as lost.
+const STRAGGLERS: Duration = Duration::from_secs(5);
+
+/// What every session of a worker does next; set by the worker on the parent's word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Idle,
+    /// Send messages from `start` on.
+    Go {
+        start: Instant,
+    },
+    /// Drop the connection now and resume.
+    Storm {
+        at: Instant,
+    },
+    Close,
+}
+
+/// The workload, the same for every session of a worker.
+pub struct Config {
+    pub chat: SocketAddr,
+    pub path: String,
+    pub worker: usize,
+    /// Loopback source addresses, used round-robin by session index.
+    pub sources: Vec<Ipv4Addr>,
+    /// Messages per second per session (0: none).
+    pub msg_rate: f64,
+    pub duration: Duration,
+    /// Sessions of this worker, to spread send times evenly.
+    pub count: usize,
+}
+
+/// What the worker's sessions have done so far; one per worker, shared by its tasks.
+pub struct Stats {
+    pub counters: Counters,
+    pub outcome: Outcome,
+    pub ack: Histogram<u64>,
+    pub reply_ai: Histogram<u64>,
+    pub reply_agent: Histogram<u64>,
+    pub storm: StormStats,
+    /// Sessions that are through each phase (0 open, 1 messages, 2 storm, 3 close), including those that failed
+    /// or dropped before it: a phase is over when this reaches the worker's session count.
+    pub completed: [u64; 4],
+}
+
+#[derive(Default)]
+pub struct StormStats {
+    pub dropped: u64,
+    pub resumed: u64,
+    pub refused: u64,
+    pub failed: u64,
+    pub retries: u64,
+    pub sent: u64,
+    pub delivered: u64,
+    pub replied: u64,
+    /// Of those, answered by a `system` message (the AI could not answer).
+    pub replied_system: u64,
+    pub resume: Option<Histogram<u64>>,
+    pub first_error: Option<String>,
+}
+
+impl Stats {
+    pub fn new() -> Self {
+        Stats {
+            counters: Counters::default(),
+            outcome: Outcome::default(),
+            ack: histogram(),
+            reply_ai: histogram(),
+            reply_agent: histogram(),
+            storm: StormStats {
+                resume: Some(histogram()),
+                ..StormStats::default()
+            },
+            completed: [0; 4],
+        }
+    }
+
+    fn error(&mut self, e: String) {
+        if self.counters.first_error.is_none() {
+            self.counters.first_error = Some(e);
+        }
+    }
+}
+
+/// What a session task shares with its worker.
+pub struct Shared {
+    pub config: Config,
+    pub stats: RefCell<Stats>,
+    /// Bounds connects in flight, so a storm's reconnects queue here and not in the kernel.
+    pub connect_gate: Semaphore,
+}
+
+/// A message waiting for its acknowledgement or its answer.
+struct Pending {
+    client_id: String,
+    sent_at: Instant,
+    acked: bool,
+}
+
+struct Session {
+    id: String,
+    resume_token: String,
+    /// The highest history `seq` seen, for a resume.
+    last_seq: u64,
+}
+
+/// One customer session from its first connect to its close. `index` is its number in the
+/// worker; it connects at `open_at`.
+pub async fn run(
+    shared: Rc<Shared>,
+    index: usize,
+    open_at: Instant,
+    mut phase: watch::Receiver<Phase>,
+) {
+    sleep_until(open_at).await;
+    let src = shared.config.sources[index % shared.config.sources.len()];
+    let (conn, session) = match open(&shared, src).await {
+        Ok(x) => x,
+        Err(e) => {
+            let mut s = shared.stats.borrow_mut();
+            s.counters.failed += 1;
+            s.error(e);
+            // Out of every phase.
+            for c in s.completed.iter_mut() {
+                *c += 1;
+            }
+            return;
+        }
+    };
+    let mut session = session;
+    {
+        let mut s = shared.stats.borrow_mut();
+        s.counters.opened += 1;
+        s.completed[0] += 1;
+    }
+    let mut done_through = 0;
+    let outcome = drive(
+        &shared,
+        index,
+        src,
+        conn,
+        &mut session,
+        &mut phase,
+        &mut done_through,
+    )
+    .await;
+    let mut s = shared.stats.borrow_mut();
+    if let Err(e) = outcome {
+        s.counters.dropped += 1;
+        s.error(e);
+    }
+    for c in s.completed.iter_mut().skip(done_through + 1) {
+        *c += 1;
+    }
+}
+
+/// Connects and starts a session, through admission control's 503s.
+async fn open(shared: &Shared, src: Ipv4Addr) -> Result<(Conn, Session), String> {
+    let (conn, started) = connect(shared, src, r#"{"type":"session.start"}"#, |_| {}).await?;
+    if started["type"] != "session.started" {
+        return Err(format!("expected session.started, got {started}"));
+    }
+    let text = |k: &str| started[k].as_str().unwrap_or_default().to_string();
+    Ok((
+        conn,
+        Session {
+            id: text("session_id"),
+            resume_token: text("resume_token"),
+            last_seq: started["seq"].as_u64().unwrap_or(0),
+        },
+    ))
+}
+
+/// Upgrades, sends `hello`, and returns the first text frame answered. A 503 is tried again after
+/// its `Retry-After` (with jitter, as docs/protocol.md asks) until [`OPEN_DEADLINE`];
+/// `on_retry` counts each.
+async fn connect(
+    shared: &Shared,
+    src: Ipv4Addr,
+    hello: &str,
+    mut on_retry: impl FnMut(&Shared),
+) -> Result<(Conn, Value), String> {
+    let deadline = Instant::now() + OPEN_DEADLINE;
+    loop {
+        let attempt = async {
+            let _permit = shared.connect_gate.acquire().await;
+            let (stream, buf) = upgrade(shared.config.chat, src, &shared.config.path).await?;
+            Ok::<_, UpgradeError>(Conn { stream, buf })
+        };
+        match timeout(Duration::from_secs(30), attempt).await {
+            Ok(Ok(mut conn)) => {
+                conn.send_text(hello)
+                    .await
+                    .map_err(|e| format!("send first frame: {e}"))?;
+                let first = loop {
+                    match timeout(Duration::from_secs(30), conn.next()).await {
+                        Ok(Ok(Incoming::Text(t))) => break t,
+                        Ok(Ok(Incoming::Ping)) => {}
+                        Ok(Err(e)) => return Err(e),
+                        Err(_) => return Err("no answer to the first frame in 30 s".into()),
+                    }
+                };
+                let v = serde_json::from_slice(&first).map_err(|e| format!("not JSON: {e}"))?;
+                return Ok((conn, v));
+            }
+            Ok(Err(UpgradeError::Refused {
+                status: 503,
+                retry_after,
+                ..
+            })) if Instant::now() < deadline => {
+                on_retry(shared);
+                let base = retry_after.unwrap_or(1).max(1) as f64;
+                sleep(Duration::from_secs_f64(
+                    base * (0.5 + rand::random::<f64>()),
+                ))
+                .await;
+            }
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("connect timed out after 30 s".into()),
+        }
+    }
+}
+
+/// The session's life after it opened; `Err` when its connection is lost outside a storm.
+async fn drive(
+    shared: &Shared,
+    index: usize,
+    src: Ipv4Addr,
+    mut conn: Conn,
+    session: &mut Session,
+    phase: &mut watch::Receiver<Phase>,
+    done_through: &mut usize,
+) -> Result<(), String> {
+    let cfg = &shared.config;
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut next_send: Option<Instant> = None;
+    let mut to_send = 0usize;
+    let mut k = 0usize;
+    let mut straggler_deadline: Option<Instant> = None;
+    let interval = if cfg.msg_rate > 0.0 {
+        Duration::from_secs_f64(1.0 / cfg.msg_rate)
+    } else {
+        Duration::ZERO
+    };
+    let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+    loop {
+        let wake = next_send.or(straggler_deadline).unwrap_or(far);
+        tokio::select! {
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let now_phase = *phase.borrow_and_update();
+                match now_phase {
+                    Phase::Idle => {}
+                    Phase::Go { start } => {
+                        to_send = (cfg.duration.as_secs_f64() * cfg.msg_rate).floor() as usize;
+                        if to_send == 0 {
+                            // Idle sessions: the phase lasts its duration all the same.
+                            straggler_deadline = Some(start + cfg.duration);
+                        } else {
+                            // Send times spread evenly over one interval across the sessions.
+                            let offset = interval.mul_f64(index as f64 / cfg.count.max(1) as f64);
+                            next_send = Some(start + offset);
+                        }
+                    }
+                    Phase::Storm { at } => {
+                        settle_messages(shared, &mut pending, done_through);
+                        next_send = None;
+                        straggler_deadline = None;
+                        let back = storm(shared, src, conn, session, at, index).await;
+                        finish(shared, 2, done_through);
+                        match back {
+                            Some(c) => conn = c,
+                            // Counted by the storm; the session is gone.
+                            None => return Ok(()),
+                        }
+                    }
+                    Phase::Close => {
+                        settle_messages(shared, &mut pending, done_through);
+                        close(shared, &mut conn).await;
+                        finish(shared, 3, done_through);
+                        return Ok(());
+                    }
+                }
+            }
+            _ = sleep_until(wake), if next_send.is_some() || straggler_deadline.is_some() => {
+                if next_send.is_some() {
+                    let client_id = format!("w{}s{index}m{k}", cfg.worker);
+                    let text = format!(
+                        r#"{{"type":"message.send","client_id":"{client_id}","text":"question {k} from session {index}"}}"#
+                    );
+                    pending.push_back(Pending { client_id, sent_at: Instant::now(), acked: false });
+                    conn.send_text(&text).await.map_err(|e| format!("send: {e}"))?;
+                    shared.stats.borrow_mut().counters.sent += 1;
+                    k += 1;
+                    if k == to_send {
+                        next_send = None;
+                        straggler_deadline = Some(Instant::now() + STRAGGLERS);
+                        if pending.is_empty() {
+                            straggler_deadline = None;
+                            finish(shared, 1, done_through);
+                        }
+                    } else {
+                        next_send = next_send.map(|t| t + interval);
+                    }
+                } else {
+                    // Stragglers' time is up: what is still pending is lost.
+                    settle_messages(shared, &mut pending, done_through);
+                    straggler_deadline = None;
+                }
+            }
+            incoming = conn.next() => {
+                match incoming? {
+                    Incoming::Ping => shared.stats.borrow_mut().outcome.pings += 1,
+                    Incoming::Text(t) => {
+                        let v: Value = serde_json::from_slice(&t).map_err(|e| format!("not JSON: {e}"))?;
+                        on_frame(shared, session, &mut pending, &v);
+                        if k == to_send && to_send > 0 && pending.is_empty() && straggler_deadline.is_some() {
+                            straggler_deadline = None;
+                            finish(shared, 1, done_through);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Marks this session through `phase` (once).
+fn finish(shared: &Shared, phase: usize, done_through: &mut usize) {
+    if *done_through < phase {
+        let mut s = shared.stats.borrow_mut();
+        for c in &mut s.completed[*done_through + 1..=phase] {
+            *c += 1;
+        }
+        *done_through = phase;
+    }
+}
+
+/// Counts what is still pending as lost and ends the message phase for this session.
+fn settle_messages(shared: &Shared, pending: &mut VecDeque<Pending>, done_through: &mut usize) {
+    if !pending.is_empty() {
+        let mut s = shared.stats.borrow_mut();
+        s.outcome.unacked += pending.iter().filter(|p| !p.acked).count() as u64;
+        s.outcome.unanswered += pending.iter().filter(|p| p.acked).count() as u64;
+        pending.clear();
+    }
+    finish(shared, 1, done_through);
+}
+
+fn on_frame(shared: &Shared, session: &mut Session, pending: &mut VecDeque<Pending>, v: &Value) {
+    let now = Instant::now();
+    if let Some(seq) = v["seq"].as_u64() {
+        session.last_seq = session.last_seq.max(seq);
+    }
+    let mut s = shared.stats.borrow_mut();
+    match v["type"].as_str().unwrap_or("") {
+        "message.ack" => {
+            let id = v["client_id"].as_str().unwrap_or("");
+            if let Some(p) = pending.iter_mut().find(|p| p.client_id == id && !p.acked) {
+                p.acked = true;
+                s.counters.acked += 1;
+                let us = now.duration_since(p.sent_at).as_micros() as u64;
+                s.ack.saturating_record(us.max(1));
+            }
+        }
+        "message" => {
+            // An answer covers every message acknowledged before it: the AI joins messages sent
+            // while it was answering into its next answer.
+            let from = v["from"].as_str().unwrap_or("");
+            if from == "customer" {
+                return;
+            }
+            while pending.front().is_some_and(|p| p.acked) {
+                let Some(p) = pending.pop_front() else { break };
+                let us = (now.duration_since(p.sent_at).as_micros() as u64).max(1);
+                s.counters.replied += 1;
+                match from {
+                    "ai" => {
+                        s.outcome.replies_ai += 1;
+                        s.reply_ai.saturating_record(us);
+                    }
+                    "agent" => {
+                        s.outcome.replies_agent += 1;
+                        s.reply_agent.saturating_record(us);
+                    }
+                    _ => s.outcome.replies_system += 1,
+                }
+            }
+        }
+        "error" => {
+            s.outcome.error_frames += 1;
+            // A refused message will get neither an ack nor an answer.
+            if let Some(id) = v["client_id"].as_str() {
+                if let Some(i) = pending.iter().position(|p| p.client_id == id) {
+                    pending.remove(i);
+                    s.outcome.unacked += 1;
+                }
+            }
+            if s.counters.first_error.is_none() {
+                s.counters.first_error = Some(format!("error frame: {v}"));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The storm, for one session: send one message, drop the connection at once (the server reads
+/// the message, then the end of the stream), reconnect with `session.resume` and `last_seq`, and
+/// look for that message and its answer in the replay.
+async fn storm(
+    shared: &Shared,
+    src: Ipv4Addr,
+    conn: Conn,
+    session: &mut Session,
+    at: Instant,
+    index: usize,
+) -> Option<Conn> {
+    let client_id = format!("w{}s{index}storm", shared.config.worker);
+    let text = format!(
+        r#"{{"type":"message.send","client_id":"{client_id}","text":"still there? (session {index})"}}"#
+    );
+    let sent = conn.send_text(&text).await.is_ok();
+    // Dropping the stream closes it (FIN after the message): the session waits for a resume.
+    drop(conn);
+    {
+        let mut s = shared.stats.borrow_mut();
+        s.storm.dropped += 1;
+        if sent {
+            s.storm.sent += 1;
+        }
+    }
+    let hello = format!(
+        r#"{{"type":"session.resume","session_id":"{}","resume_token":"{}","last_seq":{}}}"#,
+        session.id, session.resume_token, session.last_seq
+    );
+    let resumed = connect(shared, src, &hello, |sh| {
+        sh.stats.borrow_mut().storm.retries += 1
+    })
+    .await;
+    let (mut conn, first) = match resumed {
+        Ok(x) => x,
+        Err(e) => {
+            let mut s = shared.stats.borrow_mut();
+            s.storm.failed += 1;
+            if s.storm.first_error.is_none() {
+                s.storm.first_error = Some(e);
+            }
+            return None;
+        }
+    };
+    if first["type"] != "session.resumed" {
+        let mut s = shared.stats.borrow_mut();
+        s.storm.refused += 1;
+        if s.storm.first_error.is_none() {
+            s.storm.first_error = Some(format!("resume answered {first}"));
+        }
+        return None;
+    }
+    {
+        let mut s = shared.stats.borrow_mut();
+        s.storm.resumed += 1;
+        s.counters.resumed += 1;
+        let us = (Instant::now().duration_since(at).as_micros() as u64).max(1);
+        if let Some(h) = s.storm.resume.as_mut() {
+            h.saturating_record(us);
+        }
+    }
+    if !sent {
+        return Some(conn);
+    }
+    // The replay, then the live stream: the message (as `from: customer`), then its answer.
+    let mut delivered = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Ok(Ok(incoming)) = timeout(deadline - Instant::now(), conn.next()).await {
+        let Incoming::Text(t) = incoming else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<Value>(&t) else {
+            continue;
+        };
+        if let Some(seq) = v["seq"].as_u64() {
+            session.last_seq = session.last_seq.max(seq);
+        }
+        if v["type"] != "message" {
+            continue;
+        }
+        if v["from"] == "customer" && v["client_id"] == client_id.as_str() {
+            delivered = true;
+            shared.stats.borrow_mut().storm.delivered += 1;
+        } else if delivered && v["from"] != "customer" {
+            let mut s = shared.stats.borrow_mut();
+            s.storm.replied += 1;
+            if v["from"] == "system" {
+                s.storm.replied_system += 1;
+            }
+            break;
+        }
+    }
+    Some(conn)
+}
+
+/// Ends the session: `session.close`, then `session.closed` (or the close frame) within 5 s.
+async fn close(shared: &Shared, conn: &mut Conn) {
+    if conn.send_text(r#"{"type":"session.close"}"#).await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Ok(Ok(incoming)) = timeout(deadline - Instant::now(), conn.next()).await {
+        if let Incoming::Text(t) = incoming {
+            if serde_json::from_slice::<Value>(&t).is_ok_and(|v| v["type"] == "session.closed") {
+                break;
+            }
+        }
+    }
+    shared.stats.borrow_mut().counters.closed += 1;
+}

@@ -1,0 +1,107 @@
+//! What a worker process tells the `chat` parent: one JSON object a line on its stdout. The parent
+//! answers with one word a line on the worker's stdin (`go`, `storm`, `close`); end of file ends
+//! the worker.
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Latencies are recorded in microseconds, up to 10 minutes, with 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// A histogram as `(value, count)` pairs: compact, and mergeable by the parent.
+pub type Buckets = Vec<(u64, u64)>;
+
+pub fn buckets(h: &Histogram<u64>) -> Buckets {
+    h.iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect()
+}
+
+pub fn merge(into: &mut Histogram<u64>, buckets: &Buckets) {
+    for (value, count) in buckets {
+        // Values are within the bounds they were recorded with; saturate rather than fail.
+        into.saturating_record_n(*value, *count);
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "ev", rename_all = "snake_case")]
+pub enum Event {
+    /// Live counters, every half second.
+    Progress(Counters),
+    /// Every session of the worker is open or has failed to open.
+    Ready(Counters),
+    /// The message phase is over (every message answered, or given up on).
+    Done(Tally),
+    /// Every session dropped by the storm is back, or has given up.
+    Storm(StormTally),
+    /// Every session has been closed.
+    Closed(Counters),
+}
+
+/// Counters the parent shows while a phase runs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Counters {
+    pub opened: u64,
+    pub failed: u64,
+    /// Handshakes answered 503 (admission control) and tried again later.
+    pub retries: u64,
+    pub sent: u64,
+    pub acked: u64,
+    pub replied: u64,
+    pub resumed: u64,
+    pub closed: u64,
+    /// Connections the server ended or broke outside a close or a storm.
+    pub dropped: u64,
+    pub first_error: Option<String>,
+}
+
+/// How the messages of the message phase fared.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Answers by author: who replied to a customer message.
+    pub replies_ai: u64,
+    pub replies_agent: u64,
+    pub replies_system: u64,
+    /// Messages never acknowledged, and messages acknowledged but never answered.
+    pub unacked: u64,
+    pub unanswered: u64,
+    pub error_frames: u64,
+    pub pings: u64,
+}
+
+/// The message phase's outcome.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Tally {
+    pub counters: Counters,
+    pub outcome: Outcome,
+    pub ack_us: Buckets,
+    pub reply_ai_us: Buckets,
+    pub reply_agent_us: Buckets,
+    pub timed_out: bool,
+}
+
+/// The reconnect storm's outcome.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StormTally {
+    pub dropped: u64,
+    pub resumed: u64,
+    /// `resume_refused` or a close before `session.resumed`.
+    pub refused: u64,
+    pub failed: u64,
+    pub retries: u64,
+    /// The message each session sent just before its connection dropped.
+    pub sent: u64,
+    /// ... seen again in the replay after the resume.
+    pub delivered: u64,
+    /// ... answered (in the replay or live).
+    pub replied: u64,
+    /// ... of which by a `system` message (the AI could not answer).
+    pub replied_system: u64,
+    /// From the drop to `session.resumed`.
+    pub resume_us: Buckets,
+    pub first_error: Option<String>,
+    pub timed_out: bool,
+}

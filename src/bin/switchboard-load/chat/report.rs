@@ -1,0 +1,553 @@
+//! What a `chat` run found: the workers' events gathered (live progress on stderr while a phase
+//! runs), merged into one JSON report, printed as a human summary, checked (`--check`), and two
+//! reports compared (`compare`: switchboard ÷ baseline).
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+use super::events::{histogram, merge, Counters, Event, StormTally, Tally};
+use super::plan::Plan;
+use super::{ChatArgs, Target};
+
+/// Server memory and chat gauges at one moment of the run.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub label: String,
+    pub at_secs: f64,
+    pub rss_kb: Option<u64>,
+    /// The server's open descriptors: what the open-files ceiling counts.
+    pub fds: Option<usize>,
+    pub sessions: Option<f64>,
+    pub sockets: Option<f64>,
+}
+
+/// Waits for one event of a kind from every worker, showing the summed progress meanwhile.
+pub struct Phases {
+    workers: usize,
+    progress: Vec<Counters>,
+}
+
+impl Phases {
+    pub fn new(workers: usize) -> Self {
+        Phases {
+            workers,
+            progress: vec![Counters::default(); workers],
+        }
+    }
+
+    pub fn wait(
+        &mut self,
+        rx: &mpsc::Receiver<(usize, Event)>,
+        name: &str,
+        target: &Target,
+        t0: Instant,
+        is_end: impl Fn(&Event) -> bool,
+    ) -> anyhow::Result<Vec<Event>> {
+        let mut ends: Vec<Option<Event>> = vec![None; self.workers];
+        let mut shown = Instant::now();
+        while ends.iter().any(Option::is_none) {
+            let (w, ev) = match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(x) => x,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.show(name, target, t0);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!("every worker exited during the {name} phase")
+                }
+            };
+            match &ev {
+                Event::Progress(c) => self.progress[w] = c.clone(),
+                Event::Ready(c) | Event::Closed(c) => self.progress[w] = c.clone(),
+                Event::Done(t) => self.progress[w] = t.counters.clone(),
+                Event::Storm(_) => {}
+            }
+            if is_end(&ev) {
+                ends[w] = Some(ev);
+            }
+            if shown.elapsed() >= Duration::from_secs(1) {
+                self.show(name, target, t0);
+                shown = Instant::now();
+            }
+        }
+        self.show(name, target, t0);
+        Ok(ends.into_iter().flatten().collect())
+    }
+
+    fn show(&self, name: &str, target: &Target, t0: Instant) {
+        let sum = |f: fn(&Counters) -> u64| self.progress.iter().map(f).sum::<u64>();
+        let rss = target
+            .pid()
+            .map(|p| {
+                format!(
+                    " | server RSS {:.1} MiB",
+                    crate::procs::rss_kb(p) as f64 / 1024.0
+                )
+            })
+            .unwrap_or_default();
+        eprintln!(
+            "[{:>6.1} s] {name:<8} open {} failed {} retried {} | sent {} acked {} answered {} | resumed {} closed {} dropped {}{rss}",
+            t0.elapsed().as_secs_f64(),
+            sum(|c| c.opened),
+            sum(|c| c.failed),
+            sum(|c| c.retries),
+            sum(|c| c.sent),
+            sum(|c| c.acked),
+            sum(|c| c.replied),
+            sum(|c| c.resumed),
+            sum(|c| c.closed),
+            sum(|c| c.dropped),
+        );
+    }
+}
+
+/// Everything a run gathered, merged over workers.
+pub struct Collected {
+    config: Value,
+    pub samples: Vec<Sample>,
+    ramp: Value,
+    opened: u64,
+    messages: Value,
+    ack: Histogram<u64>,
+    reply_ai: Histogram<u64>,
+    reply_agent: Histogram<u64>,
+    storm: Value,
+    closed: Value,
+    pub server_cpu_percent: Option<f64>,
+    pub client_cpu_percent: Option<f64>,
+    pub server_log: Option<(u64, u64, Vec<String>)>,
+    pub server_exit: Option<String>,
+}
+
+fn first_error<'a>(errors: impl Iterator<Item = &'a Option<String>>) -> Value {
+    errors.flatten().next().map_or(Value::Null, |e| json!(e))
+}
+
+impl Collected {
+    pub fn new(args: &ChatArgs, plan: &Plan, nofile: u64) -> Self {
+        let mem_total_kb = std::fs::read_to_string("/proc/meminfo")
+            .unwrap_or_default()
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok());
+        let config = json!({
+            "label": args.label,
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "started_unix": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            "machine": {
+                "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
+                "mem_total_kb": mem_total_kb,
+                "open_files_limit": nofile,
+            },
+            "sessions": args.sessions,
+            "ramp_rate": args.ramp_rate,
+            "msg_rate": args.msg_rate,
+            "duration_secs": args.duration,
+            "storm": args.storm,
+            "workers": plan.workers.len(),
+            "per_worker_max": plan.per_worker,
+            "sources": args.sources,
+            "target": match args.chat_addr {
+                Some(a) => format!("attached {a}"),
+                None => "started".to_string(),
+            },
+            "fake_django": args.spawn_fake_django,
+        });
+        Collected {
+            config,
+            samples: Vec::new(),
+            ramp: Value::Null,
+            opened: 0,
+            messages: Value::Null,
+            ack: histogram(),
+            reply_ai: histogram(),
+            reply_agent: histogram(),
+            storm: Value::Null,
+            closed: Value::Null,
+            server_cpu_percent: None,
+            client_cpu_percent: None,
+            server_log: None,
+            server_exit: None,
+        }
+    }
+
+    pub fn ramp(&mut self, events: Vec<Event>, took: Duration) {
+        let c: Vec<Counters> = events
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Ready(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        self.opened = c.iter().map(|c| c.opened).sum();
+        self.ramp = json!({
+            "opened": self.opened,
+            "failed": c.iter().map(|c| c.failed).sum::<u64>(),
+            "retries_503": c.iter().map(|c| c.retries).sum::<u64>(),
+            "seconds": took.as_secs_f64(),
+            "first_error": first_error(c.iter().map(|c| &c.first_error)),
+        });
+    }
+
+    pub fn messages(&mut self, events: Vec<Event>, wall: f64) {
+        let t: Vec<Tally> = events
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Done(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+        for x in &t {
+            merge(&mut self.ack, &x.ack_us);
+            merge(&mut self.reply_ai, &x.reply_ai_us);
+            merge(&mut self.reply_agent, &x.reply_agent_us);
+        }
+        let sum = |f: fn(&Tally) -> u64| t.iter().map(f).sum::<u64>();
+        let sent = sum(|x| x.counters.sent);
+        let answered =
+            sum(|x| x.outcome.replies_ai + x.outcome.replies_agent + x.outcome.replies_system);
+        self.messages = json!({
+            "seconds": wall,
+            "sent": sent,
+            "acked": sum(|x| x.counters.acked),
+            "replies": {
+                "ai": sum(|x| x.outcome.replies_ai),
+                "agent": sum(|x| x.outcome.replies_agent),
+                "system": sum(|x| x.outcome.replies_system),
+            },
+            "unacked": sum(|x| x.outcome.unacked),
+            "unanswered": sum(|x| x.outcome.unanswered),
+            "lost": sent.saturating_sub(answered),
+            "error_frames": sum(|x| x.outcome.error_frames),
+            "dropped_connections": sum(|x| x.counters.dropped),
+            "pings": sum(|x| x.outcome.pings),
+            "timed_out": t.iter().any(|x| x.timed_out),
+            "first_error": first_error(t.iter().map(|x| &x.counters.first_error)),
+        });
+    }
+
+    pub fn storm(&mut self, events: Vec<Event>, took: Duration) {
+        let t: Vec<StormTally> = events
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Storm(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+        let mut resume = histogram();
+        for x in &t {
+            merge(&mut resume, &x.resume_us);
+        }
+        let sum = |f: fn(&StormTally) -> u64| t.iter().map(f).sum::<u64>();
+        let sent = sum(|x| x.sent);
+        self.storm = json!({
+            "dropped": sum(|x| x.dropped),
+            "resumed": sum(|x| x.resumed),
+            "refused": sum(|x| x.refused),
+            "failed": sum(|x| x.failed),
+            "retries_503": sum(|x| x.retries),
+            "all_back_ms": resume.max() as f64 / 1000.0,
+            "phase_seconds": took.as_secs_f64(),
+            "resume_ms": percentiles(&resume),
+            "messages_sent_before_drop": sent,
+            "delivered": sum(|x| x.delivered),
+            "answered": sum(|x| x.replied),
+            "answered_by_system": sum(|x| x.replied_system),
+            "lost": sent.saturating_sub(sum(|x| x.delivered)),
+            "timed_out": t.iter().any(|x| x.timed_out),
+            "first_error": first_error(t.iter().map(|x| &x.first_error)),
+        });
+    }
+
+    pub fn closed(&mut self, events: Vec<Event>) {
+        let c: Vec<Counters> = events
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Closed(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        self.closed = json!({ "closed": c.iter().map(|c| c.closed).sum::<u64>() });
+    }
+
+    pub fn to_json(&self) -> Value {
+        let find = |label: &str| self.samples.iter().find(|s| s.label == label);
+        let rss = |label: &str| find(label).and_then(|s| s.rss_kb);
+        let per_session = match (rss("before"), rss("plateau")) {
+            (Some(b), Some(p)) if self.opened > 0 => {
+                json!((p as f64 - b as f64) * 1024.0 / self.opened as f64)
+            }
+            _ => Value::Null,
+        };
+        let after_over_before = match (rss("before"), rss("after close")) {
+            (Some(b), Some(a)) if b > 0 => json!(a as f64 / b as f64),
+            _ => Value::Null,
+        };
+        let samples: Vec<Value> = self
+            .samples
+            .iter()
+            .map(|s| {
+                json!({
+                    "label": s.label,
+                    "at_secs": s.at_secs,
+                    "rss_kb": s.rss_kb,
+                    "server_fds": s.fds,
+                    "chat_sessions": s.sessions,
+                    "chat_sockets": s.sockets,
+                })
+            })
+            .collect();
+        let mut rtt = json!({
+            "ack": percentiles(&self.ack),
+            "reply_ai": percentiles(&self.reply_ai),
+        });
+        if !self.reply_agent.is_empty() {
+            rtt["reply_agent"] = percentiles(&self.reply_agent);
+        }
+        json!({
+            "tool": "switchboard-load chat",
+            "config": self.config,
+            "ramp": self.ramp,
+            "messages": self.messages,
+            "rtt_ms": rtt,
+            "storm": self.storm,
+            "close": self.closed,
+            "memory": {
+                "samples": samples,
+                "bytes_per_session": per_session,
+                "after_close_over_before": after_over_before,
+            },
+            "cpu_percent": {
+                "server_during_messages": self.server_cpu_percent,
+                "load_tool": self.client_cpu_percent,
+            },
+            "server": {
+                "exit": self.server_exit,
+                "log_warnings": self.server_log.as_ref().map(|l| l.0),
+                "log_errors": self.server_log.as_ref().map(|l| l.1),
+                "log_samples": self.server_log.as_ref().map(|l| l.2.clone()),
+            },
+        })
+    }
+}
+
+/// p50, p95, p99, p99.9 and max in milliseconds.
+fn percentiles(h: &Histogram<u64>) -> Value {
+    let ms = |us: u64| us as f64 / 1000.0;
+    json!({
+        "count": h.len(),
+        "p50": ms(h.value_at_quantile(0.50)),
+        "p95": ms(h.value_at_quantile(0.95)),
+        "p99": ms(h.value_at_quantile(0.99)),
+        "p99_9": ms(h.value_at_quantile(0.999)),
+        "max": ms(h.max()),
+        "mean": h.mean() / 1000.0,
+    })
+}
+
+fn line(name: &str, p: &Value) -> String {
+    format!(
+        "{name:<12} n {:>9}  p50 {:>8.3}  p95 {:>8.3}  p99 {:>8.3}  p99.9 {:>8.3}  max {:>8.3} ms",
+        p["count"].as_u64().unwrap_or(0),
+        p["p50"].as_f64().unwrap_or(0.0),
+        p["p95"].as_f64().unwrap_or(0.0),
+        p["p99"].as_f64().unwrap_or(0.0),
+        p["p99_9"].as_f64().unwrap_or(0.0),
+        p["max"].as_f64().unwrap_or(0.0),
+    )
+}
+
+/// The report in a few lines, for a person.
+pub fn summary(r: &Value) -> String {
+    let mut out = Vec::new();
+    let c = &r["config"];
+    out.push(format!(
+        "\n## switchboard-load chat ({}): {} sessions, {} msg/s each for {} s, ramp {}/s, {} worker(s)",
+        c["label"].as_str().unwrap_or(""),
+        c["sessions"],
+        c["msg_rate"],
+        c["duration_secs"],
+        c["ramp_rate"],
+        c["workers"]
+    ));
+    let ramp = &r["ramp"];
+    out.push(format!(
+        "ramp: {} opened, {} failed, {} handshakes retried after 503, {:.1} s{}",
+        ramp["opened"],
+        ramp["failed"],
+        ramp["retries_503"],
+        ramp["seconds"].as_f64().unwrap_or(0.0),
+        ramp["first_error"]
+            .as_str()
+            .map(|e| format!("; first error: {e}"))
+            .unwrap_or_default()
+    ));
+    let m = &r["messages"];
+    out.push(format!(
+        "messages: sent {} acked {} answered by ai {} agent {} system {}; lost {} (unacked {}, unanswered {}); \
+         error frames {}; connections dropped {}",
+        m["sent"],
+        m["acked"],
+        m["replies"]["ai"],
+        m["replies"]["agent"],
+        m["replies"]["system"],
+        m["lost"],
+        m["unacked"],
+        m["unanswered"],
+        m["error_frames"],
+        m["dropped_connections"]
+    ));
+    out.push(line("ack", &r["rtt_ms"]["ack"]));
+    out.push(line("reply (ai)", &r["rtt_ms"]["reply_ai"]));
+    if !r["rtt_ms"]["reply_agent"].is_null() {
+        out.push(line("reply (agent)", &r["rtt_ms"]["reply_agent"]));
+    }
+    let s = &r["storm"];
+    if !s.is_null() {
+        out.push(format!(
+            "storm: {} dropped, {} resumed ({} refused, {} failed, {} retried after 503), all back in {:.1} ms; \
+             {} sent before the drop, {} in the replay, {} answered ({} by system), {} lost",
+            s["dropped"],
+            s["resumed"],
+            s["refused"],
+            s["failed"],
+            s["retries_503"],
+            s["all_back_ms"].as_f64().unwrap_or(0.0),
+            s["messages_sent_before_drop"],
+            s["delivered"],
+            s["answered"],
+            s["answered_by_system"],
+            s["lost"]
+        ));
+    }
+    let mem = &r["memory"];
+    let samples: Vec<String> = mem["samples"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    let rss = s["rss_kb"]
+                        .as_f64()
+                        .map_or("-".into(), |kb| format!("{:.1} MiB", kb / 1024.0));
+                    let gauges = match (s["chat_sessions"].as_f64(), s["chat_sockets"].as_f64()) {
+                        (Some(a), Some(b)) => format!(" ({a}/{b})"),
+                        _ => String::new(),
+                    };
+                    format!("{} {rss}{gauges}", s["label"].as_str().unwrap_or(""))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push(format!(
+        "server RSS (sessions/sockets): {}",
+        samples.join(" → ")
+    ));
+    out.push(format!(
+        "memory per session: {}; after close ÷ before: {}",
+        mem["bytes_per_session"]
+            .as_f64()
+            .map_or("-".into(), |b| format!("{b:.0} B")),
+        mem["after_close_over_before"]
+            .as_f64()
+            .map_or("-".into(), |x| format!("{x:.2}"))
+    ));
+    let cpu = &r["cpu_percent"];
+    out.push(format!(
+        "CPU during messages: server {}, load tool {} (100 % = one core); server log: {} warnings, {} errors; server {}",
+        cpu["server_during_messages"]
+            .as_f64()
+            .map_or("-".into(), |x| format!("{x:.0} %")),
+        cpu["load_tool"]
+            .as_f64()
+            .map_or("-".into(), |x| format!("{x:.0} %")),
+        r["server"]["log_warnings"],
+        r["server"]["log_errors"],
+        r["server"]["exit"].as_str().unwrap_or("-")
+    ));
+    out.join("\n")
+}
+
+/// `--check`: every session opened, every message acknowledged and answered by the AI, nothing
+/// dropped, and after a storm every session back with its last message.
+pub fn check(r: &Value, storm: bool) -> anyhow::Result<()> {
+    let n = |v: &Value| v.as_u64().unwrap_or(u64::MAX);
+    let mut problems = Vec::new();
+    if n(&r["ramp"]["failed"]) != 0 || n(&r["ramp"]["opened"]) != n(&r["config"]["sessions"]) {
+        problems.push(format!("sessions: {}", r["ramp"]));
+    }
+    let m = &r["messages"];
+    if n(&m["acked"]) != n(&m["sent"]) || n(&m["replies"]["ai"]) != n(&m["sent"]) {
+        problems.push(format!("messages: {m}"));
+    }
+    if n(&m["dropped_connections"]) != 0 {
+        problems.push(format!("connections dropped: {}", m["dropped_connections"]));
+    }
+    if storm {
+        let s = &r["storm"];
+        if n(&s["resumed"]) != n(&s["dropped"]) || n(&s["lost"]) != 0 {
+            problems.push(format!("storm: {s}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!("check failed:\n  {}", problems.join("\n  "))
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CompareArgs {
+    /// The report of the run against switchboard.
+    pub subject: std::path::PathBuf,
+    /// The report of the same workload against the baseline.
+    pub baseline: std::path::PathBuf,
+}
+
+/// Prints switchboard ÷ baseline for memory per session and the round-trip percentiles.
+pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
+    let read = |p: &std::path::Path| -> anyhow::Result<Value> {
+        let text = std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parse {}", p.display()))
+    };
+    let (a, b) = (read(&args.subject)?, read(&args.baseline)?);
+    let ratio = |path: &[&str]| {
+        let get = |v: &Value| path.iter().fold(v, |v, k| &v[*k]).as_f64();
+        match (get(&a), get(&b)) {
+            (Some(x), Some(y)) if y > 0.0 => format!("{x:.3} / {y:.3} = {:.2}×", x / y),
+            (x, y) => format!("{x:?} / {y:?}: -"),
+        }
+    };
+    println!(
+        "\n## {} ÷ {} (same workload, same run)",
+        a["config"]["label"].as_str().unwrap_or("subject"),
+        b["config"]["label"].as_str().unwrap_or("baseline")
+    );
+    println!(
+        "memory per session (B):   {}",
+        ratio(&["memory", "bytes_per_session"])
+    );
+    println!(
+        "ack p50 (ms):             {}",
+        ratio(&["rtt_ms", "ack", "p50"])
+    );
+    println!(
+        "ack p99 (ms):             {}",
+        ratio(&["rtt_ms", "ack", "p99"])
+    );
+    println!(
+        "reply p50 (ms):           {}",
+        ratio(&["rtt_ms", "reply_ai", "p50"])
+    );
+    println!(
+        "reply p99 (ms):           {}",
+        ratio(&["rtt_ms", "reply_ai", "p99"])
+    );
+    Ok(())
+}

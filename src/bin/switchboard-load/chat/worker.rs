@@ -1,0 +1,178 @@
+//! One worker process of `chat`: the tool re-executed as `switchboard-load worker …` by the
+//! parent, so that the sessions of a run can outnumber one process's open files. It opens its
+//! share of the sessions at its share of the ramp rate, one task each on a single-threaded
+//! runtime, and moves them through the phases the parent names on stdin (`go`, `storm`,
+//! `close`), reporting [`Event`]s on stdout. It exits when its stdin closes.
+
+use std::cell::RefCell;
+use std::io::{BufRead, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::Instant;
+
+use super::customer::{self, Config, Phase, Shared, Stats};
+use super::events::{buckets, Event, StormTally, Tally};
+use crate::procs;
+
+/// Connects in flight per worker: enough to ramp fast, few enough not to overflow the listen
+/// backlog (`net.core.somaxconn` is 4096 here).
+const CONNECTS_IN_FLIGHT: usize = 256;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    #[arg(long)]
+    pub chat: SocketAddr,
+    #[arg(long, default_value = "/ws/chat")]
+    pub path: String,
+    /// This worker's number (in client ids, so they are unique across workers).
+    #[arg(long)]
+    pub worker: usize,
+    #[arg(long)]
+    pub sessions: usize,
+    /// Comma-separated loopback source addresses.
+    #[arg(long, value_delimiter = ',')]
+    pub sources: Vec<Ipv4Addr>,
+    /// This worker's share of the ramp, sessions per second.
+    #[arg(long)]
+    pub ramp_rate: f64,
+    #[arg(long)]
+    pub msg_rate: f64,
+    #[arg(long)]
+    pub duration_secs: f64,
+}
+
+pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    procs::raise_nofile();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("runtime")?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, work(args))
+}
+
+fn emit(event: &Event) {
+    let mut out = std::io::stdout().lock();
+    // The parent reads these; if it is gone, the next stdin read ends this worker anyway.
+    let _ = serde_json::to_writer(&mut out, event);
+    let _ = writeln!(out);
+    let _ = out.flush();
+}
+
+async fn work(args: WorkerArgs) -> anyhow::Result<()> {
+    let shared = Rc::new(Shared {
+        config: Config {
+            chat: args.chat,
+            path: args.path.clone(),
+            worker: args.worker,
+            sources: if args.sources.is_empty() {
+                vec![Ipv4Addr::new(127, 0, 0, 1)]
+            } else {
+                args.sources.clone()
+            },
+            msg_rate: args.msg_rate,
+            duration: Duration::from_secs_f64(args.duration_secs.max(0.0)),
+            count: args.sessions,
+        },
+        stats: RefCell::new(Stats::new()),
+        connect_gate: Semaphore::new(CONNECTS_IN_FLIGHT),
+    });
+    let (phase_tx, phase_rx) = watch::channel(Phase::Idle);
+    let t0 = Instant::now();
+    let rate = args.ramp_rate.max(0.001);
+    for i in 0..args.sessions {
+        let open_at = t0 + Duration::from_secs_f64(i as f64 / rate);
+        tokio::task::spawn_local(customer::run(shared.clone(), i, open_at, phase_rx.clone()));
+    }
+    drop(phase_rx);
+
+    // Stdin, line by line, from a thread.
+    let (tx, mut commands) = mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if tx.send(line.trim().to_string()).is_err() {
+                return;
+            }
+        }
+    });
+
+    wait_phase(&shared, 0, Duration::from_secs(3600)).await;
+    emit(&Event::Ready(shared.stats.borrow().counters.clone()));
+    while let Some(cmd) = commands.recv().await {
+        match cmd.as_str() {
+            "go" => {
+                let start = Instant::now() + Duration::from_millis(100);
+                let _ = phase_tx.send(Phase::Go { start });
+                let limit =
+                    Duration::from_secs_f64(args.duration_secs.max(0.0)) + Duration::from_secs(30);
+                let timed_out = !wait_phase(&shared, 1, limit).await;
+                emit(&Event::Done(tally(&shared.stats.borrow(), timed_out)));
+            }
+            "storm" => {
+                let _ = phase_tx.send(Phase::Storm { at: Instant::now() });
+                let timed_out = !wait_phase(&shared, 2, Duration::from_secs(120)).await;
+                emit(&Event::Storm(storm_tally(
+                    &shared.stats.borrow(),
+                    timed_out,
+                )));
+            }
+            "close" => {
+                let _ = phase_tx.send(Phase::Close);
+                wait_phase(&shared, 3, Duration::from_secs(30)).await;
+                emit(&Event::Closed(shared.stats.borrow().counters.clone()));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Reports progress every half second until every session is through `phase`; false if `limit`
+/// passed first.
+async fn wait_phase(shared: &Shared, phase: usize, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let total = shared.config.count as u64;
+    loop {
+        if shared.stats.borrow().completed[phase] >= total {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        emit(&Event::Progress(shared.stats.borrow().counters.clone()));
+    }
+}
+
+fn tally(s: &Stats, timed_out: bool) -> Tally {
+    Tally {
+        counters: s.counters.clone(),
+        outcome: s.outcome.clone(),
+        ack_us: buckets(&s.ack),
+        reply_ai_us: buckets(&s.reply_ai),
+        reply_agent_us: buckets(&s.reply_agent),
+        timed_out,
+    }
+}
+
+fn storm_tally(s: &Stats, timed_out: bool) -> StormTally {
+    let st = &s.storm;
+    StormTally {
+        dropped: st.dropped,
+        resumed: st.resumed,
+        refused: st.refused,
+        failed: st.failed,
+        retries: st.retries,
+        sent: st.sent,
+        delivered: st.delivered,
+        replied: st.replied,
+        replied_system: st.replied_system,
+        resume_us: st.resume.as_ref().map(buckets).unwrap_or_default(),
+        first_error: st.first_error.clone(),
+        timed_out,
+    }
+}

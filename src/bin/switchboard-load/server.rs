@@ -1,0 +1,267 @@
+//! The server under load, as every mode sees it: starting the real `switchboard` binary on
+//! loopback port 0 with a fresh data dir (or naming one already running), reading its two
+//! addresses from its "switchboard starting" log line, tallying the warnings it logs, sampling its
+//! memory from `/proc`, scraping its `/metrics`, and stopping it with SIGTERM.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use crate::procs;
+
+/// Finds the server binary: `explicit`, else `switchboard` beside this tool (both are built into
+/// the same `target/<profile>/` by `cargo build`).
+pub fn locate(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        if !p.is_file() {
+            bail!("--server-bin {}: no such file", p.display());
+        }
+        return Ok(p.to_path_buf());
+    }
+    let me = std::env::current_exe().context("locate this tool's executable")?;
+    let beside = me.with_file_name("switchboard");
+    if !beside.is_file() {
+        bail!(
+            "no server binary at {}: build both with `cargo build --release --bins`, or pass --server-bin",
+            beside.display()
+        );
+    }
+    Ok(beside)
+}
+
+/// Warnings and errors the server logged, reported beside the figures.
+#[derive(Default)]
+pub struct LogTally {
+    pub warn: u64,
+    pub error: u64,
+    pub samples: Vec<String>,
+}
+
+/// How to start the server: its binary, log filter and extra environment.
+pub struct Launch<'a> {
+    pub bin: &'a Path,
+    pub log: &'a str,
+    pub env: Vec<(String, String)>,
+    /// `_RJEM_MALLOC_CONF` (jemalloc options), if any.
+    pub malloc_conf: Option<&'a str>,
+    /// Run the server under `taskset -c CPUS`.
+    pub cpus: Option<&'a str>,
+}
+
+/// A running `switchboard` process started by this tool.
+pub struct Server {
+    child: Child,
+    pub api: SocketAddr,
+    pub chat: SocketAddr,
+    pub dir: PathBuf,
+    log: Arc<Mutex<LogTally>>,
+}
+
+impl Server {
+    pub fn start(launch: &Launch) -> anyhow::Result<Server> {
+        let dir = fresh_dir("switchboard-load-data")?;
+        let mut cmd = match launch.cpus {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpus]).arg(launch.bin);
+                c
+            }
+            None => Command::new(launch.bin),
+        };
+        cmd.env_remove("RUST_LOG")
+            .env("SWITCHBOARD__LOG__FORMAT", "json")
+            .env("SWITCHBOARD__LOG__LEVEL", launch.log)
+            .env("SWITCHBOARD__API__BIND", "127.0.0.1:0")
+            .env("SWITCHBOARD__CHAT__BIND", "127.0.0.1:0")
+            .env("SWITCHBOARD__STORAGE__DATA_DIR", &dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in &launch.env {
+            cmd.env(k, v);
+        }
+        if let Some(conf) = launch.malloc_conf {
+            cmd.env("_RJEM_MALLOC_CONF", conf);
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("start {}", launch.bin.display()))?;
+        procs::track(child.id());
+        let stdout = child.stdout.take().context("the server's stdout")?;
+        let log = Arc::new(Mutex::new(LogTally::default()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tally = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if v["message"] == "switchboard starting" {
+                    if let Some(tx) = tx.take() {
+                        let addr = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+                        let _ = tx.send((addr("api"), addr("chat")));
+                    }
+                }
+                let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
+                match v["level"].as_str().unwrap_or("") {
+                    "WARN" => t.warn += 1,
+                    "ERROR" => t.error += 1,
+                    _ => continue,
+                }
+                if t.samples.len() < 5 {
+                    t.samples.push(line.chars().take(400).collect());
+                }
+            }
+        });
+        let Ok((api, chat)) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            bail!("the server did not log its addresses within 30 s");
+        };
+        Ok(Server {
+            api: api.parse().context("the api address in the log")?,
+            chat: chat.parse().context("the chat address in the log")?,
+            child,
+            dir,
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size in bytes.
+    pub fn rss(&self) -> u64 {
+        procs::rss_kb(self.pid()) * 1024
+    }
+
+    /// Sends SIGTERM and waits for the exit (SIGKILL after `patience`).
+    pub fn stop(mut self, patience: Duration) -> ExitStatus {
+        procs::signal(self.pid(), "TERM");
+        let deadline = Instant::now() + patience;
+        let status = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                eprintln!("server ignored SIGTERM for {patience:?}; killing it");
+                let _ = self.child.kill();
+                match self.child.wait() {
+                    Ok(s) => break s,
+                    Err(_) => continue,
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        procs::untrack(self.child.id());
+        status
+    }
+
+    pub fn log_counts(&self) -> (u64, u64) {
+        let t = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        (t.warn, t.error)
+    }
+
+    pub fn log_samples(&self) -> Vec<String> {
+        let t = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        t.samples.clone()
+    }
+
+    pub fn log_summary(&self) -> String {
+        let (warn, error) = self.log_counts();
+        let mut s = format!("server log: {warn} warnings, {error} errors");
+        for sample in self.log_samples() {
+            s.push_str("\n    ");
+            s.push_str(&sample);
+        }
+        s
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        procs::untrack(self.child.id());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A new, empty directory under the system's temp dir.
+pub fn fresh_dir(prefix: &str) -> anyhow::Result<PathBuf> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// One blocking request on its own connection (`Connection: close`): status and body.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{method} {path}: no HTTP response: {text:?}"),
+            )
+        })?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The body of `GET /metrics` (Prometheus text), or an empty string if it cannot be read.
+pub fn scrape(api: SocketAddr) -> String {
+    match request(api, "GET", "/metrics", None) {
+        Ok((200, body)) => body,
+        _ => String::new(),
+    }
+}
+
+/// A metric's value summed over its label sets (0 when it has no sample yet).
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        // An empty sum of floats is -0.0.
+        .fold(0.0, |a, b| a + b)
+}
+
+/// `(sum, count)` of a Prometheus histogram.
+pub fn histogram(text: &str, name: &str) -> (f64, f64) {
+    (
+        metric_sum(text, &format!("{name}_sum")),
+        metric_sum(text, &format!("{name}_count")),
+    )
+}
