@@ -292,6 +292,8 @@ pub async fn run(
     );
     let tree_up = root.up_flag();
     let (sessions_addr, sessions_mailbox) = supervised::mailbox::<SessionRegistry>(4096);
+    let (queue_addr, queue_mailbox) = supervised::mailbox::<Queue>(4096);
+    let (agents_addr, agents_mailbox) = supervised::mailbox::<AgentRegistry>(4096);
     let chat_listening = Arc::new(AtomicBool::new(false));
     let deps = http::HttpDeps {
         settings: settings.clone(),
@@ -306,6 +308,8 @@ pub async fn run(
             tree_up,
             chat_listening: chat_listening.clone(),
             chat_sessions: sessions_addr.clone(),
+            chat_agents: agents_addr.clone(),
+            chat_queue: queue_addr.clone(),
         },
     };
     let children: Vec<Box<dyn Child>> = vec![
@@ -319,6 +323,8 @@ pub async fn run(
             ChatParts {
                 listener: listeners.chat,
                 registry: (sessions_addr, sessions_mailbox),
+                queue: (queue_addr, queue_mailbox),
+                agents: (agents_addr, agents_mailbox),
                 listening: chat_listening,
                 arbiter: chat_arbiter.handle(),
                 calls: calls_addr.clone(),
@@ -359,6 +365,8 @@ pub async fn run(
 struct ChatParts {
     listener: TcpListener,
     registry: (Addr<SessionRegistry>, supervised::Mailbox<SessionRegistry>),
+    queue: (Addr<Queue>, supervised::Mailbox<Queue>),
+    agents: (Addr<AgentRegistry>, supervised::Mailbox<AgentRegistry>),
     listening: Arc<AtomicBool>,
     arbiter: ArbiterHandle,
     calls: Addr<DjangoCalls>,
@@ -374,8 +382,8 @@ struct ChatParts {
 fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
     let s = &settings.sessions;
     let agents_online = Arc::new(AtomicBool::new(false));
-    let (queue_addr, queue_mailbox) = supervised::mailbox::<Queue>(4096);
-    let (agents_addr, agents_mailbox) = supervised::mailbox::<AgentRegistry>(4096);
+    let (queue_addr, queue_mailbox) = parts.queue;
+    let (agents_addr, agents_mailbox) = parts.agents;
     let deps = Arc::new(SessionDeps {
         settings: s.clone(),
         limits: s.limits(),

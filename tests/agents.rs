@@ -539,6 +539,10 @@ async fn after_a_restart_no_agent_is_shown_online_until_they_reconnect() {
         .map(|a| a["agent_id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(names, ["bob"], "no ghost of ann");
+    let ready = get(&app.url("/readyz")).await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.body["chat"]["agents"], 1);
+    assert_eq!(ready.body["chat"]["queue"], 0);
     let text = scrape(&app).await;
     assert!(metric(&text, "switchboard_agents", &[("presence", "online")]).is_some());
     assert!(text.contains("switchboard_chat_queue_length"));

@@ -63,6 +63,11 @@ pub struct AgentGone {
     pub agent: AgentId,
 }
 
+/// Anyone → queue: how many chats wait. Reply: the count (the queue answering is its health).
+#[derive(Message, Debug)]
+#[rtype(result = "usize")]
+pub struct CountWaiting;
+
 /// Agent → queue: the agent takes this session.
 #[derive(Message)]
 #[rtype(result = "Result<(), JoinError>")]
@@ -339,6 +344,14 @@ impl Handler<AgentGone> for Queue {
         }
         self.agents.remove(&msg.agent);
         self.settle(ctx, false);
+    }
+}
+
+impl Handler<CountWaiting> for Queue {
+    type Result = usize;
+
+    fn handle(&mut self, _: CountWaiting, _: &mut Context<Self>) -> usize {
+        self.state.len()
     }
 }
 

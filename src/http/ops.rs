@@ -18,6 +18,8 @@ use super::errors::ApiError;
 use crate::bridge::actor::Bridge;
 use crate::bridge::calls::DjangoCalls;
 use crate::bridge::GetStatus;
+use crate::chat::agents::{AgentRegistry, CountAgents};
+use crate::chat::queue::{CountWaiting, Queue};
 use crate::chat::registry::{CountSessions, SessionRegistry};
 use crate::store::{Outbox, TicketStore};
 
@@ -30,6 +32,8 @@ pub struct Ops {
     /// True while the chat listener accepts connections.
     pub chat_listening: Arc<AtomicBool>,
     pub chat_sessions: Addr<SessionRegistry>,
+    pub chat_agents: Addr<AgentRegistry>,
+    pub chat_queue: Addr<Queue>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -57,14 +61,23 @@ async fn readyz(
     let tree_up = ops.tree_up.load(Ordering::SeqCst);
     let wait = Duration::from_secs(1);
     let listening = ops.chat_listening.load(Ordering::SeqCst);
-    let sessions = tokio::time::timeout(wait, ops.chat_sessions.send(CountSessions))
-        .await
-        .ok()
-        .and_then(Result::ok);
-    let chat_ok = listening && sessions.is_some();
+    let (sessions, agents, waiting) = futures_util::future::join3(
+        tokio::time::timeout(wait, ops.chat_sessions.send(CountSessions)),
+        tokio::time::timeout(wait, ops.chat_agents.send(CountAgents)),
+        tokio::time::timeout(wait, ops.chat_queue.send(CountWaiting)),
+    )
+    .await;
+    let (sessions, agents, waiting) = (
+        sessions.ok().and_then(Result::ok),
+        agents.ok().and_then(Result::ok),
+        waiting.ok().and_then(Result::ok),
+    );
+    let chat_ok = listening && sessions.is_some() && agents.is_some() && waiting.is_some();
     let chat = json!({
         "listener": if listening { "up" } else { "down" },
         "sessions": sessions,
+        "agents": agents,
+        "queue": waiting,
     });
     let (sync, calls) = futures_util::future::join(
         tokio::time::timeout(wait, bridge.send(GetStatus)),
