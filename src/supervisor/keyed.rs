@@ -266,6 +266,7 @@ where
             }
             true
         });
+        self.shrink_if_sparse();
         Swept {
             passivated: before - self.live.len(),
             hibernated,
@@ -304,8 +305,23 @@ where
         self.intensity.reset();
     }
 
+    /// Gives back the table's memory once most of its children are gone: after a peak (a reconnect
+    /// storm, a busy hour) it would otherwise keep the peak's capacity for good.
+    fn shrink_if_sparse(&mut self) {
+        let capacity = self.live.capacity();
+        if capacity > 1024 && self.live.len() < capacity / 4 {
+            self.live.shrink_to_fit();
+        }
+    }
+
     /// Handles a child's exit report; see [`ExitOutcome`].
     pub fn exited(&mut self, msg: ChildExited<K, A>) -> ExitOutcome {
+        let outcome = self.exit_outcome(msg);
+        self.shrink_if_sparse();
+        outcome
+    }
+
+    fn exit_outcome(&mut self, msg: ChildExited<K, A>) -> ExitOutcome {
         let current = self
             .live
             .get(&msg.key)
