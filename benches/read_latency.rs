@@ -10,8 +10,9 @@
 //! `storage.synchronous = full`, 2 readers, folds of up to 32,768 rows), in a fresh temporary folder.
 //! It creates `--tickets` tickets, then one thread updates them (open loop at `--rate` updates/s, or
 //! `--conns` updates in flight at all times with `--rate 0`) while another reads, one read at a time
-//! every `--read-every-ms`, alternating a list (`status=open`, `--list-limit`, first page or a page
-//! after a random ticket) and a ticket's history (first `--list-limit` events); `--read-every-ms 0`
+//! every `--read-every-ms`, in turn a list (`status=open`, `--list-limit`, first page or a page after
+//! a random ticket), a ticket's history (first `--list-limit` events) and a read of the empty dead
+//! letters (a baseline: the round trip through a reader thread with next to no work); `--read-every-ms 0`
 //! leaves reads out, to compare update throughput alone. Each thread has its own
 //! current-thread runtime, as the server's ticket arbiter and HTTP workers are separate threads.
 //! Without arguments (as under `cargo test --all-targets`) it runs a one-second smoke version.
@@ -28,7 +29,7 @@ use switchboard::domain::ids::{EventId, TicketId};
 use switchboard::domain::status::Status;
 use switchboard::domain::ticket::{EventKind, Priority, Source, Ticket, TicketEvent};
 use switchboard::store::sqlite::{SqliteStore, Tuning};
-use switchboard::store::{now, TicketFilter, TicketStore, TicketWrite};
+use switchboard::store::{now, Outbox, TicketFilter, TicketStore, TicketWrite};
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -231,12 +232,23 @@ async fn update_loop(run: Run, pool: Arc<Mutex<VecDeque<Ticket>>>) -> anyhow::Re
     Ok(samples)
 }
 
-/// Reads one at a time until `stop`; returns the list and history latencies taken while `measuring`.
-async fn read_loop(run: Run, ids: Vec<TicketId>) -> anyhow::Result<(Samples, Samples)> {
+/// Latencies of each kind of read.
+#[derive(Default)]
+struct Reads {
+    lists: Samples,
+    histories: Samples,
+    /// Reads of the (empty) dead letters: the round trip through a reader thread with next to no
+    /// work, to tell waiting for a core from a read's own work.
+    baseline: Samples,
+}
+
+/// Reads one at a time until `stop`, in turn a list, a history and a load; returns the latencies
+/// taken while `measuring`.
+async fn read_loop(run: Run, ids: Vec<TicketId>) -> anyhow::Result<Reads> {
     let (store, args, measuring, stop) = (&run.store, &run.args, &run.measuring, &run.stop);
-    let (mut lists, mut histories) = (Samples::default(), Samples::default());
+    let mut reads = Reads::default();
     if args.read_every_ms == 0 {
-        return Ok((lists, histories));
+        return Ok(reads);
     }
     let mut n = 0usize;
     let mut tick = tokio::time::interval(Duration::from_millis(args.read_every_ms));
@@ -247,25 +259,31 @@ async fn read_loop(run: Run, ids: Vec<TicketId>) -> anyhow::Result<(Samples, Sam
         // A cheap spread over the tickets, without a random number generator.
         let id = ids[n.wrapping_mul(7919) % ids.len()];
         let started = Instant::now();
-        if n % 2 == 0 {
-            let filter = TicketFilter {
-                status: Some(Status::Open),
-                after: (n % 4 == 0).then_some(id),
-                limit: args.list_limit,
-                ..TicketFilter::default()
-            };
-            store.list(filter).await?;
-            if measuring.load(Ordering::Relaxed) {
-                lists.add(started.elapsed());
+        let samples = match n % 3 {
+            0 => {
+                let filter = TicketFilter {
+                    status: Some(Status::Open),
+                    after: (n % 2 == 0).then_some(id),
+                    limit: args.list_limit,
+                    ..TicketFilter::default()
+                };
+                store.list(filter).await?;
+                &mut reads.lists
             }
-        } else {
-            store.events(id, 0, args.list_limit).await?;
-            if measuring.load(Ordering::Relaxed) {
-                histories.add(started.elapsed());
+            1 => {
+                store.events(id, 0, args.list_limit).await?;
+                &mut reads.histories
             }
+            _ => {
+                store.dead_letters(1).await?;
+                &mut reads.baseline
+            }
+        };
+        if measuring.load(Ordering::Relaxed) {
+            samples.add(started.elapsed());
         }
     }
-    Ok((lists, histories))
+    Ok(reads)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -343,7 +361,7 @@ fn main() -> anyhow::Result<()> {
     let mut updates = updater
         .join()
         .map_err(|_| anyhow::anyhow!("the update thread panicked"))??;
-    let (mut lists, mut histories) = reader
+    let mut reads = reader
         .join()
         .map_err(|_| anyhow::anyhow!("the read thread panicked"))??;
     let rate = done.load(Ordering::Relaxed) as f64 / elapsed;
@@ -355,9 +373,14 @@ fn main() -> anyhow::Result<()> {
     println!(
         "list status=open limit={}: {}",
         args.list_limit,
-        lists.summary()
+        reads.lists.summary()
     );
-    println!("history limit={}: {}", args.list_limit, histories.summary());
+    println!(
+        "history limit={}: {}",
+        args.list_limit,
+        reads.histories.summary()
+    );
+    println!("baseline (dead letters): {}", reads.baseline.summary());
     runtime().block_on(store.close());
     Ok(())
 }
