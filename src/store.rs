@@ -11,8 +11,9 @@
 //!
 //! Files, lowest layer first (each imports only from those above it): `rows` and `schema` (SQL),
 //! `outbox` (the outbox seam and its records), `reply`, `durable`, `pending`, `folded`, `wal` and `fold`
-//! (what the threads share), `journal` (the writer's account of unfolded rows), then one file per thread:
-//! `syncer`, `checkpointer`, `folder`, `writer`; `sqlite` is the façade that starts them.
+//! (what the threads share), `overlay` (how reads lay unfolded writes over the tables), `journal` (the
+//! writer's account of unfolded rows), then one file per thread: `syncer`, `checkpointer`, `folder`,
+//! `writer`; `sqlite` is the façade that starts them and serves reads.
 
 mod checkpointer;
 mod durable;
@@ -21,6 +22,7 @@ mod folded;
 mod folder;
 mod journal;
 pub mod outbox;
+mod overlay;
 mod pending;
 mod reply;
 mod rows;

@@ -24,7 +24,8 @@ pub(super) struct Entry {
 /// A journalled ticket write.
 pub(super) struct Change {
     pub ticket: Arc<Ticket>,
-    pub event: TicketEvent,
+    /// Shared with the [`super::pending::PendingView`], which shows it until it is folded.
+    pub event: Arc<TicketEvent>,
     /// `event.changes` as JSON, encoded off the writer thread.
     pub changes: String,
     pub comment: Option<Comment>,

@@ -236,8 +236,11 @@ fn apply(
 ) -> StoreResult<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     // Rows with no ticket change (other outbox records) fold nothing; the watermark passes them.
-    for c in chunk.iter().filter_map(|e| e.change.as_ref()) {
-        rows::insert_event(&tx, &c.event, &c.changes)?;
+    for (seq, c) in chunk
+        .iter()
+        .filter_map(|e| e.change.as_ref().map(|c| (e.seq, c)))
+    {
+        rows::insert_event(&tx, seq, &c.event, &c.changes)?;
         if let Some(comment) = &c.comment {
             rows::insert_comment(&tx, comment)?;
         }
@@ -302,7 +305,7 @@ mod tests {
             change: Some(crate::store::fold::Change {
                 ticket: Arc::new(w.ticket),
                 changes: w.event.changes.to_string(),
-                event: w.event,
+                event: Arc::new(w.event),
                 comment: None,
             }),
         }

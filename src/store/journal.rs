@@ -11,8 +11,10 @@
 //! several updates of one ticket in it become one row update. An outbox row goes once it is both
 //! delivered and folded.
 //!
-//! Until folded, a ticket's latest snapshot is served from memory ([`PendingView`]); queries that read
-//! the tables (lists, history) ask for a fold first. After a crash, [`Journal::recover`] rebuilds the
+//! Until folded, a ticket's latest snapshot and its history events are served from memory
+//! ([`PendingView`]): loads read them alone, lists and history merge them over the tables without
+//! waiting for a fold. A folded history row keeps its journal row's `seq`, so a history cursor given
+//! out before a fold still points at the same place after it. After a crash, [`Journal::recover`] rebuilds the
 //! same state from the rows above the watermark, and the store folds them before serving.
 
 use std::collections::{HashMap, VecDeque};
@@ -25,7 +27,7 @@ use rusqlite::Connection;
 
 use super::fold::{folded_seq, Change, Entry, FoldReport};
 use super::folded::FoldedTickets;
-use super::pending::PendingView;
+use super::pending::{PendingView, Published};
 use super::{rows, OutboxRecord, StoreError, StoreResult, TicketWrite};
 use crate::domain::ids::{EventId, RequestId, TicketId};
 use crate::domain::ticket::{Comment, EventKind, Ticket, TicketEvent};
@@ -199,8 +201,8 @@ pub struct Journal {
     last_seq: i64,
     /// Every ticket with a row not yet folded (handed over or not).
     tickets: HashMap<TicketId, PendingTicket>,
-    /// Snapshots written in the transaction under way, shown to readers once it commits.
-    unpublished: Vec<Arc<Ticket>>,
+    /// Writes in the transaction under way, shown to readers once it commits.
+    unpublished: Vec<Published>,
     view: Arc<PendingView>,
     /// What the tickets table holds for recently folded tickets (filled by the folder), so that a
     /// write's version check need not read the row back.
@@ -261,13 +263,8 @@ impl Journal {
                 seq,
             });
         }
-        let snapshots = self
-            .tickets
-            .iter()
-            .map(|(id, p)| (*id, p.latest.clone()))
-            .collect();
-        self.unpublished.clear();
-        self.view.replace(snapshots);
+        // Every row above the watermark was just recorded, in order: exactly what readers may see.
+        self.view.replace(self.unpublished.drain(..));
         self.publish_depth();
         Ok(())
     }
@@ -362,7 +359,12 @@ impl Journal {
         } = staged;
         self.last_seq = self.last_seq.max(seq);
         let latest = Arc::new(write.ticket);
-        self.unpublished.push(latest.clone());
+        let event = Arc::new(write.event);
+        self.unpublished.push(Published {
+            seq,
+            ticket: latest.clone(),
+            event: event.clone(),
+        });
         self.tickets
             .entry(latest.id)
             .and_modify(|p| {
@@ -382,7 +384,7 @@ impl Journal {
             journalled_at: Instant::now(),
             change: Some(Change {
                 ticket: latest,
-                event: write.event,
+                event,
                 changes,
                 comment: write.comment,
             }),
@@ -412,8 +414,8 @@ impl Journal {
     }
 
     /// The transaction holding the recorded writes committed, but is not durable yet: returns its
-    /// snapshots for the syncer to publish once it is.
-    pub fn committed_unpublished(&mut self) -> Vec<Arc<Ticket>> {
+    /// writes for the syncer to publish once it is.
+    pub fn committed_unpublished(&mut self) -> Vec<Published> {
         self.publish_depth();
         std::mem::take(&mut self.unpublished)
     }
@@ -461,7 +463,6 @@ impl Journal {
         self.in_flight = self.in_flight.saturating_sub(report.rows);
         if report.error.is_none() {
             self.folded_seq = self.folded_seq.max(report.watermark);
-            let mut gone = Vec::new();
             for t in &report.tickets {
                 if self
                     .tickets
@@ -469,10 +470,10 @@ impl Journal {
                     .is_some_and(|p| p.last_seq <= report.watermark)
                 {
                     self.tickets.remove(&t.id);
-                    gone.push(t.id);
                 }
             }
-            self.view.remove(&gone);
+            self.view
+                .folded(report.watermark, report.tickets.iter().map(|t| t.id));
         }
         self.publish_depth();
     }

@@ -158,11 +158,19 @@ pub fn update_ticket(conn: &Connection, base: &Ticket, latest: &Ticket) -> Resul
     Ok(())
 }
 
-/// `changes` is `e.changes` already encoded.
-pub fn insert_event(conn: &Connection, e: &TicketEvent, changes: &str) -> Result<(), StoreError> {
+/// `seq` is the event's journal row: the history's order and cursor are the journal's, so an event
+/// read from memory before its fold has the same `seq` after it. Journal seqs only grow, and each is
+/// above every history `seq` before it (each history row comes from a journal row, and the journal has
+/// others besides). `changes` is `e.changes` already encoded.
+pub fn insert_event(
+    conn: &Connection,
+    seq: i64,
+    e: &TicketEvent,
+    changes: &str,
+) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "INSERT INTO ticket_events (event_id, ticket_id, kind, actor, at, version, changes, \
-         on_behalf_of) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO ticket_events (seq, event_id, ticket_id, kind, actor, at, version, changes, \
+         on_behalf_of) VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         e.event_id.to_string(),
@@ -173,6 +181,7 @@ pub fn insert_event(conn: &Connection, e: &TicketEvent, changes: &str) -> Result
         e.version as i64,
         changes,
         e.actor.acting_for(),
+        seq,
     ])?;
     Ok(())
 }
@@ -257,7 +266,36 @@ pub fn load(conn: &Connection, id: TicketId) -> Result<Option<Ticket>, StoreErro
     }
 }
 
+/// `tickets.db`'s watermark read through a reader's connection (where it is attached as `tables`, and
+/// `switchboard.db`'s mirror of it would shadow the unqualified name).
+pub fn tables_folded_seq(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM tables.store_meta WHERE key = 'folded_seq'")?
+        .query_row([], |r| r.get(0))?)
+}
+
 pub fn list(conn: &Connection, f: &TicketFilter) -> Result<Vec<Ticket>, StoreError> {
+    let mut out = Vec::new();
+    list_scan(
+        conn,
+        f,
+        |_| true,
+        |t| {
+            out.push(t);
+            true
+        },
+    )?;
+    Ok(out)
+}
+
+/// The tickets matching `f` (its limit included) in id order, handed to `visit` until it returns
+/// `false`. `keep` sees each id first: a row it refuses is not decoded.
+pub fn list_scan(
+    conn: &Connection,
+    f: &TicketFilter,
+    keep: impl Fn(TicketId) -> bool,
+    mut visit: impl FnMut(Ticket) -> bool,
+) -> Result<(), StoreError> {
     let mut sql = format!("SELECT {TICKET_COLUMNS} FROM tickets t WHERE 1 = 1");
     let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
     if let Some(s) = f.status {
@@ -288,11 +326,14 @@ pub fn list(conn: &Connection, f: &TicketFilter) -> Result<Vec<Ticket>, StoreErr
     let mut stmt = conn.prepare_cached(&sql)?;
     let params: Vec<&dyn rusqlite::ToSql> = args.iter().map(|b| b.as_ref()).collect();
     let mut rows = stmt.query(params.as_slice())?;
-    let mut out = Vec::new();
     while let Some(row) = rows.next()? {
-        out.push(ticket_from_row(row)?);
+        let id: String = row.get(0)?;
+        let id = id.parse().map_err(|_| corrupt("ticket id", &id))?;
+        if keep(id) && !visit(ticket_from_row(row)?) {
+            break;
+        }
     }
-    Ok(out)
+    Ok(())
 }
 
 pub fn events(

@@ -6,7 +6,8 @@
 //! `synchronous = full`), the folder ([`super::folder`], the only writer of `tickets.db`) and the
 //! checkpointer ([`super::checkpointer`]). This module turns calls into the writer's messages, serves
 //! loads of unfolded tickets from the [`PendingView`], and runs the reader threads: each owns a
-//! query-only connection to `switchboard.db` with `tickets.db` attached. A panic on a store thread
+//! query-only connection to `switchboard.db` with `tickets.db` attached. Lists and history never wait
+//! for a fold: a reader lays the view's unfolded writes over the tables ([`super::overlay`]). A panic on a store thread
 //! fails the jobs in hand and the thread carries on. Dropping the store without `close` stops the
 //! threads and leaves the journal for the next start, as a crash would.
 
@@ -27,6 +28,7 @@ use super::durable::Durable;
 use super::folded::FoldedTickets;
 use super::folder::Folder;
 use super::journal::{EncodedRecord, EncodedWrite, Journal};
+use super::overlay::{self, ListMerge};
 use super::pending::PendingView;
 use super::reply::Reply;
 use super::syncer::Syncer;
@@ -270,23 +272,59 @@ impl SqliteStore {
         read_on(&self.readers, job)
     }
 
-    /// A read of the ticket tables that must see every acknowledged write: folds the journal first
-    /// when it holds any.
-    fn read_folded<T: Send + 'static>(
-        &self,
-        job: impl FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
-    ) -> BoxFuture<'static, StoreResult<T>> {
-        if self.pending.is_empty() {
-            return self.read(job);
-        }
-        let fold = self.write(WriteOp::Fold);
-        let readers = self.readers.clone();
-        async move {
-            fold.await?;
-            read_on(&readers, job).await
-        }
-        .boxed()
+    /// Folds every acknowledged write into the tables now. No read needs it; it is there for an
+    /// operator or a test that wants the tables themselves current.
+    pub fn fold(&self) -> BoxFuture<'static, StoreResult<()>> {
+        self.write(WriteOp::Fold)
     }
+}
+
+/// A page of tickets as of every write acknowledged before it was asked for (see [`super::overlay`]).
+fn list_merged(
+    conn: &Connection,
+    view: &PendingView,
+    filter: &TicketFilter,
+) -> StoreResult<Vec<Ticket>> {
+    // The view first: a write gone from it by now is in the tables read below.
+    let unfolded = view.snapshots_after(filter.after);
+    if unfolded.is_empty() {
+        return rows::list(conn, filter);
+    }
+    // One transaction, so the watermark and the rows are of the same state of `tickets.db`.
+    let tx = conn.unchecked_transaction()?;
+    let watermark = rows::tables_folded_seq(&tx)?;
+    let merge = ListMerge::new(filter, watermark, unfolded);
+    let query = TicketFilter {
+        limit: merge.table_limit(),
+        ..filter.clone()
+    };
+    // Two closures take turns with the merge, one asking, one feeding; never at once.
+    let merge = std::cell::RefCell::new(merge);
+    rows::list_scan(
+        &tx,
+        &query,
+        |id| merge.borrow().keeps_table_row(id),
+        |t| merge.borrow_mut().push(t),
+    )?;
+    Ok(merge.into_inner().finish())
+}
+
+/// A page of `id`'s history as of every write acknowledged before it was asked for.
+fn events_merged(
+    conn: &Connection,
+    view: &PendingView,
+    id: TicketId,
+    after_seq: i64,
+    limit: u32,
+) -> StoreResult<Vec<(i64, TicketEvent)>> {
+    let unfolded = view.events_after(id, after_seq);
+    if unfolded.is_empty() {
+        return rows::events(conn, id, after_seq, limit);
+    }
+    let tx = conn.unchecked_transaction()?;
+    let watermark = rows::tables_folded_seq(&tx)?;
+    let tables = rows::events(&tx, id, after_seq, limit)?;
+    Ok(overlay::merge_events(tables, unfolded, watermark, limit))
 }
 
 fn read_on<T: Send + 'static>(
@@ -412,7 +450,8 @@ impl TicketStore for SqliteStore {
     }
 
     fn list(&self, filter: TicketFilter) -> BoxFuture<'static, StoreResult<Vec<Ticket>>> {
-        self.read_folded(move |c| rows::list(c, &filter))
+        let view = self.pending.clone();
+        self.read(move |c| list_merged(c, &view, &filter))
     }
 
     fn events(
@@ -421,7 +460,8 @@ impl TicketStore for SqliteStore {
         after_seq: i64,
         limit: u32,
     ) -> BoxFuture<'static, StoreResult<Vec<(i64, TicketEvent)>>> {
-        self.read_folded(move |c| rows::events(c, id, after_seq, limit))
+        let view = self.pending.clone();
+        self.read(move |c| events_merged(c, &view, id, after_seq, limit))
     }
 
     fn ping(&self) -> BoxFuture<'static, StoreResult<()>> {

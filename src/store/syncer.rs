@@ -18,18 +18,17 @@ use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use super::durable::Durable;
-use super::pending::PendingView;
+use super::pending::{PendingView, Published};
 use super::reply::Done;
 use super::wal::WalFile;
 use super::{CommitError, ErrorChain, OutboxSignal};
-use crate::domain::ticket::Ticket;
 use crate::metrics as m;
 
 /// One committed transaction waiting for its flush.
 pub struct SyncJob {
     pub done: Vec<Done>,
-    /// Journalled snapshots the transaction wrote, shown to readers once durable.
-    pub publish: Vec<Arc<Ticket>>,
+    /// Journalled writes of the transaction, shown to readers once durable.
+    pub publish: Vec<Published>,
     pub outbox_appended: u64,
     /// The journal's newest row when the transaction committed.
     pub seq: i64,

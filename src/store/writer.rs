@@ -38,7 +38,8 @@ pub(super) enum WriteOp {
     RecordFailures(Vec<Failure>, Reply<()>),
     RetryDeadLetter(i64, Reply<bool>),
     Ping(Reply<()>),
-    /// Fold the journal now, so the tables answer queries with every acknowledged write.
+    /// Fold the journal now, so the tables themselves hold every acknowledged write
+    /// ([`super::sqlite::SqliteStore::fold`]).
     Fold(Reply<()>),
     /// From the folder thread: a fold finished (or failed).
     Folded(Box<FoldReport>),

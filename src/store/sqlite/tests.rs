@@ -16,7 +16,7 @@ use crate::domain::status::Status;
 use crate::domain::ticket::{Comment, EventKind, Priority, Source, Ticket, TicketEvent};
 use crate::store::{now, Outbox, StoreError, TicketFilter, TicketStore, TicketWrite};
 
-/// A store that never folds on its own: only queries, `close` and a reopen fold.
+/// A store that never folds on its own: only [`SqliteStore::fold`], `close` and a reopen fold.
 pub(in crate::store) fn open(dir: &Path) -> SqliteStore {
     open_with(dir, Synchronous::Normal)
 }
@@ -201,12 +201,15 @@ async fn journalled_writes_are_read_back_before_and_after_the_fold() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let states = history(&store).await;
-    // Not folded yet: the snapshot comes from memory.
+    // Not folded yet: the snapshot comes from memory, and lists and history lay the journalled
+    // writes over the tables.
     assert_eq!(
         store.load(states[0].id).await.unwrap().as_ref(),
         states.last()
     );
-    // A list folds first, so every query below reads the tables.
+    assert_tables_hold(&store, &states).await;
+    // Folded: every query below reads the tables.
+    store.fold().await.unwrap();
     assert_tables_hold(&store, &states).await;
     store.close().await;
 }
@@ -215,10 +218,10 @@ async fn journalled_writes_are_read_back_before_and_after_the_fold() {
 async fn writes_are_acknowledged_while_a_fold_waits_for_the_tables() {
     let dir = tempfile::tempdir().unwrap();
     let (store, v1) = with_one_ticket(dir.path()).await;
-    // Another connection holds tickets.db's write lock, so the fold this list asks for waits.
+    // Another connection holds tickets.db's write lock, so the fold asked for here waits.
     let blocker = rusqlite::Connection::open(dir.path().join("tickets.db")).unwrap();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let listed = store.list(filter());
+    let folded = store.fold();
     let v2 = next(&v1, |t| t.subject = "Still on fire".into());
     // Well inside the folder's 5 s busy timeout: the write does not queue behind the fold.
     tokio::time::timeout(
@@ -230,13 +233,7 @@ async fn writes_are_acknowledged_while_a_fold_waits_for_the_tables() {
     .unwrap();
     assert_eq!(store.load(v1.id).await.unwrap().as_ref(), Some(&v2));
     blocker.execute_batch("COMMIT").unwrap();
-    // The list sees at least what was acknowledged when it was asked (the update too, when both
-    // reached the writer in one batch); the next one sees the update.
-    let first = listed.await.unwrap();
-    assert!(
-        first == vec![v1.clone()] || first == vec![v2.clone()],
-        "{first:?}"
-    );
+    folded.await.unwrap();
     assert_eq!(store.list(filter()).await.unwrap(), vec![v2]);
     store.close().await;
 }
@@ -287,7 +284,7 @@ async fn conflicts_and_duplicates_are_refused_against_journal_and_tables() {
             ),
             "{round}: {conflict:?}"
         );
-        store.list(filter()).await.unwrap();
+        store.fold().await.unwrap();
     }
     let unknown = next(&ticket(&[]), |_| {});
     let missing = store
@@ -338,6 +335,7 @@ async fn rows_delivered_or_dead_lettered_before_their_fold_are_folded_then_dropp
         .collect();
     assert_eq!(again, vec![seqs[2], seqs[3]], "re-sent from its own row");
     // The fold applies all four, and drops the delivered ones.
+    store.fold().await.unwrap();
     assert_tables_hold_after_delivery(&store, &states).await;
     let stats = store.stats().await.unwrap();
     assert_eq!((stats.depth, stats.dead_letters), (2, 0));
@@ -465,8 +463,120 @@ async fn an_import_is_stored_once_without_an_outbox_entry() {
     store.import(t.clone(), event.clone()).await.unwrap();
     assert_eq!(store.load(t.id).await.unwrap().as_ref(), Some(&t));
     assert_eq!(store.list(filter()).await.unwrap(), vec![t.clone()]);
+    store.fold().await.unwrap();
     store.import(t.clone(), event).await.unwrap();
     assert!(store.peek(10).await.unwrap().is_empty());
     assert_eq!(store.events(t.id, 0, 10).await.unwrap().len(), 1);
+    store.close().await;
+}
+
+/// Holds `tickets.db`'s write lock from another connection while alive, so a fold cannot commit.
+struct FoldBlocker(rusqlite::Connection);
+
+impl FoldBlocker {
+    fn hold(dir: &Path) -> Self {
+        let conn = rusqlite::Connection::open(dir.join("tickets.db")).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        Self(conn)
+    }
+
+    fn release(self) {
+        self.0.execute_batch("COMMIT").unwrap();
+    }
+}
+
+/// Well inside the folder's 5 s busy timeout, so a read that waited for the fold would miss it.
+const NO_FOLD: std::time::Duration = std::time::Duration::from_secs(2);
+
+#[actix_rt::test]
+async fn lists_and_history_answer_while_a_fold_is_held_up_and_show_the_latest_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, v1) = with_one_ticket(dir.path()).await;
+    let other = ticket(&["fire"]);
+    store
+        .create(write(&other, EventKind::Created, None))
+        .await
+        .unwrap();
+    store.fold().await.unwrap();
+    let blocker = FoldBlocker::hold(dir.path());
+    // A fold is under way and cannot commit until the blocker lets go.
+    let folded = store.fold();
+    let v2 = next(&v1, |t| {
+        t.status = Status::Pending;
+        t.tags = vec!["fire".into()];
+    });
+    store
+        .update(write(&v2, EventKind::Updated, None))
+        .await
+        .unwrap();
+    let read = async {
+        let open = TicketFilter {
+            status: Some(Status::Open),
+            ..filter()
+        };
+        let fire = TicketFilter {
+            tag: Some("fire".into()),
+            ..filter()
+        };
+        (
+            store.list(open).await.unwrap(),
+            store.list(fire).await.unwrap(),
+            store.events(v1.id, 0, 10).await.unwrap(),
+        )
+    };
+    let (open, fire, history) = tokio::time::timeout(NO_FOLD, read)
+        .await
+        .expect("lists and history do not wait for the fold");
+    assert_eq!(open, vec![other.clone()], "v1 left the open tickets");
+    let mut both = vec![v2.clone(), other.clone()];
+    both.sort_by_key(|t| t.id);
+    assert_eq!(fire, both, "v2 joined the tagged tickets");
+    let versions: Vec<u64> = history.iter().map(|(_, e)| e.version).collect();
+    assert_eq!(versions, vec![1, 2]);
+    blocker.release();
+    folded.await.unwrap();
+    // Folded, the tables give the same answers and the same history cursors.
+    assert_eq!(store.events(v1.id, 0, 10).await.unwrap(), history);
+    store.close().await;
+}
+
+#[actix_rt::test]
+async fn a_history_cursor_given_before_a_fold_holds_after_it() {
+    use crate::domain::chat::{ChatRole, TranscriptLine};
+    use crate::domain::ids::SessionId;
+    use crate::store::{ChatTicketRecord, OutboxRecord};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, v1) = with_one_ticket(dir.path()).await;
+    // A journal row with no history event, so journal and history positions differ from here on.
+    let record = OutboxRecord::ChatTicket(ChatTicketRecord {
+        session_id: SessionId::new(),
+        ticket_id: v1.id,
+        subject: "Refund".into(),
+        description: String::new(),
+        priority: Priority::Normal,
+        requester: "ann@example.com".into(),
+        transcript: vec![TranscriptLine {
+            role: ChatRole::Customer,
+            text: "help".into(),
+            at: now(),
+        }],
+        request_id: None,
+    });
+    store.enqueue(record).await.unwrap();
+    let mut t = v1.clone();
+    for _ in 0..3 {
+        t = next(&t, |_| {});
+        store
+            .update(write(&t, EventKind::Updated, None))
+            .await
+            .unwrap();
+    }
+    let first = store.events(v1.id, 0, 2).await.unwrap();
+    let cursor = first.last().unwrap().0;
+    store.fold().await.unwrap();
+    let rest = store.events(v1.id, cursor, 10).await.unwrap();
+    let versions: Vec<u64> = first.iter().chain(&rest).map(|(_, e)| e.version).collect();
+    assert_eq!(versions, vec![1, 2, 3, 4], "no event lost or repeated");
     store.close().await;
 }
