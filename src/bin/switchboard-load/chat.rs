@@ -279,6 +279,7 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     let nofile = procs::raise_nofile();
     let plan = plan::plan(
         args.sessions,
+        0,
         args.workers,
         args.per_worker,
         nofile,
