@@ -32,9 +32,11 @@
 //! `system`), each with its own histogram in [`events::Tally`], so agent round trips will be
 //! reported beside the AI's without changing the report's shape.
 
+pub mod agent;
 pub mod customer;
 pub mod events;
 pub mod plan;
+pub mod reply;
 pub mod report;
 pub mod worker;
 
@@ -132,10 +134,41 @@ pub struct ChatArgs {
     /// A name for this run in the report (e.g. `switchboard`, `baseline`).
     #[arg(long, default_value = "switchboard")]
     pub label: String,
-    /// Exit non-zero unless every session opened, every message was answered by the AI, and
-    /// (with --storm) every session came back with nothing lost.
+    /// Human agents (`/ws/agent`), spread over the workers like the sessions; each takes the
+    /// chats the queue hands it and answers every customer message at once.
+    #[arg(long, default_value_t = 0)]
+    pub agents: usize,
+    /// Chats each agent takes at once (default: enough for every handed-off session). The
+    /// started server's `agents.max_capacity` is raised to it.
+    #[arg(long)]
+    pub agent_capacity: Option<usize>,
+    /// Share of sessions (0 to 1) the fake Django's AI hands to a human (default: 1 with --agents,
+    /// else 0). Against another Django, the share it hands off by the same rule.
+    #[arg(long)]
+    pub handoff_rate: Option<f64>,
+    /// The agents' token secret (`agents.jwt_secret`) of a server already running; the started
+    /// server gets a fresh random one.
+    #[arg(long)]
+    pub agent_secret: Option<String>,
+    /// Exit non-zero unless every session opened, every message was answered (by its agent in
+    /// a chat handed off, else by the AI), every handed-off chat was taken by an agent, and (with
+    /// --storm) every session came back with nothing lost.
     #[arg(long)]
     pub check: bool,
+}
+
+impl ChatArgs {
+    pub fn handoff_rate(&self) -> f64 {
+        self.handoff_rate
+            .unwrap_or(if self.agents > 0 { 1.0 } else { 0.0 })
+            .clamp(0.0, 1.0)
+    }
+
+    pub fn agent_capacity(&self) -> usize {
+        self.agent_capacity.unwrap_or_else(|| {
+            plan::agent_capacity(self.sessions, self.agents, self.handoff_rate())
+        })
+    }
 }
 
 /// Where the load goes: a server this run started, or one named on the command line.
@@ -228,6 +261,7 @@ impl Drop for Proc {
 
 fn spawn_self(
     args: &[String],
+    env: &[(&str, &str)],
     cpus: Option<&str>,
 ) -> anyhow::Result<(Proc, BufReader<std::process::ChildStdout>)> {
     let exe = std::env::current_exe().context("this tool's executable")?;
@@ -241,6 +275,7 @@ fn spawn_self(
     };
     let mut child = cmd
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -260,7 +295,10 @@ fn spawn_fake_django(args: &ChatArgs) -> anyhow::Result<(Proc, String)> {
             "--exit-on-stdin-eof".into(),
             "--delay-ms".into(),
             args.django_delay_ms.to_string(),
+            "--handoff-rate".into(),
+            args.handoff_rate().to_string(),
         ],
+        &[],
         args.django_cpus.as_deref(),
     )?;
     let mut line = String::new();
@@ -276,10 +314,37 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     if args.sessions == 0 {
         bail!("--sessions must be at least 1");
     }
+    let handoff_rate = args.handoff_rate();
+    let capacity = args.agent_capacity();
+    if handoff_rate > 0.0 && args.agents == 0 {
+        bail!("--handoff-rate needs --agents: a chat handed off waits for a human");
+    }
+    if args.agents > 0 && handoff_rate >= 1.0 && args.agents * capacity < args.sessions {
+        bail!(
+            "{} agents × capacity {capacity} cannot hold the {} sessions handed off",
+            args.agents,
+            args.sessions
+        );
+    }
+    let agent_secret = match (&args.agent_secret, args.chat_addr) {
+        (Some(s), _) => s.clone(),
+        (None, None) => {
+            use rand::Rng;
+            rand::rng()
+                .sample_iter(rand::distr::Alphanumeric)
+                .take(48)
+                .map(char::from)
+                .collect()
+        }
+        (None, Some(_)) if args.agents > 0 => {
+            bail!("--agents against a server already running needs its --agent-secret")
+        }
+        (None, Some(_)) => String::new(),
+    };
     let nofile = procs::raise_nofile();
     let plan = plan::plan(
         args.sessions,
-        0,
+        args.agents,
         args.workers,
         args.per_worker,
         nofile,
@@ -320,6 +385,17 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
                     n.to_string(),
                 ));
             }
+            if args.agents > 0 {
+                env.push((
+                    "SWITCHBOARD__AGENTS__JWT_SECRET".into(),
+                    agent_secret.clone(),
+                ));
+                // The server refuses an `agent.start` capacity above its ceiling.
+                env.push((
+                    "SWITCHBOARD__AGENTS__MAX_CAPACITY".into(),
+                    capacity.max(20).to_string(),
+                ));
+            }
             if let Some(ms) = args.grace_ms {
                 env.push((
                     "SWITCHBOARD__SESSIONS__RESUME_GRACE_MS".into(),
@@ -337,13 +413,21 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     };
     eprintln!(
         "chat: {} sessions over {} worker(s) (≤ {} each, open-files limit {nofile}), {} source addresses; \
-         target {}{}",
+         target {}{}{}",
         args.sessions,
         plan.workers.len(),
         plan.per_worker,
         args.sources,
         target.chat(),
-        django_url.as_deref().map(|u| format!(", Django {u}")).unwrap_or_default()
+        django_url.as_deref().map(|u| format!(", Django {u}")).unwrap_or_default(),
+        if args.agents > 0 {
+            format!(
+                "; {} agents × capacity {capacity}, handoff rate {handoff_rate}",
+                args.agents
+            )
+        } else {
+            String::new()
+        }
     );
 
     let t0 = Instant::now();
@@ -378,7 +462,14 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
                 args.msg_rate.to_string(),
                 "--duration-secs".into(),
                 args.duration.to_string(),
+                "--agents".into(),
+                w.agents.to_string(),
+                "--agent-capacity".into(),
+                capacity.to_string(),
+                "--handoff-rate".into(),
+                handoff_rate.to_string(),
             ],
+            &[(worker::AGENT_SECRET_ENV, agent_secret.as_str())],
             None,
         )?;
         let tx = tx.clone();

@@ -87,6 +87,22 @@ pub fn hands_off(session_id: &str, rate: f64) -> bool {
     ((h >> 11) as f64 / (1u64 << 53) as f64) < rate
 }
 
+/// Chats each agent takes when none is asked for: the sessions expected to be handed off, shared
+/// over the agents with room for all (at least 1).
+pub fn agent_capacity(sessions: usize, agents: usize, handoff_rate: f64) -> usize {
+    if agents == 0 {
+        return 1;
+    }
+    let handed = (sessions as f64 * handoff_rate.clamp(0.0, 1.0)).ceil() as usize;
+    // A fraction of sessions is a hash, not an exact count: leave room for the spread.
+    let handed = if handoff_rate < 1.0 {
+        handed + handed / 10 + 8
+    } else {
+        handed
+    };
+    handed.div_ceil(agents).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +140,13 @@ mod tests {
         assert!((2_200..2_800).contains(&picked), "{picked}");
         assert!(ids.iter().all(|id| hands_off(id, 1.0)));
         assert!(!ids.iter().any(|id| hands_off(id, 0.0)));
+    }
+
+    #[test]
+    fn default_capacity_gives_every_handed_off_session_an_agent() {
+        assert_eq!(agent_capacity(100, 4, 1.0), 25);
+        assert_eq!(agent_capacity(101, 4, 1.0), 26);
+        assert!(agent_capacity(1000, 10, 0.5) * 10 >= 550);
+        assert_eq!(agent_capacity(10, 0, 1.0), 1);
     }
 }
