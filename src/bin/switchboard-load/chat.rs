@@ -5,6 +5,10 @@
 //! switchboard-load chat --sessions 19000 --msg-rate 0 --duration 10          # idle: memory per session
 //! switchboard-load chat --sessions 2000 --storm --spawn-fake-django          # + a reconnect storm
 //! switchboard-load chat --chat-addr 127.0.0.1:4001 --server-pid 1234 …       # a server already running
+//! switchboard-load chat --sessions 2000 --agents 20 --msg-rate 1 --duration 10 --spawn-fake-django
+//!                                                   # every chat handed to an agent: agent routing
+//! switchboard-load chat --sessions 2000 --agents 10 --handoff-rate 0.5 --spawn-fake-django …
+//!                                                   # half to agents, half to the AI, side by side
 //! ```
 //!
 //! The parent starts the server (the `switchboard` binary beside this tool, fresh data dir, port
@@ -25,12 +29,23 @@
 //!
 //! Then a JSON report (`--report`) and a human summary; the server is stopped with SIGTERM.
 //!
-//! **Roles.** Every connection today is a customer ([`customer`]). Agents (`/ws/agent`, joining
-//! sessions and replying) are the next role: a second driver module beside `customer.rs`, a
-//! share of each worker's connections given to it by [`plan`], and a way for a customer to learn
-//! which agent took its session. Answers are already told apart by author (`ai`, `agent`,
-//! `system`), each with its own histogram in [`events::Tally`], so agent round trips will be
-//! reported beside the AI's without changing the report's shape.
+//! **Agents.** `--agents N` adds N agent connections (`/ws/agent`, [`agent`]), shared over the
+//! workers by [`plan`] like the sessions. They sign in with tokens the tool mints (HS256) for the
+//! secret it gives the server it starts (`SWITCHBOARD__AGENTS__JWT_SECRET`, random each run;
+//! `--agent-secret` for a server already running), each with `--agent-capacity` chats (default:
+//! enough for every handed-off session; the started server's `agents.max_capacity` is raised to
+//! it) and auto-assignment on. The fake Django's AI answers `handoff: true` for a
+//! `--handoff-rate` share of sessions (default 1 with agents: all), picked by a hash of the
+//! session id ([`plan::hands_off`]) so each customer knows its fate: a handed-off session asks
+//! for a person as soon as it opens, and counts as open (ramp) only once an agent took it
+//! (`agent.joined`). In the message phase the agent answers each customer message at once, its
+//! reply naming the message and the wall-clock time it was written ([`reply`]). Two figures:
+//! `reply_agent`, the customer's round trip (its `message.send` → server → agent → its reply →
+//! server → customer, on the customer's monotonic clock), and `agent_to_customer`, one way from
+//! the agent's write to the customer's read (wall clock: both run on one machine). Neither has
+//! Django in the path. Messages in agent chats never answered are counted lost
+//! (`messages.agent_chats`); `--check` also wants every handed-off chat taken and every message in
+//! it answered by its agent.
 
 pub mod agent;
 pub mod customer;
