@@ -107,6 +107,14 @@ async fn drive(
             crate::raw_ws::Incoming::Ping => continue,
             crate::raw_ws::Incoming::Text(t) => t,
         };
+        // The queue and presence broadcasts list every waiting chat and every agent: with
+        // thousands queued, parsing them would starve the agents of this worker.
+        if t.starts_with(br#"{"type":"queue.updated""#)
+            || t.starts_with(br#"{"type":"agent.presence""#)
+        {
+            shared.stats.borrow_mut().counters.agents.broadcasts += 1;
+            continue;
+        }
         let v: Value = serde_json::from_slice(&t).map_err(|e| (true, format!("not JSON: {e}")))?;
         let session = || v["session_id"].as_str().unwrap_or_default().to_string();
         match v["type"].as_str().unwrap_or("") {

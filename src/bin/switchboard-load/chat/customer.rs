@@ -257,6 +257,11 @@ async fn wait_for_agent(conn: &mut Conn, session: &mut Session) -> Result<bool, 
         let Incoming::Text(t) = incoming else {
             continue;
         };
+        // Every queued customer hears of every move of the queue; with thousands waiting, parsing
+        // each would starve this worker's sessions of their pings.
+        if t.starts_with(br#"{"type":"queue.position""#) {
+            continue;
+        }
         let v: Value = serde_json::from_slice(&t).map_err(|e| format!("not JSON: {e}"))?;
         if let Some(seq) = v["seq"].as_u64() {
             session.last_seq = session.last_seq.max(seq);

@@ -78,6 +78,8 @@ pub struct AgentCounters {
     pub acked: u64,
     /// Customer messages for a session this agent was never given (a routing mistake).
     pub stray: u64,
+    /// `queue.updated` and `agent.presence` frames received (read, not parsed).
+    pub broadcasts: u64,
     pub error_frames: u64,
     /// Agent connections lost before the worker ended.
     pub dropped: u64,

@@ -247,6 +247,7 @@ impl Collected {
                 "replies_sent": asum(|a| a.replied),
                 "replies_acked": asum(|a| a.acked),
                 "stray_messages": asum(|a| a.stray),
+                "queue_and_presence_frames": asum(|a| a.broadcasts),
                 "error_frames": asum(|a| a.error_frames),
                 "dropped_connections": asum(|a| a.dropped),
                 "first_error": first_error(agents.iter().map(|a| &a.first_error)),
