@@ -1,7 +1,8 @@
 //! The load tool (`switchboard-load`) against the real server, briefly: its REST mode creates and
 //! updates tickets, and its chat mode opens sessions over two worker processes, gets every message
 //! acknowledged and answered through its own fake Django, survives a reconnect storm with nothing
-//! lost, and writes a JSON report that says so.
+//! lost, and writes a JSON report that says so; with agents, every chat is handed off, taken by an
+//! agent, and every message answered by that agent.
 
 use std::process::Command;
 
@@ -11,6 +12,40 @@ fn tool() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard-load"));
     cmd.env_remove("RUST_LOG");
     cmd
+}
+
+/// Runs `chat` with `args` against the server built beside the tool, a spawned fake Django and
+/// `--check`, two workers, no settling; asserts it passed. Its report and its stdout.
+fn chat_run(args: &[&str]) -> (Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("chat.json");
+    let out = tool()
+        .arg("chat")
+        .args(args)
+        .args([
+            "--workers",
+            "2",
+            "--ramp-rate",
+            "2000",
+            "--spawn-fake-django",
+            "--settle-secs",
+            "0",
+            "--check",
+            "--server-bin",
+            env!("CARGO_BIN_EXE_switchboard"),
+            "--report",
+        ])
+        .arg(&report)
+        .output()
+        .expect("run switchboard-load");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    (r, stdout)
 }
 
 #[test]
@@ -35,42 +70,17 @@ fn rest_smoke_run_creates_and_updates_tickets() {
 
 #[test]
 fn chat_run_answers_every_message_and_loses_nothing_in_a_storm() {
-    let dir = tempfile::tempdir().unwrap();
-    let report = dir.path().join("chat.json");
-    let out = tool()
-        .args([
-            "chat",
-            "--sessions",
-            "200",
-            "--workers",
-            "2",
-            "--sources",
-            "3",
-            "--ramp-rate",
-            "2000",
-            "--msg-rate",
-            "1",
-            "--duration",
-            "3",
-            "--storm",
-            "--spawn-fake-django",
-            "--settle-secs",
-            "0",
-            "--check",
-            "--server-bin",
-            env!("CARGO_BIN_EXE_switchboard"),
-            "--report",
-        ])
-        .arg(&report)
-        .output()
-        .expect("run switchboard-load");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let (r, _) = chat_run(&[
+        "--sessions",
+        "200",
+        "--sources",
+        "3",
+        "--msg-rate",
+        "1",
+        "--duration",
+        "3",
+        "--storm",
+    ]);
     assert_eq!(r["config"]["workers"], 2);
     assert_eq!(r["ramp"]["opened"], 200);
     assert_eq!(r["messages"]["sent"], 600);
@@ -98,6 +108,35 @@ fn chat_run_answers_every_message_and_loses_nothing_in_a_storm() {
     assert_eq!(samples[1]["chat_sessions"], 200.0);
     assert_eq!(samples[4]["chat_sessions"], 0.0);
     assert!(samples.iter().all(|s| s["rss_kb"].as_u64().unwrap() > 0));
+    assert_eq!(r["server"]["exit"], "exit status: 0");
+}
+
+#[test]
+fn chat_run_with_agents_hands_every_chat_to_an_agent_who_answers_every_message() {
+    let (r, stdout) = chat_run(&[
+        "--sessions",
+        "100",
+        "--agents",
+        "4",
+        "--sources",
+        "2",
+        "--msg-rate",
+        "1",
+        "--duration",
+        "2",
+    ]);
+    assert_eq!(r["config"]["agent_capacity"], 25);
+    assert_eq!(r["ramp"]["handed_off"], 100);
+    assert_eq!(r["ramp"]["assigned"], 100);
+    assert_eq!(r["agents"]["connected"], 4);
+    assert_eq!(r["agents"]["chats_assigned"], 100);
+    assert_eq!(r["messages"]["sent"], 200);
+    assert_eq!(r["messages"]["replies"]["agent"], 200);
+    assert_eq!(r["messages"]["replies"]["ai"], 0);
+    assert_eq!(r["messages"]["agent_chats"]["lost"], 0);
+    assert_eq!(r["rtt_ms"]["reply_agent"]["count"], 200);
+    assert_eq!(r["rtt_ms"]["agent_to_customer"]["count"], 200);
+    assert!(stdout.contains("agent→customer"), "{stdout}");
     assert_eq!(r["server"]["exit"], "exit status: 0");
 }
 

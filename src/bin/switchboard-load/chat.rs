@@ -5,6 +5,10 @@
 //! switchboard-load chat --sessions 19000 --msg-rate 0 --duration 10          # idle: memory per session
 //! switchboard-load chat --sessions 2000 --storm --spawn-fake-django          # + a reconnect storm
 //! switchboard-load chat --chat-addr 127.0.0.1:4001 --server-pid 1234 …       # a server already running
+//! switchboard-load chat --sessions 2000 --agents 20 --msg-rate 1 --duration 10 --spawn-fake-django
+//!                                                   # every chat handed to an agent: agent routing
+//! switchboard-load chat --sessions 2000 --agents 10 --handoff-rate 0.5 --spawn-fake-django …
+//!                                                   # half to agents, half to the AI, side by side
 //! ```
 //!
 //! The parent starts the server (the `switchboard` binary beside this tool, fresh data dir, port
@@ -25,16 +29,29 @@
 //!
 //! Then a JSON report (`--report`) and a human summary; the server is stopped with SIGTERM.
 //!
-//! **Roles.** Every connection today is a customer ([`customer`]). Agents (`/ws/agent`, joining
-//! sessions and replying) are the next role: a second driver module beside `customer.rs`, a
-//! share of each worker's connections given to it by [`plan`], and a way for a customer to learn
-//! which agent took its session. Answers are already told apart by author (`ai`, `agent`,
-//! `system`), each with its own histogram in [`events::Tally`], so agent round trips will be
-//! reported beside the AI's without changing the report's shape.
+//! **Agents.** `--agents N` adds N agent connections (`/ws/agent`, [`agent`]), shared over the
+//! workers by [`plan`] like the sessions. They sign in with tokens the tool mints (HS256) for the
+//! secret it gives the server it starts (`SWITCHBOARD__AGENTS__JWT_SECRET`, random each run;
+//! `--agent-secret` for a server already running), each with `--agent-capacity` chats (default:
+//! enough for every handed-off session; the started server's `agents.max_capacity` is raised to
+//! it) and auto-assignment on. The fake Django's AI answers `handoff: true` for a
+//! `--handoff-rate` share of sessions (default 1 with agents: all), picked by a hash of the
+//! session id ([`plan::hands_off`]) so each customer knows its fate: a handed-off session asks
+//! for a person as soon as it opens, and counts as open (ramp) only once an agent took it
+//! (`agent.joined`). In the message phase the agent answers each customer message at once, its
+//! reply naming the message and the wall-clock time it was written ([`reply`]). Two figures:
+//! `reply_agent`, the customer's round trip (its `message.send` → server → agent → its reply →
+//! server → customer, on the customer's monotonic clock), and `agent_to_customer`, one way from
+//! the agent's write to the customer's read (wall clock: both run on one machine). Neither has
+//! Django in the path. Messages in agent chats never answered are counted lost
+//! (`messages.agent_chats`); `--check` also wants every handed-off chat taken and every message in
+//! it answered by its agent.
 
+pub mod agent;
 pub mod customer;
 pub mod events;
 pub mod plan;
+pub mod reply;
 pub mod report;
 pub mod worker;
 
@@ -132,10 +149,41 @@ pub struct ChatArgs {
     /// A name for this run in the report (e.g. `switchboard`, `baseline`).
     #[arg(long, default_value = "switchboard")]
     pub label: String,
-    /// Exit non-zero unless every session opened, every message was answered by the AI, and
-    /// (with --storm) every session came back with nothing lost.
+    /// Human agents (`/ws/agent`), spread over the workers like the sessions; each takes the
+    /// chats the queue hands it and answers every customer message at once.
+    #[arg(long, default_value_t = 0)]
+    pub agents: usize,
+    /// Chats each agent takes at once (default: enough for every handed-off session). The
+    /// started server's `agents.max_capacity` is raised to it.
+    #[arg(long)]
+    pub agent_capacity: Option<usize>,
+    /// Share of sessions (0 to 1) the fake Django's AI hands to a human (default: 1 with --agents,
+    /// else 0). Against another Django, the share it hands off by the same rule.
+    #[arg(long)]
+    pub handoff_rate: Option<f64>,
+    /// The agents' token secret (`agents.jwt_secret`) of a server already running; the started
+    /// server gets a fresh random one.
+    #[arg(long)]
+    pub agent_secret: Option<String>,
+    /// Exit non-zero unless every session opened, every message was answered (by its agent in
+    /// a chat handed off, else by the AI), every handed-off chat was taken by an agent, and (with
+    /// --storm) every session came back with nothing lost.
     #[arg(long)]
     pub check: bool,
+}
+
+impl ChatArgs {
+    pub fn handoff_rate(&self) -> f64 {
+        self.handoff_rate
+            .unwrap_or(if self.agents > 0 { 1.0 } else { 0.0 })
+            .clamp(0.0, 1.0)
+    }
+
+    pub fn agent_capacity(&self) -> usize {
+        self.agent_capacity.unwrap_or_else(|| {
+            plan::agent_capacity(self.sessions, self.agents, self.handoff_rate())
+        })
+    }
 }
 
 /// Where the load goes: a server this run started, or one named on the command line.
@@ -228,6 +276,7 @@ impl Drop for Proc {
 
 fn spawn_self(
     args: &[String],
+    env: &[(&str, &str)],
     cpus: Option<&str>,
 ) -> anyhow::Result<(Proc, BufReader<std::process::ChildStdout>)> {
     let exe = std::env::current_exe().context("this tool's executable")?;
@@ -241,6 +290,7 @@ fn spawn_self(
     };
     let mut child = cmd
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -260,7 +310,10 @@ fn spawn_fake_django(args: &ChatArgs) -> anyhow::Result<(Proc, String)> {
             "--exit-on-stdin-eof".into(),
             "--delay-ms".into(),
             args.django_delay_ms.to_string(),
+            "--handoff-rate".into(),
+            args.handoff_rate().to_string(),
         ],
+        &[],
         args.django_cpus.as_deref(),
     )?;
     let mut line = String::new();
@@ -276,9 +329,37 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     if args.sessions == 0 {
         bail!("--sessions must be at least 1");
     }
+    let handoff_rate = args.handoff_rate();
+    let capacity = args.agent_capacity();
+    if handoff_rate > 0.0 && args.agents == 0 {
+        bail!("--handoff-rate needs --agents: a chat handed off waits for a human");
+    }
+    if args.agents > 0 && handoff_rate >= 1.0 && args.agents * capacity < args.sessions {
+        bail!(
+            "{} agents × capacity {capacity} cannot hold the {} sessions handed off",
+            args.agents,
+            args.sessions
+        );
+    }
+    let agent_secret = match (&args.agent_secret, args.chat_addr) {
+        (Some(s), _) => s.clone(),
+        (None, None) => {
+            use rand::Rng;
+            rand::rng()
+                .sample_iter(rand::distr::Alphanumeric)
+                .take(48)
+                .map(char::from)
+                .collect()
+        }
+        (None, Some(_)) if args.agents > 0 => {
+            bail!("--agents against a server already running needs its --agent-secret")
+        }
+        (None, Some(_)) => String::new(),
+    };
     let nofile = procs::raise_nofile();
     let plan = plan::plan(
         args.sessions,
+        args.agents,
         args.workers,
         args.per_worker,
         nofile,
@@ -319,6 +400,17 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
                     n.to_string(),
                 ));
             }
+            if args.agents > 0 {
+                env.push((
+                    "SWITCHBOARD__AGENTS__JWT_SECRET".into(),
+                    agent_secret.clone(),
+                ));
+                // The server refuses an `agent.start` capacity above its ceiling.
+                env.push((
+                    "SWITCHBOARD__AGENTS__MAX_CAPACITY".into(),
+                    capacity.max(20).to_string(),
+                ));
+            }
             if let Some(ms) = args.grace_ms {
                 env.push((
                     "SWITCHBOARD__SESSIONS__RESUME_GRACE_MS".into(),
@@ -336,13 +428,21 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     };
     eprintln!(
         "chat: {} sessions over {} worker(s) (≤ {} each, open-files limit {nofile}), {} source addresses; \
-         target {}{}",
+         target {}{}{}",
         args.sessions,
         plan.workers.len(),
         plan.per_worker,
         args.sources,
         target.chat(),
-        django_url.as_deref().map(|u| format!(", Django {u}")).unwrap_or_default()
+        django_url.as_deref().map(|u| format!(", Django {u}")).unwrap_or_default(),
+        if args.agents > 0 {
+            format!(
+                "; {} agents × capacity {capacity}, handoff rate {handoff_rate}",
+                args.agents
+            )
+        } else {
+            String::new()
+        }
     );
 
     let t0 = Instant::now();
@@ -377,7 +477,14 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
                 args.msg_rate.to_string(),
                 "--duration-secs".into(),
                 args.duration.to_string(),
+                "--agents".into(),
+                w.agents.to_string(),
+                "--agent-capacity".into(),
+                capacity.to_string(),
+                "--handoff-rate".into(),
+                handoff_rate.to_string(),
             ],
+            &[(worker::AGENT_SECRET_ENV, agent_secret.as_str())],
             None,
         )?;
         let tx = tx.clone();

@@ -2,10 +2,13 @@
 //! measures Switchboard and not its AI backend. One current-thread tokio runtime (one core), a
 //! hand-rolled HTTP/1.1 keep-alive responder over `httparse`, fixed answers:
 //!
-//! - `POST /api/livechat/ai/respond/`: 200 with a fixed reply, after `--delay-ms` if given;
+//! - `POST /api/livechat/ai/respond/`: 200 with a fixed reply, after `--delay-ms` if given; with
+//!   `--handoff-rate F` a share `F` of sessions (picked by [`hands_off`] on the request's
+//!   `session_id`, 1: all) is answered with `handoff: true`, so the chat is queued for an agent;
 //! - `POST /api/tickets/sync/`: 200 `{}` (every event accepted);
 //! - `POST /api/livechat/tickets/create/`: 201 naming the request's `ticket_id`;
 //! - `POST /api/livechat/services/manage/`: 200 `{"ok": true, …}`;
+//! - `POST /api/livechat/handoffs/`: 201 `{}` (the handoff step recorded);
 //! - anything else (`GET /api/tickets/{id}/` included): 404 `{}`.
 //!
 //! It prints `listening <addr>` once bound, then serves until killed (or until its stdin closes,
@@ -18,8 +21,12 @@ use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::chat::plan::hands_off;
+
 /// The AI's answer: fixed, so that answering costs no JSON work.
 const AI_REPLY: &str = r#"{"reply":"Thanks, I am looking into it.","confidence":0.9,"handoff":false,"suggested_actions":[]}"#;
+/// The AI's answer for a session handed to a human.
+const AI_HANDOFF_REPLY: &str = r#"{"reply":"Let me find a person for you.","confidence":0.4,"handoff":true,"suggested_actions":[]}"#;
 const SERVICE_REPLY: &str = r#"{"ok":true,"message":"Done.","data":{}}"#;
 /// Largest request accepted (Switchboard's AI calls carry at most 50 history messages).
 const MAX_REQUEST: usize = 1 << 20;
@@ -32,6 +39,9 @@ pub struct FakeDjangoArgs {
     /// Wait this long before answering an AI call (a model's thinking time).
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u64,
+    /// Share of sessions (0 to 1) the AI hands to a human agent (`handoff: true`).
+    #[arg(long, default_value_t = 0.0)]
+    pub handoff_rate: f64,
     /// Exit when stdin reaches end of file (for a parent that owns this process).
     #[arg(long, hide = true)]
     pub exit_on_stdin_eof: bool,
@@ -54,10 +64,11 @@ pub fn run(args: FakeDjangoArgs) -> anyhow::Result<()> {
             });
         }
         let delay = Duration::from_millis(args.delay_ms);
+        let handoff_rate = args.handoff_rate;
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    tokio::spawn(connection(stream, delay));
+                    tokio::spawn(connection(stream, delay, handoff_rate));
                 }
                 // Out of descriptors, say: wait rather than spin.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -67,7 +78,7 @@ pub fn run(args: FakeDjangoArgs) -> anyhow::Result<()> {
 }
 
 /// One keep-alive connection: requests answered in order, one at a time.
-async fn connection(mut stream: TcpStream, delay: Duration) {
+async fn connection(mut stream: TcpStream, delay: Duration, handoff_rate: f64) {
     let _ = stream.set_nodelay(true);
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut out: Vec<u8> = Vec::with_capacity(512);
@@ -81,7 +92,12 @@ async fn connection(mut stream: TcpStream, delay: Duration) {
                     if req.path == Route::Ai && !delay.is_zero() {
                         tokio::time::sleep(delay).await;
                     }
-                    answer(&req, &buf[used + req.body.0..used + req.body.1], &mut out);
+                    answer(
+                        &req,
+                        &buf[used + req.body.0..used + req.body.1],
+                        handoff_rate,
+                        &mut out,
+                    );
                     used += req.len;
                 }
                 Ok(None) => break,
@@ -116,6 +132,7 @@ enum Route {
     Sync,
     ChatTicket,
     Service,
+    Handoff,
     Other,
 }
 
@@ -156,6 +173,7 @@ fn parse(buf: &[u8]) -> Result<Option<Request>, ()> {
         ("POST", "/api/tickets/sync/") => Route::Sync,
         ("POST", "/api/livechat/tickets/create/") => Route::ChatTicket,
         ("POST", "/api/livechat/services/manage/") => Route::Service,
+        ("POST", "/api/livechat/handoffs/") => Route::Handoff,
         _ => Route::Other,
     };
     Ok(Some(Request {
@@ -165,10 +183,12 @@ fn parse(buf: &[u8]) -> Result<Option<Request>, ()> {
     }))
 }
 
-fn answer(req: &Request, body: &[u8], out: &mut Vec<u8>) {
+fn answer(req: &Request, body: &[u8], handoff_rate: f64, out: &mut Vec<u8>) {
     let ticket;
     let (status, reply) = match req.path {
+        Route::Ai if ai_hands_off(body, handoff_rate) => ("200 OK", AI_HANDOFF_REPLY),
         Route::Ai => ("200 OK", AI_REPLY),
+        Route::Handoff => ("201 Created", "{}"),
         Route::Sync => ("200 OK", "{}"),
         Route::Service => ("200 OK", SERVICE_REPLY),
         Route::ChatTicket => {
@@ -193,6 +213,20 @@ fn answer(req: &Request, body: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(reply.as_bytes());
 }
 
+/// Whether this AI call's session is handed off; the body is read only for a share strictly
+/// between none and all, so the usual answer costs no JSON work.
+fn ai_hands_off(body: &[u8], rate: f64) -> bool {
+    if rate <= 0.0 || rate >= 1.0 {
+        return rate >= 1.0;
+    }
+    #[derive(serde::Deserialize)]
+    struct Call<'a> {
+        #[serde(borrow)]
+        session_id: &'a str,
+    }
+    serde_json::from_slice::<Call>(body).is_ok_and(|c| hands_off(c.session_id, rate))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,7 +242,7 @@ mod tests {
         assert_eq!(req.path, Route::Ai);
         assert_eq!(req.len, raw.len());
         let mut out = Vec::new();
-        answer(&req, &raw.as_bytes()[req.body.0..req.body.1], &mut out);
+        answer(&req, &raw.as_bytes()[req.body.0..req.body.1], 0.0, &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
         assert!(text.ends_with(AI_REPLY));
@@ -229,9 +263,34 @@ mod tests {
             len: body.len(),
         };
         let mut out = Vec::new();
-        answer(&req, body.as_bytes(), &mut out);
+        answer(&req, body.as_bytes(), 0.0, &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 201 Created"));
         assert!(text.contains(r#""ticket_id":"t-1""#));
+    }
+
+    #[test]
+    fn handoff_rate_answers_the_chosen_sessions_with_handoff() {
+        let req = Request {
+            path: Route::Ai,
+            body: (0, 0),
+            len: 0,
+        };
+        let ai = |session: &str, rate: f64| {
+            let body = format!(r#"{{"session_id":"{session}","message":"hi"}}"#);
+            let mut out = Vec::new();
+            answer(&req, body.as_bytes(), rate, &mut out);
+            String::from_utf8(out).unwrap().ends_with(AI_HANDOFF_REPLY)
+        };
+        assert!(ai("s-1", 1.0));
+        assert!(!ai("s-1", 0.0));
+        let picked = (0..1000).filter(|i| ai(&format!("s-{i}"), 0.5)).count();
+        assert!((400..600).contains(&picked), "{picked}");
+        assert_eq!(
+            (0..1000).filter(|i| ai(&format!("s-{i}"), 0.5)).count(),
+            (0..1000)
+                .filter(|i| hands_off(&format!("s-{i}"), 0.5))
+                .count()
+        );
     }
 }

@@ -3,6 +3,13 @@
 //! and time their acknowledgement and their answer, drop and come back with `session.resume` +
 //! `last_seq` in a storm, and close (`session.close`). One task per session, inside a worker; the
 //! worker's phase (a `watch` channel) tells every task what to do next.
+//!
+//! A session the AI hands to a human ([`hands_off`], `--handoff-rate`) asks for one as soon as it
+//! opens and counts as open only once an agent took it (`agent.joined`), so that every message of
+//! the message phase is routed customer → agent → customer with no Django in the path. The agent's
+//! reply names the message it answers and when it was written ([`reply::parse_reply`]): the
+//! round trip is timed on the customer's clock, the agent-to-customer leg on the wall clock both
+//! share.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -16,10 +23,14 @@ use tokio::sync::{watch, Semaphore};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use super::events::{histogram, Counters, Outcome};
+use super::plan::hands_off;
+use super::reply;
 use crate::raw_ws::{upgrade, Conn, Incoming, UpgradeError};
 
 /// How long a session keeps trying to open (or resume) through 503s before it counts as failed.
 const OPEN_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a handed-off session waits for an agent before it counts as unassigned.
+const ASSIGN_DEADLINE: Duration = Duration::from_secs(60);
 /// How long answers may trail the last message before the missing ones count as lost.
 const STRAGGLERS: Duration = Duration::from_secs(5);
 
@@ -50,6 +61,8 @@ pub struct Config {
     pub duration: Duration,
     /// Sessions of this worker, to spread send times evenly.
     pub count: usize,
+    /// Share of sessions the AI hands to a human ([`hands_off`]).
+    pub handoff_rate: f64,
 }
 
 /// What the worker's sessions have done so far; one per worker, shared by its tasks.
@@ -59,10 +72,13 @@ pub struct Stats {
     pub ack: Histogram<u64>,
     pub reply_ai: Histogram<u64>,
     pub reply_agent: Histogram<u64>,
+    pub agent_to_customer: Histogram<u64>,
     pub storm: StormStats,
     /// Sessions that are through each phase (0 open, 1 messages, 2 storm, 3 close), including those that failed
     /// or dropped before it: a phase is over when this reaches the worker's session count.
     pub completed: [u64; 4],
+    /// Agents signed in or given up on: the worker is ready when all are.
+    pub agents_done: u64,
 }
 
 #[derive(Default)]
@@ -89,17 +105,27 @@ impl Stats {
             ack: histogram(),
             reply_ai: histogram(),
             reply_agent: histogram(),
+            agent_to_customer: histogram(),
             storm: StormStats {
                 resume: Some(histogram()),
                 ..StormStats::default()
             },
             completed: [0; 4],
+            agents_done: 0,
         }
     }
 
     fn error(&mut self, e: String) {
         if self.counters.first_error.is_none() {
             self.counters.first_error = Some(e);
+        }
+    }
+
+    /// A session lost before its first phase ended is out of every phase.
+    fn give_up(&mut self, e: String) {
+        self.error(e);
+        for c in self.completed.iter_mut() {
+            *c += 1;
         }
     }
 }
@@ -124,6 +150,8 @@ struct Session {
     resume_token: String,
     /// The highest history `seq` seen, for a resume.
     last_seq: u64,
+    /// An agent holds this chat: its messages are answered by the agent, not the AI.
+    agent_chat: bool,
 }
 
 /// One customer session from its first connect to its close. `index` is its number in the
@@ -141,20 +169,33 @@ pub async fn run(
         Err(e) => {
             let mut s = shared.stats.borrow_mut();
             s.counters.failed += 1;
-            s.error(e);
-            // Out of every phase.
-            for c in s.completed.iter_mut() {
-                *c += 1;
-            }
+            s.give_up(e);
             return;
         }
     };
     let mut session = session;
-    {
-        let mut s = shared.stats.borrow_mut();
-        s.counters.opened += 1;
-        s.completed[0] += 1;
+    let mut conn = conn;
+    shared.stats.borrow_mut().counters.opened += 1;
+    if hands_off(&session.id, shared.config.handoff_rate) {
+        shared.stats.borrow_mut().counters.handed_off += 1;
+        match wait_for_agent(&mut conn, &mut session).await {
+            Ok(true) => {
+                session.agent_chat = true;
+                shared.stats.borrow_mut().counters.assigned += 1;
+            }
+            Ok(false) => shared
+                .stats
+                .borrow_mut()
+                .error("no agent took the chat within 60 s".into()),
+            Err(e) => {
+                let mut s = shared.stats.borrow_mut();
+                s.counters.dropped += 1;
+                s.give_up(e);
+                return;
+            }
+        }
     }
+    shared.stats.borrow_mut().completed[0] += 1;
     let mut done_through = 0;
     let outcome = drive(
         &shared,
@@ -178,7 +219,14 @@ pub async fn run(
 
 /// Connects and starts a session, through admission control's 503s.
 async fn open(shared: &Shared, src: Ipv4Addr) -> Result<(Conn, Session), String> {
-    let (conn, started) = connect(shared, src, r#"{"type":"session.start"}"#, |_| {}).await?;
+    let (conn, started) = connect(
+        shared,
+        src,
+        &shared.config.path,
+        r#"{"type":"session.start"}"#,
+        |_| {},
+    )
+    .await?;
     if started["type"] != "session.started" {
         return Err(format!("expected session.started, got {started}"));
     }
@@ -189,16 +237,48 @@ async fn open(shared: &Shared, src: Ipv4Addr) -> Result<(Conn, Session), String>
             id: text("session_id"),
             resume_token: text("resume_token"),
             last_seq: started["seq"].as_u64().unwrap_or(0),
+            agent_chat: false,
         },
     ))
 }
 
-/// Upgrades, sends `hello`, and returns the first text frame answered. A 503 is tried again after
-/// its `Retry-After` (with jitter, as docs/protocol.md asks) until [`OPEN_DEADLINE`];
+/// Asks for a person (the AI hands the chat off) and waits until an agent joins: `Ok(false)` if
+/// none did within [`ASSIGN_DEADLINE`].
+async fn wait_for_agent(conn: &mut Conn, session: &mut Session) -> Result<bool, String> {
+    conn.send_text(r#"{"type":"message.send","client_id":"handoff","text":"a person, please"}"#)
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let deadline = Instant::now() + ASSIGN_DEADLINE;
+    loop {
+        let incoming = match timeout(deadline - Instant::now(), conn.next()).await {
+            Ok(x) => x?,
+            Err(_) => return Ok(false),
+        };
+        let Incoming::Text(t) = incoming else {
+            continue;
+        };
+        // Every queued customer hears of every move of the queue; with thousands waiting, parsing
+        // each would starve this worker's sessions of their pings.
+        if t.starts_with(br#"{"type":"queue.position""#) {
+            continue;
+        }
+        let v: Value = serde_json::from_slice(&t).map_err(|e| format!("not JSON: {e}"))?;
+        if let Some(seq) = v["seq"].as_u64() {
+            session.last_seq = session.last_seq.max(seq);
+        }
+        if v["type"] == "agent.joined" {
+            return Ok(true);
+        }
+    }
+}
+
+/// Upgrades `path`, sends `hello`, and returns the first text frame answered. A 503 is tried again
+/// after its `Retry-After` (with jitter, as docs/protocol.md asks) until [`OPEN_DEADLINE`];
 /// `on_retry` counts each.
-async fn connect(
+pub(super) async fn connect(
     shared: &Shared,
     src: Ipv4Addr,
+    path: &str,
     hello: &str,
     mut on_retry: impl FnMut(&Shared),
 ) -> Result<(Conn, Value), String> {
@@ -206,7 +286,7 @@ async fn connect(
     loop {
         let attempt = async {
             let _permit = shared.connect_gate.acquire().await;
-            let (stream, buf) = upgrade(shared.config.chat, src, &shared.config.path).await?;
+            let (stream, buf) = upgrade(shared.config.chat, src, path).await?;
             Ok::<_, UpgradeError>(Conn { stream, buf })
         };
         match timeout(Duration::from_secs(30), attempt).await {
@@ -287,7 +367,7 @@ async fn drive(
                         }
                     }
                     Phase::Storm { at } => {
-                        settle_messages(shared, &mut pending, done_through);
+                        settle_messages(shared, session, &mut pending, done_through);
                         next_send = None;
                         straggler_deadline = None;
                         let back = storm(shared, src, conn, session, at, index).await;
@@ -299,7 +379,7 @@ async fn drive(
                         }
                     }
                     Phase::Close => {
-                        settle_messages(shared, &mut pending, done_through);
+                        settle_messages(shared, session, &mut pending, done_through);
                         close(shared, &mut conn).await;
                         finish(shared, 3, done_through);
                         return Ok(());
@@ -314,7 +394,13 @@ async fn drive(
                     );
                     pending.push_back(Pending { client_id, sent_at: Instant::now(), acked: false });
                     conn.send_text(&text).await.map_err(|e| format!("send: {e}"))?;
-                    shared.stats.borrow_mut().counters.sent += 1;
+                    {
+                        let mut s = shared.stats.borrow_mut();
+                        s.counters.sent += 1;
+                        if session.agent_chat {
+                            s.outcome.agent_chat_sent += 1;
+                        }
+                    }
                     k += 1;
                     if k == to_send {
                         next_send = None;
@@ -328,7 +414,7 @@ async fn drive(
                     }
                 } else {
                     // Stragglers' time is up: what is still pending is lost.
-                    settle_messages(shared, &mut pending, done_through);
+                    settle_messages(shared, session, &mut pending, done_through);
                     straggler_deadline = None;
                 }
             }
@@ -361,9 +447,17 @@ fn finish(shared: &Shared, phase: usize, done_through: &mut usize) {
 }
 
 /// Counts what is still pending as lost and ends the message phase for this session.
-fn settle_messages(shared: &Shared, pending: &mut VecDeque<Pending>, done_through: &mut usize) {
+fn settle_messages(
+    shared: &Shared,
+    session: &Session,
+    pending: &mut VecDeque<Pending>,
+    done_through: &mut usize,
+) {
     if !pending.is_empty() {
         let mut s = shared.stats.borrow_mut();
+        if session.agent_chat {
+            s.outcome.agent_chat_lost += pending.len() as u64;
+        }
         s.outcome.unacked += pending.iter().filter(|p| !p.acked).count() as u64;
         s.outcome.unanswered += pending.iter().filter(|p| p.acked).count() as u64;
         pending.clear();
@@ -392,6 +486,10 @@ fn on_frame(shared: &Shared, session: &mut Session, pending: &mut VecDeque<Pendi
             // while it was answering into its next answer.
             let from = v["from"].as_str().unwrap_or("");
             if from == "customer" {
+                return;
+            }
+            if from == "agent" {
+                on_agent_reply(&mut s, pending, v, now);
                 return;
             }
             while pending.front().is_some_and(|p| p.acked) {
@@ -428,6 +526,29 @@ fn on_frame(shared: &Shared, session: &mut Session, pending: &mut VecDeque<Pendi
     }
 }
 
+/// An agent's reply answers the one message it names (agents answer each message on its own).
+fn on_agent_reply(s: &mut Stats, pending: &mut VecDeque<Pending>, v: &Value, now: Instant) {
+    let received_unix_nanos = reply::unix_nanos();
+    let Some((asked, sent_unix_nanos)) = v["text"].as_str().and_then(reply::parse_reply) else {
+        return;
+    };
+    let Some(i) = pending.iter().position(|p| p.client_id == asked) else {
+        return;
+    };
+    let Some(p) = pending.remove(i) else { return };
+    if !p.acked {
+        // The reply overtook the ack; the ack will find nothing pending.
+        s.counters.acked += 1;
+    }
+    s.counters.replied += 1;
+    s.outcome.replies_agent += 1;
+    let us = (now.duration_since(p.sent_at).as_micros() as u64).max(1);
+    s.reply_agent.saturating_record(us);
+    let one_way = received_unix_nanos.saturating_sub(sent_unix_nanos) / 1000;
+    s.agent_to_customer
+        .saturating_record((one_way as u64).max(1));
+}
+
 /// The storm, for one session: send one message, drop the connection at once (the server reads
 /// the message, then the end of the stream), reconnect with `session.resume` and `last_seq`, and
 /// look for that message and its answer in the replay.
@@ -457,7 +578,7 @@ async fn storm(
         r#"{{"type":"session.resume","session_id":"{}","resume_token":"{}","last_seq":{}}}"#,
         session.id, session.resume_token, session.last_seq
     );
-    let resumed = connect(shared, src, &hello, |sh| {
+    let resumed = connect(shared, src, &shared.config.path, &hello, |sh| {
         sh.stats.borrow_mut().storm.retries += 1
     })
     .await;

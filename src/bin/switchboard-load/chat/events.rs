@@ -56,6 +56,34 @@ pub struct Counters {
     /// Connections the server ended or broke outside a close or a storm.
     pub dropped: u64,
     pub first_error: Option<String>,
+    /// Customer sessions handed to a human (the AI answered `handoff: true`), and of those, the
+    /// ones an agent took (`agent.joined`) before the messages started.
+    pub handed_off: u64,
+    pub assigned: u64,
+    pub agents: AgentCounters,
+}
+
+/// What the agent connections of a worker have done.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AgentCounters {
+    /// Signed in (`agent.ready`), or not (refused, or no answer).
+    pub connected: u64,
+    pub failed: u64,
+    /// `session.assigned` and `session.released` received.
+    pub assigned: u64,
+    pub released: u64,
+    /// Customer messages received as `session.event`, and `message.send` written back.
+    pub events: u64,
+    pub replied: u64,
+    pub acked: u64,
+    /// Customer messages for a session this agent was never given (a routing mistake).
+    pub stray: u64,
+    /// `queue.updated` and `agent.presence` frames received (read, not parsed).
+    pub broadcasts: u64,
+    pub error_frames: u64,
+    /// Agent connections lost before the worker ended.
+    pub dropped: u64,
+    pub first_error: Option<String>,
 }
 
 /// How the messages of the message phase fared.
@@ -65,6 +93,9 @@ pub struct Outcome {
     pub replies_ai: u64,
     pub replies_agent: u64,
     pub replies_system: u64,
+    /// Messages sent in chats an agent holds, and of those, never answered by the agent.
+    pub agent_chat_sent: u64,
+    pub agent_chat_lost: u64,
     /// Messages never acknowledged, and messages acknowledged but never answered.
     pub unacked: u64,
     pub unanswered: u64,
@@ -80,6 +111,8 @@ pub struct Tally {
     pub ack_us: Buckets,
     pub reply_ai_us: Buckets,
     pub reply_agent_us: Buckets,
+    /// From the agent writing its reply to the customer reading it (wall clocks of one machine).
+    pub agent_to_customer_us: Buckets,
     pub timed_out: bool,
 }
 

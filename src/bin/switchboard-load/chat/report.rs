@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use super::events::{histogram, merge, Counters, Event, StormTally, Tally};
+use super::events::{histogram, merge, AgentCounters, Counters, Event, StormTally, Tally};
 use super::plan::Plan;
 use super::{ChatArgs, Target};
 
@@ -89,8 +89,22 @@ impl Phases {
                 )
             })
             .unwrap_or_default();
+        let agents = if self
+            .progress
+            .iter()
+            .any(|c| c.handed_off > 0 || c.agents.connected > 0)
+        {
+            format!(
+                " | agents {} chats taken {}/{}",
+                sum(|c| c.agents.connected),
+                sum(|c| c.assigned),
+                sum(|c| c.handed_off)
+            )
+        } else {
+            String::new()
+        };
         eprintln!(
-            "[{:>6.1} s] {name:<8} open {} failed {} retried {} | sent {} acked {} answered {} | resumed {} closed {} dropped {}{rss}",
+            "[{:>6.1} s] {name:<8} open {} failed {} retried {}{agents} | sent {} acked {} answered {} | resumed {} closed {} dropped {}{rss}",
             t0.elapsed().as_secs_f64(),
             sum(|c| c.opened),
             sum(|c| c.failed),
@@ -115,6 +129,8 @@ pub struct Collected {
     ack: Histogram<u64>,
     reply_ai: Histogram<u64>,
     reply_agent: Histogram<u64>,
+    agent_to_customer: Histogram<u64>,
+    agents: Value,
     storm: Value,
     closed: Value,
     pub server_cpu_percent: Option<f64>,
@@ -159,6 +175,9 @@ impl Collected {
                 None => "started".to_string(),
             },
             "fake_django": args.spawn_fake_django,
+            "agents": args.agents,
+            "agent_capacity": args.agent_capacity(),
+            "handoff_rate": args.handoff_rate(),
         });
         Collected {
             config,
@@ -169,6 +188,8 @@ impl Collected {
             ack: histogram(),
             reply_ai: histogram(),
             reply_agent: histogram(),
+            agent_to_customer: histogram(),
+            agents: Value::Null,
             storm: Value::Null,
             closed: Value::Null,
             server_cpu_percent: None,
@@ -191,6 +212,10 @@ impl Collected {
             "opened": self.opened,
             "failed": c.iter().map(|c| c.failed).sum::<u64>(),
             "retries_503": c.iter().map(|c| c.retries).sum::<u64>(),
+            "handed_off": c.iter().map(|c| c.handed_off).sum::<u64>(),
+            "assigned": c.iter().map(|c| c.assigned).sum::<u64>(),
+            "agents_connected": c.iter().map(|c| c.agents.connected).sum::<u64>(),
+            "agents_failed": c.iter().map(|c| c.agents.failed).sum::<u64>(),
             "seconds": took.as_secs_f64(),
             "first_error": first_error(c.iter().map(|c| &c.first_error)),
         });
@@ -208,6 +233,25 @@ impl Collected {
             merge(&mut self.ack, &x.ack_us);
             merge(&mut self.reply_ai, &x.reply_ai_us);
             merge(&mut self.reply_agent, &x.reply_agent_us);
+            merge(&mut self.agent_to_customer, &x.agent_to_customer_us);
+        }
+        let agents: Vec<&AgentCounters> = t.iter().map(|x| &x.counters.agents).collect();
+        let asum = |f: fn(&AgentCounters) -> u64| agents.iter().map(|a| f(a)).sum::<u64>();
+        if asum(|a| a.connected + a.failed) > 0 {
+            self.agents = json!({
+                "connected": asum(|a| a.connected),
+                "failed": asum(|a| a.failed),
+                "chats_assigned": asum(|a| a.assigned),
+                "chats_released": asum(|a| a.released),
+                "customer_messages": asum(|a| a.events),
+                "replies_sent": asum(|a| a.replied),
+                "replies_acked": asum(|a| a.acked),
+                "stray_messages": asum(|a| a.stray),
+                "queue_and_presence_frames": asum(|a| a.broadcasts),
+                "error_frames": asum(|a| a.error_frames),
+                "dropped_connections": asum(|a| a.dropped),
+                "first_error": first_error(agents.iter().map(|a| &a.first_error)),
+            });
         }
         let sum = |f: fn(&Tally) -> u64| t.iter().map(f).sum::<u64>();
         let sent = sum(|x| x.counters.sent);
@@ -225,6 +269,11 @@ impl Collected {
             "unacked": sum(|x| x.outcome.unacked),
             "unanswered": sum(|x| x.outcome.unanswered),
             "lost": sent.saturating_sub(answered),
+            "agent_chats": {
+                "sent": sum(|x| x.outcome.agent_chat_sent),
+                "answered": sum(|x| x.outcome.replies_agent),
+                "lost": sum(|x| x.outcome.agent_chat_lost),
+            },
             "error_frames": sum(|x| x.outcome.error_frames),
             "dropped_connections": sum(|x| x.counters.dropped),
             "pings": sum(|x| x.outcome.pings),
@@ -310,6 +359,7 @@ impl Collected {
         });
         if !self.reply_agent.is_empty() {
             rtt["reply_agent"] = percentiles(&self.reply_agent);
+            rtt["agent_to_customer"] = percentiles(&self.agent_to_customer);
         }
         json!({
             "tool": "switchboard-load chat",
@@ -317,6 +367,7 @@ impl Collected {
             "ramp": self.ramp,
             "messages": self.messages,
             "rtt_ms": rtt,
+            "agents": self.agents,
             "storm": self.storm,
             "close": self.closed,
             "memory": {
@@ -354,7 +405,7 @@ fn percentiles(h: &Histogram<u64>) -> Value {
 
 fn line(name: &str, p: &Value) -> String {
     format!(
-        "{name:<12} n {:>9}  p50 {:>8.3}  p95 {:>8.3}  p99 {:>8.3}  p99.9 {:>8.3}  max {:>8.3} ms",
+        "{name:<14} n {:>9}  p50 {:>8.3}  p95 {:>8.3}  p99 {:>8.3}  p99.9 {:>8.3}  max {:>8.3} ms",
         p["count"].as_u64().unwrap_or(0),
         p["p50"].as_f64().unwrap_or(0.0),
         p["p95"].as_f64().unwrap_or(0.0),
@@ -407,7 +458,32 @@ pub fn summary(r: &Value) -> String {
     out.push(line("ack", &r["rtt_ms"]["ack"]));
     out.push(line("reply (ai)", &r["rtt_ms"]["reply_ai"]));
     if !r["rtt_ms"]["reply_agent"].is_null() {
+        // Customer → server → agent → server → customer, on the customer's clock.
         out.push(line("reply (agent)", &r["rtt_ms"]["reply_agent"]));
+        // Agent's send → customer's receipt, on the wall clock both processes share.
+        out.push(line("agent→customer", &r["rtt_ms"]["agent_to_customer"]));
+    }
+    let a = &r["agents"];
+    if !a.is_null() {
+        out.push(format!(
+            "agents: {} signed in ({} failed), {} of {} handed-off chats taken; {} customer messages, \
+             {} replies ({} acked), {} messages in agent chats lost, {} stray, {} error frames, {} dropped{}",
+            a["connected"],
+            a["failed"],
+            r["ramp"]["assigned"],
+            r["ramp"]["handed_off"],
+            a["customer_messages"],
+            a["replies_sent"],
+            a["replies_acked"],
+            m["agent_chats"]["lost"],
+            a["stray_messages"],
+            a["error_frames"],
+            a["dropped_connections"],
+            a["first_error"]
+                .as_str()
+                .map(|e| format!("; first error: {e}"))
+                .unwrap_or_default()
+        ));
     }
     let s = &r["storm"];
     if !s.is_null() {
@@ -474,17 +550,33 @@ pub fn summary(r: &Value) -> String {
     out.join("\n")
 }
 
-/// `--check`: every session opened, every message acknowledged and answered by the AI, nothing
-/// dropped, and after a storm every session back with its last message.
+/// `--check`: every session opened, every handed-off chat taken by an agent, every message
+/// acknowledged and answered (by the agent in an agent's chat, else by the AI), nothing dropped,
+/// and after a storm every session back with its last message.
 pub fn check(r: &Value, storm: bool) -> anyhow::Result<()> {
     let n = |v: &Value| v.as_u64().unwrap_or(u64::MAX);
     let mut problems = Vec::new();
     if n(&r["ramp"]["failed"]) != 0 || n(&r["ramp"]["opened"]) != n(&r["config"]["sessions"]) {
         problems.push(format!("sessions: {}", r["ramp"]));
     }
+    if n(&r["ramp"]["assigned"]) != n(&r["ramp"]["handed_off"]) {
+        problems.push(format!("chats handed off but not taken: {}", r["ramp"]));
+    }
     let m = &r["messages"];
-    if n(&m["acked"]) != n(&m["sent"]) || n(&m["replies"]["ai"]) != n(&m["sent"]) {
+    let agent_sent = n(&m["agent_chats"]["sent"]);
+    if n(&m["acked"]) != n(&m["sent"])
+        || n(&m["replies"]["agent"]) != agent_sent
+        || n(&m["replies"]["ai"]) != n(&m["sent"]).saturating_sub(agent_sent)
+    {
         problems.push(format!("messages: {m}"));
+    }
+    let a = &r["agents"];
+    if !a.is_null()
+        && (n(&a["failed"]) != 0
+            || n(&a["dropped_connections"]) != 0
+            || n(&a["stray_messages"]) != 0)
+    {
+        problems.push(format!("agents: {a}"));
     }
     if n(&m["dropped_connections"]) != 0 {
         problems.push(format!("connections dropped: {}", m["dropped_connections"]));

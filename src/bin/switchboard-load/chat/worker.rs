@@ -2,7 +2,8 @@
 //! parent, so that the sessions of a run can outnumber one process's open files. It opens its
 //! share of the sessions at its share of the ramp rate, one task each on a single-threaded
 //! runtime, and moves them through the phases the parent names on stdin (`go`, `storm`,
-//! `close`), reporting [`Event`]s on stdout. It exits when its stdin closes.
+//! `close`), reporting [`Event`]s on stdout. Its share of the agents signs in first, one task
+//! each ([`agent`]), and stays until the worker ends. It exits when its stdin closes.
 
 use std::cell::RefCell;
 use std::io::{BufRead, Write};
@@ -14,6 +15,7 @@ use anyhow::Context;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 
+use super::agent::{self, AgentConfig};
 use super::customer::{self, Config, Phase, Shared, Stats};
 use super::events::{buckets, Event, StormTally, Tally};
 use crate::procs;
@@ -21,6 +23,10 @@ use crate::procs;
 /// Connects in flight per worker: enough to ramp fast, few enough not to overflow the listen
 /// backlog (`net.core.somaxconn` is 4096 here).
 const CONNECTS_IN_FLIGHT: usize = 256;
+
+/// The environment variable the parent passes the agents' token secret in (kept off the command
+/// line, where `ps` would show it).
+pub const AGENT_SECRET_ENV: &str = "SWITCHBOARD_LOAD_AGENT_SECRET";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerArgs {
@@ -43,6 +49,16 @@ pub struct WorkerArgs {
     pub msg_rate: f64,
     #[arg(long)]
     pub duration_secs: f64,
+    /// Agent connections this worker holds (token secret in [`AGENT_SECRET_ENV`]).
+    #[arg(long, default_value_t = 0)]
+    pub agents: usize,
+    #[arg(long, default_value_t = 1)]
+    pub agent_capacity: usize,
+    #[arg(long, default_value = "/ws/agent")]
+    pub agent_path: String,
+    /// Share of sessions the AI hands to a human.
+    #[arg(long, default_value_t = 0.0)]
+    pub handoff_rate: f64,
 }
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
@@ -77,10 +93,25 @@ async fn work(args: WorkerArgs) -> anyhow::Result<()> {
             msg_rate: args.msg_rate,
             duration: Duration::from_secs_f64(args.duration_secs.max(0.0)),
             count: args.sessions,
+            handoff_rate: args.handoff_rate,
         },
         stats: RefCell::new(Stats::new()),
         connect_gate: Semaphore::new(CONNECTS_IN_FLIGHT),
     });
+    if args.agents > 0 {
+        let cfg = Rc::new(AgentConfig {
+            path: args.agent_path.clone(),
+            capacity: args.agent_capacity,
+            secret: std::env::var(AGENT_SECRET_ENV)
+                .with_context(|| format!("{AGENT_SECRET_ENV} (the agents' token secret)"))?,
+            token_ttl: Duration::from_secs_f64(args.duration_secs.max(0.0))
+                + Duration::from_secs(24 * 3600),
+        });
+        for i in 0..args.agents {
+            let (shared, cfg) = (shared.clone(), cfg.clone());
+            tokio::task::spawn_local(async move { agent::run(&shared, &cfg, i).await });
+        }
+    }
     let (phase_tx, phase_rx) = watch::channel(Phase::Idle);
     let t0 = Instant::now();
     let rate = args.ramp_rate.max(0.001);
@@ -100,7 +131,7 @@ async fn work(args: WorkerArgs) -> anyhow::Result<()> {
         }
     });
 
-    wait_phase(&shared, 0, Duration::from_secs(3600)).await;
+    wait_phase(&shared, 0, Duration::from_secs(3600), args.agents as u64).await;
     emit(&Event::Ready(shared.stats.borrow().counters.clone()));
     while let Some(cmd) = commands.recv().await {
         match cmd.as_str() {
@@ -109,12 +140,12 @@ async fn work(args: WorkerArgs) -> anyhow::Result<()> {
                 let _ = phase_tx.send(Phase::Go { start });
                 let limit =
                     Duration::from_secs_f64(args.duration_secs.max(0.0)) + Duration::from_secs(30);
-                let timed_out = !wait_phase(&shared, 1, limit).await;
+                let timed_out = !wait_phase(&shared, 1, limit, 0).await;
                 emit(&Event::Done(tally(&shared.stats.borrow(), timed_out)));
             }
             "storm" => {
                 let _ = phase_tx.send(Phase::Storm { at: Instant::now() });
-                let timed_out = !wait_phase(&shared, 2, Duration::from_secs(120)).await;
+                let timed_out = !wait_phase(&shared, 2, Duration::from_secs(120), 0).await;
                 emit(&Event::Storm(storm_tally(
                     &shared.stats.borrow(),
                     timed_out,
@@ -122,7 +153,7 @@ async fn work(args: WorkerArgs) -> anyhow::Result<()> {
             }
             "close" => {
                 let _ = phase_tx.send(Phase::Close);
-                wait_phase(&shared, 3, Duration::from_secs(30)).await;
+                wait_phase(&shared, 3, Duration::from_secs(30), 0).await;
                 emit(&Event::Closed(shared.stats.borrow().counters.clone()));
             }
             _ => {}
@@ -131,13 +162,17 @@ async fn work(args: WorkerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reports progress every half second until every session is through `phase`; false if `limit`
-/// passed first.
-async fn wait_phase(shared: &Shared, phase: usize, limit: Duration) -> bool {
+/// Reports progress every half second until every session is through `phase` and `agents` agents
+/// are signed in or given up; false if `limit` passed first.
+async fn wait_phase(shared: &Shared, phase: usize, limit: Duration, agents: u64) -> bool {
     let deadline = Instant::now() + limit;
     let total = shared.config.count as u64;
     loop {
-        if shared.stats.borrow().completed[phase] >= total {
+        let through = {
+            let s = shared.stats.borrow();
+            s.completed[phase] >= total && s.agents_done >= agents
+        };
+        if through {
             return true;
         }
         if Instant::now() >= deadline {
@@ -155,6 +190,7 @@ fn tally(s: &Stats, timed_out: bool) -> Tally {
         ack_us: buckets(&s.ack),
         reply_ai_us: buckets(&s.reply_ai),
         reply_agent_us: buckets(&s.reply_agent),
+        agent_to_customer_us: buckets(&s.agent_to_customer),
         timed_out,
     }
 }
