@@ -16,7 +16,7 @@ pub mod state;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
@@ -88,8 +88,19 @@ pub enum JoinError {
     UnknownSession,
 }
 
+/// How often, at most, waiting customers' positions and agents' view of the queue are pushed: each
+/// change of a long queue moves everyone behind it, and pushing every one would cost the square of
+/// its length.
+const PUSH_EVERY: Duration = Duration::from_millis(100);
+
+/// The longest waiting list pushed to agents (the oldest first; `total` says how many wait).
+const VIEW_MAX: usize = 50;
+
 pub struct Queue {
     state: QueueState,
+    /// Positions or the list changed since the last push; a push is scheduled.
+    dirty: bool,
+    push_scheduled: bool,
     registry: Addr<SessionRegistry>,
     /// Handles of the waiting sessions.
     sessions: HashMap<SessionId, SessionHandle>,
@@ -101,6 +112,8 @@ impl Queue {
     pub fn new(registry: Addr<SessionRegistry>, agents_online: Arc<AtomicBool>) -> Self {
         Self {
             state: QueueState::default(),
+            dirty: false,
+            push_scheduled: false,
             registry,
             sessions: HashMap::new(),
             agents: HashMap::new(),
@@ -170,6 +183,25 @@ impl Queue {
             let fut = self.claim(agent, handle, session_id, AssignedBy::Queue);
             ctx.spawn(fut.map(|_, _, _| ()));
         }
+        if changed {
+            metrics::gauge!(m::CHAT_QUEUE_LENGTH).set(self.state.len() as f64);
+            self.dirty = true;
+        }
+        if self.dirty && !self.push_scheduled {
+            self.push_scheduled = true;
+            ctx.run_later(PUSH_EVERY, |act, _| {
+                act.push_scheduled = false;
+                act.push_queue();
+            });
+        }
+        self.publish_agents();
+    }
+
+    /// Tells each customer who moved their place, and agents the list, as it is now.
+    fn push_queue(&mut self) {
+        if !std::mem::take(&mut self.dirty) {
+            return;
+        }
         let online = self.state.any_online();
         for (session_id, position) in self.state.moved() {
             if let Some(s) = self.sessions.get(&session_id) {
@@ -179,13 +211,10 @@ impl Queue {
                 });
             }
         }
-        if changed {
-            metrics::gauge!(m::CHAT_QUEUE_LENGTH).set(self.state.len() as f64);
-            self.push_all(AgentServerFrame::Queue {
-                waiting: self.state.snapshot(),
-            });
-        }
-        self.publish_agents();
+        self.push_all(AgentServerFrame::Queue {
+            waiting: self.state.snapshot(VIEW_MAX),
+            total: self.state.len(),
+        });
     }
 
     /// Reserves the agent's slot and puts the claim to the session.
@@ -315,7 +344,7 @@ impl Handler<AgentUp> for Queue {
         self.set_agent(msg.agent, msg.presence, msg.capacity, msg.auto_assign);
         let snapshot = Snapshot {
             agents: self.state.agents().map(|(id, a)| a.view(id)).collect(),
-            queue: self.state.snapshot(),
+            queue: self.state.snapshot(VIEW_MAX),
         };
         self.settle(ctx, false);
         snapshot

@@ -186,9 +186,10 @@ pub enum AgentServerFrame {
     /// Another agent's (or this agent's) presence or load changed.
     #[serde(rename = "agent.presence")]
     Presence { agent: AgentView },
-    /// The waiting sessions, in order, whenever they change.
+    /// The oldest waiting sessions (at most 50), in order, and how many wait in all; pushed at most
+    /// ten times a second while the queue changes.
     #[serde(rename = "queue.updated")]
-    Queue { waiting: Vec<Waiting> },
+    Queue { waiting: Vec<Waiting>, total: usize },
     /// A session is now this agent's: the chat so far (the customer's frames with their seqs).
     #[serde(rename = "session.assigned")]
     Assigned {

@@ -145,10 +145,11 @@ impl QueueState {
         moved
     }
 
-    /// Every waiting session as agents see it.
-    pub fn snapshot(&self) -> Vec<Waiting> {
+    /// The `max` oldest waiting sessions as agents see them.
+    pub fn snapshot(&self, max: usize) -> Vec<Waiting> {
         self.waiting
             .iter()
+            .take(max)
             .enumerate()
             .map(|(i, e)| Waiting {
                 session_id: e.session_id,
