@@ -205,6 +205,8 @@ pub struct AgentSettings {
     pub max_agents: usize,
     pub heartbeat_interval_ms: u64,
     pub heartbeat_timeout_ms: u64,
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
 }
 
 impl AgentSettings {
@@ -219,6 +221,8 @@ impl AgentSettings {
         positive("agents.history_max", self.history_max as u64)?;
         positive("agents.max_agents", self.max_agents as u64)?;
         positive("agents.heartbeat_interval_ms", self.heartbeat_interval_ms)?;
+        positive("agents.rate_per_sec", self.rate_per_sec.into())?;
+        positive("agents.rate_burst", self.rate_burst.into())?;
         if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
             return Err(invalid(
                 "agents.heartbeat_timeout_ms",

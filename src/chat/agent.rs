@@ -41,7 +41,7 @@ use crate::supervisor::keyed::{Hibernate, Passivate};
 /// What every agent uses.
 pub struct AgentDeps {
     pub settings: AgentSettings,
-    /// Rates and message limits are the sessions'.
+    /// Message limits are the sessions'.
     pub sessions: SessionSettings,
     pub queue: Addr<Queue>,
     pub max_subject_chars: usize,
@@ -190,7 +190,7 @@ impl Agent {
             metrics::gauge!(m::AGENT_CONNECTIONS).decrement(1.0);
         }
         let reader = ctx.add_stream(conn.inbound);
-        let s = &self.deps.sessions;
+        let s = &self.deps.settings;
         self.attached = Some(Attached::new(
             conn.link,
             reader,
