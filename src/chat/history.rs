@@ -85,7 +85,7 @@ impl<F: Numbered> History<F> {
     }
 
     /// Every kept frame, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = &F> {
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &F> {
         self.frames.iter()
     }
 

@@ -164,6 +164,23 @@ pub struct SessionState {
     pending: Vec<Pending>,
 }
 
+/// A message frame as Django's transcript line; other frames are not part of the transcript.
+fn transcript_line(frame: &ServerFrame) -> Option<TranscriptLine> {
+    match frame {
+        ServerFrame::Message { from, text, at, .. } => Some(TranscriptLine {
+            role: match from {
+                Author::Customer => ChatRole::Customer,
+                Author::Ai => ChatRole::Ai,
+                Author::Agent => ChatRole::Agent,
+                Author::System => ChatRole::System,
+            },
+            text: text.clone(),
+            at: *at,
+        }),
+        _ => None,
+    }
+}
+
 impl Numbered for ServerFrame {
     fn seq(&self) -> Option<u64> {
         ServerFrame::seq(self)
@@ -257,28 +274,21 @@ impl SessionState {
 
     /// The chat so far as Django's transcript lines (what is kept of it), oldest first.
     pub fn transcript(&self) -> Vec<TranscriptLine> {
-        self.history
-            .iter()
-            .filter_map(|f| match f {
-                ServerFrame::Message { from, text, at, .. } => Some(TranscriptLine {
-                    role: match from {
-                        Author::Customer => ChatRole::Customer,
-                        Author::Ai => ChatRole::Ai,
-                        Author::Agent => ChatRole::Agent,
-                        Author::System => ChatRole::System,
-                    },
-                    text: text.clone(),
-                    at: *at,
-                }),
-                _ => None,
-            })
-            .collect()
+        self.history.iter().filter_map(transcript_line).collect()
     }
 
+    /// The last `ai_history` lines, read from the newest back: each AI call pays for the context it
+    /// sends, not for the whole kept history.
     fn ai_context(&self, limits: &Limits) -> Vec<TranscriptLine> {
-        let lines = self.transcript();
-        let skip = lines.len().saturating_sub(limits.ai_history);
-        lines.into_iter().skip(skip).collect()
+        let mut lines: Vec<_> = self
+            .history
+            .iter()
+            .rev()
+            .filter_map(transcript_line)
+            .take(limits.ai_history)
+            .collect();
+        lines.reverse();
+        lines
     }
 
     /// Applies a customer message (once per `client_id`).
