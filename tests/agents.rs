@@ -606,3 +606,67 @@ async fn handoffs_reach_django_through_the_outbox_requested_then_accepted() {
     assert!(calls.iter().all(|c| c.idempotency_key.is_some()));
     app.stop().await.unwrap();
 }
+
+#[actix_rt::test]
+async fn bad_agent_frames_get_clear_errors_and_the_connection_goes_on() {
+    let django = FakeDjango::start();
+    let app = app_with(&django, "", "max_frame_bytes = 4096");
+    // Before agent.start: anything else is refused and the connection closed (1008).
+    let bearer = format!("Bearer {}", token("ann", 3600));
+    let mut early =
+        ChatClient::connect_to(app.chat_addr, "/ws/agent", &[("Authorization", &bearer)])
+            .await
+            .unwrap();
+    early
+        .send(json!({"type": "session.join", "session_id": uuid::Uuid::new_v4()}))
+        .await;
+    assert_eq!(early.expect("error").await["code"], "no_session");
+    assert_eq!(early.until_closed().await, Ended::Closed(1008));
+
+    let (mut a, _) = agent(&app, "ann", json!({})).await;
+    let unknown = uuid::Uuid::new_v4();
+    let cases = [
+        (json!("not json").to_string(), "malformed_frame"),
+        (r#"{"type":"launch.rocket"}"#.to_string(), "unknown_type"),
+        (
+            json!({"type": "session.join", "session_id": "nope"}).to_string(),
+            "invalid_frame",
+        ),
+        (
+            json!({"type": "presence.set", "capacity": 0}).to_string(),
+            "invalid_frame",
+        ),
+        (
+            json!({"type": "message.send", "session_id": unknown, "client_id": "a-1", "text": "  "})
+                .to_string(),
+            "invalid_frame",
+        ),
+        (
+            json!({"type": "message.send", "session_id": unknown, "client_id": "a-2", "text": "hi"})
+                .to_string(),
+            "not_joined",
+        ),
+        (
+            json!({"type": "ticket.create", "session_id": unknown, "subject": "bad\u{0}"})
+                .to_string(),
+            "invalid_frame",
+        ),
+        (
+            json!({"type": "session.join", "session_id": unknown}).to_string(),
+            "unknown_session",
+        ),
+        (json!({"type": "agent.start"}).to_string(), "already_started"),
+    ];
+    for (frame, code) in cases {
+        a.send_text(frame.clone()).await;
+        assert_eq!(a.expect("error").await["code"], code, "{frame}");
+    }
+    // Still signed in and answering.
+    a.send(json!({"type": "ping"})).await;
+    a.expect("pong").await;
+    // A frame over sessions.max_frame_bytes closes the connection (1009); the agent may resume.
+    a.send_text(json!({"type": "ping", "pad": "x".repeat(8192)}).to_string())
+        .await;
+    assert_eq!(a.until_closed().await, Ended::Closed(1009));
+    app.stop().await.unwrap();
+}
