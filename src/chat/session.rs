@@ -122,6 +122,8 @@ pub struct Session {
     in_queue: bool,
     /// The queue position last told to the customer.
     position: Option<usize>,
+    /// Ended by the server's shutdown: a queued customer did not abandon the chat.
+    shutting_down: bool,
     attached: Option<Attached>,
     last_customer: Instant,
     detached_at: Option<Instant>,
@@ -140,6 +142,7 @@ impl Session {
             agent: None,
             in_queue: false,
             position: None,
+            shutting_down: false,
             attached: None,
             last_customer: Instant::now(),
             detached_at: Some(Instant::now()),
@@ -599,7 +602,7 @@ impl Actor for Session {
             self.in_queue = false;
             self.deps.queue.do_send(ToQueue::Dequeue {
                 session_id: self.id(),
-                abandoned: true,
+                abandoned: !self.shutting_down,
             });
         }
         if let Some(link) = self.agent.take() {
@@ -811,6 +814,7 @@ impl Handler<EndSession> for Session {
     type Result = ();
 
     fn handle(&mut self, _: EndSession, ctx: &mut Context<Self>) {
+        self.shutting_down = true;
         self.end(CloseReason::ServerShutdown, ctx);
     }
 }
