@@ -276,10 +276,12 @@ mod tests {
     use super::*;
     use crate::domain::status::Status;
     use crate::domain::ticket::{Priority, Source};
-    use crate::store::{now, schema};
+    use crate::store::schema;
 
     fn ticket(version: u64) -> Ticket {
-        let at = now();
+        // One fixed instant: two versions made a millisecond apart must not differ in `created_at`.
+        let at =
+            chrono::DateTime::from_timestamp_millis(1_764_000_000_000).expect("a valid instant");
         Ticket {
             id: TicketId(uuid::Uuid::from_u128(7)),
             subject: "Printer on fire".into(),
