@@ -224,6 +224,7 @@ async fn answer(stream: &TcpStream, text: &str, seq: &mut u64) -> bool {
                 at: chrono::Utc::now(),
                 client_id: None,
                 name: None,
+                offers: Vec::new(),
             };
             send(stream, &ack).await && send(stream, &reply).await
         }
@@ -241,7 +242,8 @@ async fn answer(stream: &TcpStream, text: &str, seq: &mut u64) -> bool {
         ClientFrame::Ping {} => send(stream, &ServerFrame::Pong {}).await,
         ClientFrame::Typing { .. }
         | ClientFrame::CreateTicket { .. }
-        | ClientFrame::ConfirmAction { .. } => true,
+        | ClientFrame::ConfirmAction { .. }
+        | ClientFrame::HandoffRequest { .. } => true,
     }
 }
 

@@ -47,6 +47,7 @@ fn bench_protocol(c: &mut Criterion) {
         at: chrono::Utc::now(),
         client_id: None,
         name: None,
+        offers: Vec::new(),
     };
     group.bench_function("to_text_ack", |b| b.iter(|| black_box(&ack).to_text()));
     group.bench_function("to_text_ai_message", |b| {

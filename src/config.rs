@@ -77,6 +77,11 @@ pub struct TicketSettings {
 #[serde(deny_unknown_fields)]
 pub struct SessionSettings {
     pub history_max: usize,
+    pub history_max_bytes: usize,
+    pub max_total_history_bytes: usize,
+    pub transcript_max_bytes: usize,
+    pub tickets_per_hour: u32,
+    pub rate_close_after: u32,
     pub dedupe_max: usize,
     pub ai_history: usize,
     pub resume_grace_ms: u64,
@@ -104,6 +109,17 @@ impl SessionSettings {
     fn validate(&self) -> Result<(), ConfigError> {
         for (key, value) in [
             ("sessions.history_max", self.history_max as u64),
+            ("sessions.history_max_bytes", self.history_max_bytes as u64),
+            (
+                "sessions.max_total_history_bytes",
+                self.max_total_history_bytes as u64,
+            ),
+            (
+                "sessions.transcript_max_bytes",
+                self.transcript_max_bytes as u64,
+            ),
+            ("sessions.tickets_per_hour", self.tickets_per_hour as u64),
+            ("sessions.rate_close_after", self.rate_close_after as u64),
             ("sessions.dedupe_max", self.dedupe_max as u64),
             ("sessions.ai_history", self.ai_history as u64),
             ("sessions.resume_grace_ms", self.resume_grace_ms),
@@ -130,6 +146,29 @@ impl SessionSettings {
             return Err(invalid(
                 "sessions.ai_history",
                 "must be at most 50 (Django's contract)",
+            ));
+        }
+        // A message of max_message_chars must fit in a frame however its client escapes it: JSON
+        // may spell one character as a surrogate pair of \uXXXX escapes (12 bytes).
+        let needed = self
+            .max_message_chars
+            .saturating_mul(MAX_ESCAPED_CHAR_BYTES)
+            .saturating_add(FRAME_ENVELOPE_BYTES);
+        if self.max_frame_bytes < needed {
+            return Err(invalid(
+                "sessions.max_frame_bytes",
+                format!(
+                    "must be at least {needed}: sessions.max_message_chars ({}) characters JSON-escaped \
+                     at up to {MAX_ESCAPED_CHAR_BYTES} bytes each, plus {FRAME_ENVELOPE_BYTES} for the \
+                     frame's other fields",
+                    self.max_message_chars
+                ),
+            ));
+        }
+        if self.transcript_max_bytes > 2 * 1024 * 1024 {
+            return Err(invalid(
+                "sessions.transcript_max_bytes",
+                "must be at most 2097152 (Django's default upload limit is 2.5 MB)",
             ));
         }
         for (key, value) in [
@@ -174,11 +213,18 @@ impl SessionSettings {
     pub fn limits(&self) -> SessionLimits {
         SessionLimits {
             history_max: self.history_max,
+            history_max_bytes: self.history_max_bytes,
+            transcript_max_bytes: self.transcript_max_bytes,
             dedupe_max: self.dedupe_max,
             ai_history: self.ai_history,
         }
     }
 }
+
+/// The most bytes one character of a message can take in a JSON frame (`\ud83d\ude00`).
+pub const MAX_ESCAPED_CHAR_BYTES: usize = 12;
+/// Room in a frame for everything but a message's text (`type`, `client_id`, quotes, braces).
+pub const FRAME_ENVELOPE_BYTES: usize = 256;
 
 /// What happens to a chat after its agent leaves it of their own accord (`agents.on_leave`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -202,6 +248,9 @@ pub struct AgentSettings {
     pub on_leave: AfterLeave,
     pub resume_grace_ms: u64,
     pub history_max: usize,
+    pub history_max_bytes: usize,
+    pub history_page_bytes: usize,
+    pub allowed_origins: Vec<String>,
     pub max_agents: usize,
     pub heartbeat_interval_ms: u64,
     pub heartbeat_timeout_ms: u64,
@@ -219,6 +268,8 @@ impl AgentSettings {
         }
         positive("agents.default_capacity", self.default_capacity.into())?;
         positive("agents.history_max", self.history_max as u64)?;
+        positive("agents.history_max_bytes", self.history_max_bytes as u64)?;
+        positive("agents.history_page_bytes", self.history_page_bytes as u64)?;
         positive("agents.max_agents", self.max_agents as u64)?;
         positive("agents.heartbeat_interval_ms", self.heartbeat_interval_ms)?;
         positive("agents.rate_per_sec", self.rate_per_sec.into())?;
@@ -249,6 +300,8 @@ impl AgentSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionLimits {
     pub history_max: usize,
+    pub history_max_bytes: usize,
+    pub transcript_max_bytes: usize,
     pub dedupe_max: usize,
     pub ai_history: usize,
 }

@@ -58,6 +58,10 @@ pub const CHAT_AI_CALLS: &str = "switchboard_chat_ai_calls_total";
 pub const CHAT_ACTIONS: &str = "switchboard_chat_actions_total";
 pub const CHAT_TICKETS: &str = "switchboard_chat_tickets_total";
 pub const CHAT_RATE_LIMITED: &str = "switchboard_chat_rate_limited_total";
+pub const CHAT_RATE_CLOSED: &str = "switchboard_chat_rate_limit_closes_total";
+pub const CHAT_TICKETS_REFUSED: &str = "switchboard_chat_tickets_refused_total";
+pub const CHAT_HISTORY_BYTES: &str = "switchboard_chat_history_bytes";
+pub const CHAT_BUSY: &str = "switchboard_chat_busy_refusals_total";
 pub const CHAT_ADMISSION_REFUSED: &str = "switchboard_chat_admission_refusals_total";
 pub const CHAT_SLOW_CONSUMERS: &str = "switchboard_chat_slow_consumer_disconnects_total";
 pub const CHAT_RESUMES: &str = "switchboard_chat_resumes_total";
@@ -298,6 +302,24 @@ fn describe_chat() {
         "Chat frames refused by the per-connection rate limit."
     );
     describe_counter!(
+        CHAT_RATE_CLOSED,
+        "Chat and agent connections closed (1008) for staying over the frame rate, by stage \
+         (pre_session, session, agent)."
+    );
+    describe_counter!(
+        CHAT_TICKETS_REFUSED,
+        "Tickets from chat refused, by reason (per_hour: sessions.tickets_per_hour)."
+    );
+    describe_gauge!(
+        CHAT_HISTORY_BYTES,
+        "Bytes of history kept by all chat sessions (bounded by sessions.max_total_history_bytes)."
+    );
+    describe_counter!(
+        CHAT_BUSY,
+        "New sessions and messages refused at a process-wide limit, by what (session, message) \
+         and why (sessions, memory)."
+    );
+    describe_counter!(
         CHAT_ADMISSION_REFUSED,
         "Chat connections refused at the handshake, by reason (rate, capacity, origin)."
     );
@@ -383,6 +405,10 @@ fn zero_alerting_counters() {
     metrics::counter!(BRIDGE_POISONED).absolute(0);
     metrics::counter!(CHAT_SLOW_CONSUMERS).absolute(0);
     metrics::counter!(CHAT_RATE_LIMITED).absolute(0);
+    for stage in ["pre_session", "session", "agent"] {
+        metrics::counter!(CHAT_RATE_CLOSED, "stage" => stage).absolute(0);
+    }
+    metrics::gauge!(CHAT_HISTORY_BYTES).set(0.0);
     metrics::counter!(CHAT_ABANDONED).absolute(0);
     for stage in ["requested", "accepted"] {
         metrics::counter!(CHAT_HANDOFFS, "stage" => stage).absolute(0);

@@ -610,7 +610,11 @@ async fn handoffs_reach_django_through_the_outbox_requested_then_accepted() {
 #[actix_rt::test]
 async fn bad_agent_frames_get_clear_errors_and_the_connection_goes_on() {
     let django = FakeDjango::start();
-    let app = app_with(&django, "", "max_frame_bytes = 4096");
+    let app = app_with(
+        &django,
+        "",
+        "max_frame_bytes = 4096\nmax_message_chars = 320",
+    );
     // Before agent.start: anything else is refused and the connection closed (1008).
     let bearer = format!("Bearer {}", token("ann", 3600));
     let mut early =

@@ -22,7 +22,7 @@ use actix::prelude::*;
 
 use self::protocol::{AgentFrame, AgentServerFrame, Presence};
 use self::state::AgentState;
-use super::attached::{Attached, Beat, Sent};
+use super::attached::{Attached, Beat, FrameRate, Rate, Sent};
 use super::auth::{self, AgentIdentity};
 use super::history::ReplayError;
 use super::link::{Connection, Inbound, Lane, Local};
@@ -194,8 +194,11 @@ impl Agent {
         self.attached = Some(Attached::new(
             conn.link,
             reader,
-            s.rate_per_sec,
-            s.rate_burst,
+            FrameRate::new(
+                s.rate_per_sec,
+                s.rate_burst,
+                self.deps.sessions.rate_close_after,
+            ),
         ));
         self.detached_at = None;
         metrics::gauge!(m::AGENT_CONNECTIONS).increment(1.0);
@@ -209,11 +212,16 @@ impl Agent {
                 }
             }
             Err(ReplayError::Ahead { newest }) => {
-                tracing::warn!(agent_id = %self.state.me.id, last_seq, newest, "agent resumed from a seq never sent; replaying all kept");
-                let frames = self.state.replay_after(0).unwrap_or_default();
-                for frame in &frames {
-                    self.deliver(frame, Lane::Reliable);
+                tracing::info!(agent_id = %self.state.me.id, last_seq, newest, "agent resumed from a seq never sent; refused");
+                self.error(
+                    ErrorCode::InvalidSeq,
+                    format!("last_seq {last_seq} is past your stream's newest seq {newest}"),
+                    None,
+                );
+                if let Some(att) = self.attached.as_mut() {
+                    att.link.close(close::RESUME_REFUSED, "last_seq never sent");
                 }
+                self.detach();
             }
             Err(ReplayError::Lost { oldest_kept }) => {
                 tracing::info!(agent_id = %self.state.me.id, last_seq, oldest_kept, "agent resumed too late: history lost");
@@ -436,6 +444,13 @@ impl Agent {
                     Err(e) => self.error(ErrorCode::Unauthorized, e.to_string(), None),
                 }
             }
+            AgentFrame::FetchHistory {
+                session_id,
+                before_seq,
+            } => {
+                let to = ctx.address().recipient();
+                self.act(session_id, AgentOp::History { before_seq, to }, None, ctx);
+            }
             AgentFrame::Ping {} => self.deliver(&AgentServerFrame::Pong {}, Lane::Reliable),
         }
     }
@@ -481,19 +496,39 @@ impl StreamHandler<Inbound> for Agent {
             return;
         };
         att.last_heard = Instant::now();
-        let text = match item {
-            Inbound::Text(text) => text,
-            Inbound::Alive => return,
-            Inbound::Broken { code, reason } => {
-                att.link.close(code, reason);
+        if let Inbound::Broken { code, reason } = item {
+            att.link.close(code, reason);
+            self.detach();
+            return;
+        }
+        // Pings and pongs count against the rate too.
+        match att.admit() {
+            Rate::Within => {}
+            Rate::Close => {
+                metrics::counter!(m::CHAT_RATE_CLOSED, "stage" => "agent").increment(1);
+                tracing::info!(agent_id = %self.state.me.id, "agent connection stayed over the frame rate; closed");
                 self.detach();
                 return;
             }
-        };
-        if !att.admit() {
-            metrics::counter!(m::CHAT_RATE_LIMITED).increment(1);
-            return self.error(ErrorCode::RateLimited, "too many frames; slow down", None);
+            Rate::Over => {
+                if let Inbound::Text(text) = item {
+                    let frame = AgentServerFrame::Error {
+                        code: ErrorCode::RateLimited,
+                        message: "too many frames; slow down".into(),
+                        session_id: None,
+                        client_id: super::protocol::client_id_of(&text),
+                    };
+                    metrics::counter!(m::CHAT_FRAME_ERRORS, "code" => ErrorCode::RateLimited.label())
+                        .increment(1);
+                    self.deliver(&frame, Lane::Reliable);
+                }
+                return;
+            }
         }
+        let text = match item {
+            Inbound::Text(text) => text,
+            Inbound::Alive | Inbound::Broken { .. } => return,
+        };
         match protocol::parse(&text) {
             Ok(frame) => {
                 metrics::counter!(m::AGENT_FRAMES_IN, "type" => frame.kind()).increment(1);
@@ -589,6 +624,7 @@ impl Handler<ToAgent> for Agent {
                 customer,
                 by,
                 history,
+                has_more,
                 session,
             } => {
                 if self.state.presence == Presence::Offline && self.detached_at.is_some() {
@@ -599,8 +635,26 @@ impl Handler<ToAgent> for Agent {
                     });
                 }
                 self.sessions.insert(session_id, session);
-                let frame = self.state.assigned(session_id, customer, by, history);
+                let frame = self
+                    .state
+                    .assigned(session_id, customer, by, history, has_more);
                 self.deliver(&frame, Lane::Reliable);
+            }
+            ToAgent::History {
+                session_id,
+                frames,
+                has_more,
+            } => {
+                if self.state.holds(session_id) {
+                    self.deliver(
+                        &AgentServerFrame::History {
+                            session_id,
+                            frames,
+                            has_more,
+                        },
+                        Lane::Reliable,
+                    );
+                }
             }
             ToAgent::Frames { session_id, frames } => {
                 for frame in self.state.events(session_id, frames) {

@@ -14,8 +14,10 @@ use actix::prelude::*;
 
 use super::agent::{Agent, AgentDeps, AgentTick, AttachAgent, EndAgent, Opening};
 use super::auth::AgentIdentity;
-use super::link::Local;
+use super::link::{Lane, Local};
+use super::protocol::{close, ErrorCode};
 use crate::domain::ids::AgentId;
+use crate::metrics as m;
 use crate::supervisor::keyed::{ChildExited, ExitOutcome, KeyedChildren, KeyedConfig};
 use crate::supervisor::supervised::{Exit, ExitReport, Restart};
 
@@ -39,6 +41,15 @@ pub struct CountAgents;
 pub struct EndAllAgents;
 
 pub type AgentExited = ChildExited<AgentId, Agent>;
+
+/// Refuses an agent's connection: an `error` frame, then close with `close_code`.
+fn refuse(conn: Local, code: ErrorCode, message: &str, close_code: u16, reason: &'static str) {
+    let mut conn = conn.take();
+    let frame = super::agent::protocol::AgentServerFrame::error(code, message, None);
+    metrics::counter!(m::CHAT_FRAME_ERRORS, "code" => code.label()).increment(1);
+    let _ = conn.link.send(frame.to_text(), Lane::Reliable);
+    conn.link.close(close_code, reason);
+}
 
 pub struct AgentRegistry {
     deps: Arc<AgentDeps>,
@@ -104,6 +115,32 @@ impl Handler<AgentConnected> for AgentRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: AgentConnected, _: &mut Context<Self>) {
+        let known = self.children.get(msg.identity.id.clone()).is_some();
+        if !known {
+            // A resume of an agent whose grace ended has nothing to resume: saying so, rather than
+            // quietly starting afresh, tells the console its chats are gone.
+            if let Opening::Resume { .. } = msg.opening {
+                tracing::info!(agent_id = %msg.identity.id, "agent resume refused: no stream kept");
+                return refuse(
+                    msg.conn,
+                    ErrorCode::ResumeRefused,
+                    "nothing to resume (the grace ended): send agent.start",
+                    close::RESUME_REFUSED,
+                    "resume refused",
+                );
+            }
+            // Capacity counts new agents only: one reconnecting is always let back in.
+            if self.children.len() >= self.deps.settings.max_agents {
+                metrics::counter!(m::AGENT_REFUSED, "reason" => "capacity").increment(1);
+                return refuse(
+                    msg.conn,
+                    ErrorCode::ServerBusy,
+                    "too many agents signed in; try again later",
+                    close::TRY_AGAIN_LATER,
+                    "at capacity",
+                );
+            }
+        }
         let deps = self.deps.clone();
         let identity = msg.identity.clone();
         let (addr, _) = self

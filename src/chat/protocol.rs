@@ -53,9 +53,28 @@ pub enum ClientFrame {
     /// The customer ends the session.
     #[serde(rename = "session.close")]
     Close {},
+    /// The customer asks for a human agent: the chat joins the routing queue, as when the AI hands
+    /// it off. Asked again while queued or held by an agent, it changes nothing.
+    #[serde(rename = "handoff.request")]
+    HandoffRequest {
+        #[serde(default)]
+        reason: Option<String>,
+    },
     /// Application-level keepalive for clients that cannot see WebSocket pings.
     #[serde(rename = "ping")]
     Ping {},
+}
+
+/// What a customer can do next when the AI or a service fails them, offered in the failure's
+/// `message` as the frame `type` to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Offer {
+    /// Ask for a human agent.
+    #[serde(rename = "handoff.request")]
+    Handoff,
+    /// Open a ticket.
+    #[serde(rename = "ticket.create")]
+    Ticket,
 }
 
 /// Who wrote a chat message.
@@ -116,6 +135,9 @@ pub enum ServerFrame {
         /// An agent's display name.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
+        /// On a system message telling of a failure: what the customer may do instead.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        offers: Vec<Offer>,
     },
     #[serde(rename = "typing")]
     Typing { from: Author, active: bool },
@@ -178,6 +200,40 @@ impl ServerFrame {
         }
     }
 
+    /// About the bytes the frame holds in memory: its strings and a fixed part, for history budgets.
+    pub fn weight(&self) -> usize {
+        const FIXED: usize = 96;
+        FIXED
+            + match self {
+                Self::Message {
+                    text,
+                    client_id,
+                    name,
+                    ..
+                } => {
+                    text.len()
+                        + client_id.as_ref().map_or(0, String::len)
+                        + name.as_ref().map_or(0, String::len)
+                }
+                Self::ActionProposed {
+                    action, summary, ..
+                } => {
+                    summary.len()
+                        + match action {
+                            ProposedAction::CreateTicket { subject } => subject.len(),
+                            ProposedAction::ManageService { service, operation } => {
+                                service.len() + operation.len()
+                            }
+                            ProposedAction::Handoff { reason } => reason.len(),
+                        }
+                }
+                Self::Queued { reason, .. } => reason.len(),
+                Self::AgentJoined { name, .. } | Self::AgentLeft { name, .. } => name.len(),
+                Self::Error { message, .. } => message.len(),
+                _ => 0,
+            }
+    }
+
     /// The frame's `type`, for metrics labels.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -225,6 +281,7 @@ impl ClientFrame {
             Self::CreateTicket { .. } => "ticket.create",
             Self::ConfirmAction { .. } => "action.confirm",
             Self::Close { .. } => "session.close",
+            Self::HandoffRequest { .. } => "handoff.request",
             Self::Ping { .. } => "ping",
         }
     }
@@ -279,6 +336,13 @@ pub enum ErrorCode {
     UnknownSession,
     /// Agents: the token expired; the connection closes (4011). Reconnect with a fresh token.
     TokenExpired,
+    /// The server is at a process-wide limit (`sessions.max_total_history_bytes`, or
+    /// `sessions.max_sessions` for a new session): nothing was applied; try again later.
+    ServerBusy,
+    /// More tickets from this chat than `sessions.tickets_per_hour` allows.
+    TicketLimit,
+    /// `session.resume` named a `last_seq` the session never sent.
+    InvalidSeq,
 }
 
 impl ErrorCode {
@@ -301,6 +365,9 @@ impl ErrorCode {
             Self::AtCapacity => "at_capacity",
             Self::UnknownSession => "unknown_session",
             Self::TokenExpired => "token_expired",
+            Self::ServerBusy => "server_busy",
+            Self::TicketLimit => "ticket_limit",
+            Self::InvalidSeq => "invalid_seq",
         }
     }
 }
@@ -321,7 +388,7 @@ impl FrameError {
 }
 
 /// The `type` values clients may send.
-const CLIENT_TYPES: [&str; 8] = [
+const CLIENT_TYPES: [&str; 9] = [
     "session.start",
     "session.resume",
     "message.send",
@@ -329,6 +396,7 @@ const CLIENT_TYPES: [&str; 8] = [
     "ticket.create",
     "action.confirm",
     "session.close",
+    "handoff.request",
     "ping",
 ];
 
@@ -338,6 +406,18 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         Ok(frame) => Ok(frame),
         Err(e) => Err(classify(text, &e, &CLIENT_TYPES)),
     }
+}
+
+/// The `client_id` of a frame, read without parsing the rest (for an error that answers it).
+pub fn client_id_of(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Id {
+        client_id: Option<String>,
+    }
+    serde_json::from_str::<Id>(text)
+        .ok()
+        .and_then(|i| i.client_id)
+        .filter(|c| c.len() <= 64)
 }
 
 /// Says precisely what is wrong with a frame that did not parse (only a bad frame pays for this
@@ -386,6 +466,9 @@ pub mod close {
     pub const POLICY_VIOLATION: u16 = 1008;
     /// A frame over `chat.max_frame_bytes`.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// A new session at capacity (`sessions.max_sessions`, or the process-wide history budget):
+    /// try again later. Resumes are admitted at capacity.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The server failed; resume.
     pub const INTERNAL_ERROR: u16 = 1011;
     /// No pong within `chat.heartbeat_timeout_ms`.
@@ -460,6 +543,7 @@ mod tests {
             at: Utc::now(),
             client_id: None,
             name: None,
+            offers: Vec::new(),
         };
         assert_eq!(m.seq(), Some(4));
         let v: serde_json::Value = serde_json::from_str(&m.to_text()).unwrap();

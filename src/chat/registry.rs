@@ -22,8 +22,10 @@ use super::auth;
 use super::link::{Lane, Local};
 use super::protocol::{close, ErrorCode, ServerFrame};
 use super::routing::{SessionCommand, SessionHandle};
+use super::session::state::CustomerInfo;
 use super::session::{Attach, EndSession, InjectPanic, Resume, Session, SessionDeps, Tick};
 use crate::domain::ids::SessionId;
+use crate::domain::validate::Checker;
 use crate::metrics as m;
 use crate::supervisor::keyed::{ChildExited, ExitOutcome, KeyedChildren, KeyedConfig};
 use crate::supervisor::supervised::{Exit, ExitReport, Restart};
@@ -117,6 +119,18 @@ impl SessionRegistry {
     }
 }
 
+/// A token's claims become a ticket's requester and Django's customer: held to the limits the
+/// ticket API applies (`tickets.max_name_chars`, no control characters).
+fn check_customer(c: &CustomerInfo, max_chars: usize) -> Result<(), String> {
+    let mut check = Checker::default();
+    check.text("sub", &c.id, max_chars, true);
+    check.text("name", &c.name, max_chars, false);
+    check.text("email", &c.email, max_chars, false);
+    check
+        .finish()
+        .map_err(|e| format!("the token's claims are not acceptable: {e}"))
+}
+
 /// Refuses a connection before any session: an `error` frame, then close with `code`.
 fn refuse(conn: Local, code: ErrorCode, message: &str, close_code: u16, reason: &'static str) {
     let mut conn = conn.take();
@@ -136,6 +150,8 @@ impl Actor for SessionRegistry {
         ctx.run_interval(every, |act, _| {
             act.children.broadcast(Tick);
             act.children.sweep();
+            metrics::gauge!(m::CHAT_HISTORY_BYTES)
+                .set(act.deps.history_bytes.load(Ordering::Relaxed) as f64);
         });
     }
 }
@@ -157,21 +173,43 @@ impl Handler<StartSession> for SessionRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: StartSession, _: &mut Context<Self>) {
+        // Capacity counts new work only: this is a new session (resumes never come here).
+        let s = &self.deps.settings;
+        let why = if self.children.len() >= s.max_sessions {
+            Some("sessions")
+        } else if self.deps.history_bytes.load(Ordering::Relaxed) >= s.max_total_history_bytes {
+            Some("memory")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            metrics::counter!(m::CHAT_BUSY, "what" => "session", "why" => why).increment(1);
+            tracing::info!(why, "new chat session refused at capacity");
+            return refuse(
+                msg.conn,
+                ErrorCode::ServerBusy,
+                "the server is at capacity; try again in a moment",
+                close::TRY_AGAIN_LATER,
+                "at capacity",
+            );
+        }
         let id = SessionId::new();
-        let customer =
-            match auth::customer(msg.token.as_deref(), &self.deps.settings.jwt_secret, id) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::info!(error = %e, "chat session refused: bad customer token");
-                    return refuse(
-                        msg.conn,
-                        ErrorCode::Unauthorized,
-                        &e.to_string(),
-                        close::POLICY_VIOLATION,
-                        "unauthorized",
-                    );
-                }
-            };
+        let customer = match auth::customer(msg.token.as_deref(), &s.jwt_secret, id)
+            .map_err(|e| e.to_string())
+            .and_then(|c| check_customer(&c, self.deps.max_name_chars).map(|()| c))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(error = %e, "chat session refused: bad customer token");
+                return refuse(
+                    msg.conn,
+                    ErrorCode::Unauthorized,
+                    &e.to_string(),
+                    close::POLICY_VIOLATION,
+                    "unauthorized",
+                );
+            }
+        };
         let deps = self.deps.clone();
         let (addr, _) = self.children.route(id, || Session::new(id, customer, deps));
         self.publish_count();

@@ -49,6 +49,12 @@ pub enum AgentOp {
     },
     /// End the session.
     Close,
+    /// Older frames of the chat, before `before_seq`: the session answers `to` with
+    /// [`ToAgent::History`].
+    History {
+        before_seq: u64,
+        to: AgentHandle,
+    },
 }
 
 impl AgentOp {
@@ -61,6 +67,7 @@ impl AgentOp {
             Self::Lost => "lost",
             Self::CreateTicket { .. } => "ticket",
             Self::Close => "close",
+            Self::History { .. } => "history",
         }
     }
 }
@@ -86,13 +93,21 @@ pub enum SessionCommand {
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub enum ToAgent {
-    /// A session is now the agent's, with the chat so far; `session` is how to act in it.
+    /// A session is now the agent's (or is again: a repeated join), with the newest page of the
+    /// chat so far (`has_more`: older frames can be fetched); `session` is how to act in it.
     Assigned {
         session_id: SessionId,
         customer: String,
         by: AssignedBy,
         history: Vec<ServerFrame>,
+        has_more: bool,
         session: SessionHandle,
+    },
+    /// A page of older frames the agent asked for.
+    History {
+        session_id: SessionId,
+        frames: Vec<ServerFrame>,
+        has_more: bool,
     },
     /// Numbered frames of a session the agent holds, in order.
     Frames {

@@ -21,7 +21,7 @@ mod agents;
 pub mod owner;
 pub mod state;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,7 @@ use uuid::Uuid;
 use self::state::{
     Accepted, AfterLeave, AiCall, CustomerInfo, Effect, Limits, ReplayError, SessionState,
 };
-use super::attached::{Attached, Beat, Sent};
+use super::attached::{Attached, Beat, FrameRate, Rate, Sent};
 use super::link::{Connection, Inbound, Lane, Local};
 use super::protocol::{self, close, Author, ClientFrame, CloseReason, ErrorCode, ServerFrame};
 use super::routing::{AgentHandle, ToAgent, ToQueue};
@@ -59,6 +59,12 @@ pub struct SessionDeps {
     /// Ticket subjects and descriptions are checked against the ticket limits.
     pub max_subject_chars: usize,
     pub max_description_chars: usize,
+    /// Customers' identities (from a token) are held to the ticket API's name limit.
+    pub max_name_chars: usize,
+    /// Every session's kept history in bytes, against `sessions.max_total_history_bytes`.
+    pub history_bytes: Arc<AtomicUsize>,
+    /// `agents.history_page_bytes`: how much of the chat an agent is sent at once.
+    pub agent_page_bytes: usize,
     /// The routing queue.
     pub queue: Recipient<ToQueue>,
     /// Whether any agent is online (kept by the queue), for `session.started`.
@@ -131,7 +137,12 @@ pub struct Session {
     ai_started: Option<Instant>,
     /// The reader of a connection detached without its context at hand (see `detach`).
     stale_reader: Option<SpawnHandle>,
+    /// This session's share of `SessionDeps::history_bytes`.
+    accounted: usize,
 }
+
+/// Longest `reason` of a customer's `handoff.request`, in characters.
+const MAX_HANDOFF_REASON_CHARS: usize = 500;
 
 impl Session {
     pub fn new(id: SessionId, customer: CustomerInfo, deps: Arc<SessionDeps>) -> Self {
@@ -148,7 +159,27 @@ impl Session {
             detached_at: Some(Instant::now()),
             ai_started: None,
             stale_reader: None,
+            accounted: 0,
         }
+    }
+
+    /// Brings this session's share of the process-wide history bytes up to date.
+    fn account(&mut self) {
+        let now = self.state.history_bytes();
+        let total = &self.deps.history_bytes;
+        if now > self.accounted {
+            total.fetch_add(now - self.accounted, Ordering::Relaxed);
+        } else {
+            total.fetch_sub(self.accounted - now, Ordering::Relaxed);
+        }
+        self.accounted = now;
+    }
+
+    /// Whether every session's history together is at `sessions.max_total_history_bytes`: new
+    /// work is refused until sessions end or trim.
+    fn over_budget(&self) -> bool {
+        self.deps.history_bytes.load(Ordering::Relaxed)
+            >= self.deps.settings.max_total_history_bytes
     }
 
     fn id(&self) -> SessionId {
@@ -214,8 +245,7 @@ impl Session {
         self.attached = Some(Attached::new(
             conn.link,
             reader,
-            s.rate_per_sec,
-            s.rate_burst,
+            FrameRate::new(s.rate_per_sec, s.rate_burst, s.rate_close_after),
         ));
         self.detached_at = None;
     }
@@ -245,6 +275,7 @@ impl Session {
             }
         }
         self.forward_to_agent();
+        self.account();
     }
 
     fn end(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
@@ -364,6 +395,25 @@ impl Session {
         let agent = (asked_by == "agent")
             .then(|| self.agent.as_ref().map(|a| a.handle.clone()))
             .flatten();
+        if !self
+            .state
+            .take_ticket(self.deps.settings.tickets_per_hour, chrono::Utc::now())
+        {
+            metrics::counter!(m::CHAT_TICKETS_REFUSED, "reason" => "per_hour").increment(1);
+            tracing::info!(session_id = %self.id(), asked_by, "ticket from chat refused: tickets_per_hour reached");
+            let message = format!(
+                "this chat has opened {} tickets in the last hour; no more for now",
+                self.deps.settings.tickets_per_hour
+            );
+            match agent {
+                Some(agent) => agent.do_send(ToAgent::Ticket {
+                    session_id: self.id(),
+                    ticket_id: None,
+                }),
+                None => self.error(ErrorCode::TicketLimit, message, None),
+            }
+            return;
+        }
         let now = crate::store::now();
         let session_id = self.id();
         let ticket = Ticket {
@@ -392,7 +442,7 @@ impl Session {
             description,
             priority,
             requester: ticket.requester.clone(),
-            transcript: self.state.transcript(),
+            transcript: self.state.transcript(&self.limits()),
             request_id: Some(RequestId::from(ticket.id.to_string())),
         };
         let create = self.deps.tickets.send(CreateTicket {
@@ -421,6 +471,7 @@ impl Session {
                 let frame = act.state.ticket_created(&limits, ticket_id);
                 act.deliver(&frame, Lane::Reliable);
                 act.forward_to_agent();
+                act.account();
                 if let Some(agent) = agent {
                     agent.do_send(ToAgent::Ticket {
                         session_id: act.id(),
@@ -467,20 +518,38 @@ impl Session {
         };
         let sent = self.deps.services.send(request);
         ctx.spawn(sent.into_actor(self).map(move |result, act, _| {
+            let failed =
+                || format!("We could not run `{operation}` on your {service} service just now.");
             let (outcome, text) = match result {
-                Ok(Ok(r)) if r.ok => ("ok", r.message),
-                Ok(Ok(r)) => ("refused", r.message),
-                _ => (
-                    "failed",
-                    format!("We could not run `{operation}` on your {service} service just now."),
+                Ok(Ok(r)) if r.ok => (
+                    "ok",
+                    Some(r.message)
+                        .filter(|m| !m.trim().is_empty())
+                        .unwrap_or_else(|| {
+                            format!("Done: `{operation}` on your {service} service.")
+                        }),
                 ),
+                Ok(Ok(r)) => (
+                    "refused",
+                    Some(r.message)
+                        .filter(|m| !m.trim().is_empty())
+                        .unwrap_or_else(failed),
+                ),
+                _ => ("failed", failed()),
             };
             metrics::counter!(m::CHAT_ACTIONS, "kind" => "manage_service", "outcome" => outcome)
                 .increment(1);
             let limits = act.limits();
-            let frame = act.state.system(&limits, text, chrono::Utc::now());
+            let now = chrono::Utc::now();
+            // A failure offers the customer a person or a ticket instead.
+            let frame = if outcome == "ok" {
+                act.state.system(&limits, text, now)
+            } else {
+                act.state.fallback(&limits, text, now)
+            };
             act.deliver(&frame, Lane::Reliable);
             act.forward_to_agent();
+            act.account();
         }));
     }
 
@@ -501,6 +570,15 @@ impl Session {
                     return self.error(ErrorCode::InvalidFrame, why, Some(client_id));
                 }
                 self.last_customer = Instant::now();
+                if self.over_budget() {
+                    metrics::counter!(m::CHAT_BUSY, "what" => "message", "why" => "memory")
+                        .increment(1);
+                    return self.error(
+                        ErrorCode::ServerBusy,
+                        "the server is at its memory limit; the message was not taken: send it again shortly",
+                        Some(client_id),
+                    );
+                }
                 match self
                     .state
                     .customer_message(&limits, client_id.clone(), text, now)
@@ -566,7 +644,40 @@ impl Session {
                 let effects = self.state.close(&limits, CloseReason::CustomerClosed);
                 self.run(effects, ctx);
             }
-            ClientFrame::Ping {} => self.deliver(&ServerFrame::Pong {}, Lane::Reliable),
+            ClientFrame::HandoffRequest { reason } => {
+                self.last_customer = Instant::now();
+                let reason = reason.unwrap_or_default();
+                if reason.chars().count() > MAX_HANDOFF_REASON_CHARS || !clean(&reason) {
+                    return self.error(
+                        ErrorCode::InvalidFrame,
+                        format!(
+                            "`reason` must be at most {MAX_HANDOFF_REASON_CHARS} characters without control characters"
+                        ),
+                        None,
+                    );
+                }
+                let reason = match reason.trim() {
+                    "" => "the customer asked for a person".to_string(),
+                    r => r.to_string(),
+                };
+                match self.state.customer_handoff(&limits, reason) {
+                    Ok(effects) => {
+                        if !effects.is_empty() {
+                            metrics::counter!(m::CHAT_HANDOFFS, "stage" => "customer_requested")
+                                .increment(1);
+                        }
+                        self.run(effects, ctx);
+                    }
+                    Err(state::HandoffRefused::Closed) => {
+                        self.error(ErrorCode::SessionClosed, "the session has ended", None)
+                    }
+                }
+            }
+            ClientFrame::Ping {} => {
+                // A customer frame like any other: the customer is still there.
+                self.last_customer = Instant::now();
+                self.deliver(&ServerFrame::Pong {}, Lane::Reliable);
+            }
         }
     }
 }
@@ -595,6 +706,10 @@ impl Actor for Session {
     type Context = Context<Self>;
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        self.deps
+            .history_bytes
+            .fetch_sub(self.accounted, Ordering::Relaxed);
+        self.accounted = 0;
         // Whoever routes to this session must not wait for it any longer: a session that stops
         // while waiting was abandoned (closed, timed out or never resumed); one an agent held is
         // released from their hands.
@@ -656,20 +771,38 @@ impl StreamHandler<Inbound> for Session {
             return;
         };
         att.last_heard = received;
-        let text = match item {
-            Inbound::Text(text) => text,
-            Inbound::Alive => return,
-            Inbound::Broken { code, reason } => {
-                att.link.close(code, reason);
-                tracing::info!(session_id = %self.state.id, code, reason, "connection broke the protocol");
+        if let Inbound::Broken { code, reason } = item {
+            att.link.close(code, reason);
+            tracing::info!(session_id = %self.state.id, code, reason, "connection broke the protocol");
+            self.detach();
+            return;
+        }
+        // Every frame counts against the rate, pings and pongs included: a flood of control frames
+        // costs the thread as much as text.
+        match att.admit() {
+            Rate::Within => {}
+            Rate::Over => {
+                if let Inbound::Text(text) = item {
+                    let client_id = protocol::client_id_of(&text);
+                    self.error(
+                        ErrorCode::RateLimited,
+                        "too many frames; slow down",
+                        client_id,
+                    );
+                }
+                return;
+            }
+            Rate::Close => {
+                metrics::counter!(m::CHAT_RATE_CLOSED, "stage" => "session").increment(1);
+                tracing::info!(session_id = %self.state.id, "connection stayed over the frame rate; closed");
                 self.detach();
                 return;
             }
-        };
-        if !att.admit() {
-            metrics::counter!(m::CHAT_RATE_LIMITED).increment(1);
-            return self.error(ErrorCode::RateLimited, "too many frames; slow down", None);
         }
+        let text = match item {
+            Inbound::Text(text) => text,
+            Inbound::Alive | Inbound::Broken { .. } => return,
+        };
         match protocol::parse(&text) {
             Ok(frame) => {
                 metrics::counter!(m::CHAT_FRAMES_IN, "type" => frame.kind()).increment(1);
@@ -723,12 +856,19 @@ impl Session {
                 }
             }
             Err(ReplayError::Ahead { newest }) => {
-                // The client claims more than was sent; it cannot be trusted to have any of it.
-                let frames = self.state.replay_after(0).unwrap_or_default();
-                tracing::warn!(session_id = %self.id(), last_seq, newest, "resume from a seq never sent; replaying all kept");
-                for frame in &frames {
-                    self.deliver(frame, Lane::Reliable);
+                // The client claims frames never sent: its state is not this session's. Nothing is
+                // replayed; it may resume again from a seq it has (or start afresh).
+                tracing::info!(session_id = %self.id(), last_seq, newest, "resume from a seq never sent; refused");
+                metrics::counter!(m::CHAT_RESUMES, "outcome" => "invalid_seq").increment(1);
+                self.error(
+                    ErrorCode::InvalidSeq,
+                    format!("last_seq {last_seq} is past this session's newest seq {newest}"),
+                    None,
+                );
+                if let Some(att) = self.attached.as_mut() {
+                    att.link.close(close::RESUME_REFUSED, "last_seq never sent");
                 }
+                self.detach();
             }
             Err(ReplayError::Lost { oldest_kept }) => {
                 tracing::info!(session_id = %self.id(), last_seq, oldest_kept, "resume too late: history lost");

@@ -34,7 +34,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use crate::chat::agent::protocol::{self as agent_protocol, AgentFrame};
 use crate::chat::agent::Opening;
 use crate::chat::agents::{AgentConnected, AgentRegistry};
-use crate::chat::attached::nonzero;
+use crate::chat::attached::{nonzero, FrameRate, Rate};
 use crate::chat::auth::{self, AgentIdentity};
 use crate::chat::link::{Connection, Inbound, Lane, Link, Local, SendError};
 use crate::chat::protocol::{
@@ -92,30 +92,29 @@ impl Shared {
                 &[],
             ));
         }
-        let s = &self.settings.sessions;
-        if !s.allowed_origins.is_empty() {
-            let allowed = head
-                .origin
-                .as_deref()
-                .is_some_and(|o| s.allowed_origins.iter().any(|a| a == o));
-            if !allowed {
-                metrics::counter!(m::CHAT_ADMISSION_REFUSED, "reason" => "origin").increment(1);
-                return Route::Respond(http_json(
-                    403,
-                    "Forbidden",
-                    &error_body("origin_not_allowed", "this origin may not open a chat"),
-                    &[],
-                ));
-            }
+        let agent = path == "/ws/agent";
+        let allowed_origins = if agent {
+            &self.settings.agents.allowed_origins
+        } else {
+            &self.settings.sessions.allowed_origins
+        };
+        if !origin_allowed(head.origin.as_deref(), allowed_origins) {
+            metrics::counter!(m::CHAT_ADMISSION_REFUSED, "reason" => "origin").increment(1);
+            return Route::Respond(http_json(
+                403,
+                "Forbidden",
+                &error_body("origin_not_allowed", "this origin may not open a chat"),
+                &[],
+            ));
         }
-        if path == "/ws/agent" {
-            return self.route_agent(head, target);
-        }
+        // A hard bound on sockets (file descriptors), whoever they are for. Sessions and agents are
+        // counted later, once the first frame tells a new one from a reconnect.
         let sockets = usize::try_from(self.sockets.get()).unwrap_or(0);
-        if self.routes.live_sessions.load(Ordering::Relaxed) >= s.max_sessions
-            || sockets >= self.settings.chat.max_connections
-        {
-            return refused("capacity", "too many chat sessions; retry later", "5");
+        if sockets >= self.settings.chat.max_connections {
+            return refused("capacity", "too many chat connections; retry later", "5");
+        }
+        if agent {
+            return self.route_agent(head, target);
         }
         if self.admission.check().is_err() {
             return refused("rate", "too many new connections; retry in a moment", "1");
@@ -146,12 +145,18 @@ impl Shared {
                 ));
             }
         };
-        if self.routes.live_agents.load(Ordering::Relaxed) >= self.settings.agents.max_agents {
-            metrics::counter!(m::AGENT_REFUSED, "reason" => "capacity").increment(1);
-            return refused("capacity", "too many agents signed in; retry later", "5");
-        }
         *target = Some(Target::Agent(identity));
         Route::Upgrade
+    }
+}
+
+/// Whether a handshake's `Origin` may open a connection: any when `allowed` is empty; otherwise
+/// one on the list, or none at all (only browser pages send one: mobile apps and services do not,
+/// and the Origin check exists to stop other sites' pages).
+fn origin_allowed(origin: Option<&str>, allowed: &[String]) -> bool {
+    match origin {
+        None => true,
+        Some(o) => allowed.is_empty() || allowed.iter().any(|a| a == o),
     }
 }
 
@@ -202,26 +207,31 @@ fn http_json(status: u16, reason: &str, body: &str, headers: &[(&str, &str)]) ->
     out.into_bytes()
 }
 
+/// Counts one open socket (gauge `switchboard_chat_sockets`, and `chat.max_connections`) until
+/// both halves of its connection are gone, i.e. until the socket is really closed: a link dropped
+/// while its reader still drains a closing handshake still holds a descriptor.
+struct SocketCount(Rc<Cell<i64>>);
+
+impl SocketCount {
+    fn new(sockets: Rc<Cell<i64>>) -> Rc<Self> {
+        sockets.set(sockets.get() + 1);
+        metrics::gauge!(m::CHAT_SOCKETS).set(sockets.get() as f64);
+        Rc::new(Self(sockets))
+    }
+}
+
+impl Drop for SocketCount {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+        metrics::gauge!(m::CHAT_SOCKETS).set(self.0.get() as f64);
+    }
+}
+
 /// The session's side of a socket: frames go straight to the socket, and only what the kernel
 /// will not take waits, up to `sessions.outbound_queue_bytes`.
 struct SocketLink {
     out: transport::Outbound,
-    sockets: Rc<Cell<i64>>,
-}
-
-impl SocketLink {
-    fn new(out: transport::Outbound, sockets: Rc<Cell<i64>>) -> Self {
-        sockets.set(sockets.get() + 1);
-        metrics::gauge!(m::CHAT_SOCKETS).set(sockets.get() as f64);
-        Self { out, sockets }
-    }
-}
-
-impl Drop for SocketLink {
-    fn drop(&mut self) {
-        self.sockets.set(self.sockets.get() - 1);
-        metrics::gauge!(m::CHAT_SOCKETS).set(self.sockets.get() as f64);
-    }
+    _count: Rc<SocketCount>,
 }
 
 impl Link for SocketLink {
@@ -246,9 +256,12 @@ impl Link for SocketLink {
     }
 }
 
-/// The transport's messages as a session's inbound events.
-fn events(inbound: transport::Inbound) -> impl Stream<Item = Inbound> {
+/// The transport's messages as a session's inbound events; `count` goes with the stream.
+fn events(inbound: transport::Inbound, count: Rc<SocketCount>) -> impl Stream<Item = Inbound> {
     inbound
+        .inspect(move |_| {
+            let _ = &count;
+        })
         .take_while(|item| futures_util::future::ready(!matches!(item, Ok(Message::Close(_)))))
         .filter_map(|item| {
             futures_util::future::ready(match item {
@@ -292,9 +305,13 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, share
             return;
         }
     };
+    let count = SocketCount::new(shared.sockets.clone());
     let conn = Connection {
-        link: Box::new(SocketLink::new(outbound, shared.sockets.clone())),
-        inbound: Box::pin(events(inbound)),
+        link: Box::new(SocketLink {
+            out: outbound,
+            _count: count.clone(),
+        }),
+        inbound: Box::pin(events(inbound, count)),
     };
     match target {
         Some(Target::Agent(identity)) => agent_first_frame(conn, identity, &shared).await,
@@ -304,24 +321,35 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, share
 
 /// A connection's first frame other than a ping (answered), within the handshake timeout; `None`
 /// when the connection ended or was refused for it.
+///
+/// Before a session exists the connection is held to the same frame rate as after (every frame,
+/// control frames included; `rate_close_after` frames over it in a row close it with 1008), and it
+/// yields the thread after each frame, so an anonymous socket flooding pings cannot stall the
+/// sessions sharing its thread.
 async fn first_frame<F>(
     conn: &mut Connection,
     shared: &Shared,
+    (rate_per_sec, rate_burst): (u32, u32),
     parse: impl Fn(&str) -> Result<F, FrameError>,
     is_ping: impl Fn(&F) -> bool,
 ) -> Option<(F, Instant)> {
     let wait = Duration::from_millis(shared.settings.sessions.handshake_timeout_ms);
     let deadline = tokio::time::Instant::now() + wait;
+    let mut rate = FrameRate::new(
+        rate_per_sec,
+        rate_burst,
+        shared.settings.sessions.rate_close_after,
+    );
     loop {
+        tokio::task::yield_now().await;
         let first = tokio::time::timeout_at(deadline, conn.inbound.next()).await;
         let started_at = Instant::now();
-        let text = match first {
-            Ok(Some(Inbound::Text(text))) => text,
-            Ok(Some(Inbound::Alive)) => continue,
+        let item = match first {
             Ok(Some(Inbound::Broken { code, reason })) => {
                 conn.link.close(code, reason);
                 return None;
             }
+            Ok(Some(item)) => item,
             Ok(None) => return None,
             Err(_) => {
                 reject(
@@ -331,6 +359,35 @@ async fn first_frame<F>(
                 );
                 return None;
             }
+        };
+        match rate.check() {
+            Rate::Within => {}
+            Rate::Close => {
+                metrics::counter!(m::CHAT_RATE_CLOSED, "stage" => "pre_session").increment(1);
+                reject_with(
+                    conn,
+                    ErrorCode::RateLimited,
+                    "over the frame rate before a session started",
+                    close::POLICY_VIOLATION,
+                );
+                return None;
+            }
+            Rate::Over => {
+                if let Inbound::Text(text) = item {
+                    metrics::counter!(m::CHAT_FRAME_ERRORS, "code" => ErrorCode::RateLimited.label())
+                        .increment(1);
+                    let frame = ServerFrame::Error {
+                        code: ErrorCode::RateLimited,
+                        message: "too many frames; slow down".into(),
+                        client_id: protocol::client_id_of(&text),
+                    };
+                    let _ = conn.link.send(frame.to_text(), Lane::Reliable);
+                }
+                continue;
+            }
+        }
+        let Inbound::Text(text) = item else {
+            continue;
         };
         match parse(&text) {
             Ok(frame) if is_ping(&frame) => {
@@ -348,7 +405,9 @@ async fn first_frame<F>(
 }
 
 async fn customer_first_frame(mut conn: Connection, shared: &Shared) {
-    let first = first_frame(&mut conn, shared, protocol::parse, |f| {
+    let s = &shared.settings.sessions;
+    let rate = (s.rate_per_sec, s.rate_burst);
+    let first = first_frame(&mut conn, shared, rate, protocol::parse, |f| {
         matches!(f, ClientFrame::Ping {})
     })
     .await;
@@ -388,7 +447,9 @@ async fn customer_first_frame(mut conn: Connection, shared: &Shared) {
 }
 
 async fn agent_first_frame(mut conn: Connection, identity: AgentIdentity, shared: &Shared) {
-    let first = first_frame(&mut conn, shared, agent_protocol::parse, |f| {
+    let a = &shared.settings.agents;
+    let rate = (a.rate_per_sec, a.rate_burst);
+    let first = first_frame(&mut conn, shared, rate, agent_protocol::parse, |f| {
         matches!(f, AgentFrame::Ping {})
     })
     .await;
@@ -424,10 +485,15 @@ async fn agent_first_frame(mut conn: Connection, identity: AgentIdentity, shared
 
 /// Refuses a connection that has no session (or agent): an `error` frame, then close 1008.
 fn reject(conn: &mut Connection, code: ErrorCode, message: &str) {
+    reject_with(conn, code, message, close::POLICY_VIOLATION);
+}
+
+fn reject_with(conn: &mut Connection, code: ErrorCode, message: &str, close_code: u16) {
+    metrics::counter!(m::CHAT_FRAME_ERRORS, "code" => code.label()).increment(1);
     let _ = conn
         .link
         .send(ServerFrame::error(code, message).to_text(), Lane::Reliable);
-    conn.link.close(close::POLICY_VIOLATION, "no session");
+    conn.link.close(close_code, "no session");
 }
 
 /// The accept loop; ends when `stop` fires (or its sender is dropped).

@@ -95,6 +95,13 @@ pub enum AgentFrame {
     /// A fresh token for the same agent, before the current one expires.
     #[serde(rename = "auth.refresh")]
     Refresh { token: String },
+    /// Older frames of a session held, before `before_seq` (a page within
+    /// `agents.history_page_bytes`); answered with `session.history`.
+    #[serde(rename = "history.fetch")]
+    FetchHistory {
+        session_id: SessionId,
+        before_seq: u64,
+    },
     #[serde(rename = "ping")]
     Ping {},
 }
@@ -112,6 +119,7 @@ impl AgentFrame {
             Self::CreateTicket { .. } => "ticket.create",
             Self::Close { .. } => "session.close",
             Self::Refresh { .. } => "auth.refresh",
+            Self::FetchHistory { .. } => "history.fetch",
             Self::Ping { .. } => "ping",
         }
     }
@@ -190,7 +198,9 @@ pub enum AgentServerFrame {
     /// ten times a second while the queue changes.
     #[serde(rename = "queue.updated")]
     Queue { waiting: Vec<Waiting>, total: usize },
-    /// A session is now this agent's: the chat so far (the customer's frames with their seqs).
+    /// A session is now this agent's: the newest part of the chat so far (the customer's frames
+    /// with their seqs) within `agents.history_page_bytes`; `has_more` says older frames can be
+    /// fetched (`history.fetch`).
     #[serde(rename = "session.assigned")]
     Assigned {
         seq: u64,
@@ -198,6 +208,15 @@ pub enum AgentServerFrame {
         customer: String,
         by: AssignedBy,
         history: Vec<ServerFrame>,
+        #[serde(default)]
+        has_more: bool,
+    },
+    /// Answers `history.fetch`: the frames before its `before_seq`, oldest first.
+    #[serde(rename = "session.history")]
+    History {
+        session_id: SessionId,
+        frames: Vec<ServerFrame>,
+        has_more: bool,
     },
     /// One numbered frame of a session held (as the customer sees it, the customer's own messages
     /// included).
@@ -251,6 +270,16 @@ impl Numbered for AgentServerFrame {
             _ => None,
         }
     }
+
+    fn weight(&self) -> usize {
+        match self {
+            Self::Assigned {
+                history, customer, ..
+            } => 96 + customer.len() + history.iter().map(ServerFrame::weight).sum::<usize>(),
+            Self::Event { event, .. } => 32 + event.weight(),
+            _ => 96,
+        }
+    }
 }
 
 impl AgentServerFrame {
@@ -260,6 +289,7 @@ impl AgentServerFrame {
             Self::Presence { .. } => "agent.presence",
             Self::Queue { .. } => "queue.updated",
             Self::Assigned { .. } => "session.assigned",
+            Self::History { .. } => "session.history",
             Self::Event { .. } => "session.event",
             Self::Released { .. } => "session.released",
             Self::Typing { .. } => "session.typing",
@@ -289,7 +319,7 @@ impl AgentServerFrame {
     }
 }
 
-const AGENT_TYPES: [&str; 11] = [
+const AGENT_TYPES: [&str; 12] = [
     "agent.start",
     "agent.resume",
     "presence.set",
@@ -300,6 +330,7 @@ const AGENT_TYPES: [&str; 11] = [
     "ticket.create",
     "session.close",
     "auth.refresh",
+    "history.fetch",
     "ping",
 ];
 

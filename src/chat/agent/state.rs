@@ -22,6 +22,7 @@ pub struct AgentState {
     held: BTreeSet<SessionId>,
     history: History<AgentServerFrame>,
     history_max: usize,
+    history_max_bytes: usize,
 }
 
 /// A presence or capacity the agent may not set.
@@ -42,6 +43,7 @@ impl AgentState {
             held: BTreeSet::new(),
             history: History::default(),
             history_max: settings.history_max,
+            history_max_bytes: settings.history_max_bytes,
         }
     }
 
@@ -88,22 +90,26 @@ impl AgentState {
         self.history.shrink();
     }
 
-    /// A session is now the agent's.
+    /// A session is now the agent's, with the newest page of its chat.
     pub fn assigned(
         &mut self,
         session_id: SessionId,
         customer: String,
         by: AssignedBy,
         history: Vec<ServerFrame>,
+        has_more: bool,
     ) -> AgentServerFrame {
         self.held.insert(session_id);
         self.history
-            .record(self.history_max, |seq| AgentServerFrame::Assigned {
-                seq,
-                session_id,
-                customer,
-                by,
-                history,
+            .record(self.history_max, self.history_max_bytes, |seq| {
+                AgentServerFrame::Assigned {
+                    seq,
+                    session_id,
+                    customer,
+                    by,
+                    history,
+                    has_more,
+                }
             })
     }
 
@@ -120,10 +126,12 @@ impl AgentState {
             .into_iter()
             .map(|event| {
                 self.history
-                    .record(self.history_max, |seq| AgentServerFrame::Event {
-                        seq,
-                        session_id,
-                        event,
+                    .record(self.history_max, self.history_max_bytes, |seq| {
+                        AgentServerFrame::Event {
+                            seq,
+                            session_id,
+                            event,
+                        }
                     })
             })
             .collect()
@@ -140,10 +148,12 @@ impl AgentState {
         }
         Some(
             self.history
-                .record(self.history_max, |seq| AgentServerFrame::Released {
-                    seq,
-                    session_id,
-                    reason,
+                .record(self.history_max, self.history_max_bytes, |seq| {
+                    AgentServerFrame::Released {
+                        seq,
+                        session_id,
+                        reason,
+                    }
                 }),
         )
     }
@@ -175,7 +185,7 @@ mod tests {
             s.events(id, vec![ServerFrame::Pong {}]).is_empty(),
             "not held"
         );
-        s.assigned(id, "Ada".into(), AssignedBy::Join, vec![]);
+        s.assigned(id, "Ada".into(), AssignedBy::Join, vec![], false);
         let events = s.events(id, vec![ServerFrame::Pong {}, ServerFrame::Pong {}]);
         assert_eq!(events.len(), 2);
         s.released(id, Released::Left).unwrap();

@@ -49,6 +49,7 @@ impl Session {
                 .state
                 .system(&limits, NOTE_NO_AGENT.into(), chrono::Utc::now());
             self.deliver(&note, Lane::Reliable);
+            self.account();
         }
         self.in_queue = true;
         self.deps.queue.do_send(ToQueue::Enqueue {
@@ -80,7 +81,7 @@ impl Session {
             customer_id: self.state.customer.id.clone(),
             customer_name: self.state.customer.name.clone(),
             at: chrono::Utc::now(),
-            transcript: self.state.transcript(),
+            transcript: self.state.transcript(&self.limits()),
         };
         let outbox = self.deps.outbox.clone();
         let session_id = self.id();
@@ -116,6 +117,11 @@ impl Session {
         let again = self.agent.as_ref().is_some_and(|a| a.id == agent.id);
         let effects = self.state.claim(&limits, agent.clone())?;
         if again {
+            // Joining a chat one holds shows it again (a console that lost its view, say).
+            if let Some(link) = self.agent.as_mut() {
+                link.forwarded = self.state.last_seq();
+            }
+            self.send_assigned(&to, by, ctx);
             return Ok(None);
         }
         // Whatever the AI had under way is void: its call's answer is discarded by the state, and
@@ -131,13 +137,7 @@ impl Session {
         }
         self.in_queue = false;
         self.position = None;
-        to.do_send(ToAgent::Assigned {
-            session_id: self.id(),
-            customer: self.state.customer.name.clone(),
-            by,
-            history: self.state.frames_after(0),
-            session: ctx.address().recipient(),
-        });
+        self.send_assigned(&to, by, ctx);
         self.agent = Some(AgentLink {
             id: agent.id.clone(),
             handle: to,
@@ -154,6 +154,25 @@ impl Session {
         self.record_handoff(HandoffEvent::Accepted, by_label.into(), Some(&agent), ctx);
         self.run(effects, ctx);
         Ok(None)
+    }
+
+    /// Tells an agent the session is theirs, with the newest page of the chat (older pages on
+    /// request: an agent is never sent one frame larger than the page budget allows).
+    fn send_assigned(
+        &self,
+        to: &crate::chat::routing::AgentHandle,
+        by: AssignedBy,
+        ctx: &mut Context<Self>,
+    ) {
+        let (history, has_more) = self.state.page_before(None, self.deps.agent_page_bytes);
+        to.do_send(ToAgent::Assigned {
+            session_id: self.id(),
+            customer: self.state.customer.name.clone(),
+            by,
+            history,
+            has_more,
+            session: ctx.address().recipient(),
+        });
     }
 
     /// The agent left or is gone: the customer is told, and the AI or the queue takes over.
@@ -249,6 +268,18 @@ impl Session {
                 self.holder(&agent)?;
                 let effects = self.state.close(&limits, CloseReason::AgentClosed);
                 self.run(effects, ctx);
+                Ok(None)
+            }
+            AgentOp::History { before_seq, to } => {
+                self.holder(&agent)?;
+                let (frames, has_more) = self
+                    .state
+                    .page_before(Some(before_seq), self.deps.agent_page_bytes);
+                to.do_send(ToAgent::History {
+                    session_id: self.id(),
+                    frames,
+                    has_more,
+                });
                 Ok(None)
             }
         }

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::chat::protocol::{Author, CloseReason, ProposedAction, ServerFrame};
+use crate::chat::protocol::{Author, CloseReason, Offer, ProposedAction, ServerFrame};
 use crate::domain::chat::{AiAction, ChatRole, TranscriptLine};
 use crate::domain::ids::{AgentId, MessageId, SessionId};
 use crate::domain::ticket::Priority;
@@ -141,11 +141,28 @@ struct Pending {
     action: AiAction,
 }
 
-/// The AI's turn: the message whose answer is awaited, and the messages sent meanwhile.
+/// The AI's turn: the message whose answer is awaited, and the messages sent meanwhile (each with
+/// its seq, so the call's context stops before the first message it answers).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct AiTurn {
     in_flight: Option<MessageId>,
-    waiting: Vec<(MessageId, String)>,
+    waiting: Vec<(MessageId, String, u64)>,
+}
+
+/// Whose `client_id` a remembered message carried: customers and each agent have their own space,
+/// so one author's id can never swallow another's message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Sender {
+    Customer,
+    Agent(AgentId),
+}
+
+/// Tickets opened from this chat in the last hour, for `sessions.tickets_per_hour`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct TicketBudget {
+    /// When each was opened, oldest first.
+    opened: VecDeque<DateTime<Utc>>,
 }
 
 /// One session's whole state; see the module docs.
@@ -158,13 +175,17 @@ pub struct SessionState {
     pub owner: Owner,
     /// Frames with a seq; at most `history_max`.
     history: History<ServerFrame>,
-    /// `(client_id, seq)` of recent customer messages, oldest first; at most `dedupe_max`.
-    recent: VecDeque<(String, u64)>,
+    /// `(sender, client_id, seq)` of recent messages, oldest first; at most `dedupe_max`.
+    recent: VecDeque<(Sender, String, u64)>,
     ai: AiTurn,
     pending: Vec<Pending>,
+    #[serde(default)]
+    tickets: TicketBudget,
 }
 
-/// A message frame as Django's transcript line; other frames are not part of the transcript.
+/// A message frame as Django's transcript line. Only what the customer, the AI and agents wrote is
+/// part of the transcript (Django's contract knows those roles); system notes and other frames are
+/// not.
 fn transcript_line(frame: &ServerFrame) -> Option<TranscriptLine> {
     match frame {
         ServerFrame::Message { from, text, at, .. } => Some(TranscriptLine {
@@ -172,7 +193,7 @@ fn transcript_line(frame: &ServerFrame) -> Option<TranscriptLine> {
                 Author::Customer => ChatRole::Customer,
                 Author::Ai => ChatRole::Ai,
                 Author::Agent => ChatRole::Agent,
-                Author::System => ChatRole::System,
+                Author::System => return None,
             },
             text: text.clone(),
             at: *at,
@@ -185,11 +206,27 @@ impl Numbered for ServerFrame {
     fn seq(&self) -> Option<u64> {
         ServerFrame::seq(self)
     }
+
+    fn weight(&self) -> usize {
+        ServerFrame::weight(self)
+    }
 }
 
-/// The text shown when the AI cannot answer.
-pub const AI_UNAVAILABLE: &str = "Our assistant cannot answer right now. You can ask for a ticket \
-and a person will get back to you, or try again in a moment.";
+/// The text shown when the AI cannot answer; the message offers a human and a ticket.
+pub const AI_UNAVAILABLE: &str = "Our assistant cannot answer right now. You can ask for a person \
+to take over, open a ticket and someone will get back to you, or try again in a moment.";
+
+/// The JSON around one transcript line's text (`role`, `at`, quotes), for the transcript budget.
+const TRANSCRIPT_LINE_OVERHEAD: usize = 64;
+
+/// What a customer failed by the AI or a service may do instead.
+pub const FALLBACK_OFFERS: [Offer; 2] = [Offer::Handoff, Offer::Ticket];
+
+/// Why the customer's `handoff.request` was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandoffRefused {
+    Closed,
+}
 
 impl SessionState {
     pub fn new(
@@ -208,7 +245,13 @@ impl SessionState {
             recent: VecDeque::new(),
             ai: AiTurn::default(),
             pending: Vec::new(),
+            tickets: TicketBudget::default(),
         }
+    }
+
+    /// The bytes the kept history holds (for the process-wide budget).
+    pub fn history_bytes(&self) -> usize {
+        self.history.bytes()
     }
 
     /// The newest seq given out (0 before the first).
@@ -236,7 +279,8 @@ impl SessionState {
 
     /// Numbers `make`'s frame with the next seq, keeps it, and returns it.
     fn record(&mut self, limits: &Limits, make: impl FnOnce(u64) -> ServerFrame) -> ServerFrame {
-        self.history.record(limits.history_max, make)
+        self.history
+            .record(limits.history_max, limits.history_max_bytes, make)
     }
 
     fn message(
@@ -254,12 +298,26 @@ impl SessionState {
             at: now,
             client_id,
             name: None,
+            offers: Vec::new(),
         })
     }
 
     /// A system message, numbered and kept.
     pub fn system(&mut self, limits: &Limits, text: String, now: DateTime<Utc>) -> ServerFrame {
         self.message(limits, Author::System, text, None, now)
+    }
+
+    /// A system message telling of a failure, offering a human and a ticket instead.
+    pub fn fallback(&mut self, limits: &Limits, text: String, now: DateTime<Utc>) -> ServerFrame {
+        self.record(limits, |seq| ServerFrame::Message {
+            seq,
+            from: Author::System,
+            text,
+            at: now,
+            client_id: None,
+            name: None,
+            offers: FALLBACK_OFFERS.to_vec(),
+        })
     }
 
     /// Every kept frame after `last_seq`, oldest first, or why they cannot all be given.
@@ -272,23 +330,82 @@ impl SessionState {
         self.history.after(last_seq).cloned().collect()
     }
 
-    /// The chat so far as Django's transcript lines (what is kept of it), oldest first.
-    pub fn transcript(&self) -> Vec<TranscriptLine> {
-        self.history.iter().filter_map(transcript_line).collect()
+    /// The newest kept frames before `before` (all when `None`) within `max_bytes`, and whether
+    /// older ones are kept: what an agent is shown of the chat at once.
+    pub fn page_before(&self, before: Option<u64>, max_bytes: usize) -> (Vec<ServerFrame>, bool) {
+        self.history.page_before(before, max_bytes)
     }
 
-    /// The last `ai_history` lines, read from the newest back: each AI call pays for the context it
-    /// sends, not for the whole kept history.
-    fn ai_context(&self, limits: &Limits) -> Vec<TranscriptLine> {
+    /// The chat so far as Django's transcript lines, oldest first: the newest that fit in
+    /// `transcript_max_bytes` (of their texts), so a copy into a ticket or a handoff record stays
+    /// within what the outbox and Django's request limit take.
+    /// A line that does not fit whole is cut (at a character boundary, marked with `…`) and ends
+    /// the copy, so even one huge message leaves its newest part.
+    pub fn transcript(&self, limits: &Limits) -> Vec<TranscriptLine> {
+        let mut left = limits.transcript_max_bytes;
+        let mut lines = Vec::new();
+        for mut line in self.history.iter().rev().filter_map(transcript_line) {
+            let cost = line.text.len() + TRANSCRIPT_LINE_OVERHEAD;
+            if cost <= left {
+                left -= cost;
+                lines.push(line);
+                continue;
+            }
+            let room = left.saturating_sub(TRANSCRIPT_LINE_OVERHEAD + '…'.len_utf8());
+            if room > 0 {
+                let mut cut = line.text.len() - room;
+                while !line.text.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                line.text = format!("…{}", &line.text[cut..]);
+                lines.push(line);
+            }
+            break;
+        }
+        lines.reverse();
+        lines
+    }
+
+    /// The last `ai_history` lines before seq `before` (the first message the call answers, which
+    /// goes in the call's `message`, not again in its history), read from the newest back: each AI
+    /// call pays for the context it sends, not for the whole kept history.
+    fn ai_context(&self, limits: &Limits, before: u64) -> Vec<TranscriptLine> {
         let mut lines: Vec<_> = self
             .history
             .iter()
             .rev()
+            .filter(|f| f.seq().is_some_and(|s| s < before))
             .filter_map(transcript_line)
             .take(limits.ai_history)
             .collect();
         lines.reverse();
         lines
+    }
+
+    /// Counts a ticket against `sessions.tickets_per_hour`; `false`: the budget is spent.
+    pub fn take_ticket(&mut self, per_hour: u32, now: DateTime<Utc>) -> bool {
+        let hour_ago = now - chrono::Duration::hours(1);
+        while self.tickets.opened.front().is_some_and(|t| *t <= hour_ago) {
+            self.tickets.opened.pop_front();
+        }
+        if self.tickets.opened.len() >= per_hour as usize {
+            return false;
+        }
+        self.tickets.opened.push_back(now);
+        true
+    }
+
+    /// The customer asks for a human: the chat is queued as when the AI hands it off. Asked while
+    /// queued or held by an agent, nothing changes.
+    pub fn customer_handoff(
+        &mut self,
+        limits: &Limits,
+        reason: String,
+    ) -> Result<Vec<Effect>, HandoffRefused> {
+        if self.is_closed() {
+            return Err(HandoffRefused::Closed);
+        }
+        Ok(self.queue(limits, reason))
     }
 
     /// Applies a customer message (once per `client_id`).
@@ -302,8 +419,8 @@ impl SessionState {
         if self.is_closed() {
             return Accepted::Closed;
         }
-        if let Some((_, seq)) = self.recent.iter().find(|(id, _)| *id == client_id) {
-            return Accepted::Duplicate { seq: *seq };
+        if let Some(seq) = self.seen(&Sender::Customer, &client_id) {
+            return Accepted::Duplicate { seq };
         }
         // Kept for resume and transcripts; the sender's own connection gets the ack instead.
         self.message(
@@ -314,25 +431,32 @@ impl SessionState {
             now,
         );
         let seq = self.last_seq();
-        self.remember(limits, client_id, seq);
+        self.remember(limits, Sender::Customer, client_id, seq);
         let mut effects = Vec::new();
         if self.owner.is_ai() {
             let message_id = MessageId::new();
             if self.ai.in_flight.is_some() {
-                self.ai.waiting.push((message_id, text));
+                self.ai.waiting.push((message_id, text, seq));
             } else {
-                effects.push(Effect::CallAi(self.start_ai(limits, message_id, text)));
+                effects.push(Effect::CallAi(self.start_ai(limits, message_id, text, seq)));
             }
         }
         Accepted::New { seq, effects }
     }
 
-    fn start_ai(&mut self, limits: &Limits, message_id: MessageId, text: String) -> AiCall {
+    /// A call answering the customer's messages from seq `first` on.
+    fn start_ai(
+        &mut self,
+        limits: &Limits,
+        message_id: MessageId,
+        text: String,
+        first: u64,
+    ) -> AiCall {
         self.ai.in_flight = Some(message_id);
         AiCall {
             message_id,
             text,
-            history: self.ai_context(limits),
+            history: self.ai_context(limits, first),
         }
     }
 
@@ -344,13 +468,16 @@ impl SessionState {
             return None;
         }
         let waiting = std::mem::take(&mut self.ai.waiting);
-        let message_id = waiting.last().map(|(id, _)| *id)?;
+        let message_id = waiting.last().map(|(id, _, _)| *id)?;
+        let first = waiting.first().map_or(0, |(_, _, seq)| *seq);
         let text = waiting
             .into_iter()
-            .map(|(_, t)| t)
+            .map(|(_, t, _)| t)
             .collect::<Vec<_>>()
             .join("\n");
-        Some(Effect::CallAi(self.start_ai(limits, message_id, text)))
+        Some(Effect::CallAi(
+            self.start_ai(limits, message_id, text, first),
+        ))
     }
 
     /// The AI answered the call for `message_id`: its reply, then its actions, then the next call.
@@ -405,7 +532,7 @@ impl SessionState {
         if self.ai.in_flight != Some(message_id) || !self.owner.is_ai() {
             return Vec::new();
         }
-        let mut effects = vec![Effect::Send(self.system(
+        let mut effects = vec![Effect::Send(self.fallback(
             limits,
             AI_UNAVAILABLE.to_string(),
             now,
@@ -553,28 +680,37 @@ impl SessionState {
             _ if self.is_closed() => return Err(Refused::Closed),
             _ => return Err(Refused::NotOwner),
         };
-        let key = format!("agent:{client_id}");
-        if let Some((_, seq)) = self.recent.iter().find(|(id, _)| *id == key) {
-            return Ok(Accepted::Duplicate { seq: *seq });
+        let sender = Sender::Agent(agent.clone());
+        if let Some(seq) = self.seen(&sender, &client_id) {
+            return Ok(Accepted::Duplicate { seq });
         }
         let frame = self.record(limits, |seq| ServerFrame::Message {
             seq,
             from: Author::Agent,
             text,
             at: now,
-            client_id: Some(client_id),
+            client_id: Some(client_id.clone()),
             name: Some(name),
+            offers: Vec::new(),
         });
         let seq = self.last_seq();
-        self.remember(limits, key, seq);
+        self.remember(limits, sender, client_id, seq);
         Ok(Accepted::New {
             seq,
             effects: vec![Effect::Send(frame)],
         })
     }
 
-    fn remember(&mut self, limits: &Limits, client_id: String, seq: u64) {
-        self.recent.push_back((client_id, seq));
+    /// The seq a message of `sender` with `client_id` got, if it is remembered.
+    fn seen(&self, sender: &Sender, client_id: &str) -> Option<u64> {
+        self.recent
+            .iter()
+            .find(|(s, id, _)| s == sender && id == client_id)
+            .map(|(_, _, seq)| *seq)
+    }
+
+    fn remember(&mut self, limits: &Limits, sender: Sender, client_id: String, seq: u64) {
+        self.recent.push_back((sender, client_id, seq));
         while self.recent.len() > limits.dedupe_max.max(1) {
             self.recent.pop_front();
         }
@@ -624,6 +760,8 @@ mod tests {
 
     const LIMITS: Limits = Limits {
         history_max: 8,
+        history_max_bytes: usize::MAX,
+        transcript_max_bytes: usize::MAX,
         dedupe_max: 4,
         ai_history: 3,
     };
@@ -807,7 +945,150 @@ mod tests {
         let text = serde_json::to_string(&s).unwrap();
         let back: SessionState = serde_json::from_str(&text).unwrap();
         assert_eq!(back.last_seq(), 1);
-        assert_eq!(back.transcript(), s.transcript());
+        assert_eq!(back.transcript(&LIMITS), s.transcript(&LIMITS));
+    }
+
+    #[test]
+    fn agents_and_customers_dedupe_in_their_own_key_spaces() {
+        let mut s = session();
+        s.claim(&LIMITS, agent("a")).unwrap();
+        let seq_a = match s
+            .agent_message(
+                &LIMITS,
+                &AgentId::from("a"),
+                "x-1".into(),
+                "from A".into(),
+                Utc::now(),
+            )
+            .unwrap()
+        {
+            Accepted::New { seq, .. } => seq,
+            other => panic!("{other:?}"),
+        };
+        // The customer using the agent's id (or the old `agent:` prefix) is a new message.
+        let (c1, _) = new(s.customer_message(&LIMITS, "x-1".into(), "me".into(), Utc::now()));
+        let (c2, _) =
+            new(s.customer_message(&LIMITS, "agent:x-2".into(), "me too".into(), Utc::now()));
+        assert!(c1 > seq_a && c2 > c1);
+        // Agent B, after A left, sending A's client_id is a new message and reaches the customer.
+        s.release(&LIMITS, &AgentId::from("a"), false, AfterLeave::Requeue)
+            .unwrap();
+        s.claim(&LIMITS, agent("b")).unwrap();
+        let Accepted::New {
+            seq: seq_b,
+            effects,
+        } = s
+            .agent_message(
+                &LIMITS,
+                &AgentId::from("b"),
+                "x-1".into(),
+                "from B".into(),
+                Utc::now(),
+            )
+            .unwrap()
+        else {
+            panic!("agent B's message must be new");
+        };
+        assert!(seq_b > c2);
+        assert!(
+            matches!(&effects[0], Effect::Send(ServerFrame::Message { text, .. }) if text == "from B")
+        );
+        // The customer's agent-looking id does not swallow the agent's next message either.
+        assert!(matches!(
+            s.agent_message(
+                &LIMITS,
+                &AgentId::from("b"),
+                "x-2".into(),
+                "again B".into(),
+                Utc::now()
+            ),
+            Ok(Accepted::New { .. })
+        ));
+    }
+
+    #[test]
+    fn the_ai_history_holds_neither_system_notes_nor_the_message_it_answers() {
+        let mut s = session();
+        let (_, e) = new(s.customer_message(&LIMITS, "c1".into(), "first".into(), Utc::now()));
+        let call = ai_call(&e).unwrap();
+        assert!(
+            call.history.is_empty(),
+            "the answered message is the call's `message`"
+        );
+        s.ai_failed(&LIMITS, call.message_id, Utc::now());
+        let (_, e) = new(s.customer_message(&LIMITS, "c2".into(), "second".into(), Utc::now()));
+        let call = ai_call(&e).unwrap();
+        assert_eq!(call.text, "second");
+        let texts: Vec<_> = call.history.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["first"], "no system note, no repeat of `second`");
+        assert!(s
+            .transcript(&LIMITS)
+            .iter()
+            .all(|l| l.role != ChatRole::System));
+    }
+
+    #[test]
+    fn the_transcript_copy_keeps_the_newest_lines_within_its_budget() {
+        let mut s = session();
+        let limits = Limits {
+            transcript_max_bytes: 3 * (100 + TRANSCRIPT_LINE_OVERHEAD),
+            ..LIMITS
+        };
+        for i in 0..6 {
+            let text = format!("{i}").repeat(100);
+            s.customer_message(&limits, format!("c{i}"), text, Utc::now());
+        }
+        let t = s.transcript(&limits);
+        assert_eq!(t.len(), 3);
+        assert!(t[0].text.starts_with('3') && t[2].text.starts_with('5'));
+        // One line larger than the whole budget keeps its newest part.
+        let tight = Limits {
+            transcript_max_bytes: 50 + TRANSCRIPT_LINE_OVERHEAD,
+            ..LIMITS
+        };
+        let t = s.transcript(&tight);
+        assert_eq!(t.len(), 1);
+        assert!(t[0].text.starts_with('…') && t[0].text.len() <= 50);
+    }
+
+    #[test]
+    fn tickets_per_hour_are_counted_in_a_sliding_hour() {
+        let mut s = session();
+        let t0 = Utc::now();
+        assert!(s.take_ticket(2, t0));
+        assert!(s.take_ticket(2, t0 + chrono::Duration::minutes(1)));
+        assert!(!s.take_ticket(2, t0 + chrono::Duration::minutes(59)));
+        assert!(s.take_ticket(2, t0 + chrono::Duration::minutes(61)));
+    }
+
+    #[test]
+    fn a_customer_can_ask_for_a_human_and_failures_offer_one() {
+        let mut s = session();
+        let (_, e) = new(s.customer_message(&LIMITS, "c1".into(), "hello".into(), Utc::now()));
+        let call = ai_call(&e).unwrap();
+        let failed = s.ai_failed(&LIMITS, call.message_id, Utc::now());
+        assert!(matches!(
+            &failed[0],
+            Effect::Send(ServerFrame::Message { offers, .. }) if offers == &FALLBACK_OFFERS
+        ));
+        let effects = s
+            .customer_handoff(&LIMITS, "wants a person".into())
+            .unwrap();
+        assert!(effects
+            .iter()
+            .any(|e| matches!(e, Effect::Enqueue { reason } if reason == "wants a person")));
+        assert!(s.owner.is_queued());
+        assert!(
+            s.customer_handoff(&LIMITS, "again".into())
+                .unwrap()
+                .is_empty(),
+            "already queued"
+        );
+        s.close(&LIMITS, CloseReason::CustomerClosed);
+        assert_eq!(
+            s.customer_handoff(&LIMITS, "late".into()),
+            Err(HandoffRefused::Closed)
+        );
     }
 
     #[test]
