@@ -116,21 +116,44 @@ pub struct ServiceActionRequest {
     pub service: String,
     /// What to do to it, e.g. `reset_password`, `restart`.
     pub operation: String,
-    /// Operation-specific arguments (may be `{}`).
-    #[serde(default)]
+    /// Operation-specific arguments (may be `{}`). The contract wants an object: none (an AI action
+    /// that gave no `params`, or `null`) is sent as `{}`.
+    #[serde(default, serialize_with = "params_object")]
     pub params: Value,
     /// The request that caused the action, also sent as `X-Request-Id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<RequestId>,
 }
 
-/// What came of a service action; `message` is shown to the customer.
+/// `params` as the contract has it: an object, `{}` for none.
+fn params_object<S: serde::Serializer>(params: &Value, s: S) -> Result<S::Ok, S::Error> {
+    match params {
+        Value::Null => serde_json::Map::new().serialize(s),
+        other => other.serialize(s),
+    }
+}
+
+/// What came of a service action; `message`, when Django gives one, is shown to the customer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceActionResult {
     pub ok: bool,
-    pub message: String,
+    /// Optional: `{"ok": true}` alone is a success, told in Switchboard's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     #[serde(default)]
     pub data: Value,
+}
+
+impl ServiceActionResult {
+    /// What the customer reads: Django's message, or, when it gave none (or only blanks), a
+    /// sentence saying whether `operation` on `service` was carried out.
+    pub fn customer_text(&self, service: &str, operation: &str) -> String {
+        match self.message.as_deref().map(str::trim) {
+            Some(message) if !message.is_empty() => message.to_string(),
+            _ if self.ok => format!("Done: `{operation}` on your {service} service."),
+            _ => format!("We could not run `{operation}` on your {service} service."),
+        }
+    }
 }
 
 /// `GET /api/tickets/{id}/`: Django's view of a ticket; optional fields take their documented
@@ -168,8 +191,7 @@ fn one() -> u64 {
 
 impl DjangoTicket {
     pub fn into_ticket(self) -> Ticket {
-        use chrono::SubsecRound;
-        Ticket {
+            Ticket {
             id: self.id,
             subject: self.subject,
             description: self.description,
@@ -189,8 +211,10 @@ impl DjangoTicket {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use chrono::SubsecRound;
     use serde_json::json;
+
+    use super::*;
 
     #[test]
     fn service_action_request_omits_an_unknown_request_id() {
@@ -210,6 +234,66 @@ mod tests {
         let v = serde_json::to_value(&req).unwrap();
         assert!(v.get("request_id").is_none());
         assert_eq!(v["operation"], "reset_password");
+    }
+
+    fn service_request(params: Value) -> ServiceActionRequest {
+        ServiceActionRequest {
+            action_id: Uuid::now_v7(),
+            session_id: SessionId::new(),
+            customer: Customer {
+                id: "c-42".into(),
+                name: "Ada".into(),
+                email: "ada@example.com".into(),
+            },
+            service: "email".into(),
+            operation: "reset_password".into(),
+            params,
+            request_id: None,
+        }
+    }
+
+    #[test]
+    fn service_action_params_are_always_an_object() {
+        let none = serde_json::to_value(service_request(Value::Null)).unwrap();
+        assert_eq!(none["params"], json!({}));
+        let absent: ServiceActionRequest = serde_json::from_value(json!({
+            "action_id": Uuid::now_v7(),
+            "session_id": SessionId::new(),
+            "customer": {"id": "c-42", "name": "Ada", "email": "ada@example.com"},
+            "service": "email",
+            "operation": "reset_password"
+        }))
+        .unwrap();
+        let text = serde_json::to_string(&absent).unwrap();
+        assert!(text.contains(r#""params":{}"#), "{text}");
+        let given = serde_json::to_value(service_request(json!({"to": "ada@example.com"})));
+        assert_eq!(given.unwrap()["params"], json!({"to": "ada@example.com"}));
+    }
+
+    #[test]
+    fn a_service_result_without_a_message_is_still_a_success() {
+        let bare: ServiceActionResult = serde_json::from_value(json!({"ok": true})).unwrap();
+        assert!(bare.ok);
+        assert_eq!(
+            bare.customer_text("email", "reset_password"),
+            "Done: `reset_password` on your email service."
+        );
+        let blank: ServiceActionResult =
+            serde_json::from_value(json!({"ok": true, "message": "  "})).unwrap();
+        assert_eq!(
+            blank.customer_text("email", "reset_password"),
+            "Done: `reset_password` on your email service."
+        );
+        let refused: ServiceActionResult = serde_json::from_value(json!({"ok": false})).unwrap();
+        assert_eq!(
+            refused.customer_text("vpn", "restart"),
+            "We could not run `restart` on your vpn service."
+        );
+        let told: ServiceActionResult = serde_json::from_value(
+            json!({"ok": false, "message": "Not on your plan.", "data": {}}),
+        )
+        .unwrap();
+        assert_eq!(told.customer_text("vpn", "restart"), "Not on your plan.");
     }
 
     #[test]

@@ -468,8 +468,8 @@ impl Session {
         let sent = self.deps.services.send(request);
         ctx.spawn(sent.into_actor(self).map(move |result, act, _| {
             let (outcome, text) = match result {
-                Ok(Ok(r)) if r.ok => ("ok", r.message),
-                Ok(Ok(r)) => ("refused", r.message),
+                Ok(Ok(r)) if r.ok => ("ok", r.customer_text(&service, &operation)),
+                Ok(Ok(r)) => ("refused", r.customer_text(&service, &operation)),
                 _ => (
                     "failed",
                     format!("We could not run `{operation}` on your {service} service just now."),
