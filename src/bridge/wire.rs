@@ -191,7 +191,8 @@ fn one() -> u64 {
 
 impl DjangoTicket {
     pub fn into_ticket(self) -> Ticket {
-            Ticket {
+        use chrono::SubsecRound;
+        Ticket {
             id: self.id,
             subject: self.subject,
             description: self.description,
@@ -294,6 +295,148 @@ mod tests {
         )
         .unwrap();
         assert_eq!(told.customer_text("vpn", "restart"), "Not on your plan.");
+    }
+
+    /// Every RFC 3339 timestamp in a JSON body.
+    fn timestamps(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::String(s) if s.len() >= 20 && s.as_bytes()[10] == b'T' && s.ends_with('Z') => {
+                out.push(s.clone())
+            }
+            Value::Array(items) => items.iter().for_each(|i| timestamps(i, out)),
+            Value::Object(fields) => fields.values().for_each(|f| timestamps(f, out)),
+            _ => {}
+        }
+    }
+
+    /// Checks that every timestamp of `body` has exactly three fractional digits, and returns them.
+    fn all_in_millis(body: &impl Serialize) -> Vec<String> {
+        let mut found = Vec::new();
+        timestamps(&serde_json::to_value(body).unwrap(), &mut found);
+        for at in &found {
+            let fraction = at.split_once('.').map(|(_, f)| f.trim_end_matches('Z'));
+            assert_eq!(fraction.map(str::len), Some(3), "{at}");
+        }
+        found
+    }
+
+    #[test]
+    fn every_timestamp_sent_to_django_has_milliseconds() {
+        use chrono::TimeZone;
+
+        use crate::domain::chat::ChatRole;
+        use crate::domain::ticket::EventKind;
+        use crate::store::{HandoffEvent, HandoffRecord};
+
+        let base = Utc.with_ymd_and_hms(2026, 11, 27, 5, 40, 1).unwrap();
+        let precise = base + chrono::Duration::nanoseconds(250_123_456);
+        let whole = Utc.with_ymd_and_hms(2026, 11, 27, 5, 40, 0).unwrap();
+        let transcript = vec![
+            TranscriptLine {
+                role: ChatRole::Customer,
+                text: "Hello".into(),
+                at: whole,
+            },
+            TranscriptLine {
+                role: ChatRole::Ai,
+                text: "Hi Ada".into(),
+                at: precise,
+            },
+        ];
+        let lines = [
+            "2026-11-27T05:40:00.000Z".to_string(),
+            "2026-11-27T05:40:01.250Z".to_string(),
+        ];
+
+        let ai = AiRespondRequest {
+            session_id: SessionId::new(),
+            message_id: MessageId::new(),
+            customer: Customer {
+                id: "c-42".into(),
+                name: "Ada".into(),
+                email: "ada@example.com".into(),
+            },
+            message: "Hello".into(),
+            history: transcript.clone(),
+        };
+        assert_eq!(all_in_millis(&ai), lines);
+        let text = serde_json::to_string(&ai).unwrap();
+        assert!(
+            text.contains(r#""at":"2026-11-27T05:40:01.250Z""#),
+            "{text}"
+        );
+
+        let record = ChatTicketRecord {
+            session_id: SessionId::new(),
+            ticket_id: TicketId::new(),
+            subject: "Refund".into(),
+            description: String::new(),
+            priority: Priority::Normal,
+            requester: "ada@example.com".into(),
+            transcript: transcript.clone(),
+            request_id: None,
+        };
+        assert_eq!(all_in_millis(&ChatTicketRequest::from(&record)), lines);
+
+        let handoff = HandoffRecord {
+            handoff_id: EventId::new(),
+            session_id: SessionId::new(),
+            event: HandoffEvent::Requested,
+            reason: "billing dispute".into(),
+            agent_id: None,
+            agent_name: None,
+            customer_id: "c-42".into(),
+            customer_name: "Ada".into(),
+            at: precise,
+            transcript,
+        };
+        let mut expected = vec!["2026-11-27T05:40:01.250Z".to_string()];
+        expected.extend(lines.iter().cloned());
+        let mut sent = all_in_millis(&handoff);
+        sent.sort();
+        expected.sort();
+        assert_eq!(sent, expected);
+
+        // The ticket's own times are the store's, already in milliseconds.
+        let stored = precise.trunc_subsecs(3);
+        let ticket = Ticket {
+            id: TicketId::new(),
+            subject: "Refund".into(),
+            description: String::new(),
+            status: Status::Open,
+            priority: Priority::Normal,
+            requester: "ada@example.com".into(),
+            assignee: None,
+            tags: vec![],
+            source: Source::Api,
+            chat_session_id: None,
+            created_at: stored,
+            updated_at: stored,
+            version: 1,
+        };
+        let item = SyncItem {
+            event_id: EventId::new(),
+            ticket_id: ticket.id,
+            version: 1,
+            kinds: vec![EventKind::Created],
+            occurred_at: precise,
+            coalesced_event_ids: vec![],
+            ticket,
+            comments: vec![],
+            request_id: None,
+            seqs: vec![],
+        };
+        let batch = SyncBatch {
+            batch_id: Uuid::now_v7(),
+            sent_at: whole,
+            events: std::slice::from_ref(&item),
+        };
+        let text = serde_json::to_string(&batch).unwrap();
+        assert!(
+            text.contains(r#""occurred_at":"2026-11-27T05:40:01.250Z""#),
+            "{text}"
+        );
+        assert_eq!(all_in_millis(&batch).len(), 4);
     }
 
     #[test]
