@@ -488,6 +488,103 @@ pub struct LogSettings {
     pub format: LogFormat,
 }
 
+/// The level names `tracing` knows, most verbose last.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Level names people write for one `tracing` spells differently.
+const LOG_LEVEL_ALIASES: [(&str, &str); 1] = [("warning", "warn")];
+
+impl LogSettings {
+    /// The `tracing` filter `log.level` stands for, its level aliases (`warning`) read as the level
+    /// they name.
+    pub fn filter(&self) -> String {
+        canonical_log_filter(&self.level)
+    }
+}
+
+/// A log filter with every level alias replaced by the level it names, bare (`warning`) or after a
+/// target (`actix_web=warning`); everything else is kept as written. Without this, `tracing` reads a
+/// bare `warning` as a target's name and every other log goes quiet.
+pub fn canonical_log_filter(spec: &str) -> String {
+    spec.split(',')
+        .map(|directive| {
+            let (target, level) = match directive.rsplit_once('=') {
+                Some((target, level)) => (Some(target), level),
+                None => (None, directive),
+            };
+            let level = level.trim();
+            match LOG_LEVEL_ALIASES
+                .iter()
+                .find(|(alias, _)| alias.eq_ignore_ascii_case(level))
+            {
+                Some((_, canonical)) => match target {
+                    Some(target) => format!("{target}={canonical}"),
+                    None => (*canonical).to_string(),
+                },
+                None => directive.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Checks a log filter (aliases already replaced): a bare word is a level (`tracing` also takes 0
+/// to 5), or the filter is refused. `tracing` would take any other bare word as a target to log at
+/// every level while silencing everything else, which a misspelt level (`warnn`) never means; a
+/// target is written `target=level`.
+fn check_log_filter(spec: &str) -> Result<(), String> {
+    let bare_words = spec.split(',').map(str::trim).filter(|d| {
+        !d.is_empty()
+            && d.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '-')
+    });
+    for word in bare_words {
+        let is_level = LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(word))
+            || matches!(word, "0" | "1" | "2" | "3" | "4" | "5");
+        if !is_level {
+            let hint = match nearest_level(word) {
+                Some(level) => format!("did you mean `{level}`?"),
+                None => format!("the levels are {}", LOG_LEVELS.join(", ")),
+            };
+            return Err(format!(
+                "`{word}` is not a log level ({hint}); name a target's level as `{word}=debug`"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The level (or alias' level) spelt closest to `word`, if any is close enough to be a typo of it.
+fn nearest_level(word: &str) -> Option<&'static str> {
+    let word = word.to_ascii_lowercase();
+    LOG_LEVELS
+        .iter()
+        .map(|l| (*l, *l))
+        .chain(LOG_LEVEL_ALIASES.iter().copied())
+        .map(|(name, level)| (edit_distance(&word, name), level))
+        .filter(|(distance, _)| *distance <= 2)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, level)| level)
+}
+
+/// Levenshtein distance between two short ASCII words.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(above + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownSettings {
@@ -568,12 +665,14 @@ impl Settings {
     /// Checks what serde cannot: addresses, ranges, and the secure-by-default rule.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let api_bind = self.api.validate("api")?;
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+        let log_filter = self.log.filter();
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
             return Err(invalid(
                 "log.level",
                 format!("`{}` is not a log filter ({e})", self.log.level),
             ));
         }
+        check_log_filter(&log_filter).map_err(|why| invalid("log.level", why))?;
         self.sessions.validate()?;
         self.agents.validate()?;
         let chat_bind = self.chat.validate()?;
@@ -783,6 +882,47 @@ mod tests {
         let err = Settings::from_toml("[log]\nlevel = \"verbose[\"").unwrap_err();
         assert!(err.to_string().contains("log.level"), "{err}");
         assert!(Settings::from_toml("[log]\nlevel = \"warn,switchboard=debug\"").is_ok());
+    }
+
+    #[test]
+    fn warning_is_read_as_warn_and_other_unknown_level_names_are_refused() {
+        let level = |l: &str| Settings::from_toml(&format!("[log]\nlevel = \"{l}\""));
+        for (written, filter) in [
+            ("warning", "warn"),
+            ("WARNING", "warn"),
+            ("info,actix_web=warning", "info,actix_web=warn"),
+            ("warn,switchboard=debug", "warn,switchboard=debug"),
+            ("DEBUG", "DEBUG"),
+            ("2", "2"),
+        ] {
+            let s = level(written).unwrap_or_else(|e| panic!("{written}: {e}"));
+            assert_eq!(s.log.filter(), filter);
+        }
+        // As `tracing` would read it, `warning` is a target: every other log would go quiet.
+        let quiet = tracing_subscriber::EnvFilter::try_new("warning").unwrap();
+        assert_eq!(
+            quiet.max_level_hint(),
+            Some(tracing::level_filters::LevelFilter::TRACE)
+        );
+        let warn = tracing_subscriber::EnvFilter::try_new(level("warning").unwrap().log.filter());
+        assert_eq!(
+            warn.unwrap().max_level_hint(),
+            Some(tracing::level_filters::LevelFilter::WARN)
+        );
+
+        for (written, hint) in [
+            ("warnn", "did you mean `warn`?"),
+            ("warnings", "did you mean `warn`?"),
+            (
+                "information",
+                "the levels are off, error, warn, info, debug, trace",
+            ),
+            ("info,verbose", "the levels are"),
+        ] {
+            let err = level(written).unwrap_err().to_string();
+            assert!(err.contains("log.level"), "{written}: {err}");
+            assert!(err.contains(hint), "{written}: {err}");
+        }
     }
 
     #[test]

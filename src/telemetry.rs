@@ -3,9 +3,10 @@
 
 use tracing_subscriber::{fmt, EnvFilter};
 
-use crate::config::{LogFormat, LogSettings};
+use crate::config::{canonical_log_filter, LogFormat, LogSettings};
 
-/// Installs the global subscriber and the panic hook. `RUST_LOG`, when set, overrides `log.level`.
+/// Installs the global subscriber and the panic hook. `RUST_LOG`, when set, overrides `log.level`;
+/// in both, a level alias (`warning`) reads as the level it names.
 pub fn init(settings: &LogSettings) {
     init_subscriber(settings);
     install_panic_hook();
@@ -13,9 +14,11 @@ pub fn init(settings: &LogSettings) {
 
 /// Installs only the subscriber (test harnesses keep their own panic reporting).
 pub fn init_subscriber(settings: &LogSettings) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = std::env::var(EnvFilter::DEFAULT_ENV)
+        .ok()
+        .and_then(|env| EnvFilter::try_new(canonical_log_filter(&env)).ok())
+        .or_else(|| EnvFilter::try_new(settings.filter()).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = fmt().with_env_filter(filter).with_target(true);
     let result = match settings.format {
         LogFormat::Json => builder

@@ -228,6 +228,36 @@ async fn a_service_action_is_carried_out_once_with_its_request_id() {
 }
 
 #[actix_rt::test]
+async fn a_service_action_answered_ok_without_a_message_is_a_success_and_params_is_an_object() {
+    let django = FakeDjango::start();
+    django.push_chat(
+        ChatEndpoint::ManageService,
+        Behavior::Json(json!({"ok": true})),
+    );
+    let app = spawn_app(&django.config("flush_ms = 3600000"));
+    let body = json!({
+        "action_id": uuid::Uuid::now_v7().to_string(),
+        "session_id": "8f14e45f-ceea-467f-a0e6-3b1c2d4e5f60",
+        "customer": {"id": "c-42", "name": "Ada", "email": "ada@example.com"},
+        "service": "vpn",
+        "operation": "restart",
+        "params": null
+    });
+    let done = request(
+        "POST",
+        &app.url("/api/v1/debug/django/services-manage"),
+        Some(&body),
+        &[],
+    )
+    .await;
+    assert_eq!(done.status, 200, "{}", done.text);
+    assert_eq!(done.body["ok"], true);
+    let calls = django.chat_calls(ChatEndpoint::ManageService);
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].body["params"], json!({}));
+}
+
+#[actix_rt::test]
 async fn a_ticket_write_reaches_django_with_the_request_id_that_caused_it() {
     let mut django = FakeDjango::start();
     let app = spawn_app(&django.config("batch_max = 1\nflush_ms = 3600000"));

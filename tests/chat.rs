@@ -272,6 +272,32 @@ async fn the_ai_acts_opening_tickets_running_confirmed_service_actions_and_handi
 }
 
 #[actix_rt::test]
+async fn a_service_action_django_answers_ok_without_a_message_tells_the_customer_it_was_done() {
+    let django = FakeDjango::start();
+    django.push_chat(
+        ChatEndpoint::AiRespond,
+        Behavior::Json(json!({
+            "reply": "Restarting it.", "confidence": 0.9, "handoff": false,
+            "actions": [{"type": "manage_service", "service": "vpn", "operation": "restart"}]
+        })),
+    );
+    django.push_chat(
+        ChatEndpoint::ManageService,
+        Behavior::Json(json!({"ok": true})),
+    );
+    let app = chat_app(&django, "");
+    let (mut c, _) = ChatClient::start(app.chat_addr).await;
+    say(&mut c, "m-1", "My VPN is stuck").await;
+    assert_eq!(message_from(&mut c, "ai").await["text"], "Restarting it.");
+    let result = message_from(&mut c, "system").await;
+    assert_eq!(result["text"], "Done: `restart` on your vpn service.");
+    let calls = django.chat_calls(ChatEndpoint::ManageService);
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].body["params"], json!({}), "an object, never null");
+    app.stop().await.expect("clean stop");
+}
+
+#[actix_rt::test]
 async fn bad_frames_get_error_frames_and_the_session_goes_on() {
     let django = FakeDjango::start();
     let app = chat_app(&django, "max_message_chars = 10");

@@ -17,6 +17,8 @@ pub struct SyncItem {
     pub ticket_id: TicketId,
     pub version: u64,
     pub kinds: Vec<EventKind>,
+    /// Milliseconds, as the Django contract has every timestamp.
+    #[serde(serialize_with = "crate::domain::timestamp::serialize_millis")]
     pub occurred_at: DateTime<Utc>,
     pub coalesced_event_ids: Vec<EventId>,
     pub ticket: Ticket,

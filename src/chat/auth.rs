@@ -13,6 +13,8 @@ use crate::domain::ids::SessionId;
 pub enum AuthError {
     #[error("customer tokens are not accepted here (no sessions.jwt_secret is configured)")]
     NotConfigured,
+    #[error("the token is not yet valid (its `nbf` is in the future)")]
+    NotYetValid,
     #[error("the token is not valid")]
     Invalid(#[source] jsonwebtoken::errors::Error),
     #[error("the token is for role `{0}`, not a customer")]
@@ -49,12 +51,17 @@ pub fn customer(
     }
     let mut validation = Validation::new(Algorithm::HS256);
     validation.set_required_spec_claims(&["exp", "sub"]);
+    // `nbf`, when present, is held to the same leeway as `exp` (the library's default, 60 s).
+    validation.validate_nbf = true;
     let data = decode::<Claims>(
         token,
         &DecodingKey::from_secret(secret.as_bytes()),
         &validation,
     )
-    .map_err(AuthError::Invalid)?;
+    .map_err(|e| match e.kind() {
+        jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+        _ => AuthError::Invalid(e),
+    })?;
     let claims = data.claims;
     if let Some(role) = claims.role.filter(|r| r != "customer") {
         return Err(AuthError::WrongRole(role));
@@ -89,6 +96,8 @@ pub enum AgentAuthError {
     NotConfigured,
     #[error("the token has expired")]
     Expired,
+    #[error("the token is not yet valid (its `nbf` is in the future)")]
+    NotYetValid,
     #[error("the token is not valid")]
     Invalid(#[source] jsonwebtoken::errors::Error),
     #[error("the token is for role `{0}`, not an agent")]
@@ -127,6 +136,8 @@ pub fn agent(token: Option<&str>, secret: &str) -> Result<AgentIdentity, AgentAu
     let mut validation = Validation::new(Algorithm::HS256);
     validation.set_required_spec_claims(&["exp", "sub"]);
     validation.leeway = 0;
+    // `nbf`, when present, is checked with the same (zero) leeway as `exp`.
+    validation.validate_nbf = true;
     let data = decode::<AgentClaims>(
         token,
         &DecodingKey::from_secret(secret.as_bytes()),
@@ -134,6 +145,7 @@ pub fn agent(token: Option<&str>, secret: &str) -> Result<AgentIdentity, AgentAu
     )
     .map_err(|e| match e.kind() {
         jsonwebtoken::errors::ErrorKind::ExpiredSignature => AgentAuthError::Expired,
+        jsonwebtoken::errors::ErrorKind::ImmatureSignature => AgentAuthError::NotYetValid,
         _ => AgentAuthError::Invalid(e),
     })?;
     let claims = data.claims;
@@ -215,6 +227,36 @@ mod tests {
             customer(Some("x.y.z"), "", SessionId::new()),
             Err(AuthError::NotConfigured)
         ));
+    }
+
+    #[test]
+    fn a_token_whose_nbf_is_in_the_future_is_refused_as_not_yet_valid() {
+        // Customers: past the 60 s leeway is refused, within it and in the past is accepted.
+        let later = token(
+            json!({"sub": "c-42", "nbf": exp(600), "exp": exp(3600)}),
+            SECRET,
+        );
+        let err = customer(Some(&later), SECRET, SessionId::new()).unwrap_err();
+        assert!(matches!(err, AuthError::NotYetValid), "{err:?}");
+        assert!(err.to_string().contains("not yet valid"), "{err}");
+        for nbf in [exp(-60), exp(30)] {
+            let now = token(json!({"sub": "c-42", "nbf": nbf, "exp": exp(3600)}), SECRET);
+            assert!(customer(Some(&now), SECRET, SessionId::new()).is_ok());
+        }
+
+        // Agents: no leeway, a 401 `unauthorized` that says why.
+        let later = token(
+            json!({"sub": "a-1", "role": "agent", "nbf": exp(120), "exp": exp(3600)}),
+            SECRET,
+        );
+        let err = agent(Some(&later), SECRET).unwrap_err();
+        assert_eq!(err.status(), (401, "unauthorized"));
+        assert!(err.to_string().contains("not yet valid"), "{err}");
+        let now = token(
+            json!({"sub": "a-1", "role": "agent", "nbf": exp(-5), "exp": exp(3600)}),
+            SECRET,
+        );
+        assert!(agent(Some(&now), SECRET).is_ok());
     }
 
     #[test]

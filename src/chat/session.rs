@@ -518,24 +518,13 @@ impl Session {
         };
         let sent = self.deps.services.send(request);
         ctx.spawn(sent.into_actor(self).map(move |result, act, _| {
-            let failed =
-                || format!("We could not run `{operation}` on your {service} service just now.");
             let (outcome, text) = match result {
-                Ok(Ok(r)) if r.ok => (
-                    "ok",
-                    Some(r.message)
-                        .filter(|m| !m.trim().is_empty())
-                        .unwrap_or_else(|| {
-                            format!("Done: `{operation}` on your {service} service.")
-                        }),
+                Ok(Ok(r)) if r.ok => ("ok", r.customer_text(&service, &operation)),
+                Ok(Ok(r)) => ("refused", r.customer_text(&service, &operation)),
+                _ => (
+                    "failed",
+                    format!("We could not run `{operation}` on your {service} service just now."),
                 ),
-                Ok(Ok(r)) => (
-                    "refused",
-                    Some(r.message)
-                        .filter(|m| !m.trim().is_empty())
-                        .unwrap_or_else(failed),
-                ),
-                _ => ("failed", failed()),
             };
             metrics::counter!(m::CHAT_ACTIONS, "kind" => "manage_service", "outcome" => outcome)
                 .increment(1);

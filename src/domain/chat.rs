@@ -21,7 +21,9 @@ pub enum ChatRole {
 pub struct TranscriptLine {
     pub role: ChatRole,
     pub text: String,
-    #[serde(serialize_with = "super::timestamp::serialize")]
+    /// Milliseconds, as the Django contract has every timestamp (a message's own `at` has
+    /// nanoseconds).
+    #[serde(serialize_with = "super::timestamp::serialize_millis")]
     pub at: DateTime<Utc>,
 }
 

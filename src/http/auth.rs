@@ -158,6 +158,36 @@ mod tests {
     }
 
     #[test]
+    fn only_the_exact_key_is_accepted() {
+        let auth = Auth::new(
+            vec![ApiKey {
+                name: "dashboard".into(),
+                key: "read-key-0123456789".into(),
+                key_env: None,
+                scopes: vec![Scope::Read],
+            }],
+            254,
+        );
+        let caller = auth
+            .authorize(&request(Some("read-key-0123456789")), Scope::Read)
+            .unwrap();
+        assert_eq!(caller.actor.identity(), "dashboard");
+        for near_miss in [
+            "read-key-0123456788",
+            "read-key-012345678",
+            "read-key-01234567890",
+            "READ-KEY-0123456789",
+        ] {
+            let refused = auth.authorize(&request(Some(near_miss)), Scope::Read);
+            assert_eq!(
+                refused.unwrap_err().status,
+                StatusCode::UNAUTHORIZED,
+                "{near_miss}"
+            );
+        }
+    }
+
+    #[test]
     fn refusals_are_logged_at_info_with_the_key_name_and_never_a_secret() {
         let auth = Auth::new(
             vec![ApiKey {

@@ -81,7 +81,8 @@ pub struct HandoffRecord {
     pub agent_name: Option<String>,
     pub customer_id: String,
     pub customer_name: String,
-    #[serde(serialize_with = "crate::domain::timestamp::serialize")]
+    /// Milliseconds, as the Django contract has it (the record is the body sent).
+    #[serde(serialize_with = "crate::domain::timestamp::serialize_millis")]
     pub at: DateTime<Utc>,
     pub transcript: Vec<TranscriptLine>,
 }
