@@ -6,6 +6,7 @@
 //! lean WebSocket transport). Handlers are thin: they talk to actors and the store, never to Django.
 
 pub mod admin;
+pub mod assets;
 pub mod auth;
 pub mod body;
 pub mod chat;
