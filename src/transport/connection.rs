@@ -482,11 +482,10 @@ pub async fn accept_routed(
             Ok(Some((upgrade, used))) => {
                 write_all(&stream, upgrade.response().as_bytes()).await?;
                 let mut reader = Reader::new(Role::Server, limits.max_frame, limits.max_message);
-                // Frames sent right behind the request are kept for the first poll.
-                let first = reader.feed(&head[used..]);
+                // Frames sent right behind the request are decoded at the first poll.
+                reader.keep(&head[used..]);
                 let inbound = Inbound {
                     shared: Rc::new(Shared::new(stream, reader, limits)),
-                    first: Some(first),
                     state: State::Open,
                     run_messages: 0,
                     run_bytes: 0,
@@ -532,8 +531,6 @@ enum State {
 /// answer within the close timeout.
 pub struct Inbound {
     shared: Rc<Shared>,
-    /// What decoding the bytes sent behind the upgrade request gave, for the first poll.
-    first: Option<Result<Option<Message>, ProtocolError>>,
     state: State,
     /// Messages yielded and bytes read since this stream last returned `Pending`.
     run_messages: u32,
@@ -577,10 +574,7 @@ impl Stream for Inbound {
         if let Poll::Ready(Err(e)) = this.shared.poll_flush(cx) {
             return this.end_with(Err(e.into()));
         }
-        let next = match this.first.take() {
-            Some(first) => first,
-            None => this.shared.reader.borrow_mut().next(),
-        };
+        let next = this.shared.reader.borrow_mut().next();
         match next {
             Ok(Some(msg)) => return this.deliver(msg),
             Ok(None) => {}

@@ -487,6 +487,12 @@ impl Reader {
         }
     }
 
+    /// Keeps bytes for [`Reader::next`] without decoding them yet (frames that arrived with the
+    /// upgrade request).
+    pub fn keep(&mut self, bytes: &[u8]) {
+        self.partial.extend_from_slice(bytes);
+    }
+
     /// Takes bytes just read and returns the first message they complete; the bytes after it are
     /// kept for [`Reader::next`]. Nothing is copied unless a frame stays incomplete.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<Message>, ProtocolError> {
