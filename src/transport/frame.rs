@@ -112,24 +112,38 @@ pub mod close_code {
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
+    pub const SERVICE_RESTART: u16 = 1012;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    pub const BAD_GATEWAY: u16 = 1014;
 
-    /// May this code appear in a close frame on the wire? 1005, 1006 and 1015 are reserved for
-    /// local use; 1004 and 1012–2999 are unassigned; 3000–4999 belong to libraries and apps.
+    /// May this code appear in a close frame on the wire? RFC 6455 §7.4 and the IANA "WebSocket
+    /// Close Code Number Registry": 1000–1003 and 1007–1014 are assigned; 1004 is reserved; 1005,
+    /// 1006 and 1015 are for local use only (never sent); the rest of 0–2999 is unassigned;
+    /// 3000–4999 belong to libraries, frameworks and applications.
     pub fn is_sendable(code: u16) -> bool {
-        matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+        matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
     }
 }
 
-/// Decodes one frame from the front of `buf`.
-///
-/// `Ok(None)`: `buf` holds only part of a frame (read more and call again with the bytes appended).
-/// `Ok(Some((frame, used)))`: the frame took `buf[..used]`. A frame longer than `max_frame` is
-/// refused as soon as its header is complete, before its payload is buffered.
-pub fn decode(
+/// A frame's header, parsed before its payload has arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub fin: bool,
+    pub opcode: Opcode,
+    pub mask: Option<[u8; 4]>,
+    /// Bytes of the header itself (2 to 14).
+    pub len: usize,
+    /// Payload bytes that follow it (at most the `max_frame` it was parsed with).
+    pub payload_len: usize,
+}
+
+/// Parses the header at the front of `buf`: `Ok(None)` while it is incomplete. Every check that
+/// needs only the header is made here, so a bad frame is refused before its payload is read.
+pub fn decode_header(
     buf: &[u8],
     role: Role,
     max_frame: usize,
-) -> Result<Option<(Frame, usize)>, ProtocolError> {
+) -> Result<Option<Header>, ProtocolError> {
     if buf.len() < 2 {
         return Ok(None);
     }
@@ -181,21 +195,43 @@ pub fn decode(
     } else {
         None
     };
-    let len = len as usize; // ≤ max_frame, so it fits
-    if buf.len() < at + len {
+    Ok(Some(Header {
+        fin,
+        opcode,
+        mask,
+        len: at,
+        payload_len: len as usize, // ≤ max_frame, so it fits
+    }))
+}
+
+/// Decodes one frame from the front of `buf`.
+///
+/// `Ok(None)`: `buf` holds only part of a frame (read more and call again with the bytes appended).
+/// `Ok(Some((frame, used)))`: the frame took `buf[..used]`. A frame longer than `max_frame` is
+/// refused as soon as its header is complete, before its payload is buffered.
+pub fn decode(
+    buf: &[u8],
+    role: Role,
+    max_frame: usize,
+) -> Result<Option<(Frame, usize)>, ProtocolError> {
+    let Some(h) = decode_header(buf, role, max_frame)? else {
+        return Ok(None);
+    };
+    let end = h.len + h.payload_len;
+    if buf.len() < end {
         return Ok(None);
     }
-    let mut payload = buf[at..at + len].to_vec();
-    if let Some(m) = mask {
+    let mut payload = buf[h.len..end].to_vec();
+    if let Some(m) = h.mask {
         apply_mask(&mut payload, m);
     }
     Ok(Some((
         Frame {
-            fin,
-            opcode,
+            fin: h.fin,
+            opcode: h.opcode,
             payload,
         },
-        at + len,
+        end,
     )))
 }
 
@@ -273,12 +309,71 @@ pub enum Message {
     Close(Option<(u16, String)>),
 }
 
-/// Joins fragmented data frames into messages and checks text and close payloads.
+/// Incremental UTF-8 validation: text is checked as each piece arrives, so an invalid sequence is
+/// refused at once rather than when its message completes (Autobahn 6.4.x, "fail fast"). Holds the
+/// bytes of a character cut at the end of the last piece (at most 3).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Utf8 {
+    pending: [u8; 4],
+    pending_len: u8,
+}
+
+impl Utf8 {
+    /// Checks the next piece of text. `Err` as soon as a sequence can no longer become valid.
+    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), ProtocolError> {
+        let p = usize::from(self.pending_len);
+        if p > 0 {
+            // Finish the character cut at the end of the last piece: it needs at most 3 more bytes.
+            let mut joined = [0u8; 8];
+            let take = data.len().min(4);
+            joined[..p].copy_from_slice(&self.pending[..p]);
+            joined[p..p + take].copy_from_slice(&data[..take]);
+            match std::str::from_utf8(&joined[..p + take]) {
+                Ok(_) => data = &data[take..],
+                Err(e) if e.valid_up_to() >= p => data = &data[e.valid_up_to() - p..],
+                Err(e) if e.error_len().is_some() => return Err(ProtocolError::InvalidUtf8),
+                Err(_) => {
+                    // Still cut: all of `joined` is the start of one character (so ≤ 3 bytes).
+                    self.pending[..p + take].copy_from_slice(&joined[..p + take]);
+                    self.pending_len = (p + take) as u8;
+                    return Ok(());
+                }
+            }
+            self.pending_len = 0;
+        }
+        match std::str::from_utf8(data) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error_len().is_some() => Err(ProtocolError::InvalidUtf8),
+            Err(e) => {
+                let rest = &data[e.valid_up_to()..];
+                self.pending[..rest.len()].copy_from_slice(rest);
+                self.pending_len = rest.len() as u8;
+                Ok(())
+            }
+        }
+    }
+
+    /// Is the text so far whole (no character cut at its end)?
+    pub fn is_complete(&self) -> bool {
+        self.pending_len == 0
+    }
+}
+
+/// The fragmented message in progress.
+#[derive(Debug)]
+struct Open {
+    opcode: Opcode,
+    bytes: Vec<u8>,
+    /// For text: the validation state after the last fragment.
+    utf8: Utf8,
+}
+
+/// Joins fragmented data frames into messages and checks text and close payloads. Text is
+/// validated fragment by fragment: invalid UTF-8 fails at the fragment that holds it.
 /// Holds nothing between messages: its buffer exists only while a fragmented message is open.
 #[derive(Debug, Default)]
 pub struct Assembler {
-    /// The open fragmented message: its opcode (text or binary) and the bytes so far.
-    open: Option<(Opcode, Vec<u8>)>,
+    open: Option<Open>,
 }
 
 impl Assembler {
@@ -301,28 +396,55 @@ impl Assembler {
                     return Err(ProtocolError::MessageTooBig { max: max_message });
                 }
                 if frame.fin {
-                    data_message(frame.opcode, frame.payload).map(Some)
-                } else {
-                    self.open = Some((frame.opcode, frame.payload));
-                    Ok(None)
+                    return data_message(frame.opcode, frame.payload).map(Some);
                 }
+                let mut utf8 = Utf8::default();
+                if frame.opcode == Opcode::Text {
+                    utf8.feed(&frame.payload)?;
+                }
+                self.open = Some(Open {
+                    opcode: frame.opcode,
+                    bytes: frame.payload,
+                    utf8,
+                });
+                Ok(None)
             }
             Opcode::Continuation => {
-                let Some((opcode, mut bytes)) = self.open.take() else {
+                let Some(mut open) = self.open.take() else {
                     return Err(ProtocolError::UnexpectedContinuation);
                 };
-                if bytes.len() + frame.payload.len() > max_message {
+                if open.bytes.len() + frame.payload.len() > max_message {
                     return Err(ProtocolError::MessageTooBig { max: max_message });
                 }
-                bytes.extend_from_slice(&frame.payload);
+                if open.opcode == Opcode::Text {
+                    open.utf8.feed(&frame.payload)?;
+                    if frame.fin && !open.utf8.is_complete() {
+                        return Err(ProtocolError::InvalidUtf8);
+                    }
+                }
+                open.bytes.extend_from_slice(&frame.payload);
                 if frame.fin {
-                    data_message(opcode, bytes).map(Some)
+                    data_message(open.opcode, open.bytes).map(Some)
                 } else {
-                    self.open = Some((opcode, bytes));
+                    self.open = Some(open);
                     Ok(None)
                 }
             }
         }
+    }
+
+    /// The UTF-8 state a continuation frame's text would be checked from, if a text message is
+    /// open.
+    fn open_text(&self) -> Option<Utf8> {
+        self.open
+            .as_ref()
+            .filter(|o| o.opcode == Opcode::Text)
+            .map(|o| o.utf8)
+    }
+
+    /// Bytes held for the open message.
+    pub fn buffered(&self) -> usize {
+        self.open.as_ref().map_or(0, |o| o.bytes.len())
     }
 }
 
@@ -333,6 +455,127 @@ fn data_message(opcode: Opcode, bytes: Vec<u8>) -> Result<Message, ProtocolError
             .map_err(|_| ProtocolError::InvalidUtf8)
     } else {
         Ok(Message::Binary(bytes))
+    }
+}
+
+/// Bytes read from a peer in, messages out: frame decoding and message assembly over whatever
+/// pieces the socket returns. Holds bytes only while a frame is incomplete. The text of an
+/// incomplete frame is checked as it arrives, so invalid UTF-8 fails before the frame completes
+/// (Autobahn 6.4.3–6.4.4: one frame whose bytes arrive in several TCP segments).
+#[derive(Debug)]
+pub struct Reader {
+    role: Role,
+    max_frame: usize,
+    max_message: usize,
+    /// Bytes of an incomplete frame (or of frames after the message last returned).
+    partial: Vec<u8>,
+    assembler: Assembler,
+    /// For an incomplete text frame at the front of `partial`: its UTF-8 state and how many of its
+    /// payload bytes were checked.
+    ahead: Option<(Utf8, usize)>,
+}
+
+impl Reader {
+    pub fn new(role: Role, max_frame: usize, max_message: usize) -> Self {
+        Reader {
+            role,
+            max_frame,
+            max_message,
+            partial: Vec::new(),
+            assembler: Assembler::default(),
+            ahead: None,
+        }
+    }
+
+    /// Keeps bytes for [`Reader::next`] without decoding them yet (frames that arrived with the
+    /// upgrade request).
+    pub fn keep(&mut self, bytes: &[u8]) {
+        self.partial.extend_from_slice(bytes);
+    }
+
+    /// Takes bytes just read and returns the first message they complete; the bytes after it are
+    /// kept for [`Reader::next`]. Nothing is copied unless a frame stays incomplete.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<Message>, ProtocolError> {
+        if !self.partial.is_empty() {
+            self.partial.extend_from_slice(bytes);
+            return self.next();
+        }
+        let mut rest = bytes;
+        while let Some((frame, used)) = decode(rest, self.role, self.max_frame)? {
+            rest = &rest[used..];
+            if let Some(msg) = self.assembler.push(frame, self.max_message)? {
+                self.partial.extend_from_slice(rest);
+                return Ok(Some(msg));
+            }
+        }
+        self.partial.extend_from_slice(rest);
+        self.check_ahead()?;
+        Ok(None)
+    }
+
+    /// The next message from the bytes held; `Ok(None)` if they hold no complete one.
+    #[allow(clippy::should_implement_trait)] // fallible and never-ending: not an `Iterator`
+    pub fn next(&mut self) -> Result<Option<Message>, ProtocolError> {
+        loop {
+            let Some((frame, used)) = decode(&self.partial, self.role, self.max_frame)? else {
+                self.check_ahead()?;
+                return Ok(None);
+            };
+            self.ahead = None;
+            if used == self.partial.len() {
+                self.partial = Vec::new(); // free it: an idle connection holds nothing
+            } else {
+                self.partial.drain(..used);
+            }
+            if let Some(msg) = self.assembler.push(frame, self.max_message)? {
+                return Ok(Some(msg));
+            }
+        }
+    }
+
+    /// Bytes held: of incomplete frames, and of an open fragmented message.
+    pub fn buffered(&self) -> usize {
+        self.partial.len() + self.assembler.buffered()
+    }
+
+    /// Capacity of the raw byte buffer (zero when idle).
+    pub fn capacity(&self) -> usize {
+        self.partial.capacity()
+    }
+
+    /// Forgets everything held (after an error: nothing more will be read as frames).
+    pub fn clear(&mut self) {
+        self.partial = Vec::new();
+        self.assembler = Assembler::default();
+        self.ahead = None;
+    }
+
+    /// Checks the text that has arrived of an incomplete frame at the front of `partial`.
+    fn check_ahead(&mut self) -> Result<(), ProtocolError> {
+        let Some(h) = decode_header(&self.partial, self.role, self.max_frame)? else {
+            return Ok(());
+        };
+        let start = match (h.opcode, self.assembler.open_text()) {
+            (Opcode::Text, _) => Utf8::default(),
+            (Opcode::Continuation, Some(utf8)) => utf8,
+            _ => return Ok(()),
+        };
+        let avail = (self.partial.len() - h.len).min(h.payload_len);
+        let (utf8, checked) = self.ahead.get_or_insert((start, 0));
+        let mut chunk = [0u8; 512];
+        while *checked < avail {
+            let n = (avail - *checked).min(chunk.len());
+            let from = h.len + *checked;
+            chunk[..n].copy_from_slice(&self.partial[from..from + n]);
+            if let Some(m) = h.mask {
+                for (i, b) in chunk[..n].iter_mut().enumerate() {
+                    *b ^= m[(*checked + i) & 3];
+                }
+            }
+            utf8.feed(&chunk[..n])?;
+            *checked += n;
+        }
+        Ok(())
     }
 }
 
@@ -641,6 +884,170 @@ mod tests {
         let mut bad_reason = close_payload(1000, "");
         bad_reason.push(0xff);
         assert_eq!(close(bad_reason), Err(ProtocolError::InvalidUtf8));
+    }
+
+    #[test]
+    fn close_codes_1012_to_1014_are_accepted_and_1015_is_not() {
+        let close = |code: u16| {
+            Assembler::default().push(
+                Frame {
+                    fin: true,
+                    opcode: Opcode::Close,
+                    payload: close_payload(code, ""),
+                },
+                MAX,
+            )
+        };
+        for code in [
+            1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014,
+        ] {
+            assert_eq!(
+                close(code),
+                Ok(Some(Message::Close(Some((code, String::new()))))),
+                "{code}"
+            );
+        }
+        for code in [1004u16, 1005, 1006, 1015, 1016, 2000] {
+            assert_eq!(close(code), Err(ProtocolError::BadClose(code)), "{code}");
+        }
+        for code in 0..=u16::MAX {
+            let valid = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+            assert_eq!(close_code::is_sendable(code), valid, "{code}");
+        }
+    }
+
+    fn text_fragment(fin: bool, first: bool, payload: &[u8]) -> Frame {
+        Frame {
+            fin,
+            opcode: if first {
+                Opcode::Text
+            } else {
+                Opcode::Continuation
+            },
+            payload: payload.to_vec(),
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_fails_at_the_fragment_that_holds_it() {
+        // Autobahn 6.4.1: a valid first fragment, then one with an invalid sequence; the message is
+        // refused when the second arrives, not when (or if) the last one does.
+        let mut asm = Assembler::default();
+        assert_eq!(
+            asm.push(text_fragment(false, true, "κόσμε".as_bytes()), MAX),
+            Ok(None)
+        );
+        assert_eq!(
+            asm.push(text_fragment(false, false, &[0xce, 0xbc, 0xf4, 0x90]), MAX),
+            Err(ProtocolError::InvalidUtf8)
+        );
+        // Invalid at once in a first, unfinished fragment too.
+        assert_eq!(
+            Assembler::default().push(text_fragment(false, true, &[b'a', 0xff]), MAX),
+            Err(ProtocolError::InvalidUtf8)
+        );
+        // A lone continuation byte after a character completed in the previous fragment.
+        let mut asm = Assembler::default();
+        asm.push(text_fragment(false, true, &[0xe2, 0x82]), MAX)
+            .unwrap();
+        assert_eq!(
+            asm.push(text_fragment(false, false, &[0xac, 0x80]), MAX),
+            Err(ProtocolError::InvalidUtf8)
+        );
+    }
+
+    #[test]
+    fn a_message_ending_inside_a_character_is_refused() {
+        let mut asm = Assembler::default();
+        asm.push(text_fragment(false, true, b"ab\xe2"), MAX)
+            .unwrap();
+        assert_eq!(
+            asm.push(text_fragment(true, false, &[0x82]), MAX),
+            Err(ProtocolError::InvalidUtf8)
+        );
+    }
+
+    #[test]
+    fn incremental_utf8_agrees_with_std_at_every_split() {
+        let samples: [&[u8]; 6] = [
+            "héllo €uro 𝄞 κόσμε".as_bytes(),
+            &[0xf0, 0x9f, 0x98, 0x80, 0xe2, 0x82, 0xac],
+            &[0xed, 0xa0, 0x80],       // a surrogate: invalid
+            &[0xf4, 0x90, 0x80, 0x80], // past U+10FFFF: invalid
+            &[0xc0, 0xaf],             // overlong: invalid
+            &[0xe2, 0x82],             // cut
+        ];
+        for bytes in samples {
+            let whole_valid = std::str::from_utf8(bytes).is_ok();
+            for a in 0..=bytes.len() {
+                for b in a..=bytes.len() {
+                    let mut v = Utf8::default();
+                    let ok = v.feed(&bytes[..a]).is_ok()
+                        && v.feed(&bytes[a..b]).is_ok()
+                        && v.feed(&bytes[b..]).is_ok()
+                        && v.is_complete();
+                    assert_eq!(ok, whole_valid, "{bytes:x?} split at {a}, {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_text_fails_before_its_frame_is_complete() {
+        // Autobahn 6.4.3: one text frame whose bytes arrive in pieces; the piece with the invalid
+        // sequence fails the connection without waiting for the rest of the frame.
+        let mut payload = "κόσμε".as_bytes().to_vec();
+        payload.extend_from_slice(&[0xce, 0xbc, 0xf4, 0x90, 0x80, 0x80]);
+        payload.extend_from_slice(b"-edited");
+        let wire = client_frame(true, Opcode::Text, &payload);
+        let mut reader = Reader::new(Role::Server, MAX, MAX);
+        let cut = 6 + "κόσμε".len();
+        assert_eq!(reader.feed(&wire[..cut]), Ok(None));
+        assert_eq!(
+            reader.feed(&wire[cut..cut + 4]),
+            Err(ProtocolError::InvalidUtf8)
+        );
+        // Same within a continuation frame of a fragmented message.
+        let mut wire = client_frame(false, Opcode::Text, "é".as_bytes());
+        let second = client_frame(true, Opcode::Continuation, &[b'x', 0xff, b'y', b'z']);
+        wire.extend_from_slice(&second[..8]);
+        let mut reader = Reader::new(Role::Server, MAX, MAX);
+        assert_eq!(reader.feed(&wire), Err(ProtocolError::InvalidUtf8));
+        // A character cut by a read is not an error.
+        let wire = client_frame(true, Opcode::Text, "aé".as_bytes());
+        let mut reader = Reader::new(Role::Server, MAX, MAX);
+        assert_eq!(reader.feed(&wire[..8]), Ok(None));
+        assert_eq!(
+            reader.feed(&wire[8..]),
+            Ok(Some(Message::Text("aé".into())))
+        );
+        assert_eq!(reader.capacity(), 0, "nothing held once the frame is read");
+    }
+
+    #[test]
+    fn a_reader_gives_the_same_messages_for_any_split_of_its_input() {
+        let mut wire = client_frame(false, Opcode::Text, "hé".as_bytes());
+        wire.extend(client_frame(true, Opcode::Ping, b"p"));
+        wire.extend(client_frame(true, Opcode::Continuation, "llo".as_bytes()));
+        wire.extend(client_frame(true, Opcode::Binary, &[9; 200]));
+        wire.extend(client_frame(true, Opcode::Close, &close_payload(1000, "")));
+        let all = |pieces: &[&[u8]]| {
+            let mut reader = Reader::new(Role::Server, MAX, MAX);
+            let mut got = Vec::new();
+            for piece in pieces {
+                let mut next = reader.feed(piece).unwrap();
+                while let Some(msg) = next {
+                    got.push(msg);
+                    next = reader.next().unwrap();
+                }
+            }
+            got
+        };
+        let whole = all(&[&wire]);
+        assert_eq!(whole.len(), 4);
+        for cut in 0..=wire.len() {
+            assert_eq!(all(&[&wire[..cut], &wire[cut..]]), whole, "cut {cut}");
+        }
     }
 
     #[test]

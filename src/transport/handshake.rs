@@ -2,6 +2,8 @@
 //! `101 Switching Protocols`, the `Sec-WebSocket-Accept` digest and the negotiated subprotocol.
 //! Pure code over byte slices; `connection::accept` does the reading and writing.
 
+use std::sync::OnceLock;
+
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 use thiserror::Error;
@@ -31,20 +33,91 @@ pub enum HandshakeError {
 }
 
 impl HandshakeError {
-    /// The HTTP response refusing the upgrade.
-    pub fn response(&self) -> &'static [u8] {
+    /// Every kind, in a fixed order (for the cached generic responses).
+    const KINDS: [HandshakeError; 7] = [
+        HandshakeError::Malformed,
+        HandshakeError::TooLarge(0),
+        HandshakeError::NotGet,
+        HandshakeError::NotUpgrade,
+        HandshakeError::BadVersion,
+        HandshakeError::BadKey,
+        HandshakeError::NoProtocol,
+    ];
+
+    fn kind(&self) -> usize {
         match self {
-            HandshakeError::BadVersion => {
-                b"HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            }
-            HandshakeError::TooLarge(_) => {
-                b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            }
-            HandshakeError::NotGet => {
-                b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            }
-            _ => b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            HandshakeError::Malformed => 0,
+            HandshakeError::TooLarge(_) => 1,
+            HandshakeError::NotGet => 2,
+            HandshakeError::NotUpgrade => 3,
+            HandshakeError::BadVersion => 4,
+            HandshakeError::BadKey => 5,
+            HandshakeError::NoProtocol => 6,
         }
+    }
+
+    /// The error's machine-readable code, as in the response body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            HandshakeError::Malformed => "malformed_request",
+            HandshakeError::TooLarge(_) => "headers_too_large",
+            HandshakeError::NotGet => "method_not_allowed",
+            HandshakeError::NotUpgrade => "upgrade_required",
+            HandshakeError::BadVersion => "unsupported_version",
+            HandshakeError::BadKey => "bad_key",
+            HandshakeError::NoProtocol => "subprotocol_required",
+        }
+    }
+
+    /// The HTTP response refusing the upgrade, whose JSON body (`{"error":{"code","message"}}`)
+    /// says what to fix; `protocols` (the subprotocols served) are named in it when no offered one
+    /// is served.
+    pub fn response_for(&self, protocols: &[&str]) -> Vec<u8> {
+        let (status, extra) = match self {
+            HandshakeError::BadVersion => ("426 Upgrade Required", "Sec-WebSocket-Version: 13\r\n"),
+            HandshakeError::TooLarge(_) => ("431 Request Header Fields Too Large", ""),
+            HandshakeError::NotGet => ("405 Method Not Allowed", "Allow: GET\r\n"),
+            _ => ("400 Bad Request", ""),
+        };
+        let message = match self {
+            HandshakeError::Malformed => "send a well-formed HTTP/1.1 GET request".to_string(),
+            HandshakeError::TooLarge(0) => "send a smaller request head".to_string(),
+            HandshakeError::TooLarge(max) => format!("send a request head of at most {max} bytes"),
+            HandshakeError::NotGet => "open the WebSocket with a GET request".to_string(),
+            HandshakeError::NotUpgrade => {
+                "send Upgrade: websocket and Connection: Upgrade".to_string()
+            }
+            HandshakeError::BadVersion => "send Sec-WebSocket-Version: 13".to_string(),
+            HandshakeError::BadKey => {
+                "send Sec-WebSocket-Key: 16 random bytes in base64".to_string()
+            }
+            HandshakeError::NoProtocol if protocols.is_empty() => {
+                "offer a Sec-WebSocket-Protocol this server serves".to_string()
+            }
+            HandshakeError::NoProtocol => {
+                format!("offer Sec-WebSocket-Protocol: {}", protocols.join(", "))
+            }
+        };
+        let body =
+            serde_json::json!({"error": {"code": self.code(), "message": message}}).to_string();
+        format!(
+            "HTTP/1.1 {status}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    /// The same response without naming the subprotocols or the head limit (built once).
+    pub fn response(&self) -> &'static [u8] {
+        static GENERIC: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+        let all = GENERIC.get_or_init(|| {
+            HandshakeError::KINDS
+                .iter()
+                .map(|e| e.response_for(&[]))
+                .collect()
+        });
+        &all[self.kind()]
     }
 }
 
@@ -286,6 +359,61 @@ mod tests {
         assert!(HandshakeError::BadVersion
             .response()
             .starts_with(b"HTTP/1.1 426"));
+    }
+
+    /// Splits a response into its head and its JSON body, checking Content-Length.
+    fn split(response: &[u8]) -> (String, serde_json::Value) {
+        let text = std::str::from_utf8(response).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap();
+        assert_eq!(length.parse::<usize>().unwrap(), body.len(), "{text}");
+        assert!(
+            head.contains("\r\nContent-Type: application/json\r\n"),
+            "{head}"
+        );
+        (head.to_string(), serde_json::from_str(body).unwrap())
+    }
+
+    #[test]
+    fn refusals_say_what_to_fix_in_a_json_body() {
+        let (head, body) = split(&HandshakeError::NoProtocol.response_for(PROTOCOLS));
+        assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"));
+        assert_eq!(body["error"]["code"], "subprotocol_required");
+        assert_eq!(
+            body["error"]["message"],
+            "offer Sec-WebSocket-Protocol: switchboard.v1"
+        );
+        let (head, body) = split(&HandshakeError::BadVersion.response_for(PROTOCOLS));
+        assert!(head.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
+        assert!(head.contains("\r\nSec-WebSocket-Version: 13\r\n"));
+        assert_eq!(body["error"]["code"], "unsupported_version");
+        assert_eq!(body["error"]["message"], "send Sec-WebSocket-Version: 13");
+        let (head, body) = split(HandshakeError::NotGet.response());
+        assert!(head.contains("\r\nAllow: GET\r\n"));
+        assert_eq!(body["error"]["code"], "method_not_allowed");
+        let (_, body) = split(&HandshakeError::TooLarge(8192).response_for(PROTOCOLS));
+        assert_eq!(
+            body["error"]["message"],
+            "send a request head of at most 8192 bytes"
+        );
+        for e in HandshakeError::KINDS {
+            for response in [e.response().to_vec(), e.response_for(PROTOCOLS)] {
+                let (_, body) = split(&response);
+                assert_eq!(body["error"]["code"], e.code());
+                assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+            }
+        }
+        assert_eq!(
+            split(HandshakeError::BadKey.response()).1["error"]["message"],
+            "send Sec-WebSocket-Key: 16 random bytes in base64"
+        );
+        assert_eq!(
+            split(HandshakeError::NotUpgrade.response()).1["error"]["code"],
+            "upgrade_required"
+        );
     }
 
     #[test]
