@@ -62,6 +62,7 @@ pub const CHAT_RATE_CLOSED: &str = "switchboard_chat_rate_limit_closes_total";
 pub const CHAT_TICKETS_REFUSED: &str = "switchboard_chat_tickets_refused_total";
 pub const CHAT_HISTORY_BYTES: &str = "switchboard_chat_history_bytes";
 pub const CHAT_BUSY: &str = "switchboard_chat_busy_refusals_total";
+pub const CHAT_ASSET_REQUESTS: &str = "switchboard_chat_asset_requests_total";
 pub const CHAT_ADMISSION_REFUSED: &str = "switchboard_chat_admission_refusals_total";
 pub const CHAT_SLOW_CONSUMERS: &str = "switchboard_chat_slow_consumer_disconnects_total";
 pub const CHAT_RESUMES: &str = "switchboard_chat_resumes_total";
@@ -300,6 +301,10 @@ fn describe_chat() {
     describe_counter!(
         CHAT_RATE_LIMITED,
         "Chat frames refused by the per-connection rate limit."
+    );
+    describe_counter!(
+        CHAT_ASSET_REQUESTS,
+        "Requests for the browser assets (widget, JS client, console, demo page) on the chat listener."
     );
     describe_counter!(
         CHAT_RATE_CLOSED,

@@ -11,6 +11,7 @@ import { AgentClient } from "../switchboard.js";
 // Every word the page shows. index.html refers to these keys with data-text.
 const STRINGS = {
   title: "Switchboard console",
+  titleUnread: (n) => `(${n}) Switchboard console`,
   skipToChats: "Skip to chats",
   signInTitle: "Sign in",
   signInHint:
@@ -43,12 +44,11 @@ const STRINGS = {
   claim: "Claim",
   claiming: "Claiming…",
   claimLabel: (customer) => `Claim the chat with ${customer}`,
-  waitingFor: "waiting",
   anonymous: "Visitor",
   noReason: "no reason given",
   chatsTitle: "Chats",
   chatsEmpty: "No chat open. Claim one from the queue, or wait for one to be assigned.",
-  unreadLabel: (n) => `${n} unread`,
+  tabLabel: (customer, n) => `${customer}, ${n} unread`,
   loadOlder: "Load older messages",
   loadingOlder: "Loading…",
   leave: "Leave",
@@ -71,7 +71,6 @@ const STRINGS = {
   replyHint: "Enter sends, Shift+Enter starts a new line.",
   send: "Send",
   typing: (customer) => `${customer} is typing…`,
-  author_customer: (chat) => chat,
   author_ai: "Assistant",
   author_system: "System",
   author_agent: "Agent",
@@ -104,7 +103,18 @@ const STRINGS = {
   status_closed: "Disconnected",
   status_replaced: "This console was opened in another window; reload to use it here.",
   status_unreachable: "Cannot reach the server, or the token was refused; still trying.",
-  errorPrefix: (code, message) => `${message || code}`,
+  // What the agent is told about a refused frame; other codes show the server's own message.
+  errors: {
+    already_claimed: "Another agent took this chat first.",
+    at_capacity: "You hold as many chats as your capacity allows.",
+    unknown_session: "This chat has ended.",
+    not_joined: "This chat is no longer yours.",
+    session_closed: "This chat has ended.",
+    ticket_failed: "The ticket could not be created just now; try again.",
+    ticket_limit: "This chat has opened too many tickets in the last hour.",
+    rate_limited: "Too fast: slow down a little.",
+    server_busy: "The server is busy; try again shortly.",
+  },
   durationSeconds: (s) => `${s} s`,
   durationMinutes: (m, s) => `${m}:${String(s).padStart(2, "0")}`,
   durationHours: (h, m) => `${h} h ${String(m).padStart(2, "0")} min`,
@@ -121,7 +131,10 @@ const STICK_PX = 48;
 const NOTICE_MS = 8000;
 // Errors after which AgentClient sends a message again by itself (the rest are final).
 const RETRIED = new Set(["rate_limited", "server_busy"]);
+// Errors about the connection itself, which AgentClient answers by itself (a fresh agent.start).
+const HANDLED_BY_CLIENT = new Set(["resume_refused", "invalid_seq"]);
 const EXPIRY_WARN_S = 5 * 60;
+const EXP_LEEWAY_S = 60;
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
@@ -248,6 +261,8 @@ const state = {
   chats: new Map(), // session_id -> Chat
   selected: null,
   pending: new Map(), // client_id -> {chat, item}
+  unreadTotal: 0,
+  wantSelect: null, // the session just claimed from the queue: shown when it arrives
   noticeTimer: 0,
   expiryTimer: 0,
 };
@@ -285,25 +300,46 @@ function boot() {
   setInterval(tickWaiting, 1000);
   renderStatus({ state: "idle" });
 
-  // A token in the fragment (from the admin site) wins, and leaves the address bar at once so it
-  // is not bookmarked, shared or kept in history.
-  const hash = new URLSearchParams(location.hash.slice(1));
-  const fromHash = hash.get("token");
-  if (fromHash) {
-    history.replaceState(null, "", location.pathname + location.search);
-    signIn(fromHash);
+  // The admin site may send a fresh token to a console already open in this tab: only the
+  // fragment changes then, and the page is not reloaded.
+  addEventListener("hashchange", () => {
+    const token = tokenFromHash();
+    if (token) replaceToken(token);
+  });
+  const token = tokenFromHash() ?? sessionStorage.getItem(TOKEN_KEY);
+  if (token) signIn(token);
+  else ui.token.focus();
+}
+
+// A token in the fragment (from the admin site) wins over a stored one, and leaves the address
+// bar at once so that it is not bookmarked, shared or kept in history.
+function tokenFromHash() {
+  const token = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (token) history.replaceState(null, "", location.pathname + location.search);
+  return token || null;
+}
+
+// A fresh token for the agent already signed in reconnects and resumes (the chats stay, nothing
+// is requeued); another agent's token signs the first one out.
+function replaceToken(token) {
+  const current = state.token && claimsOf(state.token);
+  const next = claimsOf(token);
+  if (state.client && current && next && current.sub === next.sub && !tokenProblem(token)) {
+    stopClient();
+    signIn(token);
     return;
   }
-  const stored = sessionStorage.getItem(TOKEN_KEY);
-  if (stored) signIn(stored);
-  else ui.token.focus();
+  if (state.client) signOut();
+  signIn(token);
 }
 
 function tokenProblem(token) {
   if (!token) return STRINGS.tokenMissing;
   const claims = claimsOf(token);
   if (!claims) return STRINGS.tokenMalformed;
-  if (typeof claims.exp === "number" && claims.exp * 1000 <= Date.now()) return STRINGS.tokenExpired;
+  // The server allows a minute of clock skew; so does this check, so a slow clock here does not
+  // turn away a token the server would take.
+  if (typeof claims.exp === "number" && (claims.exp + EXP_LEEWAY_S) * 1000 <= Date.now()) return STRINGS.tokenExpired;
   return null;
 }
 
@@ -391,6 +427,8 @@ function resetWorkspace() {
   clearTimeout(state.expiryTimer);
   for (const chat of state.chats.values()) clearTimeout(chat.typingTimer);
   state.chats.clear();
+  state.unreadTotal = 0;
+  document.title = STRINGS.title;
   state.pending.clear();
   state.agents.clear();
   state.queue.clear();
@@ -424,6 +462,7 @@ function tokenEnded(message) {
   sessionStorage.removeItem(TOKEN_KEY);
   resetWorkspace();
   showSignIn(message);
+  renderStatus({ state: "idle" });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -508,7 +547,22 @@ function onReady(f) {
   for (const chat of [...state.chats.values()]) {
     if (!held.has(chat.id) && !chat.ended) endChat(chat, STRINGS.chatGone);
   }
-  for (const id of held) if (!state.chats.has(id)) state.client.join(id);
+  // The client reports `ready` just before it counts itself open (and frames can be sent): join
+  // right after.
+  const client = state.client;
+  queueMicrotask(() => {
+      for (const id of held) if (!state.chats.has(id) && state.client === client) client.join(id);
+  });
+  // Requests the last connection took to its grave get no answer: make them possible again.
+  for (const chat of state.chats.values()) {
+    chat.loadOlder.disabled = false;
+    chat.loadOlder.textContent = STRINGS.loadOlder;
+    const submit = chat.ticketForm.querySelector('button[type="submit"]');
+    if (submit) submit.disabled = false;
+    showTyping(chat, false);
+  }
+  for (const id of state.queue.keys()) resetClaim(id);
+  state.wantSelect = null;
   renderLoad();
 }
 
@@ -698,7 +752,7 @@ function createChat(f) {
   const name = customerName(chat);
 
   // The tab: the customer's name and how many of their messages came while it was not on screen.
-  chat.unreadEl = el("span", { class: "unread", sb: "unread", hidden: true });
+  chat.unreadEl = el("span", { class: "unread", sb: "unread", "aria-hidden": "true", hidden: true });
   chat.tabButton = el(
     "button",
     { type: "button", class: "tab", "aria-controls": uid },
@@ -888,8 +942,7 @@ function selectChat(id) {
   state.selected = id;
   next.pane.hidden = false;
   next.tabButton.setAttribute("aria-current", "true");
-  next.unread = 0;
-  renderUnread(next);
+  setUnread(next, 0);
   if (next.stick) scrollToEnd(next);
 }
 
@@ -900,11 +953,21 @@ function onTabClick(e) {
   state.chats.get(tab.dataset.sessionId)?.input.focus();
 }
 
+// The tab's badge, and the page title's total so an agent in another browser tab sees it too.
+function setUnread(chat, n) {
+  if (chat.unread === n) return;
+  state.unreadTotal += n - chat.unread;
+  chat.unread = n;
+  renderUnread(chat);
+  document.title = state.unreadTotal > 0 ? STRINGS.titleUnread(state.unreadTotal) : STRINGS.title;
+}
+
 function renderUnread(chat) {
   chat.unreadEl.hidden = chat.unread === 0;
   chat.unreadEl.textContent = chat.unread ? String(chat.unread) : "";
-  if (chat.unread) chat.unreadEl.setAttribute("aria-label", STRINGS.unreadLabel(chat.unread));
-  else chat.unreadEl.removeAttribute("aria-label");
+  // The badge is a bare number: the tab's name says what it counts.
+  if (chat.unread) chat.tabButton.setAttribute("aria-label", STRINGS.tabLabel(customerName(chat), chat.unread));
+  else chat.tabButton.removeAttribute("aria-label");
 }
 
 function scrollToEnd(chat) {
@@ -992,11 +1055,10 @@ function appendFrames(chat, frames, live) {
   if (live) {
     for (const { frame } of added) {
       if (frame.type !== "message" || frame.from === "agent") continue;
-      if (state.selected === chat.id && !document.hidden) {
+      if (state.selected === chat.id) {
         announce(STRINGS.announceMessage(frame.from === "customer" ? customerName(chat) : STRINGS[`author_${frame.from}`], frame.text ?? ""));
       } else if (frame.from === "customer") {
-        chat.unread += 1;
-        renderUnread(chat);
+        setUnread(chat, chat.unread + 1);
       }
     }
     if (added.some(({ frame }) => frame.type === "message" && frame.from === "customer")) showTyping(chat, false);
@@ -1088,6 +1150,7 @@ function markClosed(chat) {
 function endChat(chat, why) {
   chat.ended = true;
   markClosed(chat);
+  chat.composer.hidden = true;
   chat.leave.hidden = true;
   chat.close.hidden = true;
   chat.ticketButton.hidden = true;
@@ -1101,10 +1164,12 @@ function endChat(chat, why) {
 
 function removeChat(chat) {
   clearTimeout(chat.typingTimer);
+  setUnread(chat, 0);
   const tabs = [...state.chats.keys()];
   const at = tabs.indexOf(chat.id);
   state.chats.delete(chat.id);
   for (const [cid, p] of state.pending) if (p.chat === chat) state.pending.delete(cid);
+  const hadFocus = chat.pane.contains(document.activeElement) || chat.tab.contains(document.activeElement);
   chat.tab.remove();
   chat.pane.remove();
   if (state.selected === chat.id) {
@@ -1112,6 +1177,12 @@ function removeChat(chat) {
     const rest = [...state.chats.keys()];
     const next = rest[Math.min(at, rest.length - 1)];
     if (next) selectChat(next);
+  }
+  // Focus would fall to the page's start with the removed pane: keep it among the chats.
+  if (hadFocus) {
+    const shown = state.chats.get(state.selected);
+    if (shown) shown.tabButton.focus();
+    else document.getElementById("chats").focus();
   }
   ui["chats-empty"].hidden = state.chats.size > 0;
   renderLoad();
@@ -1171,11 +1242,12 @@ function onTicket(f) {
 }
 
 function onError(f) {
-  const text = STRINGS.errorPrefix(f.code, f.message);
   if (f.code === "token_expired") {
     tokenEnded(STRINGS.tokenExpired);
     return;
   }
+  if (HANDLED_BY_CLIENT.has(f.code)) return;
+  const text = STRINGS.errors[f.code] ?? f.message ?? f.code;
   const clientId = f.client_id ?? f.clientId;
   const p = clientId != null && state.pending.get(clientId);
   if (p && RETRIED.has(f.code)) {

@@ -171,10 +171,7 @@ impl Assets {
             let body = r#"{"error":{"code":"method_not_allowed","message":"use GET or HEAD"}}"#;
             return Some(response(
                 "405 Method Not Allowed",
-                &[
-                    ("Content-Type", "application/json"),
-                    ("Allow", "GET, HEAD"),
-                ],
+                &[("Content-Type", "application/json"), ("Allow", "GET, HEAD")],
                 body.as_bytes(),
                 true,
             ));
@@ -214,9 +211,10 @@ impl Assets {
         if let Some(origin) = allow_origin {
             headers.push(("Access-Control-Allow-Origin", origin));
         }
-        let fresh = req
-            .if_none_match
-            .is_some_and(|tags| tags.split(',').any(|t| t.trim() == asset.etag || t.trim() == "*"));
+        let fresh = req.if_none_match.is_some_and(|tags| {
+            tags.split(',')
+                .any(|t| t.trim() == asset.etag || t.trim() == "*")
+        });
         if fresh {
             return Some(response("304 Not Modified", &headers, b"", true));
         }
@@ -374,11 +372,18 @@ mod tests {
             .unwrap()
         };
         assert_eq!(
-            header(&from("https://shop.example.com"), "Access-Control-Allow-Origin").as_deref(),
+            header(
+                &from("https://shop.example.com"),
+                "Access-Control-Allow-Origin"
+            )
+            .as_deref(),
             Some("https://shop.example.com")
         );
         assert_eq!(
-            header(&from("https://evil.example.com"), "Access-Control-Allow-Origin"),
+            header(
+                &from("https://evil.example.com"),
+                "Access-Control-Allow-Origin"
+            ),
             None
         );
         let a = with_file("console/index.html", "<!doctype html>");

@@ -42,6 +42,7 @@ use crate::chat::protocol::{
 };
 use crate::chat::registry::{ResumeSession, SessionRegistry, StartSession};
 use crate::config::Settings;
+use crate::http::assets::{AssetRequest, Assets};
 use crate::metrics as m;
 use crate::supervisor::supervised::Exit;
 use crate::supervisor::{Child, ExitReport, Restart, StartError};
@@ -70,6 +71,8 @@ struct Shared {
     limits: transport::Limits,
     /// Connections accepted and not yet closed (gauge `switchboard_chat_sockets`).
     sockets: Rc<Cell<i64>>,
+    /// The widget, JS client, console and demo page.
+    assets: Arc<Assets>,
 }
 
 impl Shared {
@@ -85,6 +88,17 @@ impl Shared {
             ));
         }
         if path != "/ws/chat" && path != "/ws/agent" {
+            let asset = self.assets.respond(AssetRequest {
+                method: &head.method,
+                path,
+                origin: head.origin.as_deref(),
+                accept_encoding: head.accept_encoding.as_deref(),
+                if_none_match: head.if_none_match.as_deref(),
+            });
+            if let Some(bytes) = asset {
+                metrics::counter!(m::CHAT_ASSET_REQUESTS).increment(1);
+                return Route::Respond(bytes);
+            }
             return Route::Respond(http_json(
                 404,
                 "Not Found",
@@ -534,6 +548,8 @@ pub struct ChatListener {
     stop: Option<oneshot::Sender<()>>,
     finished: Option<oneshot::Receiver<()>>,
     report: Option<ExitReport>,
+    /// Read and compressed once, kept across restarts of the loop.
+    assets: Arc<Assets>,
 }
 
 impl ChatListener {
@@ -544,6 +560,8 @@ impl ChatListener {
         settings: Arc<Settings>,
         listening: Arc<AtomicBool>,
     ) -> Self {
+        let assets = Arc::new(Assets::load(settings.sessions.allowed_origins.clone()));
+        tracing::info!(version = assets.version(), "browser assets loaded");
         Self {
             listener: Some(listener),
             arbiter,
@@ -553,6 +571,7 @@ impl ChatListener {
             stop: None,
             finished: None,
             report: None,
+            assets,
         }
     }
 
@@ -572,6 +591,7 @@ impl ChatListener {
         let settings = self.settings.clone();
         let listening = self.listening.clone();
         let report = self.report.clone();
+        let assets = self.assets.clone();
         // The loop holds `Rc`s (it and every connection stay on this arbiter), so it is made there.
         let spawned = self.arbiter.spawn_fn(move || {
             actix_rt::spawn(async move {
@@ -589,6 +609,7 @@ impl ChatListener {
                     settings: settings.clone(),
                     admission: RateLimiter::direct(quota),
                     sockets: Rc::new(Cell::new(0)),
+                    assets,
                 });
                 listening.store(true, Ordering::SeqCst);
                 let result = accept_loop(listener, shared, stop_rx).await;

@@ -152,6 +152,9 @@ pub struct Head {
     pub origin: Option<String>,
     /// The `Authorization` header, for routes that sign in at the handshake.
     pub authorization: Option<String>,
+    /// For plain GETs answered from the head (files served beside the WebSocket routes).
+    pub accept_encoding: Option<String>,
+    pub if_none_match: Option<String>,
 }
 
 /// A caller's decision on a request [`Head`].
@@ -184,6 +187,8 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<Head>, Handshake
                 path: req.path.unwrap_or("/").to_string(),
                 origin: header("origin"),
                 authorization: header("authorization"),
+                accept_encoding: header("accept-encoding"),
+                if_none_match: header("if-none-match"),
             }))
         }
         Ok(httparse::Status::Partial) if buf.len() > max_head => {
