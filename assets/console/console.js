@@ -52,7 +52,7 @@ const STRINGS = {
   loadOlder: "Load older messages",
   loadingOlder: "Loading…",
   leave: "Leave",
-  leaveHint: "Give the chat back (to the assistant or the queue, as the server is set up)",
+  leaveHint: "Give the chat back (to the AI or the queue, as the server is set up)",
   closeChat: "Close chat",
   closeHint: "End the chat for the customer",
   dismiss: "Dismiss",
@@ -71,7 +71,7 @@ const STRINGS = {
   replyHint: "Enter sends, Shift+Enter starts a new line.",
   send: "Send",
   typing: (customer) => `${customer} is typing…`,
-  author_ai: "Assistant",
+  author_ai: "AI",
   author_system: "System",
   author_agent: "Agent",
   sending: "sending…",
@@ -82,7 +82,7 @@ const STRINGS = {
   note_joined: (name) => `${name} joined`,
   note_left: (name) => `${name} left`,
   note_ticket: (id) => `Ticket ${id} created`,
-  note_action: (summary) => `Assistant proposed: ${summary}`,
+  note_action: (summary) => `AI proposed: ${summary}`,
   note_closed: (reason) => `Chat closed (${reason})`,
   closeReason: {
     customer_closed: "by the customer",
@@ -425,7 +425,10 @@ function resetWorkspace() {
   state.token = null;
   state.me = null;
   clearTimeout(state.expiryTimer);
-  for (const chat of state.chats.values()) clearTimeout(chat.typingTimer);
+  for (const chat of state.chats.values()) {
+    clearTimeout(chat.typingTimer);
+    transcriptResize.unobserve(chat.transcript);
+  }
   state.chats.clear();
   state.unreadTotal = 0;
   document.title = STRINGS.title;
@@ -730,6 +733,16 @@ function resetClaim(sessionId) {
 // ---------------------------------------------------------------------------------------------
 // Chats: one pane each, built once; transcripts only ever grow at either end
 
+// A transcript that shrinks (the typing line or a notice appears, the window gets smaller) would
+// hide its newest lines: one observer for all of them keeps a following transcript at its end.
+const transcriptChats = new WeakMap();
+const transcriptResize = new ResizeObserver((entries) => {
+  for (const entry of entries) {
+    const chat = transcriptChats.get(entry.target);
+    if (chat?.stick && !chat.pane.hidden) scrollToEnd(chat);
+  }
+});
+
 function customerName(chat) {
   return chat.customer || STRINGS.anonymous;
 }
@@ -780,6 +793,8 @@ function createChat(f) {
     },
     { passive: true },
   );
+  transcriptChats.set(chat.transcript, chat);
+  transcriptResize.observe(chat.transcript);
   chat.typingEl = el("p", { class: "typing", text: STRINGS.typing(name), hidden: true });
   chat.noteEl = el("p", { class: "chat-notice", role: "status" });
 
@@ -1170,6 +1185,7 @@ function removeChat(chat) {
   state.chats.delete(chat.id);
   for (const [cid, p] of state.pending) if (p.chat === chat) state.pending.delete(cid);
   const hadFocus = chat.pane.contains(document.activeElement) || chat.tab.contains(document.activeElement);
+  transcriptResize.unobserve(chat.transcript);
   chat.tab.remove();
   chat.pane.remove();
   if (state.selected === chat.id) {

@@ -248,41 +248,58 @@ impl RawClient {
         self.stream.write_all(bytes).await.expect("write");
     }
 
+    /// The next server frame as `(opcode, payload)`; `None` when the socket ends first.
+    async fn next_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if self.buf.len() >= 2 {
+                let (len, start) = match self.buf[1] & 0x7f {
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
+                    127 if self.buf.len() >= 10 => {
+                        let mut n = [0u8; 8];
+                        n.copy_from_slice(&self.buf[2..10]);
+                        (u64::from_be_bytes(n) as usize, 10)
+                    }
+                    126 | 127 => (usize::MAX, 0),
+                    n => (n as usize, 2),
+                };
+                if len != usize::MAX && self.buf.len() >= start + len {
+                    let opcode = self.buf[0] & 0x0f;
+                    let payload = self.buf.drain(..start + len).skip(start).collect();
+                    return Some((opcode, payload));
+                }
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
     /// Reads server frames until a close frame; returns its code (or 1005 when it has none, or
     /// 1006 when the socket ends without one) and the text frames before it.
     pub async fn until_close(&mut self) -> (u16, Vec<String>) {
         let mut texts = Vec::new();
         loop {
-            while self.buf.len() < 2 {
-                if !self.fill().await {
-                    return (1006, texts);
-                }
-            }
-            let opcode = self.buf[0] & 0x0f;
-            let (len, start) = match self.buf[1] & 0x7f {
-                126 => {
-                    while self.buf.len() < 4 {
-                        if !self.fill().await {
-                            return (1006, texts);
-                        }
-                    }
-                    (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
-                }
-                n => (n as usize, 2),
-            };
-            while self.buf.len() < start + len {
-                if !self.fill().await {
-                    return (1006, texts);
-                }
-            }
-            let payload: Vec<u8> = self.buf.drain(..start + len).skip(start).collect();
-            match opcode {
-                1 => texts.push(String::from_utf8_lossy(&payload).into_owned()),
-                8 if payload.len() >= 2 => {
+            match self.next_frame().await {
+                None => return (1006, texts),
+                Some((1, payload)) => texts.push(String::from_utf8_lossy(&payload).into_owned()),
+                Some((8, payload)) if payload.len() >= 2 => {
                     return (u16::from_be_bytes([payload[0], payload[1]]), texts)
                 }
-                8 => return (1005, texts),
-                _ => {}
+                Some((8, _)) => return (1005, texts),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// The next text frame (control frames skipped); panics if the connection closes first.
+    pub async fn next_text(&mut self) -> String {
+        loop {
+            match self.next_frame().await {
+                Some((1, payload)) => return String::from_utf8_lossy(&payload).into_owned(),
+                Some((8, _)) | None => panic!("connection closed before a text frame"),
+                Some(_) => {}
             }
         }
     }
