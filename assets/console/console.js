@@ -99,7 +99,9 @@ const STRINGS = {
   status_connecting: "Connecting…",
   status_open: "Connected",
   status_reconnecting: (seconds, attempt) =>
-    seconds > 0 ? `Connection lost; retrying in ${seconds} s (attempt ${attempt})` : `Reconnecting (attempt ${attempt})…`,
+    seconds > 0
+      ? `Connection lost; retrying in ${seconds} s (attempt ${attempt})`
+      : `Reconnecting (attempt ${attempt})…`,
   status_closed: "Disconnected",
   status_replaced: "This console was opened in another window; reload to use it here.",
   status_unreachable: "Cannot reach the server, or the token was refused; still trying.",
@@ -135,6 +137,7 @@ const RETRIED = new Set(["rate_limited", "server_busy"]);
 const HANDLED_BY_CLIENT = new Set(["resume_refused", "invalid_seq"]);
 const EXPIRY_WARN_S = 5 * 60;
 const EXP_LEEWAY_S = 60;
+const TITLE_DELAY_MS = 250;
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
@@ -257,11 +260,12 @@ const state = {
   me: null, // {agentId, name, presence, capacity, autoAssign, expiresAt}
   everReady: false,
   agents: new Map(), // agent_id -> {view, row}
-  queue: new Map(), // session_id -> {row, since, timeEl, claim, fields}
+  queue: new Map(), // session_id -> {row, customer, reason, timeEl, claim, since, shown, key}
   chats: new Map(), // session_id -> Chat
   selected: null,
   pending: new Map(), // client_id -> {chat, item}
   unreadTotal: 0,
+  titleTimer: 0,
   wantSelect: null, // the session just claimed from the queue: shown when it arrives
   noticeTimer: 0,
   expiryTimer: 0,
@@ -339,7 +343,8 @@ function tokenProblem(token) {
   if (!claims) return STRINGS.tokenMalformed;
   // The server allows a minute of clock skew; so does this check, so a slow clock here does not
   // turn away a token the server would take.
-  if (typeof claims.exp === "number" && (claims.exp + EXP_LEEWAY_S) * 1000 <= Date.now()) return STRINGS.tokenExpired;
+  const expired = typeof claims.exp === "number" && (claims.exp + EXP_LEEWAY_S) * 1000 <= Date.now();
+  if (expired) return STRINGS.tokenExpired;
   return null;
 }
 
@@ -431,6 +436,8 @@ function resetWorkspace() {
   }
   state.chats.clear();
   state.unreadTotal = 0;
+  clearTimeout(state.titleTimer);
+  state.titleTimer = 0;
   document.title = STRINGS.title;
   state.pending.clear();
   state.agents.clear();
@@ -541,6 +548,7 @@ function onReady(f) {
   for (const { row } of state.agents.values()) row.remove();
   state.agents.clear();
   for (const a of f.agents || []) upsertAgent(a);
+  // `agent.ready` carries no total; the next `queue.updated` does.
   onQueue({ waiting: f.queue || [], total: (f.queue || []).length });
 
   // The chats held: ours already on screen stay; one the server has but this page does not (the
@@ -554,7 +562,7 @@ function onReady(f) {
   // right after.
   const client = state.client;
   queueMicrotask(() => {
-      for (const id of held) if (!state.chats.has(id) && state.client === client) client.join(id);
+    for (const id of held) if (!state.chats.has(id) && state.client === client) client.join(id);
   });
   // Requests the last connection took to its grave get no answer: make them possible again.
   for (const chat of state.chats.values()) {
@@ -739,7 +747,7 @@ const transcriptChats = new WeakMap();
 const transcriptResize = new ResizeObserver((entries) => {
   for (const entry of entries) {
     const chat = transcriptChats.get(entry.target);
-    if (chat?.stick && !chat.pane.hidden) scrollToEnd(chat);
+    if (chat?.stick && !chat.pane.hidden) scrollSoon(chat);
   }
 });
 
@@ -760,6 +768,7 @@ function createChat(f) {
     closingByMe: false,
     typingTimer: 0,
     stick: true,
+    scrollPending: false,
   };
   const uid = `chat-${state.chats.size}-${Math.random().toString(36).slice(2, 8)}`;
   const name = customerName(chat);
@@ -922,13 +931,23 @@ function buildTicketForm(chat, uid) {
       },
     },
     el("div", { class: "field" }, el("label", { for: subject.id, text: STRINGS.ticketSubject }), subject),
-    el("div", { class: "field" }, el("label", { for: description.id, text: STRINGS.ticketDescription }), description),
+    el(
+      "div",
+      { class: "field" },
+      el("label", { for: description.id, text: STRINGS.ticketDescription }),
+      description,
+    ),
     el("div", { class: "field" }, el("label", { for: priority.id, text: STRINGS.ticketPriority }), priority),
     el(
       "div",
       { class: "actions" },
       el("button", { type: "submit", text: STRINGS.ticketSubmit }),
-      el("button", { type: "button", class: "quiet", text: STRINGS.cancel, onclick: () => toggleTicketForm(chat, false) }),
+      el("button", {
+        type: "button",
+        class: "quiet",
+        text: STRINGS.cancel,
+        onclick: () => toggleTicketForm(chat, false),
+      }),
     ),
   );
   return form;
@@ -974,19 +993,40 @@ function setUnread(chat, n) {
   state.unreadTotal += n - chat.unread;
   chat.unread = n;
   renderUnread(chat);
-  document.title = state.unreadTotal > 0 ? STRINGS.titleUnread(state.unreadTotal) : STRINGS.title;
+  // Writing the title costs far more than a badge: a burst of messages across many chats writes
+  // it once. A timer rather than an animation frame, which a background tab never gets.
+  if (!state.titleTimer) {
+    state.titleTimer = setTimeout(() => {
+      state.titleTimer = 0;
+      document.title = state.unreadTotal > 0 ? STRINGS.titleUnread(state.unreadTotal) : STRINGS.title;
+    }, TITLE_DELAY_MS);
+  }
 }
 
 function renderUnread(chat) {
   chat.unreadEl.hidden = chat.unread === 0;
   chat.unreadEl.textContent = chat.unread ? String(chat.unread) : "";
   // The badge is a bare number: the tab's name says what it counts.
-  if (chat.unread) chat.tabButton.setAttribute("aria-label", STRINGS.tabLabel(customerName(chat), chat.unread));
-  else chat.tabButton.removeAttribute("aria-label");
+  if (chat.unread) {
+    chat.tabButton.setAttribute("aria-label", STRINGS.tabLabel(customerName(chat), chat.unread));
+  } else {
+    chat.tabButton.removeAttribute("aria-label");
+  }
 }
 
 function scrollToEnd(chat) {
   chat.transcript.scrollTop = chat.transcript.scrollHeight;
+}
+
+// Reading scrollHeight forces a layout: frames arriving in a burst scroll once, before the next
+// paint.
+function scrollSoon(chat) {
+  if (chat.scrollPending) return;
+  chat.scrollPending = true;
+  requestAnimationFrame(() => {
+    chat.scrollPending = false;
+    if (chat.stick && !chat.pane.hidden && chat.pane.isConnected) scrollToEnd(chat);
+  });
 }
 
 // One transcript entry for a frame of the chat, or null for frames that are not shown.
@@ -1001,7 +1041,12 @@ function renderFrame(chat, frame) {
     const mine = from === "agent" && state.me && frame.name === state.me.name;
     return el(
       "li",
-      { class: `message from-${from}${mine ? " mine" : ""}`, sb: "message", "data-from": from, "data-seq": seq },
+      {
+        class: `message from-${from}${mine ? " mine" : ""}`,
+        sb: "message",
+        "data-from": from,
+        "data-seq": seq,
+      },
       el(
         "p",
         { class: "meta" },
@@ -1035,7 +1080,8 @@ function renderFrame(chat, frame) {
     default:
       return null;
   }
-  return el("li", { class: `note note-${frame.type.replace(".", "-")}`, sb: "note", "data-seq": seq }, el("p", { text }));
+  const kind = frame.type.replace(".", "-");
+  return el("li", { class: `note note-${kind}`, sb: "note", "data-seq": seq }, el("p", { text }));
 }
 
 // Appends the frames after the last one shown (history on assignment, then live events).
@@ -1052,7 +1098,8 @@ function appendFrames(chat, frames, live) {
     }
     // The agent's own message: the entry shown when it was sent becomes the real one, moved to
     // its place in the chat's order.
-    const own = frame.type === "message" && frame.from === "agent" && frame.client_id && state.pending.get(frame.client_id);
+    const own =
+      frame.type === "message" && frame.from === "agent" && frame.client_id && state.pending.get(frame.client_id);
     if (own && own.chat === chat) {
       state.pending.delete(frame.client_id);
       own.item.classList.remove("pending");
@@ -1071,14 +1118,18 @@ function appendFrames(chat, frames, live) {
     for (const { frame } of added) {
       if (frame.type !== "message" || frame.from === "agent") continue;
       if (state.selected === chat.id) {
-        announce(STRINGS.announceMessage(frame.from === "customer" ? customerName(chat) : STRINGS[`author_${frame.from}`], frame.text ?? ""));
+        const author = frame.from === "customer" ? customerName(chat) : STRINGS[`author_${frame.from}`];
+        announce(STRINGS.announceMessage(author, frame.text ?? ""));
       } else if (frame.from === "customer") {
         setUnread(chat, chat.unread + 1);
       }
     }
-    if (added.some(({ frame }) => frame.type === "message" && frame.from === "customer")) showTyping(chat, false);
+    // A message ends the customer's typing, whether or not its "stopped" frame arrives.
+    if (added.some(({ frame }) => frame.type === "message" && frame.from === "customer")) {
+      showTyping(chat, false);
+    }
   }
-  if (stick && !chat.pane.hidden) scrollToEnd(chat);
+  if (stick && !chat.pane.hidden) scrollSoon(chat);
 }
 
 // Older frames go on top in one insertion, and the view stays on the message the agent was reading.
@@ -1211,7 +1262,12 @@ function sendMessage(chat) {
   chat.input.value = "";
   const item = el(
     "li",
-    { class: "message from-agent mine pending", sb: "message", "data-from": "agent", "data-client-id": clientId },
+    {
+      class: "message from-agent mine pending",
+      sb: "message",
+      "data-from": "agent",
+      "data-client-id": clientId,
+    },
     el(
       "p",
       { class: "meta" },
