@@ -675,6 +675,26 @@ impl Settings {
         check_log_filter(&log_filter).map_err(|why| invalid("log.level", why))?;
         self.sessions.validate()?;
         self.agents.validate()?;
+        // A resume replays the whole kept history at once; it must fit in what may wait for the
+        // client, or every resume of a full history would end in 4008 instead of completing.
+        let queue = self.sessions.outbound_queue_bytes;
+        for (key, value) in [
+            (
+                "sessions.history_max_bytes",
+                self.sessions.history_max_bytes,
+            ),
+            ("agents.history_max_bytes", self.agents.history_max_bytes),
+            ("agents.history_page_bytes", self.agents.history_page_bytes),
+        ] {
+            if value > queue {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "must be at most sessions.outbound_queue_bytes ({queue}): a resume replays it at once"
+                    ),
+                ));
+            }
+        }
         let chat_bind = self.chat.validate()?;
         if api_bind == chat_bind && api_bind.port() != 0 {
             return Err(invalid(
@@ -875,6 +895,32 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.auth.api_keys.len(), 1);
+    }
+
+    #[test]
+    fn histories_must_fit_in_the_outbound_queue_and_frames_must_hold_escaped_messages() {
+        let err = Settings::from_toml(
+            "[sessions]\noutbound_queue_bytes = 65536\nhistory_max_bytes = 65537",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("sessions.history_max_bytes"),
+            "{err}"
+        );
+        let err = Settings::from_toml("[agents]\nhistory_max_bytes = 1048576").unwrap_err();
+        assert!(
+            err.to_string().contains("agents.history_max_bytes"),
+            "{err}"
+        );
+        let err = Settings::from_toml("[sessions]\nmax_frame_bytes = 16384").unwrap_err();
+        assert!(
+            err.to_string().contains("sessions.max_frame_bytes"),
+            "{err}"
+        );
+        assert!(Settings::from_toml(
+            "[sessions]\nmax_frame_bytes = 16384\nmax_message_chars = 1000"
+        )
+        .is_ok());
     }
 
     #[test]

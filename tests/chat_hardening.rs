@@ -543,3 +543,67 @@ async fn wait_metric_at_most(app: &TestApp, name: &str, max: f64) {
     })
     .await;
 }
+
+#[actix_rt::test]
+async fn an_agent_resume_after_many_joins_of_a_big_chat_completes() {
+    let django = FakeDjango::start();
+    django.set_chat_default(ChatEndpoint::AiRespond, Behavior::Status(500));
+    let app = app(
+        &django,
+        "rate_per_sec = 1000\nrate_burst = 1000",
+        "auto_assign = false\non_leave = \"ai\"",
+    );
+    let (mut c, started) = ChatClient::start(app.chat_addr).await;
+    for i in 0..60 {
+        say(&mut c, &format!("big-{i}"), &"z".repeat(3900)).await;
+    }
+    let id = started["session_id"].clone();
+    let mut a = agent(&app, "ann").await;
+    let mut last_seq = 0;
+    for _ in 0..15 {
+        a.send(json!({"type": "session.join", "session_id": id}))
+            .await;
+        last_seq = a.expect("session.assigned").await["seq"].as_u64().unwrap();
+        a.send(json!({"type": "session.leave", "session_id": id}))
+            .await;
+        last_seq = a.expect("session.released").await["seq"]
+            .as_u64()
+            .unwrap()
+            .max(last_seq);
+    }
+    drop(a);
+    // Reconnect from an early point of the stream: either everything kept is replayed, or the
+    // server says at once that it is lost (4010); never a stall or a slow-consumer close.
+    let bearer = format!("Bearer {}", agent_token("ann"));
+    let mut back =
+        ChatClient::connect_to(app.chat_addr, "/ws/agent", &[("Authorization", &bearer)])
+            .await
+            .unwrap();
+    back.send(json!({"type": "agent.resume", "last_seq": 1}))
+        .await;
+    back.expect("agent.ready").await;
+    loop {
+        match back.next().await {
+            Ok(f) if f["type"] == "session.released" && f["seq"].as_u64() == Some(last_seq) => {
+                break
+            }
+            Ok(_) => {}
+            Err(ended) => {
+                assert_eq!(ended, Ended::Closed(4010), "only a lost history may end it");
+                return app.stop().await.expect("clean stop");
+            }
+        }
+    }
+    // Resumed from a recent point, the replay is short and the connection lives on.
+    let mut again =
+        ChatClient::connect_to(app.chat_addr, "/ws/agent", &[("Authorization", &bearer)])
+            .await
+            .unwrap();
+    again
+        .send(json!({"type": "agent.resume", "last_seq": last_seq - 2}))
+        .await;
+    again.expect("agent.ready").await;
+    again.send(json!({"type": "ping"})).await;
+    again.expect("pong").await;
+    app.stop().await.expect("clean stop");
+}

@@ -6,7 +6,10 @@
 fn cargo_run_starts_the_server_binary() {
     let manifest = include_str!("../Cargo.toml");
     let readme = include_str!("../README.md");
-    assert!(readme.contains("cargo run --release "), "the README's run command");
+    assert!(
+        readme.contains("cargo run --release "),
+        "the README's run command"
+    );
     assert!(
         manifest
             .lines()
