@@ -450,7 +450,7 @@ async fn a_client_that_does_not_read_is_disconnected_and_its_session_survives() 
     );
     let app = chat_app(
         &django,
-        "outbound_queue_bytes = 65536\nhistory_max_bytes = 65536\nhistory_max = 1000\nai_history = 1",
+        "outbound_queue_bytes = 65536\nhistory_max_bytes = 65536\nhistory_max = 1000\nai_history = 1\n[agents]\nhistory_max_bytes = 65536\nhistory_page_bytes = 32768",
     );
     let (mut c, started) = ChatClient::start(app.chat_addr).await;
     let u = app.url("/metrics");
