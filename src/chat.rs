@@ -4,6 +4,8 @@
 //! - [`link`]: the seam between a session and the connection attached to it; [`attached`]: a
 //!   connection as its actor holds it (writes, heartbeats, rate limit).
 //! - [`auth`]: who the customer is (an optional token).
+//! - [`desk`]: the port through which a session opens a ticket (the ticket and Django's chat record
+//!   of it in one write).
 //! - [`session`]: one session's actor, and its state with its pure rules (seq numbering, bounded
 //!   history for resume, once-per-`client_id` messages, one AI call in flight, AI actions), and
 //!   its owner (AI, queued, an agent, closed).
@@ -17,6 +19,7 @@ pub mod agent;
 pub mod agents;
 pub mod attached;
 pub mod auth;
+pub mod desk;
 pub mod history;
 pub mod link;
 pub mod protocol;

@@ -389,7 +389,7 @@ fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
         limits: s.limits(),
         calls: parts.calls.clone().recipient(),
         services: parts.calls.recipient(),
-        tickets: parts.tickets,
+        desk: chat::desk::RegistryDesk::shared(parts.tickets),
         outbox: parts.outbox,
         max_subject_chars: settings.tickets.max_subject_chars,
         max_description_chars: settings.tickets.max_description_chars,

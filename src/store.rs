@@ -166,6 +166,13 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait TicketStore: Send + Sync + 'static {
     /// Writes a new ticket, its `created` event and the outbox entry. Fails if the id exists.
     fn create(&self, write: TicketWrite) -> BoxFuture<'static, StoreResult<()>>;
+    /// Like [`create`](Self::create), with one more outbox record written in the same transaction
+    /// (a ticket from chat and Django's chat record of it): both are stored, or neither.
+    fn create_with(
+        &self,
+        write: TicketWrite,
+        record: OutboxRecord,
+    ) -> BoxFuture<'static, StoreResult<()>>;
     /// Replaces a ticket whose stored version is `write.ticket.version - 1`; appends event and outbox.
     fn update(&self, write: TicketWrite) -> BoxFuture<'static, StoreResult<()>>;
     /// Stores a ticket fetched from Django (no outbox entry: Django already has it).

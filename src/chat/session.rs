@@ -32,21 +32,20 @@ use self::state::{
     Accepted, AfterLeave, AiCall, CustomerInfo, Effect, Limits, ReplayError, SessionState,
 };
 use super::attached::{Attached, Beat, FrameRate, Rate, Sent};
+use super::desk::{ChatTicket, TicketDesk};
 use super::link::{Connection, Inbound, Lane, Local};
 use super::protocol::{self, close, Author, ClientFrame, CloseReason, ErrorCode, ServerFrame};
 use super::routing::{AgentHandle, ToAgent, ToQueue};
 use crate::bridge::wire::{AiRespondRequest, Customer, ServiceActionRequest};
 use crate::bridge::{AiRespond, ManageService};
 use crate::config::SessionSettings;
-use crate::domain::ids::{AgentId, RequestId, SessionId, TicketId};
+use crate::domain::ids::{AgentId, RequestId, SessionId};
 use crate::domain::principal::Principal;
-use crate::domain::status::Status;
-use crate::domain::ticket::{Priority, Source, Ticket};
+use crate::domain::ticket::Priority;
 use crate::domain::validate::is_clean as clean;
 use crate::metrics as m;
-use crate::store::{ChatTicketRecord, Outbox, OutboxRecord};
+use crate::store::Outbox;
 use crate::supervisor::keyed::{Hibernate, Passivate};
-use crate::ticket::registry::{CreateTicket, TicketRegistry};
 
 /// What every session uses, shared by all of them.
 pub struct SessionDeps {
@@ -54,7 +53,8 @@ pub struct SessionDeps {
     pub limits: Limits,
     pub calls: Recipient<AiRespond>,
     pub services: Recipient<ManageService>,
-    pub tickets: Addr<TicketRegistry>,
+    /// Where tickets from this chat are opened.
+    pub desk: Arc<dyn TicketDesk>,
     pub outbox: Arc<dyn Outbox>,
     /// Ticket subjects and descriptions are checked against the ticket limits.
     pub max_subject_chars: usize,
@@ -414,55 +414,23 @@ impl Session {
             }
             return;
         }
-        let now = crate::store::now();
         let session_id = self.id();
-        let ticket = Ticket {
-            id: TicketId::new(),
-            subject: subject.trim().to_string(),
-            description: description.clone(),
-            status: Status::Open,
-            priority,
-            requester: if self.state.customer.email.is_empty() {
-                self.state.customer.id.clone()
-            } else {
-                self.state.customer.email.clone()
-            },
-            assignee: None,
-            tags: vec!["chat".into()],
-            source: Source::Chat,
-            chat_session_id: Some(session_id.to_string()),
-            created_at: now,
-            updated_at: now,
-            version: 1,
-        };
-        let record = ChatTicketRecord {
+        let customer = &self.state.customer;
+        let ticket = ChatTicket {
             session_id,
-            ticket_id: ticket.id,
-            subject: ticket.subject.clone(),
+            subject,
             description,
             priority,
-            requester: ticket.requester.clone(),
+            requester: if customer.email.is_empty() {
+                customer.id.clone()
+            } else {
+                customer.email.clone()
+            },
             transcript: self.state.transcript(&self.limits()),
-            request_id: Some(RequestId::from(ticket.id.to_string())),
-        };
-        let create = self.deps.tickets.send(CreateTicket {
-            ticket,
             actor: Principal::Customer(session_id),
-            request_id: record.request_id.clone(),
-        });
-        let outbox = self.deps.outbox.clone();
-        let fut = async move {
-            let ticket = create
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| crate::bridge::client::chain(&e))?;
-            // The ticket is durable and visible over REST; Django's chat record must not be lost.
-            outbox
-                .enqueue(OutboxRecord::ChatTicket(record))
-                .await
-                .map_err(|e| crate::bridge::client::chain(&e))?;
-            Ok::<TicketId, String>(ticket.id)
         };
+        let span = tracing::info_span!("chat_ticket", %session_id, asked_by);
+        let fut = tracing::Instrument::instrument(self.deps.desk.open(ticket), span);
         ctx.spawn(fut.into_actor(self).map(move |result, act, _| match result {
             Ok(ticket_id) => {
                 metrics::counter!(m::CHAT_TICKETS, "asked_by" => asked_by).increment(1);

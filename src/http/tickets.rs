@@ -156,6 +156,7 @@ async fn create(
             ticket,
             actor: caller.actor,
             request_id: request_id_of(&req),
+            also: None,
         })
         .await
         .map_err(|e| ApiError::unavailable(format!("ticket registry: {e}")))??;

@@ -422,6 +422,17 @@ impl TicketStore for SqliteStore {
         }
     }
 
+    fn create_with(
+        &self,
+        write: TicketWrite,
+        record: OutboxRecord,
+    ) -> BoxFuture<'static, StoreResult<()>> {
+        match EncodedWrite::new(write).and_then(|w| Ok((w, EncodedRecord::new(&record)?))) {
+            Ok((w, r)) => self.write(|reply| WriteOp::CreateWith(Box::new(w), Box::new(r), reply)),
+            Err(e) => futures_util::future::ready(Err(e)).boxed(),
+        }
+    }
+
     fn update(&self, write: TicketWrite) -> BoxFuture<'static, StoreResult<()>> {
         match EncodedWrite::new(write) {
             Ok(w) => self.write(|r| WriteOp::Update(Box::new(w), r)),

@@ -27,6 +27,9 @@ use crate::telemetry::panic_message;
 /// The typed writes the writer thread performs.
 pub(super) enum WriteOp {
     Create(Box<EncodedWrite>, Reply<()>),
+    /// A new ticket and one more outbox record about it (a ticket from chat and Django's chat
+    /// record), in one transaction: both are written or neither.
+    CreateWith(Box<EncodedWrite>, Box<EncodedRecord>, Reply<()>),
     Update(Box<EncodedWrite>, Reply<()>),
     Import(Box<EncodedWrite>, Reply<()>),
     /// An outbox record that is no ticket change; replies with its `seq`.
@@ -54,6 +57,7 @@ fn not_run(op: WriteOp, why: &CommitError) -> Option<Done> {
     let err = || Err(StoreError::CommitFailed(why.clone()));
     Some(match op {
         WriteOp::Create(_, r)
+        | WriteOp::CreateWith(_, _, r)
         | WriteOp::Update(_, r)
         | WriteOp::Import(_, r)
         | WriteOp::OutboxAck(_, r)
@@ -316,10 +320,11 @@ fn run_batch(
     let mut ops = ops.into_iter();
     while let Some(op) = ops.next() {
         let folded = journal.folded_seq();
-        let (jop, write, reply) = match op {
-            WriteOp::Create(w, reply) => (JournalOp::Create, *w, reply),
-            WriteOp::Update(w, reply) => (JournalOp::Update, *w, reply),
-            WriteOp::Import(w, reply) => (JournalOp::Import, *w, reply),
+        let (jop, write, reply, also) = match op {
+            WriteOp::Create(w, reply) => (JournalOp::Create, *w, reply, None),
+            WriteOp::CreateWith(w, record, reply) => (JournalOp::Create, *w, reply, Some(record)),
+            WriteOp::Update(w, reply) => (JournalOp::Update, *w, reply, None),
+            WriteOp::Import(w, reply) => (JournalOp::Import, *w, reply, None),
             WriteOp::OutboxAck(seqs, reply) => {
                 let r = in_savepoint(&tx, |c| rows::outbox_ack(c, &seqs, folded));
                 batch.done.push(Done::Unit(reply, r));
@@ -402,13 +407,30 @@ fn run_batch(
         };
         // No savepoint: `append` refuses a write (conflict, duplicate) before it inserts anything,
         // and an insert that fails after that fails the whole transaction, every caller told.
-        let r = match journal.append(&tx, jop, write) {
-            Ok(Some(staged)) => {
+        let appended = journal.append(&tx, jop, write).and_then(|staged| {
+            // The record goes in after the ticket's own rows: refused or failed, neither stays.
+            let extra = match (&staged, &also) {
+                (Some(_), Some(record)) => Some(rows::insert_record(
+                    &tx,
+                    &record.key,
+                    &record.subject,
+                    &record.payload,
+                )?),
+                _ => None,
+            };
+            Ok((staged, extra))
+        });
+        let r = match appended {
+            Ok((Some(staged), extra)) => {
                 batch.outbox_appended += (jop != JournalOp::Import) as u64;
                 journal.record(staged);
+                if let Some(seq) = extra {
+                    journal.record_unfolded(seq);
+                    batch.outbox_appended += 1;
+                }
                 Ok(())
             }
-            Ok(None) => Ok(()),
+            Ok((None, _)) => Ok(()),
             Err(e @ (StoreError::AlreadyExists(_) | StoreError::VersionConflict { .. })) => {
                 metrics::counter!(m::STORE_WRITE_ERRORS).increment(1);
                 Err(e)

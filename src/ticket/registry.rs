@@ -20,7 +20,7 @@ use crate::domain::ids::{EventId, RequestId, TicketId};
 use crate::domain::principal::Principal;
 use crate::domain::ticket::{EventKind, Ticket, TicketEvent};
 use crate::metrics as m;
-use crate::store::{TicketStore, TicketWrite};
+use crate::store::{OutboxRecord, TicketStore, TicketWrite};
 use crate::supervisor::keyed::{ChildExited, ExitOutcome, ExitsTo, KeyedChildren, KeyedConfig};
 use crate::supervisor::supervised::{Exit, ExitReport, Restart};
 
@@ -40,6 +40,8 @@ pub struct CreateTicket {
     pub actor: Principal,
     /// The REST request behind the creation; it travels with the outbox record to Django.
     pub request_id: Option<RequestId>,
+    /// One more outbox record written in the same transaction (a chat ticket's record for Django).
+    pub also: Option<OutboxRecord>,
 }
 
 /// Anyone → registry: how many ticket actors are live. Reply: the count.
@@ -214,7 +216,10 @@ impl Handler<CreateTicket> for TicketRegistry {
             comment: None,
             request_id: msg.request_id,
         };
-        let fut = self.deps.store.create(write);
+        let fut = match msg.also {
+            Some(record) => self.deps.store.create_with(write, record),
+            None => self.deps.store.create(write),
+        };
         Box::pin(async move {
             fut.await?;
             Ok(ticket)

@@ -181,3 +181,28 @@ async fn a_dead_lettered_record_keeps_its_type_and_is_retried_whole() {
     assert_eq!(records(&revived), vec![&chat]);
     store.close().await;
 }
+
+#[actix_rt::test]
+async fn a_ticket_and_its_chat_record_are_written_together_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let t = ticket(&["chat"]);
+    let chat = chat_record(t.id);
+    store
+        .create_with(write(&t, EventKind::Created, None), chat.clone())
+        .await
+        .unwrap();
+    let outbox = store.peek(10).await.unwrap();
+    assert_eq!(outbox.len(), 2, "the ticket's sync and the chat record");
+    assert_eq!(outbox[0].record.as_sync().map(|r| r.ticket_id), Some(t.id));
+    assert_eq!(records(&outbox)[1], &chat);
+    assert_eq!(store.load(t.id).await.unwrap(), Some(t.clone()));
+
+    // The same ticket again is refused, and its record is not written either.
+    let again = store
+        .create_with(write(&t, EventKind::Created, None), chat_record(t.id))
+        .await;
+    assert!(matches!(again, Err(StoreError::AlreadyExists(_))), "{again:?}");
+    assert_eq!(store.peek(10).await.unwrap().len(), 2, "nothing half-written");
+    store.close().await;
+}
