@@ -63,6 +63,9 @@ pub const CHAT_TICKETS_REFUSED: &str = "switchboard_chat_tickets_refused_total";
 pub const CHAT_HISTORY_BYTES: &str = "switchboard_chat_history_bytes";
 pub const CHAT_BUSY: &str = "switchboard_chat_busy_refusals_total";
 pub const CHAT_ASSET_REQUESTS: &str = "switchboard_chat_asset_requests_total";
+pub const CHAT_JOURNAL_COMMIT: &str = "switchboard_chat_journal_commit_seconds";
+pub const CHAT_JOURNAL_BATCH: &str = "switchboard_chat_journal_batch_size";
+pub const CHAT_JOURNAL_ERRORS: &str = "switchboard_chat_journal_errors_total";
 pub const CHAT_ADMISSION_REFUSED: &str = "switchboard_chat_admission_refusals_total";
 pub const CHAT_SLOW_CONSUMERS: &str = "switchboard_chat_slow_consumer_disconnects_total";
 pub const CHAT_RESUMES: &str = "switchboard_chat_resumes_total";
@@ -301,6 +304,19 @@ fn describe_chat() {
     describe_counter!(
         CHAT_RATE_LIMITED,
         "Chat frames refused by the per-connection rate limit."
+    );
+    describe_histogram!(
+        CHAT_JOURNAL_COMMIT,
+        Unit::Seconds,
+        "Chat journal transactions: time to commit one batch of appends."
+    );
+    describe_histogram!(
+        CHAT_JOURNAL_BATCH,
+        "Appends (one session's frames and state each) per chat journal transaction."
+    );
+    describe_counter!(
+        CHAT_JOURNAL_ERRORS,
+        "Chat journal transactions that failed."
     );
     describe_counter!(
         CHAT_ASSET_REQUESTS,

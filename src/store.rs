@@ -15,6 +15,7 @@
 //! writer's account of unfolded rows), then one file per thread: `syncer`, `checkpointer`, `folder`,
 //! `writer`; `sqlite` is the façade that starts them and serves reads.
 
+pub mod chat_journal;
 mod checkpointer;
 mod durable;
 mod fold;

@@ -1,0 +1,438 @@
+//! The chat journal: the seam through which a chat session's numbered frames and its state become
+//! durable, beside [`TicketStore`](super::TicketStore). Every history frame (messages, proposed
+//! actions, tickets, queue and agent events) is appended with its `seq`, and the session's state
+//! (owner, customer, the hash of its resume token — never the token —, a pending AI turn, pending
+//! confirmations, its queue entry) is kept as one record per session, written in the same
+//! transaction as the frames it goes with. A restarted process reads the open sessions back and
+//! replays a session's frames from any `seq`.
+//!
+//! [`SqliteChatJournal`] is the embedded implementation: its own database file (`chat.db` in
+//! `storage.data_dir`), WAL mode, one thread that commits every append waiting for it in one
+//! transaction (group commit) and answers reads in between. `synchronous` is the storage setting:
+//! `normal` survives `kill -9`, `full` also survives power loss. Another engine (PostgreSQL, for a
+//! cluster) implements the same trait.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
+
+use chrono::{DateTime, Utc};
+use futures_channel::oneshot;
+use futures_util::future::{BoxFuture, FutureExt};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{StoreError, StoreResult};
+use crate::config::Synchronous;
+use crate::domain::ids::SessionId;
+
+/// One numbered frame of a session, as its JSON text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalFrame {
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    pub body: String,
+}
+
+/// A session's state as the journal keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub session_id: SessionId,
+    /// A hash of the resume token (the token itself is never stored).
+    pub resume_token_hash: String,
+    /// The session's state (owner, customer, pending AI turn, confirmations, queue entry) as JSON.
+    pub state: String,
+    /// The newest seq given out.
+    pub last_seq: u64,
+    pub last_activity_at: DateTime<Utc>,
+    /// When its connection went away; `None` while one is attached.
+    pub detached_at: Option<DateTime<Utc>>,
+    pub closed: bool,
+}
+
+/// What the journal must keep for chat sessions.
+pub trait ChatJournal: Send + Sync + 'static {
+    /// Appends `frames` (in seq order) and, when given, replaces the session's record: one
+    /// transaction. Answered once it is committed (and flushed, with `synchronous = full`).
+    fn append(
+        &self,
+        session_id: SessionId,
+        frames: Vec<JournalFrame>,
+        record: Option<SessionRecord>,
+    ) -> BoxFuture<'static, StoreResult<()>>;
+    fn record(
+        &self,
+        session_id: SessionId,
+    ) -> BoxFuture<'static, StoreResult<Option<SessionRecord>>>;
+    /// Frames after `after_seq`, oldest first, at most `limit`.
+    fn frames(
+        &self,
+        session_id: SessionId,
+        after_seq: u64,
+        limit: u32,
+    ) -> BoxFuture<'static, StoreResult<Vec<JournalFrame>>>;
+    /// Every session not closed, for a restarted process.
+    fn open_sessions(&self) -> BoxFuture<'static, StoreResult<Vec<SessionRecord>>>;
+    /// Forgets sessions last active before `before` (retention), with their frames. Reply: how many.
+    fn prune(&self, before: DateTime<Utc>) -> BoxFuture<'static, StoreResult<u64>>;
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS chat_sessions (
+    session_id TEXT PRIMARY KEY,
+    resume_token_hash TEXT NOT NULL,
+    state TEXT NOT NULL,
+    last_seq INTEGER NOT NULL,
+    last_activity_at TEXT NOT NULL,
+    detached_at TEXT,
+    closed INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS chat_sessions_open ON chat_sessions (closed, last_activity_at);
+CREATE TABLE IF NOT EXISTS chat_frames (
+    session_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (session_id, seq)
+) WITHOUT ROWID;
+";
+
+/// Appends waiting for one commit at most.
+const BATCH_MAX: usize = 512;
+
+enum Op {
+    Append {
+        session_id: SessionId,
+        frames: Vec<JournalFrame>,
+        record: Option<SessionRecord>,
+        reply: oneshot::Sender<StoreResult<()>>,
+    },
+    Read(Box<dyn FnOnce(&Connection) + Send>),
+}
+
+/// The embedded chat journal (see the module docs).
+pub struct SqliteChatJournal {
+    ops: mpsc::Sender<Op>,
+}
+
+fn ts(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn parse_ts(text: &str) -> rusqlite::Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })
+}
+
+fn corrupt(what: impl std::fmt::Display) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        what.to_string().into(),
+    )
+}
+
+fn record_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
+    let id: String = row.get(0)?;
+    let detached: Option<String> = row.get(5)?;
+    Ok(SessionRecord {
+        session_id: id.parse().map_err(corrupt)?,
+        resume_token_hash: row.get(1)?,
+        state: row.get(2)?,
+        last_seq: row.get::<_, i64>(3)?.max(0) as u64,
+        last_activity_at: parse_ts(&row.get::<_, String>(4)?)?,
+        detached_at: detached.as_deref().map(parse_ts).transpose()?,
+        closed: row.get::<_, i64>(6)? != 0,
+    })
+}
+
+const RECORD_COLUMNS: &str =
+    "session_id, resume_token_hash, state, last_seq, last_activity_at, detached_at, closed";
+
+impl SqliteChatJournal {
+    /// Opens (creating if needed) `chat.db` in `dir` and starts its thread.
+    pub fn open(dir: &Path, sync: Synchronous) -> StoreResult<Self> {
+        let path = dir.join("chat.db");
+        let conn = Connection::open(&path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match sync {
+                Synchronous::Full => "FULL",
+                Synchronous::Normal => "NORMAL",
+            },
+        )?;
+        conn.execute_batch(SCHEMA)?;
+        let (tx, rx) = mpsc::channel();
+        thread::Builder::new()
+            .name("chat-journal".into())
+            .spawn(move || run(conn, rx))
+            .map_err(|e| StoreError::Io {
+                path: path.display().to_string(),
+                source: e,
+            })?;
+        Ok(Self { ops: tx })
+    }
+
+    fn read<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> BoxFuture<'static, StoreResult<T>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.ops.send(Op::Read(Box::new(move |c| {
+            let _ = tx.send(query(c).map_err(StoreError::from));
+        })));
+        async move {
+            sent.map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        }
+        .boxed()
+    }
+}
+
+/// The journal's thread: every append waiting is committed in one transaction, then reads run.
+fn run(mut conn: Connection, ops: mpsc::Receiver<Op>) {
+    while let Ok(first) = ops.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH_MAX {
+            match ops.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut appends = Vec::new();
+        let mut reads = Vec::new();
+        for op in batch {
+            match op {
+                Op::Append {
+                    session_id,
+                    frames,
+                    record,
+                    reply,
+                } => appends.push((session_id, frames, record, reply)),
+                Op::Read(q) => reads.push(q),
+            }
+        }
+        if !appends.is_empty() {
+            let started = std::time::Instant::now();
+            let size = appends.len();
+            let outcome = commit(&mut conn, &appends);
+            metrics::histogram!(crate::metrics::CHAT_JOURNAL_COMMIT)
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!(crate::metrics::CHAT_JOURNAL_BATCH).record(size as f64);
+            if let Err(e) = &outcome {
+                metrics::counter!(crate::metrics::CHAT_JOURNAL_ERRORS).increment(1);
+                tracing::error!(error = %e, "chat journal commit failed");
+            }
+            for (_, _, _, reply) in appends {
+                let _ = reply.send(match &outcome {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(StoreError::Corrupt(format!(
+                        "chat journal commit failed: {e}"
+                    ))),
+                });
+            }
+        }
+        for q in reads {
+            q(&conn);
+        }
+    }
+}
+
+type Append = (
+    SessionId,
+    Vec<JournalFrame>,
+    Option<SessionRecord>,
+    oneshot::Sender<StoreResult<()>>,
+);
+
+fn commit(conn: &mut Connection, appends: &[Append]) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    {
+        let mut frame = tx.prepare_cached(
+            "INSERT OR REPLACE INTO chat_frames (session_id, seq, at, body) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut upsert = tx.prepare_cached(&format!(
+            "INSERT OR REPLACE INTO chat_sessions ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+        ))?;
+        for (session_id, frames, record, _) in appends {
+            let id = session_id.to_string();
+            for f in frames {
+                frame.execute(params![id, f.seq as i64, ts(&f.at), f.body])?;
+            }
+            if let Some(r) = record {
+                upsert.execute(params![
+                    id,
+                    r.resume_token_hash,
+                    r.state,
+                    r.last_seq as i64,
+                    ts(&r.last_activity_at),
+                    r.detached_at.as_ref().map(ts),
+                    r.closed as i64,
+                ])?;
+            }
+        }
+    }
+    tx.commit()
+}
+
+impl ChatJournal for SqliteChatJournal {
+    fn append(
+        &self,
+        session_id: SessionId,
+        frames: Vec<JournalFrame>,
+        record: Option<SessionRecord>,
+    ) -> BoxFuture<'static, StoreResult<()>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.ops.send(Op::Append {
+            session_id,
+            frames,
+            record,
+            reply,
+        });
+        async move {
+            sent.map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        }
+        .boxed()
+    }
+
+    fn record(
+        &self,
+        session_id: SessionId,
+    ) -> BoxFuture<'static, StoreResult<Option<SessionRecord>>> {
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM chat_sessions WHERE session_id = ?1"
+            ))?
+            .query_row(params![session_id.to_string()], record_of)
+            .optional()
+        })
+    }
+
+    fn frames(
+        &self,
+        session_id: SessionId,
+        after_seq: u64,
+        limit: u32,
+    ) -> BoxFuture<'static, StoreResult<Vec<JournalFrame>>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, at, body FROM chat_frames WHERE session_id = ?1 AND seq > ?2 \
+                 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(
+                params![session_id.to_string(), after_seq as i64, limit],
+                |row| {
+                    Ok(JournalFrame {
+                        seq: row.get::<_, i64>(0)?.max(0) as u64,
+                        at: parse_ts(&row.get::<_, String>(1)?)?,
+                        body: row.get(2)?,
+                    })
+                },
+            )?;
+            rows.collect()
+        })
+    }
+
+    fn open_sessions(&self) -> BoxFuture<'static, StoreResult<Vec<SessionRecord>>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM chat_sessions WHERE closed = 0 ORDER BY last_activity_at"
+            ))?;
+            let rows = stmt.query_map([], record_of)?;
+            rows.collect()
+        })
+    }
+
+    fn prune(&self, before: DateTime<Utc>) -> BoxFuture<'static, StoreResult<u64>> {
+        self.read(move |c| {
+            let cutoff = ts(&before);
+            c.execute(
+                "DELETE FROM chat_frames WHERE session_id IN \
+                 (SELECT session_id FROM chat_sessions WHERE last_activity_at < ?1)",
+                params![cutoff],
+            )?;
+            let n = c.execute(
+                "DELETE FROM chat_sessions WHERE last_activity_at < ?1",
+                params![cutoff],
+            )?;
+            Ok(n as u64)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(seq: u64) -> JournalFrame {
+        JournalFrame {
+            seq,
+            at: crate::store::now(),
+            body: format!(r#"{{"type":"message","seq":{seq}}}"#),
+        }
+    }
+
+    fn record(id: SessionId, last_seq: u64, closed: bool) -> SessionRecord {
+        SessionRecord {
+            session_id: id,
+            resume_token_hash: "h".into(),
+            state: r#"{"owner":"ai"}"#.into(),
+            last_seq,
+            last_activity_at: crate::store::now(),
+            detached_at: None,
+            closed,
+        }
+    }
+
+    #[actix_rt::test]
+    async fn frames_and_state_survive_a_reopen_and_replay_from_any_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = SessionId::new();
+        {
+            let j = SqliteChatJournal::open(dir.path(), Synchronous::Normal).unwrap();
+            j.append(id, vec![frame(1), frame(2)], Some(record(id, 2, false)))
+                .await
+                .unwrap();
+            j.append(id, vec![frame(3)], Some(record(id, 3, false)))
+                .await
+                .unwrap();
+        }
+        let j = SqliteChatJournal::open(dir.path(), Synchronous::Normal).unwrap();
+        let seqs: Vec<u64> = j
+            .frames(id, 1, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|f| f.seq)
+            .collect();
+        assert_eq!(seqs, [2, 3], "gap-free from any seq");
+        assert_eq!(j.record(id).await.unwrap().unwrap().last_seq, 3);
+        assert_eq!(j.open_sessions().await.unwrap().len(), 1);
+    }
+
+    #[actix_rt::test]
+    async fn many_appends_commit_together_and_closed_sessions_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = SqliteChatJournal::open(dir.path(), Synchronous::Normal).unwrap();
+        let ids: Vec<SessionId> = (0..50).map(|_| SessionId::new()).collect();
+        let appends = ids
+            .iter()
+            .map(|id| j.append(*id, vec![frame(1)], Some(record(*id, 1, false))));
+        for r in futures_util::future::join_all(appends).await {
+            r.unwrap();
+        }
+        assert_eq!(j.open_sessions().await.unwrap().len(), 50);
+        j.append(ids[0], vec![], Some(record(ids[0], 1, true)))
+            .await
+            .unwrap();
+        assert_eq!(j.open_sessions().await.unwrap().len(), 49);
+        let future = crate::store::now() + chrono::Duration::seconds(1);
+        assert_eq!(j.prune(future).await.unwrap(), 50);
+        assert!(j.frames(ids[1], 0, 10).await.unwrap().is_empty());
+    }
+}
