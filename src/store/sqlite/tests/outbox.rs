@@ -202,7 +202,14 @@ async fn a_ticket_and_its_chat_record_are_written_together_or_not_at_all() {
     let again = store
         .create_with(write(&t, EventKind::Created, None), chat_record(t.id))
         .await;
-    assert!(matches!(again, Err(StoreError::AlreadyExists(_))), "{again:?}");
-    assert_eq!(store.peek(10).await.unwrap().len(), 2, "nothing half-written");
+    assert!(
+        matches!(again, Err(StoreError::AlreadyExists(_))),
+        "{again:?}"
+    );
+    assert_eq!(
+        store.peek(10).await.unwrap().len(),
+        2,
+        "nothing half-written"
+    );
     store.close().await;
 }
