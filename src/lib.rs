@@ -27,7 +27,8 @@
 //!      │    │    └─ agent*  Agent per signed-in agent, transient; outlives its       src/chat/agent.rs
 //!      │    │               connection for agents.resume_grace_ms                   [permanent]
 //!      │    └─ chat_listener  accept loop on chat.bind, lean WebSocket transport:     src/http/chat.rs
-//!      │                      /ws/chat, /ws/agent, /healthz                         [permanent]
+//!      │                      /ws/chat, /ws/agent, /healthz, and the browser side   [permanent]
+//!      │                      (widget, JS client, console, demo: src/http/assets.rs)
 //!      └─ api            actix-web on api.bind (REST, /metrics, probes)              src/http.rs [permanent]
 //! ```
 //! Children start top to bottom and stop bottom to top: on shutdown the listeners drain in-flight
@@ -41,8 +42,10 @@
 //! [`bridge`], the actors ([`ticket`]) above them, the transport ([`http`]; [`transport`] for live chat's WebSocket connections) on top; [`supervisor`]
 //! knows none of them.
 //!
-//! Seams for running past one machine: [`store::TicketStore`] and [`store::Outbox`] (storage) and
-//! the registry's `Route` (routing) are the only ways actors reach data and each other.
+//! Seams for running past one machine: [`store::TicketStore`] and [`store::Outbox`] (storage),
+//! [`store::chat_journal::ChatJournal`] (chat sessions' frames and state, not yet wired in), the
+//! session's [`chat::desk::TicketDesk`] (tickets from chat, one write), and the registry's `Route`
+//! (routing) are the only ways actors reach data and each other.
 
 #![forbid(unsafe_code)]
 
