@@ -423,10 +423,17 @@ textarea:focus { border-color: var(--accent); outline: none; box-shadow: 0 0 0 2
     }
   }
 
+  // One formatter, made while the page is idle: the first locale-aware time format loads the
+  // locale's data (tens of milliseconds), which would otherwise delay the first message drawn.
+  let timeFormat = null;
+  const formatter = () =>
+    (timeFormat ??= new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit" }));
+  (globalThis.requestIdleCallback ?? ((f) => setTimeout(f, 0)))(() => formatter());
+
   function time(at) {
     const d = new Date(at);
     if (Number.isNaN(d.getTime())) return null;
-    return h("time", { datetime: d.toISOString(), text: d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) });
+    return h("time", { datetime: d.toISOString(), text: formatter().format(d) });
   }
 
   function messageEl(from, who, text, at) {
@@ -611,6 +618,7 @@ textarea:focus { border-color: var(--accent); outline: none; box-shadow: 0 0 0 2
 
   function mount() {
     const host = document.createElement("switchboard-widget");
+    host.setAttribute("data-switchboard-widget", "");
     const shadow = host.attachShadow({ mode: "open" });
     adoptStyles(shadow);
     shadow.append(root);

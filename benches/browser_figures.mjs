@@ -260,7 +260,11 @@ async function newPage(cdp, initScript) {
 // opened, so that a page view costs the server nothing), and notes when `SwitchboardWidget.ready`
 // resolves and when the client's state becomes "open".
 const WIDGET_INIT = `(() => {
-  const m = (window.__sbBench = { launcherAt: null, clickedAt: null, readyAt: null, openAt: null, stateAtReady: null, states: [] });
+  const m = (window.__sbBench = { widgetSetAt: null, launcherAt: null, clickedAt: null, readyAt: null, openAt: null, stateAtReady: null, states: [], longTasks: [] });
+  try {
+    new PerformanceObserver((list) => { for (const e of list.getEntries()) m.longTasks.push([Math.round(e.startTime), Math.round(e.duration)]); })
+      .observe({ type: "longtask", buffered: true });
+  } catch {}
   const obs = new MutationObserver(() => {
     const host = document.querySelector("switchboard-widget");
     const launcher = host && host.shadowRoot && host.shadowRoot.querySelector('[data-sb="launcher"]');
@@ -277,6 +281,7 @@ const WIDGET_INIT = `(() => {
     get() { return widget; },
     set(v) {
       widget = v;
+      m.widgetSetAt = performance.now();
       v.ready.then((c) => {
         m.readyAt = performance.now();
         m.stateAtReady = c.state;
@@ -302,7 +307,10 @@ const WIDGET_WAIT_OPEN = `new Promise((resolve, reject) => {
         const name = new URL(e.name).pathname;
         if (name === "/widget.js" || name === "/switchboard.js") res[name] = { start: e.startTime, end: e.responseEnd, transfer: e.transferSize, encoded: e.encodedBodySize, decoded: e.decodedBodySize };
       }
-      resolve({ ...m, nav: { responseEnd: nav.responseEnd, domContentLoaded: nav.domContentLoadedEventEnd, load: nav.loadEventEnd }, res });
+      const fcp = performance.getEntriesByName("first-contentful-paint")[0];
+      // docs/browser.md's test-hook note names this selector for the widget's host element.
+      const docHook = !!document.querySelector("[data-switchboard-widget]");
+      resolve({ ...m, docHook, fcp: fcp ? fcp.startTime : null, nav: { responseEnd: nav.responseEnd, domContentLoaded: nav.domContentLoadedEventEnd, load: nav.loadEventEnd }, res });
     } else if (Date.now() - t0 > 15000) reject(new Error("widget never connected: " + JSON.stringify(m)));
     else setTimeout(poll, 5);
   })();
@@ -368,6 +376,7 @@ async function figureWidget(cdp) {
   }
   return {
     load: {
+      widgetSet: summary(loads.map((m) => m.widgetSetAt)),
       launcher: summary(loads.map((m) => m.launcherAt)),
       ready: summary(loads.map((m) => m.readyAt)),
       open: summary(loads.map((m) => m.openAt)),
@@ -376,6 +385,7 @@ async function figureWidget(cdp) {
       widgetJsEnd: summary(loads.map((m) => m.res["/widget.js"]?.end)),
       switchboardJsEnd: summary(loads.map((m) => m.res["/switchboard.js"]?.end)),
       stateAtReady: [...new Set(loads.map((m) => m.stateAtReady))],
+      docHookFound: loads.map((m) => m.docHook),
       runs: loads,
     },
     firstSend: {
@@ -583,6 +593,16 @@ async function figureConsole(cdp) {
       load: document.querySelector('[data-sb="load"]').textContent,
       nodes: document.getElementsByTagName("*").length,
     })`);
+    // The queue as shown right after the last claim and two seconds later (queue.updated comes
+    // at most ten times a second while the queue changes).
+    await sleep(2000);
+    const later = await page.evaluate(`({
+      queueRows: document.querySelectorAll('[data-sb="queue-item"]').length,
+      queueTotal: document.querySelector('[data-sb="queue-total"]').textContent,
+      claimedStillListed: [...document.querySelectorAll('[data-sb="queue-item"]')].filter((r) => document.querySelector('[data-sb="chat"][data-session-id="' + r.dataset.sessionId + '"]')).length,
+    })`);
+    result.queueLater = later;
+    log(`console: queue 2 s after the last claim: ${later.queueTotal} (${later.queueRows} rows, ${later.claimedStillListed} of them chats already open here)`);
     result.claim = summary(claimMs);
     result.state = { chats: state.chats.length, queueRows: state.queueRows, queueTotal: state.queueTotal, load: state.load, nodes: state.nodes };
     log(`console: ${state.chats.length} chats open, queue ${state.queueTotal} (${state.queueRows} rows), load ${state.load}, claims ${fmt(result.claim)}`);
@@ -635,6 +655,20 @@ async function figureConsole(cdp) {
       });
     }
     result.missing = rows.filter((r) => r.missing).length;
+    // Where a burst's time goes: how far apart its 50 frames reach the page (their handlers'
+    // arrival times), against the time the page spends handling them.
+    result.burstSpread = [];
+    for (const name of [...new Set(rows.filter((r) => r.kind === "burst").map((r) => r.round))]) {
+      const ids = rows.filter((r) => r.round === name).map((r) => r.id);
+      for (let k = 0; k < ids.length; k += CHATS) {
+        const a = ids.slice(k, k + CHATS).map((id) => B.arrivals[id]).filter(Boolean);
+        const t0s = a.map((x) => x.t0);
+        result.burstSpread.push({ round: name, span: Math.max(...t0s) - Math.min(...t0s), handling: a.reduce((acc, x) => acc + (x.t1 - x.t0), 0) });
+      }
+    }
+    result.burstSpreadSummary = { span: summary(result.burstSpread.map((x) => x.span)), handling: summary(result.burstSpread.map((x) => x.handling)) };
+    log(`console burst of ${CHATS}: arrivals in the page spread over ${fmt(result.burstSpreadSummary.span)} ms; handling them took ${fmt(result.burstSpreadSummary.handling)} ms`);
+    result.rows = rows;
     const by = (pred) => rows.filter(pred);
     const figure = (sel) => ({
       arrivalToDom: summary(sel.map((r) => r.arrivalToDom)),
