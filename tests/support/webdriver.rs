@@ -83,15 +83,18 @@ impl Driver {
                 }
             }
         });
+        // Owned from here on, so that a chromedriver that never names its port is killed too.
+        let mut driver = Driver {
+            child,
+            base: String::new(),
+            chromium,
+        };
         let port = tokio::time::timeout(WAIT, port_rx)
             .await
             .expect("chromedriver started in time")
             .expect("chromedriver named its port");
-        Driver {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            chromium,
-        }
+        driver.base = format!("http://127.0.0.1:{port}");
+        driver
     }
 
     /// A new headless Chromium with its own empty profile (its own storage, cookies and cache).
