@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_django;
+pub mod webdriver;
 pub mod ws;
 
 use std::future::Future;
