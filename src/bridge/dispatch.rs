@@ -10,10 +10,12 @@
 //! the next cycle, at its place, with its failed attempt and last error recorded on its row.
 //!
 //! One event can make Django fail a whole batch with a 5xx (a value its database cannot store), so a
-//! 5xx batch is bisected too. Whether an event that fails alone is to blame is for the cycle as a
-//! whole to say: if Django took other events meanwhile, the failure counts against the event
-//! ([`Isolation`], `bridge.poison_max_attempts`, then the dead letters); if it took none, Django is
-//! down and the breaker, not the event, answers for it.
+//! 5xx batch is bisected too. Whether an event that fails alone is to blame is for the cycle to say:
+//! if Django had already taken (or refused) other events of the cycle when it failed, the failure
+//! counts against the event ([`Isolation`], `bridge.poison_max_attempts`, then the dead letters);
+//! if not, Django may have been down at that moment (or come back just after), and the breaker,
+//! not the event, answers for it. Suspects are sent last, after the rest, so a poisonous event is
+//! judged once Django has shown it is up.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
@@ -167,8 +169,10 @@ struct SyncRun {
     answered: bool,
     /// Per outbox position, the last error of a failed call that carried it.
     failed: BTreeMap<i64, String>,
-    /// Items that failed sent alone, with the 5xx status of their last failure.
-    alone: Vec<(SyncItem, u16)>,
+    /// Items that failed sent alone, with the 5xx status of their last failure and whether Django
+    /// had already answered a call of this cycle when they failed: only then is the failure the
+    /// event's (a Django that comes back mid-cycle must not blame what failed while it was down).
+    alone: Vec<(SyncItem, u16, bool)>,
 }
 
 /// The failed calls one cycle may make in a row, without an answer in between, for a window of `n`
@@ -261,7 +265,9 @@ fn deliver_syncs(
                     }
                     last_failure = Some(e);
                     if chunk.len() == 1 {
-                        run.alone.extend(chunk.into_iter().map(|i| (i, status)));
+                        let answered = run.answered;
+                        run.alone
+                            .extend(chunk.into_iter().map(|i| (i, status, answered)));
                     } else {
                         let (left, right) = halves(chunk);
                         queue.push_front(right);
@@ -285,14 +291,15 @@ fn halves(mut chunk: Vec<SyncItem>) -> (Vec<SyncItem>, Vec<SyncItem>) {
     (chunk, right)
 }
 
-/// Weighs a cycle's sync failures. When Django took other events, each event that failed alone
-/// counts one isolated failure, and one that reaches `max_attempts` goes to the dead letters with
-/// its last error; when Django took nothing, no event is blamed. Every failed delivery is recorded
+/// Weighs a cycle's sync failures. Each event that failed alone after Django had taken (or refused)
+/// others in the cycle counts one isolated failure, and one that reaches `max_attempts` goes to the
+/// dead letters with its last error; an event that failed before Django answered anything is not
+/// blamed. Every failed delivery is recorded
 /// on its rows, and whatever failed alone is sent apart next time.
 fn judge(run: SyncRun, entries: &[OutboxEntry], isolation: &Isolation) -> Report {
     let SyncRun {
         mut report,
-        answered,
+        answered: _,
         mut failed,
         alone,
     } = run;
@@ -307,9 +314,9 @@ fn judge(run: SyncRun, entries: &[OutboxEntry], isolation: &Isolation) -> Report
         .filter(|s| !gone.contains(s))
         .collect();
     let mut isolated = BTreeSet::new();
-    for (item, status) in alone {
+    for (item, status, answered_before) in alone {
         report.suspects.extend(item.seqs.iter().copied());
-        if !answered {
+        if !answered_before {
             continue;
         }
         report.isolated += 1;
@@ -560,6 +567,8 @@ mod tests {
     #[derive(Default)]
     struct ScriptedDjango {
         sync_status: RefCell<u16>,
+        /// Statuses for the next sync calls, in order, before `sync_status` applies.
+        sync_script: RefCell<VecDeque<u16>>,
         /// Tickets whose presence in a sync batch makes Django answer 500 (a value it cannot store).
         poison: RefCell<Vec<TicketId>>,
         chat_status: RefCell<Vec<(TicketId, u16)>>,
@@ -583,10 +592,11 @@ mod tests {
             let poisoned = items
                 .iter()
                 .any(|i| self.poison.borrow().contains(&i.ticket_id));
-            let status = if poisoned {
-                500
-            } else {
-                *self.sync_status.borrow()
+            let scripted = self.sync_script.borrow_mut().pop_front();
+            let status = match scripted {
+                Some(status) => status,
+                None if poisoned => 500,
+                None => *self.sync_status.borrow(),
             };
             let outcome = match status {
                 200 => SyncOutcome::Delivered,
@@ -767,7 +777,9 @@ mod tests {
         *django.sync_status.borrow_mut() = 200;
         django.poison.borrow_mut().push(p);
         let mut iso = isolation(3);
-        for cycle in 1..=3 {
+        // The first cycle fails it before Django took anything (it only becomes a suspect); the
+        // next three, sent after the rest went through, are its three strikes.
+        for cycle in 1..=4 {
             block_on(outbox.enqueue(sync(TicketId::new(), 1))).unwrap();
             django.calls.borrow_mut().clear();
             let report = run_isolating(&outbox, &django, 10, &mut iso);
@@ -785,6 +797,31 @@ mod tests {
         let dead = outbox.dead.lock().unwrap();
         assert!(dead[0].error.contains("HTTP 500"), "{}", dead[0].error);
         assert!(iso.suspects.is_empty());
+    }
+
+    #[test]
+    fn a_django_coming_back_mid_cycle_blames_nothing_that_failed_before_it_answered() {
+        let (a, b) = (TicketId::new(), TicketId::new());
+        let outbox = MemoryOutbox::with(vec![sync(a, 1), sync(b, 1)]);
+        let django = Rc::new(ScriptedDjango::default());
+        *django.sync_status.borrow_mut() = 200;
+        // The batch fails, `a` alone fails, then Django is back and takes `b`.
+        django.sync_script.borrow_mut().extend([500, 500]);
+        let mut iso = isolation(1);
+        let report = run_isolating(&outbox, &django, 10, &mut iso);
+        assert_eq!(
+            report.isolated, 0,
+            "a failed before Django answered anything"
+        );
+        assert!(outbox.dead_seqs().is_empty());
+        assert_eq!(
+            outbox.seqs(),
+            [1],
+            "a waits for the next cycle, b went through"
+        );
+        // Next cycle `a` goes on its own, after the rest, and Django takes it.
+        run_isolating(&outbox, &django, 10, &mut iso);
+        assert!(outbox.seqs().is_empty() && outbox.dead_seqs().is_empty());
     }
 
     #[test]
