@@ -157,8 +157,14 @@ mod tests {
         .to_http_request()
     }
 
+    /// The tests here log through the same callsites; run one at a time, a test that logs with no
+    /// subscriber could otherwise have tracing cache those callsites as never enabled just as the
+    /// logging test looks at them.
+    static LOGGING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn only_the_exact_key_is_accepted() {
+        let _one_at_a_time = LOGGING.lock().unwrap_or_else(|e| e.into_inner());
         let auth = Auth::new(
             vec![ApiKey {
                 name: "dashboard".into(),
@@ -189,6 +195,7 @@ mod tests {
 
     #[test]
     fn refusals_are_logged_at_info_with_the_key_name_and_never_a_secret() {
+        let _one_at_a_time = LOGGING.lock().unwrap_or_else(|e| e.into_inner());
         let auth = Auth::new(
             vec![ApiKey {
                 name: "dashboard".into(),
@@ -205,6 +212,8 @@ mod tests {
             .with_ansi(false)
             .finish();
         tracing::subscriber::with_default(subscriber, || {
+            // Interest cached while no subscriber listened must not hide these events.
+            tracing::callsite::rebuild_interest_cache();
             let forbidden = auth.authorize(&request(Some("read-key-0123456789")), Scope::Write);
             assert_eq!(forbidden.unwrap_err().status, StatusCode::FORBIDDEN);
             let unknown = auth.authorize(&request(Some("guessed-secret-0000")), Scope::Read);
