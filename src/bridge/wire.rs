@@ -219,19 +219,7 @@ mod tests {
 
     #[test]
     fn service_action_request_omits_an_unknown_request_id() {
-        let req = ServiceActionRequest {
-            action_id: Uuid::now_v7(),
-            session_id: SessionId::new(),
-            customer: Customer {
-                id: "c-42".into(),
-                name: "Ada".into(),
-                email: "ada@example.com".into(),
-            },
-            service: "email".into(),
-            operation: "reset_password".into(),
-            params: json!({}),
-            request_id: None,
-        };
+        let req = service_request(json!({}));
         let v = serde_json::to_value(&req).unwrap();
         assert!(v.get("request_id").is_none());
         assert_eq!(v["operation"], "reset_password");

@@ -162,10 +162,9 @@ mod tests {
     /// logging test looks at them.
     static LOGGING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-    #[test]
-    fn only_the_exact_key_is_accepted() {
-        let _one_at_a_time = LOGGING.lock().unwrap_or_else(|e| e.into_inner());
-        let auth = Auth::new(
+    /// One key, `dashboard`, that may read.
+    fn dashboard() -> Auth {
+        Auth::new(
             vec![ApiKey {
                 name: "dashboard".into(),
                 key: "read-key-0123456789".into(),
@@ -173,7 +172,13 @@ mod tests {
                 scopes: vec![Scope::Read],
             }],
             254,
-        );
+        )
+    }
+
+    #[test]
+    fn only_the_exact_key_is_accepted() {
+        let _one_at_a_time = LOGGING.lock().unwrap_or_else(|e| e.into_inner());
+        let auth = dashboard();
         let caller = auth
             .authorize(&request(Some("read-key-0123456789")), Scope::Read)
             .unwrap();
@@ -196,15 +201,7 @@ mod tests {
     #[test]
     fn refusals_are_logged_at_info_with_the_key_name_and_never_a_secret() {
         let _one_at_a_time = LOGGING.lock().unwrap_or_else(|e| e.into_inner());
-        let auth = Auth::new(
-            vec![ApiKey {
-                name: "dashboard".into(),
-                key: "read-key-0123456789".into(),
-                key_env: None,
-                scopes: vec![Scope::Read],
-            }],
-            254,
-        );
+        let auth = dashboard();
         let logs = Logs::default();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(logs.clone())
