@@ -563,7 +563,11 @@ async fn an_agent_resume_after_many_joins_of_a_big_chat_completes() {
     for _ in 0..15 {
         a.send(json!({"type": "session.join", "session_id": id}))
             .await;
-        last_seq = a.expect("session.assigned").await["seq"].as_u64().unwrap();
+        let assigned = a.expect("session.assigned").await;
+        // A page of the chat, never the whole of it (60 messages of 3,900 characters).
+        assert!(assigned.to_string().len() < 32768 + 4096, "a bounded page");
+        assert_eq!(assigned["has_more"], true);
+        last_seq = assigned["seq"].as_u64().unwrap();
         a.send(json!({"type": "session.leave", "session_id": id}))
             .await;
         last_seq = a.expect("session.released").await["seq"]
@@ -605,5 +609,64 @@ async fn an_agent_resume_after_many_joins_of_a_big_chat_completes() {
     again.expect("agent.ready").await;
     again.send(json!({"type": "ping"})).await;
     again.expect("pong").await;
+    app.stop().await.expect("clean stop");
+}
+
+#[actix_rt::test]
+async fn bad_handoff_requests_and_history_fetches_get_clear_errors_and_change_nothing() {
+    let django = FakeDjango::start();
+    let app = app(&django, "", "auto_assign = false");
+    let (mut c, started) = ChatClient::start(app.chat_addr).await;
+    for (frame, code) in [
+        (
+            json!({"type": "handoff.request", "reason": "r".repeat(501)}),
+            "invalid_frame",
+        ),
+        (
+            json!({"type": "handoff.request", "reason": "nul\u{0}"}),
+            "invalid_frame",
+        ),
+        (
+            json!({"type": "handoff.request", "reason": 7}),
+            "invalid_frame",
+        ),
+        (
+            json!({"type": "handoff.request", "extra": true}),
+            "invalid_frame",
+        ),
+    ] {
+        c.send(frame.clone()).await;
+        assert_eq!(error_frame(&mut c).await["code"], code, "{frame}");
+    }
+    // None of them queued the chat: the AI still answers.
+    say(&mut c, "h-1", "still the AI?").await;
+    let reply = c.expect("message").await;
+    assert_eq!(reply["from"], "ai", "{reply}");
+    assert!(!c.seen.iter().any(|f| f["type"] == "session.queued"));
+
+    let id = started["session_id"].clone();
+    let mut a = agent(&app, "ann").await;
+    for (frame, code) in [
+        (
+            json!({"type": "history.fetch", "session_id": id, "before_seq": 5}),
+            "not_joined",
+        ),
+        (
+            json!({"type": "history.fetch", "session_id": id, "before_seq": -1}),
+            "invalid_frame",
+        ),
+        (
+            json!({"type": "history.fetch", "session_id": "nope", "before_seq": 1}),
+            "invalid_frame",
+        ),
+        (
+            json!({"type": "history.fetch", "session_id": id}),
+            "invalid_frame",
+        ),
+    ] {
+        a.send(frame.clone()).await;
+        assert_eq!(a.expect("error").await["code"], code, "{frame}");
+    }
+    assert!(!a.seen.iter().any(|f| f["type"] == "session.history"));
     app.stop().await.expect("clean stop");
 }
