@@ -87,6 +87,9 @@ pub struct SessionSettings {
     pub resume_grace_ms: u64,
     pub idle_timeout_ms: u64,
     pub hibernate_after_ms: u64,
+    /// A detached session with nothing in flight leaves memory after this long and lives only in
+    /// the chat journal until it is resumed.
+    pub passivate_after_ms: u64,
     pub sweep_interval_ms: u64,
     pub handshake_timeout_ms: u64,
     pub heartbeat_interval_ms: u64,
@@ -125,6 +128,7 @@ impl SessionSettings {
             ("sessions.resume_grace_ms", self.resume_grace_ms),
             ("sessions.idle_timeout_ms", self.idle_timeout_ms),
             ("sessions.sweep_interval_ms", self.sweep_interval_ms),
+            ("sessions.passivate_after_ms", self.passivate_after_ms),
             ("sessions.handshake_timeout_ms", self.handshake_timeout_ms),
             ("sessions.heartbeat_interval_ms", self.heartbeat_interval_ms),
             ("sessions.max_frame_bytes", self.max_frame_bytes as u64),
@@ -315,6 +319,13 @@ pub struct ChatListenerSettings {
     pub max_connections: usize,
     pub max_header_bytes: usize,
     pub request_timeout_ms: u64,
+    /// The chat journal's `synchronous`: `normal` (an ack survives `kill -9`) or `full` (it also
+    /// survives power loss).
+    pub journal_synchronous: Synchronous,
+    /// Days a chat's transcript is kept after its last activity; 0 keeps them forever.
+    pub retention_days: u32,
+    /// How often the retention prune runs.
+    pub retention_sweep_ms: u64,
 }
 
 impl ChatListenerSettings {
@@ -323,6 +334,19 @@ impl ChatListenerSettings {
         positive("chat.max_connections", self.max_connections as u64)?;
         positive("chat.max_header_bytes", self.max_header_bytes as u64)?;
         positive("chat.request_timeout_ms", self.request_timeout_ms)?;
+        positive("chat.retention_sweep_ms", self.retention_sweep_ms)?;
+        if self.retention_sweep_ms > MAX_IDLE_MS {
+            return Err(invalid(
+                "chat.retention_sweep_ms",
+                format!("must be at most {MAX_IDLE_MS}"),
+            ));
+        }
+        if self.retention_days > 36_500 {
+            return Err(invalid(
+                "chat.retention_days",
+                "must be at most 36500 (0 keeps transcripts forever)",
+            ));
+        }
         Ok(addr)
     }
 }

@@ -54,6 +54,8 @@ pub struct HttpDeps {
     pub calls: Addr<DjangoCalls>,
     pub store: Arc<dyn TicketStore>,
     pub outbox: Arc<dyn Outbox>,
+    /// The chat journal (transcripts for `/api/v1/chats`).
+    pub chats: Arc<dyn crate::store::chat_journal::ChatJournal>,
     pub ops: ops::Ops,
 }
 

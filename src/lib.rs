@@ -76,11 +76,12 @@ use crate::bridge::Drain;
 use crate::chat::agent::AgentDeps;
 use crate::chat::agents::{AgentRegistry, EndAllAgents};
 use crate::chat::queue::Queue;
-use crate::chat::registry::{EndAll, SessionRegistry};
+use crate::chat::registry::{SessionRegistry, SuspendAll};
 use crate::chat::session::SessionDeps;
 use crate::config::Settings;
 use crate::http::chat::{ChatListener, ChatRoutes};
 use crate::http::listener::ListenerChild;
+use crate::store::chat_journal::{ChatJournal, SqliteChatJournal};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Outbox, StoreError, TicketStore};
 use crate::supervisor::supervised::{self, Restart};
@@ -183,6 +184,10 @@ pub async fn run(
     let sqlite = Arc::new(SqliteStore::open(&settings.storage)?);
     let store: Arc<dyn TicketStore> = sqlite.clone();
     let outbox: Arc<dyn Outbox> = sqlite;
+    let journal: Arc<dyn ChatJournal> = Arc::new(SqliteChatJournal::open(
+        &settings.storage.data_dir,
+        settings.chat.journal_synchronous,
+    )?);
     tracing::info!(
         api = %listeners.api.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         chat = %listeners.chat.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -305,6 +310,7 @@ pub async fn run(
         calls: calls_addr.clone(),
         store: store.clone(),
         outbox: outbox.clone(),
+        chats: journal.clone(),
         ops: http::ops::Ops {
             metrics: prometheus,
             metrics_token: settings.metrics.token.clone(),
@@ -333,6 +339,7 @@ pub async fn run(
                 calls: calls_addr.clone(),
                 tickets: registry_addr.clone(),
                 outbox: outbox.clone(),
+                journal,
             },
             &settings,
         )),
@@ -375,13 +382,15 @@ struct ChatParts {
     calls: Addr<DjangoCalls>,
     tickets: Addr<TicketRegistry>,
     outbox: Arc<dyn Outbox>,
+    journal: Arc<dyn ChatJournal>,
 }
 
 /// The live-chat subtree: its own supervisor (one_for_one, the root's intensity), escalating to the
 /// root. The session registry, the routing queue, the agent registry and the chat listener start
 /// in that order, all on the chat arbiter, where every connection, session and agent lives; on
-/// stop the listener closes first (no new connections), then agents end (their chats requeued),
-/// then the registry ends every session (close 1001: clients resume elsewhere).
+/// stop the listener closes first (no new connections), then agents and sessions are suspended:
+/// each commits to the chat journal and tells its client to resume (close 1012), and the next
+/// process carries every session on, its agent and queue place included.
 fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
     let s = &settings.sessions;
     let agents_online = Arc::new(AtomicBool::new(false));
@@ -394,6 +403,7 @@ fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
         services: parts.calls.recipient(),
         desk: chat::desk::RegistryDesk::shared(parts.tickets),
         outbox: parts.outbox,
+        journal: parts.journal,
         max_subject_chars: settings.tickets.max_subject_chars,
         max_description_chars: settings.tickets.max_description_chars,
         max_name_chars: settings.tickets.max_name_chars,
@@ -402,6 +412,7 @@ fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
         queue: queue_addr.clone().recipient(),
         agents_online: agents_online.clone(),
         after_leave: settings.agents.on_leave,
+        agent_grace: Duration::from_millis(settings.agents.resume_grace_ms),
     });
     let agent_deps = Arc::new(AgentDeps {
         settings: settings.agents.clone(),
@@ -430,8 +441,12 @@ fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
         })
         .before_stop(move || {
             async move {
-                match tokio::time::timeout(Duration::from_secs(5), end_addr.send(EndAll)).await {
-                    Ok(Ok(n)) => tracing::info!(sessions = n, "chat sessions told to end"),
+                let deadline = Duration::from_secs(5);
+                let suspended = end_addr.send(SuspendAll { deadline });
+                match tokio::time::timeout(deadline + Duration::from_secs(1), suspended).await {
+                    Ok(Ok(n)) => {
+                        tracing::info!(sessions = n, "chat sessions suspended for the next process")
+                    }
                     _ => tracing::warn!("session registry did not answer at shutdown"),
                 }
             }
@@ -472,7 +487,9 @@ fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
                 match tokio::time::timeout(Duration::from_secs(5), end_addr.send(EndAllAgents))
                     .await
                 {
-                    Ok(Ok(n)) => tracing::info!(agents = n, "agents told to end"),
+                    Ok(Ok(n)) => {
+                        tracing::info!(agents = n, "agents told to resume on the next process")
+                    }
                     _ => tracing::warn!("agent registry did not answer at shutdown"),
                 }
             }

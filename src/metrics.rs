@@ -66,6 +66,11 @@ pub const CHAT_ASSET_REQUESTS: &str = "switchboard_chat_asset_requests_total";
 pub const CHAT_JOURNAL_COMMIT: &str = "switchboard_chat_journal_commit_seconds";
 pub const CHAT_JOURNAL_BATCH: &str = "switchboard_chat_journal_batch_size";
 pub const CHAT_JOURNAL_ERRORS: &str = "switchboard_chat_journal_errors_total";
+pub const CHAT_JOURNAL_WAIT: &str = "switchboard_chat_journal_wait_seconds";
+pub const CHAT_PASSIVATED: &str = "switchboard_chat_sessions_passivated_total";
+pub const CHAT_RESTORED: &str = "switchboard_chat_sessions_restored_total";
+pub const CHAT_JOURNAL_EXPIRED: &str = "switchboard_chat_journal_expired_total";
+pub const CHAT_PRUNED: &str = "switchboard_chat_pruned_total";
 pub const CHAT_ADMISSION_REFUSED: &str = "switchboard_chat_admission_refusals_total";
 pub const CHAT_SLOW_CONSUMERS: &str = "switchboard_chat_slow_consumer_disconnects_total";
 pub const CHAT_RESUMES: &str = "switchboard_chat_resumes_total";
@@ -317,6 +322,27 @@ fn describe_chat() {
     describe_counter!(
         CHAT_JOURNAL_ERRORS,
         "Chat journal transactions that failed."
+    );
+    describe_histogram!(
+        CHAT_JOURNAL_WAIT,
+        Unit::Seconds,
+        "A session's append to the chat journal, from submission to commit: what frames and acks wait before they are sent."
+    );
+    describe_counter!(
+        CHAT_PASSIVATED,
+        "Detached, idle chat sessions that left memory and live only in the chat journal until resumed."
+    );
+    describe_counter!(
+        CHAT_RESTORED,
+        "Chat sessions loaded from the chat journal, by when (startup: work owed after a restart; resume: a client came back)."
+    );
+    describe_counter!(
+        CHAT_JOURNAL_EXPIRED,
+        "Chat sessions that lived only in the journal and ended there (no resume within the grace, or idle)."
+    );
+    describe_counter!(
+        CHAT_PRUNED,
+        "Chat sessions (with their transcripts) removed by the retention prune (chat.retention_days)."
     );
     describe_counter!(
         CHAT_ASSET_REQUESTS,

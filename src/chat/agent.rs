@@ -75,7 +75,8 @@ pub struct AttachAgent {
 #[rtype(result = "()")]
 pub struct AgentTick;
 
-/// Registry → agent on shutdown: close (1001) and stop.
+/// Registry → agent on shutdown or upgrade: close (1012: resume) and stop, keeping their chats
+/// (the sessions' journal has them in the agent's hands for the next process).
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct EndAgent;
@@ -89,6 +90,8 @@ pub struct Agent {
     /// The presence to restore on a resume (shown offline while detached).
     presence_before: Presence,
     stale_reader: Option<SpawnHandle>,
+    /// Stopped for the next process: the chats stay the agent's.
+    keep_chats: bool,
 }
 
 fn unix_now() -> u64 {
@@ -109,7 +112,16 @@ impl Agent {
             detached_at: Some(Instant::now()),
             presence_before: Presence::Online,
             stale_reader: None,
+            keep_chats: false,
         }
+    }
+
+    /// An agent resuming a stream the last process numbered up to `last_seq`: the numbering goes on
+    /// from there, and their chats come back from the journal as `session.assigned`.
+    pub fn continuing(identity: &AgentIdentity, deps: Arc<AgentDeps>, last_seq: u64) -> Self {
+        let mut agent = Self::new(identity, deps);
+        agent.state.continue_from(last_seq);
+        agent
     }
 
     fn me(&self) -> AgentRef {
@@ -465,8 +477,11 @@ impl Actor for Agent {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        // No ghosts: the queue forgets the agent and their chats are requeued.
-        self.release_all();
+        // No ghosts: the queue forgets the agent and their chats are requeued (unless the server
+        // is only restarting: then they stay the agent's, in the journal).
+        if !self.keep_chats {
+            self.release_all();
+        }
         if self.attached.take().is_some() {
             metrics::gauge!(m::AGENT_CONNECTIONS).decrement(1.0);
         }
@@ -755,7 +770,13 @@ impl Handler<EndAgent> for Agent {
     type Result = ();
 
     fn handle(&mut self, _: EndAgent, ctx: &mut Context<Self>) {
-        self.end("server shutting down", ctx);
+        self.keep_chats = true;
+        if let Some(mut att) = self.attached.take() {
+            att.link
+                .close(close::SERVICE_RESTART, "server restarting: resume");
+            metrics::gauge!(m::AGENT_CONNECTIONS).decrement(1.0);
+        }
+        ctx.stop();
     }
 }
 

@@ -57,6 +57,9 @@ pub struct AgentRegistry {
     escalate: ExitReport,
     /// Agents signed in, read by the listener's admission check.
     live: Arc<AtomicUsize>,
+    /// Agents this process has had: an unknown one resuming was signed in to the previous
+    /// process (a restart or an upgrade), not past its grace here.
+    seen: std::collections::HashSet<AgentId>,
 }
 
 impl AgentRegistry {
@@ -76,6 +79,7 @@ impl AgentRegistry {
             children,
             escalate,
             live,
+            seen: std::collections::HashSet::new(),
         }
     }
 
@@ -116,10 +120,17 @@ impl Handler<AgentConnected> for AgentRegistry {
 
     fn handle(&mut self, msg: AgentConnected, _: &mut Context<Self>) {
         let known = self.children.get(msg.identity.id.clone()).is_some();
+        let mut continuing = None;
         if !known {
             // A resume of an agent whose grace ended has nothing to resume: saying so, rather than
-            // quietly starting afresh, tells the console its chats are gone.
-            if let Opening::Resume { .. } = msg.opening {
+            // quietly starting afresh, tells the console its chats are gone. An agent this
+            // process never had was signed in to the one before it: their stream goes on.
+            if let Opening::Resume { last_seq } = msg.opening {
+                if !self.seen.contains(&msg.identity.id) {
+                    continuing = Some(last_seq);
+                }
+            }
+            if let (Opening::Resume { .. }, None) = (&msg.opening, continuing) {
                 tracing::info!(agent_id = %msg.identity.id, "agent resume refused: no stream kept");
                 return refuse(
                     msg.conn,
@@ -143,9 +154,13 @@ impl Handler<AgentConnected> for AgentRegistry {
         }
         let deps = self.deps.clone();
         let identity = msg.identity.clone();
+        self.seen.insert(msg.identity.id.clone());
         let (addr, _) = self
             .children
-            .route(msg.identity.id.clone(), || Agent::new(&identity, deps));
+            .route(msg.identity.id.clone(), || match continuing {
+                Some(last_seq) => Agent::continuing(&identity, deps, last_seq),
+                None => Agent::new(&identity, deps),
+            });
         self.publish_count();
         addr.do_send(AttachAgent {
             conn: msg.conn,

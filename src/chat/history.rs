@@ -69,6 +69,25 @@ impl<F: Numbered> History<F> {
         frame
     }
 
+    /// A history read back from a journal: `last_seq` given out, and its newest frames (oldest
+    /// first), kept within `max` frames and `max_bytes` as [`Self::record`] would have.
+    pub fn restore(last_seq: u64, frames: Vec<F>, max: usize, max_bytes: usize) -> Self {
+        let mut h = Self {
+            last_seq,
+            frames: VecDeque::new(),
+            bytes: 0,
+        };
+        for frame in frames.into_iter().rev() {
+            let w = frame.weight();
+            if !h.frames.is_empty() && (h.frames.len() >= max.max(1) || h.bytes + w > max_bytes) {
+                break;
+            }
+            h.bytes += w;
+            h.frames.push_front(frame);
+        }
+        h
+    }
+
     /// The kept frames' weight (see [`Numbered::weight`]).
     pub fn bytes(&self) -> usize {
         self.bytes

@@ -471,6 +471,9 @@ pub mod close {
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The server failed; resume.
     pub const INTERNAL_ERROR: u16 = 1011;
+    /// The server is restarting or being upgraded: resume (at once, then with backoff); the
+    /// session and everything acknowledged in it are kept.
+    pub const SERVICE_RESTART: u16 = 1012;
     /// No pong within `chat.heartbeat_timeout_ms`.
     pub const HEARTBEAT_TIMEOUT: u16 = 4000;
     /// The client did not read its frames fast enough (its outbound queue reached

@@ -106,6 +106,8 @@ pub struct Queue {
     sessions: HashMap<SessionId, SessionHandle>,
     agents: HashMap<AgentId, AgentHandle>,
     agents_online: Arc<AtomicBool>,
+    /// Sessions restored in the hands of an agent not connected yet, by agent.
+    returning: HashMap<AgentId, Vec<(SessionId, SessionHandle)>>,
 }
 
 impl Queue {
@@ -118,6 +120,7 @@ impl Queue {
             sessions: HashMap::new(),
             agents: HashMap::new(),
             agents_online,
+            returning: HashMap::new(),
         }
     }
 
@@ -331,6 +334,73 @@ impl Handler<ToQueue> for Queue {
                     self.settle(ctx, false);
                 }
             }
+            ToQueue::Held {
+                session_id,
+                session,
+                agent,
+                grace,
+            } => {
+                if let Some(handle) = self.agents.get(&agent.id).cloned() {
+                    return self.give_back(agent, handle, vec![(session_id, session)], ctx);
+                }
+                self.returning
+                    .entry(agent.id.clone())
+                    .or_default()
+                    .push((session_id, session));
+                // Not back within the grace: their chats wait for someone else.
+                ctx.run_later(grace, move |act, _| {
+                    let Some(list) = act.returning.get_mut(&agent.id) else {
+                        return;
+                    };
+                    let Some(at) = list.iter().position(|(id, _)| *id == session_id) else {
+                        return;
+                    };
+                    let (_, session) = list.remove(at);
+                    if list.is_empty() {
+                        act.returning.remove(&agent.id);
+                    }
+                    tracing::info!(%session_id, agent_id = %agent.id, "agent did not come back after the restart; chat requeued");
+                    session.do_send(SessionCommand::ByAgent {
+                        agent,
+                        op: AgentOp::Lost,
+                    });
+                });
+            }
+        }
+    }
+}
+
+impl Queue {
+    /// Hands an agent back the chats they held before a restart.
+    fn give_back(
+        &mut self,
+        agent: AgentRef,
+        handle: AgentHandle,
+        sessions: Vec<(SessionId, SessionHandle)>,
+        ctx: &mut Context<Self>,
+    ) {
+        for (session_id, session) in sessions {
+            self.state.hold(&agent.id, session_id);
+            let command = SessionCommand::ByAgent {
+                agent: agent.clone(),
+                op: AgentOp::Claim {
+                    to: handle.clone(),
+                    by: AssignedBy::Queue,
+                },
+            };
+            let id = agent.id.clone();
+            ctx.spawn(
+                session
+                    .send(command)
+                    .into_actor(self)
+                    .map(move |result, act, ctx| {
+                        if !matches!(result, Ok(Ok(_))) {
+                            act.state.released(&id, session_id);
+                        }
+                        act.push_presence(&id);
+                        act.settle(ctx, false);
+                    }),
+            );
         }
     }
 }
@@ -340,8 +410,16 @@ impl Handler<AgentUp> for Queue {
 
     fn handle(&mut self, msg: AgentUp, ctx: &mut Context<Self>) -> Snapshot {
         let id = msg.agent.id.clone();
-        self.agents.insert(id.clone(), msg.handle);
-        self.set_agent(msg.agent, msg.presence, msg.capacity, msg.auto_assign);
+        self.agents.insert(id.clone(), msg.handle.clone());
+        self.set_agent(
+            msg.agent.clone(),
+            msg.presence,
+            msg.capacity,
+            msg.auto_assign,
+        );
+        if let Some(returning) = self.returning.remove(&id) {
+            self.give_back(msg.agent.clone(), msg.handle, returning, ctx);
+        }
         let snapshot = Snapshot {
             agents: self.state.agents().map(|(id, a)| a.view(id)).collect(),
             queue: self.state.snapshot(VIEW_MAX),

@@ -8,25 +8,37 @@
 //! routing a resume to the session it names, and one [`Tick`] for all sessions each heartbeat
 //! interval (heartbeats and timeouts without a timer per session).
 //!
-//! Takes [`StartSession`], [`ResumeSession`], [`CountSessions`], [`EndAll`], and from the routing
-//! queue [`LookupSession`] and [`BroadcastToSessions`]; sessions report their exits as
-//! [`SessionExited`].
+//! The chat journal holds every session; memory holds only those with work under way or a
+//! connection. At start the registry reads the open sessions back: those owed work (an AI answer,
+//! a place in the queue, an agent) are started at once and queued again in their old order;
+//! the others stay in the journal until a `session.resume` names them, and end there when their
+//! grace or idle timeout passes (a sweep of the journal).
+//!
+//! Takes [`StartSession`], [`ResumeSession`], [`CountSessions`], [`EndAll`], [`SuspendAll`], and
+//! from the routing queue [`LookupSession`] and [`BroadcastToSessions`]; sessions report their
+//! exits as [`SessionExited`].
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use futures_channel::oneshot;
 
 use super::auth;
 use super::link::{Lane, Local};
 use super::protocol::{close, ErrorCode, ServerFrame};
-use super::routing::{SessionCommand, SessionHandle};
-use super::session::state::CustomerInfo;
-use super::session::{Attach, EndSession, InjectPanic, Resume, Session, SessionDeps, Tick};
+use super::routing::{SessionCommand, SessionHandle, ToQueue};
+use super::session::state::{CustomerInfo, Owner, SessionState};
+use super::session::{
+    Attach, EndSession, InjectPanic, Resume, Session, SessionDeps, Suspend, Tick,
+};
 use crate::domain::ids::SessionId;
 use crate::domain::validate::Checker;
 use crate::metrics as m;
+use crate::store::chat_journal::{JournalFrame, SessionRecord};
+use crate::store::StoreResult;
 use crate::supervisor::keyed::{ChildExited, ExitOutcome, KeyedChildren, KeyedConfig};
 use crate::supervisor::supervised::{Exit, ExitReport, Restart};
 
@@ -61,6 +73,15 @@ pub struct CountSessions;
 #[rtype(result = "usize")]
 pub struct EndAll;
 
+/// Shutdown or upgrade → registry: every session commits, tells its client to resume (1012) and
+/// stops, to go on in the next process. Answered once all have stopped (or after `deadline`), with
+/// how many there were; new connections are refused meanwhile (1012).
+#[derive(Message, Debug)]
+#[rtype(result = "usize")]
+pub struct SuspendAll {
+    pub deadline: Duration,
+}
+
 /// Test hook (fault injection) → registry: make session `id` panic. Reply: whether it was live.
 #[derive(Message, Debug)]
 #[rtype(result = "bool")]
@@ -90,7 +111,17 @@ pub struct SessionRegistry {
     escalate: ExitReport,
     /// Live sessions, read by the listener's admission check without a message.
     live: Arc<AtomicUsize>,
+    /// Resumes waiting for their session to be read from the journal.
+    loading: HashMap<SessionId, Vec<ResumeSession>>,
+    /// Suspending: answered once every session stopped.
+    suspended: Option<Vec<oneshot::Sender<()>>>,
 }
+
+/// How often sessions that live only in the journal are checked for their grace and idle timeout.
+const JOURNAL_SWEEP: Duration = Duration::from_secs(5);
+
+/// Most sessions ended in the journal per sweep.
+const JOURNAL_SWEEP_MAX: u32 = 10_000;
 
 impl SessionRegistry {
     pub fn new(deps: Arc<SessionDeps>, live: Arc<AtomicUsize>, escalate: ExitReport) -> Self {
@@ -110,6 +141,248 @@ impl SessionRegistry {
             children,
             escalate,
             live,
+            loading: HashMap::new(),
+            suspended: None,
+        }
+    }
+
+    /// Starts the session a journal record holds (detached); `None` if it cannot be read.
+    fn restore(
+        &mut self,
+        record: &SessionRecord,
+        frames: Vec<JournalFrame>,
+        how: &'static str,
+    ) -> Option<Addr<Session>> {
+        let frames = frames
+            .into_iter()
+            .filter_map(|f| serde_json::from_str(&f.body).ok())
+            .collect();
+        let state = match SessionState::restore(
+            &self.deps.limits,
+            &record.state,
+            record.last_seq,
+            frames,
+        ) {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::error!(session_id = %record.session_id, error = %e, "chat session in the journal cannot be read; left there");
+                return None;
+            }
+        };
+        let ago = |at: chrono::DateTime<chrono::Utc>| {
+            let age = (chrono::Utc::now() - at).to_std().unwrap_or_default();
+            Instant::now().checked_sub(age).unwrap_or_else(Instant::now)
+        };
+        let last_customer = ago(record.last_activity_at);
+        let detached_at = record.detached_at.map(ago).unwrap_or_else(Instant::now);
+        let deps = self.deps.clone();
+        let (addr, _) = self.children.route(record.session_id, || {
+            Session::restored(state, deps, last_customer, detached_at)
+        });
+        metrics::counter!(m::CHAT_RESTORED, "from" => how).increment(1);
+        self.publish_count();
+        Some(addr)
+    }
+
+    /// Whether a journal record's session is past its grace or idle timeout.
+    fn expired(&self, record: &SessionRecord) -> bool {
+        let s = &self.deps.settings;
+        let now = chrono::Utc::now();
+        let past =
+            |at: chrono::DateTime<chrono::Utc>, ms: u64| (now - at).num_milliseconds() >= ms as i64;
+        record.closed
+            || record
+                .detached_at
+                .is_some_and(|at| past(at, s.resume_grace_ms))
+            || past(record.last_activity_at, s.idle_timeout_ms)
+    }
+
+    /// Reads the open sessions back after a start: those owed work come up now (the queued ones
+    /// in their old order), the rest stay in the journal until resumed.
+    fn recover(&mut self, ctx: &mut Context<Self>) {
+        let journal = self.deps.journal.clone();
+        let history_max = self.deps.limits.history_max as u32;
+        let load = async move {
+            // Connections the last process had are gone: their grace starts now.
+            journal.mark_detached(chrono::Utc::now()).await?;
+            let mut owed = Vec::new();
+            for record in journal.open_sessions().await? {
+                let needs = serde_json::from_str::<SessionState>(&record.state)
+                    .map(|s| s.needs_actor())
+                    .unwrap_or(false);
+                if needs {
+                    let from = record.last_seq.saturating_sub(u64::from(history_max));
+                    let frames = journal.frames(record.session_id, from, history_max).await?;
+                    owed.push((record, frames));
+                }
+            }
+            StoreResult::Ok(owed)
+        };
+        // Nothing is served before the sessions owed work are in place (the queue's order).
+        ctx.wait(load.into_actor(self).map(|result, act, _| {
+            let owed = match result {
+                Ok(owed) => owed,
+                Err(e) => {
+                    tracing::error!(error = %e, "chat journal could not be read at start; sessions resume on demand");
+                    return;
+                }
+            };
+            let mut queued = Vec::new();
+            for (record, frames) in owed {
+                let Some(addr) = act.restore(&record, frames, "startup") else {
+                    continue;
+                };
+                let state: Option<SessionState> = serde_json::from_str(&record.state).ok();
+                match state.as_ref().map(|s| &s.owner) {
+                    Some(Owner::Queued { reason }) => queued.push((
+                        state.as_ref().and_then(|s| s.queued_since),
+                        record.session_id,
+                        addr,
+                        state.as_ref().map(|s| s.customer.name.clone()).unwrap_or_default(),
+                        reason.clone(),
+                    )),
+                    Some(Owner::Agent(agent)) => act.deps.queue.do_send(ToQueue::Held {
+                        session_id: record.session_id,
+                        session: addr.recipient(),
+                        agent: agent.clone(),
+                        grace: act.deps.agent_grace,
+                    }),
+                    _ => {}
+                }
+            }
+            queued.sort_by_key(|(since, ..)| *since);
+            let n = queued.len();
+            for (_, session_id, addr, customer, reason) in queued {
+                act.deps.queue.do_send(ToQueue::Enqueue {
+                    session_id,
+                    session: addr.recipient(),
+                    customer,
+                    reason,
+                });
+            }
+            tracing::info!(live = act.children.len(), queued = n, "chat sessions owed work are back from the journal");
+        }));
+    }
+
+    /// Ends, in the journal, the sessions that live only there and are past their grace or idle
+    /// timeout (a live session times itself out).
+    fn sweep_journal(&mut self, ctx: &mut Context<Self>) {
+        let s = &self.deps.settings;
+        let now = chrono::Utc::now();
+        let detached_before = now - chrono::Duration::milliseconds(s.resume_grace_ms as i64);
+        let idle_before = now - chrono::Duration::milliseconds(s.idle_timeout_ms as i64);
+        let journal = self.deps.journal.clone();
+        let find = journal.expired(detached_before, idle_before, JOURNAL_SWEEP_MAX);
+        ctx.spawn(find.into_actor(self).map(move |found, act, ctx| {
+            let ids: Vec<SessionId> = match found {
+                Ok(ids) => ids
+                    .into_iter()
+                    .filter(|id| act.children.get(*id).is_none() && !act.loading.contains_key(id))
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "chat journal sweep failed");
+                    return;
+                }
+            };
+            if ids.is_empty() {
+                return;
+            }
+            let n = ids.len() as u64;
+            ctx.spawn(
+                journal
+                    .close(ids)
+                    .into_actor(act)
+                    .map(move |done, _, _| match done {
+                        Ok(()) => metrics::counter!(m::CHAT_JOURNAL_EXPIRED).increment(n),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "chat journal sweep could not end sessions")
+                        }
+                    }),
+            );
+        }));
+    }
+
+    /// A resume of a session not in memory: read it from the journal, then route the resume.
+    fn load(&mut self, msg: ResumeSession, ctx: &mut Context<Self>) {
+        let id = msg.session_id;
+        if let Some(waiting) = self.loading.get_mut(&id) {
+            waiting.push(msg);
+            return;
+        }
+        self.loading.insert(id, vec![msg]);
+        let journal = self.deps.journal.clone();
+        let history_max = self.deps.limits.history_max as u32;
+        let read = async move {
+            let Some(record) = journal.record(id).await? else {
+                return Ok(None);
+            };
+            let from = record.last_seq.saturating_sub(u64::from(history_max));
+            let frames = journal.frames(id, from, history_max).await?;
+            StoreResult::Ok(Some((record, frames)))
+        };
+        ctx.spawn(read.into_actor(self).map(move |result, act, _| {
+            let waiting = act.loading.remove(&id).unwrap_or_default();
+            let addr = match result {
+                Ok(Some((record, frames))) if !act.expired(&record) => {
+                    act.restore(&record, frames, "resume")
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(session_id = %id, error = %e, "chat journal read failed on resume");
+                    for msg in waiting {
+                        refuse(
+                            msg.conn,
+                            ErrorCode::ServerBusy,
+                            "the session could not be read just now; resume again shortly",
+                            close::TRY_AGAIN_LATER,
+                            "journal unavailable",
+                        );
+                    }
+                    return;
+                }
+            };
+            for msg in waiting {
+                match &addr {
+                    Some(addr) => addr.do_send(Resume {
+                        conn: msg.conn,
+                        resume_token: msg.resume_token,
+                        last_seq: msg.last_seq,
+                        started_at: msg.started_at,
+                    }),
+                    None => {
+                        metrics::counter!(m::CHAT_RESUMES, "outcome" => "unknown").increment(1);
+                        refuse(
+                            msg.conn,
+                            ErrorCode::ResumeRefused,
+                            "unknown session or wrong token",
+                            close::RESUME_REFUSED,
+                            "resume refused",
+                        );
+                    }
+                }
+            }
+        }));
+    }
+
+    /// Refuses a connection while the registry is suspending: the client resumes on the next
+    /// process.
+    fn refuse_suspending(conn: Local) {
+        refuse(
+            conn,
+            ErrorCode::ServerBusy,
+            "the server is restarting; resume in a moment",
+            close::SERVICE_RESTART,
+            "server restarting: resume",
+        );
+    }
+
+    fn answer_suspended(&mut self) {
+        if self.children.is_empty() {
+            if let Some(waiters) = self.suspended.as_mut() {
+                for tx in waiters.drain(..) {
+                    let _ = tx.send(());
+                }
+            }
         }
     }
 
@@ -145,6 +418,8 @@ impl Actor for SessionRegistry {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.children.attach(ctx.address().recipient());
+        self.recover(ctx);
+        ctx.run_interval(JOURNAL_SWEEP, |act, ctx| act.sweep_journal(ctx));
         let every = Duration::from_millis(self.deps.settings.heartbeat_interval_ms)
             .min(Duration::from_millis(self.deps.settings.sweep_interval_ms));
         ctx.run_interval(every, |act, _| {
@@ -173,6 +448,9 @@ impl Handler<StartSession> for SessionRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: StartSession, _: &mut Context<Self>) {
+        if self.suspended.is_some() {
+            return Self::refuse_suspending(msg.conn);
+        }
         // Capacity counts new work only: this is a new session (resumes never come here).
         let s = &self.deps.settings;
         let why = if self.children.len() >= s.max_sessions {
@@ -211,13 +489,17 @@ impl Handler<StartSession> for SessionRegistry {
             }
         };
         let deps = self.deps.clone();
-        let (addr, _) = self.children.route(id, || Session::new(id, customer, deps));
+        let token = Session::new_token();
+        let (addr, _) = self
+            .children
+            .route(id, || Session::new(id, &token, customer, deps));
         self.publish_count();
         tracing::info!(session_id = %id, "chat session started");
         addr.do_send(Attach {
             conn: msg.conn,
             resume_from: None,
             started_at: msg.started_at,
+            resume_token: token,
         });
     }
 }
@@ -225,16 +507,12 @@ impl Handler<StartSession> for SessionRegistry {
 impl Handler<ResumeSession> for SessionRegistry {
     type Result = ();
 
-    fn handle(&mut self, msg: ResumeSession, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: ResumeSession, ctx: &mut Context<Self>) {
+        if self.suspended.is_some() {
+            return Self::refuse_suspending(msg.conn);
+        }
         let Some(addr) = self.children.get(msg.session_id) else {
-            metrics::counter!(m::CHAT_RESUMES, "outcome" => "unknown").increment(1);
-            return refuse(
-                msg.conn,
-                ErrorCode::ResumeRefused,
-                "unknown session or wrong token",
-                close::RESUME_REFUSED,
-                "resume refused",
-            );
+            return self.load(msg, ctx);
         };
         addr.do_send(Resume {
             conn: msg.conn,
@@ -251,6 +529,7 @@ impl Handler<SessionExited> for SessionRegistry {
     fn handle(&mut self, msg: SessionExited, _: &mut Context<Self>) {
         let outcome = self.children.exited(msg);
         self.publish_count();
+        self.answer_suspended();
         if let ExitOutcome::Escalate(reason) = outcome {
             (self.escalate)(Exit::Escalated(reason));
         }
@@ -272,6 +551,30 @@ impl Handler<EndAll> for SessionRegistry {
         let n = self.children.len();
         self.children.broadcast(EndSession);
         n
+    }
+}
+
+impl Handler<SuspendAll> for SessionRegistry {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, msg: SuspendAll, _: &mut Context<Self>) -> Self::Result {
+        let n = self.children.len();
+        let (tx, rx) = oneshot::channel();
+        self.suspended.get_or_insert_with(Vec::new).push(tx);
+        self.children.broadcast(Suspend);
+        self.answer_suspended();
+        tracing::info!(
+            sessions = n,
+            "suspending chat sessions: they go on in the next process"
+        );
+        Box::pin(async move {
+            if tokio::time::timeout(msg.deadline, rx).await.is_err() {
+                tracing::warn!(
+                    "chat sessions did not all stop in time; the journal has what they committed"
+                );
+            }
+            n
+        })
     }
 }
 

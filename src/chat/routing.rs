@@ -151,4 +151,12 @@ pub enum ToQueue {
         session_id: SessionId,
         agent: AgentId,
     },
+    /// A session read back from the journal in `agent`'s hands: it is theirs again when they
+    /// reconnect within `grace`; otherwise it is requeued.
+    Held {
+        session_id: SessionId,
+        session: SessionHandle,
+        agent: AgentRef,
+        grace: std::time::Duration,
+    },
 }

@@ -18,6 +18,7 @@
 //! connection's [`Inbound`] stream.
 
 mod agents;
+mod durable;
 pub mod owner;
 pub mod state;
 
@@ -44,6 +45,7 @@ use crate::domain::principal::Principal;
 use crate::domain::ticket::Priority;
 use crate::domain::validate::is_clean as clean;
 use crate::metrics as m;
+use crate::store::chat_journal::ChatJournal;
 use crate::store::Outbox;
 use crate::supervisor::keyed::{Hibernate, Passivate};
 
@@ -56,6 +58,8 @@ pub struct SessionDeps {
     /// Where tickets from this chat are opened.
     pub desk: Arc<dyn TicketDesk>,
     pub outbox: Arc<dyn Outbox>,
+    /// Where every numbered frame and the session's record are written before they are sent.
+    pub journal: Arc<dyn ChatJournal>,
     /// Ticket subjects and descriptions are checked against the ticket limits.
     pub max_subject_chars: usize,
     pub max_description_chars: usize,
@@ -71,6 +75,8 @@ pub struct SessionDeps {
     pub agents_online: Arc<AtomicBool>,
     /// `agents.on_leave`.
     pub after_leave: AfterLeave,
+    /// `agents.resume_grace_ms`: how long a chat restored with its agent waits for them.
+    pub agent_grace: Duration,
 }
 
 /// Registry → session: attach this connection (a new session's first, or a resume's after its
@@ -81,6 +87,8 @@ pub struct Attach {
     pub conn: Local,
     pub resume_from: Option<u64>,
     pub started_at: Instant,
+    /// A new session's resume token, sent once in `session.started` (only its hash is kept).
+    pub resume_token: String,
 }
 
 /// Registry → session: a client asks to resume this session. The session checks the token; a wrong
@@ -100,10 +108,17 @@ pub struct Resume {
 #[rtype(result = "()")]
 pub struct Tick;
 
-/// Registry → session on shutdown: tell the client and close (1001; it may resume elsewhere).
+/// Registry → session when its registry restarts: tell the client and close (1001).
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct EndSession;
+
+/// Registry → session on shutdown or upgrade: commit everything, close the connection with 1012
+/// (resume) and stop without ending the session: the next process carries it on from the
+/// journal. Answered once the session's last write is committed.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Suspend;
 
 /// Test hook (routed only when `testing.fault_injection` is on): panic inside a handler.
 #[derive(Message, Debug, Clone, Copy)]
@@ -130,6 +145,17 @@ pub struct Session {
     position: Option<usize>,
     /// Ended by the server's shutdown: a queued customer did not abandon the chat.
     shutting_down: bool,
+    /// The record changed beyond its frames: the next append carries it.
+    dirty: bool,
+    /// Ended without a frame (no resume within the grace): the record says closed.
+    expired: bool,
+    /// Stopped for the next process or for the journal (suspended, passivated): whoever routes
+    /// to it is not told it ended, since it did not.
+    quiet_stop: bool,
+    /// The newest seq committed to the journal.
+    committed: u64,
+    /// Writes under way and what waits for them (see [`durable`]); `None` while nothing does.
+    io: Option<Box<durable::Io>>,
     attached: Option<Attached>,
     last_customer: Instant,
     detached_at: Option<Instant>,
@@ -139,27 +165,72 @@ pub struct Session {
     stale_reader: Option<SpawnHandle>,
     /// This session's share of `SessionDeps::history_bytes`.
     accounted: usize,
+    /// Tickets and service actions under way (a session with work under way stays in memory).
+    tasks: u8,
 }
 
 /// Longest `reason` of a customer's `handoff.request`, in characters.
 const MAX_HANDOFF_REASON_CHARS: usize = 500;
 
 impl Session {
-    pub fn new(id: SessionId, customer: CustomerInfo, deps: Arc<SessionDeps>) -> Self {
-        let token = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+    /// A new session; its resume token is `resume_token` (given to the client once).
+    pub fn new(
+        id: SessionId,
+        resume_token: &str,
+        customer: CustomerInfo,
+        deps: Arc<SessionDeps>,
+    ) -> Self {
+        let hash = state::hash_token(resume_token);
+        Self::from_state(
+            SessionState::new(id, hash, customer, chrono::Utc::now()),
+            deps,
+            Instant::now(),
+            Instant::now(),
+        )
+    }
+
+    /// A new resume token: 256 random bits.
+    pub fn new_token() -> String {
+        format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
+    }
+
+    /// A session read back from the chat journal, last active and detached at those instants.
+    pub fn restored(
+        state: SessionState,
+        deps: Arc<SessionDeps>,
+        last_customer: Instant,
+        detached_at: Instant,
+    ) -> Self {
+        let mut session = Self::from_state(state, deps, last_customer, detached_at);
+        session.in_queue = matches!(session.state.owner, state::Owner::Queued { .. });
+        session
+    }
+
+    fn from_state(
+        state: SessionState,
+        deps: Arc<SessionDeps>,
+        last_customer: Instant,
+        detached_at: Instant,
+    ) -> Self {
         Self {
-            state: SessionState::new(id, token, customer, chrono::Utc::now()),
+            committed: state.last_seq(),
+            state,
             deps,
             agent: None,
             in_queue: false,
             position: None,
             shutting_down: false,
+            dirty: false,
+            expired: false,
+            quiet_stop: false,
+            io: None,
             attached: None,
-            last_customer: Instant::now(),
-            detached_at: Some(Instant::now()),
+            last_customer,
+            detached_at: Some(detached_at),
             ai_started: None,
             stale_reader: None,
             accounted: 0,
+            tasks: 0,
         }
     }
 
@@ -190,14 +261,16 @@ impl Session {
         self.deps.limits
     }
 
-    /// Sends one frame to the attached client, if any; a client that does not read is disconnected.
-    fn deliver(&mut self, frame: &ServerFrame, lane: Lane) {
+    /// Sends one frame's text to the attached client, if any; a client that does not read is
+    /// disconnected. Frames go through [`Self::deliver`], which holds them until the journal has
+    /// what they show.
+    fn send_now(&mut self, text: String, lane: Lane, kind: &'static str) {
         let Some(att) = self.attached.as_mut() else {
             return;
         };
-        match att.send(frame.to_text(), lane) {
+        match att.send(text, lane) {
             Sent::Queued => {
-                metrics::counter!(m::CHAT_FRAMES_OUT, "type" => frame.kind()).increment(1);
+                metrics::counter!(m::CHAT_FRAMES_OUT, "type" => kind).increment(1);
             }
             Sent::Dropped => {}
             Sent::SlowConsumer => {
@@ -240,6 +313,7 @@ impl Session {
             old.link
                 .close(close::REPLACED, "resumed on another connection");
         }
+        self.drop_held_frames();
         let reader = ctx.add_stream(conn.inbound);
         let s = &self.deps.settings;
         self.attached = Some(Attached::new(
@@ -276,6 +350,7 @@ impl Session {
         }
         self.forward_to_agent();
         self.account();
+        self.persist(ctx);
     }
 
     fn end(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
@@ -287,15 +362,12 @@ impl Session {
         };
         metrics::counter!(m::CHAT_SESSIONS_CLOSED, "reason" => label).increment(1);
         tracing::info!(session_id = %self.id(), reason = label, "chat session ended");
-        if let Some(mut att) = self.attached.take() {
-            let code = if reason == CloseReason::ServerShutdown {
-                close::GOING_AWAY
-            } else {
-                close::NORMAL
-            };
-            att.link.close(code, label);
-        }
-        ctx.stop();
+        let code = if reason == CloseReason::ServerShutdown {
+            close::GOING_AWAY
+        } else {
+            close::NORMAL
+        };
+        self.finish(durable::Ending::Close(code, label), ctx);
     }
 
     fn customer(&self) -> Customer {
@@ -431,34 +503,39 @@ impl Session {
         };
         let span = tracing::info_span!("chat_ticket", %session_id, asked_by);
         let fut = tracing::Instrument::instrument(self.deps.desk.open(ticket), span);
-        ctx.spawn(fut.into_actor(self).map(move |result, act, _| match result {
-            Ok(ticket_id) => {
-                metrics::counter!(m::CHAT_TICKETS, "asked_by" => asked_by).increment(1);
-                tracing::info!(session_id = %act.id(), %ticket_id, "ticket created from chat");
-                let limits = act.limits();
-                let frame = act.state.ticket_created(&limits, ticket_id);
-                act.deliver(&frame, Lane::Reliable);
-                act.forward_to_agent();
-                act.account();
-                if let Some(agent) = agent {
-                    agent.do_send(ToAgent::Ticket {
-                        session_id: act.id(),
-                        ticket_id: Some(ticket_id),
-                    });
+        self.tasks += 1;
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
+            act.tasks -= 1;
+            match result {
+                Ok(ticket_id) => {
+                    metrics::counter!(m::CHAT_TICKETS, "asked_by" => asked_by).increment(1);
+                    tracing::info!(session_id = %act.id(), %ticket_id, "ticket created from chat");
+                    let limits = act.limits();
+                    let frame = act.state.ticket_created(&limits, ticket_id);
+                    act.deliver(&frame, Lane::Reliable);
+                    act.forward_to_agent();
+                    act.account();
+                    act.persist(ctx);
+                    if let Some(agent) = agent {
+                        agent.do_send(ToAgent::Ticket {
+                            session_id: act.id(),
+                            ticket_id: Some(ticket_id),
+                        });
+                    }
                 }
-            }
-            Err(why) => {
-                tracing::warn!(session_id = %act.id(), error = %why, "ticket from chat failed");
-                match agent {
-                    Some(agent) => agent.do_send(ToAgent::Ticket {
-                        session_id: act.id(),
-                        ticket_id: None,
-                    }),
-                    None => act.error(
-                        ErrorCode::TicketFailed,
-                        "the ticket could not be created; please try again",
-                        None,
-                    ),
+                Err(why) => {
+                    tracing::warn!(session_id = %act.id(), error = %why, "ticket from chat failed");
+                    match agent {
+                        Some(agent) => agent.do_send(ToAgent::Ticket {
+                            session_id: act.id(),
+                            ticket_id: None,
+                        }),
+                        None => act.error(
+                            ErrorCode::TicketFailed,
+                            "the ticket could not be created; please try again",
+                            None,
+                        ),
+                    }
                 }
             }
         }));
@@ -485,7 +562,9 @@ impl Session {
             request_id: Some(RequestId::from(action_id.to_string())),
         };
         let sent = self.deps.services.send(request);
-        ctx.spawn(sent.into_actor(self).map(move |result, act, _| {
+        self.tasks += 1;
+        ctx.spawn(sent.into_actor(self).map(move |result, act, ctx| {
+            act.tasks -= 1;
             let (outcome, text) = match result {
                 Ok(Ok(r)) if r.ok => ("ok", r.customer_text(&service, &operation)),
                 Ok(Ok(r)) => ("refused", r.customer_text(&service, &operation)),
@@ -507,6 +586,7 @@ impl Session {
             act.deliver(&frame, Lane::Reliable);
             act.forward_to_agent();
             act.account();
+            act.persist(ctx);
         }));
     }
 
@@ -527,6 +607,15 @@ impl Session {
                     return self.error(ErrorCode::InvalidFrame, why, Some(client_id));
                 }
                 self.last_customer = Instant::now();
+                if self.journal_failing() {
+                    metrics::counter!(m::CHAT_BUSY, "what" => "message", "why" => "journal")
+                        .increment(1);
+                    return self.error(
+                        ErrorCode::ServerBusy,
+                        "the server cannot store messages just now; the message was not taken: send it again shortly",
+                        Some(client_id),
+                    );
+                }
                 if self.over_budget() {
                     metrics::counter!(m::CHAT_BUSY, "what" => "message", "why" => "memory")
                         .increment(1);
@@ -667,6 +756,11 @@ impl Actor for Session {
             .history_bytes
             .fetch_sub(self.accounted, Ordering::Relaxed);
         self.accounted = 0;
+        if self.quiet_stop {
+            // Suspended or passivated: the session goes on (in the journal, or in the next
+            // process); its queue place and its agent are the journal's to restore.
+            return;
+        }
         // Whoever routes to this session must not wait for it any longer: a session that stops
         // while waiting was abandoned (closed, timed out or never resumed); one an agent held is
         // released from their hands.
@@ -702,6 +796,14 @@ impl Actor for Session {
         // (the registry holds only a weak one, and a detached session has no stream). actix keeps
         // an actor with a pending future running; this one is zero-sized.
         ctx.spawn(actix::fut::wrap_future(std::future::pending::<()>()));
+        // Restored from the journal (or restarted after a panic) with an AI answer owed: ask again,
+        // with the same message id.
+        if self.ai_started.is_none() {
+            if let Some(call) = self.state.pending_ai_call(&self.limits()) {
+                tracing::info!(session_id = %self.id(), message_id = %call.message_id, "asking the AI again for an answer owed");
+                self.call_ai(call, ctx);
+            }
+        }
     }
 }
 
@@ -787,7 +889,7 @@ impl Handler<Attach> for Session {
         self.attach(msg.conn.take(), ctx);
         let started = ServerFrame::Started {
             session_id: self.id(),
-            resume_token: self.state.resume_token.clone(),
+            resume_token: msg.resume_token,
             seq: self.state.last_seq(),
             customer: self
                 .state
@@ -796,11 +898,13 @@ impl Handler<Attach> for Session {
                 .then(|| self.state.customer.name.clone()),
             agents_online: self.deps.agents_online.load(Ordering::Relaxed),
         };
-        self.deliver(&started, Lane::Reliable);
+        // A client never holds a session the journal does not.
+        self.deliver_after_write(&started);
         metrics::histogram!(m::CHAT_ROUTING).record(msg.started_at.elapsed().as_secs_f64());
         if let Some(last_seq) = msg.resume_from {
             self.replay(last_seq);
         }
+        self.persist(ctx);
     }
 }
 
@@ -843,10 +947,7 @@ impl Handler<Resume> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Resume, ctx: &mut Context<Self>) {
-        let token_ok = crate::domain::secret::constant_time_eq(
-            msg.resume_token.as_bytes(),
-            self.state.resume_token.as_bytes(),
-        );
+        let token_ok = self.state.token_matches(&msg.resume_token);
         if !token_ok || self.state.is_closed() {
             metrics::counter!(m::CHAT_RESUMES, "outcome" => "refused").increment(1);
             let mut conn = msg.conn.take();
@@ -868,6 +969,9 @@ impl Handler<Resume> for Session {
         self.replay(msg.last_seq);
         self.tell_position();
         metrics::histogram!(m::CHAT_ROUTING).record(msg.started_at.elapsed().as_secs_f64());
+        // The record says attached again.
+        self.dirty = true;
+        self.persist(ctx);
     }
 }
 
@@ -881,7 +985,20 @@ impl Handler<Tick> for Session {
             if now.duration_since(since) >= Duration::from_millis(s.resume_grace_ms) {
                 tracing::debug!(session_id = %self.id(), "no resume within the grace period; session ends");
                 metrics::counter!(m::CHAT_SESSIONS_CLOSED, "reason" => "not_resumed").increment(1);
-                ctx.stop();
+                self.finish(durable::Ending::Expire, ctx);
+                return;
+            }
+            let passivate_after = Duration::from_millis(s.passivate_after_ms);
+            if now.duration_since(since) >= passivate_after
+                && !self.state.needs_actor()
+                && self.ai_started.is_none()
+                && self.tasks == 0
+                && self.io.is_none()
+                && self.agent.is_none()
+                && !self.in_queue
+            {
+                tracing::debug!(session_id = %self.id(), "detached and idle; the session lives in the journal until resumed");
+                self.finish(durable::Ending::Passivate, ctx);
                 return;
             }
         }
@@ -904,6 +1021,14 @@ impl Handler<Tick> for Session {
                 self.detach();
             }
         }
+    }
+}
+
+impl Handler<Suspend> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Suspend, ctx: &mut Context<Self>) {
+        self.finish(durable::Ending::Suspend, ctx);
     }
 }
 

@@ -74,6 +74,19 @@ pub trait ChatJournal: Send + Sync + 'static {
     fn open_sessions(&self) -> BoxFuture<'static, StoreResult<Vec<SessionRecord>>>;
     /// Forgets sessions last active before `before` (retention), with their frames. Reply: how many.
     fn prune(&self, before: DateTime<Utc>) -> BoxFuture<'static, StoreResult<u64>>;
+    /// Open sessions with no connection recorded are marked detached at `at` (a restarted process:
+    /// the connections the last one had are gone).
+    fn mark_detached(&self, at: DateTime<Utc>) -> BoxFuture<'static, StoreResult<()>>;
+    /// Open sessions detached before `detached_before` or last active before `idle_before`, at
+    /// most `limit`.
+    fn expired(
+        &self,
+        detached_before: DateTime<Utc>,
+        idle_before: DateTime<Utc>,
+        limit: u32,
+    ) -> BoxFuture<'static, StoreResult<Vec<SessionId>>>;
+    /// Marks these sessions closed.
+    fn close(&self, ids: Vec<SessionId>) -> BoxFuture<'static, StoreResult<()>>;
 }
 
 const SCHEMA: &str = "
@@ -87,6 +100,7 @@ CREATE TABLE IF NOT EXISTS chat_sessions (
     closed INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS chat_sessions_open ON chat_sessions (closed, last_activity_at);
+CREATE INDEX IF NOT EXISTS chat_sessions_detached ON chat_sessions (closed, detached_at);
 CREATE TABLE IF NOT EXISTS chat_frames (
     session_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -348,8 +362,52 @@ impl ChatJournal for SqliteChatJournal {
         })
     }
 
-    fn prune(&self, before: DateTime<Utc>) -> BoxFuture<'static, StoreResult<u64>> {
+    fn mark_detached(&self, at: DateTime<Utc>) -> BoxFuture<'static, StoreResult<()>> {
+        self.maintain(move |c| {
+            c.execute(
+                "UPDATE chat_sessions SET detached_at = ?1 WHERE closed = 0 AND detached_at IS NULL",
+                params![ts(&at)],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn expired(
+        &self,
+        detached_before: DateTime<Utc>,
+        idle_before: DateTime<Utc>,
+        limit: u32,
+    ) -> BoxFuture<'static, StoreResult<Vec<SessionId>>> {
         self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT session_id FROM chat_sessions WHERE closed = 0 AND detached_at < ?1 \
+                 UNION SELECT session_id FROM chat_sessions WHERE closed = 0 AND last_activity_at < ?2 \
+                 LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(
+                params![ts(&detached_before), ts(&idle_before), limit],
+                |row| row.get::<_, String>(0)?.parse().map_err(corrupt),
+            )?;
+            rows.collect()
+        })
+    }
+
+    fn close(&self, ids: Vec<SessionId>) -> BoxFuture<'static, StoreResult<()>> {
+        self.maintain(move |c| {
+            let tx = c.unchecked_transaction()?;
+            {
+                let mut stmt =
+                    tx.prepare_cached("UPDATE chat_sessions SET closed = 1 WHERE session_id = ?1")?;
+                for id in ids {
+                    stmt.execute(params![id.to_string()])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    fn prune(&self, before: DateTime<Utc>) -> BoxFuture<'static, StoreResult<u64>> {
+        self.maintain(move |c| {
             let cutoff = ts(&before);
             c.execute(
                 "DELETE FROM chat_frames WHERE session_id IN \
@@ -362,6 +420,17 @@ impl ChatJournal for SqliteChatJournal {
             )?;
             Ok(n as u64)
         })
+    }
+}
+
+impl SqliteChatJournal {
+    /// Runs a write outside the group commit (rare maintenance: marks, sweeps, prunes), in order
+    /// with the appends.
+    fn maintain<T: Send + 'static>(
+        &self,
+        write: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> BoxFuture<'static, StoreResult<T>> {
+        self.read(write)
     }
 }
 

@@ -47,6 +47,18 @@ impl AgentState {
         }
     }
 
+    /// Numbers this agent's stream on from `last_seq`: an agent resuming after the server
+    /// restarted keeps its numbering (what it missed is gone with the old process; its chats come
+    /// again as `session.assigned`).
+    pub fn continue_from(&mut self, last_seq: u64) {
+        self.history = History::restore(
+            last_seq,
+            Vec::new(),
+            self.history_max,
+            self.history_max_bytes,
+        );
+    }
+
     /// Applies what the agent set; a part left out keeps its value.
     pub fn set(
         &mut self,

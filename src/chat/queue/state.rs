@@ -236,6 +236,14 @@ impl QueueState {
         }
     }
 
+    /// The agent holds the session again (restored from the journal in their hands), whatever
+    /// their capacity: it was theirs before.
+    pub fn hold(&mut self, agent: &AgentId, session_id: SessionId) {
+        if let Some(a) = self.agents.get_mut(agent) {
+            a.held.insert(session_id);
+        }
+    }
+
     /// The agent no longer holds the session.
     pub fn released(&mut self, agent: &AgentId, session_id: SessionId) -> bool {
         self.agents

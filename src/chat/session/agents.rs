@@ -25,16 +25,19 @@ const NOTE_NO_AGENT: &str = "No agent is online right now. Your chat stays in th
 the first agent to come online will answer here.";
 
 impl Session {
-    /// Sends the agent holding the session every numbered frame they have not had yet.
+    /// Sends the agent holding the session every numbered frame they have not had yet (that the
+    /// journal has: nobody is sent a frame a crash could take back).
     pub(super) fn forward_to_agent(&mut self) {
+        let upto = self.committed.min(self.state.last_seq());
         let Some(link) = self.agent.as_mut() else {
             return;
         };
-        if link.forwarded >= self.state.last_seq() {
+        if link.forwarded >= upto {
             return;
         }
-        let frames = self.state.frames_after(link.forwarded);
-        link.forwarded = self.state.last_seq();
+        let mut frames = self.state.frames_after(link.forwarded);
+        frames.retain(|f| f.seq().is_some_and(|s| s <= upto));
+        link.forwarded = upto;
         link.handle.do_send(ToAgent::Frames {
             session_id: self.state.id,
             frames,
@@ -115,7 +118,22 @@ impl Session {
     ) -> Result<Option<u64>, Refused> {
         let limits = self.limits();
         let again = self.agent.as_ref().is_some_and(|a| a.id == agent.id);
+        let returning =
+            self.agent.is_none() && self.state.owner.agent().is_some_and(|a| a.id == agent.id);
         let effects = self.state.claim(&limits, agent.clone())?;
+        if returning {
+            // Restored from the journal in this agent's hands: they are back, and get the chat.
+            self.send_assigned(&to, by, ctx);
+            self.agent = Some(AgentLink {
+                id: agent.id.clone(),
+                handle: to,
+                forwarded: self.committed.min(self.state.last_seq()),
+                claimed_at: Instant::now(),
+                replied: true,
+            });
+            tracing::info!(session_id = %self.id(), agent_id = %agent.id, "agent has the chat again after a restart");
+            return Ok(None);
+        }
         if again {
             // Joining a chat one holds shows it again (a console that lost its view, say).
             if let Some(link) = self.agent.as_mut() {
@@ -287,14 +305,25 @@ impl Session {
 }
 
 impl Handler<SessionCommand> for Session {
-    type Result = Result<Option<u64>, Refused>;
+    type Result = ResponseFuture<Result<Option<u64>, Refused>>;
 
     fn handle(&mut self, msg: SessionCommand, ctx: &mut Context<Self>) -> Self::Result {
-        match msg {
+        Box::pin(futures_util::future::ready(match msg {
             SessionCommand::ByAgent { agent, op } => {
                 let span = tracing::info_span!("chat_agent_op", session_id = %self.id(), agent_id = %agent.id, op = op.label());
                 let _guard = span.enter();
-                self.by_agent(agent, op, ctx)
+                let outcome = self.by_agent(agent, op, ctx);
+                self.persist(ctx);
+                // An agent's message is acknowledged once the journal has it.
+                if let Ok(Some(seq)) = outcome {
+                    if let Some(committed) = self.committed_at(seq) {
+                        return Box::pin(async move {
+                            committed.await.map_err(|_| Refused::Closed)?;
+                            Ok(Some(seq))
+                        });
+                    }
+                }
+                outcome
             }
             SessionCommand::QueuePosition { position, .. } => {
                 if self.in_queue && self.position != Some(position) {
@@ -312,6 +341,6 @@ impl Handler<SessionCommand> for Session {
                 );
                 Ok(None)
             }
-        }
+        }))
     }
 }

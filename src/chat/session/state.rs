@@ -146,6 +146,10 @@ struct Pending {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct AiTurn {
     in_flight: Option<MessageId>,
+    /// The seq of the first message the call in flight answers: a restarted process asks again
+    /// from it.
+    #[serde(default)]
+    from: u64,
     waiting: Vec<(MessageId, String, u64)>,
 }
 
@@ -165,17 +169,25 @@ struct TicketBudget {
     opened: VecDeque<DateTime<Utc>>,
 }
 
-/// One session's whole state; see the module docs.
+/// One session's whole state; see the module docs. Serialized, it is the session's record in the
+/// chat journal: the history and the remembered `client_id`s are not in it, since they are the
+/// journal's frames and are rebuilt from them ([`SessionState::restore`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionState {
     pub id: SessionId,
-    pub resume_token: String,
+    /// A hash of the resume token ([`hash_token`]); the token itself is only ever sent once.
+    pub resume_token_hash: String,
     pub customer: CustomerInfo,
     pub started_at: DateTime<Utc>,
     pub owner: Owner,
+    /// Since when the session waits in the routing queue, so a restart requeues in arrival order.
+    #[serde(default)]
+    pub queued_since: Option<DateTime<Utc>>,
     /// Frames with a seq; at most `history_max`.
+    #[serde(skip)]
     history: History<ServerFrame>,
     /// `(sender, client_id, seq)` of recent messages, oldest first; at most `dedupe_max`.
+    #[serde(skip)]
     recent: VecDeque<(Sender, String, u64)>,
     ai: AiTurn,
     pending: Vec<Pending>,
@@ -222,6 +234,21 @@ const TRANSCRIPT_LINE_OVERHEAD: usize = 64;
 /// What a customer failed by the AI or a service may do instead.
 pub const FALLBACK_OFFERS: [Offer; 2] = [Offer::Handoff, Offer::Ticket];
 
+/// The form in which a resume token is kept: hex SHA-256. The token has 256 random bits, so an
+/// unsalted hash does not help anyone guess it.
+pub fn hash_token(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Why a journal record could not be read back as a session.
+#[derive(Debug, thiserror::Error)]
+#[error("the session record is not readable: {0}")]
+pub struct Unreadable(#[from] serde_json::Error);
+
 /// Why the customer's `handoff.request` was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandoffRefused {
@@ -231,22 +258,113 @@ pub enum HandoffRefused {
 impl SessionState {
     pub fn new(
         id: SessionId,
-        resume_token: String,
+        resume_token_hash: String,
         customer: CustomerInfo,
         now: DateTime<Utc>,
     ) -> Self {
         Self {
             id,
-            resume_token,
+            resume_token_hash,
             customer,
             started_at: now,
             owner: Owner::Ai,
+            queued_since: None,
             history: History::default(),
             recent: VecDeque::new(),
             ai: AiTurn::default(),
             pending: Vec::new(),
             tickets: TicketBudget::default(),
         }
+    }
+
+    /// A session read back from the chat journal: its record (`state`, as [`Self::to_record`] wrote
+    /// it), its newest seq, and its newest frames (oldest first), of which the history keeps what
+    /// fits its budgets. The remembered `client_id`s are the kept messages' (an agent's are
+    /// remembered as the holder's when the name matches).
+    pub fn restore(
+        limits: &Limits,
+        state: &str,
+        last_seq: u64,
+        frames: Vec<ServerFrame>,
+    ) -> Result<Self, Unreadable> {
+        let mut restored: Self = serde_json::from_str(state)?;
+        let holder = restored.owner.agent().cloned();
+        for frame in &frames {
+            if let ServerFrame::Message {
+                seq,
+                from,
+                client_id: Some(client_id),
+                name,
+                ..
+            } = frame
+            {
+                let sender = match (from, &holder) {
+                    (Author::Customer, _) => Sender::Customer,
+                    (Author::Agent, Some(h)) if name.as_deref() == Some(h.name.as_str()) => {
+                        Sender::Agent(h.id.clone())
+                    }
+                    _ => continue,
+                };
+                restored.remember(limits, sender, client_id.clone(), *seq);
+            }
+        }
+        restored.history = History::restore(
+            last_seq,
+            frames,
+            limits.history_max,
+            limits.history_max_bytes,
+        );
+        Ok(restored)
+    }
+
+    /// The session's record for the chat journal (see the type's docs).
+    pub fn to_record(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Whether `token` is this session's resume token (compared in constant time).
+    pub fn token_matches(&self, token: &str) -> bool {
+        crate::domain::secret::constant_time_eq(
+            hash_token(token).as_bytes(),
+            self.resume_token_hash.as_bytes(),
+        )
+    }
+
+    /// The AI call a restarted process must make again: the one in flight when the last one
+    /// stopped, with the same `message_id` (Django's idempotency key) and the same messages.
+    pub fn pending_ai_call(&self, limits: &Limits) -> Option<AiCall> {
+        let message_id = self.ai.in_flight?;
+        if !self.owner.is_ai() {
+            return None;
+        }
+        let until = self.ai.waiting.first().map_or(u64::MAX, |(_, _, seq)| *seq);
+        let text = self
+            .history
+            .iter()
+            .filter_map(|f| match f {
+                ServerFrame::Message {
+                    seq,
+                    from: Author::Customer,
+                    text,
+                    ..
+                } if *seq >= self.ai.from && *seq < until => Some(text.as_str()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        if text.is_empty() {
+            return None;
+        }
+        Some(AiCall {
+            message_id,
+            text,
+            history: self.ai_context(limits, self.ai.from),
+        })
+    }
+
+    /// Whether work is owed that only a live actor does: an AI answer, or a human (queued or held).
+    pub fn needs_actor(&self) -> bool {
+        self.ai.in_flight.is_some() || matches!(self.owner, Owner::Queued { .. } | Owner::Agent(_))
     }
 
     /// The bytes the kept history holds (for the process-wide budget).
@@ -453,6 +571,7 @@ impl SessionState {
         first: u64,
     ) -> AiCall {
         self.ai.in_flight = Some(message_id);
+        self.ai.from = first;
         AiCall {
             message_id,
             text,
@@ -769,7 +888,7 @@ mod tests {
     fn session() -> SessionState {
         SessionState::new(
             SessionId::new(),
-            "token".into(),
+            hash_token("token"),
             CustomerInfo {
                 id: "anonymous".into(),
                 name: "Visitor".into(),
@@ -938,14 +1057,51 @@ mod tests {
         assert!(ai_call(&later).is_none(), "no AI while queued");
     }
 
+    /// What the journal would hold: the record and every numbered frame.
+    fn journaled(s: &SessionState) -> SessionState {
+        let frames = s.frames_after(0);
+        SessionState::restore(&LIMITS, &s.to_record(), s.last_seq(), frames).unwrap()
+    }
+
     #[test]
-    fn the_state_round_trips_through_json() {
+    fn the_state_comes_back_from_its_record_and_frames() {
         let mut s = session();
         new(s.customer_message(&LIMITS, "c1".into(), "hi".into(), Utc::now()));
-        let text = serde_json::to_string(&s).unwrap();
-        let back: SessionState = serde_json::from_str(&text).unwrap();
+        let mut back = journaled(&s);
         assert_eq!(back.last_seq(), 1);
         assert_eq!(back.transcript(&LIMITS), s.transcript(&LIMITS));
+        assert!(
+            !s.to_record().contains("\"hi\""),
+            "the record holds no frames"
+        );
+        assert_eq!(
+            back.customer_message(&LIMITS, "c1".into(), "hi".into(), Utc::now()),
+            Accepted::Duplicate { seq: 1 },
+            "remembered client_ids come back from the frames"
+        );
+        assert!(back.token_matches("token") && !back.token_matches("other"));
+    }
+
+    #[test]
+    fn an_ai_answer_owed_is_asked_again_with_the_same_message_id_and_messages() {
+        let mut s = session();
+        let (_, e) = new(s.customer_message(&LIMITS, "c1".into(), "first".into(), Utc::now()));
+        let call = ai_call(&e).unwrap();
+        new(s.customer_message(&LIMITS, "c2".into(), "second".into(), Utc::now()));
+        let back = journaled(&s);
+        let again = back.pending_ai_call(&LIMITS).unwrap();
+        assert_eq!(again.message_id, call.message_id);
+        assert_eq!(
+            again.text, "first",
+            "the waiting message goes in the next call"
+        );
+        assert!(back.needs_actor());
+        let mut idle = session();
+        assert!(idle.pending_ai_call(&LIMITS).is_none() && !idle.needs_actor());
+        let (_, e) = new(idle.customer_message(&LIMITS, "c1".into(), "x".into(), Utc::now()));
+        let call = ai_call(&e).unwrap();
+        idle.ai_failed(&LIMITS, call.message_id, Utc::now());
+        assert!(!journaled(&idle).needs_actor());
     }
 
     #[test]
