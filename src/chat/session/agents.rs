@@ -55,6 +55,8 @@ impl Session {
             self.account();
         }
         self.in_queue = true;
+        self.state.queued_since = Some(chrono::Utc::now());
+        self.dirty = true;
         self.deps.queue.do_send(ToQueue::Enqueue {
             session_id: self.id(),
             session: ctx.address().recipient(),

@@ -1,0 +1,336 @@
+//! Conversations outlive the process: the real binary is killed (`kill -9`) or stopped (SIGTERM)
+//! under live chat and agent traffic and started again on the same data directory, and every
+//! customer, agent and queued chat carries on from the chat journal.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use jsonwebtoken::{encode, EncodingKey, Header};
+use serde_json::{json, Value};
+use support::fake_django::{Behavior, ChatEndpoint, FakeDjango};
+use support::ws::{ChatClient, Ended};
+use support::WAIT;
+
+const AGENT_SECRET: &str = "agents-secret-agents-secret-0123";
+
+/// The real binary, on ephemeral ports, with its addresses read from its start line.
+struct Server {
+    child: Child,
+    chat: SocketAddr,
+}
+
+impl Server {
+    fn start(dir: &Path, django: &FakeDjango) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .env_remove("RUST_LOG")
+            .env("SWITCHBOARD__LOG__FORMAT", "json")
+            .env("SWITCHBOARD__LOG__LEVEL", "info")
+            .env("SWITCHBOARD__API__BIND", "127.0.0.1:0")
+            .env("SWITCHBOARD__CHAT__BIND", "127.0.0.1:0")
+            .env("SWITCHBOARD__STORAGE__DATA_DIR", dir)
+            .env("SWITCHBOARD__DJANGO__BASE_URL", &django.base_url)
+            .env("SWITCHBOARD__DJANGO__TOKEN", "test-token")
+            // An AI call may be under way for as long as the test needs to kill the process.
+            .env("SWITCHBOARD__BRIDGE__CALLS_TIMEOUT_MS", "60000")
+            .env("SWITCHBOARD__AGENTS__JWT_SECRET", AGENT_SECRET)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn switchboard");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if v["message"] == "switchboard starting" {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(v["chat"].as_str().unwrap_or_default().to_string());
+                    }
+                }
+            }
+        });
+        let chat = rx.recv_timeout(WAIT).expect("server announced its address");
+        Self {
+            child,
+            chat: chat.parse().expect("chat address"),
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "process did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent_token(sub: &str) -> String {
+    let exp = chrono::Utc::now().timestamp() + 3600;
+    let claims = json!({"sub": sub, "name": format!("Agent {sub}"), "role": "agent", "exp": exp});
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(AGENT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn agent_connect(chat: SocketAddr, sub: &str) -> ChatClient {
+    let bearer = format!("Bearer {}", agent_token(sub));
+    ChatClient::connect_to(chat, "/ws/agent", &[("Authorization", &bearer)])
+        .await
+        .expect("agent accepted")
+}
+
+/// What one customer saw: every numbered frame by seq, and the seq each of their messages was
+/// acknowledged at.
+#[derive(Default)]
+struct Seen {
+    numbered: BTreeMap<u64, Value>,
+    acked: BTreeMap<String, u64>,
+}
+
+impl Seen {
+    fn take(&mut self, f: &Value) {
+        if f["type"] == "message.ack" {
+            self.acked.insert(
+                f["client_id"].as_str().unwrap().to_string(),
+                f["seq"].as_u64().unwrap(),
+            );
+        } else if let Some(seq) = f["seq"].as_u64() {
+            if f["type"] != "session.started" && f["type"] != "session.resumed" {
+                self.numbered.insert(seq, f.clone());
+            }
+        }
+    }
+
+    fn newest(&self) -> u64 {
+        let a = self.numbered.keys().next_back().copied().unwrap_or(0);
+        let b = self.acked.values().max().copied().unwrap_or(0);
+        a.max(b)
+    }
+}
+
+/// Reads frames until one of `kind`, noting everything numbered on the way.
+async fn until(c: &mut ChatClient, seen: &mut Seen, kind: &str) -> Value {
+    loop {
+        let f = c
+            .next()
+            .await
+            .unwrap_or_else(|e| panic!("connection ended ({e:?}) while waiting for `{kind}`"));
+        seen.take(&f);
+        if f["type"] == kind {
+            return f;
+        }
+    }
+}
+
+/// A customer message, its ack and the AI's answer.
+async fn chat(c: &mut ChatClient, seen: &mut Seen, client_id: &str, text: &str) {
+    c.send(json!({"type": "message.send", "client_id": client_id, "text": text}))
+        .await;
+    until(c, seen, "message.ack").await;
+    loop {
+        let f = until(c, seen, "message").await;
+        if f["from"] == "ai" {
+            return;
+        }
+    }
+}
+
+/// After a restart: resumes from seq 0 and checks the replay is exactly what was seen (every
+/// numbered frame at its seq, every acknowledged message at its seq), with no gap and no
+/// duplicate. Returns the connection and the newest seq.
+async fn resume_and_check(chat: SocketAddr, started: &Value, before: &Seen) -> (ChatClient, u64) {
+    let mut c = ChatClient::resume(chat, started, 0).await;
+    let resumed = c.expect("session.resumed").await;
+    let newest = resumed["seq"].as_u64().unwrap();
+    assert!(
+        newest >= before.newest(),
+        "{resumed} after {}",
+        before.newest()
+    );
+    let mut replay = BTreeMap::new();
+    for expected_seq in 1..=newest {
+        let f = loop {
+            let f = c.next().await.expect("replayed frame");
+            if f["seq"].is_u64() {
+                break f;
+            }
+        };
+        assert_eq!(f["seq"], expected_seq, "gap-free, in order: {f}");
+        replay.insert(expected_seq, f);
+    }
+    for (seq, frame) in &before.numbered {
+        assert_eq!(
+            &replay[seq], frame,
+            "frame {seq} exactly as before the restart"
+        );
+    }
+    for (client_id, seq) in &before.acked {
+        assert_eq!(
+            replay[seq]["client_id"], *client_id,
+            "acknowledged message {client_id} at seq {seq}: {}",
+            replay[seq]
+        );
+    }
+    (c, newest)
+}
+
+#[actix_rt::test]
+async fn kill_9_keeps_every_conversation_queue_agent_and_pending_ai_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let django = FakeDjango::start();
+    let server = Server::start(dir.path(), &django);
+
+    // A chats with the AI.
+    let (mut a, a_started) = ChatClient::start(server.chat).await;
+    let mut a_seen = Seen::default();
+    chat(&mut a, &mut a_seen, "a-1", "hello").await;
+    chat(&mut a, &mut a_seen, "a-2", "my order is late").await;
+
+    // Ann holds B's chat; C then D wait in the queue behind her capacity of one.
+    let mut ann = agent_connect(server.chat, "ann").await;
+    ann.send(json!({"type": "agent.start", "capacity": 1}))
+        .await;
+    ann.expect("agent.ready").await;
+    let mut queued = Vec::new();
+    for name in ["b", "c", "d"] {
+        let (mut c, started) = ChatClient::start(server.chat).await;
+        c.send(json!({"type": "handoff.request", "reason": name}))
+            .await;
+        c.expect("session.queued").await;
+        queued.push((c, started));
+    }
+    let assigned = ann.expect("session.assigned").await;
+    assert_eq!(assigned["session_id"], queued[0].1["session_id"]);
+    let mut ann_seq = 0;
+    for f in ann.seen.iter().chain(std::iter::once(&assigned)) {
+        ann_seq = ann_seq.max(f["seq"].as_u64().unwrap_or(0));
+    }
+
+    // E's message is acknowledged and its AI answer is still under way.
+    django.push_chat(ChatEndpoint::AiRespond, Behavior::Stall);
+    let (mut e, e_started) = ChatClient::start(server.chat).await;
+    let mut e_seen = Seen::default();
+    e.send(json!({"type": "message.send", "client_id": "e-1", "text": "are you there"}))
+        .await;
+    until(&mut e, &mut e_seen, "message.ack").await;
+    support::eventually("the AI call is under way", || async {
+        django.chat_calls(ChatEndpoint::AiRespond).len() == 3
+    })
+    .await;
+    let asked = django.chat_calls(ChatEndpoint::AiRespond)[2].body["message_id"].clone();
+
+    let mut server = server;
+    server.signal("-KILL");
+    server.wait_exit();
+    assert_eq!(a.until_closed().await, Ended::Dropped);
+    let server = Server::start(dir.path(), &django);
+
+    // A: everything, exactly; a new message takes the next seq.
+    let (mut a, newest) = resume_and_check(server.chat, &a_started, &a_seen).await;
+    a.send(json!({"type": "message.send", "client_id": "a-3", "text": "still there?"}))
+        .await;
+    let ack = a.expect("message.ack").await;
+    assert_eq!(ack["seq"], newest + 1);
+
+    // E: the AI is asked again with the same message id, and the answer arrives.
+    let mut e = ChatClient::resume(server.chat, &e_started, e_seen.newest()).await;
+    let reply = loop {
+        let f = until(&mut e, &mut e_seen, "message").await;
+        if f["from"] == "ai" {
+            break f;
+        }
+    };
+    assert!(reply["text"].as_str().unwrap().contains("are you there"));
+    let asked_twice = django
+        .chat_calls(ChatEndpoint::AiRespond)
+        .iter()
+        .filter(|c| c.body["message_id"] == asked)
+        .count();
+    assert_eq!(asked_twice, 2, "asked again with the same idempotency key");
+
+    // C and D are still queued, in their old order: Bob, the first agent
+    // back, gets C first.
+    let mut bob = agent_connect(server.chat, "bob").await;
+    bob.send(json!({"type": "agent.start", "capacity": 1}))
+        .await;
+    let got = bob.expect("session.assigned").await;
+    assert_eq!(got["session_id"], queued[1].1["session_id"]);
+    let (mut c, c_started) = queued.remove(1);
+    drop(c);
+    c = ChatClient::resume(server.chat, &c_started, 0).await;
+    c.expect("agent.joined").await;
+    // Ann resumes her stream and has B's chat again (and, with room, D's from the queue).
+    let mut ann = agent_connect(server.chat, "ann").await;
+    ann.send(json!({"type": "agent.resume", "last_seq": ann_seq}))
+        .await;
+    let ready = ann.expect("agent.ready").await;
+    assert_eq!(ready["seq"], ann_seq, "her stream's numbering goes on");
+    let b_id = &queued[0].1["session_id"];
+    let mut again = ann.expect("session.assigned").await;
+    if again["session_id"] != *b_id {
+        again = ann.expect("session.assigned").await;
+    }
+    assert_eq!(again["session_id"], *b_id);
+    assert!(again["seq"].as_u64().unwrap() > ann_seq);
+}
+
+#[actix_rt::test]
+async fn sigterm_tells_clients_to_resume_and_the_next_process_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let django = FakeDjango::start();
+    let mut server = Server::start(dir.path(), &django);
+    let (mut a, a_started) = ChatClient::start(server.chat).await;
+    let mut a_seen = Seen::default();
+    chat(&mut a, &mut a_seen, "a-1", "hello").await;
+    let mut ann = agent_connect(server.chat, "ann").await;
+    ann.send(json!({"type": "agent.start"})).await;
+    ann.expect("agent.ready").await;
+
+    server.signal("-TERM");
+    assert_eq!(
+        a.until_closed().await,
+        Ended::Closed(1012),
+        "resume, not ended"
+    );
+    assert_eq!(ann.until_closed().await, Ended::Closed(1012));
+    assert!(server.wait_exit().success(), "SIGTERM exits 0");
+
+    let server = Server::start(dir.path(), &django);
+    let (mut a, newest) = resume_and_check(server.chat, &a_started, &a_seen).await;
+    a.send(json!({"type": "message.send", "client_id": "a-2", "text": "and now?"}))
+        .await;
+    assert_eq!(a.expect("message.ack").await["seq"], newest + 1);
+    // Nothing told the customer the chat ended.
+    assert!(!a.seen.iter().any(|f| f["type"] == "session.closed"));
+}
