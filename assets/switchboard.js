@@ -50,7 +50,7 @@ function customerPolicy(code, { ended, sessionLive, reseq, unauthorized }) {
   // 1008 before the session began means a bad token or a silent first frame: start over. After
   // it, it means the frame rate was exceeded, and the session survives: resume, slower.
   if (code === 1008) return sessionLive ? "resume" : "start";
-  return "resume"; // 1001, 1006, 1011, 1013 (with backoff), 4000, 4008, and anything unexpected
+  return "resume"; // 1001, 1006, 1011, 1012 (a restart), 1013 (with backoff), 4000, 4008, and anything unexpected
 }
 
 function agentPolicy(code) {

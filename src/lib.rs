@@ -18,7 +18,8 @@
 //!      │                 then passivates when idle
 //!      ├─ chat           nested supervisor (one_for_one), escalates to the root       src/lib.rs chat_tree
 //!      │    │            both children on the chat arbiter, with every connection
-//!      │    ├─ sessions  SessionRegistry: a keyed supervisor (start, resume, ticks)   src/chat/registry.rs
+//!      │    ├─ sessions  SessionRegistry: a keyed supervisor (start, resume, ticks,   src/chat/registry.rs
+//!      │    │            sessions read back from the chat journal)
 //!      │    │    └─ session*  Session per chat, transient; outlives its connection    src/chat/session.rs
 //!      │    │                 for sessions.resume_grace_ms; owner ai/queued/agent   [permanent]
 //!      │    ├─ queue     Queue: waiting chats → agents (order, capacity, presence)   src/chat/queue.rs
@@ -43,7 +44,8 @@
 //! knows none of them.
 //!
 //! Seams for running past one machine: [`store::TicketStore`] and [`store::Outbox`] (storage),
-//! [`store::chat_journal::ChatJournal`] (chat sessions' frames and state, not yet wired in), the
+//! [`store::chat_journal::ChatJournal`] (chat sessions' frames and state: every numbered frame is
+//! committed before it is sent, and a restarted process carries every session on from it), the
 //! session's [`chat::desk::TicketDesk`] (tickets from chat, one write), and the registry's `Route`
 //! (routing) are the only ways actors reach data and each other.
 
