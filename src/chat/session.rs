@@ -796,6 +796,9 @@ impl Actor for Session {
         // (the registry holds only a weak one, and a detached session has no stream). actix keeps
         // an actor with a pending future running; this one is zero-sized.
         ctx.spawn(actix::fut::wrap_future(std::future::pending::<()>()));
+        if self.dirty {
+            self.persist(ctx);
+        }
         // Restored from the journal (or restarted after a panic) with an AI answer owed: ask again,
         // with the same message id.
         if self.ai_started.is_none() {
@@ -820,6 +823,11 @@ impl actix::Supervised for Session {
         }
         self.detached_at = Some(Instant::now());
         self.ai_started = None;
+        // The append under way went with the old context: whether it committed or not, the next
+        // one writes the same frames again (by seq, so nothing is doubled).
+        self.io = None;
+        self.dirty = true;
+        self.tasks = 0;
     }
 }
 

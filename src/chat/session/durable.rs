@@ -156,7 +156,7 @@ impl Session {
         let wall = |at: Instant| chrono::Utc::now() - at.elapsed();
         SessionRecord {
             session_id: self.state.id,
-            resume_token_hash: self.state.resume_token_hash.clone(),
+            resume_token_hash: self.state.resume_token_hash.to_hex(),
             state: self.state.to_record(),
             last_seq: self.state.last_seq(),
             last_activity_at: wall(self.last_customer),

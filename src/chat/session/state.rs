@@ -176,7 +176,7 @@ struct TicketBudget {
 pub struct SessionState {
     pub id: SessionId,
     /// A hash of the resume token ([`hash_token`]); the token itself is only ever sent once.
-    pub resume_token_hash: String,
+    pub resume_token_hash: TokenHash,
     pub customer: CustomerInfo,
     pub started_at: DateTime<Utc>,
     pub owner: Owner,
@@ -236,12 +236,52 @@ pub const FALLBACK_OFFERS: [Offer; 2] = [Offer::Handoff, Offer::Ticket];
 
 /// The form in which a resume token is kept: hex SHA-256. The token has 256 random bits, so an
 /// unsalted hash does not help anyone guess it.
-pub fn hash_token(token: &str) -> String {
+pub fn hash_token(token: &str) -> TokenHash {
     use sha2::Digest;
-    sha2::Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&sha2::Sha256::digest(token.as_bytes()));
+    TokenHash(hash)
+}
+
+/// A resume token's SHA-256, held inline (a session keeps it for as long as it lives), written as
+/// hex.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TokenHash([u8; 32]);
+
+impl TokenHash {
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        if hex.len() != 64 || !hex.is_ascii() {
+            return None;
+        }
+        let mut hash = [0u8; 32];
+        for (i, byte) in hash.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Self(hash))
+    }
+}
+
+impl std::fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenHash(…)")
+    }
+}
+
+impl Serialize for TokenHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for TokenHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let hex = String::deserialize(d)?;
+        Self::from_hex(&hex).ok_or_else(|| serde::de::Error::custom("not a 64-digit hex hash"))
+    }
 }
 
 /// Why a journal record could not be read back as a session.
@@ -258,7 +298,7 @@ pub enum HandoffRefused {
 impl SessionState {
     pub fn new(
         id: SessionId,
-        resume_token_hash: String,
+        resume_token_hash: TokenHash,
         customer: CustomerInfo,
         now: DateTime<Utc>,
     ) -> Self {
@@ -324,10 +364,7 @@ impl SessionState {
 
     /// Whether `token` is this session's resume token (compared in constant time).
     pub fn token_matches(&self, token: &str) -> bool {
-        crate::domain::secret::constant_time_eq(
-            hash_token(token).as_bytes(),
-            self.resume_token_hash.as_bytes(),
-        )
+        crate::domain::secret::constant_time_eq(&hash_token(token).0, &self.resume_token_hash.0)
     }
 
     /// The AI call a restarted process must make again: the one in flight when the last one
