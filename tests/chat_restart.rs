@@ -334,3 +334,52 @@ async fn sigterm_tells_clients_to_resume_and_the_next_process_carries_on() {
     // Nothing told the customer the chat ended.
     assert!(!a.seen.iter().any(|f| f["type"] == "session.closed"));
 }
+
+#[actix_rt::test]
+async fn an_idle_detached_session_leaves_memory_and_a_resume_loads_it_from_the_journal() {
+    let django = FakeDjango::start();
+    let app = support::spawn_app(&format!(
+        "{}\n[sessions]\npassivate_after_ms = 50\nsweep_interval_ms = 20\nhibernate_after_ms = 10\nresume_grace_ms = 2000",
+        django.config("")
+    ));
+    let (mut a, started) = ChatClient::start(app.chat_addr).await;
+    let mut seen = Seen::default();
+    chat(&mut a, &mut seen, "a-1", "hello").await;
+    chat(&mut a, &mut seen, "a-2", "and again").await;
+    a.close().await;
+    support::wait_metric(&app, "switchboard_chat_sessions_passivated_total", &[], 1.0).await;
+    support::eventually("no session in memory", || async {
+        let text = support::scrape(&app).await;
+        support::metric(&text, "switchboard_chat_sessions", &[]) == Some(0.0)
+    })
+    .await;
+
+    // A wrong token is refused against the journal's hash.
+    let mut wrong = started.clone();
+    wrong["resume_token"] = json!("0".repeat(64));
+    let mut refused = ChatClient::resume(app.chat_addr, &wrong, 0).await;
+    assert_eq!(refused.expect("error").await["code"], "resume_refused");
+    assert_eq!(refused.until_closed().await, Ended::Closed(4003));
+
+    let (mut a, newest) = resume_and_check(app.chat_addr, &started, &seen).await;
+    let text = support::scrape(&app).await;
+    assert!(
+        support::metric(
+            &text,
+            "switchboard_chat_sessions_restored_total",
+            &[("from", "resume")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    a.send(json!({"type": "message.send", "client_id": "a-3", "text": "back"}))
+        .await;
+    assert_eq!(a.expect("message.ack").await["seq"], newest + 1);
+
+    // Past its grace, a session that lives only in the journal ends there.
+    a.close().await;
+    support::wait_metric(&app, "switchboard_chat_journal_expired_total", &[], 1.0).await;
+    let mut late = ChatClient::resume(app.chat_addr, &started, 0).await;
+    assert_eq!(late.expect("error").await["code"], "resume_refused");
+    app.stop().await.expect("clean stop");
+}
