@@ -906,8 +906,10 @@ impl Handler<Attach> for Session {
                 .then(|| self.state.customer.name.clone()),
             agents_online: self.deps.agents_online.load(Ordering::Relaxed),
         };
-        // A client never holds a session the journal does not.
-        self.deliver_after_write(&started);
+        // A new session goes into the journal with its first frame (or when its connection goes):
+        // an idle one costs no write, and one lost before anything was said loses nothing (its
+        // resume is refused and the client starts afresh).
+        self.deliver(&started, Lane::Reliable);
         metrics::histogram!(m::CHAT_ROUTING).record(msg.started_at.elapsed().as_secs_f64());
         if let Some(last_seq) = msg.resume_from {
             self.replay(last_seq);

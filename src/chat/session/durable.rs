@@ -109,21 +109,6 @@ impl Session {
         self.io().held.push_back((Need::Seq(need), item));
     }
 
-    /// Sends `frame` once everything recorded so far and the session's record are committed
-    /// (`session.started`: a client never holds a session the journal does not).
-    pub(super) fn deliver_after_write(&mut self, frame: &ServerFrame) {
-        if self.attached.is_none() {
-            return;
-        }
-        self.dirty = true;
-        let item = Item::Frame {
-            text: frame.to_text(),
-            lane: Lane::Reliable,
-            kind: frame.kind(),
-        };
-        self.io().held.push_back((Need::Write, item));
-    }
-
     /// Stops the session the way `ending` says, once its last write is committed.
     pub(super) fn finish(&mut self, ending: Ending, ctx: &mut Context<Self>) {
         self.dirty = true;
