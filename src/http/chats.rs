@@ -258,13 +258,13 @@ async fn messages(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chat::session::state::{AgentRef, CustomerInfo, Owner, SessionState};
+    use crate::chat::session::state::{hash_token, AgentRef, CustomerInfo, Owner, SessionState};
     use crate::domain::ids::AgentId;
 
     fn record_of(state: &SessionState, closed: bool) -> SessionRecord {
         SessionRecord {
             session_id: state.id,
-            resume_token_hash: state.resume_token_hash.clone(),
+            resume_token_hash: stored_hash(state),
             state: state.to_record(),
             last_seq: 7,
             last_activity_at: crate::store::now(),
@@ -273,10 +273,16 @@ mod tests {
         }
     }
 
+    /// The hash as the stored state spells it.
+    fn stored_hash(state: &SessionState) -> String {
+        let json: serde_json::Value = serde_json::from_str(&state.to_record()).unwrap();
+        json["resume_token_hash"].as_str().unwrap().to_string()
+    }
+
     fn session() -> SessionState {
         SessionState::new(
             SessionId::new(),
-            "secret-hash".into(),
+            hash_token("a resume token"),
             CustomerInfo {
                 id: "cust-1".into(),
                 name: "Ada".into(),
@@ -352,7 +358,7 @@ mod tests {
         json["added_later"] = serde_json::json!({"x": 1});
         record.state = json.to_string();
         let text = serde_json::to_string(&view(record).unwrap()).unwrap();
-        assert!(!text.contains("secret-hash"), "{text}");
+        assert!(!text.contains(&stored_hash(&state)), "{text}");
         assert!(!text.contains("resume_token"), "{text}");
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["state"], "closed");
