@@ -14,6 +14,7 @@
 //! - [`queue`]: the routing queue: waiting sessions, agents' presence and capacity, assignment.
 //! - [`agent`]: one agent's actor (presence, capacity, the chats held, their own resumable
 //!   stream) and the agents' wire frames; [`agents`]: their keyed supervisor.
+//! - [`retention`]: the background prune of chats past `chat.retention_days`.
 
 pub mod agent;
 pub mod agents;
@@ -25,5 +26,6 @@ pub mod link;
 pub mod protocol;
 pub mod queue;
 pub mod registry;
+pub mod retention;
 pub mod routing;
 pub mod session;

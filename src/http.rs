@@ -10,6 +10,7 @@ pub mod assets;
 pub mod auth;
 pub mod body;
 pub mod chat;
+pub mod chats;
 pub mod debug;
 pub mod errors;
 pub mod guard;
@@ -175,7 +176,9 @@ pub fn start_api_server(
             .configure(ops::routes)
             .service(
                 web::scope("/api/v1")
+                    .app_data(web::Data::new(d.chats.clone()))
                     .configure(tickets::routes)
+                    .configure(chats::routes)
                     .configure(admin::routes)
                     .configure(|cfg| {
                         if fault_injection {

@@ -406,20 +406,55 @@ impl ChatJournal for SqliteChatJournal {
         })
     }
 
+    /// One transaction per chunk of sessions, each its own turn on the journal's thread: the
+    /// appends waiting meanwhile commit between chunks, so a first prune over months of chats
+    /// never holds acks back for longer than one chunk takes.
     fn prune(&self, before: DateTime<Utc>) -> BoxFuture<'static, StoreResult<u64>> {
-        self.maintain(move |c| {
-            let cutoff = ts(&before);
-            c.execute(
-                "DELETE FROM chat_frames WHERE session_id IN \
-                 (SELECT session_id FROM chat_sessions WHERE last_activity_at < ?1)",
-                params![cutoff],
-            )?;
-            let n = c.execute(
-                "DELETE FROM chat_sessions WHERE last_activity_at < ?1",
-                params![cutoff],
-            )?;
-            Ok(n as u64)
-        })
+        const PRUNE_CHUNK: u32 = 2_000;
+        let journal = Self {
+            ops: self.ops.clone(),
+        };
+        let cutoff = ts(&before);
+        async move {
+            let mut total = 0;
+            loop {
+                let cutoff = cutoff.clone();
+                let removed = journal
+                    .maintain(move |c| {
+                        let tx = c.unchecked_transaction()?;
+                        let ids: Vec<String> = {
+                            // `closed IN (0, 1)` lets the (closed, last_activity_at) index find the
+                            // chunk instead of a scan of every session for each one.
+                            let mut stmt = tx.prepare_cached(
+                                "SELECT session_id FROM chat_sessions \
+                                 WHERE closed IN (0, 1) AND last_activity_at < ?1 LIMIT ?2",
+                            )?;
+                            let rows =
+                                stmt.query_map(params![cutoff, PRUNE_CHUNK], |row| row.get(0))?;
+                            rows.collect::<rusqlite::Result<_>>()?
+                        };
+                        {
+                            let mut frames =
+                                tx.prepare_cached("DELETE FROM chat_frames WHERE session_id = ?1")?;
+                            let mut session = tx.prepare_cached(
+                                "DELETE FROM chat_sessions WHERE session_id = ?1",
+                            )?;
+                            for id in &ids {
+                                frames.execute(params![id])?;
+                                session.execute(params![id])?;
+                            }
+                        }
+                        tx.commit()?;
+                        Ok(ids.len() as u64)
+                    })
+                    .await?;
+                total += removed;
+                if removed < PRUNE_CHUNK as u64 {
+                    return Ok(total);
+                }
+            }
+        }
+        .boxed()
     }
 }
 
@@ -503,5 +538,51 @@ mod tests {
         let future = crate::store::now() + chrono::Duration::seconds(1);
         assert_eq!(j.prune(future).await.unwrap(), 50);
         assert!(j.frames(ids[1], 0, 10).await.unwrap().is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn a_big_prune_goes_in_chunks_that_let_appends_commit_between_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = SqliteChatJournal::open(dir.path(), Synchronous::Normal).unwrap();
+        let now = crate::store::now();
+        let old = now - chrono::Duration::days(40);
+        let stale: Vec<SessionId> = (0..5_000).map(|_| SessionId::new()).collect();
+        let appends = stale.iter().map(|id| {
+            let mut r = record(*id, 2, true);
+            r.last_activity_at = old;
+            j.append(*id, vec![frame(1), frame(2)], Some(r))
+        });
+        for r in futures_util::future::join_all(appends).await {
+            r.unwrap();
+        }
+        let kept = SessionId::new();
+        j.append(kept, vec![frame(1)], Some(record(kept, 1, false)))
+            .await
+            .unwrap();
+
+        // The append is sent right after the prune's first chunk and is committed before the
+        // second: a prune in one turn of the journal's thread could hold it until the very end.
+        let cutoff = now - chrono::Duration::days(30);
+        let late = SessionId::new();
+        let prune = j.prune(cutoff);
+        let append = j.append(late, vec![frame(1)], Some(record(late, 1, false)));
+        let prune = match futures_util::future::select(prune, append).await {
+            futures_util::future::Either::Right((appended, prune)) => {
+                appended.unwrap();
+                prune
+            }
+            futures_util::future::Either::Left(_) => panic!("the prune finished before the append"),
+        };
+        assert_eq!(prune.await.unwrap(), 5_000, "every chunk counted");
+
+        for id in [stale[0], stale[2_500], stale[4_999]] {
+            assert!(j.record(id).await.unwrap().is_none());
+            assert!(j.frames(id, 0, 10).await.unwrap().is_empty());
+        }
+        for id in [kept, late] {
+            assert!(j.record(id).await.unwrap().is_some());
+            assert_eq!(j.frames(id, 0, 10).await.unwrap().len(), 1);
+        }
+        assert_eq!(j.prune(cutoff).await.unwrap(), 0, "nothing left to prune");
     }
 }
