@@ -190,6 +190,11 @@ pub async fn run(
         &settings.storage.data_dir,
         settings.chat.journal_synchronous,
     )?);
+    chat::retention::spawn(
+        journal.clone(),
+        settings.chat.retention_days,
+        Duration::from_millis(settings.chat.retention_sweep_ms),
+    );
     tracing::info!(
         api = %listeners.api.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         chat = %listeners.chat.local_addr().map(|a| a.to_string()).unwrap_or_default(),
