@@ -296,14 +296,21 @@ pub(super) async fn connect(
                     .map_err(|e| format!("send first frame: {e}"))?;
                 let first = loop {
                     match timeout(Duration::from_secs(30), conn.next()).await {
-                        Ok(Ok(Incoming::Text(t))) => break t,
+                        Ok(Ok(Incoming::Text(t))) => {
+                            let v: Value =
+                                serde_json::from_slice(&t).map_err(|e| format!("not JSON: {e}"))?;
+                            // Agents coming online are announced to every session at once,
+                            // which can be before a new session's `session.started` is out.
+                            if v["type"] != "presence" {
+                                break v;
+                            }
+                        }
                         Ok(Ok(Incoming::Ping)) => {}
                         Ok(Err(e)) => return Err(e),
                         Err(_) => return Err("no answer to the first frame in 30 s".into()),
                     }
                 };
-                let v = serde_json::from_slice(&first).map_err(|e| format!("not JSON: {e}"))?;
-                return Ok((conn, v));
+                return Ok((conn, first));
             }
             Ok(Err(UpgradeError::Refused {
                 status: 503,
