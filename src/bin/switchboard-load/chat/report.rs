@@ -29,6 +29,7 @@ pub struct Sample {
 pub struct Phases {
     workers: usize,
     progress: Vec<Counters>,
+    shown: Instant,
 }
 
 impl Phases {
@@ -36,6 +37,7 @@ impl Phases {
         Phases {
             workers,
             progress: vec![Counters::default(); workers],
+            shown: Instant::now(),
         }
     }
 
@@ -48,34 +50,62 @@ impl Phases {
         is_end: impl Fn(&Event) -> bool,
     ) -> anyhow::Result<Vec<Event>> {
         let mut ends: Vec<Option<Event>> = vec![None; self.workers];
-        let mut shown = Instant::now();
         while ends.iter().any(Option::is_none) {
-            let (w, ev) = match rx.recv_timeout(Duration::from_secs(1)) {
-                Ok(x) => x,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.show(name, target, t0);
-                    continue;
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    bail!("every worker exited during the {name} phase")
-                }
+            let Some((w, ev)) = self.next(rx, name, target, t0, None)? else {
+                continue;
             };
-            match &ev {
-                Event::Progress(c) => self.progress[w] = c.clone(),
-                Event::Ready(c) | Event::Closed(c) => self.progress[w] = c.clone(),
-                Event::Done(t) => self.progress[w] = t.counters.clone(),
-                Event::Storm(_) => {}
-            }
             if is_end(&ev) {
                 ends[w] = Some(ev);
-            }
-            if shown.elapsed() >= Duration::from_secs(1) {
-                self.show(name, target, t0);
-                shown = Instant::now();
             }
         }
         self.show(name, target, t0);
         Ok(ends.into_iter().flatten().collect())
+    }
+
+    /// The next event other than progress, from whichever worker; `None` once `until` passed.
+    /// Progress is shown every second meanwhile.
+    pub fn next(
+        &mut self,
+        rx: &mpsc::Receiver<(usize, Event)>,
+        name: &str,
+        target: &Target,
+        t0: Instant,
+        until: Option<Instant>,
+    ) -> anyhow::Result<Option<(usize, Event)>> {
+        loop {
+            let mut wait = Duration::from_secs(1);
+            if let Some(u) = until {
+                let left = u.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(None);
+                }
+                wait = wait.min(left);
+            }
+            let got = match rx.recv_timeout(wait) {
+                Ok(x) => Some(x),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!("every worker exited during the {name} phase")
+                }
+            };
+            if let Some((w, ev)) = &got {
+                match ev {
+                    Event::Progress(c) | Event::Ready(c) | Event::Closed(c) => {
+                        self.progress[*w] = c.clone()
+                    }
+                    Event::Done(t) => self.progress[*w] = t.counters.clone(),
+                    Event::Storm(_) => {}
+                }
+            }
+            if self.shown.elapsed() >= Duration::from_secs(1) {
+                self.show(name, target, t0);
+                self.shown = Instant::now();
+            }
+            match got {
+                Some((_, Event::Progress(_))) | None => continue,
+                Some(x) => return Ok(Some(x)),
+            }
+        }
     }
 
     fn show(&self, name: &str, target: &Target, t0: Instant) {
