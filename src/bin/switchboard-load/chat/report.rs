@@ -94,7 +94,7 @@ impl Phases {
                         self.progress[*w] = c.clone()
                     }
                     Event::Done(t) => self.progress[*w] = t.counters.clone(),
-                    Event::Storm(_) => {}
+                    Event::Storm(_) | Event::Armed { .. } | Event::Restarted(_) => {}
                 }
             }
             if self.shown.elapsed() >= Duration::from_secs(1) {
