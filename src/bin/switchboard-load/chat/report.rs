@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::events::{histogram, merge, AgentCounters, Counters, Event, StormTally, Tally};
 use super::plan::Plan;
+use super::restart::Record;
 use super::{ChatArgs, Target};
 
 /// Server memory and chat gauges at one moment of the run.
@@ -162,6 +163,7 @@ pub struct Collected {
     agent_to_customer: Histogram<u64>,
     agents: Value,
     storm: Value,
+    restarts: Value,
     closed: Value,
     pub server_cpu_percent: Option<f64>,
     pub client_cpu_percent: Option<f64>,
@@ -197,6 +199,8 @@ impl Collected {
             "msg_rate": args.msg_rate,
             "duration_secs": args.duration,
             "storm": args.storm,
+            "restart": args.restart.map(|h| h.name()),
+            "restarts": if args.restart.is_some() { args.restarts } else { 0 },
             "workers": plan.workers.len(),
             "per_worker_max": plan.per_worker,
             "sources": args.sources,
@@ -221,6 +225,7 @@ impl Collected {
             agent_to_customer: histogram(),
             agents: Value::Null,
             storm: Value::Null,
+            restarts: Value::Null,
             closed: Value::Null,
             server_cpu_percent: None,
             client_cpu_percent: None,
@@ -345,6 +350,66 @@ impl Collected {
         });
     }
 
+    /// The restarts of the message phase, each merged over the workers, and their totals.
+    pub fn restarts(&mut self, mode: &str, records: &[Record]) {
+        let per: Vec<Value> = records
+            .iter()
+            .map(|r| {
+                let mut resume = histogram();
+                for t in &r.tallies {
+                    merge(&mut resume, &t.resume_us);
+                }
+                let sum = |f: fn(&super::events::RestartTally) -> u64| {
+                    r.tallies.iter().map(f).sum::<u64>()
+                };
+                json!({
+                    "restart": r.restart,
+                    "at_secs": r.at.as_secs_f64(),
+                    "server": {
+                        "signal_to_exit_ms": r.halted.down.as_secs_f64() * 1000.0,
+                        "exit": r.halted.exit,
+                        "relaunch_ms": r.relaunched.took.as_secs_f64() * 1000.0,
+                        "starts": r.relaunched.attempts,
+                    },
+                    "sessions": sum(|t| t.sessions),
+                    "resumed": sum(|t| t.resumed),
+                    "refused": sum(|t| t.refused),
+                    "failed": sum(|t| t.failed),
+                    "ended": sum(|t| t.ended),
+                    "resume_ms": percentiles(&resume),
+                    "all_back_ms": (!resume.is_empty()).then(|| resume.max() as f64 / 1000.0),
+                    "reconnect_attempts": sum(|t| t.reconnects),
+                    "closed_1012": sum(|t| t.closed_1012),
+                    "acked_checked": sum(|t| t.acked_checked),
+                    "acked_lost": sum(|t| t.acked_lost),
+                    "unacked_in_replay": sum(|t| t.unacked_in_replay),
+                    "resent": sum(|t| t.resent),
+                    "replay_errors": sum(|t| t.replay_errors),
+                    "timed_out": r.tallies.iter().any(|t| t.timed_out),
+                    "first_error": first_error(r.tallies.iter().map(|t| &t.first_error)),
+                })
+            })
+            .collect();
+        let total = |k: &str| per.iter().map(|p| p[k].as_u64().unwrap_or(0)).sum::<u64>();
+        let all_resumed = per
+            .iter()
+            .all(|p| p["resumed"] == p["sessions"] && p["timed_out"] == false);
+        self.restarts = json!({
+            "mode": mode,
+            "count": per.len(),
+            "sessions": total("sessions"),
+            "resumed": total("resumed"),
+            "all_resumed": all_resumed,
+            "refused": total("refused"),
+            "failed": total("failed"),
+            "acked_checked": total("acked_checked"),
+            "acked_lost": total("acked_lost"),
+            "resent": total("resent"),
+            "replay_errors": total("replay_errors"),
+            "per_restart": per,
+        });
+    }
+
     pub fn closed(&mut self, events: Vec<Event>) {
         let c: Vec<Counters> = events
             .into_iter()
@@ -399,6 +464,7 @@ impl Collected {
             "rtt_ms": rtt,
             "agents": self.agents,
             "storm": self.storm,
+            "restarts": self.restarts,
             "close": self.closed,
             "memory": {
                 "samples": samples,
@@ -533,6 +599,13 @@ pub fn summary(r: &Value) -> String {
             s["lost"]
         ));
     }
+    for x in r["restarts"]["per_restart"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        out.extend(restart_lines(x, &r["restarts"]));
+    }
     let mem = &r["memory"];
     let samples: Vec<String> = mem["samples"]
         .as_array()
@@ -580,9 +653,71 @@ pub fn summary(r: &Value) -> String {
     out.join("\n")
 }
 
+/// A restart in three lines: the server, the sessions, the messages.
+fn restart_lines(x: &Value, all: &Value) -> Vec<String> {
+    let ms = |v: &Value| v.as_f64().map_or("-".into(), |v| format!("{v:.1} ms"));
+    let srv = &x["server"];
+    let resume = &x["resume_ms"];
+    let mut lines = vec![
+        format!(
+            "restart {} of {} ({}, {:.1} s into the messages): server gone in {} ({}), listening again {} later ({} start{})",
+            x["restart"],
+            all["count"],
+            all["mode"].as_str().unwrap_or(""),
+            x["at_secs"].as_f64().unwrap_or(0.0),
+            ms(&srv["signal_to_exit_ms"]),
+            srv["exit"].as_str().unwrap_or("-"),
+            ms(&srv["relaunch_ms"]),
+            srv["starts"],
+            if srv["starts"] == 1 { "" } else { "s" },
+        ),
+        format!(
+            "  sessions: {} of {} resumed ({} refused, {} failed, {} ended otherwise){}; {} reconnects tried, {} closed 1012",
+            x["resumed"],
+            x["sessions"],
+            x["refused"],
+            x["failed"],
+            x["ended"],
+            if resume["count"].as_u64().unwrap_or(0) > 0 {
+                format!(
+                    ", after the signal: p50 {}, p99 {}, all back at {}",
+                    ms(&resume["p50"]),
+                    ms(&resume["p99"]),
+                    ms(&x["all_back_ms"]),
+                )
+            } else {
+                String::new()
+            },
+            x["reconnect_attempts"],
+            x["closed_1012"],
+        ),
+        format!(
+            "  messages: acknowledged lost {} of {} checked; {} unacknowledged found in the replay, {} sent again; replay errors {}{}",
+            x["acked_lost"],
+            x["acked_checked"],
+            x["unacked_in_replay"],
+            x["resent"],
+            x["replay_errors"],
+            if x["timed_out"] == true { "; TIMED OUT" } else { "" },
+        ),
+    ];
+    if x["refused"].as_u64().unwrap_or(0) > 0 {
+        lines.push(
+            "  resumes refused: the restarted server did not know these sessions (a build without the chat journal?); \
+             their acknowledged messages count as lost"
+                .into(),
+        );
+    }
+    if let Some(e) = x["first_error"].as_str() {
+        lines.push(format!("  first error: {e}"));
+    }
+    lines
+}
+
 /// `--check`: every session opened, every handed-off chat taken by an agent, every message
 /// acknowledged and answered (by the agent in an agent's chat, else by the AI), nothing dropped,
-/// and after a storm every session back with its last message.
+/// after a storm every session back with its last message, and after each restart every session
+/// resumed with every acknowledged message in its replay.
 pub fn check(r: &Value, storm: bool) -> anyhow::Result<()> {
     let n = |v: &Value| v.as_u64().unwrap_or(u64::MAX);
     let mut problems = Vec::new();
@@ -615,6 +750,21 @@ pub fn check(r: &Value, storm: bool) -> anyhow::Result<()> {
         let s = &r["storm"];
         if n(&s["resumed"]) != n(&s["dropped"]) || n(&s["lost"]) != 0 {
             problems.push(format!("storm: {s}"));
+        }
+    }
+    for x in r["restarts"]["per_restart"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if n(&x["acked_lost"]) != 0
+            || n(&x["resumed"]) != n(&x["sessions"])
+            || n(&x["refused"]) != 0
+            || n(&x["failed"]) != 0
+            || n(&x["replay_errors"]) != 0
+            || x["timed_out"] != false
+        {
+            problems.push(format!("restart {}: {x}", x["restart"]));
         }
     }
     if problems.is_empty() {
