@@ -171,12 +171,16 @@ pub(super) async fn rejoin(
         };
         back_at.get_or_insert_with(unix_nanos);
         // A connection lost in the middle is retried like any other; what was taken stays taken.
-        if let Err(e) = replay(shared, epoch, &mut conn, session, pending, from, newest).await {
+        let caught_up = match replay(shared, epoch, &mut conn, session, pending, from, newest).await
+        {
+            Ok(()) => resend(shared, epoch, index, &conn, pending).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = caught_up {
+            with(shared, epoch, |r| r.reconnects += 1);
             last_error = e;
-            continue;
-        }
-        if let Err(e) = resend(shared, epoch, index, &conn, pending).await {
-            last_error = e;
+            sleep(pause).await;
+            pause = (pause * 2).min(BACKOFF_MAX);
             continue;
         }
         let mut s = shared.stats.borrow_mut();
