@@ -588,7 +588,7 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
                 msg_started,
                 schedule,
             )?;
-            collected.restarts(halt.name(), &records);
+            collected.restarts = restart::report(halt, &records);
             done
         }
         None => phases.wait(&rx, "messages", &target, t0, |e| {

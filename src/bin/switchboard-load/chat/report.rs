@@ -11,7 +11,6 @@ use serde_json::{json, Value};
 
 use super::events::{histogram, merge, AgentCounters, Counters, Event, StormTally, Tally};
 use super::plan::Plan;
-use super::restart::Record;
 use super::{ChatArgs, Target};
 
 /// Server memory and chat gauges at one moment of the run.
@@ -163,7 +162,8 @@ pub struct Collected {
     agent_to_customer: Histogram<u64>,
     agents: Value,
     storm: Value,
-    restarts: Value,
+    /// What the restarts of the message phase did ([`super::restart::report`]).
+    pub restarts: Value,
     closed: Value,
     pub server_cpu_percent: Option<f64>,
     pub client_cpu_percent: Option<f64>,
@@ -171,7 +171,7 @@ pub struct Collected {
     pub server_exit: Option<String>,
 }
 
-fn first_error<'a>(errors: impl Iterator<Item = &'a Option<String>>) -> Value {
+pub(super) fn first_error<'a>(errors: impl Iterator<Item = &'a Option<String>>) -> Value {
     errors.flatten().next().map_or(Value::Null, |e| json!(e))
 }
 
@@ -350,66 +350,6 @@ impl Collected {
         });
     }
 
-    /// The restarts of the message phase, each merged over the workers, and their totals.
-    pub fn restarts(&mut self, mode: &str, records: &[Record]) {
-        let per: Vec<Value> = records
-            .iter()
-            .map(|r| {
-                let mut resume = histogram();
-                for t in &r.tallies {
-                    merge(&mut resume, &t.resume_us);
-                }
-                let sum = |f: fn(&super::events::RestartTally) -> u64| {
-                    r.tallies.iter().map(f).sum::<u64>()
-                };
-                json!({
-                    "restart": r.restart,
-                    "at_secs": r.at.as_secs_f64(),
-                    "server": {
-                        "signal_to_exit_ms": r.halted.down.as_secs_f64() * 1000.0,
-                        "exit": r.halted.exit,
-                        "relaunch_ms": r.relaunched.took.as_secs_f64() * 1000.0,
-                        "starts": r.relaunched.attempts,
-                    },
-                    "sessions": sum(|t| t.sessions),
-                    "resumed": sum(|t| t.resumed),
-                    "refused": sum(|t| t.refused),
-                    "failed": sum(|t| t.failed),
-                    "ended": sum(|t| t.ended),
-                    "resume_ms": percentiles(&resume),
-                    "all_back_ms": (!resume.is_empty()).then(|| resume.max() as f64 / 1000.0),
-                    "reconnect_attempts": sum(|t| t.reconnects),
-                    "closed_1012": sum(|t| t.closed_1012),
-                    "acked_checked": sum(|t| t.acked_checked),
-                    "acked_lost": sum(|t| t.acked_lost),
-                    "unacked_in_replay": sum(|t| t.unacked_in_replay),
-                    "resent": sum(|t| t.resent),
-                    "replay_errors": sum(|t| t.replay_errors),
-                    "timed_out": r.tallies.iter().any(|t| t.timed_out),
-                    "first_error": first_error(r.tallies.iter().map(|t| &t.first_error)),
-                })
-            })
-            .collect();
-        let total = |k: &str| per.iter().map(|p| p[k].as_u64().unwrap_or(0)).sum::<u64>();
-        let all_resumed = per
-            .iter()
-            .all(|p| p["resumed"] == p["sessions"] && p["timed_out"] == false);
-        self.restarts = json!({
-            "mode": mode,
-            "count": per.len(),
-            "sessions": total("sessions"),
-            "resumed": total("resumed"),
-            "all_resumed": all_resumed,
-            "refused": total("refused"),
-            "failed": total("failed"),
-            "acked_checked": total("acked_checked"),
-            "acked_lost": total("acked_lost"),
-            "resent": total("resent"),
-            "replay_errors": total("replay_errors"),
-            "per_restart": per,
-        });
-    }
-
     pub fn closed(&mut self, events: Vec<Event>) {
         let c: Vec<Counters> = events
             .into_iter()
@@ -486,7 +426,7 @@ impl Collected {
 }
 
 /// p50, p95, p99, p99.9 and max in milliseconds.
-fn percentiles(h: &Histogram<u64>) -> Value {
+pub(super) fn percentiles(h: &Histogram<u64>) -> Value {
     let ms = |us: u64| us as f64 / 1000.0;
     json!({
         "count": h.len(),

@@ -12,9 +12,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use serde_json::{json, Value};
 
-use super::events::{Event, RestartTally};
-use super::report::Phases;
+use super::events::{histogram, merge, Event, RestartTally};
+use super::report::{first_error, percentiles, Phases};
 use super::{Proc, Target};
 use crate::server::{Halt, Halted, Relaunched};
 
@@ -173,6 +174,65 @@ fn restart(
     })
 }
 
+/// The report's `restarts`: each restart merged over the workers, and the totals.
+pub fn report(halt: Halt, records: &[Record]) -> Value {
+    let per: Vec<Value> = records.iter().map(Record::to_json).collect();
+    let total = |k: &str| per.iter().map(|p| p[k].as_u64().unwrap_or(0)).sum::<u64>();
+    let all_resumed = per
+        .iter()
+        .all(|p| p["resumed"] == p["sessions"] && p["timed_out"] == false);
+    json!({
+        "mode": halt.name(),
+        "count": per.len(),
+        "sessions": total("sessions"),
+        "resumed": total("resumed"),
+        "all_resumed": all_resumed,
+        "refused": total("refused"),
+        "failed": total("failed"),
+        "acked_checked": total("acked_checked"),
+        "acked_lost": total("acked_lost"),
+        "resent": total("resent"),
+        "replay_errors": total("replay_errors"),
+        "per_restart": per,
+    })
+}
+
+impl Record {
+    fn to_json(&self) -> Value {
+        let mut resume = histogram();
+        for t in &self.tallies {
+            merge(&mut resume, &t.resume_us);
+        }
+        let sum = |f: fn(&RestartTally) -> u64| self.tallies.iter().map(f).sum::<u64>();
+        json!({
+            "restart": self.restart,
+            "at_secs": self.at.as_secs_f64(),
+            "server": {
+                "signal_to_exit_ms": self.halted.down.as_secs_f64() * 1000.0,
+                "exit": self.halted.exit,
+                "relaunch_ms": self.relaunched.took.as_secs_f64() * 1000.0,
+                "starts": self.relaunched.attempts,
+            },
+            "sessions": sum(|t| t.sessions),
+            "resumed": sum(|t| t.resumed),
+            "refused": sum(|t| t.refused),
+            "failed": sum(|t| t.failed),
+            "ended": sum(|t| t.ended),
+            "resume_ms": percentiles(&resume),
+            "all_back_ms": (!resume.is_empty()).then(|| resume.max() as f64 / 1000.0),
+            "reconnect_attempts": sum(|t| t.reconnects),
+            "closed_1012": sum(|t| t.closed_1012),
+            "acked_checked": sum(|t| t.acked_checked),
+            "acked_lost": sum(|t| t.acked_lost),
+            "unacked_in_replay": sum(|t| t.unacked_in_replay),
+            "resent": sum(|t| t.resent),
+            "replay_errors": sum(|t| t.replay_errors),
+            "timed_out": self.tallies.iter().any(|t| t.timed_out),
+            "first_error": first_error(self.tallies.iter().map(|t| &t.first_error)),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +248,41 @@ mod tests {
         assert_eq!(s.due(3), Duration::from_secs(6));
         let one = Schedule { count: 1, ..s };
         assert_eq!(one.due(1), Duration::from_secs(4));
+    }
+
+    #[test]
+    fn a_restart_is_reported_over_every_worker_and_a_session_short_is_not_all_resumed() {
+        let worker = |sessions, resumed, resume_ms: u64| RestartTally {
+            restart: 1,
+            sessions,
+            resumed,
+            acked_checked: 10,
+            resume_us: vec![(resume_ms * 1000, resumed)],
+            ..RestartTally::default()
+        };
+        let record = Record {
+            restart: 1,
+            at: Duration::from_secs(2),
+            halted: Halted {
+                signalled_unix_nanos: 0,
+                down: Duration::from_millis(3),
+                exit: "signal: 9 (SIGKILL)".into(),
+            },
+            relaunched: Relaunched {
+                took: Duration::from_millis(40),
+                attempts: 1,
+            },
+            tallies: vec![worker(5, 5, 100), worker(5, 4, 300)],
+        };
+        let r = report(Halt::Kill, &[record]);
+        let one = &r["per_restart"][0];
+        assert_eq!(one["sessions"], 10);
+        assert_eq!(one["resumed"], 9);
+        assert_eq!(one["acked_checked"], 20);
+        assert_eq!(one["resume_ms"]["count"], 9);
+        assert!((one["all_back_ms"].as_f64().unwrap() - 300.0).abs() < 1.0);
+        assert_eq!(r["mode"], "kill");
+        assert_eq!(r["resumed"], 9);
+        assert_eq!(r["all_resumed"], false);
     }
 }
