@@ -1,8 +1,9 @@
 //! The load tool (`switchboard-load`) against the real server, briefly: its REST mode creates and
 //! updates tickets, and its chat mode opens sessions over two worker processes, gets every message
 //! acknowledged and answered through its own fake Django, survives a reconnect storm with nothing
-//! lost, and writes a JSON report that says so; with agents, every chat is handed off, taken by an
-//! agent, and every message answered by that agent.
+//! lost, survives the server being killed or stopped and started again with every acknowledged
+//! message still there, and writes a JSON report that says so; with agents, every chat is handed
+//! off, taken by an agent, and every message answered by that agent.
 
 use std::process::Command;
 
@@ -138,6 +139,77 @@ fn chat_run_with_agents_hands_every_chat_to_an_agent_who_answers_every_message()
     assert_eq!(r["rtt_ms"]["agent_to_customer"]["count"], 200);
     assert!(stdout.contains("agent→customer"), "{stdout}");
     assert_eq!(r["server"]["exit"], "exit status: 0");
+}
+
+/// The report's restart figures say every session came back and no acknowledged message was lost.
+fn assert_restarts_lost_nothing(r: &Value, mode: &str, count: u64, sessions: u64) {
+    let rs = &r["restarts"];
+    assert_eq!(rs["mode"], mode, "{rs}");
+    assert_eq!(rs["count"], count, "{rs}");
+    assert_eq!(rs["all_resumed"], true, "{rs}");
+    assert_eq!(rs["acked_lost"], 0, "{rs}");
+    for x in rs["per_restart"].as_array().unwrap() {
+        assert_eq!(x["sessions"], sessions, "{x}");
+        assert_eq!(x["resumed"], sessions, "{x}");
+        assert_eq!(x["resume_ms"]["count"], sessions, "{x}");
+        assert_eq!(x["refused"], 0, "{x}");
+        assert_eq!(x["failed"], 0, "{x}");
+        assert_eq!(x["acked_lost"], 0, "{x}");
+        assert_eq!(x["replay_errors"], 0, "{x}");
+        // Each resume asked for what it had acknowledged: the check was not empty.
+        assert!(x["acked_checked"].as_u64().unwrap() >= sessions, "{x}");
+    }
+    assert_eq!(r["messages"]["sent"], r["messages"]["acked"]);
+    assert_eq!(r["messages"]["sent"], r["messages"]["replies"]["ai"]);
+    assert_eq!(r["messages"]["dropped_connections"], 0);
+    assert_eq!(r["server"]["exit"], "exit status: 0");
+}
+
+#[test]
+fn chat_run_loses_no_acknowledged_message_when_the_server_is_killed() {
+    let (r, stdout) = chat_run(&[
+        "--sessions",
+        "50",
+        "--sources",
+        "2",
+        "--msg-rate",
+        "2",
+        "--duration",
+        "4",
+        "--restart",
+        "kill",
+    ]);
+    assert_eq!(r["messages"]["sent"], 400);
+    assert_restarts_lost_nothing(&r, "kill", 1, 50);
+    let one = &r["restarts"]["per_restart"][0];
+    assert_eq!(one["server"]["exit"], "signal: 9 (SIGKILL)");
+    assert!(stdout.contains("restart 1 of 1 (kill"), "{stdout}");
+    assert!(stdout.contains("50 of 50 resumed"), "{stdout}");
+}
+
+#[test]
+fn chat_run_resumes_every_session_after_each_sigterm() {
+    let (r, _) = chat_run(&[
+        "--sessions",
+        "30",
+        "--sources",
+        "2",
+        "--msg-rate",
+        "2",
+        "--duration",
+        "4",
+        "--restart",
+        "term",
+        "--restarts",
+        "2",
+    ]);
+    assert_eq!(r["messages"]["sent"], 240);
+    assert_restarts_lost_nothing(&r, "term", 2, 30);
+    for x in r["restarts"]["per_restart"].as_array().unwrap() {
+        assert_eq!(x["server"]["exit"], "exit status: 0", "{x}");
+        // Told to resume, not just dropped.
+        assert_eq!(x["closed_1012"], 30, "{x}");
+    }
 }
 
 #[test]

@@ -4,6 +4,9 @@
 //! switchboard-load chat --sessions 10000 --ramp-rate 1000 --msg-rate 1 --duration 60 --spawn-fake-django
 //! switchboard-load chat --sessions 19000 --msg-rate 0 --duration 10          # idle: memory per session
 //! switchboard-load chat --sessions 2000 --storm --spawn-fake-django          # + a reconnect storm
+//! switchboard-load chat --sessions 2000 --msg-rate 2 --duration 30 --restart kill --spawn-fake-django
+//!                              # kill -9 mid-run, start again: nothing acked lost (--restart term: SIGTERM;
+//!                              # --restarts N: N times)
 //! switchboard-load chat --chat-addr 127.0.0.1:4001 --server-pid 1234 …       # a server already running
 //! switchboard-load chat --sessions 2000 --agents 20 --msg-rate 1 --duration 10 --spawn-fake-django
 //!                                                   # every chat handed to an agent: agent routing
@@ -21,7 +24,15 @@
 //! 2. **ramp**: sessions open at `--ramp-rate` (503s from admission control are retried after
 //!    their `Retry-After`); **plateau**: RSS once it stops moving;
 //! 3. **messages**: each session sends `--msg-rate` messages a second for `--duration`; every
-//!    `message.send` is timed to its `message.ack` and to the answer that covers it;
+//!    `message.send` is timed to its `message.ack` and to the answer that covers it; with
+//!    `--restart kill|term`, the server is killed (SIGKILL) or stopped (SIGTERM) `--restarts`
+//!    times (default 1) in this phase and started again on the same data dir and addresses
+//!    ([`restart`]): every session reconnects with backoff, resumes, checks that the replay holds
+//!    each message it had acknowledged at its seq with no gap or duplicate, sends again what was
+//!    neither acknowledged nor replayed, and carries on ([`customer::rejoin`]); per restart, the
+//!    time from the signal to each session's resume, acknowledged messages lost, messages sent
+//!    again, resumes refused and sessions that never got back (round trips of messages caught in
+//!    a restart are left out of the latency figures);
 //! 4. **storm** (`--storm`): every connection dropped at once just after one more message, each
 //!    resumed with `session.resume` + `last_seq`; time until all are back, and whether that
 //!    message and its answer came back in the replay;
@@ -53,6 +64,7 @@ pub mod events;
 pub mod plan;
 pub mod reply;
 pub mod report;
+pub mod restart;
 pub mod worker;
 
 use std::io::{BufRead, BufReader, Write};
@@ -67,7 +79,7 @@ use anyhow::{bail, Context};
 use self::events::Event;
 use self::report::{Collected, Sample};
 use crate::procs;
-use crate::server::{self, Launch, Server};
+use crate::server::{self, Halt, Launch, Server};
 
 /// Keeps the "switchboard starting" line, drops per-session info lines.
 const QUIET_LOG: &str = "warn,switchboard=info,switchboard::chat=warn,switchboard::http=warn";
@@ -89,6 +101,15 @@ pub struct ChatArgs {
     /// After the messages, drop every connection at once and resume each session.
     #[arg(long)]
     pub storm: bool,
+    /// During the messages, take the started server down (`kill`: SIGKILL; `term`: SIGTERM, then
+    /// wait for its exit) and start it again on the same data dir and addresses; every session
+    /// resumes and checks that nothing acknowledged was lost.
+    #[arg(long, value_enum)]
+    pub restart: Option<Halt>,
+    /// How many restarts, spread evenly over the message phase.
+    #[arg(long, default_value_t = 1, requires = "restart",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub restarts: u32,
     /// Worker processes (at least as many as the open-files limit needs).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
@@ -166,8 +187,9 @@ pub struct ChatArgs {
     #[arg(long)]
     pub agent_secret: Option<String>,
     /// Exit non-zero unless every session opened, every message was answered (by its agent in
-    /// a chat handed off, else by the AI), every handed-off chat was taken by an agent, and (with
-    /// --storm) every session came back with nothing lost.
+    /// a chat handed off, else by the AI), every handed-off chat was taken by an agent, (with
+    /// --storm) every session came back with nothing lost, and (with --restart) every session
+    /// resumed after each restart with every acknowledged message in its replay.
     #[arg(long)]
     pub check: bool,
 }
@@ -213,6 +235,14 @@ impl Target {
         match self {
             Target::Started(s) => Some(s.pid()),
             Target::Attached { pid, .. } => *pid,
+        }
+    }
+
+    /// CPU seconds the server used, across restarts.
+    fn cpu_secs(&self) -> Option<f64> {
+        match self {
+            Target::Started(s) => Some(s.cpu_secs()),
+            Target::Attached { pid, .. } => pid.map(procs::cpu_secs),
         }
     }
 
@@ -334,6 +364,17 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     if handoff_rate > 0.0 && args.agents == 0 {
         bail!("--handoff-rate needs --agents: a chat handed off waits for a human");
     }
+    if args.restart.is_some() {
+        if args.chat_addr.is_some() {
+            bail!("--restart restarts the server this run starts: not with --chat-addr");
+        }
+        if args.agents > 0 {
+            bail!("--restart drives customers only: agents would have to resume too");
+        }
+        if args.duration <= 0.0 {
+            bail!("--restart happens during the messages: --duration must be above 0");
+        }
+    }
     if args.agents > 0 && handoff_rate >= 1.0 && args.agents * capacity < args.sessions {
         bail!(
             "{} agents × capacity {capacity} cannot hold the {} sessions handed off",
@@ -356,6 +397,11 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
         }
         (None, Some(_)) => String::new(),
     };
+    let restarts = if args.restart.is_some() {
+        args.restarts
+    } else {
+        0
+    };
     let nofile = procs::raise_nofile();
     let plan = plan::plan(
         args.sessions,
@@ -366,7 +412,10 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
         args.sources,
     );
     let budget = Duration::from_secs_f64(
-        args.sessions as f64 / args.ramp_rate.max(0.001) + args.duration + 600.0,
+        args.sessions as f64 / args.ramp_rate.max(0.001)
+            + args.duration
+            + 600.0
+            + 180.0 * f64::from(restarts),
     );
     procs::watchdog("switchboard-load chat", budget);
 
@@ -378,7 +427,7 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     } else {
         args.django_url.clone()
     };
-    let target = match args.chat_addr {
+    let mut target = match args.chat_addr {
         Some(chat) => Target::Attached {
             chat,
             api: args.api_addr,
@@ -483,6 +532,8 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
                 capacity.to_string(),
                 "--handoff-rate".into(),
                 handoff_rate.to_string(),
+                "--restarts".into(),
+                restarts.to_string(),
             ],
             &[(worker::AGENT_SECRET_ENV, agent_secret.as_str())],
             None,
@@ -515,19 +566,39 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
         .push(target.settled("plateau", t0, Duration::from_secs(30)));
 
     // Messages.
-    let cpu0 = target.pid().map(procs::cpu_secs);
+    let cpu0 = target.cpu_secs();
     let me0 = procs::cpu_secs(std::process::id());
     let msg_started = Instant::now();
     for w in &mut workers {
         w.say("go");
     }
-    let done = phases.wait(&rx, "messages", &target, t0, |e| {
-        matches!(e, Event::Done(_))
-    })?;
+    let done = match args.restart {
+        Some(halt) => {
+            let schedule = restart::Schedule {
+                halt,
+                count: restarts,
+                over: Duration::from_secs_f64(args.duration),
+            };
+            let (done, records) = restart::messages(
+                &mut phases,
+                &rx,
+                &mut target,
+                &mut workers,
+                t0,
+                msg_started,
+                schedule,
+            )?;
+            collected.restarts = restart::report(halt, &records);
+            done
+        }
+        None => phases.wait(&rx, "messages", &target, t0, |e| {
+            matches!(e, Event::Done(_))
+        })?,
+    };
     let wall = msg_started.elapsed().as_secs_f64();
     collected.messages(done, wall);
-    collected.server_cpu_percent = match (cpu0, target.pid()) {
-        (Some(c0), Some(pid)) => Some((procs::cpu_secs(pid) - c0) / wall * 100.0),
+    collected.server_cpu_percent = match (cpu0, target.cpu_secs()) {
+        (Some(c0), Some(c1)) => Some((c1 - c0) / wall * 100.0),
         _ => None,
     };
     collected.samples.push(target.sample("after messages", t0));

@@ -118,6 +118,19 @@ pub async fn read_some(stream: &TcpStream, buf: &mut Vec<u8>) -> std::io::Result
     }
 }
 
+/// The error [`Conn::next`] gives when the server closed the connection with `code`.
+pub fn closed_by_server(code: u16) -> String {
+    format!("closed by the server ({code})")
+}
+
+/// The close code in an error of [`Conn::next`], if the server closed the connection.
+pub fn close_code(err: &str) -> Option<u16> {
+    err.strip_prefix("closed by the server (")?
+        .strip_suffix(')')?
+        .parse()
+        .ok()
+}
+
 /// An open WebSocket connection, client side.
 pub struct Conn {
     pub stream: TcpStream,
@@ -163,7 +176,7 @@ impl Conn {
                             .payload
                             .get(..2)
                             .map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]));
-                        return Err(format!("closed by the server ({code})"));
+                        return Err(closed_by_server(code));
                     }
                     _ => {}
                 }

@@ -1,7 +1,8 @@
 //! The server under load, as every mode sees it: starting the real `switchboard` binary on
 //! loopback port 0 with a fresh data dir (or naming one already running), reading its two
 //! addresses from its "switchboard starting" log line, tallying the warnings it logs, sampling its
-//! memory from `/proc`, scraping its `/metrics`, and stopping it with SIGTERM.
+//! memory from `/proc`, scraping its `/metrics`, restarting it (SIGKILL or SIGTERM, then the same
+//! binary on the same data dir and the same addresses), and stopping it with SIGTERM.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -61,76 +62,150 @@ pub struct Server {
     pub chat: SocketAddr,
     pub dir: PathBuf,
     log: Arc<Mutex<LogTally>>,
+    /// What started it, kept so that [`Server::relaunch`] starts the same server again.
+    recipe: Recipe,
+    /// CPU seconds of the processes a restart replaced.
+    retired_cpu_secs: f64,
 }
+
+/// An owned [`Launch`].
+struct Recipe {
+    bin: PathBuf,
+    log: String,
+    env: Vec<(String, String)>,
+    malloc_conf: Option<String>,
+    cpus: Option<String>,
+}
+
+/// How a restart takes the server down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Halt {
+    /// SIGKILL: nothing is flushed, no client is told.
+    Kill,
+    /// SIGTERM, then wait for the exit: clients are told to resume (close 1012).
+    Term,
+}
+
+impl Halt {
+    pub fn name(self) -> &'static str {
+        match self {
+            Halt::Kill => "kill",
+            Halt::Term => "term",
+        }
+    }
+}
+
+/// The server going down, on this tool's clocks.
+pub struct Halted {
+    /// When the signal was sent, in Unix nanoseconds: the workers' resume times count from it.
+    pub signalled_unix_nanos: u128,
+    /// From the signal to the exit.
+    pub down: Duration,
+    pub exit: String,
+}
+
+/// The server coming back.
+pub struct Relaunched {
+    /// From the call to the new process logging its addresses.
+    pub took: Duration,
+    /// Starts tried: a bind can fail while the old process's sockets linger.
+    pub attempts: u32,
+}
+
+/// Starts tried before a restart gives up.
+const RELAUNCH_ATTEMPTS: u32 = 10;
 
 impl Server {
     pub fn start(launch: &Launch) -> anyhow::Result<Server> {
         let dir = fresh_dir("switchboard-load-data")?;
-        let mut cmd = match launch.cpus {
-            Some(cpus) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", cpus]).arg(launch.bin);
-                c
-            }
-            None => Command::new(launch.bin),
+        let recipe = Recipe {
+            bin: launch.bin.to_path_buf(),
+            log: launch.log.to_string(),
+            env: launch.env.clone(),
+            malloc_conf: launch.malloc_conf.map(str::to_string),
+            cpus: launch.cpus.map(str::to_string),
         };
-        cmd.env_remove("RUST_LOG")
-            .env("SWITCHBOARD__LOG__FORMAT", "json")
-            .env("SWITCHBOARD__LOG__LEVEL", launch.log)
-            .env("SWITCHBOARD__API__BIND", "127.0.0.1:0")
-            .env("SWITCHBOARD__CHAT__BIND", "127.0.0.1:0")
-            .env("SWITCHBOARD__STORAGE__DATA_DIR", &dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (k, v) in &launch.env {
-            cmd.env(k, v);
-        }
-        if let Some(conf) = launch.malloc_conf {
-            cmd.env("_RJEM_MALLOC_CONF", conf);
-        }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("start {}", launch.bin.display()))?;
-        procs::track(child.id());
-        let stdout = child.stdout.take().context("the server's stdout")?;
         let log = Arc::new(Mutex::new(LogTally::default()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let tally = log.clone();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                    continue;
-                };
-                if v["message"] == "switchboard starting" {
-                    if let Some(tx) = tx.take() {
-                        let addr = |k: &str| v[k].as_str().unwrap_or_default().to_string();
-                        let _ = tx.send((addr("api"), addr("chat")));
-                    }
-                }
-                let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
-                match v["level"].as_str().unwrap_or("") {
-                    "WARN" => t.warn += 1,
-                    "ERROR" => t.error += 1,
-                    _ => continue,
-                }
-                if t.samples.len() < 5 {
-                    t.samples.push(line.chars().take(400).collect());
-                }
+        let (child, api, chat) = match spawn(&recipe, &dir, "127.0.0.1:0", "127.0.0.1:0", &log) {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
             }
-        });
-        let Ok((api, chat)) = rx.recv_timeout(Duration::from_secs(30)) else {
-            let _ = child.kill();
-            bail!("the server did not log its addresses within 30 s");
         };
         Ok(Server {
-            api: api.parse().context("the api address in the log")?,
-            chat: chat.parse().context("the chat address in the log")?,
             child,
+            api,
+            chat,
             dir,
             log,
+            recipe,
+            retired_cpu_secs: 0.0,
         })
+    }
+
+    /// Takes the server down (`how`), waiting for the process to exit; SIGKILL after `patience`.
+    pub fn halt(&mut self, how: Halt, patience: Duration) -> Halted {
+        let pid = self.pid();
+        self.retired_cpu_secs += procs::cpu_secs(pid);
+        let signalled_unix_nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let sent = Instant::now();
+        match how {
+            Halt::Kill => {
+                let _ = self.child.kill();
+            }
+            Halt::Term => procs::signal(pid, "TERM"),
+        }
+        let status = wait_exit(&mut self.child, patience);
+        procs::untrack(pid);
+        Halted {
+            signalled_unix_nanos,
+            down: sent.elapsed(),
+            exit: status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+        }
+    }
+
+    /// Starts the server again after [`Server::halt`]: the same binary, environment and data dir,
+    /// on the same two addresses, so that clients find it where it was.
+    pub fn relaunch(&mut self) -> anyhow::Result<Relaunched> {
+        let began = Instant::now();
+        let (api, chat) = (self.api.to_string(), self.chat.to_string());
+        let mut pause = Duration::from_millis(50);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match spawn(&self.recipe, &self.dir, &api, &chat, &self.log) {
+                Ok((child, got_api, got_chat)) => {
+                    self.child = child;
+                    if (got_api, got_chat) != (self.api, self.chat) {
+                        bail!(
+                            "the restarted server listens on {got_api} and {got_chat}, not {} and {}",
+                            self.api,
+                            self.chat
+                        );
+                    }
+                    return Ok(Relaunched {
+                        took: began.elapsed(),
+                        attempts,
+                    });
+                }
+                Err(e) if attempts < RELAUNCH_ATTEMPTS => {
+                    eprintln!("restart: start {attempts} failed ({e:#}); trying again");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    return Err(e.context(format!("restart the server after {attempts} starts")))
+                }
+            }
+        }
+    }
+
+    /// CPU seconds used by this server, including the processes restarts replaced.
+    pub fn cpu_secs(&self) -> f64 {
+        self.retired_cpu_secs + procs::cpu_secs(self.pid())
     }
 
     pub fn pid(&self) -> u32 {
@@ -145,20 +220,11 @@ impl Server {
     /// Sends SIGTERM and waits for the exit (SIGKILL after `patience`).
     pub fn stop(mut self, patience: Duration) -> ExitStatus {
         procs::signal(self.pid(), "TERM");
-        let deadline = Instant::now() + patience;
         let status = loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                break status;
+            match wait_exit(&mut self.child, patience) {
+                Ok(s) => break s,
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
-            if Instant::now() > deadline {
-                eprintln!("server ignored SIGTERM for {patience:?}; killing it");
-                let _ = self.child.kill();
-                match self.child.wait() {
-                    Ok(s) => break s,
-                    Err(_) => continue,
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
         };
         procs::untrack(self.child.id());
         status
@@ -193,6 +259,108 @@ impl Drop for Server {
         }
         procs::untrack(self.child.id());
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts the server binary on `api_bind` and `chat_bind` in `dir`; the process and the addresses
+/// it logged. A process that exits before logging them (a bind refused) is an error.
+fn spawn(
+    recipe: &Recipe,
+    dir: &Path,
+    api_bind: &str,
+    chat_bind: &str,
+    log: &Arc<Mutex<LogTally>>,
+) -> anyhow::Result<(Child, SocketAddr, SocketAddr)> {
+    let mut cmd = match &recipe.cpus {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpus]).arg(&recipe.bin);
+            c
+        }
+        None => Command::new(&recipe.bin),
+    };
+    cmd.env_remove("RUST_LOG")
+        .env("SWITCHBOARD__LOG__FORMAT", "json")
+        .env("SWITCHBOARD__LOG__LEVEL", &recipe.log)
+        .env("SWITCHBOARD__API__BIND", api_bind)
+        .env("SWITCHBOARD__CHAT__BIND", chat_bind)
+        .env("SWITCHBOARD__STORAGE__DATA_DIR", dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in &recipe.env {
+        cmd.env(k, v);
+    }
+    if let Some(conf) = &recipe.malloc_conf {
+        cmd.env("_RJEM_MALLOC_CONF", conf);
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("start {}", recipe.bin.display()))?;
+    procs::track(child.id());
+    let stdout = child.stdout.take().context("the server's stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tally = log.clone();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if v["message"] == "switchboard starting" {
+                if let Some(tx) = tx.take() {
+                    let addr = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+                    let _ = tx.send((addr("api"), addr("chat")));
+                }
+            }
+            let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
+            match v["level"].as_str().unwrap_or("") {
+                "WARN" => t.warn += 1,
+                "ERROR" => t.error += 1,
+                _ => continue,
+            }
+            if t.samples.len() < 5 {
+                t.samples.push(line.chars().take(400).collect());
+            }
+        }
+    });
+    let addrs = rx.recv_timeout(Duration::from_secs(30));
+    let parsed = addrs.as_ref().ok().and_then(|(api, chat)| {
+        Some((
+            api.parse::<SocketAddr>().ok()?,
+            chat.parse::<SocketAddr>().ok()?,
+        ))
+    });
+    match parsed {
+        Some((api, chat)) => Ok((child, api, chat)),
+        None => {
+            let _ = child.kill();
+            let status = child.wait();
+            procs::untrack(child.id());
+            match addrs {
+                Ok((api, chat)) => bail!("the server logged addresses `{api}` and `{chat}`"),
+                Err(_) => bail!(
+                    "the server did not log its addresses within 30 s ({})",
+                    status.map_or_else(|e| e.to_string(), |s| s.to_string())
+                ),
+            }
+        }
+    }
+}
+
+/// Waits for `child` to exit, killing it after `patience`.
+fn wait_exit(child: &mut Child, patience: Duration) -> std::io::Result<ExitStatus> {
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            eprintln!("server ignored SIGTERM for {patience:?}; killing it");
+            let _ = child.kill();
+            return child.wait();
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -2,7 +2,9 @@
 //! (docs/protocol.md): open (`session.start`), idle answering pings, send messages on a schedule
 //! and time their acknowledgement and their answer, drop and come back with `session.resume` +
 //! `last_seq` in a storm, and close (`session.close`). One task per session, inside a worker; the
-//! worker's phase (a `watch` channel) tells every task what to do next.
+//! worker's phase (a `watch` channel) tells every task what to do next. A connection lost while
+//! the worker has a server restart announced is that restart: the session comes back through
+//! [`rejoin`] and carries on with its messages.
 //!
 //! A session the AI hands to a human ([`hands_off`], `--handoff-rate`) asks for one as soon as it
 //! opens and counts as open only once an agent took it (`agent.joined`), so that every message of
@@ -26,6 +28,10 @@ use super::events::{histogram, Counters, Outcome};
 use super::plan::hands_off;
 use super::reply;
 use crate::raw_ws::{upgrade, Conn, Incoming, UpgradeError};
+
+pub mod rejoin;
+
+use self::rejoin::{rejoin, RestartStats, CHECK_MAX};
 
 /// How long a session keeps trying to open (or resume) through 503s before it counts as failed.
 const OPEN_DEADLINE: Duration = Duration::from_secs(60);
@@ -63,6 +69,9 @@ pub struct Config {
     pub count: usize,
     /// Share of sessions the AI hands to a human ([`hands_off`]).
     pub handoff_rate: f64,
+    /// Server restarts the message phase will see: a session's messages are over only once it
+    /// is back from every one.
+    pub restarts: u32,
 }
 
 /// What the worker's sessions have done so far; one per worker, shared by its tasks.
@@ -79,6 +88,12 @@ pub struct Stats {
     pub completed: [u64; 4],
     /// Agents signed in or given up on: the worker is ready when all are.
     pub agents_done: u64,
+    /// Sessions between their open and their end: the ones a restart must bring back.
+    pub live: u64,
+    /// The last server restart announced (0: none yet); a connection lost since belongs to it.
+    pub armed: u32,
+    /// One per restart announced, the first at index 0.
+    pub restarts: Vec<RestartStats>,
 }
 
 #[derive(Default)]
@@ -112,7 +127,24 @@ impl Stats {
             },
             completed: [0; 4],
             agents_done: 0,
+            live: 0,
+            armed: 0,
+            restarts: Vec::new(),
         }
+    }
+
+    /// Restart `n` is coming: every session open now must come back from it.
+    pub fn arm(&mut self, n: u32) {
+        self.armed = n;
+        self.restarts.push(RestartStats {
+            sessions: self.live,
+            ..RestartStats::default()
+        });
+    }
+
+    /// Restart `n` (1 for the first), once armed.
+    pub fn restart(&mut self, n: u32) -> Option<&mut RestartStats> {
+        self.restarts.get_mut((n as usize).checked_sub(1)?)
     }
 
     fn error(&mut self, e: String) {
@@ -141,8 +173,12 @@ pub struct Shared {
 /// A message waiting for its acknowledgement or its answer.
 struct Pending {
     client_id: String,
+    /// Its number in the session, for its text if it must be sent again.
+    k: usize,
     sent_at: Instant,
     acked: bool,
+    /// Caught in a restart: its round trips measure the restart, so they stay out of the figures.
+    interrupted: bool,
 }
 
 struct Session {
@@ -152,6 +188,18 @@ struct Session {
     last_seq: u64,
     /// An agent holds this chat: its messages are answered by the agent, not the AI.
     agent_chat: bool,
+    /// The last server restart this session is back from (or was given up in).
+    epoch: u32,
+    /// `(seq, client_id)` of messages acknowledged since the last replay, at most [`CHECK_MAX`]:
+    /// the next restart's replay must hold each at its seq. Kept only in runs with restarts.
+    unverified: VecDeque<(u64, String)>,
+}
+
+/// The `message.send` frame of message `k` of session `index`.
+fn message_send(client_id: &str, k: usize, index: usize) -> String {
+    format!(
+        r#"{{"type":"message.send","client_id":"{client_id}","text":"question {k} from session {index}"}}"#
+    )
 }
 
 /// One customer session from its first connect to its close. `index` is its number in the
@@ -195,7 +243,12 @@ pub async fn run(
             }
         }
     }
-    shared.stats.borrow_mut().completed[0] += 1;
+    {
+        let mut s = shared.stats.borrow_mut();
+        s.completed[0] += 1;
+        s.live += 1;
+        session.epoch = s.armed;
+    }
     let mut done_through = 0;
     let outcome = drive(
         &shared,
@@ -211,6 +264,14 @@ pub async fn run(
     if let Err(e) = outcome {
         s.counters.dropped += 1;
         s.error(e);
+    }
+    s.live -= 1;
+    let armed = s.armed;
+    if session.epoch < armed {
+        // Gone before the restart under way could bring it back.
+        if let Some(r) = s.restart(armed) {
+            r.ended += 1;
+        }
     }
     for c in s.completed.iter_mut().skip(done_through + 1) {
         *c += 1;
@@ -238,6 +299,8 @@ async fn open(shared: &Shared, src: Ipv4Addr) -> Result<(Conn, Session), String>
             resume_token: text("resume_token"),
             last_seq: started["seq"].as_u64().unwrap_or(0),
             agent_chat: false,
+            epoch: 0,
+            unverified: VecDeque::new(),
         },
     ))
 }
@@ -296,14 +359,21 @@ pub(super) async fn connect(
                     .map_err(|e| format!("send first frame: {e}"))?;
                 let first = loop {
                     match timeout(Duration::from_secs(30), conn.next()).await {
-                        Ok(Ok(Incoming::Text(t))) => break t,
+                        Ok(Ok(Incoming::Text(t))) => {
+                            let v: Value =
+                                serde_json::from_slice(&t).map_err(|e| format!("not JSON: {e}"))?;
+                            // Agents coming online are announced to every session at once,
+                            // which can be before a new session's `session.started` is out.
+                            if v["type"] != "presence" {
+                                break v;
+                            }
+                        }
                         Ok(Ok(Incoming::Ping)) => {}
                         Ok(Err(e)) => return Err(e),
                         Err(_) => return Err("no answer to the first frame in 30 s".into()),
                     }
                 };
-                let v = serde_json::from_slice(&first).map_err(|e| format!("not JSON: {e}"))?;
-                return Ok((conn, v));
+                return Ok((conn, first));
             }
             Ok(Err(UpgradeError::Refused {
                 status: 503,
@@ -323,7 +393,8 @@ pub(super) async fn connect(
     }
 }
 
-/// The session's life after it opened; `Err` when its connection is lost outside a storm.
+/// The session's life after it opened; `Err` when its connection is lost outside a storm or a
+/// restart.
 async fn drive(
     shared: &Shared,
     index: usize,
@@ -339,6 +410,8 @@ async fn drive(
     let mut to_send = 0usize;
     let mut k = 0usize;
     let mut straggler_deadline: Option<Instant> = None;
+    // Sent and answered (or given up on); the phase is over once every restart is behind too.
+    let mut messages_over = false;
     let interval = if cfg.msg_rate > 0.0 {
         Duration::from_secs_f64(1.0 / cfg.msg_rate)
     } else {
@@ -346,8 +419,11 @@ async fn drive(
     };
     let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
     loop {
+        if messages_over && session.epoch >= cfg.restarts {
+            finish(shared, 1, done_through);
+        }
         let wake = next_send.or(straggler_deadline).unwrap_or(far);
-        tokio::select! {
+        let lost = tokio::select! {
             changed = phase.changed() => {
                 if changed.is_err() {
                     return Ok(());
@@ -367,7 +443,7 @@ async fn drive(
                         }
                     }
                     Phase::Storm { at } => {
-                        settle_messages(shared, session, &mut pending, done_through);
+                        settle_messages(shared, session, &mut pending);
                         next_send = None;
                         straggler_deadline = None;
                         let back = storm(shared, src, conn, session, at, index).await;
@@ -379,57 +455,89 @@ async fn drive(
                         }
                     }
                     Phase::Close => {
-                        settle_messages(shared, session, &mut pending, done_through);
+                        settle_messages(shared, session, &mut pending);
                         close(shared, &mut conn).await;
                         finish(shared, 3, done_through);
                         return Ok(());
                     }
                 }
+                continue;
             }
             _ = sleep_until(wake), if next_send.is_some() || straggler_deadline.is_some() => {
-                if next_send.is_some() {
-                    let client_id = format!("w{}s{index}m{k}", cfg.worker);
-                    let text = format!(
-                        r#"{{"type":"message.send","client_id":"{client_id}","text":"question {k} from session {index}"}}"#
-                    );
-                    pending.push_back(Pending { client_id, sent_at: Instant::now(), acked: false });
-                    conn.send_text(&text).await.map_err(|e| format!("send: {e}"))?;
-                    {
-                        let mut s = shared.stats.borrow_mut();
-                        s.counters.sent += 1;
-                        if session.agent_chat {
-                            s.outcome.agent_chat_sent += 1;
-                        }
-                    }
-                    k += 1;
-                    if k == to_send {
-                        next_send = None;
-                        straggler_deadline = Some(Instant::now() + STRAGGLERS);
-                        if pending.is_empty() {
-                            straggler_deadline = None;
-                            finish(shared, 1, done_through);
-                        }
-                    } else {
-                        next_send = next_send.map(|t| t + interval);
-                    }
-                } else {
+                if next_send.is_none() {
                     // Stragglers' time is up: what is still pending is lost.
-                    settle_messages(shared, session, &mut pending, done_through);
+                    settle_messages(shared, session, &mut pending);
                     straggler_deadline = None;
+                    messages_over = true;
+                    continue;
+                }
+                let client_id = format!("w{}s{index}m{k}", cfg.worker);
+                let text = message_send(&client_id, k, index);
+                pending.push_back(Pending {
+                    client_id,
+                    k,
+                    sent_at: Instant::now(),
+                    acked: false,
+                    interrupted: false,
+                });
+                {
+                    let mut s = shared.stats.borrow_mut();
+                    s.counters.sent += 1;
+                    if session.agent_chat {
+                        s.outcome.agent_chat_sent += 1;
+                    }
+                }
+                k += 1;
+                if k == to_send {
+                    next_send = None;
+                    straggler_deadline = Some(Instant::now() + STRAGGLERS);
+                } else {
+                    next_send = next_send.map(|t| t + interval);
+                }
+                // A message the connection did not take stays pending: a restart's resume
+                // sends it again.
+                match conn.send_text(&text).await {
+                    Ok(()) => continue,
+                    Err(e) => format!("send: {e}"),
                 }
             }
             incoming = conn.next() => {
-                match incoming? {
-                    Incoming::Ping => shared.stats.borrow_mut().outcome.pings += 1,
-                    Incoming::Text(t) => {
+                match incoming {
+                    Ok(Incoming::Ping) => {
+                        shared.stats.borrow_mut().outcome.pings += 1;
+                        continue;
+                    }
+                    Ok(Incoming::Text(t)) => {
                         let v: Value = serde_json::from_slice(&t).map_err(|e| format!("not JSON: {e}"))?;
                         on_frame(shared, session, &mut pending, &v);
                         if k == to_send && to_send > 0 && pending.is_empty() && straggler_deadline.is_some() {
                             straggler_deadline = None;
-                            finish(shared, 1, done_through);
+                            messages_over = true;
                         }
+                        continue;
                     }
+                    Err(e) => e,
                 }
+            }
+        };
+        if shared.stats.borrow().armed <= session.epoch {
+            return Err(lost);
+        }
+        match rejoin(shared, index, src, session, &mut pending, &lost).await {
+            Some(c) => conn = c,
+            None => {
+                // Counted by the restart; the session is gone, and so are its messages in flight.
+                settle_messages(shared, session, &mut pending);
+                return Ok(());
+            }
+        }
+        if straggler_deadline.is_some() && to_send > 0 {
+            if pending.is_empty() {
+                straggler_deadline = None;
+                messages_over = true;
+            } else {
+                // The restart ate into the stragglers' time.
+                straggler_deadline = Some(Instant::now() + STRAGGLERS);
             }
         }
     }
@@ -446,13 +554,8 @@ fn finish(shared: &Shared, phase: usize, done_through: &mut usize) {
     }
 }
 
-/// Counts what is still pending as lost and ends the message phase for this session.
-fn settle_messages(
-    shared: &Shared,
-    session: &Session,
-    pending: &mut VecDeque<Pending>,
-    done_through: &mut usize,
-) {
+/// Counts what is still pending as lost.
+fn settle_messages(shared: &Shared, session: &Session, pending: &mut VecDeque<Pending>) {
     if !pending.is_empty() {
         let mut s = shared.stats.borrow_mut();
         if session.agent_chat {
@@ -462,7 +565,6 @@ fn settle_messages(
         s.outcome.unanswered += pending.iter().filter(|p| p.acked).count() as u64;
         pending.clear();
     }
-    finish(shared, 1, done_through);
 }
 
 fn on_frame(shared: &Shared, session: &mut Session, pending: &mut VecDeque<Pending>, v: &Value) {
@@ -477,8 +579,17 @@ fn on_frame(shared: &Shared, session: &mut Session, pending: &mut VecDeque<Pendi
             if let Some(p) = pending.iter_mut().find(|p| p.client_id == id && !p.acked) {
                 p.acked = true;
                 s.counters.acked += 1;
-                let us = now.duration_since(p.sent_at).as_micros() as u64;
-                s.ack.saturating_record(us.max(1));
+                if !p.interrupted {
+                    let us = now.duration_since(p.sent_at).as_micros() as u64;
+                    s.ack.saturating_record(us.max(1));
+                }
+                let seq = v["seq"].as_u64();
+                if let Some(seq) = seq.filter(|_| shared.config.restarts > 0) {
+                    session.unverified.push_back((seq, p.client_id.clone()));
+                    if session.unverified.len() > CHECK_MAX {
+                        session.unverified.pop_front();
+                    }
+                }
             }
         }
         "message" => {
@@ -499,11 +610,15 @@ fn on_frame(shared: &Shared, session: &mut Session, pending: &mut VecDeque<Pendi
                 match from {
                     "ai" => {
                         s.outcome.replies_ai += 1;
-                        s.reply_ai.saturating_record(us);
+                        if !p.interrupted {
+                            s.reply_ai.saturating_record(us);
+                        }
                     }
                     "agent" => {
                         s.outcome.replies_agent += 1;
-                        s.reply_agent.saturating_record(us);
+                        if !p.interrupted {
+                            s.reply_agent.saturating_record(us);
+                        }
                     }
                     _ => s.outcome.replies_system += 1,
                 }

@@ -1,6 +1,7 @@
 //! What a worker process tells the `chat` parent: one JSON object a line on its stdout. The parent
-//! answers with one word a line on the worker's stdin (`go`, `storm`, `close`); end of file ends
-//! the worker.
+//! answers with one line on the worker's stdin: a word (`go`, `storm`, `close`), or for a restart
+//! `restart N` (answered [`Event::Armed`]) and then `killed N UNIX_NANOS`; end of file ends the
+//! worker.
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,10 @@ pub enum Event {
     Storm(StormTally),
     /// Every session has been closed.
     Closed(Counters),
+    /// Restart N is announced: a connection lost from now on is that restart, not a failure.
+    Armed { restart: u32 },
+    /// Every session that was open at a restart is back, or has given up.
+    Restarted(RestartTally),
 }
 
 /// Counters the parent shows while a phase runs.
@@ -137,4 +142,60 @@ pub struct StormTally {
     pub resume_us: Buckets,
     pub first_error: Option<String>,
     pub timed_out: bool,
+}
+
+/// One restart of the server, as one worker's sessions lived it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RestartTally {
+    /// 1 for the first restart.
+    pub restart: u32,
+    /// Sessions open when it was announced: the ones that must come back.
+    pub sessions: u64,
+    pub resumed: u64,
+    /// Answered `resume_refused` (or another refusal) by the restarted server.
+    pub refused: u64,
+    /// Never got an answer to `session.resume` before giving up.
+    pub failed: u64,
+    /// Ended for another reason before coming back (counted with the messages).
+    pub ended: u64,
+    /// Connection attempts that failed while the server was down or starting.
+    pub reconnects: u64,
+    /// Connections the server closed with 1012 (going away, resume) rather than just dropped.
+    pub closed_1012: u64,
+    /// From the signal to each session's `session.resumed`.
+    pub resume_us: Buckets,
+    /// Acknowledged messages looked for in the replays, and those not found at their seq.
+    pub acked_checked: u64,
+    pub acked_lost: u64,
+    /// Messages sent but not acknowledged before the drop that the replay held.
+    pub unacked_in_replay: u64,
+    /// ... that it did not hold, so they were sent again (same `client_id`).
+    pub resent: u64,
+    /// Replays with a gap, a duplicate or a seq out of order, or that stopped short.
+    pub replay_errors: u64,
+    pub first_error: Option<String>,
+    pub timed_out: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A variant serde cannot write under the `ev` tag (a bare number, say) would reach the parent
+    /// as an empty line.
+    #[test]
+    fn every_restart_event_crosses_the_pipe() {
+        for ev in [
+            Event::Armed { restart: 2 },
+            Event::Restarted(RestartTally {
+                restart: 2,
+                resume_us: vec![(1500, 3)],
+                ..RestartTally::default()
+            }),
+        ] {
+            let line = serde_json::to_string(&ev).unwrap();
+            let back: Event = serde_json::from_str(&line).unwrap();
+            assert_eq!(serde_json::to_string(&back).unwrap(), line);
+        }
+    }
 }

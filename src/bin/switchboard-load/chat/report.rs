@@ -29,6 +29,7 @@ pub struct Sample {
 pub struct Phases {
     workers: usize,
     progress: Vec<Counters>,
+    shown: Instant,
 }
 
 impl Phases {
@@ -36,6 +37,7 @@ impl Phases {
         Phases {
             workers,
             progress: vec![Counters::default(); workers],
+            shown: Instant::now(),
         }
     }
 
@@ -48,34 +50,62 @@ impl Phases {
         is_end: impl Fn(&Event) -> bool,
     ) -> anyhow::Result<Vec<Event>> {
         let mut ends: Vec<Option<Event>> = vec![None; self.workers];
-        let mut shown = Instant::now();
         while ends.iter().any(Option::is_none) {
-            let (w, ev) = match rx.recv_timeout(Duration::from_secs(1)) {
-                Ok(x) => x,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.show(name, target, t0);
-                    continue;
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    bail!("every worker exited during the {name} phase")
-                }
+            let Some((w, ev)) = self.next(rx, name, target, t0, None)? else {
+                continue;
             };
-            match &ev {
-                Event::Progress(c) => self.progress[w] = c.clone(),
-                Event::Ready(c) | Event::Closed(c) => self.progress[w] = c.clone(),
-                Event::Done(t) => self.progress[w] = t.counters.clone(),
-                Event::Storm(_) => {}
-            }
             if is_end(&ev) {
                 ends[w] = Some(ev);
-            }
-            if shown.elapsed() >= Duration::from_secs(1) {
-                self.show(name, target, t0);
-                shown = Instant::now();
             }
         }
         self.show(name, target, t0);
         Ok(ends.into_iter().flatten().collect())
+    }
+
+    /// The next event other than progress, from whichever worker; `None` once `until` passed.
+    /// Progress is shown every second meanwhile.
+    pub fn next(
+        &mut self,
+        rx: &mpsc::Receiver<(usize, Event)>,
+        name: &str,
+        target: &Target,
+        t0: Instant,
+        until: Option<Instant>,
+    ) -> anyhow::Result<Option<(usize, Event)>> {
+        loop {
+            let mut wait = Duration::from_secs(1);
+            if let Some(u) = until {
+                let left = u.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(None);
+                }
+                wait = wait.min(left);
+            }
+            let got = match rx.recv_timeout(wait) {
+                Ok(x) => Some(x),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!("every worker exited during the {name} phase")
+                }
+            };
+            if let Some((w, ev)) = &got {
+                match ev {
+                    Event::Progress(c) | Event::Ready(c) | Event::Closed(c) => {
+                        self.progress[*w] = c.clone()
+                    }
+                    Event::Done(t) => self.progress[*w] = t.counters.clone(),
+                    Event::Storm(_) | Event::Armed { .. } | Event::Restarted(_) => {}
+                }
+            }
+            if self.shown.elapsed() >= Duration::from_secs(1) {
+                self.show(name, target, t0);
+                self.shown = Instant::now();
+            }
+            match got {
+                Some((_, Event::Progress(_))) | None => continue,
+                Some(x) => return Ok(Some(x)),
+            }
+        }
     }
 
     fn show(&self, name: &str, target: &Target, t0: Instant) {
@@ -132,6 +162,8 @@ pub struct Collected {
     agent_to_customer: Histogram<u64>,
     agents: Value,
     storm: Value,
+    /// What the restarts of the message phase did ([`super::restart::report`]).
+    pub restarts: Value,
     closed: Value,
     pub server_cpu_percent: Option<f64>,
     pub client_cpu_percent: Option<f64>,
@@ -139,7 +171,7 @@ pub struct Collected {
     pub server_exit: Option<String>,
 }
 
-fn first_error<'a>(errors: impl Iterator<Item = &'a Option<String>>) -> Value {
+pub(super) fn first_error<'a>(errors: impl Iterator<Item = &'a Option<String>>) -> Value {
     errors.flatten().next().map_or(Value::Null, |e| json!(e))
 }
 
@@ -167,6 +199,8 @@ impl Collected {
             "msg_rate": args.msg_rate,
             "duration_secs": args.duration,
             "storm": args.storm,
+            "restart": args.restart.map(|h| h.name()),
+            "restarts": if args.restart.is_some() { args.restarts } else { 0 },
             "workers": plan.workers.len(),
             "per_worker_max": plan.per_worker,
             "sources": args.sources,
@@ -191,6 +225,7 @@ impl Collected {
             agent_to_customer: histogram(),
             agents: Value::Null,
             storm: Value::Null,
+            restarts: Value::Null,
             closed: Value::Null,
             server_cpu_percent: None,
             client_cpu_percent: None,
@@ -369,6 +404,7 @@ impl Collected {
             "rtt_ms": rtt,
             "agents": self.agents,
             "storm": self.storm,
+            "restarts": self.restarts,
             "close": self.closed,
             "memory": {
                 "samples": samples,
@@ -390,7 +426,7 @@ impl Collected {
 }
 
 /// p50, p95, p99, p99.9 and max in milliseconds.
-fn percentiles(h: &Histogram<u64>) -> Value {
+pub(super) fn percentiles(h: &Histogram<u64>) -> Value {
     let ms = |us: u64| us as f64 / 1000.0;
     json!({
         "count": h.len(),
@@ -503,6 +539,13 @@ pub fn summary(r: &Value) -> String {
             s["lost"]
         ));
     }
+    for x in r["restarts"]["per_restart"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        out.extend(restart_lines(x, &r["restarts"]));
+    }
     let mem = &r["memory"];
     let samples: Vec<String> = mem["samples"]
         .as_array()
@@ -550,9 +593,71 @@ pub fn summary(r: &Value) -> String {
     out.join("\n")
 }
 
+/// A restart in three lines: the server, the sessions, the messages.
+fn restart_lines(x: &Value, all: &Value) -> Vec<String> {
+    let ms = |v: &Value| v.as_f64().map_or("-".into(), |v| format!("{v:.1} ms"));
+    let srv = &x["server"];
+    let resume = &x["resume_ms"];
+    let mut lines = vec![
+        format!(
+            "restart {} of {} ({}, {:.1} s into the messages): server gone in {} ({}), listening again {} later ({} start{})",
+            x["restart"],
+            all["count"],
+            all["mode"].as_str().unwrap_or(""),
+            x["at_secs"].as_f64().unwrap_or(0.0),
+            ms(&srv["signal_to_exit_ms"]),
+            srv["exit"].as_str().unwrap_or("-"),
+            ms(&srv["relaunch_ms"]),
+            srv["starts"],
+            if srv["starts"] == 1 { "" } else { "s" },
+        ),
+        format!(
+            "  sessions: {} of {} resumed ({} refused, {} failed, {} ended otherwise){}; {} reconnects tried, {} closed 1012",
+            x["resumed"],
+            x["sessions"],
+            x["refused"],
+            x["failed"],
+            x["ended"],
+            if resume["count"].as_u64().unwrap_or(0) > 0 {
+                format!(
+                    ", after the signal: p50 {}, p99 {}, all back at {}",
+                    ms(&resume["p50"]),
+                    ms(&resume["p99"]),
+                    ms(&x["all_back_ms"]),
+                )
+            } else {
+                String::new()
+            },
+            x["reconnect_attempts"],
+            x["closed_1012"],
+        ),
+        format!(
+            "  messages: acknowledged lost {} of {} checked; {} unacknowledged found in the replay, {} sent again; replay errors {}{}",
+            x["acked_lost"],
+            x["acked_checked"],
+            x["unacked_in_replay"],
+            x["resent"],
+            x["replay_errors"],
+            if x["timed_out"] == true { "; TIMED OUT" } else { "" },
+        ),
+    ];
+    if x["refused"].as_u64().unwrap_or(0) > 0 {
+        lines.push(
+            "  resumes refused: the restarted server did not know these sessions (a build without the chat journal?); \
+             their acknowledged messages count as lost"
+                .into(),
+        );
+    }
+    if let Some(e) = x["first_error"].as_str() {
+        lines.push(format!("  first error: {e}"));
+    }
+    lines
+}
+
 /// `--check`: every session opened, every handed-off chat taken by an agent, every message
 /// acknowledged and answered (by the agent in an agent's chat, else by the AI), nothing dropped,
-/// and after a storm every session back with its last message.
+/// after a storm every session back with its last message, and after each restart every session
+/// resumed with every acknowledged message in its replay.
 pub fn check(r: &Value, storm: bool) -> anyhow::Result<()> {
     let n = |v: &Value| v.as_u64().unwrap_or(u64::MAX);
     let mut problems = Vec::new();
@@ -585,6 +690,21 @@ pub fn check(r: &Value, storm: bool) -> anyhow::Result<()> {
         let s = &r["storm"];
         if n(&s["resumed"]) != n(&s["dropped"]) || n(&s["lost"]) != 0 {
             problems.push(format!("storm: {s}"));
+        }
+    }
+    for x in r["restarts"]["per_restart"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if n(&x["acked_lost"]) != 0
+            || n(&x["resumed"]) != n(&x["sessions"])
+            || n(&x["refused"]) != 0
+            || n(&x["failed"]) != 0
+            || n(&x["replay_errors"]) != 0
+            || x["timed_out"] != false
+        {
+            problems.push(format!("restart {}: {x}", x["restart"]));
         }
     }
     if problems.is_empty() {

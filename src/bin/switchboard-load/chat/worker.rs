@@ -2,8 +2,12 @@
 //! parent, so that the sessions of a run can outnumber one process's open files. It opens its
 //! share of the sessions at its share of the ramp rate, one task each on a single-threaded
 //! runtime, and moves them through the phases the parent names on stdin (`go`, `storm`,
-//! `close`), reporting [`Event`]s on stdout. Its share of the agents signs in first, one task
-//! each ([`agent`]), and stays until the worker ends. It exits when its stdin closes.
+//! `close`), reporting [`Event`]s on stdout. During the message phase the parent may announce a
+//! server restart (`restart N`, then `killed N UNIX_NANOS` once it signalled the server): the
+//! worker arms it before answering, so that its sessions take the lost connections for the
+//! restart, and reports it once every session is back or given up. Its share of the agents signs
+//! in first, one task each ([`agent`]), and stays until the worker ends. It exits when its stdin
+//! closes.
 
 use std::cell::RefCell;
 use std::io::{BufRead, Write};
@@ -16,6 +20,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 
 use super::agent::{self, AgentConfig};
+use super::customer::rejoin::REJOIN_DEADLINE;
 use super::customer::{self, Config, Phase, Shared, Stats};
 use super::events::{buckets, Event, StormTally, Tally};
 use crate::procs;
@@ -23,6 +28,9 @@ use crate::procs;
 /// Connects in flight per worker: enough to ramp fast, few enough not to overflow the listen
 /// backlog (`net.core.somaxconn` is 4096 here).
 const CONNECTS_IN_FLIGHT: usize = 256;
+
+/// Time a restart may add to the message phase: every session's way back, and then some.
+const RESTART_ALLOWANCE: Duration = Duration::from_secs(REJOIN_DEADLINE.as_secs() + 60);
 
 /// The environment variable the parent passes the agents' token secret in (kept off the command
 /// line, where `ps` would show it).
@@ -59,6 +67,9 @@ pub struct WorkerArgs {
     /// Share of sessions the AI hands to a human.
     #[arg(long, default_value_t = 0.0)]
     pub handoff_rate: f64,
+    /// Server restarts the parent will make during the message phase.
+    #[arg(long, default_value_t = 0)]
+    pub restarts: u32,
 }
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
@@ -94,6 +105,7 @@ async fn work(args: WorkerArgs) -> anyhow::Result<()> {
             duration: Duration::from_secs_f64(args.duration_secs.max(0.0)),
             count: args.sessions,
             handoff_rate: args.handoff_rate,
+            restarts: args.restarts,
         },
         stats: RefCell::new(Stats::new()),
         connect_gate: Semaphore::new(CONNECTS_IN_FLIGHT),
@@ -134,14 +146,37 @@ async fn work(args: WorkerArgs) -> anyhow::Result<()> {
     wait_phase(&shared, 0, Duration::from_secs(3600), args.agents as u64).await;
     emit(&Event::Ready(shared.stats.borrow().counters.clone()));
     while let Some(cmd) = commands.recv().await {
-        match cmd.as_str() {
+        let mut words = cmd.split_whitespace();
+        match words.next().unwrap_or_default() {
             "go" => {
                 let start = Instant::now() + Duration::from_millis(100);
                 let _ = phase_tx.send(Phase::Go { start });
-                let limit =
-                    Duration::from_secs_f64(args.duration_secs.max(0.0)) + Duration::from_secs(30);
-                let timed_out = !wait_phase(&shared, 1, limit, 0).await;
-                emit(&Event::Done(tally(&shared.stats.borrow(), timed_out)));
+                let limit = Duration::from_secs_f64(args.duration_secs.max(0.0))
+                    + Duration::from_secs(30)
+                    + RESTART_ALLOWANCE * args.restarts;
+                // In its own task: restarts are announced while the messages go on.
+                let shared = shared.clone();
+                tokio::task::spawn_local(async move {
+                    let timed_out = !wait_phase(&shared, 1, limit, 0).await;
+                    emit(&Event::Done(tally(&shared.stats.borrow(), timed_out)));
+                });
+            }
+            "restart" => {
+                let Some(n) = words.next().and_then(|w| w.parse::<u32>().ok()) else {
+                    continue;
+                };
+                shared.stats.borrow_mut().arm(n);
+                emit(&Event::Armed { restart: n });
+                tokio::task::spawn_local(report_restart(shared.clone(), n));
+            }
+            "killed" => {
+                let n = words.next().and_then(|w| w.parse::<u32>().ok());
+                let at = words.next().and_then(|w| w.parse::<u128>().ok());
+                if let (Some(n), Some(at)) = (n, at) {
+                    if let Some(r) = shared.stats.borrow_mut().restart(n) {
+                        r.killed_at = Some(at);
+                    }
+                }
             }
             "storm" => {
                 let _ = phase_tx.send(Phase::Storm { at: Instant::now() });
@@ -160,6 +195,31 @@ async fn work(args: WorkerArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Emits [`Event::Restarted`] for restart `n` once every session open at it is back or given up
+/// (or after [`RESTART_ALLOWANCE`]).
+async fn report_restart(shared: Rc<Shared>, n: u32) {
+    let deadline = Instant::now() + RESTART_ALLOWANCE;
+    loop {
+        let settled = shared
+            .stats
+            .borrow_mut()
+            .restart(n)
+            .is_some_and(|r| r.settled());
+        let timed_out = Instant::now() >= deadline;
+        if settled || timed_out {
+            let tally = shared
+                .stats
+                .borrow_mut()
+                .restart(n)
+                .map(|r| r.tally(n, timed_out))
+                .unwrap_or_default();
+            emit(&Event::Restarted(tally));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Reports progress every half second until every session is through `phase` and `agents` agents
