@@ -15,6 +15,7 @@
 use std::path::Path;
 use std::sync::mpsc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures_channel::oneshot;
@@ -179,6 +180,9 @@ impl SqliteChatJournal {
                 Synchronous::Normal => "NORMAL",
             },
         )?;
+        // Sessions' newest pages are read back on every append (the frames' and records'
+        // B-trees): a page cache that holds them saves a read for each.
+        conn.pragma_update(None, "cache_size", -16384)?;
         conn.execute_batch(SCHEMA)?;
         let (tx, rx) = mpsc::channel();
         thread::Builder::new()
@@ -207,12 +211,22 @@ impl SqliteChatJournal {
     }
 }
 
-/// The journal's thread: every append waiting is committed in one transaction, then reads run.
+/// How long the journal thread gathers appends after the first before it commits them. A commit
+/// writes every page it touched to the WAL once, whatever the number of appends in it: under load
+/// most of the journal's cost is that write, so a commit a millisecond for everything that came
+/// in it costs a fraction of a commit per append (BENCHMARKS.md, "Chat journal"), for at most this
+/// much more wait before an ack.
+const COMMIT_WINDOW: Duration = Duration::from_millis(1);
+
+/// The journal's thread: every append waiting (gathered for up to [`COMMIT_WINDOW`]) is committed
+/// in one transaction, then reads run.
 fn run(mut conn: Connection, ops: mpsc::Receiver<Op>) {
     while let Ok(first) = ops.recv() {
         let mut batch = vec![first];
+        let until = Instant::now() + COMMIT_WINDOW;
         while batch.len() < BATCH_MAX {
-            match ops.try_recv() {
+            let left = until.saturating_duration_since(Instant::now());
+            match ops.recv_timeout(left) {
                 Ok(op) => batch.push(op),
                 Err(_) => break,
             }
@@ -269,8 +283,14 @@ fn commit(conn: &mut Connection, appends: &[Append]) -> rusqlite::Result<()> {
         let mut frame = tx.prepare_cached(
             "INSERT OR REPLACE INTO chat_frames (session_id, seq, at, body) VALUES (?1, ?2, ?3, ?4)",
         )?;
+        // An update in place: REPLACE would delete the row and insert it again, index entries
+        // and all, on every append.
         let mut upsert = tx.prepare_cached(&format!(
-            "INSERT OR REPLACE INTO chat_sessions ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            "INSERT INTO chat_sessions ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+             ON CONFLICT (session_id) DO UPDATE SET resume_token_hash = excluded.resume_token_hash, \
+             state = excluded.state, last_seq = excluded.last_seq, \
+             last_activity_at = excluded.last_activity_at, detached_at = excluded.detached_at, \
+             closed = excluded.closed"
         ))?;
         for (session_id, frames, record, _) in appends {
             let id = session_id.to_string();
