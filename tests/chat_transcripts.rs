@@ -174,7 +174,11 @@ async fn unknown_chats_bad_ids_and_bad_pages_are_refused_with_their_reasons() {
     assert_eq!(fresh.status, 200, "{}", fresh.text);
     assert!(fresh.body["last_seq"].as_u64().unwrap() >= first);
     let page = get(&known("/messages")).await;
-    assert_eq!(page.body["messages"][0]["client_id"], "m-1", "{}", page.text);
+    assert_eq!(
+        page.body["messages"][0]["client_id"], "m-1",
+        "{}",
+        page.text
+    );
 
     let unknown = "0190f5a8-1c2d-7e3f-8a4b-5c6d7e8f9a0b";
     for path in [
