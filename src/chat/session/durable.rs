@@ -260,6 +260,13 @@ impl Session {
     }
 
     fn carry_out(&mut self, ending: Ending, ctx: &mut Context<Self>) {
+        if matches!(ending, Ending::Passivate | Ending::Expire) && self.attached.is_some() {
+            // A resume came in while the last write was under way: the client is back, so the
+            // session stays, and its record says so again.
+            self.expired = false;
+            self.dirty = true;
+            return self.persist(ctx);
+        }
         match ending {
             Ending::Close(code, reason) => {
                 if let Some(mut att) = self.attached.take() {
