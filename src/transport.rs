@@ -19,8 +19,8 @@ pub mod frame;
 pub mod handshake;
 
 pub use connection::{
-    accept, accept_routed, Inbound, Limits, Outbound, SendError, TransportError,
-    DEFAULT_CLOSE_TIMEOUT,
+    accept, accept_routed, adopt, Detached, Inbound, Limits, NotDetachable, Outbound, SendError,
+    TransportError, DEFAULT_CLOSE_TIMEOUT,
 };
 pub use frame::{close_code, Message, ProtocolError};
 pub use handshake::{Head, Route};

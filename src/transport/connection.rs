@@ -126,6 +126,8 @@ enum Phase {
     Closing,
     /// Nobody: the socket is dropped.
     Closed,
+    /// Nobody here: the socket was taken out for another process ([`Outbound::detach`]).
+    HandedOver,
 }
 
 /// What both halves (and the closing task) share.
@@ -141,6 +143,8 @@ struct Shared {
     reader: RefCell<Reader>,
     /// A close frame was queued or sent: nothing more may be sent.
     close_sent: Cell<bool>,
+    /// Reading stopped ([`Outbound::pause`]): input waits in the kernel for whoever reads next.
+    paused: Cell<bool>,
     phase: Cell<Phase>,
     /// The peer's close, read by the closing task after the server's own, for the inbound half.
     peer_close: RefCell<Option<Option<(u16, String)>>>,
@@ -159,6 +163,7 @@ impl Shared {
             pong: RefCell::new(None),
             reader: RefCell::new(reader),
             close_sent: Cell::new(false),
+            paused: Cell::new(false),
             phase: Cell::new(Phase::Open),
             peer_close: RefCell::new(None),
             waker: RefCell::new(None),
@@ -183,7 +188,7 @@ impl Shared {
     /// Writes one frame: straight to the socket, queueing only what it would not take. `bounded`:
     /// refuse it if the queue is already past `max_queued` (a close frame is never refused).
     fn send(&self, opcode: Opcode, payload: &[u8], bounded: bool) -> Result<(), SendError> {
-        if self.close_sent.get() || self.phase.get() == Phase::Closed {
+        if self.close_sent.get() || matches!(self.phase.get(), Phase::Closed | Phase::HandedOver) {
             return Err(SendError::Closed);
         }
         let mut header = [0u8; frame::MAX_HEADER_LEN];
@@ -503,6 +508,51 @@ pub async fn accept_routed(
     }
 }
 
+/// Takes over a connection another process upgraded and served (an upgrade's handover): `socket`
+/// is its established socket, `raw` the bytes that process had read and not yet decoded. Must be
+/// called inside a tokio runtime, on the thread that will serve the connection.
+pub fn adopt(
+    socket: std::net::TcpStream,
+    raw: Vec<u8>,
+    limits: &Limits,
+) -> io::Result<(Inbound, Outbound)> {
+    socket.set_nonblocking(true)?;
+    let stream = TcpStream::from_std(socket)?;
+    let mut reader = Reader::new(Role::Server, limits.max_frame, limits.max_message);
+    reader.keep(&raw);
+    let inbound = Inbound {
+        shared: Rc::new(Shared::new(stream, reader, limits)),
+        state: State::Open,
+        run_messages: 0,
+        run_bytes: 0,
+    };
+    let outbound = Outbound {
+        shared: inbound.shared.clone(),
+    };
+    Ok((inbound, outbound))
+}
+
+/// A connection taken out of this process ([`Outbound::detach`]): its socket, and the bytes read
+/// from it that no message has used yet.
+#[derive(Debug)]
+pub struct Detached {
+    pub socket: std::net::TcpStream,
+    pub raw: Vec<u8>,
+}
+
+/// Why a connection cannot be taken out as it is (it is then closed, and its client resumes).
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum NotDetachable {
+    #[error("the connection is closing or closed")]
+    Closed,
+    #[error("bytes are queued for the peer")]
+    Queued,
+    #[error("a fragmented message is half read")]
+    MidMessage,
+    #[error("the socket could not be taken from the runtime")]
+    Io,
+}
+
 async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
         stream.writable().await?;
@@ -565,6 +615,9 @@ impl Stream for Inbound {
                 this.state = State::Done;
                 return Poll::Ready(None);
             }
+            return Poll::Pending;
+        }
+        if this.shared.paused.get() {
             return Poll::Pending;
         }
         if this.run_messages >= POLL_BUDGET_MESSAGES || this.run_bytes >= POLL_BUDGET_BYTES {
@@ -686,6 +739,47 @@ impl Outbound {
     pub fn close(&self, code: u16, reason: &str) {
         if self.shared.send_close(code, reason) {
             self.shared.begin_closing(true);
+        }
+    }
+
+    /// Stops reading: whatever the peer sends from now on waits in the kernel (for
+    /// [`Outbound::detach`]). Sending still works.
+    pub fn pause(&self) {
+        self.shared.paused.set(true);
+    }
+
+    /// Reads again after [`Outbound::pause`].
+    pub fn resume(&self) {
+        self.shared.paused.set(false);
+        self.shared.wake_inbound();
+    }
+
+    /// Takes the socket out, to hand to another process: only between whole messages, with nothing
+    /// queued for the peer, and before any close. The halves are inert afterwards (sends fail, the
+    /// inbound half yields nothing). Call [`Outbound::pause`] first and let held frames go.
+    pub fn detach(&self) -> Result<Detached, NotDetachable> {
+        let shared = &self.shared;
+        if shared.phase.get() != Phase::Open || shared.close_sent.get() {
+            return Err(NotDetachable::Closed);
+        }
+        if !shared.out.borrow().is_empty() || shared.pong.borrow().is_some() {
+            return Err(NotDetachable::Queued);
+        }
+        let raw = shared
+            .reader
+            .borrow_mut()
+            .take_raw()
+            .ok_or(NotDetachable::MidMessage)?;
+        let stream = shared
+            .stream
+            .borrow_mut()
+            .take()
+            .ok_or(NotDetachable::Closed)?;
+        shared.phase.set(Phase::HandedOver);
+        shared.wake_inbound();
+        match stream.into_std() {
+            Ok(socket) => Ok(Detached { socket, raw }),
+            Err(_) => Err(NotDetachable::Io),
         }
     }
 
@@ -883,6 +977,63 @@ mod tests {
         let close = read_frame(&client, &mut buf).await;
         assert_eq!(close.opcode, Opcode::Close);
         assert_eq!(close.payload, 4001u16.to_be_bytes());
+    }
+
+    #[actix_rt::test]
+    async fn a_detached_connection_is_served_on_where_it_stopped() {
+        let two = frame::encode(true, Opcode::Text, b"two", Some(MASK));
+        let three = frame::encode(true, Opcode::Text, b"three", Some(MASK));
+        let mut first = upgrade_request("switchboard.v1");
+        first.extend_from_slice(&frame::encode(true, Opcode::Text, b"one", Some(MASK)));
+        first.extend_from_slice(&two[..3]);
+        let (client, accepted) = connect(&first, &Limits::default()).await;
+        let (_, mut inbound, outbound) = accepted.unwrap();
+        let mut buf = Vec::new();
+        read_head(&client, &mut buf).await;
+        assert_eq!(
+            inbound.next().await.unwrap().unwrap(),
+            Message::Text("one".into())
+        );
+        outbound.pause();
+        write_all(&client, &two[3..]).await.unwrap();
+        write_all(&client, &three).await.unwrap();
+        // Paused: the rest waits in the kernel; only the half frame read before is held.
+        let detached = outbound.detach().unwrap();
+        assert_eq!(detached.raw, two[..3]);
+        assert!(outbound.send_text("gone").is_err());
+        assert!(outbound.detach().is_err());
+
+        let (mut adopted, out) = adopt(detached.socket, detached.raw, &Limits::default()).unwrap();
+        assert_eq!(
+            adopted.next().await.unwrap().unwrap(),
+            Message::Text("two".into())
+        );
+        assert_eq!(
+            adopted.next().await.unwrap().unwrap(),
+            Message::Text("three".into())
+        );
+        out.send_text("after").unwrap();
+        let frame = read_frame(&client, &mut buf).await;
+        assert_eq!(frame.payload, b"after");
+    }
+
+    #[actix_rt::test]
+    async fn a_half_read_fragmented_message_cannot_be_detached() {
+        let mut first = upgrade_request("switchboard.v1");
+        first.extend_from_slice(&frame::encode(false, Opcode::Text, b"half", Some(MASK)));
+        let (client, accepted) = connect(&first, &Limits::default()).await;
+        let (_, mut inbound, outbound) = accepted.unwrap();
+        let mut buf = Vec::new();
+        read_head(&client, &mut buf).await;
+        let ping = frame::encode(true, Opcode::Ping, b"p", Some(MASK));
+        write_all(&client, &ping).await.unwrap();
+        // The ping is read after the open fragment: the message is half assembled.
+        assert_eq!(
+            inbound.next().await.unwrap().unwrap(),
+            Message::Ping(b"p".to_vec())
+        );
+        outbound.pause();
+        assert_eq!(outbound.detach().unwrap_err(), NotDetachable::MidMessage);
     }
 
     #[actix_rt::test]

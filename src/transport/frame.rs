@@ -543,6 +543,16 @@ impl Reader {
         self.partial.capacity()
     }
 
+    /// Takes the raw bytes held, for another process to decode from (an upgrade's handover):
+    /// `None` while a fragmented message is open, whose assembled part cannot travel as bytes.
+    pub fn take_raw(&mut self) -> Option<Vec<u8>> {
+        if self.assembler.open.is_some() {
+            return None;
+        }
+        self.ahead = None;
+        Some(std::mem::take(&mut self.partial))
+    }
+
     /// Forgets everything held (after an error: nothing more will be read as frames).
     pub fn clear(&mut self) {
         self.partial = Vec::new();
