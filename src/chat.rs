@@ -21,6 +21,7 @@ pub mod agents;
 pub mod attached;
 pub mod auth;
 pub mod desk;
+pub mod handover;
 pub mod history;
 pub mod link;
 pub mod protocol;

@@ -71,6 +71,11 @@ pub const CHAT_PASSIVATED: &str = "switchboard_chat_sessions_passivated_total";
 pub const CHAT_RESTORED: &str = "switchboard_chat_sessions_restored_total";
 pub const CHAT_JOURNAL_EXPIRED: &str = "switchboard_chat_journal_expired_total";
 pub const CHAT_PRUNED: &str = "switchboard_chat_pruned_total";
+pub const UPGRADE_HANDED_OVER: &str = "switchboard_upgrade_handed_over_total";
+pub const UPGRADE_CLOSED: &str = "switchboard_upgrade_closed_total";
+pub const UPGRADE_ADOPTED: &str = "switchboard_upgrade_adopted_total";
+pub const UPGRADE_SECONDS: &str = "switchboard_upgrade_seconds";
+pub const UPGRADE_ROLLBACKS: &str = "switchboard_upgrade_rollbacks_total";
 pub const CHAT_ADMISSION_REFUSED: &str = "switchboard_chat_admission_refusals_total";
 pub const CHAT_SLOW_CONSUMERS: &str = "switchboard_chat_slow_consumer_disconnects_total";
 pub const CHAT_RESUMES: &str = "switchboard_chat_resumes_total";
@@ -343,6 +348,27 @@ fn describe_chat() {
     describe_counter!(
         CHAT_PRUNED,
         "Chat sessions (with their transcripts) removed by the retention prune (chat.retention_days)."
+    );
+    describe_counter!(
+        UPGRADE_HANDED_OVER,
+        "Chat connections handed to the next process by an upgrade, by party (customer, agent)."
+    );
+    describe_counter!(
+        UPGRADE_CLOSED,
+        "Chat connections an upgrade could not hand over and closed with 1012 (resume), by reason."
+    );
+    describe_counter!(
+        UPGRADE_ADOPTED,
+        "Chat connections this process took over from the one it replaced, by party and outcome."
+    );
+    describe_gauge!(
+        UPGRADE_SECONDS,
+        Unit::Seconds,
+        "The takeover that started this process: from asking the old process to hand over to ready."
+    );
+    describe_counter!(
+        UPGRADE_ROLLBACKS,
+        "Upgrades abandoned because the new process was not ready in time; this process kept serving."
     );
     describe_counter!(
         CHAT_ASSET_REQUESTS,

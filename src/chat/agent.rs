@@ -24,6 +24,7 @@ use self::protocol::{AgentFrame, AgentServerFrame, Presence};
 use self::state::AgentState;
 use super::attached::{Attached, Beat, FrameRate, Rate, Sent};
 use super::auth::{self, AgentIdentity};
+use super::handover::{HandOff, HandedOver, Party};
 use super::history::ReplayError;
 use super::link::{Connection, Inbound, Lane, Local};
 use super::protocol::{close, ErrorCode};
@@ -59,6 +60,13 @@ pub enum Opening {
     Resume {
         last_seq: u64,
     },
+    /// Handed over by the process this one replaced: signed in as it was there, and told nothing.
+    Adopted {
+        last_seq: u64,
+        presence: Presence,
+        capacity: u32,
+        auto_assign: bool,
+    },
 }
 
 /// Registry → agent: attach this (authenticated) connection.
@@ -76,10 +84,23 @@ pub struct AttachAgent {
 pub struct AgentTick;
 
 /// Registry → agent on shutdown or upgrade: close (1012: resume) and stop, keeping their chats
-/// (the sessions' journal has them in the agent's hands for the next process).
+/// (the sessions' journal has them in the agent's hands for the next process). In an upgrade
+/// (`hand_to`) the connection goes to the next process instead, once the requests already sent
+/// (a message waiting for its commit) are answered.
+#[derive(Message, Debug, Clone, Default)]
+#[rtype(result = "()")]
+pub struct EndAgent {
+    pub hand_to: Option<HandOff>,
+}
+
+/// Registry → agent as an upgrade begins: stop reading the connection (what the agent sends waits
+/// in the kernel for the next process), and go on sending.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
-pub struct EndAgent;
+pub struct PauseAgent;
+
+/// How long a handing-over agent waits for its requests in flight to be answered.
+const HAND_OVER_WAIT: Duration = Duration::from_secs(2);
 
 pub struct Agent {
     state: AgentState,
@@ -92,6 +113,13 @@ pub struct Agent {
     stale_reader: Option<SpawnHandle>,
     /// Stopped for the next process: the chats stay the agent's.
     keep_chats: bool,
+    /// Requests to sessions and the queue not yet answered.
+    in_flight: u32,
+    /// Handing the connection over once `in_flight` is zero.
+    hand_to: Option<HandOff>,
+    /// Adopted from the last process: chats the console already shows, which come back without a
+    /// `session.assigned`.
+    shown: Vec<SessionId>,
 }
 
 fn unix_now() -> u64 {
@@ -113,7 +141,74 @@ impl Agent {
             presence_before: Presence::Online,
             stale_reader: None,
             keep_chats: false,
+            in_flight: 0,
+            hand_to: None,
+            shown: Vec::new(),
         }
+    }
+
+    /// An agent whose connection the last process handed over: the stream goes on from
+    /// `last_seq`, and the chats in `shown` come back silently (the console has them).
+    pub fn adopted(
+        identity: &AgentIdentity,
+        deps: Arc<AgentDeps>,
+        last_seq: u64,
+        shown: Vec<SessionId>,
+    ) -> Self {
+        let mut agent = Self::continuing(identity, deps, last_seq);
+        agent.shown = shown;
+        agent
+    }
+
+    /// After an adoption: reads the connection again once every chat the console shows is back
+    /// (or when waiting is over: one that did not come back was closed meanwhile).
+    fn shown_back(&mut self, give_up: bool) {
+        if give_up {
+            self.shown.clear();
+        }
+        if self.shown.is_empty() && self.hand_to.is_none() {
+            if let Some(att) = self.attached.as_mut() {
+                att.link.resume();
+            }
+        }
+    }
+
+    /// Hands the connection over if nothing is in flight any more.
+    fn settle(&mut self, ctx: &mut Context<Self>) {
+        if self.hand_to.is_some() && self.in_flight == 0 {
+            self.hand_over(ctx);
+        }
+    }
+
+    /// Gives the connection to the next process (or closes it 1012 if it cannot go) and stops.
+    fn hand_over(&mut self, ctx: &mut Context<Self>) {
+        let Some(hand_to) = self.hand_to.take() else {
+            return;
+        };
+        if let Some(mut att) = self.attached.take() {
+            metrics::gauge!(m::AGENT_CONNECTIONS).decrement(1.0);
+            match att.link.detach() {
+                Some(socket) => hand_to.push(HandedOver {
+                    party: Party::Agent {
+                        agent_id: self.state.me.id.clone(),
+                        name: self.state.me.name.clone(),
+                        expires_at: self.state.expires_at,
+                        last_seq: self.state.last_seq(),
+                        presence: self.state.presence,
+                        capacity: self.state.capacity,
+                        auto_assign: self.state.auto_assign,
+                        held: self.state.held(),
+                    },
+                    socket,
+                }),
+                None => {
+                    metrics::counter!(m::UPGRADE_CLOSED, "party" => "agent").increment(1);
+                    att.link
+                        .close(close::SERVICE_RESTART, "server restarting: resume");
+                }
+            }
+        }
+        ctx.stop();
     }
 
     /// An agent resuming a stream the last process numbered up to `last_seq`: the numbering goes on
@@ -274,40 +369,56 @@ impl Agent {
             agent: self.me(),
             op,
         };
+        self.in_flight += 1;
         ctx.spawn(
             session
                 .send(command)
                 .into_actor(self)
-                .map(move |result, act, _| match result {
-                    Ok(Ok(Some(seq))) => {
-                        if let Some(client_id) = client_id {
-                            act.deliver(
-                                &AgentServerFrame::Ack {
-                                    session_id,
-                                    client_id,
-                                    seq,
-                                },
-                                Lane::Reliable,
-                            );
-                        }
-                    }
-                    Ok(Ok(None)) => {}
-                    Ok(Err(refused)) => {
-                        let code = match refused {
-                            Refused::Closed => ErrorCode::SessionClosed,
-                            Refused::AlreadyClaimed(_) => ErrorCode::AlreadyClaimed,
-                            Refused::NotOwner => ErrorCode::NotJoined,
-                        };
-                        act.error_for(code, refused.to_string(), session_id, client_id);
-                    }
-                    Err(_) => act.error_for(
-                        ErrorCode::SessionClosed,
-                        "the session has ended".into(),
-                        session_id,
-                        client_id,
-                    ),
+                .map(move |result, act, ctx| {
+                    act.in_flight -= 1;
+                    act.answered(session_id, client_id, result);
+                    act.settle(ctx);
                 }),
         );
+    }
+
+    /// A session's answer to an agent's request.
+    fn answered(
+        &mut self,
+        session_id: SessionId,
+        client_id: Option<String>,
+        result: Result<Result<Option<u64>, Refused>, MailboxError>,
+    ) {
+        let act = self;
+        match result {
+            Ok(Ok(Some(seq))) => {
+                if let Some(client_id) = client_id {
+                    act.deliver(
+                        &AgentServerFrame::Ack {
+                            session_id,
+                            client_id,
+                            seq,
+                        },
+                        Lane::Reliable,
+                    );
+                }
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(refused)) => {
+                let code = match refused {
+                    Refused::Closed => ErrorCode::SessionClosed,
+                    Refused::AlreadyClaimed(_) => ErrorCode::AlreadyClaimed,
+                    Refused::NotOwner => ErrorCode::NotJoined,
+                };
+                act.error_for(code, refused.to_string(), session_id, client_id);
+            }
+            Err(_) => act.error_for(
+                ErrorCode::SessionClosed,
+                "the session has ended".into(),
+                session_id,
+                client_id,
+            ),
+        }
     }
 
     fn error_for(
@@ -335,12 +446,15 @@ impl Agent {
             handle: ctx.address().recipient(),
             session_id,
         };
+        self.in_flight += 1;
         ctx.spawn(
             self.deps
                 .queue
                 .send(join)
                 .into_actor(self)
-                .map(move |result, act, _| {
+                .map(move |result, act, ctx| {
+                    act.in_flight -= 1;
+                    act.settle(ctx);
                     let Ok(Err(e)) = result else {
                         return;
                     };
@@ -588,7 +702,28 @@ impl Handler<AttachAgent> for Agent {
                 self.state.presence = self.presence_before;
                 Some(last_seq)
             }
+            Opening::Adopted {
+                presence,
+                capacity,
+                auto_assign,
+                ..
+            } => {
+                metrics::counter!(m::UPGRADE_ADOPTED, "party" => "agent", "outcome" => "attached")
+                    .increment(1);
+                self.state.presence = presence;
+                self.state.capacity = capacity;
+                self.state.auto_assign = auto_assign;
+                if !self.shown.is_empty() {
+                    // What the console sends about its chats waits until they are back here.
+                    if let Some(att) = self.attached.as_mut() {
+                        att.link.pause();
+                    }
+                    ctx.run_later(HAND_OVER_WAIT, |act, _| act.shown_back(true));
+                }
+                None
+            }
         };
+        let adopted = matches!(msg.opening, Opening::Adopted { .. });
         if self.state.presence == Presence::Offline {
             self.release_all();
         }
@@ -607,6 +742,10 @@ impl Handler<AttachAgent> for Agent {
                 .send(up)
                 .into_actor(self)
                 .map(move |snapshot, act, _| {
+                    if adopted {
+                        // The console has its `agent.ready` from the last process.
+                        return;
+                    }
                     let snapshot = snapshot.unwrap_or_default();
                     let ready = AgentServerFrame::Ready {
                         agent_id: act.state.me.id.clone(),
@@ -650,6 +789,13 @@ impl Handler<ToAgent> for Agent {
                     });
                 }
                 self.sessions.insert(session_id, session);
+                if let Some(i) = self.shown.iter().position(|s| *s == session_id) {
+                    // Back after an upgrade: the console shows it already.
+                    self.shown.swap_remove(i);
+                    self.state.hold(session_id);
+                    self.shown_back(false);
+                    return;
+                }
                 let frame = self
                     .state
                     .assigned(session_id, customer, by, history, has_more);
@@ -769,14 +915,31 @@ impl Agent {
 impl Handler<EndAgent> for Agent {
     type Result = ();
 
-    fn handle(&mut self, _: EndAgent, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: EndAgent, ctx: &mut Context<Self>) {
         self.keep_chats = true;
+        if let (Some(hand_to), Some(att)) = (msg.hand_to, self.attached.as_mut()) {
+            att.link.pause();
+            self.hand_to = Some(hand_to);
+            // Bounded: a session that never answers does not hold the upgrade.
+            ctx.run_later(HAND_OVER_WAIT, |act, ctx| act.hand_over(ctx));
+            return self.settle(ctx);
+        }
         if let Some(mut att) = self.attached.take() {
             att.link
                 .close(close::SERVICE_RESTART, "server restarting: resume");
             metrics::gauge!(m::AGENT_CONNECTIONS).decrement(1.0);
         }
         ctx.stop();
+    }
+}
+
+impl Handler<PauseAgent> for Agent {
+    type Result = ();
+
+    fn handle(&mut self, _: PauseAgent, _: &mut Context<Self>) {
+        if let Some(att) = self.attached.as_mut() {
+            att.link.pause();
+        }
     }
 }
 

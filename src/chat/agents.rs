@@ -11,12 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures_channel::oneshot;
 
-use super::agent::{Agent, AgentDeps, AgentTick, AttachAgent, EndAgent, Opening};
+use super::agent::{Agent, AgentDeps, AgentTick, AttachAgent, EndAgent, Opening, PauseAgent};
 use super::auth::AgentIdentity;
+use super::handover::HandOff;
 use super::link::{Lane, Local};
 use super::protocol::{close, ErrorCode};
-use crate::domain::ids::AgentId;
+use crate::domain::ids::{AgentId, SessionId};
 use crate::metrics as m;
 use crate::supervisor::keyed::{ChildExited, ExitOutcome, KeyedChildren, KeyedConfig};
 use crate::supervisor::supervised::{Exit, ExitReport, Restart};
@@ -28,6 +30,8 @@ pub struct AgentConnected {
     pub conn: Local,
     pub identity: AgentIdentity,
     pub opening: Opening,
+    /// For an adopted connection: the chats its console shows.
+    pub shown: Vec<SessionId>,
 }
 
 /// Anyone → registry: agents signed in (connected or within their grace).
@@ -35,10 +39,20 @@ pub struct AgentConnected {
 #[rtype(result = "usize")]
 pub struct CountAgents;
 
-/// Shutdown → registry: end every agent. Reply: how many.
-#[derive(Message, Debug)]
+/// Shutdown or upgrade → registry: end every agent (each keeps their chats for the next process;
+/// with `hand_to`, connections are handed over instead of closed). Answered once all have
+/// stopped (or after `deadline`), with how many there were.
+#[derive(Message, Debug, Default)]
 #[rtype(result = "usize")]
-pub struct EndAllAgents;
+pub struct EndAllAgents {
+    pub hand_to: Option<HandOff>,
+    pub deadline: Duration,
+}
+
+/// Upgrade → registry: every agent stops reading its connection (see [`PauseAgent`]).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct PauseAgents;
 
 pub type AgentExited = ChildExited<AgentId, Agent>;
 
@@ -60,6 +74,8 @@ pub struct AgentRegistry {
     /// Agents this process has had: an unknown one resuming was signed in to the previous
     /// process (a restart or an upgrade), not past its grace here.
     seen: std::collections::HashSet<AgentId>,
+    /// Ending every agent: answered once all have stopped.
+    ending: Vec<oneshot::Sender<()>>,
 }
 
 impl AgentRegistry {
@@ -80,6 +96,7 @@ impl AgentRegistry {
             escalate,
             live,
             seen: std::collections::HashSet::new(),
+            ending: Vec::new(),
         }
     }
 
@@ -108,7 +125,7 @@ impl actix::Supervised for AgentRegistry {
             live = self.children.len(),
             "agent registry restarting; ending every agent"
         );
-        self.children.broadcast(EndAgent);
+        self.children.broadcast(EndAgent::default());
         self.children.stop_all();
         self.children.reset_intensity();
         self.publish_count();
@@ -125,10 +142,12 @@ impl Handler<AgentConnected> for AgentRegistry {
             // A resume of an agent whose grace ended has nothing to resume: saying so, rather than
             // quietly starting afresh, tells the console its chats are gone. An agent this
             // process never had was signed in to the one before it: their stream goes on.
-            if let Opening::Resume { last_seq } = msg.opening {
-                if !self.seen.contains(&msg.identity.id) {
+            match msg.opening {
+                Opening::Resume { last_seq } if !self.seen.contains(&msg.identity.id) => {
                     continuing = Some(last_seq);
                 }
+                Opening::Adopted { last_seq, .. } => continuing = Some(last_seq),
+                _ => {}
             }
             if let (Opening::Resume { .. }, None) = (&msg.opening, continuing) {
                 tracing::info!(agent_id = %msg.identity.id, "agent resume refused: no stream kept");
@@ -155,12 +174,15 @@ impl Handler<AgentConnected> for AgentRegistry {
         let deps = self.deps.clone();
         let identity = msg.identity.clone();
         self.seen.insert(msg.identity.id.clone());
-        let (addr, _) = self
-            .children
-            .route(msg.identity.id.clone(), || match continuing {
-                Some(last_seq) => Agent::continuing(&identity, deps, last_seq),
-                None => Agent::new(&identity, deps),
-            });
+        let (addr, _) = self.children.route(msg.identity.id.clone(), || {
+            match (continuing, msg.opening) {
+                (Some(last_seq), Opening::Adopted { .. }) => {
+                    Agent::adopted(&identity, deps, last_seq, msg.shown)
+                }
+                (Some(last_seq), _) => Agent::continuing(&identity, deps, last_seq),
+                (None, _) => Agent::new(&identity, deps),
+            }
+        });
         self.publish_count();
         addr.do_send(AttachAgent {
             conn: msg.conn,
@@ -176,6 +198,11 @@ impl Handler<AgentExited> for AgentRegistry {
     fn handle(&mut self, msg: AgentExited, _: &mut Context<Self>) {
         let outcome = self.children.exited(msg);
         self.publish_count();
+        if self.children.is_empty() {
+            for tx in self.ending.drain(..) {
+                let _ = tx.send(());
+            }
+        }
         if let ExitOutcome::Escalate(reason) = outcome {
             (self.escalate)(Exit::Escalated(reason));
         }
@@ -191,11 +218,32 @@ impl Handler<CountAgents> for AgentRegistry {
 }
 
 impl Handler<EndAllAgents> for AgentRegistry {
-    type Result = usize;
+    type Result = ResponseFuture<usize>;
 
-    fn handle(&mut self, _: EndAllAgents, _: &mut Context<Self>) -> usize {
+    fn handle(&mut self, msg: EndAllAgents, _: &mut Context<Self>) -> Self::Result {
         let n = self.children.len();
-        self.children.broadcast(EndAgent);
-        n
+        self.children.broadcast(EndAgent {
+            hand_to: msg.hand_to,
+        });
+        let (tx, rx) = oneshot::channel();
+        if n == 0 {
+            let _ = tx.send(());
+        } else {
+            self.ending.push(tx);
+        }
+        Box::pin(async move {
+            if tokio::time::timeout(msg.deadline, rx).await.is_err() {
+                tracing::warn!("agents did not all stop in time");
+            }
+            n
+        })
+    }
+}
+
+impl Handler<PauseAgents> for AgentRegistry {
+    type Result = ();
+
+    fn handle(&mut self, _: PauseAgents, _: &mut Context<Self>) {
+        self.children.broadcast(PauseAgent);
     }
 }

@@ -52,6 +52,24 @@ pub trait Link: 'static {
     fn ping(&mut self);
     /// Sends a close frame with `code` and `reason` after what is queued, then closes.
     fn close(&mut self, code: u16, reason: &'static str);
+    /// Stops reading (an upgrade is handing the connection over): the client's frames wait in
+    /// the kernel for the next process. Sending still works.
+    fn pause(&mut self) {}
+    /// Reads again after [`Link::pause`].
+    fn resume(&mut self) {}
+    /// Takes the socket out for the next process, or `None` if this connection cannot go as it
+    /// is (bytes queued, a message half read, another transport): then it is closed instead.
+    fn detach(&mut self) -> Option<Socket> {
+        None
+    }
+}
+
+/// A connection's socket taken out of this process, and the bytes read from it that no frame has
+/// used yet.
+#[derive(Debug)]
+pub struct Socket {
+    pub socket: std::net::TcpStream,
+    pub raw: Vec<u8>,
 }
 
 /// An accepted connection, ready to attach to a session. It is accepted on the sessions' arbiter

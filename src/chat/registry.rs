@@ -27,6 +27,7 @@ use actix::prelude::*;
 use futures_channel::oneshot;
 
 use super::auth;
+use super::handover::HandOff;
 use super::link::{Lane, Local};
 use super::protocol::{close, ErrorCode, ServerFrame};
 use super::routing::{SessionCommand, SessionHandle, ToQueue};
@@ -61,6 +62,8 @@ pub struct ResumeSession {
     pub resume_token: String,
     pub last_seq: u64,
     pub started_at: Instant,
+    /// Handed over by the process this one replaced (see [`Resume::adopted`]).
+    pub adopted: bool,
 }
 
 /// Anyone → registry: live sessions. Reply: the count.
@@ -80,6 +83,8 @@ pub struct EndAll;
 #[rtype(result = "usize")]
 pub struct SuspendAll {
     pub deadline: Duration,
+    /// An upgrade: connections are handed over here instead of closed.
+    pub hand_to: Option<HandOff>,
 }
 
 /// Test hook (fault injection) → registry: make session `id` panic. Reply: whether it was live.
@@ -348,6 +353,7 @@ impl SessionRegistry {
                         resume_token: msg.resume_token,
                         last_seq: msg.last_seq,
                         started_at: msg.started_at,
+                        adopted: msg.adopted,
                     }),
                     None => {
                         metrics::counter!(m::CHAT_RESUMES, "outcome" => "unknown").increment(1);
@@ -519,6 +525,7 @@ impl Handler<ResumeSession> for SessionRegistry {
             resume_token: msg.resume_token,
             last_seq: msg.last_seq,
             started_at: msg.started_at,
+            adopted: msg.adopted,
         });
     }
 }
@@ -561,7 +568,9 @@ impl Handler<SuspendAll> for SessionRegistry {
         let n = self.children.len();
         let (tx, rx) = oneshot::channel();
         self.suspended.get_or_insert_with(Vec::new).push(tx);
-        self.children.broadcast(Suspend);
+        self.children.broadcast(Suspend {
+            hand_to: msg.hand_to.clone(),
+        });
         self.answer_suspended();
         tracing::info!(
             sessions = n,

@@ -34,6 +34,7 @@ use self::state::{
 };
 use super::attached::{Attached, Beat, FrameRate, Rate, Sent};
 use super::desk::{ChatTicket, TicketDesk};
+use super::handover::HandOff;
 use super::link::{Connection, Inbound, Lane, Local};
 use super::protocol::{self, close, Author, ClientFrame, CloseReason, ErrorCode, ServerFrame};
 use super::routing::{AgentHandle, ToAgent, ToQueue};
@@ -100,6 +101,9 @@ pub struct Resume {
     pub resume_token: String,
     pub last_seq: u64,
     pub started_at: Instant,
+    /// The connection was handed over by the process this one replaced: it is the session's
+    /// already (no token to check), and its client is told nothing.
+    pub adopted: bool,
 }
 
 /// Registry → every session, each `sessions.heartbeat_interval_ms`: ping the client, and end what
@@ -115,10 +119,13 @@ pub struct EndSession;
 
 /// Registry → session on shutdown or upgrade: commit everything, close the connection with 1012
 /// (resume) and stop without ending the session: the next process carries it on from the
-/// journal. Answered once the session's last write is committed.
-#[derive(Message, Debug, Clone, Copy)]
+/// journal. In an upgrade (`hand_to`) the connection is not closed but handed over: reading stops,
+/// what is committed is sent, and the socket goes to the next process.
+#[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
-pub struct Suspend;
+pub struct Suspend {
+    pub hand_to: Option<HandOff>,
+}
 
 /// Test hook (routed only when `testing.fault_injection` is on): panic inside a handler.
 #[derive(Message, Debug, Clone, Copy)]
@@ -957,6 +964,15 @@ impl Handler<Resume> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Resume, ctx: &mut Context<Self>) {
+        if msg.adopted {
+            metrics::counter!(m::UPGRADE_ADOPTED, "party" => "customer", "outcome" => "attached")
+                .increment(1);
+            self.attach(msg.conn.take(), ctx);
+            self.replay(msg.last_seq);
+            self.dirty = true;
+            self.persist(ctx);
+            return;
+        }
         let token_ok = self.state.token_matches(&msg.resume_token);
         if !token_ok || self.state.is_closed() {
             metrics::counter!(m::CHAT_RESUMES, "outcome" => "refused").increment(1);
@@ -1037,8 +1053,14 @@ impl Handler<Tick> for Session {
 impl Handler<Suspend> for Session {
     type Result = ();
 
-    fn handle(&mut self, _: Suspend, ctx: &mut Context<Self>) {
-        self.finish(durable::Ending::Suspend, ctx);
+    fn handle(&mut self, msg: Suspend, ctx: &mut Context<Self>) {
+        match (msg.hand_to, self.attached.as_mut()) {
+            (Some(hand_to), Some(att)) => {
+                att.link.pause();
+                self.finish(durable::Ending::HandOver(hand_to), ctx);
+            }
+            _ => self.finish(durable::Ending::Suspend, ctx),
+        }
     }
 }
 

@@ -36,7 +36,8 @@ use crate::chat::agent::Opening;
 use crate::chat::agents::{AgentConnected, AgentRegistry};
 use crate::chat::attached::{nonzero, FrameRate, Rate};
 use crate::chat::auth::{self, AgentIdentity};
-use crate::chat::link::{Connection, Inbound, Lane, Link, Local, SendError};
+use crate::chat::handover::{HandedOver, Party};
+use crate::chat::link::{Connection, Inbound, Lane, Link, Local, SendError, Socket};
 use crate::chat::protocol::{
     self, close, ClientFrame, ErrorCode, FrameError, ServerFrame, SUBPROTOCOL,
 };
@@ -268,6 +269,27 @@ impl Link for SocketLink {
     fn close(&mut self, code: u16, reason: &'static str) {
         self.out.close(code, reason);
     }
+
+    fn pause(&mut self) {
+        self.out.pause();
+    }
+
+    fn resume(&mut self) {
+        self.out.resume();
+    }
+
+    fn detach(&mut self) -> Option<Socket> {
+        match self.out.detach() {
+            Ok(d) => Some(Socket {
+                socket: d.socket,
+                raw: d.raw,
+            }),
+            Err(e) => {
+                tracing::debug!(error = %e, "connection not handed over; it is closed to resume");
+                None
+            }
+        }
+    }
 }
 
 /// The transport's messages as a session's inbound events; `count` goes with the stream.
@@ -295,6 +317,86 @@ fn events(inbound: transport::Inbound, count: Rc<SocketCount>) -> impl Stream<It
         })
 }
 
+/// The transport's halves as a session's or agent's connection, counted as an open socket.
+fn connection(
+    inbound: transport::Inbound,
+    outbound: transport::Outbound,
+    shared: &Shared,
+) -> Connection {
+    let count = SocketCount::new(shared.sockets.clone());
+    Connection {
+        link: Box::new(SocketLink {
+            out: outbound,
+            _count: count.clone(),
+        }),
+        inbound: Box::pin(events(inbound, count)),
+    }
+}
+
+/// Takes over the connections the process this one replaced handed over: each goes back to its
+/// session or agent as it was, without a word to its client. One that cannot be taken up is
+/// dropped (its client resumes).
+fn adopt(handed: Vec<HandedOver>, shared: &Shared) {
+    let n = handed.len();
+    for HandedOver { party, socket } in handed {
+        let label = party.label();
+        let (inbound, outbound) = match transport::adopt(socket.socket, socket.raw, &shared.limits)
+        {
+            Ok(halves) => halves,
+            Err(e) => {
+                metrics::counter!(m::UPGRADE_ADOPTED, "party" => label, "outcome" => "failed")
+                    .increment(1);
+                tracing::warn!(error = %e, party = label, "a handed-over connection could not be taken up");
+                continue;
+            }
+        };
+        let conn = Local::new(connection(inbound, outbound, shared));
+        match party {
+            Party::Customer {
+                session_id,
+                sent_seq,
+            } => shared.routes.sessions.do_send(ResumeSession {
+                conn,
+                session_id,
+                resume_token: String::new(),
+                last_seq: sent_seq,
+                started_at: Instant::now(),
+                adopted: true,
+            }),
+            Party::Agent {
+                agent_id,
+                name,
+                expires_at,
+                last_seq,
+                presence,
+                capacity,
+                auto_assign,
+                held,
+            } => shared.routes.agents.do_send(AgentConnected {
+                conn,
+                identity: AgentIdentity {
+                    id: agent_id,
+                    name,
+                    expires_at,
+                },
+                opening: Opening::Adopted {
+                    last_seq,
+                    presence,
+                    capacity,
+                    auto_assign,
+                },
+                shown: held,
+            }),
+        }
+    }
+    if n > 0 {
+        tracing::info!(
+            connections = n,
+            "connections handed over by the last process taken up"
+        );
+    }
+}
+
 /// One accepted socket: route, upgrade, wait for the first frame, hand over.
 async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, shared: Rc<Shared>) {
     let _ = stream.set_nodelay(true);
@@ -319,14 +421,7 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, share
             return;
         }
     };
-    let count = SocketCount::new(shared.sockets.clone());
-    let conn = Connection {
-        link: Box::new(SocketLink {
-            out: outbound,
-            _count: count.clone(),
-        }),
-        inbound: Box::pin(events(inbound, count)),
-    };
+    let conn = connection(inbound, outbound, &shared);
     match target {
         Some(Target::Agent(identity)) => agent_first_frame(conn, identity, &shared).await,
         _ => customer_first_frame(conn, &shared).await,
@@ -450,6 +545,7 @@ async fn customer_first_frame(mut conn: Connection, shared: &Shared) {
                 resume_token,
                 last_seq,
                 started_at,
+                adopted: false,
             });
         }
         other => reject(
@@ -494,6 +590,7 @@ async fn agent_first_frame(mut conn: Connection, identity: AgentIdentity, shared
         conn: Local::new(conn),
         identity,
         opening,
+        shown: Vec::new(),
     });
 }
 
@@ -550,6 +647,8 @@ pub struct ChatListener {
     report: Option<ExitReport>,
     /// Read and compressed once, kept across restarts of the loop.
     assets: Arc<Assets>,
+    /// Connections handed over by the process this one replaced, taken up at the first start.
+    adopted: Vec<HandedOver>,
 }
 
 impl ChatListener {
@@ -572,7 +671,14 @@ impl ChatListener {
             finished: None,
             report: None,
             assets,
+            adopted: Vec::new(),
         }
+    }
+
+    /// Connections handed over by the process this one replaced, to take up before accepting.
+    pub fn adopting(mut self, handed: Vec<HandedOver>) -> Self {
+        self.adopted = handed;
+        self
     }
 
     fn launch(&mut self) -> Result<(), StartError> {
@@ -592,6 +698,7 @@ impl ChatListener {
         let listening = self.listening.clone();
         let report = self.report.clone();
         let assets = self.assets.clone();
+        let adopted = std::mem::take(&mut self.adopted);
         // The loop holds `Rc`s (it and every connection stay on this arbiter), so it is made there.
         let spawned = self.arbiter.spawn_fn(move || {
             actix_rt::spawn(async move {
@@ -611,6 +718,7 @@ impl ChatListener {
                     sockets: Rc::new(Cell::new(0)),
                     assets,
                 });
+                adopt(adopted, &shared);
                 listening.store(true, Ordering::SeqCst);
                 let result = accept_loop(listener, shared, stop_rx).await;
                 listening.store(false, Ordering::SeqCst);

@@ -90,6 +90,11 @@ impl AgentState {
         self.held.contains(&session_id)
     }
 
+    /// Holds a session without a frame (the console shows it already).
+    pub fn hold(&mut self, session_id: SessionId) {
+        self.held.insert(session_id);
+    }
+
     pub fn held(&self) -> Vec<SessionId> {
         self.held.iter().copied().collect()
     }

@@ -15,6 +15,7 @@ use actix::prelude::*;
 use futures_channel::oneshot;
 
 use super::Session;
+use crate::chat::handover::{HandOff, HandedOver, Party};
 use crate::chat::link::Lane;
 use crate::chat::protocol::{close, ServerFrame};
 use crate::metrics as m;
@@ -30,7 +31,7 @@ enum Need {
 }
 
 /// How a session stops once its last write is committed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(super) enum Ending {
     /// The session ended (closed by someone, or timed out): close the connection with this code.
     Close(u16, &'static str),
@@ -41,6 +42,9 @@ pub(super) enum Ending {
     /// The server is stopping (or upgrading): the client is told to resume (close 1012) and the
     /// session carries on in the next process.
     Suspend,
+    /// An upgrade: like `Suspend`, but the connection (paused, everything committed sent) goes
+    /// to the next process instead of being closed.
+    HandOver(HandOff),
 }
 
 enum Item {
@@ -112,7 +116,7 @@ impl Session {
     /// Stops the session the way `ending` says, once its last write is committed.
     pub(super) fn finish(&mut self, ending: Ending, ctx: &mut Context<Self>) {
         self.dirty = true;
-        if ending == Ending::Expire {
+        if matches!(ending, Ending::Expire) {
             self.expired = true;
         }
         self.io().held.push_back((Need::Write, Item::End(ending)));
@@ -278,6 +282,26 @@ impl Session {
                 if let Some(mut att) = self.attached.take() {
                     att.link
                         .close(close::SERVICE_RESTART, "server restarting: resume");
+                }
+            }
+            Ending::HandOver(hand_to) => {
+                self.quiet_stop = true;
+                if let Some(mut att) = self.attached.take() {
+                    match att.link.detach() {
+                        Some(socket) => hand_to.push(HandedOver {
+                            party: Party::Customer {
+                                session_id: self.state.id,
+                                sent_seq: self.committed,
+                            },
+                            socket,
+                        }),
+                        None => {
+                            metrics::counter!(m::UPGRADE_CLOSED, "party" => "customer")
+                                .increment(1);
+                            att.link
+                                .close(close::SERVICE_RESTART, "server restarting: resume");
+                        }
+                    }
                 }
             }
             Ending::Passivate => {
