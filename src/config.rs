@@ -51,6 +51,8 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub log: LogSettings,
     pub shutdown: ShutdownSettings,
+    /// Replacing the running binary without disconnecting anyone (`switchboard --takeover`).
+    pub upgrade: UpgradeSettings,
     pub testing: TestingSettings,
 }
 
@@ -617,6 +619,32 @@ pub struct ShutdownSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct UpgradeSettings {
+    /// The local control socket a new process asks the running one to hand over on; empty:
+    /// `control.sock` in `storage.data_dir`.
+    pub control_socket: String,
+    /// How long the running process waits, from the new one's request, for it to be ready; past
+    /// it the new process is stopped and the old one serves on (rollback).
+    pub deadline_ms: u64,
+}
+
+impl UpgradeSettings {
+    /// The control socket's path for a data dir.
+    pub fn control_path(&self, data_dir: &std::path::Path) -> PathBuf {
+        if self.control_socket.is_empty() {
+            data_dir.join("control.sock")
+        } else {
+            PathBuf::from(&self.control_socket)
+        }
+    }
+
+    pub fn deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.deadline_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TestingSettings {
     pub fault_injection: bool,
 }
@@ -761,6 +789,9 @@ impl Settings {
         }
         positive("storage.readers", self.storage.readers as u64)?;
         positive("storage.fold_max_rows", self.storage.fold_max_rows as u64)?;
+        if self.upgrade.deadline_ms == 0 {
+            return Err(invalid("upgrade.deadline_ms", "must be at least 1"));
+        }
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(invalid("storage.data_dir", "must not be empty"));
         }

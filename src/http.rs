@@ -204,11 +204,15 @@ pub fn start_api_server(
                 .client_request_timeout(Duration::ZERO)
                 .client_disconnect_timeout(Duration::from_secs(1))
                 .local_addr(local_addr)
-                // On a graceful stop idle keep-alive connections close at once instead of holding
-                // the drain until they time out.
+                // On a graceful stop idle keep-alive connections close instead of holding the drain
+                // until they time out; after a moment, so that a connection accepted just before
+                // the stop is not taken for idle before its request is read.
                 .graceful_shutdown_signal(move || {
                     let draining = draining.clone();
-                    async move { draining.notified().await }
+                    async move {
+                        draining.notified().await;
+                        tokio::time::sleep(FRESH_CONNECTION_GRACE).await;
+                    }
                 })
                 .h1(map_config(
                     app()
@@ -228,6 +232,9 @@ pub fn start_api_server(
         })?
         .run())
 }
+
+/// How long a graceful stop leaves an idle connection open for a request already on its way.
+const FRESH_CONNECTION_GRACE: Duration = Duration::from_millis(50);
 
 /// The answer for a path no route matches: a JSON 404 like every other error.
 pub async fn no_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -49,7 +49,7 @@
 //! session's [`chat::desk::TicketDesk`] (tickets from chat, one write), and the registry's `Route`
 //! (routing) are the only ways actors reach data and each other.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod bridge;
 pub mod chat;
@@ -62,10 +62,11 @@ pub mod supervisor;
 pub mod telemetry;
 pub mod ticket;
 pub mod transport;
+pub mod upgrade;
 
 use std::future::Future;
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,7 +77,8 @@ use crate::bridge::actor::Bridge;
 use crate::bridge::calls::DjangoCalls;
 use crate::bridge::Drain;
 use crate::chat::agent::AgentDeps;
-use crate::chat::agents::{AgentRegistry, EndAllAgents};
+use crate::chat::agents::{AgentRegistry, EndAllAgents, PauseAgents};
+use crate::chat::handover::HandOff;
 use crate::chat::queue::Queue;
 use crate::chat::registry::{SessionRegistry, SuspendAll};
 use crate::chat::session::SessionDeps;
@@ -88,10 +90,11 @@ use crate::store::sqlite::SqliteStore;
 use crate::store::{Outbox, StoreError, TicketStore};
 use crate::supervisor::supervised::{self, Restart};
 use crate::supervisor::{
-    ActorChild, Child, ExitReport, Intensity, StartError, StopChildren, Strategy, Supervisor,
-    SupervisorChild,
+    ActorChild, Child, CloseDoors, ExitReport, Intensity, StartError, StopChildren, Strategy,
+    Supervisor, SupervisorChild,
 };
 use crate::ticket::registry::{RegistryConfig, TicketRegistry};
+pub use crate::upgrade::{Outcome, Upgrade};
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +144,7 @@ impl Child for StoreChild {
 
 /// The server's already-bound sockets: `run` serves on them, so a caller (a test binding port 0,
 /// say) knows the addresses before the tree starts.
+#[derive(Debug)]
 pub struct Listeners {
     /// The REST API (`api.bind`).
     pub api: TcpListener,
@@ -163,6 +167,14 @@ impl Listeners {
             chat: bind("chat.bind", &settings.chat.bind)?,
         })
     }
+
+    /// Second descriptors for the same sockets (kept across an upgrade, for a rollback).
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(Self {
+            api: self.api.try_clone()?,
+            chat: self.chat.try_clone()?,
+        })
+    }
 }
 
 /// Runs the whole tree on already-bound listeners until `shutdown` resolves, then stops it in order.
@@ -172,8 +184,25 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    run_with(listeners, settings, shutdown, Upgrade::default())
+        .await
+        .map(|_| ())
+}
+
+/// [`run`], taking part in upgrades ([`upgrade`]): it may take up connections a replaced process
+/// handed over and say when it is ready, and it ends with [`Outcome::HandOver`] when a successor
+/// asks for everything on the control socket.
+pub async fn run_with(
+    listeners: Listeners,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+    mut upgrade: Upgrade,
+) -> Result<Outcome, RunError> {
     let settings = Arc::new(settings);
     let prometheus = metrics::install();
+    if upgrade.rollback {
+        ::metrics::counter!(metrics::UPGRADE_ROLLBACKS).increment(1);
+    }
     // Histograms buffer samples until upkeep folds them in; without a scrape they would grow forever.
     let upkeep = prometheus.clone();
     actix_rt::spawn(async move {
@@ -209,7 +238,10 @@ pub async fn run(
     let (registry_addr, registry_mailbox) =
         supervised::mailbox::<TicketRegistry>(settings.tickets.registry_queue_depth);
 
+    // Set when a successor takes over: the outbox stays on disk for it instead of being drained.
+    let handing_over = Arc::new(AtomicBool::new(false));
     let bridge_child = {
+        let handing_over = handing_over.clone();
         let outbox = outbox.clone();
         let django = settings.django.clone();
         let bridge_settings = settings.bridge.clone();
@@ -227,7 +259,12 @@ pub async fn run(
             )
         })
         .before_stop(move || {
+            let handing_over = handing_over.load(Ordering::SeqCst);
             async move {
+                if handing_over {
+                    tracing::info!("outbox left on disk for the process taking over");
+                    return;
+                }
                 // Bounded: a bridge that is down (parked after a panic) cannot answer at all.
                 let drained = drain_addr.send(Drain { deadline });
                 match tokio::time::timeout(deadline + Duration::from_secs(1), drained).await {
@@ -307,8 +344,10 @@ pub async fn run(
     );
     let tree_up = root.up_flag();
     let (sessions_addr, sessions_mailbox) = supervised::mailbox::<SessionRegistry>(4096);
+    let hand_sessions = sessions_addr.clone();
     let (queue_addr, queue_mailbox) = supervised::mailbox::<Queue>(4096);
     let (agents_addr, agents_mailbox) = supervised::mailbox::<AgentRegistry>(4096);
+    let hand_agents = agents_addr.clone();
     let chat_listening = Arc::new(AtomicBool::new(false));
     let deps = http::HttpDeps {
         settings: settings.clone(),
@@ -321,7 +360,7 @@ pub async fn run(
         ops: http::ops::Ops {
             metrics: prometheus,
             metrics_token: settings.metrics.token.clone(),
-            tree_up,
+            tree_up: tree_up.clone(),
             chat_listening: chat_listening.clone(),
             chat_sessions: sessions_addr.clone(),
             chat_agents: agents_addr.clone(),
@@ -341,7 +380,8 @@ pub async fn run(
                 registry: (sessions_addr, sessions_mailbox),
                 queue: (queue_addr, queue_mailbox),
                 agents: (agents_addr, agents_mailbox),
-                listening: chat_listening,
+                listening: chat_listening.clone(),
+                adopted: std::mem::take(&mut upgrade.inherited),
                 arbiter: chat_arbiter.handle(),
                 calls: calls_addr.clone(),
                 tickets: registry_addr.clone(),
@@ -350,32 +390,119 @@ pub async fn run(
             },
             &settings,
         )),
-        Box::new(ListenerChild::new(
-            "api",
-            listeners.api,
-            Box::new(move |l| http::start_api_server(l, deps.clone())),
-        )),
+        Box::new(
+            ListenerChild::new(
+                "api",
+                listeners.api,
+                Box::new(move |l| http::start_api_server(l, deps.clone())),
+            )
+            .pausing_for_successor(handing_over.clone()),
+        ),
     ];
     let root = root.with_children(children).start();
+    if let Some(ready) = upgrade.ready.take() {
+        let deadline = settings.upgrade.deadline();
+        actix_rt::spawn(async move {
+            // Ready once the tree is up and the chat listener has taken up the connections.
+            let up = async {
+                while !(tree_up.load(Ordering::SeqCst) && chat_listening.load(Ordering::SeqCst)) {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            };
+            match tokio::time::timeout(deadline, up).await {
+                Ok(()) => ready.ready(),
+                Err(_) => ready.failed(&"the tree did not come up within upgrade.deadline_ms"),
+            }
+        });
+    }
+    let successor = async {
+        match upgrade.requests.as_mut() {
+            Some(requests) => match requests.recv().await {
+                Some(successor) => successor,
+                None => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    };
 
     let outcome = futures_util::select! {
         _ = shutdown.fuse() => {
             tracing::info!("shutdown requested; stopping in reverse start order");
-            Ok(())
+            Ok(Outcome::Stopped)
         }
+        successor = successor.fuse() => Ok(Outcome::HandOver { successor, connections: Vec::new() }),
         reason = escalate_rx.fuse() => match reason {
             Ok(reason) => Err(RunError::Escalated(reason)),
-            Err(_) => Ok(()),
+            Err(_) => Ok(Outcome::Stopped),
         },
     };
-    if outcome.is_ok() {
-        let _ = root.send(StopChildren).await;
-    }
+    let outcome = match outcome {
+        Ok(Outcome::HandOver { successor, .. }) => {
+            handing_over.store(true, Ordering::SeqCst);
+            let connections = hand_over_chat(&root, &hand_sessions, &hand_agents).await;
+            let _ = root.send(StopChildren).await;
+            Ok(Outcome::HandOver {
+                successor,
+                connections,
+            })
+        }
+        Ok(stopped) => {
+            let _ = root.send(StopChildren).await;
+            Ok(stopped)
+        }
+        Err(e) => Err(e),
+    };
     bridge_arbiter.stop();
     tickets_arbiter.stop();
     chat_arbiter.stop();
     tracing::info!(ok = outcome.is_ok(), "switchboard stopped");
     outcome
+}
+
+/// The chat side of a handover, before the tree stops: no new connections, agents stop reading,
+/// then every session commits, sends what it committed and hands its connection over (its frames
+/// for agents reach them first), then every agent, once its requests are answered.
+async fn hand_over_chat(
+    root: &Addr<Supervisor>,
+    sessions: &Addr<SessionRegistry>,
+    agents: &Addr<AgentRegistry>,
+) -> Vec<chat::handover::HandedOver> {
+    let span = tracing::info_span!("upgrade_quiesce");
+    let _guard = span.enter();
+    let started = std::time::Instant::now();
+    let hand_to = HandOff::default();
+    // As at shutdown: bounded, whatever the upgrade's own deadline (a rollback takes up what was
+    // handed over, so nothing may be left half done).
+    let deadline = Duration::from_secs(5);
+    let _ = root.send(CloseDoors).await;
+    let _ = agents.send(PauseAgents).await;
+    let suspended = sessions.send(SuspendAll {
+        deadline,
+        hand_to: Some(hand_to.clone()),
+    });
+    let n_sessions = tokio::time::timeout(deadline + Duration::from_secs(1), suspended)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
+    let ended = agents.send(EndAllAgents {
+        hand_to: Some(hand_to.clone()),
+        deadline,
+    });
+    let n_agents = tokio::time::timeout(deadline + Duration::from_secs(1), ended)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
+    let handed = hand_to.take();
+    tracing::info!(
+        sessions = n_sessions,
+        agents = n_agents,
+        handed_over = handed.len(),
+        took_ms = started.elapsed().as_millis() as u64,
+        "chat quiesced for the process taking over"
+    );
+    handed
 }
 
 /// What the chat subtree is built from.
@@ -385,6 +512,8 @@ struct ChatParts {
     queue: (Addr<Queue>, supervised::Mailbox<Queue>),
     agents: (Addr<AgentRegistry>, supervised::Mailbox<AgentRegistry>),
     listening: Arc<AtomicBool>,
+    /// Connections handed over by the process this one replaces.
+    adopted: Vec<chat::handover::HandedOver>,
     arbiter: ArbiterHandle,
     calls: Addr<DjangoCalls>,
     tickets: Addr<TicketRegistry>,
@@ -449,7 +578,10 @@ fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
         .before_stop(move || {
             async move {
                 let deadline = Duration::from_secs(5);
-                let suspended = end_addr.send(SuspendAll { deadline });
+                let suspended = end_addr.send(SuspendAll {
+                    deadline,
+                    hand_to: None,
+                });
                 match tokio::time::timeout(deadline + Duration::from_secs(1), suspended).await {
                     Ok(Ok(n)) => {
                         tracing::info!(sessions = n, "chat sessions suspended for the next process")
@@ -491,8 +623,14 @@ fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
         })
         .before_stop(move || {
             async move {
-                match tokio::time::timeout(Duration::from_secs(5), end_addr.send(EndAllAgents))
-                    .await
+                match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    end_addr.send(EndAllAgents {
+                        hand_to: None,
+                        deadline: Duration::from_secs(4),
+                    }),
+                )
+                .await
                 {
                     Ok(Ok(n)) => {
                         tracing::info!(agents = n, "agents told to resume on the next process")
@@ -507,18 +645,21 @@ fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
         Box::new(registry_child),
         Box::new(queue_child),
         Box::new(agents_child),
-        Box::new(ChatListener::new(
-            parts.listener,
-            parts.arbiter,
-            ChatRoutes {
-                sessions: registry_addr,
-                agents: agents_addr,
-                live_sessions: live,
-                live_agents,
-            },
-            settings.clone(),
-            parts.listening,
-        )),
+        Box::new(
+            ChatListener::new(
+                parts.listener,
+                parts.arbiter,
+                ChatRoutes {
+                    sessions: registry_addr,
+                    agents: agents_addr,
+                    live_sessions: live,
+                    live_agents,
+                },
+                settings.clone(),
+                parts.listening,
+            )
+            .adopting(parts.adopted),
+        ),
     ];
     let chat = Supervisor::new(
         "chat",

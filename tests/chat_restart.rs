@@ -5,103 +5,12 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
-use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
+use support::binary::{agent_token, Server};
 use support::fake_django::{Behavior, ChatEndpoint, FakeDjango};
 use support::ws::{ChatClient, Ended};
-use support::WAIT;
-
-const AGENT_SECRET: &str = "agents-secret-agents-secret-0123";
-
-/// The real binary, on ephemeral ports, with its addresses read from its start line.
-struct Server {
-    child: Child,
-    chat: SocketAddr,
-}
-
-impl Server {
-    fn start(dir: &Path, django: &FakeDjango) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .env_remove("RUST_LOG")
-            .env("SWITCHBOARD__LOG__FORMAT", "json")
-            .env("SWITCHBOARD__LOG__LEVEL", "info")
-            .env("SWITCHBOARD__API__BIND", "127.0.0.1:0")
-            .env("SWITCHBOARD__CHAT__BIND", "127.0.0.1:0")
-            .env("SWITCHBOARD__STORAGE__DATA_DIR", dir)
-            .env("SWITCHBOARD__DJANGO__BASE_URL", &django.base_url)
-            .env("SWITCHBOARD__DJANGO__TOKEN", "test-token")
-            // An AI call may be under way for as long as the test needs to kill the process.
-            .env("SWITCHBOARD__BRIDGE__CALLS_TIMEOUT_MS", "60000")
-            .env("SWITCHBOARD__AGENTS__JWT_SECRET", AGENT_SECRET)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn switchboard");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                    continue;
-                };
-                if v["message"] == "switchboard starting" {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(v["chat"].as_str().unwrap_or_default().to_string());
-                    }
-                }
-            }
-        });
-        let chat = rx.recv_timeout(WAIT).expect("server announced its address");
-        Self {
-            child,
-            chat: chat.parse().expect("chat address"),
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(std::time::Instant::now() < deadline, "process did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn agent_token(sub: &str) -> String {
-    let exp = chrono::Utc::now().timestamp() + 3600;
-    let claims = json!({"sub": sub, "name": format!("Agent {sub}"), "role": "agent", "exp": exp});
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(AGENT_SECRET.as_bytes()),
-    )
-    .unwrap()
-}
 
 async fn agent_connect(chat: SocketAddr, sub: &str) -> ChatClient {
     let bearer = format!("Bearer {}", agent_token(sub));

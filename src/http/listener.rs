@@ -2,6 +2,8 @@
 //! [`crate::http::start_api_server`] from `[api]`).
 
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use actix_web::dev::{Server, ServerHandle};
 use futures_util::future::{FutureExt, LocalBoxFuture};
@@ -26,6 +28,9 @@ pub struct ListenerChild {
     serve: Serve,
     handle: Option<ServerHandle>,
     report: Option<ExitReport>,
+    /// Set when a successor takes over: closing the doors pauses accepting, so that connections
+    /// wait in the kernel for it, and none is accepted here only to be dropped by the stop.
+    handing_over: Option<Arc<AtomicBool>>,
 }
 
 impl ListenerChild {
@@ -36,7 +41,14 @@ impl ListenerChild {
             serve,
             handle: None,
             report: None,
+            handing_over: None,
         }
+    }
+
+    /// See `handing_over`.
+    pub fn pausing_for_successor(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.handing_over = Some(flag);
+        self
     }
 
     fn launch(&mut self) -> Result<(), StartError> {
@@ -87,6 +99,16 @@ impl Child for ListenerChild {
             actix_rt::spawn(old.stop(true));
         }
         self.launch()
+    }
+
+    fn close_doors(&mut self) {
+        let handing_over = self
+            .handing_over
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst));
+        if let (true, Some(h)) = (handing_over, self.handle.as_ref()) {
+            actix_rt::spawn(h.pause());
+        }
     }
 
     fn stop(&mut self) -> LocalBoxFuture<'static, ()> {

@@ -2,6 +2,7 @@
 //! its metrics, and run a fake Django (see `fake_django`).
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod fake_django;
 pub mod webdriver;
 pub mod ws;
