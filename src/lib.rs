@@ -400,7 +400,8 @@ pub async fn run_with(
         ),
     ];
     let root = root.with_children(children).start();
-    if let Some(ready) = upgrade.ready.take() {
+    {
+        let ready = upgrade.ready.take();
         let deadline = settings.upgrade.deadline();
         actix_rt::spawn(async move {
             // Ready once the tree is up and the chat listener has taken up the connections.
@@ -409,9 +410,17 @@ pub async fn run_with(
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             };
-            match tokio::time::timeout(deadline, up).await {
-                Ok(()) => ready.ready(),
-                Err(_) => ready.failed(&"the tree did not come up within upgrade.deadline_ms"),
+            match (tokio::time::timeout(deadline, up).await, ready) {
+                (Ok(()), ready) => {
+                    if let Some(ready) = ready {
+                        ready.ready();
+                    }
+                    upgrade::notify_systemd_ready();
+                }
+                (Err(_), Some(ready)) => {
+                    ready.failed(&"the tree did not come up within upgrade.deadline_ms")
+                }
+                (Err(_), None) => {}
             }
         });
     }

@@ -54,3 +54,30 @@ pub enum Outcome {
         connections: Vec<HandedOver>,
     },
 }
+
+/// Tells systemd (when it started us with `Type=notify`: `$NOTIFY_SOCKET` is set) that this
+/// process is ready and is the service's main process: after a takeover the unit follows the new
+/// process (`NotifyAccess=all`). Without systemd it does nothing.
+pub fn notify_systemd_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let message = format!("MAINPID={}\nREADY=1\n", std::process::id());
+    let sent = (|| {
+        let socket = std::os::unix::net::UnixDatagram::unbound()?;
+        use std::os::unix::ffi::OsStrExt;
+        let path = path.as_bytes();
+        if let Some(name) = path.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            socket.send_to_addr(message.as_bytes(), &addr)?;
+        } else {
+            let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
+            socket.send_to(message.as_bytes(), path)?;
+        }
+        std::io::Result::Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
+}
