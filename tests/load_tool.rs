@@ -141,6 +141,24 @@ fn chat_run_with_agents_hands_every_chat_to_an_agent_who_answers_every_message()
     assert_eq!(r["server"]["exit"], "exit status: 0");
 }
 
+/// A chat run of `sessions` × 2 msg/s for 4 s, with `restarts` server restarts (`mode`).
+fn restart_run(sessions: &str, mode: &str, restarts: &str) -> (Value, String) {
+    chat_run(&[
+        "--sessions",
+        sessions,
+        "--sources",
+        "2",
+        "--msg-rate",
+        "2",
+        "--duration",
+        "4",
+        "--restart",
+        mode,
+        "--restarts",
+        restarts,
+    ])
+}
+
 /// The report's restart figures say every session came back and no acknowledged message was lost.
 fn assert_restarts_lost_nothing(r: &Value, mode: &str, count: u64, sessions: u64) {
     let rs = &r["restarts"];
@@ -167,18 +185,7 @@ fn assert_restarts_lost_nothing(r: &Value, mode: &str, count: u64, sessions: u64
 
 #[test]
 fn chat_run_loses_no_acknowledged_message_when_the_server_is_killed() {
-    let (r, stdout) = chat_run(&[
-        "--sessions",
-        "50",
-        "--sources",
-        "2",
-        "--msg-rate",
-        "2",
-        "--duration",
-        "4",
-        "--restart",
-        "kill",
-    ]);
+    let (r, stdout) = restart_run("50", "kill", "1");
     assert_eq!(r["messages"]["sent"], 400);
     assert_restarts_lost_nothing(&r, "kill", 1, 50);
     let one = &r["restarts"]["per_restart"][0];
@@ -189,20 +196,7 @@ fn chat_run_loses_no_acknowledged_message_when_the_server_is_killed() {
 
 #[test]
 fn chat_run_resumes_every_session_after_each_sigterm() {
-    let (r, _) = chat_run(&[
-        "--sessions",
-        "30",
-        "--sources",
-        "2",
-        "--msg-rate",
-        "2",
-        "--duration",
-        "4",
-        "--restart",
-        "term",
-        "--restarts",
-        "2",
-    ]);
+    let (r, _) = restart_run("30", "term", "2");
     assert_eq!(r["messages"]["sent"], 240);
     assert_restarts_lost_nothing(&r, "term", 2, 30);
     for x in r["restarts"]["per_restart"].as_array().unwrap() {
@@ -210,6 +204,25 @@ fn chat_run_resumes_every_session_after_each_sigterm() {
         // Told to resume, not just dropped.
         assert_eq!(x["closed_1012"], 30, "{x}");
     }
+}
+
+#[test]
+fn chat_run_through_an_upgrade_keeps_every_connection_and_every_rest_request() {
+    let (r, stdout) = restart_run("40", "upgrade", "1");
+    assert_eq!(r["messages"]["sent"], 320);
+    assert_eq!(r["messages"]["sent"], r["messages"]["acked"]);
+    assert_eq!(r["messages"]["sent"], r["messages"]["replies"]["ai"]);
+    assert_eq!(r["messages"]["dropped_connections"], 0);
+    let one = &r["restarts"]["per_restart"][0];
+    assert_eq!(r["restarts"]["mode"], "upgrade");
+    assert_eq!(one["connections_dropped"], 0, "{one}");
+    assert_eq!(one["closed_1012"], 0, "{one}");
+    assert!(one["rest"]["requests"].as_u64().unwrap() > 0, "{one}");
+    assert_eq!(one["rest"]["failed"], 0, "{one}");
+    // The old process exits 0 once the new one is ready; the new one serves to the end.
+    assert_eq!(one["server"]["exit"], "exit status: 0", "{one}");
+    assert_eq!(r["server"]["exit"], "exit status: 0");
+    assert!(stdout.contains("restart 1 of 1 (upgrade"), "{stdout}");
 }
 
 #[test]

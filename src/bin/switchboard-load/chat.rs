@@ -32,7 +32,9 @@
 //!    neither acknowledged nor replayed, and carries on ([`customer::rejoin`]); per restart, the
 //!    time from the signal to each session's resume, acknowledged messages lost, messages sent
 //!    again, resumes refused and sessions that never got back (round trips of messages caught in
-//!    a restart are left out of the latency figures);
+//!    a restart are left out of the latency figures); with `--restart upgrade` the server is
+//!    replaced by `switchboard --takeover` instead, and no session should lose its connection
+//!    (a session that does is counted, and resumes as after a restart);
 //! 4. **storm** (`--storm`): every connection dropped at once just after one more message, each
 //!    resumed with `session.resume` + `last_seq`; time until all are back, and whether that
 //!    message and its answer came back in the replay;
@@ -103,7 +105,9 @@ pub struct ChatArgs {
     pub storm: bool,
     /// During the messages, take the started server down (`kill`: SIGKILL; `term`: SIGTERM, then
     /// wait for its exit) and start it again on the same data dir and addresses; every session
-    /// resumes and checks that nothing acknowledged was lost.
+    /// resumes and checks that nothing acknowledged was lost. `upgrade`: replace it with
+    /// `switchboard --takeover` instead; no connection should drop, and a REST prober counts
+    /// failed requests.
     #[arg(long, value_enum)]
     pub restart: Option<Halt>,
     /// How many restarts, spread evenly over the message phase.

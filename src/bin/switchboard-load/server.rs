@@ -84,6 +84,9 @@ pub enum Halt {
     Kill,
     /// SIGTERM, then wait for the exit: clients are told to resume (close 1012).
     Term,
+    /// `switchboard --takeover`: a new process takes every socket over from the running one,
+    /// which exits once the new one is ready; no client should notice.
+    Upgrade,
 }
 
 impl Halt {
@@ -91,6 +94,7 @@ impl Halt {
         match self {
             Halt::Kill => "kill",
             Halt::Term => "term",
+            Halt::Upgrade => "upgrade",
         }
     }
 }
@@ -126,7 +130,8 @@ impl Server {
             cpus: launch.cpus.map(str::to_string),
         };
         let log = Arc::new(Mutex::new(LogTally::default()));
-        let (child, api, chat) = match spawn(&recipe, &dir, "127.0.0.1:0", "127.0.0.1:0", &log) {
+        let (child, api, chat) = match spawn(&recipe, &dir, "127.0.0.1:0", "127.0.0.1:0", &[], &log)
+        {
             Ok(x) => x,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -157,6 +162,7 @@ impl Server {
                 let _ = self.child.kill();
             }
             Halt::Term => procs::signal(pid, "TERM"),
+            Halt::Upgrade => unreachable!("an upgrade is Server::take_over"),
         }
         let status = wait_exit(&mut self.child, patience);
         procs::untrack(pid);
@@ -176,7 +182,7 @@ impl Server {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match spawn(&self.recipe, &self.dir, &api, &chat, &self.log) {
+            match spawn(&self.recipe, &self.dir, &api, &chat, &[], &self.log) {
                 Ok((child, got_api, got_chat)) => {
                     self.child = child;
                     if (got_api, got_chat) != (self.api, self.chat) {
@@ -201,6 +207,46 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Replaces the server by upgrade: a second process with `--takeover` on the same data dir
+    /// takes the sockets and connections over, and the old one exits by itself once the new one
+    /// is ready (waited for, up to `patience`). `Halted::down` is from the start to the old
+    /// process's exit; `Relaunched::took`, to the new one's start line.
+    pub fn take_over(&mut self, patience: Duration) -> anyhow::Result<(Halted, Relaunched)> {
+        let old_pid = self.pid();
+        let signalled_unix_nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let began = Instant::now();
+        let (api, chat) = (self.api.to_string(), self.chat.to_string());
+        let (child, got_api, got_chat) = spawn(
+            &self.recipe,
+            &self.dir,
+            &api,
+            &chat,
+            &["--takeover"],
+            &self.log,
+        )?;
+        let took = began.elapsed();
+        if (got_api, got_chat) != (self.api, self.chat) {
+            let mut stray = child;
+            let _ = stray.kill();
+            let _ = stray.wait();
+            bail!("the new server listens on {got_api} and {got_chat}, not {api} and {chat}");
+        }
+        let mut old = std::mem::replace(&mut self.child, child);
+        self.retired_cpu_secs += procs::cpu_secs(old_pid);
+        let status = wait_exit(&mut old, patience);
+        procs::untrack(old_pid);
+        Ok((
+            Halted {
+                signalled_unix_nanos,
+                down: began.elapsed(),
+                exit: status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+            },
+            Relaunched { took, attempts: 1 },
+        ))
     }
 
     /// CPU seconds used by this server, including the processes restarts replaced.
@@ -269,6 +315,7 @@ fn spawn(
     dir: &Path,
     api_bind: &str,
     chat_bind: &str,
+    args: &[&str],
     log: &Arc<Mutex<LogTally>>,
 ) -> anyhow::Result<(Child, SocketAddr, SocketAddr)> {
     let mut cmd = match &recipe.cpus {
@@ -279,6 +326,7 @@ fn spawn(
         }
         None => Command::new(&recipe.bin),
     };
+    cmd.args(args);
     cmd.env_remove("RUST_LOG")
         .env("SWITCHBOARD__LOG__FORMAT", "json")
         .env("SWITCHBOARD__LOG__LEVEL", &recipe.log)

@@ -94,6 +94,9 @@ pub struct Stats {
     pub armed: u32,
     /// One per restart announced, the first at index 0.
     pub restarts: Vec<RestartStats>,
+    /// Upgrades over (the old process gone): a session that kept its connection through them
+    /// has nothing to come back from.
+    pub upgrades_over: u32,
 }
 
 #[derive(Default)]
@@ -130,14 +133,16 @@ impl Stats {
             live: 0,
             armed: 0,
             restarts: Vec::new(),
+            upgrades_over: 0,
         }
     }
 
     /// Restart `n` is coming: every session open now must come back from it.
-    pub fn arm(&mut self, n: u32) {
+    pub fn arm(&mut self, n: u32, upgrade: bool) {
         self.armed = n;
         self.restarts.push(RestartStats {
             sessions: self.live,
+            upgrade,
             ..RestartStats::default()
         });
     }
@@ -419,7 +424,9 @@ async fn drive(
     };
     let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
     loop {
-        if messages_over && session.epoch >= cfg.restarts {
+        let restarts_behind =
+            session.epoch >= cfg.restarts || shared.stats.borrow().upgrades_over >= cfg.restarts;
+        if messages_over && restarts_behind {
             finish(shared, 1, done_through);
         }
         let wake = next_send.or(straggler_deadline).unwrap_or(far);

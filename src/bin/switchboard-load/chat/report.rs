@@ -598,7 +598,17 @@ fn restart_lines(x: &Value, all: &Value) -> Vec<String> {
     let ms = |v: &Value| v.as_f64().map_or("-".into(), |v| format!("{v:.1} ms"));
     let srv = &x["server"];
     let resume = &x["resume_ms"];
-    let mut lines = vec![
+    let head = if all["mode"] == "upgrade" {
+        format!(
+            "restart {} of {} (upgrade, {:.1} s into the messages): new process started with --takeover in {}; old one exited ({}) {} after the new one was started",
+            x["restart"],
+            all["count"],
+            x["at_secs"].as_f64().unwrap_or(0.0),
+            ms(&srv["relaunch_ms"]),
+            srv["exit"].as_str().unwrap_or("-"),
+            ms(&srv["signal_to_exit_ms"]),
+        )
+    } else {
         format!(
             "restart {} of {} ({}, {:.1} s into the messages): server gone in {} ({}), listening again {} later ({} start{})",
             x["restart"],
@@ -610,7 +620,10 @@ fn restart_lines(x: &Value, all: &Value) -> Vec<String> {
             ms(&srv["relaunch_ms"]),
             srv["starts"],
             if srv["starts"] == 1 { "" } else { "s" },
-        ),
+        )
+    };
+    let mut lines = vec![
+        head,
         format!(
             "  sessions: {} of {} resumed ({} refused, {} failed, {} ended otherwise){}; {} reconnects tried, {} closed 1012",
             x["resumed"],
@@ -647,6 +660,12 @@ fn restart_lines(x: &Value, all: &Value) -> Vec<String> {
              their acknowledged messages count as lost"
                 .into(),
         );
+    }
+    if !x["rest"].is_null() {
+        lines.push(format!(
+            "  upgrade: connections dropped {}; REST requests on fresh connections {}, failed {}, slowest {} ms",
+            x["connections_dropped"], x["rest"]["requests"], x["rest"]["failed"], x["rest"]["slowest_ms"],
+        ));
     }
     if let Some(e) = x["first_error"].as_str() {
         lines.push(format!("  first error: {e}"));
@@ -697,6 +716,18 @@ pub fn check(r: &Value, storm: bool) -> anyhow::Result<()> {
         .into_iter()
         .flatten()
     {
+        let upgrade = r["restarts"]["mode"] == "upgrade";
+        if upgrade
+            && (n(&x["connections_dropped"]) != 0
+                || n(&x["rest"]["failed"]) != 0
+                || x["timed_out"] != false)
+        {
+            problems.push(format!("upgrade {}: {x}", x["restart"]));
+            continue;
+        }
+        if upgrade {
+            continue;
+        }
         if n(&x["acked_lost"]) != 0
             || n(&x["resumed"]) != n(&x["sessions"])
             || n(&x["refused"]) != 0

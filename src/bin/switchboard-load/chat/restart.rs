@@ -7,6 +7,11 @@
 //! that no session takes the lost connection for a failure; signals the server; tells the workers
 //! when the signal went (their resume times count from it); starts the server again; and gathers
 //! what the workers saw ([`Event::Restarted`]) beside the server's own timings.
+//!
+//! `--restart upgrade` replaces the server with `switchboard --takeover` instead
+//! ([`Server::take_over`]): no connection should drop, so a session that loses its connection is
+//! counted (and resumes, checked like after a restart), and a REST prober sends requests on fresh
+//! connections throughout, every failure counted.
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -49,6 +54,8 @@ pub struct Record {
     pub halted: Halted,
     pub relaunched: Relaunched,
     pub tallies: Vec<RestartTally>,
+    /// An upgrade's REST probe.
+    pub rest: Option<Value>,
 }
 
 /// A restart whose sessions are still coming back.
@@ -133,8 +140,12 @@ fn restart(
     n: u32,
     done: &mut [Option<Event>],
 ) -> anyhow::Result<Record> {
+    let upgrade = schedule.halt == Halt::Upgrade;
     for w in workers.iter_mut() {
-        w.say(&format!("restart {n}"));
+        w.say(&format!(
+            "restart {n}{}",
+            if upgrade { " upgrade" } else { "" }
+        ));
     }
     let mut armed = vec![false; workers.len()];
     let deadline = Instant::now() + ARM_DEADLINE;
@@ -151,27 +162,109 @@ fn restart(
     };
     let at = started.elapsed();
     let old_pid = server.pid();
-    let halted = server.halt(schedule.halt, TERM_PATIENCE);
-    for w in workers.iter_mut() {
-        w.say(&format!("killed {n} {}", halted.signalled_unix_nanos));
+    let (halted, relaunched, rest) = if upgrade {
+        let probe = RestProbe::start(server.api);
+        let (halted, relaunched) = server.take_over(TERM_PATIENCE)?;
+        let rest = probe.finish();
+        for w in workers.iter_mut() {
+            w.say(&format!("killed {n} {}", halted.signalled_unix_nanos));
+        }
+        (halted, relaunched, Some(rest))
+    } else {
+        let halted = server.halt(schedule.halt, TERM_PATIENCE);
+        for w in workers.iter_mut() {
+            w.say(&format!("killed {n} {}", halted.signalled_unix_nanos));
+        }
+        (halted, server.relaunch()?, None)
+    };
+    if upgrade {
+        eprintln!(
+            "restart {n} of {} (upgrade): pid {} started with --takeover in {:.1} ms; pid {old_pid} exited ({}) {:.1} ms after it was started",
+            schedule.count,
+            server.pid(),
+            relaunched.took.as_secs_f64() * 1000.0,
+            halted.exit,
+            halted.down.as_secs_f64() * 1000.0,
+        );
+    } else {
+        eprintln!(
+            "restart {n} of {} ({}): pid {old_pid} gone in {:.1} ms ({}); pid {} listening {:.1} ms later",
+            schedule.count,
+            schedule.halt.name(),
+            halted.down.as_secs_f64() * 1000.0,
+            halted.exit,
+            server.pid(),
+            relaunched.took.as_secs_f64() * 1000.0,
+        );
     }
-    let relaunched = server.relaunch()?;
-    eprintln!(
-        "restart {n} of {} ({}): pid {old_pid} gone in {:.1} ms ({}); pid {} listening {:.1} ms later",
-        schedule.count,
-        schedule.halt.name(),
-        halted.down.as_secs_f64() * 1000.0,
-        halted.exit,
-        server.pid(),
-        relaunched.took.as_secs_f64() * 1000.0,
-    );
     Ok(Record {
         restart: n,
         at,
         halted,
         relaunched,
         tallies: Vec::new(),
+        rest,
     })
+}
+
+/// REST requests on fresh connections, one after another, for as long as an upgrade takes.
+struct RestProbe {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Value>,
+}
+
+impl RestProbe {
+    fn start(api: std::net::SocketAddr) -> Self {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut requests, mut failures, mut slowest) = (0u64, 0u64, Duration::ZERO);
+            let mut first_error: Option<String> = None;
+            while !flag.load(Ordering::SeqCst) {
+                requests += 1;
+                let began = Instant::now();
+                let got = (|| {
+                    let mut s =
+                        std::net::TcpStream::connect(api).map_err(|e| format!("connect: {e}"))?;
+                    s.set_read_timeout(Some(Duration::from_secs(30)))
+                        .map_err(|e| e.to_string())?;
+                    s.write_all(
+                        b"GET /api/v1/tickets?limit=1 HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\r\n",
+                    )
+                    .map_err(|e| format!("write: {e}"))?;
+                    let mut out = Vec::new();
+                    s.read_to_end(&mut out).map_err(|e| format!("read: {e}"))?;
+                    if out.starts_with(b"HTTP/1.1 200") {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "answer: {}",
+                            String::from_utf8_lossy(&out[..out.len().min(80)])
+                        ))
+                    }
+                })();
+                slowest = slowest.max(began.elapsed());
+                if let Err(e) = got {
+                    failures += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+            json!({
+                "requests": requests,
+                "failed": failures,
+                "slowest_ms": slowest.as_secs_f64() * 1000.0,
+                "first_error": first_error,
+            })
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> Value {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap_or(Value::Null)
+    }
 }
 
 /// The report's `restarts`: each restart merged over the workers, and the totals.
@@ -228,6 +321,8 @@ impl Record {
             "resent": sum(|t| t.resent),
             "replay_errors": sum(|t| t.replay_errors),
             "timed_out": self.tallies.iter().any(|t| t.timed_out),
+            "connections_dropped": sum(|t| t.resumed + t.refused + t.failed),
+            "rest": self.rest,
             "first_error": first_error(self.tallies.iter().map(|t| &t.first_error)),
         })
     }
@@ -273,6 +368,7 @@ mod tests {
                 attempts: 1,
             },
             tallies: vec![worker(5, 5, 100), worker(5, 4, 300)],
+            rest: None,
         };
         let r = report(Halt::Kill, &[record]);
         let one = &r["per_restart"][0];

@@ -165,7 +165,8 @@ async fn work(args: WorkerArgs) -> anyhow::Result<()> {
                 let Some(n) = words.next().and_then(|w| w.parse::<u32>().ok()) else {
                     continue;
                 };
-                shared.stats.borrow_mut().arm(n);
+                let upgrade = words.next() == Some("upgrade");
+                shared.stats.borrow_mut().arm(n, upgrade);
                 emit(&Event::Armed { restart: n });
                 tokio::task::spawn_local(report_restart(shared.clone(), n));
             }
@@ -173,8 +174,12 @@ async fn work(args: WorkerArgs) -> anyhow::Result<()> {
                 let n = words.next().and_then(|w| w.parse::<u32>().ok());
                 let at = words.next().and_then(|w| w.parse::<u128>().ok());
                 if let (Some(n), Some(at)) = (n, at) {
-                    if let Some(r) = shared.stats.borrow_mut().restart(n) {
+                    let mut stats = shared.stats.borrow_mut();
+                    if let Some(r) = stats.restart(n) {
                         r.killed_at = Some(at);
+                        if r.upgrade {
+                            stats.upgrades_over = stats.upgrades_over.max(n);
+                        }
                     }
                 }
             }

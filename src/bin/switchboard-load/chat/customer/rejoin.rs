@@ -57,11 +57,20 @@ pub struct RestartStats {
     pub resent: u64,
     pub replay_errors: u64,
     pub first_error: Option<String>,
+    /// An upgrade: sessions are expected to keep their connections.
+    pub upgrade: bool,
+    /// Sessions on their way back just now.
+    pub rejoining: u64,
 }
 
 impl RestartStats {
-    /// Every session open at the restart is back or accounted for, and the signal's time is known.
+    /// Every session open at the restart is back or accounted for, and the signal's time is known;
+    /// for an upgrade (no session should need to come back), the old process is gone and no
+    /// session is on its way back.
     pub fn settled(&self) -> bool {
+        if self.upgrade {
+            return self.killed_at.is_some() && self.rejoining == 0;
+        }
         self.killed_at.is_some()
             && self.resumed + self.refused + self.failed + self.ended >= self.sessions
     }
@@ -111,6 +120,18 @@ enum Attempt {
     Refused(String),
 }
 
+/// Counts a session on its way back for as long as it is (every way out of [`rejoin`]).
+struct Rejoining<'a> {
+    shared: &'a Shared,
+    epoch: u32,
+}
+
+impl Drop for Rejoining<'_> {
+    fn drop(&mut self) {
+        with(self.shared, self.epoch, |r| r.rejoining -= 1);
+    }
+}
+
 /// Brings the session back after its connection was lost (`why`) in the restart under way: a
 /// resumed connection with the replay checked and the missing messages sent again, or `None` once
 /// the session is given up (counted in the restart's figures).
@@ -123,6 +144,8 @@ pub(super) async fn rejoin(
     why: &str,
 ) -> Option<Conn> {
     let epoch = shared.stats.borrow().armed;
+    with(shared, epoch, |r| r.rejoining += 1);
+    let _rejoining = Rejoining { shared, epoch };
     with(shared, epoch, |r| {
         if close_code(why) == Some(1012) {
             r.closed_1012 += 1;
