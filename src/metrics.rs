@@ -456,6 +456,7 @@ fn zero_alerting_counters() {
     ] {
         metrics::counter!(ACTOR_RESTARTS, "kind" => kind, "cause" => "panic").absolute(0);
     }
+    metrics::counter!(UPGRADE_ROLLBACKS).absolute(0);
     for supervisor in ["root", "chat", "tickets", "sessions", "agents"] {
         metrics::counter!(SUPERVISOR_ESCALATIONS, "supervisor" => supervisor).absolute(0);
     }
