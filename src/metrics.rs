@@ -75,6 +75,7 @@ pub const UPGRADE_HANDED_OVER: &str = "switchboard_upgrade_handed_over_total";
 pub const UPGRADE_CLOSED: &str = "switchboard_upgrade_closed_total";
 pub const UPGRADE_ADOPTED: &str = "switchboard_upgrade_adopted_total";
 pub const UPGRADE_SECONDS: &str = "switchboard_upgrade_seconds";
+pub const UPGRADE_ADOPT: &str = "switchboard_upgrade_adopt_seconds";
 pub const UPGRADE_ROLLBACKS: &str = "switchboard_upgrade_rollbacks_total";
 pub const CHAT_ADMISSION_REFUSED: &str = "switchboard_chat_admission_refusals_total";
 pub const CHAT_SLOW_CONSUMERS: &str = "switchboard_chat_slow_consumer_disconnects_total";
@@ -365,6 +366,11 @@ fn describe_chat() {
         UPGRADE_SECONDS,
         Unit::Seconds,
         "The takeover that started this process: from asking the old process to hand over to ready."
+    );
+    describe_histogram!(
+        UPGRADE_ADOPT,
+        Unit::Seconds,
+        "After a takeover: from taking up a customer's connection to its session attached (read back from the chat journal if need be); its waiting frames are read from then on."
     );
     describe_counter!(
         UPGRADE_ROLLBACKS,

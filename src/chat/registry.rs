@@ -205,6 +205,7 @@ impl SessionRegistry {
     /// Reads the open sessions back after a start: those owed work come up now (the queued ones
     /// in their old order), the rest stay in the journal until resumed.
     fn recover(&mut self, ctx: &mut Context<Self>) {
+        let began = Instant::now();
         let journal = self.deps.journal.clone();
         let history_max = self.deps.limits.history_max as u32;
         let load = async move {
@@ -224,7 +225,7 @@ impl SessionRegistry {
             StoreResult::Ok(owed)
         };
         // Nothing is served before the sessions owed work are in place (the queue's order).
-        ctx.wait(load.into_actor(self).map(|result, act, _| {
+        ctx.wait(load.into_actor(self).map(move |result, act, _| {
             let owed = match result {
                 Ok(owed) => owed,
                 Err(e) => {
@@ -265,7 +266,7 @@ impl SessionRegistry {
                     reason,
                 });
             }
-            tracing::info!(live = act.children.len(), queued = n, "chat sessions owed work are back from the journal");
+            tracing::info!(live = act.children.len(), queued = n, took_ms = began.elapsed().as_millis() as u64, "chat sessions owed work are back from the journal");
         }));
     }
 
@@ -315,16 +316,8 @@ impl SessionRegistry {
             return;
         }
         self.loading.insert(id, vec![msg]);
-        let journal = self.deps.journal.clone();
         let history_max = self.deps.limits.history_max as u32;
-        let read = async move {
-            let Some(record) = journal.record(id).await? else {
-                return Ok(None);
-            };
-            let from = record.last_seq.saturating_sub(u64::from(history_max));
-            let frames = journal.frames(id, from, history_max).await?;
-            StoreResult::Ok(Some((record, frames)))
-        };
+        let read = self.deps.journal.session(id, history_max);
         ctx.spawn(read.into_actor(self).map(move |result, act, _| {
             let waiting = act.loading.remove(&id).unwrap_or_default();
             let addr = match result {

@@ -88,6 +88,14 @@ mod tests {
         ) -> BoxFuture<'static, StoreResult<Vec<JournalFrame>>> {
             async { Ok(Vec::new()) }.boxed()
         }
+        fn session(
+            &self,
+            _: SessionId,
+            _: u32,
+        ) -> BoxFuture<'static, StoreResult<Option<crate::store::chat_journal::LoadedSession>>>
+        {
+            async { Ok(None) }.boxed()
+        }
         fn open_sessions(&self) -> BoxFuture<'static, StoreResult<Vec<SessionRecord>>> {
             async { Ok(Vec::new()) }.boxed()
         }

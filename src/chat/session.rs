@@ -967,6 +967,7 @@ impl Handler<Resume> for Session {
         if msg.adopted {
             metrics::counter!(m::UPGRADE_ADOPTED, "party" => "customer", "outcome" => "attached")
                 .increment(1);
+            metrics::histogram!(m::UPGRADE_ADOPT).record(msg.started_at.elapsed().as_secs_f64());
             self.attach(msg.conn.take(), ctx);
             self.replay(msg.last_seq);
             self.dirty = true;

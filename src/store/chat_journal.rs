@@ -71,6 +71,13 @@ pub trait ChatJournal: Send + Sync + 'static {
         after_seq: u64,
         limit: u32,
     ) -> BoxFuture<'static, StoreResult<Vec<JournalFrame>>>;
+    /// A session's record and its newest `history` frames (oldest first), in one read: what a
+    /// resume or a takeover loads a session from.
+    fn session(
+        &self,
+        session_id: SessionId,
+        history: u32,
+    ) -> BoxFuture<'static, StoreResult<Option<LoadedSession>>>;
     /// Every session not closed, for a restarted process.
     fn open_sessions(&self) -> BoxFuture<'static, StoreResult<Vec<SessionRecord>>>;
     /// Forgets sessions last active before `before` (retention), with their frames. Reply: how many.
@@ -147,6 +154,33 @@ fn corrupt(what: impl std::fmt::Display) -> rusqlite::Error {
         rusqlite::types::Type::Text,
         what.to_string().into(),
     )
+}
+
+/// A session as [`ChatJournal::session`] reads it.
+pub type LoadedSession = (SessionRecord, Vec<JournalFrame>);
+
+/// Frames after `after_seq`, oldest first, at most `limit`.
+fn frames_of(
+    c: &Connection,
+    session_id: SessionId,
+    after_seq: u64,
+    limit: u32,
+) -> rusqlite::Result<Vec<JournalFrame>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT seq, at, body FROM chat_frames WHERE session_id = ?1 AND seq > ?2 \
+         ORDER BY seq LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(
+        params![session_id.to_string(), after_seq as i64, limit],
+        |row| {
+            Ok(JournalFrame {
+                seq: row.get::<_, i64>(0)?.max(0) as u64,
+                at: parse_ts(&row.get::<_, String>(1)?)?,
+                body: row.get(2)?,
+            })
+        },
+    )?;
+    rows.collect()
 }
 
 fn record_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
@@ -353,22 +387,27 @@ impl ChatJournal for SqliteChatJournal {
         after_seq: u64,
         limit: u32,
     ) -> BoxFuture<'static, StoreResult<Vec<JournalFrame>>> {
+        self.read(move |c| frames_of(c, session_id, after_seq, limit))
+    }
+
+    fn session(
+        &self,
+        session_id: SessionId,
+        history: u32,
+    ) -> BoxFuture<'static, StoreResult<Option<LoadedSession>>> {
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT seq, at, body FROM chat_frames WHERE session_id = ?1 AND seq > ?2 \
-                 ORDER BY seq LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(
-                params![session_id.to_string(), after_seq as i64, limit],
-                |row| {
-                    Ok(JournalFrame {
-                        seq: row.get::<_, i64>(0)?.max(0) as u64,
-                        at: parse_ts(&row.get::<_, String>(1)?)?,
-                        body: row.get(2)?,
-                    })
-                },
-            )?;
-            rows.collect()
+            let record = c
+                .prepare_cached(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM chat_sessions WHERE session_id = ?1"
+                ))?
+                .query_row(params![session_id.to_string()], record_of)
+                .optional()?;
+            let Some(record) = record else {
+                return Ok(None);
+            };
+            let from = record.last_seq.saturating_sub(u64::from(history));
+            let frames = frames_of(c, session_id, from, history)?;
+            Ok(Some((record, frames)))
         })
     }
 

@@ -115,7 +115,11 @@ impl Session {
 
     /// Stops the session the way `ending` says, once its last write is committed.
     pub(super) fn finish(&mut self, ending: Ending, ctx: &mut Context<Self>) {
-        self.dirty = true;
+        // A handover changes nothing the record says (the session stays attached, in the next
+        // process): only what is not yet committed is written.
+        if !matches!(ending, Ending::HandOver(_)) {
+            self.dirty = true;
+        }
         if matches!(ending, Ending::Expire) {
             self.expired = true;
         }
