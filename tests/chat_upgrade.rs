@@ -68,7 +68,7 @@ async fn traffic(
     session_id: Option<Value>,
     stop: Rc<Cell<bool>>,
     progress: mpsc::UnboundedSender<&'static str>,
-) -> Stream {
+) -> (Stream, ChatClient) {
     let mut seen = Stream {
         acks_numbered: session_id.is_none(),
         ..Stream::default()
@@ -107,16 +107,20 @@ async fn traffic(
         seen.rounds = i;
         let _ = progress.send(who);
     }
-    // Whatever is still on its way (the other side's last messages) is read too.
+    (seen, c)
+}
+
+/// Once nobody sends any more: reads what is still on its way to `c` (the other side's last
+/// messages were written before their senders had their acks), up to the answer to a ping.
+async fn drain(seen: &mut Stream, c: &mut ChatClient) {
     c.send(json!({"type": "ping"})).await;
     loop {
         let f = c.next().await.expect("open to the end");
         if f["type"] == "pong" {
-            break;
+            return;
         }
         seen.take(&f);
     }
-    seen
 }
 
 /// Waits until every one of `who` made `n` more rounds.
@@ -219,9 +223,12 @@ async fn an_upgrade_under_live_traffic_drops_no_connection_and_loses_no_frame() 
     rounds(&mut progress, &who, 3).await;
     stop.set(true);
     rest_stop.store(true, Ordering::SeqCst);
-    let a = a_task.await.unwrap();
-    let b = b_task.await.unwrap();
-    let ann = ann_task.await.unwrap();
+    let (mut a, mut a_conn) = a_task.await.unwrap();
+    let (mut b, mut b_conn) = b_task.await.unwrap();
+    let (mut ann, mut ann_conn) = ann_task.await.unwrap();
+    drain(&mut a, &mut a_conn).await;
+    drain(&mut b, &mut b_conn).await;
+    drain(&mut ann, &mut ann_conn).await;
     let requests = rest.join().unwrap();
 
     a.assert_gap_free("a");
