@@ -486,18 +486,8 @@ pub async fn accept_routed(
             Ok(None) => continue,
             Ok(Some((upgrade, used))) => {
                 write_all(&stream, upgrade.response().as_bytes()).await?;
-                let mut reader = Reader::new(Role::Server, limits.max_frame, limits.max_message);
                 // Frames sent right behind the request are decoded at the first poll.
-                reader.keep(&head[used..]);
-                let inbound = Inbound {
-                    shared: Rc::new(Shared::new(stream, reader, limits)),
-                    state: State::Open,
-                    run_messages: 0,
-                    run_bytes: 0,
-                };
-                let outbound = Outbound {
-                    shared: inbound.shared.clone(),
-                };
+                let (inbound, outbound) = halves(stream, &head[used..], limits);
                 return Ok(Some((upgrade, inbound, outbound)));
             }
             Err(e) => {
@@ -518,8 +508,14 @@ pub fn adopt(
 ) -> io::Result<(Inbound, Outbound)> {
     socket.set_nonblocking(true)?;
     let stream = TcpStream::from_std(socket)?;
+    Ok(halves(stream, &raw, limits))
+}
+
+/// The two halves of an upgraded connection, with `read` (bytes read and not yet decoded) kept for
+/// the first poll.
+fn halves(stream: TcpStream, read: &[u8], limits: &Limits) -> (Inbound, Outbound) {
     let mut reader = Reader::new(Role::Server, limits.max_frame, limits.max_message);
-    reader.keep(&raw);
+    reader.keep(read);
     let inbound = Inbound {
         shared: Rc::new(Shared::new(stream, reader, limits)),
         state: State::Open,
@@ -529,7 +525,7 @@ pub fn adopt(
     let outbound = Outbound {
         shared: inbound.shared.clone(),
     };
-    Ok((inbound, outbound))
+    (inbound, outbound)
 }
 
 /// A connection taken out of this process ([`Outbound::detach`]): its socket, and the bytes read
