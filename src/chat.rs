@@ -15,6 +15,8 @@
 //! - [`agent`]: one agent's actor (presence, capacity, the chats held, their own resumable
 //!   stream) and the agents' wire frames; [`agents`]: their keyed supervisor.
 //! - [`retention`]: the background prune of chats past `chat.retention_days`.
+//! - [`placement`]: which chat thread each session and agent lives on; [`shards`]: every chat
+//!   thread's registries.
 
 pub mod agent;
 pub mod agents;
@@ -24,9 +26,11 @@ pub mod desk;
 pub mod handover;
 pub mod history;
 pub mod link;
+pub mod placement;
 pub mod protocol;
 pub mod queue;
 pub mod registry;
 pub mod retention;
 pub mod routing;
 pub mod session;
+pub mod shards;

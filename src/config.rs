@@ -328,11 +328,35 @@ pub struct ChatListenerSettings {
     pub retention_days: u32,
     /// How often the retention prune runs.
     pub retention_sweep_ms: u64,
+    /// Chat threads (arbiters) connections and sessions are spread over; 0: one per core this
+    /// process may use.
+    pub threads: usize,
 }
 
+/// Most chat threads; a session's thread is chosen by its id, so more would only add idle ones.
+pub const MAX_CHAT_THREADS: usize = 256;
+
 impl ChatListenerSettings {
+    /// The chat threads to run: `threads`, or one per core the process may use (its CPU affinity
+    /// and cgroup quota included).
+    pub fn thread_count(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(1)
+                .min(MAX_CHAT_THREADS),
+            n => n,
+        }
+    }
+
     fn validate(&self) -> Result<SocketAddr, ConfigError> {
         let addr = parse_bind("chat.bind", &self.bind)?;
+        if self.threads > MAX_CHAT_THREADS {
+            return Err(invalid(
+                "chat.threads",
+                format!("must be at most {MAX_CHAT_THREADS} (0: one per core)"),
+            ));
+        }
         positive("chat.max_connections", self.max_connections as u64)?;
         positive("chat.max_header_bytes", self.max_header_bytes as u64)?;
         positive("chat.request_timeout_ms", self.request_timeout_ms)?;

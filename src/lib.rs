@@ -17,17 +17,22 @@
 //!      │    └─ ticket*   TicketActor per live ticket, transient; hibernates,          src/ticket/actor.rs
 //!      │                 then passivates when idle
 //!      ├─ chat           nested supervisor (one_for_one), escalates to the root       src/lib.rs chat_tree
-//!      │    │            both children on the chat arbiter, with every connection
-//!      │    ├─ sessions  SessionRegistry: a keyed supervisor (start, resume, ticks,   src/chat/registry.rs
+//!      │    │            chat.threads arbiters (one per core): each holds one session  src/chat/shards.rs
+//!      │    │            and one agent registry, with their parties' connections
+//!      │    ├─ sessions.N  one per chat thread:
+//!      │    │            SessionRegistry: a keyed supervisor (start, resume, ticks,   src/chat/registry.rs
 //!      │    │            sessions read back from the chat journal)
 //!      │    │    └─ session*  Session per chat, transient; outlives its connection    src/chat/session.rs
 //!      │    │                 for sessions.resume_grace_ms; owner ai/queued/agent   [permanent]
-//!      │    ├─ queue     Queue: waiting chats → agents (order, capacity, presence)   src/chat/queue.rs
+//!      │    ├─ queue     Queue: waiting chats → agents (order, capacity, presence),  src/chat/queue.rs
+//!      │    │            on the first chat thread
 //!      │    │                                                                       [permanent]
-//!      │    ├─ agents    AgentRegistry: a keyed supervisor of agents (ticks)         src/chat/agents.rs
+//!      │    ├─ agents.N  one per chat thread: AgentRegistry, a keyed supervisor       src/chat/agents.rs
+//!      │    │            of agents (ticks)
 //!      │    │    └─ agent*  Agent per signed-in agent, transient; outlives its       src/chat/agent.rs
 //!      │    │               connection for agents.resume_grace_ms                   [permanent]
-//!      │    └─ chat_listener  accept loop on chat.bind, lean WebSocket transport:     src/http/chat.rs
+//!      │    └─ chat_listener  accept loop on chat.bind → the least busy chat thread,  src/http/chat.rs
+//!      │                      lean WebSocket transport:
 //!      │                      /ws/chat, /ws/agent, /healthz, and the browser side   [permanent]
 //!      │                      (widget, JS client, console, demo: src/http/assets.rs)
 //!      └─ api            actix-web on api.bind (REST, /metrics, probes)              src/http.rs [permanent]
@@ -82,6 +87,7 @@ use crate::chat::handover::HandOff;
 use crate::chat::queue::Queue;
 use crate::chat::registry::{SessionRegistry, SuspendAll};
 use crate::chat::session::SessionDeps;
+use crate::chat::shards::{ChatShards, Shard};
 use crate::config::Settings;
 use crate::http::chat::{ChatListener, ChatRoutes};
 use crate::http::listener::ListenerChild;
@@ -233,7 +239,9 @@ pub async fn run_with(
 
     let bridge_arbiter = Arbiter::new();
     let tickets_arbiter = Arbiter::new();
-    let chat_arbiter = Arbiter::new();
+    let chat_threads = settings.chat.thread_count();
+    let chat_arbiters: Vec<Arbiter> = (0..chat_threads).map(|_| Arbiter::new()).collect();
+    ::metrics::gauge!(crate::metrics::CHAT_THREADS).set(chat_threads as f64);
     let (bridge_addr, bridge_mailbox) = supervised::mailbox::<Bridge>(settings.bridge.queue_depth);
     let (registry_addr, registry_mailbox) =
         supervised::mailbox::<TicketRegistry>(settings.tickets.registry_queue_depth);
@@ -343,11 +351,14 @@ pub async fn run_with(
         },
     );
     let tree_up = root.up_flag();
-    let (sessions_addr, sessions_mailbox) = supervised::mailbox::<SessionRegistry>(4096);
-    let hand_sessions = sessions_addr.clone();
+    let (sessions_addrs, sessions_mailboxes): (Vec<_>, Vec<_>) = (0..chat_threads)
+        .map(|_| supervised::mailbox::<SessionRegistry>(4096))
+        .unzip();
     let (queue_addr, queue_mailbox) = supervised::mailbox::<Queue>(4096);
-    let (agents_addr, agents_mailbox) = supervised::mailbox::<AgentRegistry>(4096);
-    let hand_agents = agents_addr.clone();
+    let (agents_addrs, agents_mailboxes): (Vec<_>, Vec<_>) = (0..chat_threads)
+        .map(|_| supervised::mailbox::<AgentRegistry>(4096))
+        .unzip();
+    let shards = ChatShards::new(sessions_addrs, agents_addrs);
     let chat_listening = Arc::new(AtomicBool::new(false));
     let deps = http::HttpDeps {
         settings: settings.clone(),
@@ -362,8 +373,7 @@ pub async fn run_with(
             metrics_token: settings.metrics.token.clone(),
             tree_up: tree_up.clone(),
             chat_listening: chat_listening.clone(),
-            chat_sessions: sessions_addr.clone(),
-            chat_agents: agents_addr.clone(),
+            chat: shards.clone(),
             chat_queue: queue_addr.clone(),
         },
     };
@@ -377,12 +387,13 @@ pub async fn run_with(
         Box::new(chat_tree(
             ChatParts {
                 listener: listeners.chat,
-                registry: (sessions_addr, sessions_mailbox),
+                shards: shards.clone(),
+                registries: sessions_mailboxes,
                 queue: (queue_addr, queue_mailbox),
-                agents: (agents_addr, agents_mailbox),
+                agent_registries: agents_mailboxes,
                 listening: chat_listening.clone(),
                 adopted: std::mem::take(&mut upgrade.inherited),
-                arbiter: chat_arbiter.handle(),
+                arbiters: chat_arbiters.iter().map(Arbiter::handle).collect(),
                 calls: calls_addr.clone(),
                 tickets: registry_addr.clone(),
                 outbox: outbox.clone(),
@@ -448,7 +459,7 @@ pub async fn run_with(
     let outcome = match outcome {
         Ok(Outcome::HandOver { successor, .. }) => {
             handing_over.store(true, Ordering::SeqCst);
-            let connections = hand_over_chat(&root, &hand_sessions, &hand_agents).await;
+            let connections = hand_over_chat(&root, &shards).await;
             let _ = root.send(StopChildren).await;
             Ok(Outcome::HandOver {
                 successor,
@@ -463,7 +474,9 @@ pub async fn run_with(
     };
     bridge_arbiter.stop();
     tickets_arbiter.stop();
-    chat_arbiter.stop();
+    for arbiter in &chat_arbiters {
+        arbiter.stop();
+    }
     tracing::info!(ok = outcome.is_ok(), "switchboard stopped");
     outcome
 }
@@ -473,35 +486,33 @@ pub async fn run_with(
 /// for agents reach them first), then every agent, once its requests are answered.
 async fn hand_over_chat(
     root: &Addr<Supervisor>,
-    sessions: &Addr<SessionRegistry>,
-    agents: &Addr<AgentRegistry>,
+    shards: &ChatShards,
 ) -> Vec<chat::handover::HandedOver> {
     let span = tracing::info_span!("upgrade_quiesce");
     let _guard = span.enter();
     let started = std::time::Instant::now();
     let hand_to = HandOff::default();
     // As at shutdown: bounded, whatever the upgrade's own deadline (a rollback takes up what was
-    // handed over, so nothing may be left half done).
+    // handed over, so nothing may be left half done). Every chat thread at once.
     let deadline = Duration::from_secs(5);
+    let bounded = deadline + Duration::from_secs(1);
     let _ = root.send(CloseDoors).await;
-    let _ = agents.send(PauseAgents).await;
-    let suspended = sessions.send(SuspendAll {
+    let _ = shards.all_agents(PauseAgents).await;
+    let suspended = shards.all_sessions(SuspendAll {
         deadline,
         hand_to: Some(hand_to.clone()),
     });
-    let n_sessions = tokio::time::timeout(deadline + Duration::from_secs(1), suspended)
+    let n_sessions: usize = tokio::time::timeout(bounded, suspended)
         .await
-        .ok()
-        .and_then(Result::ok)
+        .map(|replies| replies.into_iter().filter_map(Result::ok).sum())
         .unwrap_or(0);
-    let ended = agents.send(EndAllAgents {
+    let ended = shards.all_agents(EndAllAgents {
         hand_to: Some(hand_to.clone()),
         deadline,
     });
-    let n_agents = tokio::time::timeout(deadline + Duration::from_secs(1), ended)
+    let n_agents: usize = tokio::time::timeout(bounded, ended)
         .await
-        .ok()
-        .and_then(Result::ok)
+        .map(|replies| replies.into_iter().filter_map(Result::ok).sum())
         .unwrap_or(0);
     let handed = hand_to.take();
     tracing::info!(
@@ -517,30 +528,44 @@ async fn hand_over_chat(
 /// What the chat subtree is built from.
 struct ChatParts {
     listener: TcpListener,
-    registry: (Addr<SessionRegistry>, supervised::Mailbox<SessionRegistry>),
+    /// Every chat thread's registries, by address.
+    shards: ChatShards,
+    /// The session registries' mailboxes, one per chat thread.
+    registries: Vec<supervised::Mailbox<SessionRegistry>>,
     queue: (Addr<Queue>, supervised::Mailbox<Queue>),
-    agents: (Addr<AgentRegistry>, supervised::Mailbox<AgentRegistry>),
+    /// The agent registries' mailboxes, one per chat thread.
+    agent_registries: Vec<supervised::Mailbox<AgentRegistry>>,
     listening: Arc<AtomicBool>,
     /// Connections handed over by the process this one replaces.
     adopted: Vec<chat::handover::HandedOver>,
-    arbiter: ArbiterHandle,
+    /// The chat threads, in order.
+    arbiters: Vec<ArbiterHandle>,
     calls: Addr<DjangoCalls>,
     tickets: Addr<TicketRegistry>,
     outbox: Arc<dyn Outbox>,
     journal: Arc<dyn ChatJournal>,
 }
 
+/// A child's name for one chat thread (`sessions.1`): built once per tree, so leaking is bounded.
+fn thread_child_name(base: &str, shard: Shard) -> &'static str {
+    if shard.count == 1 {
+        return Box::leak(base.to_owned().into_boxed_str());
+    }
+    Box::leak(format!("{base}.{}", shard.index).into_boxed_str())
+}
+
 /// The live-chat subtree: its own supervisor (one_for_one, the root's intensity), escalating to the
-/// root. The session registry, the routing queue, the agent registry and the chat listener start
-/// in that order, all on the chat arbiter, where every connection, session and agent lives; on
-/// stop the listener closes first (no new connections), then agents and sessions are suspended:
-/// each commits to the chat journal and tells its client to resume (close 1012), and the next
-/// process carries every session on, its agent and queue place included.
+/// root. One session registry per chat thread, the routing queue (first thread), one agent
+/// registry per chat thread and the chat listener start in that order; every connection, session
+/// and agent lives on one chat thread with its registry. On stop the listener closes first (no
+/// new connections), then agents and sessions are suspended: each commits to the chat journal and
+/// tells its client to resume (close 1012), and the next process carries every session on, its
+/// agent and queue place included.
 fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
     let s = &settings.sessions;
+    let threads = parts.arbiters.len();
     let agents_online = Arc::new(AtomicBool::new(false));
     let (queue_addr, queue_mailbox) = parts.queue;
-    let (agents_addr, agents_mailbox) = parts.agents;
     let deps = Arc::new(SessionDeps {
         settings: s.clone(),
         limits: s.limits(),
@@ -568,22 +593,32 @@ fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
     });
     let live = Arc::new(AtomicUsize::new(0));
     let live_agents = Arc::new(AtomicUsize::new(0));
-    let (registry_addr, registry_mailbox) = parts.registry;
-    let registry_child = {
-        let arbiter = parts.arbiter.clone();
+    let shards = parts.shards;
+    let mut children: Vec<Box<dyn Child>> = Vec::new();
+    for (index, registry_mailbox) in parts.registries.into_iter().enumerate() {
+        let shard = Shard {
+            index,
+            count: threads,
+        };
+        let arbiter = parts.arbiters[index].clone();
         let live = live.clone();
-        let end_addr = registry_addr.clone();
-        ActorChild::new("sessions", Restart::Permanent, move |report| {
-            let escalate = report.clone();
-            supervised::spawn_in(
-                &arbiter,
-                "session_registry",
-                Restart::Permanent,
-                registry_mailbox,
-                move |_| SessionRegistry::new(deps, live, escalate),
-                report,
-            )
-        })
+        let deps = deps.clone();
+        let end_addr = shards.session_registries()[index].clone();
+        let child = ActorChild::new(
+            thread_child_name("sessions", shard),
+            Restart::Permanent,
+            move |report| {
+                let escalate = report.clone();
+                supervised::spawn_in(
+                    &arbiter,
+                    "session_registry",
+                    Restart::Permanent,
+                    registry_mailbox,
+                    move |_| SessionRegistry::new(deps, live, escalate, shard),
+                    report,
+                )
+            },
+        )
         .before_stop(move || {
             async move {
                 let deadline = Duration::from_secs(5);
@@ -593,17 +628,25 @@ fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
                 });
                 match tokio::time::timeout(deadline + Duration::from_secs(1), suspended).await {
                     Ok(Ok(n)) => {
-                        tracing::info!(sessions = n, "chat sessions suspended for the next process")
+                        tracing::info!(
+                            sessions = n,
+                            thread = index,
+                            "chat sessions suspended for the next process"
+                        )
                     }
-                    _ => tracing::warn!("session registry did not answer at shutdown"),
+                    _ => tracing::warn!(
+                        thread = index,
+                        "session registry did not answer at shutdown"
+                    ),
                 }
             }
             .boxed_local()
-        })
-    };
+        });
+        children.push(Box::new(child));
+    }
     let queue_child = {
-        let arbiter = parts.arbiter.clone();
-        let registry = registry_addr.clone();
+        let arbiter = parts.arbiters[0].clone();
+        let registry = shards.session_registries().to_vec();
         ActorChild::new("queue", Restart::Permanent, move |report| {
             supervised::spawn_in(
                 &arbiter,
@@ -615,21 +658,31 @@ fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
             )
         })
     };
-    let agents_child = {
-        let arbiter = parts.arbiter.clone();
+    children.push(Box::new(queue_child));
+    for (index, agents_mailbox) in parts.agent_registries.into_iter().enumerate() {
+        let shard = Shard {
+            index,
+            count: threads,
+        };
+        let arbiter = parts.arbiters[index].clone();
         let live_agents = live_agents.clone();
-        let end_addr = agents_addr.clone();
-        ActorChild::new("agents", Restart::Permanent, move |report| {
-            let escalate = report.clone();
-            supervised::spawn_in(
-                &arbiter,
-                "agent_registry",
-                Restart::Permanent,
-                agents_mailbox,
-                move |_| AgentRegistry::new(agent_deps, live_agents, escalate),
-                report,
-            )
-        })
+        let agent_deps = agent_deps.clone();
+        let end_addr = shards.agent_registries()[index].clone();
+        let child = ActorChild::new(
+            thread_child_name("agents", shard),
+            Restart::Permanent,
+            move |report| {
+                let escalate = report.clone();
+                supervised::spawn_in(
+                    &arbiter,
+                    "agent_registry",
+                    Restart::Permanent,
+                    agents_mailbox,
+                    move |_| AgentRegistry::new(agent_deps, live_agents, escalate),
+                    report,
+                )
+            },
+        )
         .before_stop(move || {
             async move {
                 match tokio::time::timeout(
@@ -642,34 +695,35 @@ fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
                 .await
                 {
                     Ok(Ok(n)) => {
-                        tracing::info!(agents = n, "agents told to resume on the next process")
+                        tracing::info!(
+                            agents = n,
+                            thread = index,
+                            "agents told to resume on the next process"
+                        )
                     }
-                    _ => tracing::warn!("agent registry did not answer at shutdown"),
+                    _ => {
+                        tracing::warn!(thread = index, "agent registry did not answer at shutdown")
+                    }
                 }
             }
             .boxed_local()
-        })
-    };
-    let children: Vec<Box<dyn Child>> = vec![
-        Box::new(registry_child),
-        Box::new(queue_child),
-        Box::new(agents_child),
-        Box::new(
-            ChatListener::new(
-                parts.listener,
-                parts.arbiter,
-                ChatRoutes {
-                    sessions: registry_addr,
-                    agents: agents_addr,
-                    live_sessions: live,
-                    live_agents,
-                },
-                settings.clone(),
-                parts.listening,
-            )
-            .adopting(parts.adopted),
-        ),
-    ];
+        });
+        children.push(Box::new(child));
+    }
+    children.push(Box::new(
+        ChatListener::new(
+            parts.listener,
+            parts.arbiters,
+            ChatRoutes {
+                shards,
+                live_sessions: live,
+                live_agents,
+            },
+            settings.clone(),
+            parts.listening,
+        )
+        .adopting(parts.adopted),
+    ));
     let chat = Supervisor::new(
         "chat",
         Strategy::OneForOne,

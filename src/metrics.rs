@@ -47,6 +47,10 @@ pub const STORE_SYNC_BATCH: &str = "switchboard_store_sync_batch_size";
 pub const STORE_SYNC_ERRORS: &str = "switchboard_store_sync_errors_total";
 pub const CHAT_SOCKETS: &str = "switchboard_chat_sockets";
 pub const CHAT_SESSIONS: &str = "switchboard_chat_sessions";
+pub const CHAT_THREADS: &str = "switchboard_chat_threads";
+pub const CHAT_THREAD_SESSIONS: &str = "switchboard_chat_thread_sessions";
+pub const CHAT_THREAD_SOCKETS: &str = "switchboard_chat_thread_sockets";
+pub const CHAT_MOVED: &str = "switchboard_chat_connections_moved_total";
 pub const CHAT_SESSIONS_STARTED: &str = "switchboard_chat_sessions_started_total";
 pub const CHAT_SESSIONS_CLOSED: &str = "switchboard_chat_sessions_closed_total";
 pub const CHAT_FRAMES_IN: &str = "switchboard_chat_frames_in_total";
@@ -284,6 +288,23 @@ fn describe_chat() {
     describe_gauge!(
         CHAT_SESSIONS,
         "Live chat sessions (attached or waiting for a resume)."
+    );
+    describe_gauge!(
+        CHAT_THREADS,
+        "Threads live chat runs on (chat.threads, or one per core)."
+    );
+    describe_gauge!(
+        CHAT_THREAD_SESSIONS,
+        "Live chat sessions on each chat thread, by thread."
+    );
+    describe_gauge!(
+        CHAT_THREAD_SOCKETS,
+        "Open chat connections on each chat thread, by thread."
+    );
+    describe_counter!(
+        CHAT_MOVED,
+        "Chat connections moved to the thread of the session or agent they resume, by party and \
+         outcome (moved, or closed 1012 when the socket could not be taken out)."
     );
     describe_counter!(CHAT_SESSIONS_STARTED, "Chat sessions started.");
     describe_counter!(CHAT_SESSIONS_CLOSED, "Chat sessions ended, by reason.");

@@ -1,6 +1,6 @@
-//! The agent registry: the keyed supervisor of agents on the chat arbiter, keyed by the agent's id
-//! (their token's `sub`), so a second connection of one agent reaches the same actor (the older
-//! connection is closed 4009). Like the session registry it ticks every agent for heartbeats,
+//! The agent registry: the keyed supervisor of agents on one chat thread, keyed by the agent's id
+//! (their token's `sub`); an agent always lives on the same thread ([`super::placement`]), so a
+//! second connection of one agent reaches the same actor (the older connection is closed 4009). Like the session registry it ticks every agent for heartbeats,
 //! token expiry and the resume grace, and ends them all at shutdown.
 //!
 //! Takes [`AgentConnected`], [`CountAgents`], [`EndAllAgents`]; agents report exits as
@@ -35,14 +35,14 @@ pub struct AgentConnected {
 }
 
 /// Anyone → registry: agents signed in (connected or within their grace).
-#[derive(Message, Debug)]
+#[derive(Message, Debug, Clone)]
 #[rtype(result = "usize")]
 pub struct CountAgents;
 
 /// Shutdown or upgrade → registry: end every agent (each keeps their chats for the next process;
 /// with `hand_to`, connections are handed over instead of closed). Answered once all have
 /// stopped (or after `deadline`), with how many there were.
-#[derive(Message, Debug, Default)]
+#[derive(Message, Debug, Default, Clone)]
 #[rtype(result = "usize")]
 pub struct EndAllAgents {
     pub hand_to: Option<HandOff>,
@@ -50,7 +50,7 @@ pub struct EndAllAgents {
 }
 
 /// Upgrade → registry: every agent stops reading its connection (see [`PauseAgent`]).
-#[derive(Message, Debug)]
+#[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct PauseAgents;
 
@@ -69,8 +69,11 @@ pub struct AgentRegistry {
     deps: Arc<AgentDeps>,
     children: KeyedChildren<AgentId, Agent>,
     escalate: ExitReport,
-    /// Agents signed in, read by the listener's admission check.
+    /// Agents signed in on every chat thread, read by the listener's admission check; this
+    /// registry adds and takes away its own.
     live: Arc<AtomicUsize>,
+    /// This registry's share of `live` as last added.
+    published: usize,
     /// Agents this process has had: an unknown one resuming was signed in to the previous
     /// process (a restart or an upgrade), not past its grace here.
     seen: std::collections::HashSet<AgentId>,
@@ -95,13 +98,20 @@ impl AgentRegistry {
             children,
             escalate,
             live,
+            published: 0,
             seen: std::collections::HashSet::new(),
             ending: Vec::new(),
         }
     }
 
-    fn publish_count(&self) {
-        self.live.store(self.children.len(), Ordering::Relaxed);
+    fn publish_count(&mut self) {
+        let now = self.children.len();
+        if now >= self.published {
+            self.live.fetch_add(now - self.published, Ordering::Relaxed);
+        } else {
+            self.live.fetch_sub(self.published - now, Ordering::Relaxed);
+        }
+        self.published = now;
     }
 }
 
@@ -160,7 +170,7 @@ impl Handler<AgentConnected> for AgentRegistry {
                 );
             }
             // Capacity counts new agents only: one reconnecting is always let back in.
-            if self.children.len() >= self.deps.settings.max_agents {
+            if self.live.load(Ordering::Relaxed) >= self.deps.settings.max_agents {
                 metrics::counter!(m::AGENT_REFUSED, "reason" => "capacity").increment(1);
                 return refuse(
                     msg.conn,

@@ -1,4 +1,4 @@
-//! The routing queue: one actor on the chat arbiter that hands sessions waiting for a human to
+//! The routing queue: one actor (on the first chat thread) that hands sessions waiting for a human to
 //! agents. Sessions join it ([`ToQueue::Enqueue`]) when the AI hands off or their agent is gone;
 //! agents sign on and off ([`AgentUp`], [`AgentStatus`], [`AgentGone`]) and claim ([`Join`]).
 //!
@@ -22,6 +22,7 @@ use actix::prelude::*;
 
 use self::state::{ClaimError, Entry, QueueState};
 use crate::chat::agent::protocol::{AgentServerFrame, AgentView, AssignedBy, Presence, Waiting};
+use crate::chat::placement;
 use crate::chat::registry::{BroadcastToSessions, LookupSession, SessionRegistry};
 use crate::chat::routing::{AgentHandle, AgentOp, SessionCommand, SessionHandle, ToAgent, ToQueue};
 use crate::chat::session::owner::{AgentRef, Refused};
@@ -101,7 +102,8 @@ pub struct Queue {
     /// Positions or the list changed since the last push; a push is scheduled.
     dirty: bool,
     push_scheduled: bool,
-    registry: Addr<SessionRegistry>,
+    /// Every chat thread's session registry, in thread order: a session is looked up on its own.
+    registry: Vec<Addr<SessionRegistry>>,
     /// Handles of the waiting sessions.
     sessions: HashMap<SessionId, SessionHandle>,
     agents: HashMap<AgentId, AgentHandle>,
@@ -111,7 +113,7 @@ pub struct Queue {
 }
 
 impl Queue {
-    pub fn new(registry: Addr<SessionRegistry>, agents_online: Arc<AtomicBool>) -> Self {
+    pub fn new(registry: Vec<Addr<SessionRegistry>>, agents_online: Arc<AtomicBool>) -> Self {
         Self {
             state: QueueState::default(),
             dirty: false,
@@ -163,8 +165,9 @@ impl Queue {
         let online = self.state.any_online();
         if self.agents_online.swap(online, Ordering::Relaxed) != online {
             tracing::info!(online, "agents online changed; customers are told");
-            self.registry
-                .do_send(BroadcastToSessions(SessionCommand::AgentsOnline(online)));
+            for registry in &self.registry {
+                registry.do_send(BroadcastToSessions(SessionCommand::AgentsOnline(online)));
+            }
         }
     }
 
@@ -232,7 +235,8 @@ impl Queue {
             return Box::pin(actix::fut::ready(Err(e.into())));
         }
         let known = self.sessions.get(&session_id).cloned();
-        let registry = self.registry.clone();
+        let registry =
+            self.registry[placement::of_session(session_id, self.registry.len())].clone();
         let id = agent.id.clone();
         let command = SessionCommand::ByAgent {
             agent,
@@ -303,12 +307,13 @@ impl Handler<ToQueue> for Queue {
                 session,
                 customer,
                 reason,
+                since,
             } => {
                 let added = self.state.enqueue(Entry {
                     session_id,
                     customer,
                     reason,
-                    since: chrono::Utc::now(),
+                    since,
                     enqueued: Instant::now(),
                     claiming: None,
                     told: 0,

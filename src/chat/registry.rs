@@ -1,5 +1,6 @@
-//! The session registry: the keyed supervisor of chat sessions, on the chat arbiter, where the chat
-//! listener accepts connections too (a connection never leaves that thread).
+//! The session registry: the keyed supervisor of the chat sessions of one chat thread (one
+//! registry per thread, [`super::placement`]); a session's connection is handed to it on the same
+//! thread and never leaves it.
 //!
 //! Routing by session id, stale-exit checks, restart intensity (`sessions.max_restarts` in
 //! `max_seconds`) and escalation to the chat supervisor are the generic
@@ -29,6 +30,7 @@ use futures_channel::oneshot;
 use super::auth;
 use super::handover::HandOff;
 use super::link::{Lane, Local};
+use super::placement::{self, Shard};
 use super::protocol::{close, ErrorCode, ServerFrame};
 use super::routing::{SessionCommand, SessionHandle, ToQueue};
 use super::session::state::{CustomerInfo, Owner, SessionState};
@@ -67,19 +69,19 @@ pub struct ResumeSession {
 }
 
 /// Anyone → registry: live sessions. Reply: the count.
-#[derive(Message, Debug)]
+#[derive(Message, Debug, Clone)]
 #[rtype(result = "usize")]
 pub struct CountSessions;
 
 /// Shutdown → registry: end every session (each tells its client, close 1001). Reply: how many.
-#[derive(Message, Debug)]
+#[derive(Message, Debug, Clone)]
 #[rtype(result = "usize")]
 pub struct EndAll;
 
 /// Shutdown or upgrade → registry: every session commits, tells its client to resume (1012) and
 /// stops, to go on in the next process. Answered once all have stopped (or after `deadline`), with
 /// how many there were; new connections are refused meanwhile (1012).
-#[derive(Message, Debug)]
+#[derive(Message, Debug, Clone)]
 #[rtype(result = "usize")]
 pub struct SuspendAll {
     pub deadline: Duration,
@@ -103,7 +105,7 @@ pub struct LookupSession {
 }
 
 /// The queue → registry: a command for every live session (whether agents are online).
-#[derive(Message, Debug)]
+#[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct BroadcastToSessions(pub SessionCommand);
 
@@ -114,8 +116,13 @@ pub struct SessionRegistry {
     deps: Arc<SessionDeps>,
     children: KeyedChildren<SessionId, Session>,
     escalate: ExitReport,
-    /// Live sessions, read by the listener's admission check without a message.
+    /// Live sessions on every chat thread, read by the listener's admission check without a
+    /// message; this registry adds and takes away its own.
     live: Arc<AtomicUsize>,
+    /// This registry's share of `live` as last added.
+    published: usize,
+    /// The chat thread this registry and its sessions live on.
+    shard: Shard,
     /// Resumes waiting for their session to be read from the journal.
     loading: HashMap<SessionId, Vec<ResumeSession>>,
     /// Suspending: answered once every session stopped.
@@ -129,7 +136,12 @@ const JOURNAL_SWEEP: Duration = Duration::from_secs(5);
 const JOURNAL_SWEEP_MAX: u32 = 10_000;
 
 impl SessionRegistry {
-    pub fn new(deps: Arc<SessionDeps>, live: Arc<AtomicUsize>, escalate: ExitReport) -> Self {
+    pub fn new(
+        deps: Arc<SessionDeps>,
+        live: Arc<AtomicUsize>,
+        escalate: ExitReport,
+        shard: Shard,
+    ) -> Self {
         let s = &deps.settings;
         let children = KeyedChildren::new(KeyedConfig {
             kind: "session",
@@ -146,6 +158,8 @@ impl SessionRegistry {
             children,
             escalate,
             live,
+            published: 0,
+            shard,
             loading: HashMap::new(),
             suspended: None,
         }
@@ -208,11 +222,18 @@ impl SessionRegistry {
         let began = Instant::now();
         let journal = self.deps.journal.clone();
         let history_max = self.deps.limits.history_max as u32;
+        let shard = self.shard;
         let load = async move {
-            // Connections the last process had are gone: their grace starts now.
-            journal.mark_detached(chrono::Utc::now()).await?;
+            // Connections the last process had are gone: their grace starts now (once, by the
+            // first thread's registry).
+            if shard.index == 0 {
+                journal.mark_detached(chrono::Utc::now()).await?;
+            }
             let mut owed = Vec::new();
             for record in journal.open_sessions().await? {
+                if !shard.owns_session(record.session_id) {
+                    continue;
+                }
                 let needs = serde_json::from_str::<SessionState>(&record.state)
                     .map(|s| s.needs_actor())
                     .unwrap_or(false);
@@ -258,12 +279,13 @@ impl SessionRegistry {
             }
             queued.sort_by_key(|(since, ..)| *since);
             let n = queued.len();
-            for (_, session_id, addr, customer, reason) in queued {
+            for (since, session_id, addr, customer, reason) in queued {
                 act.deps.queue.do_send(ToQueue::Enqueue {
                     session_id,
                     session: addr.recipient(),
                     customer,
                     reason,
+                    since: since.unwrap_or_else(chrono::Utc::now),
                 });
             }
             tracing::info!(live = act.children.len(), queued = n, took_ms = began.elapsed().as_millis() as u64, "chat sessions owed work are back from the journal");
@@ -385,9 +407,16 @@ impl SessionRegistry {
         }
     }
 
-    fn publish_count(&self) {
-        self.live.store(self.children.len(), Ordering::Relaxed);
-        metrics::gauge!(m::CHAT_SESSIONS).set(self.children.len() as f64);
+    fn publish_count(&mut self) {
+        let now = self.children.len();
+        let total = if now >= self.published {
+            self.live.fetch_add(now - self.published, Ordering::Relaxed) + (now - self.published)
+        } else {
+            self.live.fetch_sub(self.published - now, Ordering::Relaxed) - (self.published - now)
+        };
+        self.published = now;
+        metrics::gauge!(m::CHAT_SESSIONS).set(total as f64);
+        metrics::gauge!(m::CHAT_THREAD_SESSIONS, "thread" => self.shard.label()).set(now as f64);
     }
 }
 
@@ -452,7 +481,7 @@ impl Handler<StartSession> for SessionRegistry {
         }
         // Capacity counts new work only: this is a new session (resumes never come here).
         let s = &self.deps.settings;
-        let why = if self.children.len() >= s.max_sessions {
+        let why = if self.live.load(Ordering::Relaxed) >= s.max_sessions {
             Some("sessions")
         } else if self.deps.history_bytes.load(Ordering::Relaxed) >= s.max_total_history_bytes {
             Some("memory")
@@ -470,7 +499,8 @@ impl Handler<StartSession> for SessionRegistry {
                 "at capacity",
             );
         }
-        let id = SessionId::new();
+        // Minted for this thread: the session lives where its connection was accepted.
+        let id = placement::session_id_on(self.shard.index, self.shard.count);
         let customer = match auth::customer(msg.token.as_deref(), &s.jwt_secret, id)
             .map_err(|e| e.to_string())
             .and_then(|c| check_customer(&c, self.deps.max_name_chars).map(|()| c))

@@ -140,6 +140,9 @@ pub enum ToQueue {
         session: SessionHandle,
         customer: String,
         reason: String,
+        /// When it started waiting: the queue is in this order, whichever chat thread (or, after
+        /// a restart, whichever registry) told it first.
+        since: chrono::DateTime<chrono::Utc>,
     },
     /// The session stopped waiting without an agent (`abandoned`: the customer left or it timed out).
     Dequeue {

@@ -1,27 +1,27 @@
-//! The chat listener on `chat.bind`: an accept loop on the chat arbiter (the sessions' thread),
-//! over the lean WebSocket transport ([`crate::transport`]), because an idle connection must hold
-//! no buffer (BENCHMARKS.md, "Live chat transport").
+//! The chat listener on `chat.bind`: an accept loop that hands each connection to the least busy
+//! chat thread ([`crate::chat::shards`]), over the lean WebSocket transport ([`crate::transport`]),
+//! because an idle connection must hold no buffer (BENCHMARKS.md, "Live chat transport").
 //!
 //! Each connection is routed by its request head before anything is upgraded: `/healthz` answers
 //! 200, `/ws/chat` is upgraded once it passes the origin allow-list (403), admission control (a
 //! token bucket, `sessions.admission_per_sec`, and `sessions.max_sessions`; 503 with
 //! `Retry-After`), and every other path is a JSON 404. An upgraded connection's first frame must be
 //! `session.start` or `session.resume` within `sessions.handshake_timeout_ms`; the connection then
-//! goes to the session registry, which attaches it to its session.
+//! goes to the session registry of its session's thread (moved there if it is another), which
+//! attaches it to its session.
 //!
 //! `/ws/agent` signs the agent in at the handshake: a token (`Authorization: Bearer`, or
 //! `?access_token=` for browsers) that is missing, invalid or signed with another secret is
 //! answered 401 `unauthorized`, an expired one 401 `token_expired`, another role 403 `forbidden`,
 //! and past `agents.max_agents` 503. The first frame must be `agent.start` or `agent.resume`; the
-//! connection then goes to the agent registry.
+//! connection then goes to the agent registry of the agent's thread.
 //!
 //! [`ChatListener`] runs the loop as a supervised child: stopping it closes the listening socket
 //! at once (new connections are refused), while sessions go on until the registry ends them.
 
-use std::cell::Cell;
 use std::net::{SocketAddr, TcpListener};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::chat::agent::protocol::{self as agent_protocol, AgentFrame};
 use crate::chat::agent::Opening;
-use crate::chat::agents::{AgentConnected, AgentRegistry};
+use crate::chat::agents::AgentConnected;
 use crate::chat::attached::{nonzero, FrameRate, Rate};
 use crate::chat::auth::{self, AgentIdentity};
 use crate::chat::handover::{HandedOver, Party};
@@ -41,7 +41,8 @@ use crate::chat::link::{Connection, Inbound, Lane, Link, Local, SendError, Socke
 use crate::chat::protocol::{
     self, close, ClientFrame, ErrorCode, FrameError, ServerFrame, SUBPROTOCOL,
 };
-use crate::chat::registry::{ResumeSession, SessionRegistry, StartSession};
+use crate::chat::registry::{ResumeSession, StartSession};
+use crate::chat::shards::{self, ChatShards};
 use crate::config::Settings;
 use crate::http::assets::{AssetRequest, Assets};
 use crate::metrics as m;
@@ -52,8 +53,8 @@ use crate::transport::{self, Head, Message, Route, TransportError};
 /// Where the listener hands connections, and the counts its admission reads.
 #[derive(Clone)]
 pub struct ChatRoutes {
-    pub sessions: Addr<SessionRegistry>,
-    pub agents: Addr<AgentRegistry>,
+    /// Every chat thread's registries: a connection goes to its party's thread.
+    pub shards: ChatShards,
     pub live_sessions: Arc<AtomicUsize>,
     pub live_agents: Arc<AtomicUsize>,
 }
@@ -64,14 +65,20 @@ enum Target {
     Agent(AgentIdentity),
 }
 
-/// What the accept loop needs; one per listener start.
+/// What the accept loop and every chat thread's connections need; one per listener start.
 struct Shared {
     routes: ChatRoutes,
     settings: Arc<Settings>,
     admission: DefaultDirectRateLimiter,
     limits: transport::Limits,
+    /// The chat threads, in order (as [`ChatShards`] numbers them).
+    threads: Vec<ArbiterHandle>,
     /// Connections accepted and not yet closed (gauge `switchboard_chat_sockets`).
-    sockets: Rc<Cell<i64>>,
+    sockets: AtomicI64,
+    /// The same, by chat thread (gauge `switchboard_chat_thread_sockets`).
+    thread_sockets: Vec<AtomicI64>,
+    /// Where the next accepted connection's search for the least busy thread starts.
+    next_thread: AtomicUsize,
     /// The widget, JS client, console and demo page.
     assets: Arc<Assets>,
 }
@@ -124,7 +131,7 @@ impl Shared {
         }
         // A hard bound on sockets (file descriptors), whoever they are for. Sessions and agents are
         // counted later, once the first frame tells a new one from a reconnect.
-        let sockets = usize::try_from(self.sockets.get()).unwrap_or(0);
+        let sockets = usize::try_from(self.sockets.load(Ordering::Relaxed)).unwrap_or(0);
         if sockets >= self.settings.chat.max_connections {
             return refused("capacity", "too many chat connections; retry later", "5");
         }
@@ -225,20 +232,30 @@ fn http_json(status: u16, reason: &str, body: &str, headers: &[(&str, &str)]) ->
 /// Counts one open socket (gauge `switchboard_chat_sockets`, and `chat.max_connections`) until
 /// both halves of its connection are gone, i.e. until the socket is really closed: a link dropped
 /// while its reader still drains a closing handshake still holds a descriptor.
-struct SocketCount(Rc<Cell<i64>>);
+struct SocketCount {
+    shared: Arc<Shared>,
+    thread: usize,
+}
 
 impl SocketCount {
-    fn new(sockets: Rc<Cell<i64>>) -> Rc<Self> {
-        sockets.set(sockets.get() + 1);
-        metrics::gauge!(m::CHAT_SOCKETS).set(sockets.get() as f64);
-        Rc::new(Self(sockets))
+    fn new(shared: Arc<Shared>, thread: usize) -> Rc<Self> {
+        let count = Self { shared, thread };
+        count.add(1);
+        Rc::new(count)
+    }
+
+    fn add(&self, n: i64) {
+        let total = self.shared.sockets.fetch_add(n, Ordering::Relaxed) + n;
+        let here = self.shared.thread_sockets[self.thread].fetch_add(n, Ordering::Relaxed) + n;
+        metrics::gauge!(m::CHAT_SOCKETS).set(total as f64);
+        metrics::gauge!(m::CHAT_THREAD_SOCKETS, "thread" => self.thread.to_string())
+            .set(here as f64);
     }
 }
 
 impl Drop for SocketCount {
     fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
-        metrics::gauge!(m::CHAT_SOCKETS).set(self.0.get() as f64);
+        self.add(-1);
     }
 }
 
@@ -317,13 +334,15 @@ fn events(inbound: transport::Inbound, count: Rc<SocketCount>) -> impl Stream<It
         })
 }
 
-/// The transport's halves as a session's or agent's connection, counted as an open socket.
+/// The transport's halves as a session's or agent's connection, counted as an open socket of
+/// chat thread `thread` (the one this runs on).
 fn connection(
     inbound: transport::Inbound,
     outbound: transport::Outbound,
-    shared: &Shared,
+    shared: &Arc<Shared>,
+    thread: usize,
 ) -> Connection {
-    let count = SocketCount::new(shared.sockets.clone());
+    let count = SocketCount::new(shared.clone(), thread);
     Connection {
         link: Box::new(SocketLink {
             out: outbound,
@@ -333,36 +352,92 @@ fn connection(
     }
 }
 
+/// What to do with a connection once it is on its party's thread; runs there.
+type Deliver = Box<dyn FnOnce(Connection, &Arc<Shared>) + Send>;
+
+/// Takes a socket up as a connection on chat thread `thread` (this one) and delivers it; `false`
+/// if it could not be (it is dropped, and its client resumes).
+fn take_up(socket: Socket, shared: &Arc<Shared>, thread: usize, deliver: Deliver) -> bool {
+    match transport::adopt(socket.socket, socket.raw, &shared.limits) {
+        Ok((inbound, outbound)) => {
+            deliver(connection(inbound, outbound, shared, thread), shared);
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "a connection could not be taken up on its chat thread");
+            false
+        }
+    }
+}
+
+/// Sends a connection whose first frame named its party to that party's chat thread `owner`
+/// (from `here`, the thread it was accepted on) and delivers it there. Its socket is taken out
+/// with the bytes read and not used; one that cannot be (output still queued) is closed 1012, and
+/// its client resumes.
+fn to_owner(
+    mut conn: Connection,
+    shared: &Arc<Shared>,
+    (here, owner): (usize, usize),
+    party: &'static str,
+    deliver: Deliver,
+) {
+    if here == owner {
+        return deliver(conn, shared);
+    }
+    let span = tracing::debug_span!("chat_move", party, from = here, to = owner);
+    let _guard = span.enter();
+    let Some(socket) = conn.link.detach() else {
+        metrics::counter!(m::CHAT_MOVED, "party" => party, "outcome" => "closed").increment(1);
+        reject_with(
+            &mut conn,
+            ErrorCode::ServerBusy,
+            "the connection could not be moved to its session; resume again",
+            close::SERVICE_RESTART,
+        );
+        return;
+    };
+    drop(conn);
+    let target = shared.clone();
+    let sent = shared.threads[owner].spawn_fn(move || {
+        if take_up(socket, &target, owner, deliver) {
+            metrics::counter!(m::CHAT_MOVED, "party" => party, "outcome" => "moved").increment(1);
+        } else {
+            metrics::counter!(m::CHAT_MOVED, "party" => party, "outcome" => "closed").increment(1);
+        }
+    });
+    if !sent {
+        tracing::warn!(thread = owner, "a chat thread is gone; connection dropped");
+    }
+}
+
 /// Takes over the connections the process this one replaced handed over: each goes back to its
-/// session or agent as it was, without a word to its client. One that cannot be taken up is
-/// dropped (its client resumes).
-fn adopt(handed: Vec<HandedOver>, shared: &Shared) {
+/// session or agent as it was, without a word to its client, on that party's chat thread. One
+/// that cannot be taken up is dropped (its client resumes).
+fn adopt(handed: Vec<HandedOver>, shared: &Arc<Shared>) {
     let n = handed.len();
+    let threads = shared.threads.len();
     for HandedOver { party, socket } in handed {
         let label = party.label();
-        let (inbound, outbound) = match transport::adopt(socket.socket, socket.raw, &shared.limits)
-        {
-            Ok(halves) => halves,
-            Err(e) => {
-                metrics::counter!(m::UPGRADE_ADOPTED, "party" => label, "outcome" => "failed")
-                    .increment(1);
-                tracing::warn!(error = %e, party = label, "a handed-over connection could not be taken up");
-                continue;
-            }
-        };
-        let conn = Local::new(connection(inbound, outbound, shared));
-        match party {
+        let (owner, deliver): (usize, Deliver) = match party {
             Party::Customer {
                 session_id,
                 sent_seq,
-            } => shared.routes.sessions.do_send(ResumeSession {
-                conn,
-                session_id,
-                resume_token: String::new(),
-                last_seq: sent_seq,
-                started_at: Instant::now(),
-                adopted: true,
-            }),
+            } => {
+                let owner = shards::of_session(session_id, threads);
+                (
+                    owner,
+                    Box::new(move |conn, shared| {
+                        shared.routes.shards.session_registries()[owner].do_send(ResumeSession {
+                            conn: Local::new(conn),
+                            session_id,
+                            resume_token: String::new(),
+                            last_seq: sent_seq,
+                            started_at: Instant::now(),
+                            adopted: true,
+                        })
+                    }),
+                )
+            }
             Party::Agent {
                 agent_id,
                 name,
@@ -372,21 +447,40 @@ fn adopt(handed: Vec<HandedOver>, shared: &Shared) {
                 capacity,
                 auto_assign,
                 held,
-            } => shared.routes.agents.do_send(AgentConnected {
-                conn,
-                identity: AgentIdentity {
-                    id: agent_id,
-                    name,
-                    expires_at,
-                },
-                opening: Opening::Adopted {
-                    last_seq,
-                    presence,
-                    capacity,
-                    auto_assign,
-                },
-                shown: held,
-            }),
+            } => {
+                let owner = shards::of_agent(&agent_id, threads);
+                (
+                    owner,
+                    Box::new(move |conn, shared| {
+                        shared.routes.shards.agent_registries()[owner].do_send(AgentConnected {
+                            conn: Local::new(conn),
+                            identity: AgentIdentity {
+                                id: agent_id,
+                                name,
+                                expires_at,
+                            },
+                            opening: Opening::Adopted {
+                                last_seq,
+                                presence,
+                                capacity,
+                                auto_assign,
+                            },
+                            shown: held,
+                        })
+                    }),
+                )
+            }
+        };
+        let target = shared.clone();
+        let sent = shared.threads[owner].spawn_fn(move || {
+            if !take_up(socket, &target, owner, deliver) {
+                metrics::counter!(m::UPGRADE_ADOPTED, "party" => label, "outcome" => "failed")
+                    .increment(1);
+            }
+        });
+        if !sent {
+            metrics::counter!(m::UPGRADE_ADOPTED, "party" => label, "outcome" => "failed")
+                .increment(1);
         }
     }
     if n > 0 {
@@ -397,8 +491,17 @@ fn adopt(handed: Vec<HandedOver>, shared: &Shared) {
     }
 }
 
-/// One accepted socket: route, upgrade, wait for the first frame, hand over.
-async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, shared: Rc<Shared>) {
+/// One accepted socket, on chat thread `thread`: route, upgrade, wait for the first frame, hand
+/// over to its party's thread.
+async fn serve_connection(
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    thread: usize,
+) {
+    let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+        return;
+    };
     let _ = stream.set_nodelay(true);
     let head_wait = Duration::from_millis(shared.settings.chat.request_timeout_ms);
     let mut target = None;
@@ -421,10 +524,10 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, share
             return;
         }
     };
-    let conn = connection(inbound, outbound, &shared);
+    let conn = connection(inbound, outbound, &shared, thread);
     match target {
-        Some(Target::Agent(identity)) => agent_first_frame(conn, identity, &shared).await,
-        _ => customer_first_frame(conn, &shared).await,
+        Some(Target::Agent(identity)) => agent_first_frame(conn, identity, &shared, thread).await,
+        _ => customer_first_frame(conn, &shared, thread).await,
     }
 }
 
@@ -513,7 +616,7 @@ async fn first_frame<F>(
     }
 }
 
-async fn customer_first_frame(mut conn: Connection, shared: &Shared) {
+async fn customer_first_frame(mut conn: Connection, shared: &Arc<Shared>, thread: usize) {
     let s = &shared.settings.sessions;
     let rate = (s.rate_per_sec, s.rate_burst);
     let first = first_frame(&mut conn, shared, rate, protocol::parse, |f| {
@@ -523,11 +626,12 @@ async fn customer_first_frame(mut conn: Connection, shared: &Shared) {
     let Some((frame, started_at)) = first else {
         return;
     };
-    let registry = &shared.routes.sessions;
+    let shards = &shared.routes.shards;
     match frame {
         ClientFrame::Start { token } => {
             metrics::counter!(m::CHAT_FRAMES_IN, "type" => "session.start").increment(1);
-            registry.do_send(StartSession {
+            // A new session is minted for this thread, so its connection stays here.
+            shards.session_registries()[thread].do_send(StartSession {
                 conn: Local::new(conn),
                 token,
                 started_at,
@@ -539,14 +643,18 @@ async fn customer_first_frame(mut conn: Connection, shared: &Shared) {
             last_seq,
         } => {
             metrics::counter!(m::CHAT_FRAMES_IN, "type" => "session.resume").increment(1);
-            registry.do_send(ResumeSession {
-                conn: Local::new(conn),
-                session_id,
-                resume_token,
-                last_seq,
-                started_at,
-                adopted: false,
+            let owner = shards::of_session(session_id, shards.count());
+            let deliver: Deliver = Box::new(move |conn, shared| {
+                shared.routes.shards.session_registries()[owner].do_send(ResumeSession {
+                    conn: Local::new(conn),
+                    session_id,
+                    resume_token,
+                    last_seq,
+                    started_at,
+                    adopted: false,
+                })
             });
+            to_owner(conn, shared, (thread, owner), "customer", deliver);
         }
         other => reject(
             &mut conn,
@@ -556,7 +664,12 @@ async fn customer_first_frame(mut conn: Connection, shared: &Shared) {
     }
 }
 
-async fn agent_first_frame(mut conn: Connection, identity: AgentIdentity, shared: &Shared) {
+async fn agent_first_frame(
+    mut conn: Connection,
+    identity: AgentIdentity,
+    shared: &Arc<Shared>,
+    thread: usize,
+) {
     let a = &shared.settings.agents;
     let rate = (a.rate_per_sec, a.rate_burst);
     let first = first_frame(&mut conn, shared, rate, agent_protocol::parse, |f| {
@@ -586,12 +699,16 @@ async fn agent_first_frame(mut conn: Connection, identity: AgentIdentity, shared
             )
         }
     };
-    shared.routes.agents.do_send(AgentConnected {
-        conn: Local::new(conn),
-        identity,
-        opening,
-        shown: Vec::new(),
+    let owner = shards::of_agent(&identity.id, shared.routes.shards.count());
+    let deliver: Deliver = Box::new(move |conn, shared| {
+        shared.routes.shards.agent_registries()[owner].do_send(AgentConnected {
+            conn: Local::new(conn),
+            identity,
+            opening,
+            shown: Vec::new(),
+        })
     });
+    to_owner(conn, shared, (thread, owner), "agent", deliver);
 }
 
 /// Refuses a connection that has no session (or agent): an `error` frame, then close 1008.
@@ -607,10 +724,22 @@ fn reject_with(conn: &mut Connection, code: ErrorCode, message: &str, close_code
     conn.link.close(close_code, "no session");
 }
 
-/// The accept loop; ends when `stop` fires (or its sender is dropped).
+/// The chat thread for a new connection: the one with the fewest open sockets, searched from a
+/// rotating start so that ties spread.
+fn least_busy(shared: &Shared) -> usize {
+    let n = shared.threads.len();
+    let start = shared.next_thread.fetch_add(1, Ordering::Relaxed) % n;
+    (0..n)
+        .map(|i| (start + i) % n)
+        .min_by_key(|&t| shared.thread_sockets[t].load(Ordering::Relaxed))
+        .unwrap_or(0)
+}
+
+/// The accept loop; ends when `stop` fires (or its sender is dropped). Each connection is served
+/// on the least busy chat thread from the start.
 async fn accept_loop(
     listener: TcpListener,
-    shared: Rc<Shared>,
+    shared: Arc<Shared>,
     mut stop: oneshot::Receiver<()>,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
@@ -620,7 +749,16 @@ async fn accept_loop(
             _ = (&mut stop).fuse() => return Ok(()),
             accepted = listener.accept().fuse() => match accepted {
                 Ok((stream, peer)) => {
-                    actix_rt::spawn(serve_connection(stream, peer, shared.clone()));
+                    // Out of this thread's reactor, into the chosen thread's.
+                    let Ok(stream) = stream.into_std() else { continue };
+                    let thread = least_busy(&shared);
+                    let on = shared.clone();
+                    let sent = shared.threads[thread].spawn_fn(move || {
+                        actix_rt::spawn(serve_connection(stream, peer, on, thread));
+                    });
+                    if !sent {
+                        tracing::warn!(thread, "a chat thread is gone; connection dropped");
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors, say: the listener itself is fine, so wait a moment
@@ -633,12 +771,13 @@ async fn accept_loop(
     }
 }
 
-/// The chat listener as a supervised child, its loop on the chat arbiter.
+/// The chat listener as a supervised child, its accept loop on the first chat thread.
 pub struct ChatListener {
     /// The bound socket, kept for restarts; `None` once stopped, so that the port refuses new
     /// connections instead of queueing them for a loop that has ended.
     listener: Option<TcpListener>,
-    arbiter: ArbiterHandle,
+    /// The chat threads, in order.
+    threads: Vec<ArbiterHandle>,
     routes: ChatRoutes,
     settings: Arc<Settings>,
     listening: Arc<AtomicBool>,
@@ -654,7 +793,7 @@ pub struct ChatListener {
 impl ChatListener {
     pub fn new(
         listener: TcpListener,
-        arbiter: ArbiterHandle,
+        threads: Vec<ArbiterHandle>,
         routes: ChatRoutes,
         settings: Arc<Settings>,
         listening: Arc<AtomicBool>,
@@ -663,7 +802,7 @@ impl ChatListener {
         tracing::info!(version = assets.version(), "browser assets loaded");
         Self {
             listener: Some(listener),
-            arbiter,
+            threads,
             routes,
             settings,
             listening,
@@ -699,13 +838,13 @@ impl ChatListener {
         let report = self.report.clone();
         let assets = self.assets.clone();
         let adopted = std::mem::take(&mut self.adopted);
-        // The loop holds `Rc`s (it and every connection stay on this arbiter), so it is made there.
-        let spawned = self.arbiter.spawn_fn(move || {
+        let threads = self.threads.clone();
+        let spawned = self.threads[0].spawn_fn(move || {
             actix_rt::spawn(async move {
                 let s = &settings.sessions;
                 let quota = Quota::per_second(nonzero(s.admission_per_sec))
                     .allow_burst(nonzero(s.admission_burst));
-                let shared = Rc::new(Shared {
+                let shared = Arc::new(Shared {
                     routes,
                     limits: transport::Limits {
                         max_frame: s.max_frame_bytes,
@@ -715,7 +854,10 @@ impl ChatListener {
                     },
                     settings: settings.clone(),
                     admission: RateLimiter::direct(quota),
-                    sockets: Rc::new(Cell::new(0)),
+                    sockets: AtomicI64::new(0),
+                    thread_sockets: threads.iter().map(|_| AtomicI64::new(0)).collect(),
+                    next_thread: AtomicUsize::new(0),
+                    threads,
                     assets,
                 });
                 adopt(adopted, &shared);
@@ -734,7 +876,7 @@ impl ChatListener {
         if !spawned {
             return Err(StartError {
                 child: "chat_listener",
-                message: "the chat arbiter is gone".into(),
+                message: "the first chat thread is gone".into(),
             });
         }
         self.stop = Some(stop_tx);

@@ -45,7 +45,8 @@ async fn panic_session(
         .parse()
         .map_err(|_| ApiError::not_found("not a session id"))?;
     let live = ops
-        .chat_sessions
+        .chat
+        .sessions_of(id)
         .send(PanicSession { id })
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;

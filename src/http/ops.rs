@@ -18,9 +18,8 @@ use super::errors::ApiError;
 use crate::bridge::actor::Bridge;
 use crate::bridge::calls::DjangoCalls;
 use crate::bridge::GetStatus;
-use crate::chat::agents::{AgentRegistry, CountAgents};
 use crate::chat::queue::{CountWaiting, Queue};
-use crate::chat::registry::{CountSessions, SessionRegistry};
+use crate::chat::shards::ChatShards;
 use crate::store::{Outbox, TicketStore};
 
 /// What the operator endpoints read.
@@ -31,8 +30,8 @@ pub struct Ops {
     pub tree_up: Arc<AtomicBool>,
     /// True while the chat listener accepts connections.
     pub chat_listening: Arc<AtomicBool>,
-    pub chat_sessions: Addr<SessionRegistry>,
-    pub chat_agents: Addr<AgentRegistry>,
+    /// Every chat thread's session and agent registries.
+    pub chat: ChatShards,
     pub chat_queue: Addr<Queue>,
 }
 
@@ -62,14 +61,14 @@ async fn readyz(
     let wait = Duration::from_secs(1);
     let listening = ops.chat_listening.load(Ordering::SeqCst);
     let (sessions, agents, waiting) = futures_util::future::join3(
-        tokio::time::timeout(wait, ops.chat_sessions.send(CountSessions)),
-        tokio::time::timeout(wait, ops.chat_agents.send(CountAgents)),
+        tokio::time::timeout(wait, ops.chat.count_sessions()),
+        tokio::time::timeout(wait, ops.chat.count_agents()),
         tokio::time::timeout(wait, ops.chat_queue.send(CountWaiting)),
     )
     .await;
     let (sessions, agents, waiting) = (
-        sessions.ok().and_then(Result::ok),
-        agents.ok().and_then(Result::ok),
+        sessions.ok().flatten(),
+        agents.ok().flatten(),
         waiting.ok().and_then(Result::ok),
     );
     let chat_ok = listening && sessions.is_some() && agents.is_some() && waiting.is_some();

@@ -102,13 +102,20 @@ impl QueueState {
         self.agents.values().any(|a| a.presence == Presence::Online)
     }
 
-    /// Adds a session at the back (a session already waiting keeps its place). Returns whether it
-    /// was added.
+    /// Adds a session in the order sessions started waiting: at the back, unless it started
+    /// before some already here (sessions restored after a restart, or told from another chat
+    /// thread a moment later). A session already waiting keeps its place. Returns whether it was
+    /// added.
     pub fn enqueue(&mut self, entry: Entry) -> bool {
         if self.position(entry.session_id).is_some() {
             return false;
         }
-        self.waiting.push_back(entry);
+        let at = self
+            .waiting
+            .iter()
+            .rposition(|e| e.since <= entry.since)
+            .map_or(0, |i| i + 1);
+        self.waiting.insert(at, entry);
         true
     }
 
@@ -374,6 +381,28 @@ mod tests {
         assert_eq!(q.next_assignment(), None);
         q.claim_failed(&a, s);
         assert_eq!(q.next_assignment(), Some((s, a)));
+    }
+
+    #[test]
+    fn a_session_told_late_still_takes_its_place_by_when_it_started_waiting() {
+        let mut q = QueueState::default();
+        let t0 = chrono::Utc::now();
+        let at = |id: SessionId, secs: i64| Entry {
+            since: t0 + chrono::Duration::seconds(secs),
+            ..entry(id)
+        };
+        let ids: Vec<_> = (0..4).map(|_| SessionId::new()).collect();
+        // From two chat threads, each in its own order: 0 and 2 from one, 1 and 3 from the other.
+        q.enqueue(at(ids[0], 0));
+        q.enqueue(at(ids[2], 2));
+        q.enqueue(at(ids[1], 1));
+        q.enqueue(at(ids[3], 3));
+        let order: Vec<_> = (0..4).map(|i| q.waiting[i].session_id).collect();
+        assert_eq!(order, ids);
+        // Equal times keep the order they were told in.
+        let late = SessionId::new();
+        q.enqueue(at(late, 3));
+        assert_eq!(q.position(late), Some(5));
     }
 
     #[test]

@@ -55,13 +55,15 @@ impl Session {
             self.account();
         }
         self.in_queue = true;
-        self.state.queued_since = Some(chrono::Utc::now());
+        let since = chrono::Utc::now();
+        self.state.queued_since = Some(since);
         self.dirty = true;
         self.deps.queue.do_send(ToQueue::Enqueue {
             session_id: self.id(),
             session: ctx.address().recipient(),
             customer: self.state.customer.name.clone(),
             reason: reason.clone(),
+            since,
         });
         metrics::counter!(m::CHAT_HANDOFFS, "stage" => "requested").increment(1);
         tracing::info!(session_id = %self.id(), %reason, "chat waits for an agent");
