@@ -566,6 +566,13 @@ fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
     let threads = parts.arbiters.len();
     let agents_online = Arc::new(AtomicBool::new(false));
     let (queue_addr, queue_mailbox) = parts.queue;
+    let shards = parts.shards;
+    // Sessions, agents and the queue reach each other by id, through the registries of their
+    // chat threads.
+    let router: chat::routing::Router = Arc::new(chat::shards::LocalRouter::new(
+        shards.clone(),
+        queue_addr.clone(),
+    ));
     let deps = Arc::new(SessionDeps {
         settings: s.clone(),
         limits: s.limits(),
@@ -579,7 +586,7 @@ fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
         max_name_chars: settings.tickets.max_name_chars,
         history_bytes: Arc::new(AtomicUsize::new(0)),
         agent_page_bytes: settings.agents.history_page_bytes,
-        queue: queue_addr.clone().recipient(),
+        router: router.clone(),
         agents_online: agents_online.clone(),
         after_leave: settings.agents.on_leave,
         agent_grace: Duration::from_millis(settings.agents.resume_grace_ms),
@@ -588,12 +595,12 @@ fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
         settings: settings.agents.clone(),
         sessions: s.clone(),
         queue: queue_addr,
+        router: router.clone(),
         max_subject_chars: settings.tickets.max_subject_chars,
         max_description_chars: settings.tickets.max_description_chars,
     });
     let live = Arc::new(AtomicUsize::new(0));
     let live_agents = Arc::new(AtomicUsize::new(0));
-    let shards = parts.shards;
     let mut children: Vec<Box<dyn Child>> = Vec::new();
     for (index, registry_mailbox) in parts.registries.into_iter().enumerate() {
         let shard = Shard {
@@ -646,7 +653,7 @@ fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
     }
     let queue_child = {
         let arbiter = parts.arbiters[0].clone();
-        let registry = shards.session_registries().to_vec();
+        let registry = router.clone();
         ActorChild::new("queue", Restart::Permanent, move |report| {
             supervised::spawn_in(
                 &arbiter,

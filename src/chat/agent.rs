@@ -29,7 +29,7 @@ use super::history::ReplayError;
 use super::link::{Connection, Inbound, Lane, Local};
 use super::protocol::{close, ErrorCode};
 use super::queue::{AgentGone, AgentStatus, AgentUp, Join, JoinError, Queue};
-use super::routing::{AgentOp, SessionCommand, SessionHandle, ToAgent};
+use super::routing::{AgentOp, RouteError, Router, SessionCommand, SessionHandle, ToAgent};
 use super::session::check_message;
 use super::session::owner::{AgentRef, Refused};
 use crate::config::{AgentSettings, SessionSettings};
@@ -45,6 +45,8 @@ pub struct AgentDeps {
     /// Message limits are the sessions'.
     pub sessions: SessionSettings,
     pub queue: Addr<Queue>,
+    /// How the agent reaches sessions, by id.
+    pub router: Router,
     pub max_subject_chars: usize,
     pub max_description_chars: usize,
 }
@@ -387,11 +389,11 @@ impl Agent {
         &mut self,
         session_id: SessionId,
         client_id: Option<String>,
-        result: Result<Result<Option<u64>, Refused>, MailboxError>,
+        result: Result<Option<u64>, RouteError>,
     ) {
         let act = self;
         match result {
-            Ok(Ok(Some(seq))) => {
+            Ok(Some(seq)) => {
                 if let Some(client_id) = client_id {
                     act.deliver(
                         &AgentServerFrame::Ack {
@@ -403,8 +405,8 @@ impl Agent {
                     );
                 }
             }
-            Ok(Ok(None)) => {}
-            Ok(Err(refused)) => {
+            Ok(None) => {}
+            Err(RouteError::Refused(refused)) => {
                 let code = match refused {
                     Refused::Closed => ErrorCode::SessionClosed,
                     Refused::AlreadyClaimed(_) => ErrorCode::AlreadyClaimed,
@@ -412,7 +414,7 @@ impl Agent {
                 };
                 act.error_for(code, refused.to_string(), session_id, client_id);
             }
-            Err(_) => act.error_for(
+            Err(RouteError::NotLive) => act.error_for(
                 ErrorCode::SessionClosed,
                 "the session has ended".into(),
                 session_id,
@@ -443,7 +445,6 @@ impl Agent {
     fn join(&mut self, session_id: SessionId, ctx: &mut Context<Self>) {
         let join = Join {
             agent: self.me(),
-            handle: ctx.address().recipient(),
             session_id,
         };
         self.in_flight += 1;
@@ -574,8 +575,7 @@ impl Agent {
                 session_id,
                 before_seq,
             } => {
-                let to = ctx.address().recipient();
-                self.act(session_id, AgentOp::History { before_seq, to }, None, ctx);
+                self.act(session_id, AgentOp::History { before_seq }, None, ctx);
             }
             AgentFrame::Ping {} => self.deliver(&AgentServerFrame::Pong {}, Lane::Reliable),
         }
@@ -730,7 +730,6 @@ impl Handler<AttachAgent> for Agent {
         tracing::info!(agent_id = %self.state.me.id, resume = resume_from.is_some(), presence = self.state.presence.label(), "agent connected");
         let up = AgentUp {
             agent: self.me(),
-            handle: ctx.address().recipient(),
             presence: self.state.presence,
             capacity: self.state.capacity,
             auto_assign: self.state.auto_assign,
@@ -779,8 +778,8 @@ impl Handler<ToAgent> for Agent {
                 by,
                 history,
                 has_more,
-                session,
             } => {
+                let session = SessionHandle::new(session_id, self.deps.router.clone());
                 if self.state.presence == Presence::Offline && self.detached_at.is_some() {
                     // Assigned as the connection dropped: give it straight back.
                     session.do_send(SessionCommand::ByAgent {

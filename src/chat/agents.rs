@@ -3,8 +3,8 @@
 //! second connection of one agent reaches the same actor (the older connection is closed 4009). Like the session registry it ticks every agent for heartbeats,
 //! token expiry and the resume grace, and ends them all at shutdown.
 //!
-//! Takes [`AgentConnected`], [`CountAgents`], [`EndAllAgents`]; agents report exits as
-//! [`AgentExited`].
+//! Takes [`AgentConnected`], [`CountAgents`], [`EndAllAgents`], [`PauseAgents`], and from the
+//! router [`TellAgent`]; agents report exits as [`AgentExited`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use super::auth::AgentIdentity;
 use super::handover::HandOff;
 use super::link::{Lane, Local};
 use super::protocol::{close, ErrorCode};
+use super::routing::ToAgent;
 use crate::domain::ids::{AgentId, SessionId};
 use crate::metrics as m;
 use crate::supervisor::keyed::{ChildExited, ExitOutcome, KeyedChildren, KeyedConfig};
@@ -53,6 +54,14 @@ pub struct EndAllAgents {
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct PauseAgents;
+
+/// The router → registry: a message for agent `id`, if they are live here.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct TellAgent {
+    pub id: AgentId,
+    pub message: ToAgent,
+}
 
 pub type AgentExited = ChildExited<AgentId, Agent>;
 
@@ -247,6 +256,16 @@ impl Handler<EndAllAgents> for AgentRegistry {
             }
             n
         })
+    }
+}
+
+impl Handler<TellAgent> for AgentRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: TellAgent, _: &mut Context<Self>) {
+        if let Some(addr) = self.children.get(msg.id) {
+            addr.do_send(msg.message);
+        }
     }
 }
 

@@ -9,11 +9,12 @@
 //! each waiting customer's position, the waiting list and every agent's presence and load to
 //! agents, and to every customer whether any agent is online.
 //!
-//! Its state and rules are pure ([`state`]); it holds only handles ([`crate::chat::routing`]).
+//! Its state and rules are pure ([`state`]); it names sessions and agents only by id, and reaches
+//! them through the router ([`crate::chat::routing`]).
 
 pub mod state;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,9 +23,7 @@ use actix::prelude::*;
 
 use self::state::{ClaimError, Entry, QueueState};
 use crate::chat::agent::protocol::{AgentServerFrame, AgentView, AssignedBy, Presence, Waiting};
-use crate::chat::placement;
-use crate::chat::registry::{BroadcastToSessions, LookupSession, SessionRegistry};
-use crate::chat::routing::{AgentHandle, AgentOp, SessionCommand, SessionHandle, ToAgent, ToQueue};
+use crate::chat::routing::{AgentOp, RouteError, Router, SessionCommand, ToAgent, ToQueue};
 use crate::chat::session::owner::{AgentRef, Refused};
 use crate::domain::ids::{AgentId, SessionId};
 use crate::metrics as m;
@@ -34,7 +33,6 @@ use crate::metrics as m;
 #[rtype(result = "Snapshot")]
 pub struct AgentUp {
     pub agent: AgentRef,
-    pub handle: AgentHandle,
     pub presence: Presence,
     pub capacity: u32,
     pub auto_assign: bool,
@@ -74,7 +72,6 @@ pub struct CountWaiting;
 #[rtype(result = "Result<(), JoinError>")]
 pub struct Join {
     pub agent: AgentRef,
-    pub handle: AgentHandle,
     pub session_id: SessionId,
 }
 
@@ -102,33 +99,34 @@ pub struct Queue {
     /// Positions or the list changed since the last push; a push is scheduled.
     dirty: bool,
     push_scheduled: bool,
-    /// Every chat thread's session registry, in thread order: a session is looked up on its own.
-    registry: Vec<Addr<SessionRegistry>>,
-    /// Handles of the waiting sessions.
-    sessions: HashMap<SessionId, SessionHandle>,
-    agents: HashMap<AgentId, AgentHandle>,
+    /// How the queue reaches sessions and agents, by id.
+    router: Router,
+    /// The waiting sessions.
+    sessions: HashSet<SessionId>,
+    /// Agents connected (their presence and load are in `state`).
+    agents: HashSet<AgentId>,
     agents_online: Arc<AtomicBool>,
     /// Sessions restored in the hands of an agent not connected yet, by agent.
-    returning: HashMap<AgentId, Vec<(SessionId, SessionHandle)>>,
+    returning: HashMap<AgentId, Vec<SessionId>>,
 }
 
 impl Queue {
-    pub fn new(registry: Vec<Addr<SessionRegistry>>, agents_online: Arc<AtomicBool>) -> Self {
+    pub fn new(router: Router, agents_online: Arc<AtomicBool>) -> Self {
         Self {
             state: QueueState::default(),
             dirty: false,
             push_scheduled: false,
-            registry,
-            sessions: HashMap::new(),
-            agents: HashMap::new(),
+            router,
+            sessions: HashSet::new(),
+            agents: HashSet::new(),
             agents_online,
             returning: HashMap::new(),
         }
     }
 
     fn push_all(&self, frame: AgentServerFrame) {
-        for handle in self.agents.values() {
-            handle.do_send(ToAgent::Push(frame.clone()));
+        for agent in &self.agents {
+            self.router.tell_agent(agent, ToAgent::Push(frame.clone()));
         }
     }
 
@@ -165,9 +163,8 @@ impl Queue {
         let online = self.state.any_online();
         if self.agents_online.swap(online, Ordering::Relaxed) != online {
             tracing::info!(online, "agents online changed; customers are told");
-            for registry in &self.registry {
-                registry.do_send(BroadcastToSessions(SessionCommand::AgentsOnline(online)));
-            }
+            self.router
+                .tell_all_sessions(SessionCommand::AgentsOnline(online));
         }
     }
 
@@ -175,10 +172,10 @@ impl Queue {
     fn settle(&mut self, ctx: &mut Context<Self>, queue_changed: bool) {
         let mut changed = queue_changed;
         while let Some((session_id, agent)) = self.state.next_assignment() {
-            let Some(handle) = self.agents.get(&agent).cloned() else {
+            if !self.agents.contains(&agent) {
                 self.state.remove_agent(&agent);
                 continue;
-            };
+            }
             let name = self
                 .state
                 .agent(&agent)
@@ -186,7 +183,7 @@ impl Queue {
                 .unwrap_or_default();
             let agent = AgentRef { id: agent, name };
             changed = true;
-            let fut = self.claim(agent, handle, session_id, AssignedBy::Queue);
+            let fut = self.claim(agent, session_id, AssignedBy::Queue);
             ctx.spawn(fut.map(|_, _, _| ()));
         }
         if changed {
@@ -210,11 +207,14 @@ impl Queue {
         }
         let online = self.state.any_online();
         for (session_id, position) in self.state.moved() {
-            if let Some(s) = self.sessions.get(&session_id) {
-                s.do_send(SessionCommand::QueuePosition {
-                    position,
-                    agents_online: online,
-                });
+            if self.sessions.contains(&session_id) {
+                self.router.tell_session(
+                    session_id,
+                    SessionCommand::QueuePosition {
+                        position,
+                        agents_online: online,
+                    },
+                );
             }
         }
         self.push_all(AgentServerFrame::Queue {
@@ -227,35 +227,23 @@ impl Queue {
     fn claim(
         &mut self,
         agent: AgentRef,
-        handle: AgentHandle,
         session_id: SessionId,
         by: AssignedBy,
     ) -> ResponseActFuture<Self, Result<(), JoinError>> {
         if let Err(e) = self.state.reserve(&agent.id, session_id) {
             return Box::pin(actix::fut::ready(Err(e.into())));
         }
-        let known = self.sessions.get(&session_id).cloned();
-        let registry =
-            self.registry[placement::of_session(session_id, self.registry.len())].clone();
         let id = agent.id.clone();
         let command = SessionCommand::ByAgent {
             agent,
-            op: AgentOp::Claim { to: handle, by },
+            op: AgentOp::Claim { by },
         };
+        let fut = self.router.ask_session(session_id, command);
         let fut = async move {
-            let session = match known {
-                Some(s) => s,
-                None => registry
-                    .send(LookupSession { id: session_id })
-                    .await
-                    .ok()
-                    .flatten()
-                    .ok_or(JoinError::UnknownSession)?,
-            };
-            match session.send(command).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(refused)) => Err(JoinError::Session(refused)),
-                Err(_) => Err(JoinError::UnknownSession),
+            match fut.await {
+                Ok(_) => Ok(()),
+                Err(RouteError::Refused(refused)) => Err(JoinError::Session(refused)),
+                Err(RouteError::NotLive) => Err(JoinError::UnknownSession),
             }
         };
         Box::pin(fut.into_actor(self).map(move |result, act, ctx| {
@@ -304,7 +292,6 @@ impl Handler<ToQueue> for Queue {
         match msg {
             ToQueue::Enqueue {
                 session_id,
-                session,
                 customer,
                 reason,
                 since,
@@ -318,7 +305,7 @@ impl Handler<ToQueue> for Queue {
                     claiming: None,
                     told: 0,
                 });
-                self.sessions.insert(session_id, session);
+                self.sessions.insert(session_id);
                 self.settle(ctx, added);
             }
             ToQueue::Dequeue {
@@ -341,34 +328,36 @@ impl Handler<ToQueue> for Queue {
             }
             ToQueue::Held {
                 session_id,
-                session,
                 agent,
                 grace,
             } => {
-                if let Some(handle) = self.agents.get(&agent.id).cloned() {
-                    return self.give_back(agent, handle, vec![(session_id, session)], ctx);
+                if self.agents.contains(&agent.id) {
+                    return self.give_back(agent, vec![session_id], ctx);
                 }
                 self.returning
                     .entry(agent.id.clone())
                     .or_default()
-                    .push((session_id, session));
+                    .push(session_id);
                 // Not back within the grace: their chats wait for someone else.
                 ctx.run_later(grace, move |act, _| {
                     let Some(list) = act.returning.get_mut(&agent.id) else {
                         return;
                     };
-                    let Some(at) = list.iter().position(|(id, _)| *id == session_id) else {
+                    let Some(at) = list.iter().position(|id| *id == session_id) else {
                         return;
                     };
-                    let (_, session) = list.remove(at);
+                    list.remove(at);
                     if list.is_empty() {
                         act.returning.remove(&agent.id);
                     }
                     tracing::info!(%session_id, agent_id = %agent.id, "agent did not come back after the restart; chat requeued");
-                    session.do_send(SessionCommand::ByAgent {
-                        agent,
-                        op: AgentOp::Lost,
-                    });
+                    act.router.tell_session(
+                        session_id,
+                        SessionCommand::ByAgent {
+                            agent,
+                            op: AgentOp::Lost,
+                        },
+                    );
                 });
             }
         }
@@ -377,29 +366,22 @@ impl Handler<ToQueue> for Queue {
 
 impl Queue {
     /// Hands an agent back the chats they held before a restart.
-    fn give_back(
-        &mut self,
-        agent: AgentRef,
-        handle: AgentHandle,
-        sessions: Vec<(SessionId, SessionHandle)>,
-        ctx: &mut Context<Self>,
-    ) {
-        for (session_id, session) in sessions {
+    fn give_back(&mut self, agent: AgentRef, sessions: Vec<SessionId>, ctx: &mut Context<Self>) {
+        for session_id in sessions {
             self.state.hold(&agent.id, session_id);
             let command = SessionCommand::ByAgent {
                 agent: agent.clone(),
                 op: AgentOp::Claim {
-                    to: handle.clone(),
                     by: AssignedBy::Queue,
                 },
             };
             let id = agent.id.clone();
             ctx.spawn(
-                session
-                    .send(command)
+                self.router
+                    .ask_session(session_id, command)
                     .into_actor(self)
                     .map(move |result, act, ctx| {
-                        if !matches!(result, Ok(Ok(_))) {
+                        if result.is_err() {
                             act.state.released(&id, session_id);
                         }
                         act.push_presence(&id);
@@ -415,7 +397,7 @@ impl Handler<AgentUp> for Queue {
 
     fn handle(&mut self, msg: AgentUp, ctx: &mut Context<Self>) -> Snapshot {
         let id = msg.agent.id.clone();
-        self.agents.insert(id.clone(), msg.handle.clone());
+        self.agents.insert(id.clone());
         self.set_agent(
             msg.agent.clone(),
             msg.presence,
@@ -423,7 +405,7 @@ impl Handler<AgentUp> for Queue {
             msg.auto_assign,
         );
         if let Some(returning) = self.returning.remove(&id) {
-            self.give_back(msg.agent.clone(), msg.handle, returning, ctx);
+            self.give_back(msg.agent.clone(), returning, ctx);
         }
         let snapshot = Snapshot {
             agents: self.state.agents().map(|(id, a)| a.view(id)).collect(),
@@ -471,6 +453,6 @@ impl Handler<Join> for Queue {
     type Result = ResponseActFuture<Self, Result<(), JoinError>>;
 
     fn handle(&mut self, msg: Join, _: &mut Context<Self>) -> Self::Result {
-        self.claim(msg.agent, msg.handle, msg.session_id, AssignedBy::Join)
+        self.claim(msg.agent, msg.session_id, AssignedBy::Join)
     }
 }

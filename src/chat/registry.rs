@@ -16,8 +16,8 @@
 //! grace or idle timeout passes (a sweep of the journal).
 //!
 //! Takes [`StartSession`], [`ResumeSession`], [`CountSessions`], [`EndAll`], [`SuspendAll`], and
-//! from the routing queue [`LookupSession`] and [`BroadcastToSessions`]; sessions report their
-//! exits as [`SessionExited`].
+//! from the router [`AskSession`], [`TellSession`] and [`BroadcastToSessions`]; sessions report
+//! their exits as [`SessionExited`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,7 +32,7 @@ use super::handover::HandOff;
 use super::link::{Lane, Local};
 use super::placement::{self, Shard};
 use super::protocol::{close, ErrorCode, ServerFrame};
-use super::routing::{SessionCommand, SessionHandle, ToQueue};
+use super::routing::{RouteError, SessionCommand, ToQueue};
 use super::session::state::{CustomerInfo, Owner, SessionState};
 use super::session::{
     Attach, EndSession, InjectPanic, Resume, Session, SessionDeps, Suspend, Tick,
@@ -96,12 +96,20 @@ pub struct PanicSession {
     pub id: SessionId,
 }
 
-/// The queue → registry: the handle of a live session, if there is one (an agent may take a chat
-/// that is not waiting).
+/// The router → registry: a command for session `id` if it is live here, and its answer.
 #[derive(Message, Debug)]
-#[rtype(result = "Option<SessionHandle>")]
-pub struct LookupSession {
+#[rtype(result = "Result<Option<u64>, RouteError>")]
+pub struct AskSession {
     pub id: SessionId,
+    pub command: SessionCommand,
+}
+
+/// The router → registry: a command for session `id` if it is live here; no answer.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct TellSession {
+    pub id: SessionId,
+    pub command: SessionCommand,
 }
 
 /// The queue → registry: a command for every live session (whether agents are online).
@@ -256,21 +264,19 @@ impl SessionRegistry {
             };
             let mut queued = Vec::new();
             for (record, frames) in owed {
-                let Some(addr) = act.restore(&record, frames, "startup") else {
+                if act.restore(&record, frames, "startup").is_none() {
                     continue;
-                };
+                }
                 let state: Option<SessionState> = serde_json::from_str(&record.state).ok();
                 match state.as_ref().map(|s| &s.owner) {
                     Some(Owner::Queued { reason }) => queued.push((
                         state.as_ref().and_then(|s| s.queued_since),
                         record.session_id,
-                        addr,
                         state.as_ref().map(|s| s.customer.name.clone()).unwrap_or_default(),
                         reason.clone(),
                     )),
-                    Some(Owner::Agent(agent)) => act.deps.queue.do_send(ToQueue::Held {
+                    Some(Owner::Agent(agent)) => act.deps.router.tell_queue(ToQueue::Held {
                         session_id: record.session_id,
-                        session: addr.recipient(),
                         agent: agent.clone(),
                         grace: act.deps.agent_grace,
                     }),
@@ -279,10 +285,9 @@ impl SessionRegistry {
             }
             queued.sort_by_key(|(since, ..)| *since);
             let n = queued.len();
-            for (since, session_id, addr, customer, reason) in queued {
-                act.deps.queue.do_send(ToQueue::Enqueue {
+            for (since, session_id, customer, reason) in queued {
+                act.deps.router.tell_queue(ToQueue::Enqueue {
                     session_id,
-                    session: addr.recipient(),
                     customer,
                     reason,
                     since: since.unwrap_or_else(chrono::Utc::now),
@@ -624,11 +629,30 @@ impl Handler<PanicSession> for SessionRegistry {
     }
 }
 
-impl Handler<LookupSession> for SessionRegistry {
-    type Result = Option<SessionHandle>;
+impl Handler<AskSession> for SessionRegistry {
+    type Result = ResponseFuture<Result<Option<u64>, RouteError>>;
 
-    fn handle(&mut self, msg: LookupSession, _: &mut Context<Self>) -> Self::Result {
-        self.children.get(msg.id).map(|a| a.recipient())
+    fn handle(&mut self, msg: AskSession, _: &mut Context<Self>) -> Self::Result {
+        let Some(addr) = self.children.get(msg.id) else {
+            return Box::pin(async { Err(RouteError::NotLive) });
+        };
+        let answer = addr.send(msg.command);
+        Box::pin(async move {
+            match answer.await {
+                Ok(result) => result.map_err(RouteError::from),
+                Err(_) => Err(RouteError::NotLive),
+            }
+        })
+    }
+}
+
+impl Handler<TellSession> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: TellSession, _: &mut Context<Self>) {
+        if let Some(addr) = self.children.get(msg.id) {
+            addr.do_send(msg.command);
+        }
     }
 }
 

@@ -1,33 +1,100 @@
-//! The messages between sessions, agents and the routing queue, and the handles they reach each
-//! other by. Each side holds the others only as [`Recipient`]s of these messages, so a session
-//! knows no agent type and the queue neither: the seam a broker-backed router can take over when
-//! sessions and agents live in different processes.
+//! The messages between sessions, agents and the routing queue, and the router they reach each
+//! other through. Every message names its parties by id ([`SessionId`], [`AgentId`]), never by an
+//! in-process address, and every send goes through a [`ChatRouter`]: the one seam between the
+//! chat actors and where they run. [`crate::chat::shards::LocalRouter`] finds a party on its chat
+//! thread; a router over a broker finds its node, and the actors do not change.
 //!
 //! - [`SessionCommand`] → a session: what agents do in it (claim, write, leave, …) and what the
 //!   queue tells it (its position, whether agents are online).
 //! - [`ToAgent`] → an agent: sessions handed over, their frames and typing, their release, and the
 //!   queue's pushes (presence, the waiting list).
 //! - [`ToQueue`] → the queue: sessions waiting, leaving the queue, leaving an agent's hands.
+//! - [`vocabulary`]: what they share: [`AgentRef`], [`Refused`], [`Presence`], [`AgentView`],
+//!   [`Waiting`], [`AssignedBy`], [`Released`].
+
+use std::sync::Arc;
 
 use actix::prelude::*;
+use futures_util::future::BoxFuture;
 
-use crate::chat::agent::protocol::{AgentServerFrame, AssignedBy, Released};
+pub mod vocabulary;
+
+pub use self::vocabulary::{AgentRef, AgentView, AssignedBy, Presence, Refused, Released, Waiting};
+use crate::chat::agent::protocol::AgentServerFrame;
 use crate::chat::protocol::ServerFrame;
-use crate::chat::session::owner::{AgentRef, Refused};
 use crate::domain::ids::{AgentId, SessionId, TicketId};
 use crate::domain::ticket::Priority;
 
-/// A session, as agents and the queue reach it.
-pub type SessionHandle = Recipient<SessionCommand>;
-/// An agent, as sessions and the queue reach them.
-pub type AgentHandle = Recipient<ToAgent>;
+/// Why a command did not reach a session, or what the session said.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// No live session has this id (it ended, or sleeps in the journal).
+    #[error("no live session has this id")]
+    NotLive,
+    #[error(transparent)]
+    Refused(#[from] Refused),
+}
+
+/// Where sessions, agents and the queue are, reached by id. Sends never block; a party that is
+/// not live drops what is told it (a session asked with [`ChatRouter::ask_session`] answers
+/// [`RouteError::NotLive`]).
+pub trait ChatRouter: Send + Sync + 'static {
+    /// A command for session `id`, and its answer.
+    fn ask_session(
+        &self,
+        id: SessionId,
+        command: SessionCommand,
+    ) -> BoxFuture<'static, Result<Option<u64>, RouteError>>;
+    /// A command for session `id`, without waiting for its answer.
+    fn tell_session(&self, id: SessionId, command: SessionCommand);
+    /// A command for every live session.
+    fn tell_all_sessions(&self, command: SessionCommand);
+    /// A message for agent `id`.
+    fn tell_agent(&self, id: &AgentId, message: ToAgent);
+    /// A message for the routing queue.
+    fn tell_queue(&self, message: ToQueue);
+}
+
+/// The router as actors hold it.
+pub type Router = Arc<dyn ChatRouter>;
+
+/// A session as an agent or the queue holds it: its id, reached through the router.
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub id: SessionId,
+    router: Router,
+}
+
+impl SessionHandle {
+    pub fn new(id: SessionId, router: Router) -> Self {
+        Self { id, router }
+    }
+
+    /// Tells the session `command` without waiting for its answer.
+    pub fn do_send(&self, command: SessionCommand) {
+        self.router.tell_session(self.id, command);
+    }
+
+    /// Puts `command` to the session; resolves with its answer.
+    pub fn send(
+        &self,
+        command: SessionCommand,
+    ) -> BoxFuture<'static, Result<Option<u64>, RouteError>> {
+        self.router.ask_session(self.id, command)
+    }
+}
+
+impl std::fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SessionHandle({})", self.id)
+    }
+}
 
 /// What an agent does in a session.
 #[derive(Debug, Clone)]
 pub enum AgentOp {
-    /// Take the session; on success the session sends [`ToAgent::Assigned`] to `to`.
+    /// Take the session; on success the session sends [`ToAgent::Assigned`] to the agent.
     Claim {
-        to: AgentHandle,
         by: AssignedBy,
     },
     /// A message to the customer. Reply: its seq in the session.
@@ -49,11 +116,10 @@ pub enum AgentOp {
     },
     /// End the session.
     Close,
-    /// Older frames of the chat, before `before_seq`: the session answers `to` with
+    /// Older frames of the chat, before `before_seq`: the session answers the agent with
     /// [`ToAgent::History`].
     History {
         before_seq: u64,
-        to: AgentHandle,
     },
 }
 
@@ -94,14 +160,13 @@ pub enum SessionCommand {
 #[rtype(result = "()")]
 pub enum ToAgent {
     /// A session is now the agent's (or is again: a repeated join), with the newest page of the
-    /// chat so far (`has_more`: older frames can be fetched); `session` is how to act in it.
+    /// chat so far (`has_more`: older frames can be fetched).
     Assigned {
         session_id: SessionId,
         customer: String,
         by: AssignedBy,
         history: Vec<ServerFrame>,
         has_more: bool,
-        session: SessionHandle,
     },
     /// A page of older frames the agent asked for.
     History {
@@ -137,7 +202,6 @@ pub enum ToQueue {
     /// The session waits for an agent.
     Enqueue {
         session_id: SessionId,
-        session: SessionHandle,
         customer: String,
         reason: String,
         /// When it started waiting: the queue is in this order, whichever chat thread (or, after
@@ -158,7 +222,6 @@ pub enum ToQueue {
     /// reconnect within `grace`; otherwise it is requeued.
     Held {
         session_id: SessionId,
-        session: SessionHandle,
         agent: AgentRef,
         grace: std::time::Duration,
     },

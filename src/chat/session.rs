@@ -37,7 +37,7 @@ use super::desk::{ChatTicket, TicketDesk};
 use super::handover::HandOff;
 use super::link::{Connection, Inbound, Lane, Local};
 use super::protocol::{self, close, Author, ClientFrame, CloseReason, ErrorCode, ServerFrame};
-use super::routing::{AgentHandle, ToAgent, ToQueue};
+use super::routing::{Router, ToAgent, ToQueue};
 use crate::bridge::wire::{AiRespondRequest, Customer, ServiceActionRequest};
 use crate::bridge::{AiRespond, ManageService};
 use crate::config::SessionSettings;
@@ -70,8 +70,8 @@ pub struct SessionDeps {
     pub history_bytes: Arc<AtomicUsize>,
     /// `agents.history_page_bytes`: how much of the chat an agent is sent at once.
     pub agent_page_bytes: usize,
-    /// The routing queue.
-    pub queue: Recipient<ToQueue>,
+    /// How the session reaches agents and the routing queue, by id.
+    pub router: Router,
     /// Whether any agent is online (kept by the queue), for `session.started`.
     pub agents_online: Arc<AtomicBool>,
     /// `agents.on_leave`.
@@ -132,10 +132,9 @@ pub struct Suspend {
 #[rtype(result = "()")]
 pub struct InjectPanic;
 
-/// The agent holding the session, as the actor reaches them.
+/// The agent holding the session, as the actor reaches them (by id, through the router).
 struct AgentLink {
     id: AgentId,
-    handle: AgentHandle,
     /// The newest seq forwarded to them.
     forwarded: u64,
     claimed_at: Instant,
@@ -472,7 +471,7 @@ impl Session {
         ctx: &mut Context<Self>,
     ) {
         let agent = (asked_by == "agent")
-            .then(|| self.agent.as_ref().map(|a| a.handle.clone()))
+            .then(|| self.agent.as_ref().map(|a| a.id.clone()))
             .flatten();
         if !self
             .state
@@ -485,10 +484,13 @@ impl Session {
                 self.deps.settings.tickets_per_hour
             );
             match agent {
-                Some(agent) => agent.do_send(ToAgent::Ticket {
-                    session_id: self.id(),
-                    ticket_id: None,
-                }),
+                Some(agent) => self.deps.router.tell_agent(
+                    &agent,
+                    ToAgent::Ticket {
+                        session_id: self.id(),
+                        ticket_id: None,
+                    },
+                ),
                 None => self.error(ErrorCode::TicketLimit, message, None),
             }
             return;
@@ -524,19 +526,25 @@ impl Session {
                     act.account();
                     act.persist(ctx);
                     if let Some(agent) = agent {
-                        agent.do_send(ToAgent::Ticket {
-                            session_id: act.id(),
-                            ticket_id: Some(ticket_id),
-                        });
+                        act.deps.router.tell_agent(
+                            &agent,
+                            ToAgent::Ticket {
+                                session_id: act.id(),
+                                ticket_id: Some(ticket_id),
+                            },
+                        );
                     }
                 }
                 Err(why) => {
                     tracing::warn!(session_id = %act.id(), error = %why, "ticket from chat failed");
                     match agent {
-                        Some(agent) => agent.do_send(ToAgent::Ticket {
-                            session_id: act.id(),
-                            ticket_id: None,
-                        }),
+                        Some(agent) => act.deps.router.tell_agent(
+                            &agent,
+                            ToAgent::Ticket {
+                                session_id: act.id(),
+                                ticket_id: None,
+                            },
+                        ),
                         None => act.error(
                             ErrorCode::TicketFailed,
                             "the ticket could not be created; please try again",
@@ -656,10 +664,13 @@ impl Session {
                 self.last_customer = Instant::now();
                 // Only a human watches typing; the AI does not.
                 if let Some(agent) = &self.agent {
-                    agent.handle.do_send(ToAgent::Typing {
-                        session_id: self.state.id,
-                        active,
-                    });
+                    self.deps.router.tell_agent(
+                        &agent.id,
+                        ToAgent::Typing {
+                            session_id: self.state.id,
+                            active,
+                        },
+                    );
                 }
             }
             ClientFrame::CreateTicket {
@@ -773,7 +784,7 @@ impl Actor for Session {
         // released from their hands.
         if self.in_queue {
             self.in_queue = false;
-            self.deps.queue.do_send(ToQueue::Dequeue {
+            self.deps.router.tell_queue(ToQueue::Dequeue {
                 session_id: self.id(),
                 abandoned: !self.shutting_down,
             });
@@ -781,16 +792,22 @@ impl Actor for Session {
         if let Some(link) = self.agent.take() {
             let frames = self.state.frames_after(link.forwarded);
             if !frames.is_empty() {
-                link.handle.do_send(ToAgent::Frames {
-                    session_id: self.id(),
-                    frames,
-                });
+                self.deps.router.tell_agent(
+                    &link.id,
+                    ToAgent::Frames {
+                        session_id: self.id(),
+                        frames,
+                    },
+                );
             }
-            link.handle.do_send(ToAgent::Released {
-                session_id: self.id(),
-                reason: crate::chat::agent::protocol::Released::Closed,
-            });
-            self.deps.queue.do_send(ToQueue::Released {
+            self.deps.router.tell_agent(
+                &link.id,
+                ToAgent::Released {
+                    session_id: self.id(),
+                    reason: crate::chat::agent::protocol::Released::Closed,
+                },
+            );
+            self.deps.router.tell_queue(ToQueue::Released {
                 session_id: self.id(),
                 agent: link.id,
             });

@@ -1,13 +1,18 @@
 //! Live chat on every core: `chat.threads` arbiters, each with its own session registry and agent
 //! registry. [`ChatShards`] is how the rest of the process reaches them: by a party's id (the rule
-//! is [`super::placement`]'s), or all at once.
+//! is [`super::placement`]'s), or all at once; [`LocalRouter`] is the [`ChatRouter`] over them, by
+//! which sessions, agents and the queue of this process reach each other.
 
 use actix::prelude::*;
-use futures_util::future::join_all;
+use futures_util::future::{join_all, BoxFuture, FutureExt};
 
-use super::agents::{AgentRegistry, CountAgents};
+use super::agents::{AgentRegistry, CountAgents, TellAgent};
 pub use super::placement::{of_agent, of_session, session_id_on, Shard};
-use super::registry::{CountSessions, SessionRegistry};
+use super::queue::Queue;
+use super::registry::{
+    AskSession, BroadcastToSessions, CountSessions, SessionRegistry, TellSession,
+};
+use super::routing::{ChatRouter, RouteError, SessionCommand, ToAgent, ToQueue};
 use crate::domain::ids::{AgentId, SessionId};
 
 /// Every chat thread's registries, reached by a party's id or all at once.
@@ -85,5 +90,55 @@ impl ChatShards {
             .into_iter()
             .map(Result::ok)
             .sum()
+    }
+}
+
+/// The [`ChatRouter`] of one process: a party is reached through the registry of its chat thread,
+/// which hands the message to it if it is live.
+pub struct LocalRouter {
+    shards: ChatShards,
+    queue: Recipient<ToQueue>,
+}
+
+impl LocalRouter {
+    pub fn new(shards: ChatShards, queue: Addr<Queue>) -> Self {
+        Self {
+            shards,
+            queue: queue.recipient(),
+        }
+    }
+}
+
+impl ChatRouter for LocalRouter {
+    fn ask_session(
+        &self,
+        id: SessionId,
+        command: SessionCommand,
+    ) -> BoxFuture<'static, Result<Option<u64>, RouteError>> {
+        let asked = self.shards.sessions_of(id).send(AskSession { id, command });
+        async move { asked.await.unwrap_or(Err(RouteError::NotLive)) }.boxed()
+    }
+
+    fn tell_session(&self, id: SessionId, command: SessionCommand) {
+        self.shards
+            .sessions_of(id)
+            .do_send(TellSession { id, command });
+    }
+
+    fn tell_all_sessions(&self, command: SessionCommand) {
+        for registry in self.shards.session_registries() {
+            registry.do_send(BroadcastToSessions(command.clone()));
+        }
+    }
+
+    fn tell_agent(&self, id: &AgentId, message: ToAgent) {
+        self.shards.agents_of(id).do_send(TellAgent {
+            id: id.clone(),
+            message,
+        });
+    }
+
+    fn tell_queue(&self, message: ToQueue) {
+        self.queue.do_send(message);
     }
 }

@@ -16,7 +16,7 @@ use crate::chat::agent::protocol::{AssignedBy, Released};
 use crate::chat::link::Lane;
 use crate::chat::protocol::{CloseReason, ServerFrame};
 use crate::chat::routing::{AgentOp, SessionCommand, ToAgent, ToQueue};
-use crate::domain::ids::EventId;
+use crate::domain::ids::{AgentId, EventId};
 use crate::metrics as m;
 use crate::store::{HandoffEvent, HandoffRecord, OutboxRecord};
 
@@ -38,10 +38,13 @@ impl Session {
         let mut frames = self.state.frames_after(link.forwarded);
         frames.retain(|f| f.seq().is_some_and(|s| s <= upto));
         link.forwarded = upto;
-        link.handle.do_send(ToAgent::Frames {
-            session_id: self.state.id,
-            frames,
-        });
+        self.deps.router.tell_agent(
+            &link.id,
+            ToAgent::Frames {
+                session_id: self.state.id,
+                frames,
+            },
+        );
     }
 
     /// The session now waits for an agent: into the queue, and Django is told.
@@ -58,9 +61,8 @@ impl Session {
         let since = chrono::Utc::now();
         self.state.queued_since = Some(since);
         self.dirty = true;
-        self.deps.queue.do_send(ToQueue::Enqueue {
+        self.deps.router.tell_queue(ToQueue::Enqueue {
             session_id: self.id(),
-            session: ctx.address().recipient(),
             customer: self.state.customer.name.clone(),
             reason: reason.clone(),
             since,
@@ -116,7 +118,6 @@ impl Session {
     fn claim(
         &mut self,
         agent: AgentRef,
-        to: crate::chat::routing::AgentHandle,
         by: AssignedBy,
         ctx: &mut Context<Self>,
     ) -> Result<Option<u64>, Refused> {
@@ -127,10 +128,9 @@ impl Session {
         let effects = self.state.claim(&limits, agent.clone())?;
         if returning {
             // Restored from the journal in this agent's hands: they are back, and get the chat.
-            self.send_assigned(&to, by, ctx);
+            self.send_assigned(&agent.id, by);
             self.agent = Some(AgentLink {
                 id: agent.id.clone(),
-                handle: to,
                 forwarded: self.committed.min(self.state.last_seq()),
                 claimed_at: Instant::now(),
                 replied: true,
@@ -143,7 +143,7 @@ impl Session {
             if let Some(link) = self.agent.as_mut() {
                 link.forwarded = self.state.last_seq();
             }
-            self.send_assigned(&to, by, ctx);
+            self.send_assigned(&agent.id, by);
             return Ok(None);
         }
         // Whatever the AI had under way is void: its call's answer is discarded by the state, and
@@ -159,10 +159,9 @@ impl Session {
         }
         self.in_queue = false;
         self.position = None;
-        self.send_assigned(&to, by, ctx);
+        self.send_assigned(&agent.id, by);
         self.agent = Some(AgentLink {
             id: agent.id.clone(),
-            handle: to,
             forwarded: self.state.last_seq(),
             claimed_at: Instant::now(),
             replied: false,
@@ -180,21 +179,18 @@ impl Session {
 
     /// Tells an agent the session is theirs, with the newest page of the chat (older pages on
     /// request: an agent is never sent one frame larger than the page budget allows).
-    fn send_assigned(
-        &self,
-        to: &crate::chat::routing::AgentHandle,
-        by: AssignedBy,
-        ctx: &mut Context<Self>,
-    ) {
+    fn send_assigned(&self, to: &AgentId, by: AssignedBy) {
         let (history, has_more) = self.state.page_before(None, self.deps.agent_page_bytes);
-        to.do_send(ToAgent::Assigned {
-            session_id: self.id(),
-            customer: self.state.customer.name.clone(),
-            by,
-            history,
-            has_more,
-            session: ctx.address().recipient(),
-        });
+        self.deps.router.tell_agent(
+            to,
+            ToAgent::Assigned {
+                session_id: self.id(),
+                customer: self.state.customer.name.clone(),
+                by,
+                history,
+                has_more,
+            },
+        );
     }
 
     /// The agent left or is gone: the customer is told, and the AI or the queue takes over.
@@ -210,16 +206,19 @@ impl Session {
             .release(&limits, &agent.id, lost, self.deps.after_leave)?;
         self.forward_to_agent();
         if let Some(link) = self.agent.take() {
-            link.handle.do_send(ToAgent::Released {
-                session_id: self.id(),
-                reason: if lost {
-                    Released::Requeued
-                } else {
-                    Released::Left
+            self.deps.router.tell_agent(
+                &link.id,
+                ToAgent::Released {
+                    session_id: self.id(),
+                    reason: if lost {
+                        Released::Requeued
+                    } else {
+                        Released::Left
+                    },
                 },
-            });
+            );
         }
-        self.deps.queue.do_send(ToQueue::Released {
+        self.deps.router.tell_queue(ToQueue::Released {
             session_id: self.id(),
             agent: agent.id.clone(),
         });
@@ -244,7 +243,7 @@ impl Session {
     ) -> Result<Option<u64>, Refused> {
         let limits = self.limits();
         match op {
-            AgentOp::Claim { to, by } => self.claim(agent, to, by, ctx),
+            AgentOp::Claim { by } => self.claim(agent, by, ctx),
             AgentOp::Send { client_id, text } => {
                 let now = chrono::Utc::now();
                 let accepted = self
@@ -292,16 +291,19 @@ impl Session {
                 self.run(effects, ctx);
                 Ok(None)
             }
-            AgentOp::History { before_seq, to } => {
+            AgentOp::History { before_seq } => {
                 self.holder(&agent)?;
                 let (frames, has_more) = self
                     .state
                     .page_before(Some(before_seq), self.deps.agent_page_bytes);
-                to.do_send(ToAgent::History {
-                    session_id: self.id(),
-                    frames,
-                    has_more,
-                });
+                self.deps.router.tell_agent(
+                    &agent.id,
+                    ToAgent::History {
+                        session_id: self.id(),
+                        frames,
+                        has_more,
+                    },
+                );
                 Ok(None)
             }
         }

@@ -14,15 +14,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::chat::routing::vocabulary::{AgentRef, Refused};
 pub use crate::config::AfterLeave;
 use crate::domain::ids::AgentId;
-
-/// An agent as a session knows them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AgentRef {
-    pub id: AgentId,
-    pub name: String,
-}
 
 /// Who answers the customer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,17 +48,6 @@ pub enum OwnerEvent {
     /// for another.
     AgentLost(AgentId),
     Close,
-}
-
-/// Why an event was refused; the owner is unchanged.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
-    #[error("the session is already with agent {}", .0.name)]
-    AlreadyClaimed(AgentRef),
-    #[error("the session is not with this agent")]
-    NotOwner,
-    #[error("the session has ended")]
-    Closed,
 }
 
 impl Owner {
