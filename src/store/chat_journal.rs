@@ -15,7 +15,7 @@
 use std::path::Path;
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_channel::oneshot;
@@ -255,15 +255,23 @@ const COMMIT_WINDOW: Duration = Duration::from_millis(1);
 /// The journal's thread: every append waiting (gathered for up to [`COMMIT_WINDOW`]) is committed
 /// in one transaction, then reads run.
 fn run(mut conn: Connection, ops: mpsc::Receiver<Op>) {
-    while let Ok(first) = ops.recv() {
-        let mut batch = vec![first];
-        let until = Instant::now() + COMMIT_WINDOW;
+    let take_waiting = |batch: &mut Vec<Op>| {
         while batch.len() < BATCH_MAX {
-            let left = until.saturating_duration_since(Instant::now());
-            match ops.recv_timeout(left) {
+            match ops.try_recv() {
                 Ok(op) => batch.push(op),
                 Err(_) => break,
             }
+        }
+    };
+    while let Ok(first) = ops.recv() {
+        let mut batch = vec![first];
+        take_waiting(&mut batch);
+        // The window is slept out rather than waited on the channel: what arrives meanwhile
+        // wakes nobody, so the thread wakes once per commit, not once per append (each wake-up
+        // was a context switch on a busy machine).
+        if batch.len() < BATCH_MAX {
+            thread::sleep(COMMIT_WINDOW);
+            take_waiting(&mut batch);
         }
         let mut appends = Vec::new();
         let mut reads = Vec::new();
