@@ -307,6 +307,9 @@ fn main() -> anyhow::Result<()> {
         synchronous,
         readers: 2,
         fold_max_rows: 32_768,
+        postgres_url: String::new(),
+        postgres_pool: 1,
+        postgres_connect_timeout_ms: 1,
     };
     let store = Arc::new(SqliteStore::open_tuned(&settings, Tuning::default())?);
 

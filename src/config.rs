@@ -437,6 +437,12 @@ pub struct StorageSettings {
     pub synchronous: Synchronous,
     pub readers: usize,
     pub fold_max_rows: usize,
+    /// A PostgreSQL URL: the chat journal lives there instead of `chat.db`. Empty: SQLite.
+    pub postgres_url: String,
+    /// Most connections to PostgreSQL.
+    pub postgres_pool: usize,
+    /// How long a starting process waits for PostgreSQL to answer before it gives up.
+    pub postgres_connect_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -813,6 +819,19 @@ impl Settings {
         }
         positive("storage.readers", self.storage.readers as u64)?;
         positive("storage.fold_max_rows", self.storage.fold_max_rows as u64)?;
+        positive("storage.postgres_pool", self.storage.postgres_pool as u64)?;
+        positive(
+            "storage.postgres_connect_timeout_ms",
+            self.storage.postgres_connect_timeout_ms,
+        )?;
+        let url = &self.storage.postgres_url;
+        let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        if !url.is_empty() && !postgres {
+            return Err(invalid(
+                "storage.postgres_url",
+                "must be a postgres:// URL, or empty for SQLite",
+            ));
+        }
         if self.upgrade.deadline_ms == 0 {
             return Err(invalid("upgrade.deadline_ms", "must be at least 1"));
         }
@@ -1000,6 +1019,26 @@ mod tests {
             "[sessions]\nmax_frame_bytes = 16384\nmax_message_chars = 1000"
         )
         .is_ok());
+    }
+
+    #[test]
+    fn chat_threads_and_postgres_settings_are_checked_naming_the_key() {
+        let err = Settings::from_toml("[chat]\nthreads = 257").unwrap_err();
+        assert!(err.to_string().contains("chat.threads"), "{err}");
+        let s = Settings::from_toml("[chat]\nthreads = 0").unwrap();
+        assert!(s.chat.thread_count() >= 1);
+        assert_eq!(
+            Settings::from_toml("[chat]\nthreads = 3")
+                .unwrap()
+                .chat
+                .thread_count(),
+            3
+        );
+        let err = Settings::from_toml("[storage]\npostgres_url = \"mysql://x\"").unwrap_err();
+        assert!(err.to_string().contains("storage.postgres_url"), "{err}");
+        assert!(
+            Settings::from_toml("[storage]\npostgres_url = \"postgres://u@db:5432/sb\"").is_ok()
+        );
     }
 
     #[test]

@@ -92,6 +92,7 @@ use crate::config::Settings;
 use crate::http::chat::{ChatListener, ChatRoutes};
 use crate::http::listener::ListenerChild;
 use crate::store::chat_journal::{ChatJournal, SqliteChatJournal};
+use crate::store::pg_journal::PgChatJournal;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Outbox, StoreError, TicketStore};
 use crate::supervisor::supervised::{self, Restart};
@@ -221,10 +222,19 @@ pub async fn run_with(
     let sqlite = Arc::new(SqliteStore::open(&settings.storage)?);
     let store: Arc<dyn TicketStore> = sqlite.clone();
     let outbox: Arc<dyn Outbox> = sqlite;
-    let journal: Arc<dyn ChatJournal> = Arc::new(SqliteChatJournal::open(
-        &settings.storage.data_dir,
-        settings.chat.journal_synchronous,
-    )?);
+    let journal: Arc<dyn ChatJournal> = if settings.storage.postgres_url.is_empty() {
+        Arc::new(SqliteChatJournal::open(
+            &settings.storage.data_dir,
+            settings.chat.journal_synchronous,
+        )?)
+    } else {
+        tracing::info!("chat journal on PostgreSQL");
+        Arc::new(PgChatJournal::open(
+            &settings.storage.postgres_url,
+            settings.storage.postgres_pool,
+            Duration::from_millis(settings.storage.postgres_connect_timeout_ms),
+        )?)
+    };
     chat::retention::spawn(
         journal.clone(),
         settings.chat.retention_days,

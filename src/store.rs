@@ -25,6 +25,7 @@ mod journal;
 pub mod outbox;
 mod overlay;
 mod pending;
+pub mod pg_journal;
 mod reply;
 mod rows;
 pub mod schema;
@@ -68,6 +69,9 @@ pub enum StoreError {
     NotEnqueueable(&'static str),
     #[error("store worker panicked: {0}")]
     Panicked(String),
+    /// PostgreSQL refused or failed a statement, or could not be reached.
+    #[error("PostgreSQL: {0}")]
+    Database(String),
 }
 
 /// Why a write, or a fold of the journal, did not complete. One failure answers every write of its

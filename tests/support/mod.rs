@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod fake_django;
+pub mod postgres;
 pub mod webdriver;
 pub mod ws;
 

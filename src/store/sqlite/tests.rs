@@ -27,6 +27,9 @@ pub(in crate::store) fn open_with(dir: &Path, synchronous: Synchronous) -> Sqlit
         synchronous,
         readers: 1,
         fold_max_rows: 1_000_000,
+        postgres_url: String::new(),
+        postgres_pool: 1,
+        postgres_connect_timeout_ms: 1,
     };
     let tuning = Tuning {
         commit_batch_max: 64,

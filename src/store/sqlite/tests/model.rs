@@ -121,6 +121,9 @@ fn open(dir: &Path, synchronous: Synchronous, folds: Folds) -> SqliteStore {
         synchronous,
         readers: 1,
         fold_max_rows: folds.max_rows,
+        postgres_url: String::new(),
+        postgres_pool: 1,
+        postgres_connect_timeout_ms: 1,
     };
     let tuning = Tuning {
         fold_interval: folds.interval,

@@ -1,0 +1,438 @@
+//! The chat journal in PostgreSQL (`storage.postgres_url`): the same [`ChatJournal`] as
+//! `chat.db`, in a database every node of a cluster reaches, so a session can be loaded on any of
+//! them with its history.
+//!
+//! Owns a small tokio runtime on its own thread (`chat-journal-pg`) that runs the connection pool
+//! (`deadpool-postgres` over `tokio-postgres`): callers on any arbiter get a `Send` future back,
+//! and a connection never belongs to an arbiter that may stop. Each append is one transaction
+//! (the frames, then the record), committed before it is answered; PostgreSQL's own commit
+//! grouping takes the place of the SQLite journal's commit window.
+//!
+//! The schema is created at open by versioned migrations ([`MIGRATIONS`]), under an advisory lock so
+//! that nodes starting together apply each one once.
+
+use std::thread;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures_util::future::{BoxFuture, FutureExt};
+use tokio_postgres::{NoTls, Row};
+
+use super::chat_journal::{ChatJournal, JournalFrame, LoadedSession, SessionRecord};
+use super::{StoreError, StoreResult};
+use crate::domain::ids::SessionId;
+
+/// The schema, one entry per version, applied in order and recorded in `switchboard_migrations`.
+/// A version once released is never edited: a change is a new entry.
+pub const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE chat_sessions (
+        session_id UUID PRIMARY KEY,
+        resume_token_hash TEXT NOT NULL,
+        state TEXT NOT NULL,
+        last_seq BIGINT NOT NULL,
+        last_activity_at TIMESTAMPTZ NOT NULL,
+        detached_at TIMESTAMPTZ,
+        closed BOOLEAN NOT NULL DEFAULT false
+    );
+    CREATE INDEX chat_sessions_open ON chat_sessions (closed, last_activity_at);
+    CREATE INDEX chat_sessions_detached ON chat_sessions (closed, detached_at);
+    CREATE TABLE chat_frames (
+        session_id UUID NOT NULL,
+        seq BIGINT NOT NULL,
+        at TIMESTAMPTZ NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (session_id, seq)
+    );",
+)];
+
+/// Taken while migrating: any number shared by every node (`'switchboard'` as bytes).
+const MIGRATION_LOCK: i64 = 0x7377_6974_6368_6264;
+
+const RECORD_COLUMNS: &str =
+    "session_id, resume_token_hash, state, last_seq, last_activity_at, detached_at, closed";
+
+/// The chat journal on PostgreSQL.
+pub struct PgChatJournal {
+    pool: Pool,
+    runtime: tokio::runtime::Handle,
+}
+
+fn pg(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+impl PgChatJournal {
+    /// Connects to `url` with up to `pool_size` connections, trying for up to `connect_timeout`,
+    /// and brings the schema up to date.
+    pub fn open(url: &str, pool_size: usize, connect_timeout: Duration) -> StoreResult<Self> {
+        let config: tokio_postgres::Config = url.parse().map_err(pg)?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(pg)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Io {
+                path: "chat-journal-pg runtime".into(),
+                source: e,
+            })?;
+        let handle = runtime.handle().clone();
+        // The runtime lives as long as the process: this thread drives every journal call.
+        thread::Builder::new()
+            .name("chat-journal-pg".into())
+            .spawn(move || runtime.block_on(std::future::pending::<()>()))
+            .map_err(|e| StoreError::Io {
+                path: "chat-journal-pg thread".into(),
+                source: e,
+            })?;
+        let journal = Self {
+            pool,
+            runtime: handle,
+        };
+        let migrate = journal.run(move |pool| async move {
+            let deadline = tokio::time::Instant::now() + connect_timeout;
+            let mut client = loop {
+                match pool.get().await {
+                    Ok(client) => break client,
+                    Err(e) if tokio::time::Instant::now() < deadline => {
+                        tracing::warn!(error = %e, "PostgreSQL not reachable yet; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(e) => return Err(pg(e)),
+                }
+            };
+            migrate(&mut client).await
+        });
+        // Opening is synchronous (the process does not serve before its stores are up): wait on
+        // a plain channel, as the caller may be inside another runtime.
+        let (done, opened) = std::sync::mpsc::channel();
+        journal.runtime.spawn(async move {
+            let _ = done.send(migrate.await);
+        });
+        opened.recv().map_err(|_| StoreError::Closed)??;
+        Ok(journal)
+    }
+
+    /// Runs `work` with the pool on the journal's runtime.
+    fn run<T, F, Fut>(&self, work: F) -> BoxFuture<'static, StoreResult<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(Pool) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = StoreResult<T>> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let task = self.runtime.spawn(async move { work(pool).await });
+        async move {
+            task.await
+                .map_err(|e| StoreError::Panicked(e.to_string()))?
+        }
+        .boxed()
+    }
+}
+
+/// Applies every migration not yet recorded, in one transaction under the migration lock.
+async fn migrate(client: &mut deadpool_postgres::Object) -> StoreResult<()> {
+    let tx = client.transaction().await.map_err(pg)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(pg)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS switchboard_migrations (
+            version INTEGER PRIMARY KEY,
+            applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )",
+    )
+    .await
+    .map_err(pg)?;
+    let applied: Option<i32> = tx
+        .query_one("SELECT max(version) FROM switchboard_migrations", &[])
+        .await
+        .map_err(pg)?
+        .get(0);
+    let applied = applied.unwrap_or(0);
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > applied) {
+        tx.batch_execute(sql).await.map_err(pg)?;
+        tx.execute(
+            "INSERT INTO switchboard_migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .await
+        .map_err(pg)?;
+        tracing::info!(version, "PostgreSQL schema migrated");
+    }
+    tx.commit().await.map_err(pg)
+}
+
+fn record_of(row: &Row) -> SessionRecord {
+    SessionRecord {
+        session_id: SessionId(row.get(0)),
+        resume_token_hash: row.get(1),
+        state: row.get(2),
+        last_seq: row.get::<_, i64>(3) as u64,
+        last_activity_at: row.get(4),
+        detached_at: row.get(5),
+        closed: row.get(6),
+    }
+}
+
+fn frame_of(row: &Row) -> JournalFrame {
+    JournalFrame {
+        seq: row.get::<_, i64>(0) as u64,
+        at: row.get(1),
+        body: row.get(2),
+    }
+}
+
+async fn frames_of(
+    client: &deadpool_postgres::Object,
+    session_id: SessionId,
+    after_seq: u64,
+    limit: u32,
+) -> StoreResult<Vec<JournalFrame>> {
+    let rows = client
+        .query(
+            "SELECT seq, at, body FROM chat_frames WHERE session_id = $1 AND seq > $2 \
+             ORDER BY seq LIMIT $3",
+            &[&session_id.0, &(after_seq as i64), &i64::from(limit)],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(rows.iter().map(frame_of).collect())
+}
+
+async fn record_by_id(
+    client: &deadpool_postgres::Object,
+    session_id: SessionId,
+) -> StoreResult<Option<SessionRecord>> {
+    let row = client
+        .query_opt(
+            &format!("SELECT {RECORD_COLUMNS} FROM chat_sessions WHERE session_id = $1"),
+            &[&session_id.0],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(row.as_ref().map(record_of))
+}
+
+/// One append: its frames, then its record, in one transaction.
+async fn append(
+    pool: Pool,
+    session_id: SessionId,
+    frames: Vec<JournalFrame>,
+    record: Option<SessionRecord>,
+) -> StoreResult<()> {
+    let mut client = pool.get().await.map_err(pg)?;
+    let tx = client.transaction().await.map_err(pg)?;
+    if !frames.is_empty() {
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO chat_frames (session_id, seq, at, body) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (session_id, seq) DO UPDATE SET at = excluded.at, body = excluded.body",
+            )
+            .await
+            .map_err(pg)?;
+        for f in &frames {
+            tx.execute(&insert, &[&session_id.0, &(f.seq as i64), &f.at, &f.body])
+                .await
+                .map_err(pg)?;
+        }
+    }
+    if let Some(r) = record {
+        let upsert = tx
+            .prepare_cached(&format!(
+                "INSERT INTO chat_sessions ({RECORD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (session_id) DO UPDATE SET resume_token_hash = excluded.resume_token_hash, \
+                 state = excluded.state, last_seq = excluded.last_seq, \
+                 last_activity_at = excluded.last_activity_at, detached_at = excluded.detached_at, \
+                 closed = excluded.closed"
+            ))
+            .await
+            .map_err(pg)?;
+        tx.execute(
+            &upsert,
+            &[
+                &session_id.0,
+                &r.resume_token_hash,
+                &r.state,
+                &(r.last_seq as i64),
+                &r.last_activity_at,
+                &r.detached_at,
+                &r.closed,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+    }
+    tx.commit().await.map_err(pg)
+}
+
+impl ChatJournal for PgChatJournal {
+    fn append(
+        &self,
+        session_id: SessionId,
+        frames: Vec<JournalFrame>,
+        record: Option<SessionRecord>,
+    ) -> BoxFuture<'static, StoreResult<()>> {
+        let span =
+            tracing::debug_span!("chat_journal_pg_append", %session_id, frames = frames.len());
+        self.run(move |pool| {
+            let append = async move {
+                let started = std::time::Instant::now();
+                let result = append(pool, session_id, frames, record).await;
+                metrics::histogram!(crate::metrics::CHAT_JOURNAL_COMMIT)
+                    .record(started.elapsed().as_secs_f64());
+                if let Err(e) = &result {
+                    metrics::counter!(crate::metrics::CHAT_JOURNAL_ERRORS).increment(1);
+                    tracing::warn!(error = %e, "chat journal append to PostgreSQL failed");
+                }
+                result
+            };
+            tracing::Instrument::instrument(append, span)
+        })
+    }
+
+    fn record(
+        &self,
+        session_id: SessionId,
+    ) -> BoxFuture<'static, StoreResult<Option<SessionRecord>>> {
+        self.run(move |pool| async move {
+            let client = pool.get().await.map_err(pg)?;
+            record_by_id(&client, session_id).await
+        })
+    }
+
+    fn frames(
+        &self,
+        session_id: SessionId,
+        after_seq: u64,
+        limit: u32,
+    ) -> BoxFuture<'static, StoreResult<Vec<JournalFrame>>> {
+        self.run(move |pool| async move {
+            let client = pool.get().await.map_err(pg)?;
+            frames_of(&client, session_id, after_seq, limit).await
+        })
+    }
+
+    fn session(
+        &self,
+        session_id: SessionId,
+        history: u32,
+    ) -> BoxFuture<'static, StoreResult<Option<LoadedSession>>> {
+        self.run(move |pool| async move {
+            let client = pool.get().await.map_err(pg)?;
+            let Some(record) = record_by_id(&client, session_id).await? else {
+                return Ok(None);
+            };
+            let from = record.last_seq.saturating_sub(u64::from(history));
+            let frames = frames_of(&client, session_id, from, history).await?;
+            Ok(Some((record, frames)))
+        })
+    }
+
+    fn open_sessions(&self) -> BoxFuture<'static, StoreResult<Vec<SessionRecord>>> {
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pg)?;
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT {RECORD_COLUMNS} FROM chat_sessions WHERE NOT closed \
+                         ORDER BY last_activity_at"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(rows.iter().map(record_of).collect())
+        })
+    }
+
+    fn prune(&self, before: DateTime<Utc>) -> BoxFuture<'static, StoreResult<u64>> {
+        const PRUNE_CHUNK: i64 = 2_000;
+        self.run(move |pool| async move {
+            let client = pool.get().await.map_err(pg)?;
+            let mut total = 0;
+            // One chunk per statement, so a first prune over months of chats holds no lock long.
+            loop {
+                let removed: i64 = client
+                    .query_one(
+                        "WITH gone AS (
+                            DELETE FROM chat_sessions WHERE session_id IN (
+                                SELECT session_id FROM chat_sessions
+                                WHERE last_activity_at < $1 LIMIT $2)
+                            RETURNING session_id),
+                         frames AS (
+                            DELETE FROM chat_frames WHERE session_id IN (SELECT session_id FROM gone))
+                         SELECT count(*) FROM gone",
+                        &[&before, &PRUNE_CHUNK],
+                    )
+                    .await
+                    .map_err(pg)?
+                    .get(0);
+                total += removed as u64;
+                if removed < PRUNE_CHUNK {
+                    return Ok(total);
+                }
+            }
+        })
+    }
+
+    fn mark_detached(&self, at: DateTime<Utc>) -> BoxFuture<'static, StoreResult<()>> {
+        self.run(move |pool| async move {
+            let client = pool.get().await.map_err(pg)?;
+            client
+                .execute(
+                    "UPDATE chat_sessions SET detached_at = $1 WHERE NOT closed AND detached_at IS NULL",
+                    &[&at],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(())
+        })
+    }
+
+    fn expired(
+        &self,
+        detached_before: DateTime<Utc>,
+        idle_before: DateTime<Utc>,
+        limit: u32,
+    ) -> BoxFuture<'static, StoreResult<Vec<SessionId>>> {
+        self.run(move |pool| async move {
+            let client = pool.get().await.map_err(pg)?;
+            let rows = client
+                .query(
+                    "SELECT session_id FROM chat_sessions WHERE NOT closed \
+                     AND (detached_at < $1 OR last_activity_at < $2) LIMIT $3",
+                    &[&detached_before, &idle_before, &i64::from(limit)],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(rows.iter().map(|r| SessionId(r.get(0))).collect())
+        })
+    }
+
+    fn close(&self, ids: Vec<SessionId>) -> BoxFuture<'static, StoreResult<()>> {
+        self.run(move |pool| async move {
+            let client = pool.get().await.map_err(pg)?;
+            let ids: Vec<uuid::Uuid> = ids.into_iter().map(|id| id.0).collect();
+            client
+                .execute(
+                    "UPDATE chat_sessions SET closed = true WHERE session_id = ANY($1)",
+                    &[&ids],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(())
+        })
+    }
+}
