@@ -4,9 +4,9 @@
 //!
 //! Owns a small tokio runtime on its own thread (`chat-journal-pg`) that runs the connection pool
 //! (`deadpool-postgres` over `tokio-postgres`): callers on any arbiter get a `Send` future back,
-//! and a connection never belongs to an arbiter that may stop. Each append is one transaction
-//! (the frames, then the record), committed before it is answered; PostgreSQL's own commit
-//! grouping takes the place of the SQLite journal's commit window.
+//! and a connection never belongs to an arbiter that may stop. Appends are group-committed like the
+//! SQLite journal's: what arrives within a millisecond of the first goes in one transaction (one
+//! statement for the frames, one for the records), answered once committed.
 //!
 //! The schema is created at open by versioned migrations ([`MIGRATIONS`]), under an advisory lock so
 //! that nodes starting together apply each one once.
@@ -57,7 +57,25 @@ const RECORD_COLUMNS: &str =
 pub struct PgChatJournal {
     pool: Pool,
     runtime: tokio::runtime::Handle,
+    /// To the committer: appends waiting to be committed together.
+    appends: tokio::sync::mpsc::UnboundedSender<Append>,
 }
+
+/// One session's append and who waits for its commit.
+struct Append {
+    session_id: SessionId,
+    frames: Vec<JournalFrame>,
+    record: Option<SessionRecord>,
+    done: tokio::sync::oneshot::Sender<StoreResult<()>>,
+}
+
+/// How long the committer gathers appends after the first before it commits them all in one
+/// transaction (as the SQLite journal does): one round of statements and one WAL flush for
+/// everything that came in it.
+const COMMIT_WINDOW: Duration = Duration::from_millis(1);
+
+/// Most appends in one commit.
+const BATCH_MAX: usize = 512;
 
 fn pg(e: impl std::fmt::Display) -> StoreError {
     StoreError::Database(e.to_string())
@@ -96,9 +114,12 @@ impl PgChatJournal {
                 path: "chat-journal-pg thread".into(),
                 source: e,
             })?;
+        let (appends, queued) = tokio::sync::mpsc::unbounded_channel();
+        handle.spawn(committer(pool.clone(), queued));
         let journal = Self {
             pool,
             runtime: handle,
+            appends,
         };
         let migrate = journal.run(move |pool| async move {
             let deadline = tokio::time::Instant::now() + connect_timeout;
@@ -225,33 +246,81 @@ async fn record_by_id(
     Ok(row.as_ref().map(record_of))
 }
 
-/// One append: its frames, then its record, in one transaction.
-async fn append(
-    pool: Pool,
-    session_id: SessionId,
-    frames: Vec<JournalFrame>,
-    record: Option<SessionRecord>,
-) -> StoreResult<()> {
+/// Commits appends as they come: everything that arrives within [`COMMIT_WINDOW`] of the first
+/// goes in one transaction; each waiter hears how it went.
+async fn committer(pool: Pool, mut queued: tokio::sync::mpsc::UnboundedReceiver<Append>) {
+    while let Some(first) = queued.recv().await {
+        let mut batch = vec![first];
+        tokio::time::sleep(COMMIT_WINDOW).await;
+        while batch.len() < BATCH_MAX {
+            match queued.try_recv() {
+                Ok(append) => batch.push(append),
+                Err(_) => break,
+            }
+        }
+        let started = std::time::Instant::now();
+        let span = tracing::debug_span!("chat_journal_pg_commit", appends = batch.len());
+        let result = tracing::Instrument::instrument(commit(&pool, &batch), span).await;
+        metrics::histogram!(crate::metrics::CHAT_JOURNAL_COMMIT)
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(crate::metrics::CHAT_JOURNAL_BATCH).record(batch.len() as f64);
+        if let Err(e) = &result {
+            metrics::counter!(crate::metrics::CHAT_JOURNAL_ERRORS).increment(1);
+            tracing::error!(error = %e, appends = batch.len(), "chat journal commit to PostgreSQL failed");
+        }
+        for append in batch {
+            let _ = append.done.send(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StoreError::Database(e.to_string())),
+            });
+        }
+    }
+}
+
+/// Every frame and record of `batch` in one transaction: one statement for the frames and one for
+/// the records, each over arrays (a session has one append in flight, so no key repeats).
+async fn commit(pool: &Pool, batch: &[Append]) -> StoreResult<()> {
     let mut client = pool.get().await.map_err(pg)?;
     let tx = client.transaction().await.map_err(pg)?;
-    if !frames.is_empty() {
+    let (mut f_ids, mut f_seqs, mut f_ats, mut f_bodies) = (vec![], vec![], vec![], vec![]);
+    for a in batch {
+        for f in &a.frames {
+            f_ids.push(a.session_id.0);
+            f_seqs.push(f.seq as i64);
+            f_ats.push(f.at);
+            f_bodies.push(f.body.as_str());
+        }
+    }
+    if !f_ids.is_empty() {
         let insert = tx
             .prepare_cached(
-                "INSERT INTO chat_frames (session_id, seq, at, body) VALUES ($1, $2, $3, $4) \
+                "INSERT INTO chat_frames (session_id, seq, at, body) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::timestamptz[], $4::text[]) \
                  ON CONFLICT (session_id, seq) DO UPDATE SET at = excluded.at, body = excluded.body",
             )
             .await
             .map_err(pg)?;
-        for f in &frames {
-            tx.execute(&insert, &[&session_id.0, &(f.seq as i64), &f.at, &f.body])
-                .await
-                .map_err(pg)?;
-        }
+        tx.execute(&insert, &[&f_ids, &f_seqs, &f_ats, &f_bodies])
+            .await
+            .map_err(pg)?;
     }
-    if let Some(r) = record {
+    let records: Vec<&SessionRecord> = batch.iter().filter_map(|a| a.record.as_ref()).collect();
+    if !records.is_empty() {
+        let ids: Vec<uuid::Uuid> = records.iter().map(|r| r.session_id.0).collect();
+        let hashes: Vec<&str> = records
+            .iter()
+            .map(|r| r.resume_token_hash.as_str())
+            .collect();
+        let states: Vec<&str> = records.iter().map(|r| r.state.as_str()).collect();
+        let seqs: Vec<i64> = records.iter().map(|r| r.last_seq as i64).collect();
+        let active: Vec<DateTime<Utc>> = records.iter().map(|r| r.last_activity_at).collect();
+        let detached: Vec<Option<DateTime<Utc>>> = records.iter().map(|r| r.detached_at).collect();
+        let closed: Vec<bool> = records.iter().map(|r| r.closed).collect();
         let upsert = tx
             .prepare_cached(&format!(
-                "INSERT INTO chat_sessions ({RECORD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                "INSERT INTO chat_sessions ({RECORD_COLUMNS}) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], \
+                 $5::timestamptz[], $6::timestamptz[], $7::bool[]) \
                  ON CONFLICT (session_id) DO UPDATE SET resume_token_hash = excluded.resume_token_hash, \
                  state = excluded.state, last_seq = excluded.last_seq, \
                  last_activity_at = excluded.last_activity_at, detached_at = excluded.detached_at, \
@@ -261,15 +330,7 @@ async fn append(
             .map_err(pg)?;
         tx.execute(
             &upsert,
-            &[
-                &session_id.0,
-                &r.resume_token_hash,
-                &r.state,
-                &(r.last_seq as i64),
-                &r.last_activity_at,
-                &r.detached_at,
-                &r.closed,
-            ],
+            &[&ids, &hashes, &states, &seqs, &active, &detached, &closed],
         )
         .await
         .map_err(pg)?;
@@ -284,22 +345,18 @@ impl ChatJournal for PgChatJournal {
         frames: Vec<JournalFrame>,
         record: Option<SessionRecord>,
     ) -> BoxFuture<'static, StoreResult<()>> {
-        let span =
-            tracing::debug_span!("chat_journal_pg_append", %session_id, frames = frames.len());
-        self.run(move |pool| {
-            let append = async move {
-                let started = std::time::Instant::now();
-                let result = append(pool, session_id, frames, record).await;
-                metrics::histogram!(crate::metrics::CHAT_JOURNAL_COMMIT)
-                    .record(started.elapsed().as_secs_f64());
-                if let Err(e) = &result {
-                    metrics::counter!(crate::metrics::CHAT_JOURNAL_ERRORS).increment(1);
-                    tracing::warn!(error = %e, "chat journal append to PostgreSQL failed");
-                }
-                result
-            };
-            tracing::Instrument::instrument(append, span)
-        })
+        let (done, committed) = tokio::sync::oneshot::channel();
+        let sent = self.appends.send(Append {
+            session_id,
+            frames,
+            record,
+            done,
+        });
+        async move {
+            sent.map_err(|_| StoreError::Closed)?;
+            committed.await.map_err(|_| StoreError::Closed)?
+        }
+        .boxed()
     }
 
     fn record(
