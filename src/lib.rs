@@ -385,6 +385,7 @@ pub async fn run_with(
             chat_listening: chat_listening.clone(),
             chat: shards.clone(),
             chat_queue: queue_addr.clone(),
+            chat_journal: journal.clone(),
         },
     };
     let children: Vec<Box<dyn Child>> = vec![

@@ -1,8 +1,9 @@
 //! The chat journal on a real PostgreSQL (`storage.postgres_url`), started for each test by
 //! `scripts/postgres.sh` from Debian's `postgresql` package: the journal's contract against the
-//! database, its schema migrated once however many processes open it at once, and a chat carried
+//! database, its schema migrated once however many processes open it at once, a chat carried
 //! from one process to another that shares nothing with it but the database (its own data dir), with
-//! every frame at its seq.
+//! every frame at its seq, and a node that loses PostgreSQL: not ready meanwhile, ready again by
+//! itself once it is back, with the message sent during the outage acknowledged then and kept.
 
 mod support;
 
@@ -211,4 +212,70 @@ async fn a_chat_goes_on_in_another_process_that_shares_only_the_database() {
         .await;
     let ack = back.expect("message.ack").await;
     assert_eq!(ack["seq"], newest + 1, "numbering goes on");
+}
+
+async fn ready(server: &Server) -> (u16, Value) {
+    let resp = support::get(&format!("http://{}/readyz", server.api)).await;
+    (
+        resp.status,
+        serde_json::from_str(&resp.text).unwrap_or(Value::Null),
+    )
+}
+
+#[actix_rt::test]
+async fn a_node_without_postgres_is_not_ready_and_recovers_by_itself_losing_nothing() {
+    let pg = Postgres::start();
+    let django = FakeDjango::start();
+    let env = [("SWITCHBOARD__STORAGE__POSTGRES_URL", pg.url.as_str())];
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::spawn(dir.path(), &django.base_url, &[], &env);
+    support::eventually("the node is ready", || async {
+        let (status, body) = ready(&server).await;
+        status == 200 && body["chat"]["journal"] == "up"
+    })
+    .await;
+    let (mut c, started) = ChatClient::start(server.chat).await;
+    let mut seen = BTreeMap::new();
+    c.send(json!({"type": "message.send", "client_id": "before", "text": "one"}))
+        .await;
+    let first = numbered_until(&mut c, &mut seen, "message.ack").await;
+
+    pg.stop();
+    support::eventually("the node reports its journal gone", || async {
+        let (status, body) = ready(&server).await;
+        status == 503 && body["chat"]["journal"] == "unavailable"
+    })
+    .await;
+    // Sent while the journal is gone: it cannot be acknowledged yet, and is not lost.
+    c.send(json!({"type": "message.send", "client_id": "during", "text": "two"}))
+        .await;
+
+    pg.start_again();
+    support::eventually("the node is ready again by itself", || async {
+        let (status, body) = ready(&server).await;
+        status == 200 && body["chat"]["journal"] == "up"
+    })
+    .await;
+    let ack = loop {
+        let f = numbered_until(&mut c, &mut seen, "message.ack").await;
+        if f["client_id"] == "during" {
+            break f;
+        }
+    };
+    let seq = ack["seq"].as_u64().unwrap();
+    assert!(seq > first["seq"].as_u64().unwrap());
+
+    // In the journal: a fresh connection replays it at its seq.
+    let mut back = ChatClient::resume(server.chat, &started, 0).await;
+    back.expect("session.resumed").await;
+    let replayed = loop {
+        let f = back.next().await.expect("replayed frame");
+        if f["seq"] == seq {
+            break f;
+        }
+    };
+    assert_eq!(
+        (&replayed["from"], &replayed["text"]),
+        (&json!("customer"), &json!("two"))
+    );
 }

@@ -123,6 +123,9 @@ mod tests {
         fn close(&self, _: Vec<SessionId>) -> BoxFuture<'static, StoreResult<()>> {
             async { Ok(()) }.boxed()
         }
+        fn ping(&self) -> BoxFuture<'static, StoreResult<()>> {
+            async { Ok(()) }.boxed()
+        }
     }
 
     fn journal(

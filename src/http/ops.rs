@@ -20,6 +20,7 @@ use crate::bridge::calls::DjangoCalls;
 use crate::bridge::GetStatus;
 use crate::chat::queue::{CountWaiting, Queue};
 use crate::chat::shards::ChatShards;
+use crate::store::chat_journal::ChatJournal;
 use crate::store::{Outbox, TicketStore};
 
 /// What the operator endpoints read.
@@ -33,6 +34,8 @@ pub struct Ops {
     /// Every chat thread's session and agent registries.
     pub chat: ChatShards,
     pub chat_queue: Addr<Queue>,
+    /// The chat journal (SQLite, or PostgreSQL with `storage.postgres_url`).
+    pub chat_journal: Arc<dyn ChatJournal>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -60,20 +63,25 @@ async fn readyz(
     let tree_up = ops.tree_up.load(Ordering::SeqCst);
     let wait = Duration::from_secs(1);
     let listening = ops.chat_listening.load(Ordering::SeqCst);
-    let (sessions, agents, waiting) = futures_util::future::join3(
+    let (sessions, agents, waiting, journal) = futures_util::future::join4(
         tokio::time::timeout(wait, ops.chat.count_sessions()),
         tokio::time::timeout(wait, ops.chat.count_agents()),
         tokio::time::timeout(wait, ops.chat_queue.send(CountWaiting)),
+        tokio::time::timeout(wait, ops.chat_journal.ping()),
     )
     .await;
+    // Without its journal a session can acknowledge nothing: the node is not ready for chats.
+    let journal_ok = matches!(journal, Ok(Ok(())));
     let (sessions, agents, waiting) = (
         sessions.ok().flatten(),
         agents.ok().flatten(),
         waiting.ok().and_then(Result::ok),
     );
-    let chat_ok = listening && sessions.is_some() && agents.is_some() && waiting.is_some();
+    let chat_ok =
+        listening && sessions.is_some() && agents.is_some() && waiting.is_some() && journal_ok;
     let chat = json!({
         "listener": if listening { "up" } else { "down" },
+        "journal": if journal_ok { "up" } else { "unavailable" },
         "sessions": sessions,
         "agents": agents,
         "queue": waiting,

@@ -95,6 +95,8 @@ pub trait ChatJournal: Send + Sync + 'static {
     ) -> BoxFuture<'static, StoreResult<Vec<SessionId>>>;
     /// Marks these sessions closed.
     fn close(&self, ids: Vec<SessionId>) -> BoxFuture<'static, StoreResult<()>>;
+    /// Answers once the journal can read (readiness).
+    fn ping(&self) -> BoxFuture<'static, StoreResult<()>>;
 }
 
 const SCHEMA: &str = "
@@ -471,6 +473,10 @@ impl ChatJournal for SqliteChatJournal {
             }
             tx.commit()
         })
+    }
+
+    fn ping(&self) -> BoxFuture<'static, StoreResult<()>> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
     }
 
     /// One transaction per chunk of sessions, each its own turn on the journal's thread: the

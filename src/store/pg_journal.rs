@@ -492,4 +492,12 @@ impl ChatJournal for PgChatJournal {
             Ok(())
         })
     }
+
+    fn ping(&self) -> BoxFuture<'static, StoreResult<()>> {
+        self.run(|pool| async move {
+            let client = pool.get().await.map_err(pg)?;
+            client.simple_query("SELECT 1").await.map_err(pg)?;
+            Ok(())
+        })
+    }
 }

@@ -6,6 +6,7 @@ use std::process::Command;
 
 pub struct Postgres {
     dir: tempfile::TempDir,
+    port: u16,
     pub url: String,
 }
 
@@ -43,7 +44,35 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         let url = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        Self { dir, url }
+        Self { dir, port, url }
+    }
+
+    /// Stops the server (fast shutdown: connections are cut).
+    pub fn stop(&self) {
+        let status = Command::new("bash")
+            .arg(script())
+            .args(["stop", self.dir.path().join("pg").to_str().unwrap()])
+            .status()
+            .expect("run scripts/postgres.sh");
+        assert!(status.success());
+    }
+
+    /// Starts the stopped server again, same data and port.
+    pub fn start_again(&self) {
+        let out = Command::new("bash")
+            .arg(script())
+            .args([
+                "start",
+                self.dir.path().join("pg").to_str().unwrap(),
+                &self.port.to_string(),
+            ])
+            .output()
+            .expect("run scripts/postgres.sh");
+        assert!(
+            out.status.success(),
+            "PostgreSQL did not start again: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
