@@ -2,7 +2,8 @@
 //! `--takeover` on the same data dir takes the listening sockets and every chat and agent
 //! connection while customers, an agent and a REST client keep going; nobody is disconnected and
 //! no frame is lost or repeated. And when the new process is not ready in time, the old one stops
-//! it and serves on (rollback).
+//! it and serves on (rollback); a peer on the control socket that breaks the protocol is cut off
+//! and the server serves on, still heard by a real successor.
 
 mod support;
 
@@ -312,4 +313,75 @@ async fn a_new_process_not_ready_in_time_is_stopped_and_the_old_one_serves_on() 
         support::metric(&metrics, "switchboard_upgrade_rollbacks_total", &[]),
         Some(1.0)
     );
+}
+
+/// Writes `bytes` to the control socket and reads until the server closes it: `true` if it did at
+/// once, for what it read (well within the 5 s it gives a silent peer to say hello).
+fn refused(control: &std::path::Path, bytes: &[u8]) -> bool {
+    let mut peer = std::os::unix::net::UnixStream::connect(control).expect("control socket");
+    peer.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    let _ = peer.write_all(bytes);
+    // Nothing more is coming: a server waiting for the rest would see the end at once.
+    let _ = peer.shutdown(std::net::Shutdown::Write);
+    let mut rest = Vec::new();
+    peer.read_to_end(&mut rest).is_ok() && rest.is_empty()
+}
+
+#[actix_rt::test]
+async fn a_broken_peer_on_the_control_socket_is_refused_and_a_real_takeover_still_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let django = FakeDjango::start();
+    let old = Server::start(dir.path(), &django);
+    let control = dir.path().join("control.sock");
+    let (mut c, _) = ChatClient::start(old.chat).await;
+
+    let probe = control.clone();
+    let cases = tokio::task::spawn_blocking(move || {
+        [
+            // A length past the largest message.
+            refused(&probe, &u32::MAX.to_be_bytes()),
+            // A message that is not JSON.
+            refused(&probe, &[&5u32.to_be_bytes()[..], b"junk!"].concat()),
+            // JSON that is no message of the protocol.
+            refused(&probe, &[&2u32.to_be_bytes()[..], b"{}"].concat()),
+            // Gone before a word.
+            refused(&probe, b""),
+        ]
+    })
+    .await
+    .unwrap();
+    assert_eq!(cases, [true; 4], "each broken peer is cut off");
+    // Each is logged as refused.
+    let old = tokio::task::spawn_blocking(move || {
+        for _ in 0..4 {
+            old.log_line("control socket: peer refused");
+        }
+        old
+    })
+    .await
+    .unwrap();
+
+    // The server served on, chat included.
+    c.send(json!({"type": "message.send", "client_id": "c-1", "text": "still there?"}))
+        .await;
+    c.expect("message.ack").await;
+
+    // And a real successor is still heard: it takes over, and the connection goes on with it.
+    let path = dir.path().to_path_buf();
+    let django_url = django.base_url.clone();
+    let (mut old, new) = tokio::task::spawn_blocking(move || {
+        let mut old = old;
+        let new = Server::take_over(&path, &django_url);
+        new.log_line("took over: ready");
+        old.wait_exit();
+        (old, new)
+    })
+    .await
+    .unwrap();
+    assert!(!old.is_running());
+    c.send(json!({"type": "message.send", "client_id": "c-2", "text": "and now?"}))
+        .await;
+    c.expect("message.ack").await;
+    drop(new);
 }
