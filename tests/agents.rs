@@ -9,7 +9,7 @@ mod support;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
 use support::fake_django::{Behavior, ChatEndpoint, FakeDjango};
-use support::ws::{ChatClient, Ended};
+use support::ws::{expect_for, say, ChatClient, Ended};
 use support::*;
 
 const SECRET: &str = "agents-secret-agents-secret-0123";
@@ -67,23 +67,6 @@ async fn queued_customer(app: &TestApp, django: &FakeDjango) -> (ChatClient, Val
     say(&mut c, "q-1", "I want a human").await;
     c.expect("session.queued").await;
     (c, started)
-}
-
-async fn say(c: &mut ChatClient, client_id: &str, text: &str) -> u64 {
-    c.send(json!({"type": "message.send", "client_id": client_id, "text": text}))
-        .await;
-    c.expect("message.ack").await["seq"].as_u64().unwrap()
-}
-
-/// The next frame of `kind` for session `id` (other frames are kept in `seen`).
-async fn expect_for(a: &mut ChatClient, kind: &str, id: &Value) -> Value {
-    loop {
-        let f = a.expect(kind).await;
-        if f["session_id"] == *id {
-            return f;
-        }
-        a.seen.push(f);
-    }
 }
 
 /// The next `session.event` for `id` whose inner frame is of `inner` type.

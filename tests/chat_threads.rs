@@ -6,9 +6,9 @@
 mod support;
 
 use jsonwebtoken::{encode, EncodingKey, Header};
-use serde_json::{json, Value};
+use serde_json::json;
 use support::fake_django::{Behavior, ChatEndpoint, FakeDjango};
-use support::ws::ChatClient;
+use support::ws::{expect_for, say, ChatClient};
 use support::*;
 use switchboard::chat::placement;
 use switchboard::domain::ids::AgentId;
@@ -53,22 +53,6 @@ async fn agent(app: &TestApp, sub: &str) -> ChatClient {
         .await;
     a.expect("agent.ready").await;
     a
-}
-
-async fn say(c: &mut ChatClient, client_id: &str, text: &str) -> u64 {
-    c.send(json!({"type": "message.send", "client_id": client_id, "text": text}))
-        .await;
-    c.expect("message.ack").await["seq"].as_u64().unwrap()
-}
-
-/// The next frame of `kind` for session `id`.
-async fn expect_for(a: &mut ChatClient, kind: &str, id: &Value) -> Value {
-    loop {
-        let f = a.expect(kind).await;
-        if f["session_id"] == *id {
-            return f;
-        }
-    }
 }
 
 fn moved(text: &str) -> f64 {

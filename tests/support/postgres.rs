@@ -10,8 +10,23 @@ pub struct Postgres {
     pub url: String,
 }
 
-fn script() -> PathBuf {
+fn script_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres.sh")
+}
+
+/// Runs `scripts/postgres.sh` with `args`; its output, or a failed test naming why.
+fn script(args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(script_path())
+        .args(args)
+        .output()
+        .expect("run scripts/postgres.sh");
+    assert!(
+        out.status.success(),
+        "scripts/postgres.sh {args:?} failed (is the `postgresql` package installed?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 impl Postgres {
@@ -29,58 +44,32 @@ impl Postgres {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let out = Command::new("bash")
-            .arg(script())
-            .args([
-                "start",
-                dir.path().join("pg").to_str().unwrap(),
-                &port.to_string(),
-            ])
-            .output()
-            .expect("run scripts/postgres.sh");
-        assert!(
-            out.status.success(),
-            "PostgreSQL did not start (is the `postgresql` package installed?): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let url = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let data = dir.path().join("pg");
+        let url = script(&["start", data.to_str().unwrap(), &port.to_string()]);
         Self { dir, port, url }
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("pg").to_str().unwrap().to_string()
     }
 
     /// Stops the server (fast shutdown: connections are cut).
     pub fn stop(&self) {
-        let status = Command::new("bash")
-            .arg(script())
-            .args(["stop", self.dir.path().join("pg").to_str().unwrap()])
-            .status()
-            .expect("run scripts/postgres.sh");
-        assert!(status.success());
+        script(&["stop", &self.data()]);
     }
 
     /// Starts the stopped server again, same data and port.
     pub fn start_again(&self) {
-        let out = Command::new("bash")
-            .arg(script())
-            .args([
-                "start",
-                self.dir.path().join("pg").to_str().unwrap(),
-                &self.port.to_string(),
-            ])
-            .output()
-            .expect("run scripts/postgres.sh");
-        assert!(
-            out.status.success(),
-            "PostgreSQL did not start again: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        script(&["start", &self.data(), &self.port.to_string()]);
     }
 }
 
 impl Drop for Postgres {
     fn drop(&mut self) {
+        // Not `script`: a failing test must not panic again while it unwinds.
         let _ = Command::new("bash")
-            .arg(script())
-            .args(["stop", self.dir.path().join("pg").to_str().unwrap()])
+            .arg(script_path())
+            .args(["stop", &self.data()])
             .status();
     }
 }

@@ -339,3 +339,22 @@ impl RawClient {
         }
     }
 }
+
+/// Sends a customer message and waits for its `message.ack`; returns its seq.
+pub async fn say(c: &mut ChatClient, client_id: &str, text: &str) -> u64 {
+    c.send(json!({"type": "message.send", "client_id": client_id, "text": text}))
+        .await;
+    c.expect("message.ack").await["seq"].as_u64().unwrap()
+}
+
+/// The next frame of `kind` for session `id` on an agent's connection (other frames are kept in
+/// `seen`).
+pub async fn expect_for(a: &mut ChatClient, kind: &str, id: &Value) -> Value {
+    loop {
+        let f = a.expect(kind).await;
+        if f["session_id"] == *id {
+            return f;
+        }
+        a.seen.push(f);
+    }
+}
