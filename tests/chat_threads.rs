@@ -117,6 +117,11 @@ async fn sessions_spread_over_the_threads_a_resume_elsewhere_is_moved_and_agents
             assert!(newest > *seq);
             let old = std::mem::replace(c, ChatClient::resume(app.chat_addr, started, *seq).await);
             drop(old);
+            // Sent right behind the resume, before any answer: it may arrive in the same read,
+            // and must go with the socket if the socket is moved.
+            let client_id = format!("again-{rounds}");
+            c.send(json!({"type": "message.send", "client_id": client_id, "text": "still here"}))
+                .await;
             let resumed = c.expect("session.resumed").await;
             assert_eq!(resumed["session_id"], started["session_id"]);
             let replayed = c.expect("message").await;
@@ -124,7 +129,9 @@ async fn sessions_spread_over_the_threads_a_resume_elsewhere_is_moved_and_agents
                 replayed["seq"], reply["seq"],
                 "the missed answer is replayed"
             );
-            *seq = say(c, &format!("again-{rounds}"), "still here").await;
+            let ack = c.expect("message.ack").await;
+            assert_eq!(ack["client_id"], client_id.as_str());
+            *seq = ack["seq"].as_u64().unwrap();
             assert!(*seq > newest);
         }
         if moved(&scrape(&app).await) > before || rounds >= 10 {
