@@ -53,6 +53,8 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     /// Replacing the running binary without disconnecting anyone (`switchboard --takeover`).
     pub upgrade: UpgradeSettings,
+    /// Several nodes as one Switchboard (`cluster.nats_url` with `storage.postgres_url`).
+    pub cluster: ClusterSettings,
     pub testing: TestingSettings,
 }
 
@@ -445,6 +447,41 @@ pub struct StorageSettings {
     pub postgres_connect_timeout_ms: u64,
 }
 
+/// Cluster mode: the node's name and the broker that links it to the others.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// This node's name, unique in the cluster. Empty: the host's name.
+    pub node_id: String,
+    /// A NATS URL (`nats://host:4222`). Set, with `storage.postgres_url`, the node joins a cluster.
+    /// Empty: a single node.
+    pub nats_url: String,
+    /// How often the node says it is alive.
+    pub heartbeat_ms: u64,
+    /// A node not heard from for this long is dead: its agents go offline, their chats are requeued.
+    pub heartbeat_timeout_ms: u64,
+    /// How long a request to another node (a session's answer, the queue's) may take.
+    pub request_timeout_ms: u64,
+}
+
+impl ClusterSettings {
+    pub fn enabled(&self) -> bool {
+        !self.nats_url.is_empty()
+    }
+
+    /// The node's name: as configured, or the host's.
+    pub fn node_name(&self) -> String {
+        if !self.node_id.is_empty() {
+            return self.node_id.clone();
+        }
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "switchboard".to_string())
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DjangoSettings {
@@ -555,6 +592,47 @@ impl LogSettings {
     /// they name.
     pub fn filter(&self) -> String {
         canonical_log_filter(&self.level)
+    }
+}
+
+impl Settings {
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let cluster = &self.cluster;
+        positive("cluster.heartbeat_ms", cluster.heartbeat_ms)?;
+        positive("cluster.request_timeout_ms", cluster.request_timeout_ms)?;
+        if cluster.heartbeat_timeout_ms < 2 * cluster.heartbeat_ms {
+            return Err(invalid(
+                "cluster.heartbeat_timeout_ms",
+                "must be at least twice cluster.heartbeat_ms (one lost heartbeat is not a death)",
+            ));
+        }
+        // The node's name is a NATS subject token: no dots, spaces or wildcards.
+        let name_ok = cluster
+            .node_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok || cluster.node_id.len() > 64 {
+            return Err(invalid(
+                "cluster.node_id",
+                "must be at most 64 letters, digits, '-' or '_' (empty: the host's name)",
+            ));
+        }
+        if !cluster.enabled() {
+            return Ok(());
+        }
+        if !(cluster.nats_url.starts_with("nats://") || cluster.nats_url.starts_with("tls://")) {
+            return Err(invalid(
+                "cluster.nats_url",
+                "must be a nats:// or tls:// URL, or empty for a single node",
+            ));
+        }
+        if self.storage.postgres_url.is_empty() {
+            return Err(invalid(
+                "storage.postgres_url",
+                "must be set when cluster.nats_url is: the nodes of a cluster share one database",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -835,6 +913,7 @@ impl Settings {
         if self.upgrade.deadline_ms == 0 {
             return Err(invalid("upgrade.deadline_ms", "must be at least 1"));
         }
+        self.validate_cluster()?;
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(invalid("storage.data_dir", "must not be empty"));
         }
@@ -1019,6 +1098,35 @@ mod tests {
             "[sessions]\nmax_frame_bytes = 16384\nmax_message_chars = 1000"
         )
         .is_ok());
+    }
+
+    #[test]
+    fn cluster_settings_need_the_database_and_a_sound_node_name() {
+        let err = Settings::from_toml("[cluster]\nnats_url = \"nats://n:4222\"").unwrap_err();
+        assert!(err.to_string().contains("storage.postgres_url"), "{err}");
+        let pg = "[storage]\npostgres_url = \"postgres://u@db/sb\"\n";
+        let err =
+            Settings::from_toml(&format!("{pg}[cluster]\nnats_url = \"http://n\"")).unwrap_err();
+        assert!(err.to_string().contains("cluster.nats_url"), "{err}");
+        let err = Settings::from_toml(&format!(
+            "{pg}[cluster]\nnats_url = \"nats://n:4222\"\nnode_id = \"a.b\""
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("cluster.node_id"), "{err}");
+        let err = Settings::from_toml(&format!(
+            "{pg}[cluster]\nnats_url = \"nats://n:4222\"\nheartbeat_timeout_ms = 500"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("cluster.heartbeat_timeout_ms"),
+            "{err}"
+        );
+        let ok = Settings::from_toml(&format!(
+            "{pg}[cluster]\nnats_url = \"nats://n:4222\"\nnode_id = \"node-1\""
+        ))
+        .unwrap();
+        assert!(ok.cluster.enabled());
+        assert_eq!(ok.cluster.node_name(), "node-1");
     }
 
     #[test]

@@ -58,6 +58,7 @@
 
 pub mod bridge;
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod http;
@@ -117,6 +118,8 @@ pub enum RunError {
     },
     #[error("the root supervisor gave up: {0}")]
     Escalated(String),
+    #[error("could not join the cluster")]
+    Cluster(#[from] cluster::ClusterError),
 }
 
 /// The store as the root's first child: opened before the tree starts, closed (after committing
@@ -222,6 +225,9 @@ pub async fn run_with(
     let sqlite = Arc::new(SqliteStore::open(&settings.storage)?);
     let store: Arc<dyn TicketStore> = sqlite.clone();
     let outbox: Arc<dyn Outbox> = sqlite;
+    let node = settings.cluster.node_name();
+    let heartbeat_timeout = Duration::from_millis(settings.cluster.heartbeat_timeout_ms);
+    let mut cluster_parts = None;
     let journal: Arc<dyn ChatJournal> = if settings.storage.postgres_url.is_empty() {
         Arc::new(SqliteChatJournal::open(
             &settings.storage.data_dir,
@@ -229,12 +235,39 @@ pub async fn run_with(
         )?)
     } else {
         tracing::info!("chat journal on PostgreSQL");
-        Arc::new(PgChatJournal::open(
+        let fence = settings
+            .cluster
+            .enabled()
+            .then(|| store::pg_journal::Fence::new(node.clone(), heartbeat_timeout));
+        let pg = Arc::new(PgChatJournal::open(
             &settings.storage.postgres_url,
             settings.storage.postgres_pool,
             Duration::from_millis(settings.storage.postgres_connect_timeout_ms),
-        )?)
+            fence,
+        )?);
+        if settings.cluster.enabled() {
+            let bus = cluster::bus::Bus::connect(
+                &settings.cluster.nats_url,
+                &node,
+                Duration::from_millis(settings.storage.postgres_connect_timeout_ms),
+                Duration::from_millis(settings.cluster.request_timeout_ms),
+            )?;
+            let (pool, runtime) = pg.pool();
+            let membership = store::pg_membership::start(
+                pool,
+                &runtime,
+                node.clone(),
+                Duration::from_millis(settings.cluster.heartbeat_ms),
+                heartbeat_timeout,
+            );
+            tracing::info!(node = %node, "joining the cluster");
+            cluster_parts = Some((bus, membership));
+        }
+        pg
     };
+    let cluster_status = cluster_parts
+        .as_ref()
+        .map(|(bus, membership)| cluster::ClusterStatus::new(bus, membership));
     chat::retention::spawn(
         journal.clone(),
         settings.chat.retention_days,
@@ -386,6 +419,7 @@ pub async fn run_with(
             chat: shards.clone(),
             chat_queue: queue_addr.clone(),
             chat_journal: journal.clone(),
+            cluster: cluster_status.clone(),
         },
     };
     let children: Vec<Box<dyn Child>> = vec![
@@ -409,6 +443,11 @@ pub async fn run_with(
                 tickets: registry_addr.clone(),
                 outbox: outbox.clone(),
                 journal,
+                cluster: cluster_parts.map(|(bus, membership)| ClusterParts {
+                    bus,
+                    membership,
+                    status: cluster_status.clone().expect("a cluster has a status"),
+                }),
             },
             &settings,
         )),
@@ -555,6 +594,14 @@ struct ChatParts {
     tickets: Addr<TicketRegistry>,
     outbox: Arc<dyn Outbox>,
     journal: Arc<dyn ChatJournal>,
+    /// In a cluster: the broker and the membership the router is built on.
+    cluster: Option<ClusterParts>,
+}
+
+struct ClusterParts {
+    bus: cluster::bus::Bus,
+    membership: store::pg_membership::Membership,
+    status: cluster::ClusterStatus,
 }
 
 /// A child's name for one chat thread (`sessions.1`): built once per tree, so leaking is bounded.
@@ -579,11 +626,23 @@ fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
     let (queue_addr, queue_mailbox) = parts.queue;
     let shards = parts.shards;
     // Sessions, agents and the queue reach each other by id, through the registries of their
-    // chat threads.
-    let router: chat::routing::Router = Arc::new(chat::shards::LocalRouter::new(
-        shards.clone(),
-        queue_addr.clone(),
-    ));
+    // chat threads, and in a cluster over the broker.
+    let local = chat::shards::LocalRouter::new(shards.clone(), queue_addr.clone());
+    let router: chat::routing::Router = match parts.cluster {
+        None => Arc::new(local),
+        Some(c) => {
+            let router = cluster::router::ClusterRouter::new(
+                local,
+                c.bus,
+                parts.journal.clone(),
+                Duration::from_millis(settings.cluster.request_timeout_ms),
+                Duration::from_millis(settings.cluster.heartbeat_timeout_ms),
+                agents_online.clone(),
+            );
+            cluster::start(&router, c.membership, &c.status);
+            Arc::new(router)
+        }
+    };
     let deps = Arc::new(SessionDeps {
         settings: s.clone(),
         limits: s.limits(),
@@ -605,7 +664,6 @@ fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
     let agent_deps = Arc::new(AgentDeps {
         settings: settings.agents.clone(),
         sessions: s.clone(),
-        queue: queue_addr,
         router: router.clone(),
         max_subject_chars: settings.tickets.max_subject_chars,
         max_description_chars: settings.tickets.max_description_chars,

@@ -71,6 +71,15 @@ pub const CHAT_JOURNAL_COMMIT: &str = "switchboard_chat_journal_commit_seconds";
 pub const CHAT_JOURNAL_BATCH: &str = "switchboard_chat_journal_batch_size";
 pub const CHAT_JOURNAL_ERRORS: &str = "switchboard_chat_journal_errors_total";
 pub const CHAT_JOURNAL_WAIT: &str = "switchboard_chat_journal_wait_seconds";
+pub const CHAT_FENCED: &str = "switchboard_chat_sessions_fenced_total";
+pub const CLUSTER_JOINED: &str = "switchboard_cluster_joined";
+pub const CLUSTER_LEADER: &str = "switchboard_cluster_queue_leader";
+pub const CLUSTER_NODES: &str = "switchboard_cluster_nodes";
+pub const CLUSTER_SENT: &str = "switchboard_cluster_messages_sent_total";
+pub const CLUSTER_RECEIVED: &str = "switchboard_cluster_messages_received_total";
+pub const CLUSTER_REQUEST: &str = "switchboard_cluster_request_seconds";
+pub const CLUSTER_ERRORS: &str = "switchboard_cluster_errors_total";
+pub const CLUSTER_NODES_DEAD: &str = "switchboard_cluster_nodes_dead_total";
 pub const CHAT_PASSIVATED: &str = "switchboard_chat_sessions_passivated_total";
 pub const CHAT_RESTORED: &str = "switchboard_chat_sessions_restored_total";
 pub const CHAT_JOURNAL_EXPIRED: &str = "switchboard_chat_journal_expired_total";
@@ -349,6 +358,43 @@ fn describe_chat() {
     describe_counter!(
         CHAT_JOURNAL_ERRORS,
         "Chat journal transactions that failed."
+    );
+    describe_counter!(
+        CHAT_FENCED,
+        "Chat sessions stopped on this node because another node took them over (a higher fencing epoch)."
+    );
+    describe_gauge!(
+        CLUSTER_JOINED,
+        "1 while the node is in its cluster: the broker connected and its heartbeat in the database."
+    );
+    describe_gauge!(
+        CLUSTER_LEADER,
+        "1 while this node leads the cluster-wide routing queue."
+    );
+    describe_gauge!(
+        CLUSTER_NODES,
+        "Nodes alive in the cluster, as the queue's leader sees them."
+    );
+    describe_counter!(
+        CLUSTER_SENT,
+        "Messages sent to other nodes over the broker, by kind."
+    );
+    describe_counter!(
+        CLUSTER_RECEIVED,
+        "Messages received from other nodes over the broker, by kind."
+    );
+    describe_histogram!(
+        CLUSTER_REQUEST,
+        Unit::Seconds,
+        "Requests to other nodes (a session's answer, the queue's), by kind: time to the answer."
+    );
+    describe_counter!(
+        CLUSTER_ERRORS,
+        "Messages to or from other nodes that failed, by kind and reason."
+    );
+    describe_counter!(
+        CLUSTER_NODES_DEAD,
+        "Nodes declared dead by the queue's leader (not heard from within cluster.heartbeat_timeout_ms)."
     );
     describe_histogram!(
         CHAT_JOURNAL_WAIT,

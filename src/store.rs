@@ -26,6 +26,7 @@ pub mod outbox;
 mod overlay;
 mod pending;
 pub mod pg_journal;
+pub mod pg_membership;
 mod reply;
 mod rows;
 pub mod schema;
@@ -72,6 +73,10 @@ pub enum StoreError {
     /// PostgreSQL refused or failed a statement, or could not be reached.
     #[error("PostgreSQL: {0}")]
     Database(String),
+    /// Another node owns this chat session now (a higher fencing epoch): this node may no longer
+    /// write it.
+    #[error("chat session {0} is owned by another node")]
+    Fenced(crate::domain::ids::SessionId),
 }
 
 /// Why a write, or a fold of the journal, did not complete. One failure answers every write of its

@@ -20,7 +20,7 @@ use switchboard::store::chat_journal::{ChatJournal, JournalFrame, SessionRecord}
 use switchboard::store::pg_journal::PgChatJournal;
 
 fn open(pg: &Postgres) -> PgChatJournal {
-    PgChatJournal::open(&pg.url, 4, Duration::from_secs(10)).expect("journal on PostgreSQL")
+    PgChatJournal::open(&pg.url, 4, Duration::from_secs(10), None).expect("journal on PostgreSQL")
 }
 
 fn frame(seq: u64) -> JournalFrame {
@@ -141,7 +141,7 @@ async fn a_journal_that_cannot_reach_postgres_fails_to_open_with_the_reason() {
         .unwrap()
         .port();
     let url = format!("postgres://switchboard@127.0.0.1:{port}/postgres");
-    let err = PgChatJournal::open(&url, 1, Duration::from_millis(300))
+    let err = PgChatJournal::open(&url, 1, Duration::from_millis(300), None)
         .err()
         .expect("no server there");
     assert!(err.to_string().contains("PostgreSQL"), "{err}");

@@ -28,7 +28,8 @@ use super::handover::{HandOff, HandedOver, Party};
 use super::history::ReplayError;
 use super::link::{Connection, Inbound, Lane, Local};
 use super::protocol::{close, ErrorCode};
-use super::queue::{AgentGone, AgentStatus, AgentUp, Join, JoinError, Queue};
+use super::queue::{AgentUp, Join, JoinError};
+use super::routing::ToQueue;
 use super::routing::{AgentOp, RouteError, Router, SessionCommand, SessionHandle, ToAgent};
 use super::session::check_message;
 use super::session::owner::{AgentRef, Refused};
@@ -44,8 +45,7 @@ pub struct AgentDeps {
     pub settings: AgentSettings,
     /// Message limits are the sessions'.
     pub sessions: SessionSettings,
-    pub queue: Addr<Queue>,
-    /// How the agent reaches sessions, by id.
+    /// How the agent reaches sessions and the queue, by id.
     pub router: Router,
     pub max_subject_chars: usize,
     pub max_description_chars: usize,
@@ -252,7 +252,7 @@ impl Agent {
     }
 
     fn status(&self) {
-        self.deps.queue.do_send(AgentStatus {
+        self.deps.router.tell_queue(ToQueue::AgentStatus {
             agent: self.me(),
             presence: self.state.presence,
             capacity: self.state.capacity,
@@ -450,13 +450,13 @@ impl Agent {
         self.in_flight += 1;
         ctx.spawn(
             self.deps
-                .queue
-                .send(join)
+                .router
+                .join(join)
                 .into_actor(self)
                 .map(move |result, act, ctx| {
                     act.in_flight -= 1;
                     act.settle(ctx);
-                    let Ok(Err(e)) = result else {
+                    let Err(e) = result else {
                         return;
                     };
                     let code = match &e {
@@ -469,6 +469,7 @@ impl Agent {
                         }
                         JoinError::Session(Refused::Closed) => ErrorCode::SessionClosed,
                         JoinError::UnknownSession => ErrorCode::UnknownSession,
+                        JoinError::Unreachable => ErrorCode::ServerBusy,
                         _ => ErrorCode::InvalidFrame,
                     };
                     act.error_for(code, e.to_string(), session_id, None);
@@ -599,7 +600,7 @@ impl Actor for Agent {
         if self.attached.take().is_some() {
             metrics::gauge!(m::AGENT_CONNECTIONS).decrement(1.0);
         }
-        self.deps.queue.do_send(AgentGone {
+        self.deps.router.tell_queue(ToQueue::AgentGone {
             agent: self.state.me.id.clone(),
         });
         tracing::info!(agent_id = %self.state.me.id, "agent signed off");
@@ -737,8 +738,8 @@ impl Handler<AttachAgent> for Agent {
         // Nothing reaches the agent before `agent.ready`: the mailbox waits for the queue's answer.
         ctx.wait(
             self.deps
-                .queue
-                .send(up)
+                .router
+                .agent_up(up)
                 .into_actor(self)
                 .map(move |snapshot, act, _| {
                     if adopted {
@@ -763,6 +764,31 @@ impl Handler<AttachAgent> for Agent {
                         act.replay(last_seq);
                     }
                 }),
+        );
+    }
+}
+
+/// Registry → agent: tell the routing queue again that you are up (a new node leads it).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Reannounce;
+
+impl Handler<Reannounce> for Agent {
+    type Result = ();
+
+    fn handle(&mut self, _: Reannounce, ctx: &mut Context<Self>) {
+        let up = AgentUp {
+            agent: self.me(),
+            presence: self.state.presence,
+            capacity: self.state.capacity,
+            auto_assign: self.state.auto_assign,
+        };
+        ctx.spawn(
+            self.deps
+                .router
+                .agent_up(up)
+                .into_actor(self)
+                .map(|_, _, _| ()),
         );
     }
 }

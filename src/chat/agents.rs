@@ -63,6 +63,12 @@ pub struct TellAgent {
     pub message: ToAgent,
 }
 
+/// The cluster → registry: every agent tells the routing queue again that they are up (a new node
+/// leads the queue).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct ReannounceAgents;
+
 pub type AgentExited = ChildExited<AgentId, Agent>;
 
 /// Refuses an agent's connection: an `error` frame, then close with `close_code`.
@@ -266,6 +272,14 @@ impl Handler<TellAgent> for AgentRegistry {
         if let Some(addr) = self.children.get(msg.id) {
             addr.do_send(msg.message);
         }
+    }
+}
+
+impl Handler<ReannounceAgents> for AgentRegistry {
+    type Result = ();
+
+    fn handle(&mut self, _: ReannounceAgents, _: &mut Context<Self>) {
+        self.children.broadcast(super::agent::Reannounce);
     }
 }
 

@@ -1,6 +1,8 @@
 //! The routing queue: one actor (on the first chat thread) that hands sessions waiting for a human to
 //! agents. Sessions join it ([`ToQueue::Enqueue`]) when the AI hands off or their agent is gone;
-//! agents sign on and off ([`AgentUp`], [`AgentStatus`], [`AgentGone`]) and claim ([`Join`]).
+//! agents sign on and off ([`AgentUp`], [`ToQueue::AgentStatus`], [`ToQueue::AgentGone`]) and
+//! claim ([`Join`]). In a cluster one node leads the queue and the others' routers bring it their
+//! sessions' and agents' messages; [`ToQueue::Reset`] empties it when the lead moves.
 //!
 //! With auto-assign (`agents.auto_assign`, per agent) the oldest waiting session goes to the
 //! online agent with the fewest chats, within their capacity. Every claim, automatic or by hand,
@@ -21,70 +23,18 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use self::state::{ClaimError, Entry, QueueState};
-use crate::chat::agent::protocol::{AgentServerFrame, AgentView, AssignedBy, Presence, Waiting};
+use self::state::{Entry, QueueState};
+use crate::chat::agent::protocol::{AgentServerFrame, AssignedBy, Presence};
 use crate::chat::routing::{AgentOp, RouteError, Router, SessionCommand, ToAgent, ToQueue};
+pub use crate::chat::routing::{AgentUp, Join, JoinError, Snapshot};
 use crate::chat::session::owner::{AgentRef, Refused};
 use crate::domain::ids::{AgentId, SessionId};
 use crate::metrics as m;
-
-/// Agent → queue: the agent is connected (again). Reply: the present state for `agent.ready`.
-#[derive(Message)]
-#[rtype(result = "Snapshot")]
-pub struct AgentUp {
-    pub agent: AgentRef,
-    pub presence: Presence,
-    pub capacity: u32,
-    pub auto_assign: bool,
-}
-
-/// The queue's present state, as an agent is first shown it.
-#[derive(Debug, Clone, Default, MessageResponse)]
-pub struct Snapshot {
-    pub agents: Vec<AgentView>,
-    pub queue: Vec<Waiting>,
-}
-
-/// Agent → queue: presence, capacity or auto-assign changed.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct AgentStatus {
-    pub agent: AgentRef,
-    pub presence: Presence,
-    pub capacity: u32,
-    pub auto_assign: bool,
-}
-
-/// Agent → queue: the agent is gone for good (their chats were requeued by their sessions).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct AgentGone {
-    pub agent: AgentId,
-}
 
 /// Anyone → queue: how many chats wait. Reply: the count (the queue answering is its health).
 #[derive(Message, Debug)]
 #[rtype(result = "usize")]
 pub struct CountWaiting;
-
-/// Agent → queue: the agent takes this session.
-#[derive(Message)]
-#[rtype(result = "Result<(), JoinError>")]
-pub struct Join {
-    pub agent: AgentRef,
-    pub session_id: SessionId,
-}
-
-/// Why a claim failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum JoinError {
-    #[error(transparent)]
-    Queue(#[from] ClaimError),
-    #[error(transparent)]
-    Session(#[from] Refused),
-    #[error("no live session has this id")]
-    UnknownSession,
-}
 
 /// How often, at most, waiting customers' positions and agents' view of the queue are pushed: each
 /// change of a long queue moves everyone behind it, and pushing every one would cost the square of
@@ -360,6 +310,57 @@ impl Handler<ToQueue> for Queue {
                     );
                 });
             }
+            ToQueue::AgentStatus {
+                agent,
+                presence,
+                capacity,
+                auto_assign,
+            } => {
+                self.set_agent(agent, presence, capacity, auto_assign);
+                self.settle(ctx, false);
+            }
+            ToQueue::AgentLost { agent } => {
+                if let Some(rostered) = self.state.agent(&agent) {
+                    let who = AgentRef {
+                        id: agent.clone(),
+                        name: rostered.name.clone(),
+                    };
+                    for session_id in rostered.held.clone() {
+                        self.router.tell_session(
+                            session_id,
+                            SessionCommand::ByAgent {
+                                agent: who.clone(),
+                                op: AgentOp::Lost,
+                            },
+                        );
+                    }
+                }
+                self.handle(ToQueue::AgentGone { agent }, ctx);
+            }
+            ToQueue::AgentGone { agent } => {
+                if let Some(mut gone) = self.state.remove_agent(&agent) {
+                    gone.presence = Presence::Offline;
+                    gone.held.clear();
+                    self.push_all(AgentServerFrame::Presence {
+                        agent: gone.view(&agent),
+                    });
+                }
+                self.agents.remove(&agent);
+                self.settle(ctx, false);
+            }
+            ToQueue::Reset => {
+                tracing::info!(
+                    waiting = self.state.len(),
+                    agents = self.agents.len(),
+                    "routing queue reset"
+                );
+                self.state = QueueState::default();
+                self.sessions.clear();
+                self.agents.clear();
+                self.returning.clear();
+                self.dirty = false;
+                metrics::gauge!(m::CHAT_QUEUE_LENGTH).set(0.0);
+            }
         }
     }
 }
@@ -413,31 +414,6 @@ impl Handler<AgentUp> for Queue {
         };
         self.settle(ctx, false);
         snapshot
-    }
-}
-
-impl Handler<AgentStatus> for Queue {
-    type Result = ();
-
-    fn handle(&mut self, msg: AgentStatus, ctx: &mut Context<Self>) {
-        self.set_agent(msg.agent, msg.presence, msg.capacity, msg.auto_assign);
-        self.settle(ctx, false);
-    }
-}
-
-impl Handler<AgentGone> for Queue {
-    type Result = ();
-
-    fn handle(&mut self, msg: AgentGone, ctx: &mut Context<Self>) {
-        if let Some(mut gone) = self.state.remove_agent(&msg.agent) {
-            gone.presence = Presence::Offline;
-            gone.held.clear();
-            self.push_all(AgentServerFrame::Presence {
-                agent: gone.view(&msg.agent),
-            });
-        }
-        self.agents.remove(&msg.agent);
-        self.settle(ctx, false);
     }
 }
 

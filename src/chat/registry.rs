@@ -35,14 +35,14 @@ use super::protocol::{close, ErrorCode, ServerFrame};
 use super::routing::{RouteError, SessionCommand, ToQueue};
 use super::session::state::{CustomerInfo, Owner, SessionState};
 use super::session::{
-    Attach, EndSession, InjectPanic, Resume, Session, SessionDeps, Suspend, Tick,
+    Attach, EndSession, InjectPanic, Reannounce, Resume, Session, SessionDeps, Suspend, Tick,
 };
 use crate::domain::ids::SessionId;
 use crate::domain::validate::Checker;
 use crate::metrics as m;
 use crate::store::chat_journal::{JournalFrame, SessionRecord};
 use crate::store::StoreResult;
-use crate::supervisor::keyed::{ChildExited, ExitOutcome, KeyedChildren, KeyedConfig};
+use crate::supervisor::keyed::{ChildExited, ExitOutcome, KeyedChildren, KeyedConfig, Passivate};
 use crate::supervisor::supervised::{Exit, ExitReport, Restart};
 
 /// Listener → registry: a connection sent `session.start`.
@@ -116,6 +116,21 @@ pub struct TellSession {
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct BroadcastToSessions(pub SessionCommand);
+
+/// The cluster → registry: session `id` runs on another node now; stop it here, quietly (its
+/// connection, if any, is closed to resume there; nothing more is written from here).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct EvictSession(pub SessionId);
+
+/// The cluster → registry: every live session tells the routing queue where it stands (a new
+/// node leads the queue). `grace`: how long the agents holding them have to show up (every live
+/// agent tells the new leader within a heartbeat).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct ReannounceSessions {
+    pub grace: Duration,
+}
 
 /// A session's exit, as its supervision wrapper reports it.
 pub type SessionExited = ChildExited<SessionId, Session>;
@@ -349,7 +364,14 @@ impl SessionRegistry {
             let waiting = act.loading.remove(&id).unwrap_or_default();
             let addr = match result {
                 Ok(Some((record, frames))) if !act.expired(&record) => {
-                    act.restore(&record, frames, "resume")
+                    let addr = act.restore(&record, frames, "resume");
+                    if let Some(addr) = &addr {
+                        // In a cluster it may have run on another node until now: it stops
+                        // there, and the queue learns where it stands from here.
+                        act.deps.router.taken_over(id);
+                        addr.do_send(Reannounce::default());
+                    }
+                    addr
                 }
                 Ok(_) => None,
                 Err(e) => {
@@ -653,6 +675,27 @@ impl Handler<TellSession> for SessionRegistry {
         if let Some(addr) = self.children.get(msg.id) {
             addr.do_send(msg.command);
         }
+    }
+}
+
+impl Handler<EvictSession> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: EvictSession, _: &mut Context<Self>) {
+        if let Some(addr) = self.children.get(msg.0) {
+            tracing::info!(session_id = %msg.0, "chat session taken over by another node; stopped here");
+            addr.do_send(Passivate);
+        }
+    }
+}
+
+impl Handler<ReannounceSessions> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReannounceSessions, _: &mut Context<Self>) {
+        self.children.broadcast(Reannounce {
+            grace: Some(msg.grace),
+        });
     }
 }
 

@@ -16,17 +16,20 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 
 pub mod vocabulary;
 
-pub use self::vocabulary::{AgentRef, AgentView, AssignedBy, Presence, Refused, Released, Waiting};
+pub use self::vocabulary::{
+    AgentRef, AgentView, AssignedBy, ClaimError, Presence, Refused, Released, Waiting,
+};
 use crate::chat::agent::protocol::AgentServerFrame;
 use crate::chat::protocol::ServerFrame;
 use crate::domain::ids::{AgentId, SessionId, TicketId};
 use crate::domain::ticket::Priority;
 
 /// Why a command did not reach a session, or what the session said.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum RouteError {
     /// No live session has this id (it ended, or sleeps in the journal).
     #[error("no live session has this id")]
@@ -53,6 +56,54 @@ pub trait ChatRouter: Send + Sync + 'static {
     fn tell_agent(&self, id: &AgentId, message: ToAgent);
     /// A message for the routing queue.
     fn tell_queue(&self, message: ToQueue);
+    /// An agent (re)connected: the queue's present state for them, or why the queue could not
+    /// be reached.
+    fn agent_up(&self, up: AgentUp) -> BoxFuture<'static, Result<Snapshot, RouteError>>;
+    /// An agent takes a waiting session through the queue.
+    fn join(&self, join: Join) -> BoxFuture<'static, Result<(), JoinError>>;
+    /// Session `id` was just loaded here from the journal: wherever else it still runs, it stops.
+    fn taken_over(&self, id: SessionId) {
+        let _ = id;
+    }
+}
+
+/// Agent → queue: the agent is connected (again). Reply: the present state for `agent.ready`.
+#[derive(Debug, Clone, Message, Serialize, Deserialize)]
+#[rtype(result = "Snapshot")]
+pub struct AgentUp {
+    pub agent: AgentRef,
+    pub presence: Presence,
+    pub capacity: u32,
+    pub auto_assign: bool,
+}
+
+/// The queue's present state, as an agent is first shown it.
+#[derive(Debug, Clone, Default, MessageResponse, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub agents: Vec<AgentView>,
+    pub queue: Vec<Waiting>,
+}
+
+/// Agent → queue: the agent takes this session.
+#[derive(Debug, Clone, Message, Serialize, Deserialize)]
+#[rtype(result = "Result<(), JoinError>")]
+pub struct Join {
+    pub agent: AgentRef,
+    pub session_id: SessionId,
+}
+
+/// Why a claim failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum JoinError {
+    #[error(transparent)]
+    Queue(#[from] ClaimError),
+    #[error(transparent)]
+    Session(#[from] Refused),
+    #[error("no live session has this id")]
+    UnknownSession,
+    /// The queue could not be reached (in a cluster: no node leads it just now).
+    #[error("the routing queue cannot be reached just now")]
+    Unreachable,
 }
 
 /// The router as actors hold it.
@@ -91,7 +142,7 @@ impl std::fmt::Debug for SessionHandle {
 }
 
 /// What an agent does in a session.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum AgentOp {
     /// Take the session; on success the session sends [`ToAgent::Assigned`] to the agent.
     Claim {
@@ -139,7 +190,7 @@ impl AgentOp {
 }
 
 /// To a session. Reply: for an agent's message its seq, otherwise `None`; or why it was refused.
-#[derive(Debug, Clone, Message)]
+#[derive(Debug, Clone, Message, Serialize, Deserialize)]
 #[rtype(result = "Result<Option<u64>, Refused>")]
 pub enum SessionCommand {
     ByAgent {
@@ -156,7 +207,7 @@ pub enum SessionCommand {
 }
 
 /// To an agent.
-#[derive(Debug, Clone, Message)]
+#[derive(Debug, Clone, Message, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub enum ToAgent {
     /// A session is now the agent's (or is again: a repeated join), with the newest page of the
@@ -196,7 +247,7 @@ pub enum ToAgent {
 }
 
 /// To the routing queue.
-#[derive(Debug, Clone, Message)]
+#[derive(Debug, Clone, Message, Serialize, Deserialize)]
 #[rtype(result = "()")]
 pub enum ToQueue {
     /// The session waits for an agent.
@@ -225,4 +276,18 @@ pub enum ToQueue {
         agent: AgentRef,
         grace: std::time::Duration,
     },
+    /// An agent's presence, capacity or auto-assign changed.
+    AgentStatus {
+        agent: AgentRef,
+        presence: Presence,
+        capacity: u32,
+        auto_assign: bool,
+    },
+    /// The agent is gone for good (their chats were requeued by their sessions).
+    AgentGone { agent: AgentId },
+    /// The agent vanished with their node: their chats go back to the queue, and they offline.
+    AgentLost { agent: AgentId },
+    /// Forget every waiting session and agent: another node leads the queue now, or this node
+    /// starts leading it and the others tell it again what waits and who is online.
+    Reset,
 }

@@ -127,6 +127,14 @@ pub struct Suspend {
     pub hand_to: Option<HandOff>,
 }
 
+/// Registry → session: tell the routing queue where you stand (see `reannounce`). `grace`: how
+/// long an agent holding it has to show up before it is requeued (default `agents.resume_grace_ms`).
+#[derive(Message, Debug, Clone, Copy, Default)]
+#[rtype(result = "()")]
+pub struct Reannounce {
+    pub grace: Option<Duration>,
+}
+
 /// Test hook (routed only when `testing.fault_injection` is on): panic inside a handler.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
@@ -1079,6 +1087,14 @@ impl Handler<Suspend> for Session {
             }
             _ => self.finish(durable::Ending::Suspend, ctx),
         }
+    }
+}
+
+impl Handler<Reannounce> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Reannounce, _: &mut Context<Self>) {
+        self.reannounce(msg.grace.unwrap_or(self.deps.agent_grace));
     }
 }
 

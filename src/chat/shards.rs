@@ -12,7 +12,9 @@ use super::queue::Queue;
 use super::registry::{
     AskSession, BroadcastToSessions, CountSessions, SessionRegistry, TellSession,
 };
-use super::routing::{ChatRouter, RouteError, SessionCommand, ToAgent, ToQueue};
+use super::routing::{
+    AgentUp, ChatRouter, Join, JoinError, RouteError, SessionCommand, Snapshot, ToAgent, ToQueue,
+};
 use crate::domain::ids::{AgentId, SessionId};
 
 /// Every chat thread's registries, reached by a party's id or all at once.
@@ -97,15 +99,16 @@ impl ChatShards {
 /// which hands the message to it if it is live.
 pub struct LocalRouter {
     shards: ChatShards,
-    queue: Recipient<ToQueue>,
+    queue: Addr<Queue>,
 }
 
 impl LocalRouter {
     pub fn new(shards: ChatShards, queue: Addr<Queue>) -> Self {
-        Self {
-            shards,
-            queue: queue.recipient(),
-        }
+        Self { shards, queue }
+    }
+
+    pub fn shards(&self) -> &ChatShards {
+        &self.shards
     }
 }
 
@@ -140,5 +143,15 @@ impl ChatRouter for LocalRouter {
 
     fn tell_queue(&self, message: ToQueue) {
         self.queue.do_send(message);
+    }
+
+    fn agent_up(&self, up: AgentUp) -> BoxFuture<'static, Result<Snapshot, RouteError>> {
+        let asked = self.queue.send(up);
+        async move { asked.await.map_err(|_| RouteError::NotLive) }.boxed()
+    }
+
+    fn join(&self, join: Join) -> BoxFuture<'static, Result<(), JoinError>> {
+        let asked = self.queue.send(join);
+        async move { asked.await.unwrap_or(Err(JoinError::Unreachable)) }.boxed()
     }
 }

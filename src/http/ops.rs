@@ -36,6 +36,8 @@ pub struct Ops {
     pub chat_queue: Addr<Queue>,
     /// The chat journal (SQLite, or PostgreSQL with `storage.postgres_url`).
     pub chat_journal: Arc<dyn ChatJournal>,
+    /// In a cluster: whether the node has joined it.
+    pub cluster: Option<crate::cluster::ClusterStatus>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -101,7 +103,14 @@ async fn readyz(
         Ok(Ok(s)) => json!({"depth": s.depth, "oldest": s.oldest, "dead_letters": s.dead_letters}),
         _ => json!(null),
     };
-    let ready = store_ok && tree_up && chat_ok;
+    // In a cluster a node serves only once it has joined: its broker connection up and its
+    // heartbeat in the database (otherwise the others would count it dead).
+    let cluster = ops
+        .cluster
+        .as_ref()
+        .map(|c| json!({"node": c.node(), "joined": c.joined(), "leads_queue": c.leads_queue()}));
+    let joined = ops.cluster.as_ref().map_or(true, |c| c.joined());
+    let ready = store_ok && tree_up && chat_ok && joined;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -114,6 +123,7 @@ async fn readyz(
         "django": django,
         "chat": chat,
         "outbox": outbox,
+        "cluster": cluster,
     }))
 }
 

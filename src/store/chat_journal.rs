@@ -97,6 +97,12 @@ pub trait ChatJournal: Send + Sync + 'static {
     fn close(&self, ids: Vec<SessionId>) -> BoxFuture<'static, StoreResult<()>>;
     /// Answers once the journal can read (readiness).
     fn ping(&self) -> BoxFuture<'static, StoreResult<()>>;
+    /// The node that owns open session `session_id`, in a cluster (`None`: one process owns
+    /// them all, or the session is unknown or closed).
+    fn owner(&self, session_id: SessionId) -> BoxFuture<'static, StoreResult<Option<String>>> {
+        let _ = session_id;
+        Box::pin(async { Ok(None) })
+    }
 }
 
 const SCHEMA: &str = "

@@ -11,6 +11,8 @@
 //! The schema is created at open by versioned migrations ([`MIGRATIONS`]), under an advisory lock so
 //! that nodes starting together apply each one once.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
@@ -25,7 +27,8 @@ use crate::domain::ids::SessionId;
 
 /// The schema, one entry per version, applied in order and recorded in `switchboard_migrations`.
 /// A version once released is never edited: a change is a new entry.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
     1,
     "CREATE TABLE chat_sessions (
         session_id UUID PRIMARY KEY,
@@ -45,7 +48,19 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(
         body TEXT NOT NULL,
         PRIMARY KEY (session_id, seq)
     );",
-)];
+    ),
+    // Cluster mode: each session's owner node and fencing epoch, and the nodes' heartbeats.
+    (
+        2,
+        "ALTER TABLE chat_sessions ADD COLUMN owner TEXT, ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0;
+        CREATE INDEX chat_sessions_owner ON chat_sessions (owner) WHERE NOT closed;
+        CREATE TABLE switchboard_nodes (
+            node_id TEXT PRIMARY KEY,
+            started_at TIMESTAMPTZ NOT NULL,
+            last_seen TIMESTAMPTZ NOT NULL
+        );",
+    ),
+];
 
 /// Taken while migrating: any number shared by every node (`'switchboard'` as bytes).
 const MIGRATION_LOCK: i64 = 0x7377_6974_6368_6264;
@@ -59,6 +74,52 @@ pub struct PgChatJournal {
     runtime: tokio::runtime::Handle,
     /// To the committer: appends waiting to be committed together.
     appends: tokio::sync::mpsc::UnboundedSender<Append>,
+    /// In a cluster: this node's claim on the sessions it owns.
+    fence: Option<Arc<Fence>>,
+}
+
+/// One owner per session across the cluster. A node takes a session by raising its epoch
+/// (`claim`, on every load), and writes it only while the stored epoch is still the one it took:
+/// a node that lost a session to another (its customer resumed there) is refused
+/// ([`StoreError::Fenced`]) on its next write, however late it comes.
+pub struct Fence {
+    pub node: String,
+    /// A node silent this long is dead: its sessions may be ended by the others' sweeps.
+    pub dead_after: Duration,
+    /// The epoch this node holds, by session.
+    epochs: std::sync::Mutex<HashMap<SessionId, i64>>,
+}
+
+impl Fence {
+    pub fn new(node: String, dead_after: Duration) -> Self {
+        Self {
+            node,
+            dead_after,
+            epochs: Default::default(),
+        }
+    }
+
+    fn held(&self, id: SessionId) -> Option<i64> {
+        self.epochs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .copied()
+    }
+
+    fn hold(&self, id: SessionId, epoch: i64) {
+        self.epochs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, epoch);
+    }
+
+    fn forget(&self, ids: &[SessionId]) {
+        let mut epochs = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            epochs.remove(id);
+        }
+    }
 }
 
 /// One session's append and who waits for its commit.
@@ -84,7 +145,13 @@ fn pg(e: impl std::fmt::Display) -> StoreError {
 impl PgChatJournal {
     /// Connects to `url` with up to `pool_size` connections, trying for up to `connect_timeout`,
     /// and brings the schema up to date.
-    pub fn open(url: &str, pool_size: usize, connect_timeout: Duration) -> StoreResult<Self> {
+    pub fn open(
+        url: &str,
+        pool_size: usize,
+        connect_timeout: Duration,
+        fence: Option<Fence>,
+    ) -> StoreResult<Self> {
+        let fence = fence.map(Arc::new);
         let config: tokio_postgres::Config = url.parse().map_err(pg)?;
         let manager = Manager::from_config(
             config,
@@ -115,11 +182,12 @@ impl PgChatJournal {
                 source: e,
             })?;
         let (appends, queued) = tokio::sync::mpsc::unbounded_channel();
-        handle.spawn(committer(pool.clone(), queued));
+        handle.spawn(committer(pool.clone(), queued, fence.clone()));
         let journal = Self {
             pool,
             runtime: handle,
             appends,
+            fence,
         };
         let migrate = journal.run(move |pool| async move {
             let deadline = tokio::time::Instant::now() + connect_timeout;
@@ -143,6 +211,12 @@ impl PgChatJournal {
         });
         opened.recv().map_err(|_| StoreError::Closed)??;
         Ok(journal)
+    }
+
+    /// The pool and the runtime it runs on, for the cluster's membership (heartbeats, the queue's
+    /// lead), which lives in the same database.
+    pub fn pool(&self) -> (Pool, tokio::runtime::Handle) {
+        (self.pool.clone(), self.runtime.clone())
     }
 
     /// Runs `work` with the pool on the journal's runtime.
@@ -248,7 +322,11 @@ async fn record_by_id(
 
 /// Commits appends as they come: everything that arrives within [`COMMIT_WINDOW`] of the first
 /// goes in one transaction; each waiter hears how it went.
-async fn committer(pool: Pool, mut queued: tokio::sync::mpsc::UnboundedReceiver<Append>) {
+async fn committer(
+    pool: Pool,
+    mut queued: tokio::sync::mpsc::UnboundedReceiver<Append>,
+    fence: Option<Arc<Fence>>,
+) {
     while let Some(first) = queued.recv().await {
         let mut batch = vec![first];
         tokio::time::sleep(COMMIT_WINDOW).await;
@@ -260,7 +338,8 @@ async fn committer(pool: Pool, mut queued: tokio::sync::mpsc::UnboundedReceiver<
         }
         let started = std::time::Instant::now();
         let span = tracing::debug_span!("chat_journal_pg_commit", appends = batch.len());
-        let result = tracing::Instrument::instrument(commit(&pool, &batch), span).await;
+        let result =
+            tracing::Instrument::instrument(commit(&pool, &batch, fence.as_deref()), span).await;
         metrics::histogram!(crate::metrics::CHAT_JOURNAL_COMMIT)
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!(crate::metrics::CHAT_JOURNAL_BATCH).record(batch.len() as f64);
@@ -270,20 +349,72 @@ async fn committer(pool: Pool, mut queued: tokio::sync::mpsc::UnboundedReceiver<
         }
         for append in batch {
             let _ = append.done.send(match &result {
-                Ok(()) => Ok(()),
+                Ok(fenced) if fenced.contains(&append.session_id) => {
+                    Err(StoreError::Fenced(append.session_id))
+                }
+                Ok(_) => Ok(()),
                 Err(e) => Err(StoreError::Database(e.to_string())),
             });
         }
     }
 }
 
+/// Which appends of `batch` this node may no longer write, its rows locked until the commit: a
+/// session whose stored epoch is not the one this node holds (or that another node owns).
+async fn fenced_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    batch: &[Append],
+    fence: &Fence,
+) -> StoreResult<(Vec<SessionId>, HashMap<uuid::Uuid, i64>)> {
+    let ids: Vec<uuid::Uuid> = batch.iter().map(|a| a.session_id.0).collect();
+    let rows = tx
+        .query(
+            "SELECT session_id, epoch, owner FROM chat_sessions WHERE session_id = ANY($1)              ORDER BY session_id FOR UPDATE",
+            &[&ids],
+        )
+        .await
+        .map_err(pg)?;
+    let stored: HashMap<uuid::Uuid, (i64, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
+    let mut fenced = Vec::new();
+    for a in batch {
+        let Some((epoch, owner)) = stored.get(&a.session_id.0) else {
+            continue; // A new session: this node's first write makes it its owner.
+        };
+        let ours = owner.as_deref().map_or(true, |o| o == fence.node);
+        if !ours || fence.held(a.session_id).is_some_and(|held| held != *epoch) {
+            fenced.push(a.session_id);
+        }
+    }
+    let epochs = stored
+        .into_iter()
+        .map(|(id, (epoch, _))| (id, epoch))
+        .collect();
+    Ok((fenced, epochs))
+}
+
 /// Every frame and record of `batch` in one transaction: one statement for the frames and one for
-/// the records, each over arrays (a session has one append in flight, so no key repeats).
-async fn commit(pool: &Pool, batch: &[Append]) -> StoreResult<()> {
+/// the records, each over arrays (a session has one append in flight, so no key repeats). With a
+/// fence, appends of sessions another node took are left out: their ids are the answer.
+async fn commit(
+    pool: &Pool,
+    batch: &[Append],
+    fence: Option<&Fence>,
+) -> StoreResult<Vec<SessionId>> {
     let mut client = pool.get().await.map_err(pg)?;
     let tx = client.transaction().await.map_err(pg)?;
+    let (fenced, epochs) = match fence {
+        Some(fence) => fenced_in(&tx, batch, fence).await?,
+        None => Default::default(),
+    };
+    let batch: Vec<&Append> = batch
+        .iter()
+        .filter(|a| !fenced.contains(&a.session_id))
+        .collect();
     let (mut f_ids, mut f_seqs, mut f_ats, mut f_bodies) = (vec![], vec![], vec![], vec![]);
-    for a in batch {
+    for a in &batch {
         for f in &a.frames {
             f_ids.push(a.session_id.0);
             f_seqs.push(f.seq as i64);
@@ -305,6 +436,7 @@ async fn commit(pool: &Pool, batch: &[Append]) -> StoreResult<()> {
             .map_err(pg)?;
     }
     let records: Vec<&SessionRecord> = batch.iter().filter_map(|a| a.record.as_ref()).collect();
+    let owner = fence.map(|f| f.node.as_str());
     if !records.is_empty() {
         let ids: Vec<uuid::Uuid> = records.iter().map(|r| r.session_id.0).collect();
         let hashes: Vec<&str> = records
@@ -316,10 +448,11 @@ async fn commit(pool: &Pool, batch: &[Append]) -> StoreResult<()> {
         let active: Vec<DateTime<Utc>> = records.iter().map(|r| r.last_activity_at).collect();
         let detached: Vec<Option<DateTime<Utc>>> = records.iter().map(|r| r.detached_at).collect();
         let closed: Vec<bool> = records.iter().map(|r| r.closed).collect();
+        // A new session's first record names its owner with epoch 1; later ones leave both.
         let upsert = tx
             .prepare_cached(&format!(
-                "INSERT INTO chat_sessions ({RECORD_COLUMNS}) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], \
+                "INSERT INTO chat_sessions ({RECORD_COLUMNS}, owner, epoch) \
+                 SELECT *, $8::text, 1 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], \
                  $5::timestamptz[], $6::timestamptz[], $7::bool[]) \
                  ON CONFLICT (session_id) DO UPDATE SET resume_token_hash = excluded.resume_token_hash, \
                  state = excluded.state, last_seq = excluded.last_seq, \
@@ -330,12 +463,23 @@ async fn commit(pool: &Pool, batch: &[Append]) -> StoreResult<()> {
             .map_err(pg)?;
         tx.execute(
             &upsert,
-            &[&ids, &hashes, &states, &seqs, &active, &detached, &closed],
+            &[
+                &ids, &hashes, &states, &seqs, &active, &detached, &closed, &owner,
+            ],
         )
         .await
         .map_err(pg)?;
     }
-    tx.commit().await.map_err(pg)
+    tx.commit().await.map_err(pg)?;
+    if let Some(fence) = fence {
+        for a in &batch {
+            if a.record.is_some() && fence.held(a.session_id).is_none() {
+                let epoch = epochs.get(&a.session_id.0).copied().unwrap_or(1);
+                fence.hold(a.session_id, epoch);
+            }
+        }
+    }
+    Ok(fenced)
 }
 
 impl ChatJournal for PgChatJournal {
@@ -386,8 +530,24 @@ impl ChatJournal for PgChatJournal {
         session_id: SessionId,
         history: u32,
     ) -> BoxFuture<'static, StoreResult<Option<LoadedSession>>> {
+        let fence = self.fence.clone();
         self.run(move |pool| async move {
             let client = pool.get().await.map_err(pg)?;
+            if let Some(fence) = &fence {
+                // Loading is taking: the epoch goes up, so whoever held it can no longer write.
+                // Its last commit is either before this (and read below) or refused.
+                let claimed = client
+                    .query_opt(
+                        "UPDATE chat_sessions SET owner = $2, epoch = epoch + 1 \
+                         WHERE session_id = $1 AND NOT closed RETURNING epoch",
+                        &[&session_id.0, &fence.node],
+                    )
+                    .await
+                    .map_err(pg)?;
+                if let Some(row) = claimed {
+                    fence.hold(session_id, row.get(0));
+                }
+            }
             let Some(record) = record_by_id(&client, session_id).await? else {
                 return Ok(None);
             };
@@ -398,19 +558,43 @@ impl ChatJournal for PgChatJournal {
     }
 
     fn open_sessions(&self) -> BoxFuture<'static, StoreResult<Vec<SessionRecord>>> {
+        let fence = self.fence.clone();
         self.run(|pool| async move {
             let client = pool.get().await.map_err(pg)?;
+            // In a cluster a restarted node takes back only its own sessions, at the epoch it
+            // had: any another node took meanwhile are that node's.
+            let node = fence.as_ref().map(|f| f.node.clone());
             let rows = client
                 .query(
                     &format!(
-                        "SELECT {RECORD_COLUMNS} FROM chat_sessions WHERE NOT closed \
+                        "SELECT {RECORD_COLUMNS}, epoch FROM chat_sessions WHERE NOT closed \
+                         AND ($1::text IS NULL OR owner = $1 OR owner IS NULL) \
                          ORDER BY last_activity_at"
                     ),
-                    &[],
+                    &[&node],
                 )
                 .await
                 .map_err(pg)?;
+            if let Some(fence) = &fence {
+                for row in &rows {
+                    fence.hold(SessionId(row.get(0)), row.get(7));
+                }
+            }
             Ok(rows.iter().map(record_of).collect())
+        })
+    }
+
+    fn owner(&self, session_id: SessionId) -> BoxFuture<'static, StoreResult<Option<String>>> {
+        self.run(move |pool| async move {
+            let client = pool.get().await.map_err(pg)?;
+            let row = client
+                .query_opt(
+                    "SELECT owner FROM chat_sessions WHERE session_id = $1 AND NOT closed",
+                    &[&session_id.0],
+                )
+                .await
+                .map_err(pg)?;
+            Ok(row.and_then(|r| r.get(0)))
         })
     }
 
@@ -445,12 +629,14 @@ impl ChatJournal for PgChatJournal {
     }
 
     fn mark_detached(&self, at: DateTime<Utc>) -> BoxFuture<'static, StoreResult<()>> {
+        let node = self.fence.as_ref().map(|f| f.node.clone());
         self.run(move |pool| async move {
             let client = pool.get().await.map_err(pg)?;
             client
                 .execute(
-                    "UPDATE chat_sessions SET detached_at = $1 WHERE NOT closed AND detached_at IS NULL",
-                    &[&at],
+                    "UPDATE chat_sessions SET detached_at = $1 WHERE NOT closed AND detached_at IS NULL \
+                     AND ($2::text IS NULL OR owner = $2 OR owner IS NULL)",
+                    &[&at, &node],
                 )
                 .await
                 .map_err(pg)?;
@@ -464,13 +650,30 @@ impl ChatJournal for PgChatJournal {
         idle_before: DateTime<Utc>,
         limit: u32,
     ) -> BoxFuture<'static, StoreResult<Vec<SessionId>>> {
+        // In a cluster, a node ends its own sessions and those of nodes gone silent; a live
+        // node's are its own to end.
+        let node = self.fence.as_ref().map(|f| f.node.clone());
+        let dead_after = self
+            .fence
+            .as_ref()
+            .map_or(0.0, |f| f.dead_after.as_secs_f64());
         self.run(move |pool| async move {
             let client = pool.get().await.map_err(pg)?;
             let rows = client
                 .query(
                     "SELECT session_id FROM chat_sessions WHERE NOT closed \
-                     AND (detached_at < $1 OR last_activity_at < $2) LIMIT $3",
-                    &[&detached_before, &idle_before, &i64::from(limit)],
+                     AND (detached_at < $1 OR last_activity_at < $2) \
+                     AND ($4::text IS NULL OR owner IS NULL OR owner = $4 OR owner NOT IN ( \
+                        SELECT node_id FROM switchboard_nodes \
+                        WHERE last_seen > now() - make_interval(secs => $5))) \
+                     LIMIT $3",
+                    &[
+                        &detached_before,
+                        &idle_before,
+                        &i64::from(limit),
+                        &node,
+                        &dead_after,
+                    ],
                 )
                 .await
                 .map_err(pg)?;
@@ -479,6 +682,9 @@ impl ChatJournal for PgChatJournal {
     }
 
     fn close(&self, ids: Vec<SessionId>) -> BoxFuture<'static, StoreResult<()>> {
+        if let Some(fence) = &self.fence {
+            fence.forget(&ids);
+        }
         self.run(move |pool| async move {
             let client = pool.get().await.map_err(pg)?;
             let ids: Vec<uuid::Uuid> = ids.into_iter().map(|id| id.0).collect();

@@ -60,18 +60,7 @@ impl Rostered {
     }
 }
 
-/// Why an agent cannot take a session.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ClaimError {
-    #[error("the agent is not signed in")]
-    UnknownAgent,
-    #[error("the agent is offline")]
-    Offline,
-    #[error("the agent already holds {0} chats, their capacity")]
-    AtCapacity(u32),
-    #[error("another agent is taking this session")]
-    BeingClaimed,
-}
+pub use crate::chat::routing::vocabulary::ClaimError;
 
 #[derive(Debug, Default)]
 pub struct QueueState {

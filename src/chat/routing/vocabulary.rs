@@ -14,7 +14,7 @@ pub struct AgentRef {
 }
 
 /// Why a session refused what was asked of it; its owner is unchanged.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum Refused {
     #[error("the session is already with agent {}", .0.name)]
     AlreadyClaimed(AgentRef),
@@ -89,4 +89,17 @@ pub enum AssignedBy {
     Queue,
     /// The agent joined it.
     Join,
+}
+
+/// Why an agent cannot take a session (the queue's side of a claim).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ClaimError {
+    #[error("the agent is not signed in")]
+    UnknownAgent,
+    #[error("the agent is offline")]
+    Offline,
+    #[error("the agent already holds {0} chats, their capacity")]
+    AtCapacity(u32),
+    #[error("another agent is taking this session")]
+    BeingClaimed,
 }

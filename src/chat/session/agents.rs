@@ -47,6 +47,27 @@ impl Session {
         );
     }
 
+    /// Tells the queue where the session stands (it waits, or is an agent's), for a queue that
+    /// does not know it: led anew by another node, or the session loaded here from the journal.
+    pub(super) fn reannounce(&mut self, grace: std::time::Duration) {
+        match &self.state.owner {
+            super::state::Owner::Queued { reason } => {
+                self.deps.router.tell_queue(ToQueue::Enqueue {
+                    session_id: self.id(),
+                    customer: self.state.customer.name.clone(),
+                    reason: reason.clone(),
+                    since: self.state.queued_since.unwrap_or_else(chrono::Utc::now),
+                })
+            }
+            super::state::Owner::Agent(agent) => self.deps.router.tell_queue(ToQueue::Held {
+                session_id: self.id(),
+                agent: agent.clone(),
+                grace,
+            }),
+            _ => {}
+        }
+    }
+
     /// The session now waits for an agent: into the queue, and Django is told.
     pub(super) fn enqueue(&mut self, reason: String, ctx: &mut Context<Self>) {
         if !self.deps.agents_online.load(Ordering::Relaxed) {

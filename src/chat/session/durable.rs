@@ -20,6 +20,7 @@ use crate::chat::link::Lane;
 use crate::chat::protocol::{close, ServerFrame};
 use crate::metrics as m;
 use crate::store::chat_journal::{JournalFrame, SessionRecord};
+use crate::store::StoreError;
 
 /// What a held item waits for before it goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,6 +212,16 @@ impl Session {
                     act.committed = act.committed.max(last);
                     act.forward_to_agent();
                     act.persist(ctx);
+                }
+                Err(StoreError::Fenced(_)) => {
+                    // Another node took the session over (its customer resumed there): nothing
+                    // more may be written from here, and the connection, if any, resumes there.
+                    metrics::counter!(m::CHAT_FENCED).increment(1);
+                    tracing::info!(session_id = %act.state.id, "chat session taken over by another node; stopping here");
+                    if let Some(mut att) = act.attached.take() {
+                        att.link.close(close::TRY_AGAIN_LATER, "session moved to another node");
+                    }
+                    ctx.stop();
                 }
                 Err(e) => {
                     io.failures += 1;

@@ -1,0 +1,241 @@
+//! Several nodes on a real NATS and a real PostgreSQL (started by scripts/nats.sh and
+//! scripts/postgres.sh from Debian's packages), each the real binary on its own ports and data dir:
+//! customers and agents on different nodes talk as if on one, a customer's resume on another node
+//! moves the session there gap-free and fences the old node, and a node killed with `kill -9` has
+//! its agents shown offline and their chats requeued within the heartbeat timeout.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+use support::binary::{agent_token, Server};
+use support::fake_django::{Behavior, ChatEndpoint, FakeDjango};
+use support::nats::Nats;
+use support::postgres::Postgres;
+use support::ws::{expect_for, say, ChatClient};
+
+/// A node of the cluster on `nats` and `pg`, named `node`.
+fn node(name: &str, dir: &std::path::Path, django: &FakeDjango, pg: &str, nats: &str) -> Server {
+    let env = [
+        ("SWITCHBOARD__STORAGE__POSTGRES_URL", pg),
+        ("SWITCHBOARD__CLUSTER__NATS_URL", nats),
+        ("SWITCHBOARD__CLUSTER__NODE_ID", name),
+        ("SWITCHBOARD__CLUSTER__HEARTBEAT_MS", "200"),
+        ("SWITCHBOARD__CLUSTER__HEARTBEAT_TIMEOUT_MS", "1500"),
+    ];
+    Server::spawn(dir, &django.base_url, &[], &env)
+}
+
+async fn readyz(server: &Server) -> Value {
+    let resp = support::get(&format!("http://{}/readyz", server.api)).await;
+    let body: Value = serde_json::from_str(&resp.text).unwrap_or(Value::Null);
+    json!({"status": resp.status, "body": body})
+}
+
+/// Waits until `server` has joined; returns whether it leads the queue.
+async fn joined(server: &Server) {
+    support::eventually("the node joined its cluster", || async {
+        let r = readyz(server).await;
+        r["status"] == 200 && r["body"]["cluster"]["joined"] == true
+    })
+    .await;
+}
+
+async fn leads(server: &Server) -> bool {
+    readyz(server).await["body"]["cluster"]["leads_queue"] == true
+}
+
+async fn agent(server: &Server, sub: &str) -> ChatClient {
+    let bearer = format!("Bearer {}", agent_token(sub));
+    let mut a = ChatClient::connect_to(server.chat, "/ws/agent", &[("Authorization", &bearer)])
+        .await
+        .expect("agent accepted");
+    a.send(json!({"type": "agent.start", "auto_assign": false, "capacity": 10}))
+        .await;
+    a.expect("agent.ready").await;
+    a
+}
+
+/// A customer on `server` whose first message makes the AI hand off, once queued.
+async fn queued_customer(server: &Server, django: &FakeDjango) -> (ChatClient, Value) {
+    django.push_chat(
+        ChatEndpoint::AiRespond,
+        Behavior::Json(json!({
+            "reply": "A colleague will take over.", "confidence": 0.5, "handoff": true,
+            "suggested_actions": []
+        })),
+    );
+    let (mut c, started) = ChatClient::start(server.chat).await;
+    say(&mut c, "q-1", "I want a human").await;
+    c.expect("session.queued").await;
+    (c, started)
+}
+
+/// Waits until the agent's view of the queue lists session `id`.
+async fn listed(a: &mut ChatClient, id: &Value) {
+    loop {
+        let q = a.expect("queue.updated").await;
+        let waiting = q["waiting"].as_array().cloned().unwrap_or_default();
+        if waiting.iter().any(|w| w["session_id"] == *id) {
+            return;
+        }
+    }
+}
+
+/// The next `agent.presence` about agent `sub`.
+async fn presence_of(a: &mut ChatClient, sub: &str) -> Value {
+    loop {
+        let f = a.expect("agent.presence").await;
+        if f["agent"]["agent_id"] == sub {
+            return f["agent"].clone();
+        }
+    }
+}
+
+/// The next `session.event` for `id` whose inner frame is of `inner` type.
+async fn event(a: &mut ChatClient, id: &Value, inner: &str) -> Value {
+    loop {
+        let f = expect_for(a, "session.event", id).await;
+        if f["event"]["type"] == inner {
+            return f;
+        }
+    }
+}
+
+/// Every numbered frame the customer receives until one of `kind`, by seq.
+async fn numbered_until(c: &mut ChatClient, seen: &mut BTreeMap<u64, Value>, kind: &str) -> Value {
+    loop {
+        let f = c.next().await.expect("open");
+        if let (Some(seq), false) = (f["seq"].as_u64(), f["type"] == "message.ack") {
+            seen.insert(seq, f.clone());
+        }
+        if f["type"] == kind {
+            return f;
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn customers_and_agents_on_different_nodes_talk_as_one_and_a_resume_moves_the_session() {
+    let (pg, nats, django) = (Postgres::start(), Nats::start(), FakeDjango::start());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node("node-a", dir_a.path(), &django, &pg.url, &nats.url());
+    let b = node("node-b", dir_b.path(), &django, &pg.url, &nats.url());
+    joined(&a).await;
+    joined(&b).await;
+    support::eventually("exactly one node leads the queue", || async {
+        leads(&a).await != leads(&b).await
+    })
+    .await;
+
+    // The agent on node B, the customer on node A.
+    let mut ann = agent(&b, "ann").await;
+    let (mut c, started) = queued_customer(&a, &django).await;
+    let id = started["session_id"].clone();
+    listed(&mut ann, &id).await;
+    ann.send(json!({"type": "session.join", "session_id": id}))
+        .await;
+    let assigned = expect_for(&mut ann, "session.assigned", &id).await;
+    assert!(
+        assigned["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["text"] == "I want a human"),
+        "the agent on another node sees the chat so far: {assigned}"
+    );
+    let mut seen = BTreeMap::new();
+    numbered_until(&mut c, &mut seen, "agent.joined").await;
+
+    ann.send(json!({"type": "message.send", "session_id": id, "client_id": "a-1", "text": "Hi, Ann here"}))
+        .await;
+    let ack = expect_for(&mut ann, "message.ack", &id).await;
+    let m = numbered_until(&mut c, &mut seen, "message").await;
+    assert_eq!(
+        (&m["from"], &m["text"]),
+        (&json!("agent"), &json!("Hi, Ann here"))
+    );
+    assert_eq!(m["seq"], ack["seq"]);
+    say(&mut c, "c-2", "Thanks Ann").await;
+    let e = event(&mut ann, &id, "message").await;
+    assert_eq!(e["event"]["text"], "Thanks Ann");
+
+    // The customer comes back through node B: the session moves there with its history.
+    drop(c);
+    let mut back = ChatClient::resume(b.chat, &started, 0).await;
+    let resumed = back.expect("session.resumed").await;
+    let newest = resumed["seq"].as_u64().unwrap();
+    for seq in 1..=newest {
+        let f = loop {
+            let f = back.next().await.expect("replayed frame");
+            if f["seq"].is_u64() {
+                break f;
+            }
+        };
+        assert_eq!(f["seq"], seq, "gap-free, in order");
+        if let Some(before) = seen.get(&seq) {
+            assert_eq!(&f, before, "frame {seq} as node A sent it");
+        }
+    }
+    a.log_line("chat session taken over by another node; stopped here");
+
+    // Both ways still, now from node B.
+    let seq = say(&mut back, "c-3", "Moved over").await;
+    assert_eq!(seq, newest + 1, "numbering goes on");
+    let e = event(&mut ann, &id, "message").await;
+    assert_eq!(e["event"]["text"], "Moved over");
+    ann.send(
+        json!({"type": "message.send", "session_id": id, "client_id": "a-2", "text": "Still here"}),
+    )
+    .await;
+    let ack = expect_for(&mut ann, "message.ack", &id).await;
+    let m = back.expect("message").await;
+    assert_eq!((&m["text"], &m["seq"]), (&json!("Still here"), &ack["seq"]));
+}
+
+#[actix_rt::test]
+async fn a_killed_nodes_agents_go_offline_and_their_chats_are_requeued() {
+    let (pg, nats, django) = (Postgres::start(), Nats::start(), FakeDjango::start());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Node B first: it leads the queue, and survives.
+    let b = node("node-b", dir_b.path(), &django, &pg.url, &nats.url());
+    joined(&b).await;
+    support::eventually("node B leads the queue", || leads(&b)).await;
+    let mut a = node("node-a", dir_a.path(), &django, &pg.url, &nats.url());
+    joined(&a).await;
+
+    let mut bob = agent(&b, "bob").await;
+    let mut ann = agent(&a, "ann").await;
+    let online = presence_of(&mut bob, "ann").await;
+    assert_eq!(online["presence"], "online");
+    let (mut c, started) = queued_customer(&b, &django).await;
+    let id = started["session_id"].clone();
+    listed(&mut ann, &id).await;
+    ann.send(json!({"type": "session.join", "session_id": id}))
+        .await;
+    expect_for(&mut ann, "session.assigned", &id).await;
+    c.expect("agent.joined").await;
+
+    a.signal("-KILL");
+    a.wait_exit();
+    // Within the heartbeat timeout: Ann shows offline (after the pushes of her load before),
+    // and her chat waits again.
+    while presence_of(&mut bob, "ann").await["presence"] != "offline" {}
+    c.expect("session.queued").await;
+    listed(&mut bob, &id).await;
+    bob.send(json!({"type": "session.join", "session_id": id}))
+        .await;
+    expect_for(&mut bob, "session.assigned", &id).await;
+    bob.send(
+        json!({"type": "message.send", "session_id": id, "client_id": "b-1", "text": "Bob here"}),
+    )
+    .await;
+    expect_for(&mut bob, "message.ack", &id).await;
+    loop {
+        let m = c.expect("message").await;
+        if m["text"] == "Bob here" {
+            break;
+        }
+    }
+}
