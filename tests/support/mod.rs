@@ -1,9 +1,11 @@
 //! Test support: start the real server on an ephemeral port, talk to it over real sockets, scrape
-//! its metrics, and run a fake Django (see `fake_django`).
+//! its metrics, and run a fake Django (see `fake_django`) and throwaway PostgreSQL, NATS and HAProxy
+//! servers from Debian's packages (`postgres`, `nats`, `haproxy`).
 #![allow(dead_code)]
 
 pub mod binary;
 pub mod fake_django;
+pub mod nats;
 pub mod postgres;
 pub mod webdriver;
 pub mod ws;
@@ -229,6 +231,29 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 
 pub async fn scrape(app: &TestApp) -> String {
     get(&app.url("/metrics")).await.text
+}
+
+/// A script of the repository's `scripts/`.
+pub fn script_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name)
+}
+
+/// Runs `scripts/<name>` with `args`; its output trimmed, or a failed test naming why (and the
+/// Debian package the script needs).
+pub fn run_script(name: &str, args: &[&str], package: &str) -> String {
+    let out = std::process::Command::new("bash")
+        .arg(script_path(name))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run scripts/{name}: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/{name} {args:?} failed (is the `{package}` package installed?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Polls `check` until it holds. A last resort for state with no event to wait on (a gauge, a row
