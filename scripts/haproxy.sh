@@ -37,8 +37,13 @@ start)
         echo "haproxy.sh: a haproxy started from $dir still runs (pid $(running_pid "$dir"))" >&2
         exit 1
     fi
-    # A configuration error is reported here, by name, rather than as a process that exits.
-    haproxy -c -q -f "$cfg" >&2
+    # A configuration error is reported here, with HAProxy's own words, rather than as a process
+    # that exits.
+    if ! out=$(haproxy -c -f "$cfg" 2>&1); then
+        echo "haproxy.sh: $cfg does not pass haproxy -c:" >&2
+        echo "$out" >&2
+        exit 1
+    fi
     # -db: HAProxy stays in the foreground (no daemon, no master process), so its pid is $! and its
     # log lines go to the log file; the script returns, the process runs on.
     haproxy -db -f "$cfg" >>"$dir/haproxy.log" 2>&1 </dev/null &
