@@ -36,8 +36,7 @@ pub fn deployed_config() -> String {
 /// `template` (deploy/haproxy.cfg) for a test: each frontend's `bind` on its address in
 /// `frontends`, the servers `node1..` pointed at `nodes` (the chat port 4001 and REST port 4000 of
 /// the template mapped to each node's own, `port 4000` of a check too; servers past the last node
-/// left out), the stats socket at `socket`, health checks every 100 ms, and `maxconn` within this
-/// machine's open-files limit. Panics on a line it cannot map, so a change to the deployed file
+/// left out), the stats socket at `socket` and health checks every 100 ms. Panics on a line it cannot map, so a change to the deployed file
 /// that the test would silently stop covering fails here.
 pub fn config_for(template: &str, nodes: &[Node], frontends: &Frontends, socket: &Path) -> String {
     let mut out = String::new();
@@ -65,7 +64,6 @@ pub fn config_for(template: &str, nodes: &[Node], frontends: &Frontends, socket:
                 socket.display(),
                 words[3..].join(" ")
             )),
-            Some("maxconn") => Some(format!("{indent}maxconn 2000")),
             Some("default-server") => {
                 let mut words = words.clone();
                 for i in 1..words.len() {
