@@ -156,14 +156,15 @@ async fn haproxy_spreads_chats_and_rest_over_the_nodes_and_routes_around_a_kille
     );
 
     // Node 1 dies without a word; its health checks fail and HAProxy takes it out.
+    // The chats on the survivor stay open, so its count of open chats moves only with new ones.
     a.signal("-KILL");
     a.wait_exit();
-    drop(chats);
     proxy.wait_status("node1", "DOWN").await;
     proxy.wait_status("node2", "UP").await;
 
     // Every new chat and every REST call now lands on the survivor, and none fails.
     let survivor_before = chat_sockets(&b).await;
+    assert_eq!(survivor_before, on_b, "the survivor's chats are still open");
     let tickets_before = tickets_on(&b).await.len();
     let mut after = Vec::new();
     for i in 0..4 {
@@ -186,4 +187,5 @@ async fn haproxy_spreads_chats_and_rest_over_the_nodes_and_routes_around_a_kille
     let dead = proxy.server("chat_nodes", "node1");
     assert!(dead.status.starts_with("DOWN"), "{dead:?}");
     assert_eq!(dead.current, 0, "no connection on the dead node: {dead:?}");
+    drop((chats, after));
 }
