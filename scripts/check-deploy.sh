@@ -2,7 +2,9 @@
 # Checks the operator files in deploy/: the Prometheus alert rules load (promtool check rules) and
 # pass their unit tests (promtool test rules), the Grafana dashboard is valid JSON, and every metric
 # either of them queries is one Switchboard exports (src/metrics.rs), under its real type's names and
-# with labels the code gives it. Installs Debian's `prometheus` package for promtool when missing.
+# with labels the code gives it. The cluster's HAProxy configuration passes `haproxy -c` (when
+# haproxy is installed) and its compose file holds what the cluster needs (`docker compose config`
+# too when compose is installed). Installs Debian's `prometheus` package for promtool when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -151,4 +153,77 @@ if problems:
     sys.exit(1)
 print(f"check-deploy: {used} expressions use only metrics and labels Switchboard exports")
 PY
+# The cluster: HAProxy's configuration and the compose file that runs it with three nodes.
+if command -v haproxy >/dev/null 2>&1; then
+    echo "check-deploy: haproxy -c deploy/haproxy.cfg"
+    # The node host names need not resolve here (init-addr ... none): its warnings about them are
+    # expected, so its output is shown only when the check fails.
+    if ! out=$(haproxy -c -f deploy/haproxy.cfg 2>&1); then
+        echo "$out" >&2
+        exit 1
+    fi
+else
+    echo "check-deploy: haproxy is not installed (apt-get install haproxy); deploy/haproxy.cfg not checked" >&2
+fi
+
+echo "check-deploy: deploy/docker-compose.cluster.yml"
+# Placeholders for the secrets compose insists on; nothing is started.
+secrets=(POSTGRES_PASSWORD=check SWITCHBOARD_API_KEY=check SWITCHBOARD_METRICS_TOKEN=check)
+if docker compose version >/dev/null 2>&1; then
+    env "${secrets[@]}" docker compose -f deploy/docker-compose.cluster.yml config -q
+elif command -v docker-compose >/dev/null 2>&1; then
+    env "${secrets[@]}" docker-compose -f deploy/docker-compose.cluster.yml config -q
+fi
+# Without compose (or with it): what the cluster needs of the file, and that it agrees with
+# deploy/haproxy.cfg.
+python3 - <<'PY'
+import os
+import re
+import sys
+
+import yaml
+
+path = "deploy/docker-compose.cluster.yml"
+doc = yaml.safe_load(open(path))  # resolves the `<<:` merges as compose does
+problems = []
+services = doc.get("services") or {}
+volumes = set((doc.get("volumes") or {}).keys())
+
+cfg = open("deploy/haproxy.cfg").read()
+servers = re.findall(r"^\s*server\s+(\S+)\s+(\S+):(\d+)", cfg, re.M)
+nodes = sorted({host for _, host, _ in servers})
+if not nodes:
+    problems.append("deploy/haproxy.cfg has no servers")
+
+for name in nodes + ["nats", "postgres", "haproxy"]:
+    if name not in services:
+        problems.append(f"{path}: no service `{name}` (deploy/haproxy.cfg needs it)")
+for name, service in services.items():
+    if not service.get("image"):
+        problems.append(f"{path}: service `{name}` has no image")
+    if not isinstance(service.get("healthcheck", {}).get("test"), list):
+        problems.append(f"{path}: service `{name}` has no healthcheck")
+    for mount in service.get("volumes", []):
+        source = mount.split(":")[0]
+        if source.startswith((".", "/")):
+            if not os.path.exists(os.path.join("deploy", source)):
+                problems.append(f"{path}: `{name}` mounts {source}, which does not exist")
+        elif source not in volumes:
+            problems.append(f"{path}: `{name}` uses the volume `{source}`, not declared")
+for name in nodes:
+    env = (services.get(name) or {}).get("environment") or {}
+    if env.get("SWITCHBOARD__CLUSTER__NODE_ID") != name:
+        problems.append(f"{path}: `{name}` has not SWITCHBOARD__CLUSTER__NODE_ID={name}")
+    for key in ("SWITCHBOARD__CLUSTER__NATS_URL", "SWITCHBOARD__STORAGE__POSTGRES_URL"):
+        if not env.get(key):
+            problems.append(f"{path}: `{name}` has no {key}")
+mounted = [v for v in services.get("haproxy", {}).get("volumes", []) if "haproxy.cfg" in v]
+if not mounted:
+    problems.append(f"{path}: haproxy does not mount deploy/haproxy.cfg")
+if problems:
+    print("\n".join(problems), file=sys.stderr)
+    sys.exit(1)
+print(f"check-deploy: {len(services)} services, nodes {', '.join(nodes)} as deploy/haproxy.cfg names them")
+PY
+
 echo "check-deploy: ok"

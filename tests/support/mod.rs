@@ -5,6 +5,7 @@
 
 pub mod binary;
 pub mod fake_django;
+pub mod haproxy;
 pub mod nats;
 pub mod postgres;
 pub mod webdriver;
