@@ -239,3 +239,115 @@ async fn a_killed_nodes_agents_go_offline_and_their_chats_are_requeued() {
         }
     }
 }
+
+/// A customer on node A and an agent on node B, the agent holding the chat; returns them with the
+/// session id.
+async fn chat_across(
+    a: &Server,
+    b: &Server,
+    django: &FakeDjango,
+    agent_id: &str,
+) -> (ChatClient, ChatClient, Value) {
+    let mut agent = agent(b, agent_id).await;
+    let (mut c, started) = queued_customer(a, django).await;
+    let id = started["session_id"].clone();
+    listed(&mut agent, &id).await;
+    agent
+        .send(json!({"type": "session.join", "session_id": id}))
+        .await;
+    expect_for(&mut agent, "session.assigned", &id).await;
+    c.expect("agent.joined").await;
+    (c, agent, id)
+}
+
+/// Agent → customer across nodes, acked; customer → agent.
+async fn both_ways(c: &mut ChatClient, agent: &mut ChatClient, id: &Value, tag: &str) {
+    let text = format!("agent says {tag}");
+    agent
+        .send(json!({"type": "message.send", "session_id": id, "client_id": tag, "text": text}))
+        .await;
+    expect_for(agent, "message.ack", id).await;
+    loop {
+        let m = c.expect("message").await;
+        if m["text"] == text {
+            break;
+        }
+    }
+    let text = format!("customer says {tag}");
+    say(c, tag, &text).await;
+    loop {
+        if event(agent, id, "message").await["event"]["text"] == text {
+            break;
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn nodes_leave_while_nats_is_down_and_come_back_by_themselves() {
+    let (pg, nats, django) = (Postgres::start(), Nats::start(), FakeDjango::start());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node("node-a", dir_a.path(), &django, &pg.url, &nats.url());
+    let b = node("node-b", dir_b.path(), &django, &pg.url, &nats.url());
+    joined(&a).await;
+    joined(&b).await;
+    let (mut c, mut ann, id) = chat_across(&a, &b, &django, "ann").await;
+    both_ways(&mut c, &mut ann, &id, "before").await;
+
+    nats.stop();
+    support::eventually("both nodes say they left", || async {
+        readyz(&a).await["status"] == 503 && readyz(&b).await["status"] == 503
+    })
+    .await;
+    nats.start_again();
+    joined(&a).await;
+    joined(&b).await;
+    both_ways(&mut c, &mut ann, &id, "after").await;
+
+    // The queue works across nodes again: a new customer on A is seen and taken by Ann on B.
+    let (mut c2, started) = queued_customer(&a, &django).await;
+    let id2 = started["session_id"].clone();
+    listed(&mut ann, &id2).await;
+    ann.send(json!({"type": "session.join", "session_id": id2}))
+        .await;
+    expect_for(&mut ann, "session.assigned", &id2).await;
+    c2.expect("agent.joined").await;
+}
+
+#[actix_rt::test]
+async fn nodes_answer_503_while_postgres_is_down_and_the_cluster_recovers_by_itself() {
+    let (pg, nats, django) = (Postgres::start(), Nats::start(), FakeDjango::start());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node("node-a", dir_a.path(), &django, &pg.url, &nats.url());
+    let b = node("node-b", dir_b.path(), &django, &pg.url, &nats.url());
+    joined(&a).await;
+    joined(&b).await;
+    let (mut c, mut ann, id) = chat_across(&a, &b, &django, "ann").await;
+    both_ways(&mut c, &mut ann, &id, "before").await;
+
+    pg.stop();
+    support::eventually("both nodes are not ready", || async {
+        readyz(&a).await["status"] == 503 && readyz(&b).await["status"] == 503
+    })
+    .await;
+    // Said while the database is away: acknowledged once it is back, not lost.
+    c.send(json!({"type": "message.send", "client_id": "during", "text": "still there?"}))
+        .await;
+    pg.start_again();
+    joined(&a).await;
+    joined(&b).await;
+    c.expect("message.ack").await;
+    loop {
+        if event(&mut ann, &id, "message").await["event"]["text"] == "still there?" {
+            break;
+        }
+    }
+    both_ways(&mut c, &mut ann, &id, "after").await;
+    // The queue's lead was taken again and the queue rebuilt: a new customer is seen and taken.
+    let (mut c2, started) = queued_customer(&a, &django).await;
+    let id2 = started["session_id"].clone();
+    listed(&mut ann, &id2).await;
+    ann.send(json!({"type": "session.join", "session_id": id2}))
+        .await;
+    expect_for(&mut ann, "session.assigned", &id2).await;
+    c2.expect("agent.joined").await;
+}

@@ -57,6 +57,10 @@ impl Bus {
             .name(format!("switchboard {node}"))
             .request_timeout(Some(request_timeout))
             .retry_on_initial_connect()
+            // Back soon after the broker is: a node away from it cannot reach its peers.
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((attempts as u64 * 100).min(1_000))
+            })
             .event_callback(|event| async move {
                 match event {
                     async_nats::Event::Connected => tracing::info!("connected to NATS"),
