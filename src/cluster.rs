@@ -268,7 +268,7 @@ async fn serve(inner: Arc<Inner>, mut sub: async_nats::Subscriber) {
                     .sessions_of(id)
                     .do_send(EvictSession(id));
             }
-            Wire::AgentMoved { id } => inner.stop_listening_for(&id),
+            Wire::AgentMoved { id } => inner.retire_here(&id),
             Wire::Rebuild if from != inner.me() => reannounce(&inner),
             _ => {}
         }
@@ -318,6 +318,7 @@ async fn serve_queue(inner: Arc<Inner>, mut sub: async_nats::Subscriber) {
                 match &to_queue {
                     ToQueue::Enqueue { session_id, .. }
                     | ToQueue::Held { session_id, .. }
+                    | ToQueue::Holding { session_id, .. }
                     | ToQueue::Dequeue { session_id, .. }
                     | ToQueue::Released { session_id, .. } => inner.remember(*session_id, &from),
                     ToQueue::AgentGone { agent } => {
@@ -333,12 +334,16 @@ async fn serve_queue(inner: Arc<Inner>, mut sub: async_nats::Subscriber) {
                 inner.local.tell_queue(to_queue);
             }
             Wire::AgentUp { up } => {
-                inner.moved_to(&up.agent.id, &from);
+                let id = up.agent.id.clone();
+                let moved = inner.moved_to(&id, &from);
                 let inner = inner.clone();
                 tokio::spawn(async move {
                     let snapshot = inner.local.agent_up(up).await.unwrap_or_default();
                     if let Some(reply) = message.reply {
                         inner.bus.reply(reply, &snapshot);
+                    }
+                    if moved {
+                        inner.local.tell_queue(ToQueue::AgentMoved { agent: id });
                     }
                 });
             }

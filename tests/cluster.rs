@@ -72,48 +72,71 @@ async fn queued_customer(server: &Server, django: &FakeDjango) -> (ChatClient, V
     (c, started)
 }
 
+/// `fut`, which reads frames until the one it looks for, within the wait: a stream of other frames
+/// does not keep a test waiting forever.
+async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(support::WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
 /// Waits until the agent's view of the queue lists session `id`.
 async fn listed(a: &mut ChatClient, id: &Value) {
-    loop {
-        let q = a.expect("queue.updated").await;
-        let waiting = q["waiting"].as_array().cloned().unwrap_or_default();
-        if waiting.iter().any(|w| w["session_id"] == *id) {
-            return;
+    let mut last = Value::Null;
+    let found = tokio::time::timeout(support::WAIT, async {
+        loop {
+            let q = a.expect("queue.updated").await;
+            let waiting = q["waiting"].as_array().cloned().unwrap_or_default();
+            if waiting.iter().any(|w| w["session_id"] == *id) {
+                return;
+            }
+            last = q;
         }
-    }
+    })
+    .await;
+    assert!(found.is_ok(), "{id} never listed; last: {last}");
 }
 
 /// The next `agent.presence` about agent `sub`.
 async fn presence_of(a: &mut ChatClient, sub: &str) -> Value {
-    loop {
-        let f = a.expect("agent.presence").await;
-        if f["agent"]["agent_id"] == sub {
-            return f["agent"].clone();
+    bounded("a presence", async {
+        loop {
+            let f = a.expect("agent.presence").await;
+            if f["agent"]["agent_id"] == sub {
+                return f["agent"].clone();
+            }
         }
-    }
+    })
+    .await
 }
 
 /// The next `session.event` for `id` whose inner frame is of `inner` type.
 async fn event(a: &mut ChatClient, id: &Value, inner: &str) -> Value {
-    loop {
-        let f = expect_for(a, "session.event", id).await;
-        if f["event"]["type"] == inner {
-            return f;
+    bounded(inner, async {
+        loop {
+            let f = expect_for(a, "session.event", id).await;
+            if f["event"]["type"] == inner {
+                return f;
+            }
         }
-    }
+    })
+    .await
 }
 
 /// Every numbered frame the customer receives until one of `kind`, by seq.
 async fn numbered_until(c: &mut ChatClient, seen: &mut BTreeMap<u64, Value>, kind: &str) -> Value {
-    loop {
-        let f = c.next().await.expect("open");
-        if let (Some(seq), false) = (f["seq"].as_u64(), f["type"] == "message.ack") {
-            seen.insert(seq, f.clone());
+    bounded(kind, async {
+        loop {
+            let f = c.next().await.expect("open");
+            if let (Some(seq), false) = (f["seq"].as_u64(), f["type"] == "message.ack") {
+                seen.insert(seq, f.clone());
+            }
+            if f["type"] == kind {
+                return f;
+            }
         }
-        if f["type"] == kind {
-            return f;
-        }
-    }
+    })
+    .await
 }
 
 #[actix_rt::test]
@@ -221,7 +244,10 @@ async fn a_killed_nodes_agents_go_offline_and_their_chats_are_requeued() {
     a.wait_exit();
     // Within the heartbeat timeout: Ann shows offline (after the pushes of her load before),
     // and her chat waits again.
-    while presence_of(&mut bob, "ann").await["presence"] != "offline" {}
+    bounded("Ann offline", async {
+        while presence_of(&mut bob, "ann").await["presence"] != "offline" {}
+    })
+    .await;
     c.expect("session.queued").await;
     listed(&mut bob, &id).await;
     bob.send(json!({"type": "session.join", "session_id": id}))
@@ -232,12 +258,10 @@ async fn a_killed_nodes_agents_go_offline_and_their_chats_are_requeued() {
     )
     .await;
     expect_for(&mut bob, "message.ack", &id).await;
-    loop {
-        let m = c.expect("message").await;
-        if m["text"] == "Bob here" {
-            break;
-        }
-    }
+    bounded("Bob's message", async {
+        while c.expect("message").await["text"] != "Bob here" {}
+    })
+    .await;
 }
 
 /// A customer on node A and an agent on node B, the agent holding the chat; returns them with the
@@ -267,19 +291,16 @@ async fn both_ways(c: &mut ChatClient, agent: &mut ChatClient, id: &Value, tag: 
         .send(json!({"type": "message.send", "session_id": id, "client_id": tag, "text": text}))
         .await;
     expect_for(agent, "message.ack", id).await;
-    loop {
-        let m = c.expect("message").await;
-        if m["text"] == text {
-            break;
-        }
-    }
+    bounded("the agent's message", async {
+        while c.expect("message").await["text"] != text {}
+    })
+    .await;
     let text = format!("customer says {tag}");
     say(c, tag, &text).await;
-    loop {
-        if event(agent, id, "message").await["event"]["text"] == text {
-            break;
-        }
-    }
+    bounded("the customer's message", async {
+        while event(agent, id, "message").await["event"]["text"] != text {}
+    })
+    .await;
 }
 
 #[actix_rt::test]
@@ -336,11 +357,10 @@ async fn nodes_answer_503_while_postgres_is_down_and_the_cluster_recovers_by_its
     joined(&a).await;
     joined(&b).await;
     c.expect("message.ack").await;
-    loop {
-        if event(&mut ann, &id, "message").await["event"]["text"] == "still there?" {
-            break;
-        }
-    }
+    bounded("the message said meanwhile", async {
+        while event(&mut ann, &id, "message").await["event"]["text"] != "still there?" {}
+    })
+    .await;
     both_ways(&mut c, &mut ann, &id, "after").await;
     // The queue's lead was taken again and the queue rebuilt: a new customer is seen and taken.
     let (mut c2, started) = queued_customer(&a, &django).await;
@@ -350,4 +370,43 @@ async fn nodes_answer_503_while_postgres_is_down_and_the_cluster_recovers_by_its
         .await;
     expect_for(&mut ann, "session.assigned", &id2).await;
     c2.expect("agent.joined").await;
+}
+
+#[actix_rt::test]
+async fn an_agent_who_reconnects_to_another_node_gets_their_chats_there_and_none_is_requeued() {
+    let (pg, nats, django) = (Postgres::start(), Nats::start(), FakeDjango::start());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = node("node-a", dir_a.path(), &django, &pg.url, &nats.url());
+    let b = node("node-b", dir_b.path(), &django, &pg.url, &nats.url());
+    joined(&a).await;
+    joined(&b).await;
+    // The customer on B, Ann on A.
+    let (mut c, mut ann, id) = chat_across(&b, &a, &django, "ann").await;
+    both_ways(&mut c, &mut ann, &id, "on-a").await;
+
+    // Ann's console comes back through node B (her old connection left behind on A).
+    let mut ann_b = agent(&b, "ann").await;
+    let again = expect_for(&mut ann_b, "session.assigned", &id).await;
+    assert!(
+        again["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["text"] == "customer says on-a"),
+        "the chat comes with its history: {again}"
+    );
+    // The connection left on A is closed (resume elsewhere), her chat stays hers.
+    ann.until_closed().await;
+    both_ways(&mut c, &mut ann_b, &id, "on-b").await;
+    let mut frames = Vec::new();
+    while let Ok(Ok(f)) = tokio::time::timeout(std::time::Duration::from_millis(1), c.next()).await
+    {
+        frames.push(f);
+    }
+    assert!(
+        frames
+            .iter()
+            .all(|f| f["type"] != "session.queued" && f["type"] != "agent.left"),
+        "the customer never saw the chat leave Ann: {frames:?}"
+    );
 }

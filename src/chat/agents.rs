@@ -69,6 +69,12 @@ pub struct TellAgent {
 #[rtype(result = "()")]
 pub struct ReannounceAgents;
 
+/// The cluster → registry: agent `id` is connected to another node now; the actor left here ends
+/// quietly, keeping their chats (they are theirs on the other node).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct RetireAgent(pub AgentId);
+
 pub type AgentExited = ChildExited<AgentId, Agent>;
 
 /// Refuses an agent's connection: an `error` frame, then close with `close_code`.
@@ -271,6 +277,17 @@ impl Handler<TellAgent> for AgentRegistry {
     fn handle(&mut self, msg: TellAgent, _: &mut Context<Self>) {
         if let Some(addr) = self.children.get(msg.id) {
             addr.do_send(msg.message);
+        }
+    }
+}
+
+impl Handler<RetireAgent> for AgentRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: RetireAgent, _: &mut Context<Self>) {
+        if let Some(addr) = self.children.get(msg.0.clone()) {
+            tracing::info!(agent_id = %msg.0, "agent connected to another node; ended here");
+            addr.do_send(super::agent::EndAgent { hand_to: None });
         }
     }
 }

@@ -58,6 +58,8 @@ pub struct Queue {
     agents_online: Arc<AtomicBool>,
     /// Sessions restored in the hands of an agent not connected yet, by agent.
     returning: HashMap<AgentId, Vec<SessionId>>,
+    /// Live sessions said to be in the hands of an agent this queue does not know yet, by agent.
+    awaiting: HashMap<AgentId, Vec<SessionId>>,
 }
 
 impl Queue {
@@ -71,6 +73,7 @@ impl Queue {
             agents: HashSet::new(),
             agents_online,
             returning: HashMap::new(),
+            awaiting: HashMap::new(),
         }
     }
 
@@ -310,6 +313,41 @@ impl Handler<ToQueue> for Queue {
                     );
                 });
             }
+            ToQueue::Holding {
+                session_id,
+                agent,
+                grace,
+            } => {
+                if self.agents.contains(&agent.id) {
+                    self.state.hold(&agent.id, session_id);
+                    self.push_presence(&agent.id);
+                    return self.settle(ctx, false);
+                }
+                self.awaiting
+                    .entry(agent.id.clone())
+                    .or_default()
+                    .push(session_id);
+                ctx.run_later(grace, move |act, _| {
+                    let Some(list) = act.awaiting.get_mut(&agent.id) else {
+                        return;
+                    };
+                    let Some(at) = list.iter().position(|id| *id == session_id) else {
+                        return;
+                    };
+                    list.remove(at);
+                    if list.is_empty() {
+                        act.awaiting.remove(&agent.id);
+                    }
+                    tracing::info!(%session_id, agent_id = %agent.id, "agent holding a chat never showed up; chat requeued");
+                    act.router.tell_session(
+                        session_id,
+                        SessionCommand::ByAgent {
+                            agent,
+                            op: AgentOp::Lost,
+                        },
+                    );
+                });
+            }
             ToQueue::AgentStatus {
                 agent,
                 presence,
@@ -337,6 +375,16 @@ impl Handler<ToQueue> for Queue {
                 }
                 self.handle(ToQueue::AgentGone { agent }, ctx);
             }
+            ToQueue::AgentMoved { agent } => {
+                if let Some(rostered) = self.state.agent(&agent) {
+                    let who = AgentRef {
+                        id: agent.clone(),
+                        name: rostered.name.clone(),
+                    };
+                    let held = rostered.held.iter().copied().collect();
+                    self.give_back(who, held, ctx);
+                }
+            }
             ToQueue::AgentGone { agent } => {
                 if let Some(mut gone) = self.state.remove_agent(&agent) {
                     gone.presence = Presence::Offline;
@@ -358,6 +406,7 @@ impl Handler<ToQueue> for Queue {
                 self.sessions.clear();
                 self.agents.clear();
                 self.returning.clear();
+                self.awaiting.clear();
                 self.dirty = false;
                 metrics::gauge!(m::CHAT_QUEUE_LENGTH).set(0.0);
             }
@@ -407,6 +456,10 @@ impl Handler<AgentUp> for Queue {
         );
         if let Some(returning) = self.returning.remove(&id) {
             self.give_back(msg.agent.clone(), returning, ctx);
+        }
+        // Their actor still holds these: they count, and nothing is handed over again.
+        for session_id in self.awaiting.remove(&id).unwrap_or_default() {
+            self.state.hold(&id, session_id);
         }
         let snapshot = Snapshot {
             agents: self.state.agents().map(|(id, a)| a.view(id)).collect(),

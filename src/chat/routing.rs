@@ -276,6 +276,14 @@ pub enum ToQueue {
         agent: AgentRef,
         grace: std::time::Duration,
     },
+    /// A live session in `agent`'s hands, told to a queue that does not know it (led anew, or the
+    /// session moved to another node): the agent's actor still holds it, so nothing is handed to
+    /// them again. If they are not connected within `grace`, it is requeued.
+    Holding {
+        session_id: SessionId,
+        agent: AgentRef,
+        grace: std::time::Duration,
+    },
     /// An agent's presence, capacity or auto-assign changed.
     AgentStatus {
         agent: AgentRef,
@@ -287,6 +295,9 @@ pub enum ToQueue {
     AgentGone { agent: AgentId },
     /// The agent vanished with their node: their chats go back to the queue, and they offline.
     AgentLost { agent: AgentId },
+    /// The agent is connected to another node now: the chats they hold are handed to them there
+    /// again (a session taken by the agent who holds it answers with its history).
+    AgentMoved { agent: AgentId },
     /// Forget every waiting session and agent: another node leads the queue now, or this node
     /// starts leading it and the others tell it again what waits and who is online.
     Reset,

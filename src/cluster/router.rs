@@ -218,17 +218,31 @@ impl Inner {
 
     /// While leading: agent `id` is connected to `node` now; the node they were on stops
     /// listening for them.
-    pub fn moved_to(&self, id: &AgentId, node: &str) {
+    /// Returns whether they moved.
+    pub fn moved_to(&self, id: &AgentId, node: &str) -> bool {
         let old = self.agent_nodes().insert(id.clone(), node.to_string());
-        if let Some(old) = old.filter(|old| old != node) {
-            if old == self.me() {
-                self.stop_listening_for(id);
-            } else {
-                let id = id.clone();
-                self.bus
-                    .publish(node_subject(&old), Wire::AgentMoved { id });
-            }
+        let Some(old) = old.filter(|old| old != node) else {
+            return false;
+        };
+        tracing::info!(agent_id = %id, from = %old, to = node, "agent moved to another node");
+        if old == self.me() {
+            self.retire_here(id);
+        } else {
+            let id = id.clone();
+            self.bus
+                .publish(node_subject(&old), Wire::AgentMoved { id });
         }
+        true
+    }
+
+    /// Agent `id` is another node's now: this node stops listening for them, and the actor left
+    /// here ends without giving their chats back.
+    pub fn retire_here(&self, id: &AgentId) {
+        self.stop_listening_for(id);
+        self.local
+            .shards()
+            .agents_of(id)
+            .do_send(crate::chat::agents::RetireAgent(id.clone()));
     }
 
     /// Asks the queue's leader; while no node leads it, tries again until `queue_patience`.
@@ -316,8 +330,18 @@ impl ChatRouter for ClusterRouter {
     fn agent_up(&self, up: AgentUp) -> BoxFuture<'static, Result<Snapshot, RouteError>> {
         self.0.listen_for(&up.agent.id);
         if self.0.leads() {
-            self.0.moved_to(&up.agent.id, &self.0.bus.node.clone());
-            return self.0.local.agent_up(up);
+            let id = up.agent.id.clone();
+            let moved = self.0.moved_to(&id, &self.0.bus.node.clone());
+            let inner = self.0.clone();
+            let answer = self.0.local.agent_up(up);
+            return async move {
+                let snapshot = answer.await;
+                if moved {
+                    inner.local.tell_queue(ToQueue::AgentMoved { agent: id });
+                }
+                snapshot
+            }
+            .boxed();
         }
         let inner = self.0.clone();
         let task = self.0.bus.runtime.spawn(async move {

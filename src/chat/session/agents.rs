@@ -59,7 +59,7 @@ impl Session {
                     since: self.state.queued_since.unwrap_or_else(chrono::Utc::now),
                 })
             }
-            super::state::Owner::Agent(agent) => self.deps.router.tell_queue(ToQueue::Held {
+            super::state::Owner::Agent(agent) => self.deps.router.tell_queue(ToQueue::Holding {
                 session_id: self.id(),
                 agent: agent.clone(),
                 grace,
