@@ -26,6 +26,8 @@ pub mod outbox;
 mod overlay;
 mod pending;
 pub mod pg_journal;
+mod pg_pool;
+pub mod pg_schema;
 mod reply;
 mod rows;
 pub mod schema;
