@@ -443,6 +443,11 @@ pub struct StorageSettings {
     pub postgres_pool: usize,
     /// How long a starting process waits for PostgreSQL to answer before it gives up.
     pub postgres_connect_timeout_ms: u64,
+    /// With PostgreSQL: how long outbox entries leased by this node's bridge stay its own before
+    /// another node may deliver them (a node that died gives its entries up this late).
+    pub outbox_lease_ms: u64,
+    /// With PostgreSQL: how often the bridge looks for entries other nodes enqueued or left behind.
+    pub outbox_poll_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -824,6 +829,15 @@ impl Settings {
             "storage.postgres_connect_timeout_ms",
             self.storage.postgres_connect_timeout_ms,
         )?;
+        positive("storage.outbox_poll_ms", self.storage.outbox_poll_ms)?;
+        // A lease must outlast a delivery cycle's call to Django, or another node sends the same
+        // entries while this one still waits for the answer.
+        if self.storage.outbox_lease_ms <= self.django.timeout_ms.max(1000) {
+            return Err(invalid(
+                "storage.outbox_lease_ms",
+                "must be more than django.timeout_ms and more than 1000",
+            ));
+        }
         let url = &self.storage.postgres_url;
         let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
         if !url.is_empty() && !postgres {
@@ -1039,6 +1053,15 @@ mod tests {
         assert!(
             Settings::from_toml("[storage]\npostgres_url = \"postgres://u@db:5432/sb\"").is_ok()
         );
+    }
+
+    #[test]
+    fn an_outbox_lease_shorter_than_a_django_call_is_refused_naming_the_key() {
+        let err = Settings::from_toml("[storage]\noutbox_lease_ms = 5000").unwrap_err();
+        assert!(err.to_string().contains("storage.outbox_lease_ms"), "{err}");
+        let err = Settings::from_toml("[storage]\noutbox_poll_ms = 0").unwrap_err();
+        assert!(err.to_string().contains("storage.outbox_poll_ms"), "{err}");
+        assert!(Settings::from_toml("[storage]\noutbox_lease_ms = 5001").is_ok());
     }
 
     #[test]
