@@ -18,6 +18,7 @@ pub const TICKET_ACTORS: &str = "switchboard_ticket_actors";
 pub const TICKET_ACTIVATIONS: &str = "switchboard_ticket_activations_total";
 pub const TICKET_PASSIVATIONS: &str = "switchboard_ticket_passivations_total";
 pub const TICKET_HIBERNATIONS: &str = "switchboard_ticket_hibernations_total";
+pub const TICKET_RELOADS: &str = "switchboard_ticket_reloads_total";
 pub const ACTOR_RESTARTS: &str = "switchboard_actor_restarts_total";
 pub const SUPERVISOR_ESCALATIONS: &str = "switchboard_supervisor_escalations_total";
 pub const OUTBOX_DEPTH: &str = "switchboard_outbox_depth";
@@ -193,6 +194,12 @@ fn describe() {
     describe_counter!(
         TICKET_HIBERNATIONS,
         "Idle ticket actors that packed their ticket into one allocation."
+    );
+    describe_counter!(
+        TICKET_RELOADS,
+        "Ticket actors that reloaded their ticket from a shared store (PostgreSQL) before a write, \
+         by reason: `conflict` (another node wrote first) or `precondition` (If-Match named a newer \
+         version than the one in memory)."
     );
     describe_counter!(ACTOR_RESTARTS, "Actor restarts by actor kind and cause.");
     describe_counter!(
