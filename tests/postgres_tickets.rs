@@ -1,12 +1,21 @@
 //! Tickets and the Django outbox on a real PostgreSQL (`storage.postgres_url`), started for each
 //! test by `scripts/postgres.sh`: the store's contract (create, conditional update, list, history,
-//! import, outbox leases shared by several nodes).
+//! import, outbox leases shared by several nodes), then real server processes sharing nothing but
+//! the database: a ticket written on one node is read and patched on another, of two concurrent
+//! patches naming the same version exactly one wins, both nodes' bridges deliver each event to
+//! Django once, and a node that loses PostgreSQL under load is not ready meanwhile, recovers by
+//! itself and loses no acknowledged write.
 
 mod support;
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
+use support::binary::Server;
+use support::fake_django::FakeDjango;
 use support::postgres::Postgres;
 use switchboard::domain::chat::{ChatRole, TranscriptLine};
 use switchboard::domain::ids::{EventId, SessionId, TicketId};
@@ -388,4 +397,287 @@ async fn an_entry_leased_by_a_node_that_died_goes_to_another_once_the_lease_expi
     other.close().await;
     let third = open(&pg, "node-third", Duration::from_secs(30));
     assert_eq!(third.peek(10).await.unwrap().len(), 1, "released on close");
+}
+
+/// Two server processes on one database, each with its own data dir and its bridge on `django`.
+fn two_nodes(pg: &Postgres, django: &FakeDjango) -> (Server, Server, [tempfile::TempDir; 2]) {
+    let env = [
+        ("SWITCHBOARD__STORAGE__POSTGRES_URL", pg.url.as_str()),
+        ("SWITCHBOARD__STORAGE__OUTBOX_POLL_MS", "100"),
+        ("SWITCHBOARD__BRIDGE__FLUSH_MS", "50"),
+    ];
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let a = Server::spawn(dirs[0].path(), &django.base_url, &[], &env);
+    let b = Server::spawn(dirs[1].path(), &django.base_url, &[], &env);
+    (a, b, dirs)
+}
+
+fn url(node: &Server, path: &str) -> String {
+    format!("http://{}/api/v1{path}", node.api)
+}
+
+async fn create_on(node: &Server, subject: &str) -> Value {
+    let resp = support::post(
+        &url(node, "/tickets"),
+        &json!({"subject": subject, "requester": "alice@example.com"}),
+    )
+    .await;
+    assert_eq!(resp.status, 201, "create: {}", resp.text);
+    resp.body
+}
+
+#[actix_rt::test]
+async fn a_ticket_written_on_one_node_is_read_fresh_and_patched_once_on_another() {
+    let pg = Postgres::start();
+    let django = FakeDjango::start();
+    let (a, b, _dirs) = two_nodes(&pg, &django);
+
+    let created = create_on(&a, "Cannot log in").await;
+    let id = support::id_of(&created);
+    let path = format!("/tickets/{id}");
+    let read = support::get(&url(&b, &path)).await;
+    assert_eq!((read.status, &read.body), (200, &created), "read on node B");
+
+    // Both nodes hold the ticket in memory; B changes it; A reads the change, not its copy.
+    assert_eq!(support::get(&url(&a, &path)).await.status, 200);
+    let patched = support::patch(&url(&b, &path), &json!({"assignee": "bob"}), Some("\"1\"")).await;
+    assert_eq!(patched.status, 200, "{}", patched.text);
+    let fresh = support::get(&url(&a, &path)).await;
+    assert_eq!(
+        (fresh.body["version"].as_u64(), &fresh.body["assignee"]),
+        (Some(2), &json!("bob"))
+    );
+    assert_eq!(fresh.header("etag").as_deref(), Some("\"2\""));
+    // A patch on A, whose copy in memory was version 1, applies to version 2.
+    let on_a = support::patch(&url(&a, &path), &json!({"priority": "high"}), None).await;
+    assert_eq!(on_a.status, 200, "{}", on_a.text);
+    assert_eq!(on_a.body["version"], 3);
+    assert_eq!(on_a.body["assignee"], "bob", "B's change kept");
+    // If-Match naming the version B made, sent to A: judged against the stored version.
+    let if_match = support::patch(
+        &url(&b, &path),
+        &json!({"status": "pending"}),
+        Some("\"3\""),
+    )
+    .await;
+    assert_eq!(if_match.status, 200, "{}", if_match.text);
+
+    // Two patches naming the same version at once on A and B: exactly one wins.
+    for round in 0..5 {
+        let t = create_on(if round % 2 == 0 { &a } else { &b }, "race").await;
+        let path = format!("/tickets/{}", support::id_of(&t));
+        // Both nodes activate it first, so both hold it in memory.
+        assert_eq!(support::get(&url(&a, &path)).await.status, 200);
+        assert_eq!(support::get(&url(&b, &path)).await.status, 200);
+        let (url_a, url_b) = (url(&a, &path), url(&b, &path));
+        let (body_a, body_b) = (json!({"assignee": "from-a"}), json!({"assignee": "from-b"}));
+        let (ra, rb) = futures_util::join!(
+            support::patch(&url_a, &body_a, Some("\"1\"")),
+            support::patch(&url_b, &body_b, Some("\"1\"")),
+        );
+        let mut statuses = vec![ra.status, rb.status];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            vec![200, 412],
+            "round {round}: {} / {}",
+            ra.text,
+            rb.text
+        );
+        let winner = if ra.status == 200 { "from-a" } else { "from-b" };
+        for node in [&a, &b] {
+            let now = support::get(&url(node, &path)).await.body;
+            assert_eq!(
+                (now["version"].as_u64(), now["assignee"].as_str()),
+                (Some(2), Some(winner))
+            );
+        }
+        let events = support::get(&url(&b, &format!("{path}/events"))).await.body;
+        assert_eq!(
+            events["items"].as_array().map(Vec::len),
+            Some(2),
+            "{events}"
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn both_nodes_bridges_deliver_each_event_to_django_once() {
+    let pg = Postgres::start();
+    let mut django = FakeDjango::start();
+    let (a, b, _dirs) = two_nodes(&pg, &django);
+
+    // Writes on both nodes, several to the same tickets from both sides.
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for i in 0..10 {
+        let (first, second) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let t = create_on(first, &format!("ticket {i}")).await;
+        let id = support::id_of(&t);
+        let path = format!("/tickets/{id}");
+        for (n, node) in [second, first, second].into_iter().enumerate() {
+            let resp = support::patch(
+                &url(node, &path),
+                &json!({"description": format!("edit {n}")}),
+                None,
+            )
+            .await;
+            assert_eq!(resp.status, 200, "{}", resp.text);
+        }
+        want.insert(id, 4);
+    }
+    let want: Vec<(String, u64)> = want.into_iter().collect();
+    tokio::time::timeout(support::WAIT, django.wait_delivered(&want))
+        .await
+        .expect("every ticket delivered at its last version");
+
+    // Every event of every ticket's history reached Django exactly once.
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for e in django.delivered() {
+        for id in e["coalesced_event_ids"].as_array().unwrap() {
+            *seen.entry(id.as_str().unwrap().to_string()).or_default() += 1;
+        }
+    }
+    let mut expected = 0;
+    for (id, _) in &want {
+        let events = support::get(&url(&a, &format!("/tickets/{id}/events")))
+            .await
+            .body;
+        for e in events["items"].as_array().unwrap() {
+            let event_id = e["event_id"].as_str().unwrap();
+            assert_eq!(
+                seen.get(event_id),
+                Some(&1),
+                "event {event_id} of ticket {id}"
+            );
+            expected += 1;
+        }
+    }
+    assert_eq!(expected, 40);
+    assert_eq!(seen.len(), expected, "nothing else delivered");
+    // And per ticket, in version order.
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for e in django.delivered() {
+        let id = e["ticket_id"].as_str().unwrap().to_string();
+        let v = e["version"].as_u64().unwrap();
+        let before = last.insert(id.clone(), v).unwrap_or(0);
+        assert!(
+            v > before,
+            "ticket {id} delivered version {v} after {before}"
+        );
+    }
+    // Each node's bridge leased the entries it sent (its own writes wake it at once).
+    for node in [&a, &b] {
+        let metrics = support::get(&format!("http://{}/metrics", node.api))
+            .await
+            .text;
+        let leased = support::metric(&metrics, "switchboard_outbox_leased_total", &[]);
+        assert!(leased.is_some_and(|n| n > 0.0), "{leased:?}");
+    }
+    let depth =
+        support::get(&format!("http://{}/readyz", b.api)).await.body["outbox"]["depth"].clone();
+    assert_eq!(depth, 0);
+}
+
+async fn readyz(node: &Server) -> (u16, Value) {
+    let resp = support::get(&format!("http://{}/readyz", node.api)).await;
+    (resp.status, resp.body)
+}
+
+#[actix_rt::test]
+async fn a_node_that_loses_postgres_under_load_recovers_by_itself_losing_no_acknowledged_write() {
+    let pg = Postgres::start();
+    let django = FakeDjango::start();
+    let env = [("SWITCHBOARD__STORAGE__POSTGRES_URL", pg.url.as_str())];
+    let dir = tempfile::tempdir().unwrap();
+    let node = Server::spawn(dir.path(), &django.base_url, &[], &env);
+    support::eventually("the node is ready", || async {
+        let (status, body) = readyz(&node).await;
+        status == 200 && body["store"] == "ok"
+    })
+    .await;
+
+    // Load: creates and patches in a loop; what was acknowledged is remembered.
+    let acked: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let after_restart = Arc::new(AtomicBool::new(false));
+    let acked_after = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        let (after_restart, acked_after) = (after_restart.clone(), acked_after.clone());
+        let base = url(&node, "/tickets");
+        actix_rt::spawn(async move {
+            let mut mine: Vec<String> = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                let resp = if i % 3 == 0 || mine.is_empty() {
+                    support::post(
+                        &base,
+                        &json!({"subject": format!("load {i}"), "requester": "l@example.com"}),
+                    )
+                    .await
+                } else {
+                    let id = &mine[(i as usize) % mine.len()];
+                    support::patch(
+                        &format!("{base}/{id}"),
+                        &json!({"description": format!("edit {i}")}),
+                        None,
+                    )
+                    .await
+                };
+                if resp.status == 200 || resp.status == 201 {
+                    let id = support::id_of(&resp.body);
+                    let v = resp.body["version"].as_u64().unwrap();
+                    if resp.status == 201 {
+                        mine.push(id.clone());
+                    }
+                    let mut acked = acked.lock().unwrap();
+                    let e = acked.entry(id).or_default();
+                    *e = (*e).max(v);
+                    if after_restart.load(Ordering::SeqCst) {
+                        acked_after.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+        })
+    };
+    support::eventually("writes acknowledged", || async {
+        acked.lock().unwrap().len() >= 5
+    })
+    .await;
+
+    pg.stop();
+    support::eventually("the node reports its store gone", || async {
+        let (status, body) = readyz(&node).await;
+        status == 503 && body["store"] == "unavailable"
+    })
+    .await;
+    pg.start_again();
+    after_restart.store(true, Ordering::SeqCst);
+    support::eventually("the node is ready again by itself", || async {
+        let (status, body) = readyz(&node).await;
+        status == 200 && body["store"] == "ok"
+    })
+    .await;
+    support::eventually("writes acknowledged again", || async {
+        acked_after.load(Ordering::SeqCst)
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+
+    // Every acknowledged write is there, read back by a node that shares only the database.
+    let dir2 = tempfile::tempdir().unwrap();
+    let fresh = Server::spawn(dir2.path(), &django.base_url, &[], &env);
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 5);
+    for (id, version) in acked {
+        let resp = support::get(&url(&fresh, &format!("/tickets/{id}"))).await;
+        assert_eq!(resp.status, 200, "ticket {id}: {}", resp.text);
+        let stored = resp.body["version"].as_u64().unwrap();
+        assert!(
+            stored >= version,
+            "ticket {id} acknowledged at {version}, stored at {stored}"
+        );
+    }
 }
