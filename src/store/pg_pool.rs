@@ -32,7 +32,12 @@ impl PgPool {
         connect_timeout: Duration,
         thread: &str,
     ) -> StoreResult<Self> {
-        let config: tokio_postgres::Config = url.parse().map_err(pg)?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(pg)?;
+        // Each connection attempt is bounded too (unless the URL says otherwise): a database host
+        // that stopped answering must not hold a store's committer for the kernel's TCP timeout.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(connect_timeout);
+        }
         let manager = Manager::from_config(
             config,
             NoTls,
