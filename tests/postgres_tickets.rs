@@ -265,9 +265,9 @@ async fn outbox_entries_are_leased_to_one_node_at_a_time_in_each_tickets_order()
     a.create_with(write(&one, EventKind::Created, None), chat_record(&one))
         .await
         .unwrap();
-    assert_eq!(
-        a.signal().total(),
-        before + 2,
+    // At least its two entries (the poll may have woken it as well meanwhile).
+    assert!(
+        a.signal().total() >= before + 2,
         "a local write wakes the local bridge"
     );
     let two = ticket(&[]);
