@@ -831,8 +831,10 @@ impl Settings {
         )?;
         positive("storage.outbox_poll_ms", self.storage.outbox_poll_ms)?;
         // A lease must outlast a delivery cycle's call to Django, or another node sends the same
-        // entries while this one still waits for the answer.
-        if self.storage.outbox_lease_ms <= self.django.timeout_ms.max(1000) {
+        // entries while this one still waits for the answer. Only PostgreSQL's outbox has leases:
+        // on SQLite the setting means nothing and refuses nothing.
+        let leased = !self.storage.postgres_url.is_empty();
+        if leased && self.storage.outbox_lease_ms <= self.django.timeout_ms.max(1000) {
             return Err(invalid(
                 "storage.outbox_lease_ms",
                 "must be more than django.timeout_ms and more than 1000",
@@ -1057,11 +1059,16 @@ mod tests {
 
     #[test]
     fn an_outbox_lease_shorter_than_a_django_call_is_refused_naming_the_key() {
-        let err = Settings::from_toml("[storage]\noutbox_lease_ms = 5000").unwrap_err();
+        let pg = "[storage]\npostgres_url = \"postgres://u@db/sb\"\n";
+        let err = Settings::from_toml(&format!("{pg}outbox_lease_ms = 5000")).unwrap_err();
         assert!(err.to_string().contains("storage.outbox_lease_ms"), "{err}");
+        assert!(Settings::from_toml(&format!("{pg}outbox_lease_ms = 5001")).is_ok());
+        assert!(
+            Settings::from_toml("[storage]\noutbox_lease_ms = 5000").is_ok(),
+            "no lease on SQLite"
+        );
         let err = Settings::from_toml("[storage]\noutbox_poll_ms = 0").unwrap_err();
         assert!(err.to_string().contains("storage.outbox_poll_ms"), "{err}");
-        assert!(Settings::from_toml("[storage]\noutbox_lease_ms = 5001").is_ok());
     }
 
     #[test]
