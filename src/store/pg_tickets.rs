@@ -194,21 +194,30 @@ async fn committer(
         let outcome = tracing::Instrument::instrument(commit(&pool, &batch), span).await;
         metrics::histogram!(m::STORE_COMMIT_DURATION).record(started.elapsed().as_secs_f64());
         metrics::histogram!(m::STORE_COMMIT_BATCH).record(size as f64);
-        let mut appended = 0;
         match outcome {
             Ok(results) => {
+                // Counted before anyone is answered: a caller that saw its write committed finds
+                // the bridge already woken for it.
+                let appended: u64 = results
+                    .iter()
+                    .map(|r| match r {
+                        Applied::Ticket(Ok(n)) => *n,
+                        Applied::Enqueued(_) => 1,
+                        Applied::Ticket(Err(_)) | Applied::Nothing => 0,
+                    })
+                    .sum();
+                if appended > 0 {
+                    signal.appended(appended);
+                }
                 for (write, result) in batch.into_iter().zip(results) {
                     match (write, result) {
                         (Write::Ticket(_, done), Applied::Ticket(r)) => {
-                            if let Ok(n) = &r {
-                                appended += n;
-                            } else {
+                            if r.is_err() {
                                 metrics::counter!(m::STORE_WRITE_ERRORS).increment(1);
                             }
                             let _ = done.send(r.map(|_| ()));
                         }
                         (Write::Enqueue(_, done), Applied::Enqueued(seq)) => {
-                            appended += 1;
                             let _ = done.send(Ok(seq));
                         }
                         (Write::Flush(done), _) => {
@@ -233,9 +242,6 @@ async fn committer(
                     fail(write, &why);
                 }
             }
-        }
-        if appended > 0 {
-            signal.appended(appended);
         }
     }
 }
