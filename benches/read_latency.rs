@@ -310,6 +310,8 @@ fn main() -> anyhow::Result<()> {
         postgres_url: String::new(),
         postgres_pool: 1,
         postgres_connect_timeout_ms: 1,
+        outbox_lease_ms: 30_000,
+        outbox_poll_ms: 1000,
     };
     let store = Arc::new(SqliteStore::open_tuned(&settings, Tuning::default())?);
 

@@ -445,6 +445,11 @@ pub struct StorageSettings {
     pub postgres_pool: usize,
     /// How long a starting process waits for PostgreSQL to answer before it gives up.
     pub postgres_connect_timeout_ms: u64,
+    /// With PostgreSQL: how long outbox entries leased by this node's bridge stay its own before
+    /// another node may deliver them (a node that died gives its entries up this late).
+    pub outbox_lease_ms: u64,
+    /// With PostgreSQL: how often the bridge looks for entries other nodes enqueued or left behind.
+    pub outbox_poll_ms: u64,
 }
 
 /// Cluster mode: the node's name and the broker that links it to the others.
@@ -902,6 +907,17 @@ impl Settings {
             "storage.postgres_connect_timeout_ms",
             self.storage.postgres_connect_timeout_ms,
         )?;
+        positive("storage.outbox_poll_ms", self.storage.outbox_poll_ms)?;
+        // A lease must outlast a delivery cycle's call to Django, or another node sends the same
+        // entries while this one still waits for the answer. Only PostgreSQL's outbox has leases:
+        // on SQLite the setting means nothing and refuses nothing.
+        let leased = !self.storage.postgres_url.is_empty();
+        if leased && self.storage.outbox_lease_ms <= self.django.timeout_ms.max(1000) {
+            return Err(invalid(
+                "storage.outbox_lease_ms",
+                "must be more than django.timeout_ms and more than 1000",
+            ));
+        }
         let url = &self.storage.postgres_url;
         let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
         if !url.is_empty() && !postgres {
@@ -1147,6 +1163,20 @@ mod tests {
         assert!(
             Settings::from_toml("[storage]\npostgres_url = \"postgres://u@db:5432/sb\"").is_ok()
         );
+    }
+
+    #[test]
+    fn an_outbox_lease_shorter_than_a_django_call_is_refused_naming_the_key() {
+        let pg = "[storage]\npostgres_url = \"postgres://u@db/sb\"\n";
+        let err = Settings::from_toml(&format!("{pg}outbox_lease_ms = 5000")).unwrap_err();
+        assert!(err.to_string().contains("storage.outbox_lease_ms"), "{err}");
+        assert!(Settings::from_toml(&format!("{pg}outbox_lease_ms = 5001")).is_ok());
+        assert!(
+            Settings::from_toml("[storage]\noutbox_lease_ms = 5000").is_ok(),
+            "no lease on SQLite"
+        );
+        let err = Settings::from_toml("[storage]\noutbox_poll_ms = 0").unwrap_err();
+        assert!(err.to_string().contains("storage.outbox_poll_ms"), "{err}");
     }
 
     #[test]

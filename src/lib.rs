@@ -6,7 +6,9 @@
 //!  │  owns both bound listeners and the shutdown signal; exits non-zero if the root escalates
 //!  └─ root supervisor  one_for_one, supervisor.max_restarts in max_seconds  src/supervisor.rs
 //!      ├─ store          SqliteStore: writer (group commit), syncer (fdatasync),       src/store/
-//!      │                 folder (journal → tickets.db), checkpointer, readers       [permanent]
+//!      │                 folder (journal → tickets.db), checkpointer, readers;      [permanent]
+//!      │                 or PgStore (storage.postgres_url): shared by every node,   src/store/pg_tickets.rs
+//!      │                 group commit, outbox entries leased to one node's bridge
 //!      ├─ bridge         Bridge: the sync lane, own arbiter: outbox → Django           src/bridge/actor.rs
 //!      │                 (ticket sync batches, chat tickets)                          [permanent]
 //!      ├─ django_calls   DjangoCalls: the request/response lane, bridge's arbiter:    src/bridge/calls.rs
@@ -94,6 +96,7 @@ use crate::http::chat::{ChatListener, ChatRoutes};
 use crate::http::listener::ListenerChild;
 use crate::store::chat_journal::{ChatJournal, SqliteChatJournal};
 use crate::store::pg_journal::PgChatJournal;
+use crate::store::pg_tickets::{PgStore, PgStoreOptions};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Outbox, StoreError, TicketStore};
 use crate::supervisor::supervised::{self, Restart};
@@ -150,6 +153,31 @@ impl Child for StoreChild {
     fn stop(&mut self) -> LocalBoxFuture<'static, ()> {
         self.store.close().boxed_local()
     }
+}
+
+/// The ticket store and the outbox, one object seen through both seams.
+type Stores = (Arc<dyn TicketStore>, Arc<dyn Outbox>);
+
+/// The ticket store and the outbox: SQLite in `storage.data_dir`, or PostgreSQL shared with the
+/// other nodes when `storage.postgres_url` is set.
+fn open_store(settings: &Settings) -> Result<Stores, RunError> {
+    let storage = &settings.storage;
+    if storage.postgres_url.is_empty() {
+        let sqlite = Arc::new(SqliteStore::open(storage)?);
+        return Ok((sqlite.clone(), sqlite));
+    }
+    // This process's name for its outbox leases: the node's, and unique per process, so two
+    // processes of one node (an upgrade under way) never take each other's leases for their own.
+    let node = format!("{}-{}", settings.cluster.node_name(), std::process::id());
+    let pg = Arc::new(PgStore::open(PgStoreOptions {
+        url: storage.postgres_url.clone(),
+        pool_size: storage.postgres_pool,
+        connect_timeout: Duration::from_millis(storage.postgres_connect_timeout_ms),
+        node,
+        lease: Duration::from_millis(storage.outbox_lease_ms),
+        poll: Duration::from_millis(storage.outbox_poll_ms),
+    })?);
+    Ok((pg.clone(), pg))
 }
 
 /// The server's already-bound sockets: `run` serves on them, so a caller (a test binding port 0,
@@ -222,9 +250,7 @@ pub async fn run_with(
             upkeep.run_upkeep();
         }
     });
-    let sqlite = Arc::new(SqliteStore::open(&settings.storage)?);
-    let store: Arc<dyn TicketStore> = sqlite.clone();
-    let outbox: Arc<dyn Outbox> = sqlite;
+    let (store, outbox) = open_store(&settings)?;
     let node = settings.cluster.node_name();
     let heartbeat_timeout = Duration::from_millis(settings.cluster.heartbeat_timeout_ms);
     let mut cluster_parts = None;

@@ -18,10 +18,14 @@ pub const TICKET_ACTORS: &str = "switchboard_ticket_actors";
 pub const TICKET_ACTIVATIONS: &str = "switchboard_ticket_activations_total";
 pub const TICKET_PASSIVATIONS: &str = "switchboard_ticket_passivations_total";
 pub const TICKET_HIBERNATIONS: &str = "switchboard_ticket_hibernations_total";
+pub const TICKET_RELOADS: &str = "switchboard_ticket_reloads_total";
 pub const ACTOR_RESTARTS: &str = "switchboard_actor_restarts_total";
 pub const SUPERVISOR_ESCALATIONS: &str = "switchboard_supervisor_escalations_total";
 pub const OUTBOX_DEPTH: &str = "switchboard_outbox_depth";
 pub const OUTBOX_OLDEST_AGE: &str = "switchboard_outbox_oldest_age_seconds";
+pub const OUTBOX_LEASED: &str = "switchboard_outbox_leased_total";
+pub const OUTBOX_LEASES_TAKEN_OVER: &str = "switchboard_outbox_leases_taken_over_total";
+pub const OUTBOX_LEASE_DURATION: &str = "switchboard_outbox_lease_duration_seconds";
 pub const BRIDGE_BATCH_SIZE: &str = "switchboard_bridge_batch_size";
 pub const BRIDGE_EVENTS_DELIVERED: &str = "switchboard_bridge_events_delivered_total";
 pub const BRIDGE_BREAKER_STATE: &str = "switchboard_bridge_breaker_state";
@@ -200,6 +204,12 @@ fn describe() {
         TICKET_HIBERNATIONS,
         "Idle ticket actors that packed their ticket into one allocation."
     );
+    describe_counter!(
+        TICKET_RELOADS,
+        "Ticket actors that reloaded their ticket from a shared store (PostgreSQL) before a write, \
+         by reason: `conflict` (another node wrote first) or `precondition` (If-Match named a newer \
+         version than the one in memory)."
+    );
     describe_counter!(ACTOR_RESTARTS, "Actor restarts by actor kind and cause.");
     describe_counter!(
         SUPERVISOR_ESCALATIONS,
@@ -210,6 +220,19 @@ fn describe() {
         OUTBOX_OLDEST_AGE,
         Unit::Seconds,
         "Age of the oldest outbox event."
+    );
+    describe_counter!(
+        OUTBOX_LEASED,
+        "Outbox entries leased by this node's bridge (PostgreSQL outbox shared by several nodes)."
+    );
+    describe_counter!(
+        OUTBOX_LEASES_TAKEN_OVER,
+        "Outbox entries leased after another node's lease on them expired (a node died or stalled)."
+    );
+    describe_histogram!(
+        OUTBOX_LEASE_DURATION,
+        Unit::Seconds,
+        "Time to lease a batch of outbox entries on PostgreSQL."
     );
     describe_histogram!(BRIDGE_BATCH_SIZE, "Events per sync batch sent to Django.");
     describe_counter!(

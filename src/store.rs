@@ -5,7 +5,9 @@
 //! [`sqlite::SqliteStore`] implements both
 //! with one writer thread doing group commit and a few reader threads. A change to a ticket, its
 //! history event and its outbox entry are written in one transaction, and a write is acknowledged only
-//! after that transaction commits. Another backend (PostgreSQL, say) implements the same trait.
+//! after that transaction commits. [`pg_tickets::PgStore`] implements both on PostgreSQL
+//! (`storage.postgres_url`), shared by every node of a cluster ([`pg_outbox`] leases outbox entries
+//! to one node's bridge at a time).
 //! A write that did not commit fails with [`StoreError::CommitFailed`], whose [`CommitError`] says why
 //! and keeps the original I/O or SQLite error as its source.
 //!
@@ -27,6 +29,10 @@ mod overlay;
 mod pending;
 pub mod pg_journal;
 pub mod pg_membership;
+pub mod pg_outbox;
+mod pg_pool;
+pub mod pg_schema;
+pub mod pg_tickets;
 mod reply;
 mod rows;
 pub mod schema;
@@ -199,6 +205,12 @@ pub trait TicketStore: Send + Sync + 'static {
     fn ping(&self) -> BoxFuture<'static, StoreResult<()>>;
     /// Stops the writer after it has committed everything queued so far.
     fn close(&self) -> BoxFuture<'static, ()>;
+    /// Whether other processes write to the same tickets (PostgreSQL shared by several nodes): a
+    /// ticket held in memory may then be stale, so readers load it afresh and a writer that meets
+    /// a version conflict reloads and tries again.
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// Timestamps are kept to the millisecond so a ticket reloaded from disk equals the one in memory.

@@ -53,7 +53,7 @@ pub struct EncodedWrite {
 /// serializes exactly as that record does, type tag included (a unit test holds them together).
 #[derive(serde::Serialize)]
 #[serde(tag = "type", rename = "ticket_sync")]
-struct SyncRecordRef<'a> {
+pub(super) struct SyncRecordRef<'a> {
     event_id: EventId,
     ticket_id: TicketId,
     version: u64,

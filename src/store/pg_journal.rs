@@ -8,70 +8,31 @@
 //! SQLite journal's: what arrives within a millisecond of the first goes in one transaction (one
 //! statement for the frames, one for the records), answered once committed.
 //!
-//! The schema is created at open by versioned migrations ([`MIGRATIONS`]), under an advisory lock so
-//! that nodes starting together apply each one once.
+//! The schema is created at open by the versioned migrations every PostgreSQL store shares
+//! ([`super::pg_schema`]), under an advisory lock so that nodes starting together apply each one
+//! once; the pool and its runtime are [`super::pg_pool`]'s.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::thread;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use futures_util::future::{BoxFuture, FutureExt};
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
 use super::chat_journal::{ChatJournal, JournalFrame, LoadedSession, SessionRecord};
+use super::pg_pool::PgPool;
+use super::pg_schema::pg;
 use super::{StoreError, StoreResult};
 use crate::domain::ids::SessionId;
-
-/// The schema, one entry per version, applied in order and recorded in `switchboard_migrations`.
-/// A version once released is never edited: a change is a new entry.
-pub const MIGRATIONS: &[(i32, &str)] = &[
-    (
-    1,
-    "CREATE TABLE chat_sessions (
-        session_id UUID PRIMARY KEY,
-        resume_token_hash TEXT NOT NULL,
-        state TEXT NOT NULL,
-        last_seq BIGINT NOT NULL,
-        last_activity_at TIMESTAMPTZ NOT NULL,
-        detached_at TIMESTAMPTZ,
-        closed BOOLEAN NOT NULL DEFAULT false
-    );
-    CREATE INDEX chat_sessions_open ON chat_sessions (closed, last_activity_at);
-    CREATE INDEX chat_sessions_detached ON chat_sessions (closed, detached_at);
-    CREATE TABLE chat_frames (
-        session_id UUID NOT NULL,
-        seq BIGINT NOT NULL,
-        at TIMESTAMPTZ NOT NULL,
-        body TEXT NOT NULL,
-        PRIMARY KEY (session_id, seq)
-    );",
-    ),
-    // Cluster mode: each session's owner node and fencing epoch, and the nodes' heartbeats.
-    (
-        2,
-        "ALTER TABLE chat_sessions ADD COLUMN owner TEXT, ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0;
-        CREATE INDEX chat_sessions_owner ON chat_sessions (owner) WHERE NOT closed;
-        CREATE TABLE switchboard_nodes (
-            node_id TEXT PRIMARY KEY,
-            started_at TIMESTAMPTZ NOT NULL,
-            last_seen TIMESTAMPTZ NOT NULL
-        );",
-    ),
-];
-
-/// Taken while migrating: any number shared by every node (`'switchboard'` as bytes).
-const MIGRATION_LOCK: i64 = 0x7377_6974_6368_6264;
 
 const RECORD_COLUMNS: &str =
     "session_id, resume_token_hash, state, last_seq, last_activity_at, detached_at, closed";
 
 /// The chat journal on PostgreSQL.
 pub struct PgChatJournal {
-    pool: Pool,
-    runtime: tokio::runtime::Handle,
+    db: PgPool,
     /// To the committer: appends waiting to be committed together.
     appends: tokio::sync::mpsc::UnboundedSender<Append>,
     /// In a cluster: this node's claim on the sessions it owns.
@@ -138,10 +99,6 @@ const COMMIT_WINDOW: Duration = Duration::from_millis(1);
 /// Most appends in one commit.
 const BATCH_MAX: usize = 512;
 
-fn pg(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Database(e.to_string())
-}
-
 impl PgChatJournal {
     /// Connects to `url` with up to `pool_size` connections, trying for up to `connect_timeout`,
     /// and brings the schema up to date.
@@ -152,71 +109,17 @@ impl PgChatJournal {
         fence: Option<Fence>,
     ) -> StoreResult<Self> {
         let fence = fence.map(Arc::new);
-        let config: tokio_postgres::Config = url.parse().map_err(pg)?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(pool_size.max(1))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(pg)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::Io {
-                path: "chat-journal-pg runtime".into(),
-                source: e,
-            })?;
-        let handle = runtime.handle().clone();
-        // The runtime lives as long as the process: this thread drives every journal call.
-        thread::Builder::new()
-            .name("chat-journal-pg".into())
-            .spawn(move || runtime.block_on(std::future::pending::<()>()))
-            .map_err(|e| StoreError::Io {
-                path: "chat-journal-pg thread".into(),
-                source: e,
-            })?;
+        let db = PgPool::open(url, pool_size, connect_timeout, "chat-journal-pg")?;
         let (appends, queued) = tokio::sync::mpsc::unbounded_channel();
-        handle.spawn(committer(pool.clone(), queued, fence.clone()));
-        let journal = Self {
-            pool,
-            runtime: handle,
-            appends,
-            fence,
-        };
-        let migrate = journal.run(move |pool| async move {
-            let deadline = tokio::time::Instant::now() + connect_timeout;
-            let mut client = loop {
-                match pool.get().await {
-                    Ok(client) => break client,
-                    Err(e) if tokio::time::Instant::now() < deadline => {
-                        tracing::warn!(error = %e, "PostgreSQL not reachable yet; retrying");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    Err(e) => return Err(pg(e)),
-                }
-            };
-            migrate(&mut client).await
-        });
-        // Opening is synchronous (the process does not serve before its stores are up): wait on
-        // a plain channel, as the caller may be inside another runtime.
-        let (done, opened) = std::sync::mpsc::channel();
-        journal.runtime.spawn(async move {
-            let _ = done.send(migrate.await);
-        });
-        opened.recv().map_err(|_| StoreError::Closed)??;
-        Ok(journal)
+        db.runtime
+            .spawn(committer(db.pool.clone(), queued, fence.clone()));
+        Ok(Self { db, appends, fence })
     }
 
     /// The pool and the runtime it runs on, for the cluster's membership (heartbeats, the queue's
     /// lead), which lives in the same database.
     pub fn pool(&self) -> (Pool, tokio::runtime::Handle) {
-        (self.pool.clone(), self.runtime.clone())
+        (self.db.pool.clone(), self.db.runtime.clone())
     }
 
     /// Runs `work` with the pool on the journal's runtime.
@@ -226,47 +129,8 @@ impl PgChatJournal {
         F: FnOnce(Pool) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = StoreResult<T>> + Send + 'static,
     {
-        let pool = self.pool.clone();
-        let task = self.runtime.spawn(async move { work(pool).await });
-        async move {
-            task.await
-                .map_err(|e| StoreError::Panicked(e.to_string()))?
-        }
-        .boxed()
+        self.db.run(work)
     }
-}
-
-/// Applies every migration not yet recorded, in one transaction under the migration lock.
-async fn migrate(client: &mut deadpool_postgres::Object) -> StoreResult<()> {
-    let tx = client.transaction().await.map_err(pg)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await
-        .map_err(pg)?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS switchboard_migrations (
-            version INTEGER PRIMARY KEY,
-            applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-        )",
-    )
-    .await
-    .map_err(pg)?;
-    let applied: Option<i32> = tx
-        .query_one("SELECT max(version) FROM switchboard_migrations", &[])
-        .await
-        .map_err(pg)?
-        .get(0);
-    let applied = applied.unwrap_or(0);
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > applied) {
-        tx.batch_execute(sql).await.map_err(pg)?;
-        tx.execute(
-            "INSERT INTO switchboard_migrations (version) VALUES ($1)",
-            &[version],
-        )
-        .await
-        .map_err(pg)?;
-        tracing::info!(version, "PostgreSQL schema migrated");
-    }
-    tx.commit().await.map_err(pg)
 }
 
 fn record_of(row: &Row) -> SessionRecord {

@@ -9,6 +9,10 @@
 //! idle for `tickets.hibernate_after_ms` is told to [`Hibernate`]: it packs its ticket into one
 //! [`CompactTicket`] allocation and expands it again on its next message (as OTP's
 //! `hibernate_after`).
+//!
+//! On a store shared with other nodes ([`TicketStore::shared`], PostgreSQL) the ticket in memory
+//! may be behind: reads load it from the store, and a write that meets a version conflict (or an
+//! `If-Match` newer than the copy in memory) reloads it and plans the change again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -156,30 +160,201 @@ impl TicketActor {
         }
     }
 
-    /// Persists `write`, then adopts its ticket. A version conflict means another activation wrote
-    /// first: this actor's copy is stale, so it stops and the next message reloads from disk.
-    fn persist<T: 'static>(
+    /// Plans `change` against the ticket, persists it and adopts the result; atomic, so the
+    /// actor's writes stay serialised. See [`apply_change`] for what a version conflict does.
+    fn write<C: Change>(
         &mut self,
-        write: TicketWrite,
-        reply: impl FnOnce(Ticket) -> T + 'static,
-    ) -> AtomicResponse<Self, Result<T, TicketError>> {
-        let ticket = write.ticket.clone();
-        let fut = self.deps.store.update(write);
-        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
-            move |result, act, ctx| match result {
-                Ok(()) => {
-                    act.state = State::Live(Box::new(ticket.clone()));
-                    Ok(reply(ticket))
+        change: C,
+    ) -> AtomicResponse<Self, Result<C::Reply, TicketError>> {
+        let current = match self.live() {
+            Ok(t) => t.clone(),
+            Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Err(e)))),
+        };
+        let store = self.deps.store.clone();
+        let fut = apply_change(store, current, change);
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|outcome, act, ctx| {
+            match outcome.latest {
+                Some(t) => act.state = State::Live(Box::new(t)),
+                // The copy in memory is stale: the next message reloads from the store.
+                None => ctx.stop(),
+            }
+            outcome.result
+        })))
+    }
+}
+
+/// What a write message asks of its ticket, planned against the ticket as it stands (in memory,
+/// or reloaded from a shared store).
+trait Change: 'static {
+    type Reply: 'static;
+    fn plan(&self, current: &Ticket) -> Result<Planned<Self::Reply>, TicketError>;
+}
+
+enum Planned<R> {
+    /// Persist this write, then answer with the reply (boxed, so an unchanged plan stays small).
+    Write(Box<TicketWrite>, R),
+    /// Nothing changes; answer at once.
+    Unchanged(R),
+}
+
+/// How a write ended: the ticket the actor holds now (`None`: its copy is stale, so it stops and
+/// the next message reloads it), and the answer.
+struct Outcome<R> {
+    latest: Option<Ticket>,
+    result: Result<R, TicketError>,
+}
+
+/// Reloads of one write from a shared store before its conflicts are given up as stale.
+const MAX_RELOADS: u32 = 3;
+
+/// Plans and persists `change`. On a store only this process writes, a version conflict means
+/// another activation of the ticket wrote first: the answer is a stale version and the actor stops.
+/// On a shared store (PostgreSQL, several nodes) the copy in memory may be behind another node's
+/// write: a conflict, or an `If-Match` naming a version newer than the one in memory, reloads the
+/// ticket and plans again, so the change applies to the current version or its precondition is
+/// judged against it.
+async fn apply_change<C: Change>(
+    store: Arc<dyn TicketStore>,
+    mut current: Ticket,
+    change: C,
+) -> Outcome<C::Reply> {
+    let shared = store.shared();
+    let id = current.id;
+    let mut reloads = 0;
+    loop {
+        let reason = match change.plan(&current) {
+            Err(TicketError::StaleVersion { .. }) if shared && reloads == 0 => "precondition",
+            Err(e) => {
+                return Outcome {
+                    latest: Some(current),
+                    result: Err(e),
                 }
-                Err(StoreError::VersionConflict { expected, .. }) => {
-                    ctx.stop();
-                    Err(TicketError::StaleVersion {
-                        current: expected + 1,
-                    })
+            }
+            Ok(Planned::Unchanged(reply)) => {
+                return Outcome {
+                    latest: Some(current),
+                    result: Ok(reply),
                 }
-                Err(e) => Err(e.into()),
+            }
+            Ok(Planned::Write(write, reply)) => {
+                let ticket = write.ticket.clone();
+                match store.update(*write).await {
+                    Ok(()) => {
+                        return Outcome {
+                            latest: Some(ticket),
+                            result: Ok(reply),
+                        }
+                    }
+                    Err(StoreError::VersionConflict { .. }) if shared && reloads < MAX_RELOADS => {
+                        "conflict"
+                    }
+                    Err(StoreError::VersionConflict { expected, .. }) => {
+                        return Outcome {
+                            latest: None,
+                            result: Err(TicketError::StaleVersion {
+                                current: expected + 1,
+                            }),
+                        }
+                    }
+                    Err(e) => {
+                        return Outcome {
+                            latest: Some(current),
+                            result: Err(e.into()),
+                        }
+                    }
+                }
+            }
+        };
+        reloads += 1;
+        metrics::counter!(m::TICKET_RELOADS, "reason" => reason).increment(1);
+        tracing::debug!(ticket_id = %id, reason, "reloading the ticket from the shared store");
+        current = match store.load(id).await {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                return Outcome {
+                    latest: None,
+                    result: Err(TicketError::NotFound(id)),
+                }
+            }
+            Err(e) => {
+                return Outcome {
+                    latest: None,
+                    result: Err(e.into()),
+                }
+            }
+        };
+    }
+}
+
+impl Change for UpdateTicket {
+    type Reply = Ticket;
+
+    fn plan(&self, current: &Ticket) -> Result<Planned<Ticket>, TicketError> {
+        if !self.expected.admits(current.version) {
+            return Err(TicketError::StaleVersion {
+                current: current.version,
+            });
+        }
+        let at = now();
+        Ok(match apply_patch(current, &self.patch, at)? {
+            None => Planned::Unchanged(current.clone()),
+            Some(applied) => {
+                let ticket = applied.ticket;
+                let write = TicketWrite {
+                    event: TicketEvent {
+                        event_id: EventId::new(),
+                        ticket_id: current.id,
+                        kind: applied.kind,
+                        actor: self.actor.clone(),
+                        at,
+                        version: ticket.version,
+                        changes: applied.changes,
+                    },
+                    ticket: ticket.clone(),
+                    comment: None,
+                    request_id: self.request_id.clone(),
+                };
+                Planned::Write(Box::new(write), ticket)
+            }
+        })
+    }
+}
+
+impl Change for AddComment {
+    type Reply = (Comment, Ticket);
+
+    fn plan(&self, current: &Ticket) -> Result<Planned<(Comment, Ticket)>, TicketError> {
+        if !self.expected.admits(current.version) {
+            return Err(TicketError::StaleVersion {
+                current: current.version,
+            });
+        }
+        let at = now();
+        let comment = Comment {
+            id: Uuid::now_v7(),
+            ticket_id: current.id,
+            author: self.author.clone(),
+            body: self.body.clone(),
+            created_at: at,
+        };
+        let mut ticket = current.clone();
+        ticket.version += 1;
+        ticket.updated_at = at;
+        let write = TicketWrite {
+            event: TicketEvent {
+                event_id: EventId::new(),
+                ticket_id: ticket.id,
+                kind: EventKind::Commented,
+                actor: self.actor.clone(),
+                at,
+                version: ticket.version,
+                changes: json!({"comment": {"id": comment.id, "author": comment.author, "body": comment.body}}),
             },
-        )))
+            ticket: ticket.clone(),
+            comment: Some(comment.clone()),
+            request_id: self.request_id.clone(),
+        };
+        Ok(Planned::Write(Box::new(write), (comment, ticket)))
     }
 }
 
@@ -270,10 +445,23 @@ impl actix::Supervised for TicketActor {
 }
 
 impl Handler<GetTicket> for TicketActor {
-    type Result = Result<Ticket, TicketError>;
+    type Result = Response<Result<Ticket, TicketError>>;
 
     fn handle(&mut self, _: GetTicket, _: &mut Context<Self>) -> Self::Result {
-        self.live().cloned()
+        // Another node may have changed a ticket in a shared store: read it there, never stale.
+        let known = matches!(self.state, State::Live(_) | State::Hibernated(_));
+        if !(known && self.deps.store.shared()) {
+            return Response::reply(self.live().cloned());
+        }
+        let id = self.id();
+        let load = self.deps.store.load(id);
+        Response::fut(async move {
+            match load.await {
+                Ok(Some(t)) => Ok(t),
+                Ok(None) => Err(TicketError::NotFound(id)),
+                Err(e) => Err(e.into()),
+            }
+        })
     }
 }
 
@@ -281,39 +469,7 @@ impl Handler<UpdateTicket> for TicketActor {
     type Result = AtomicResponse<Self, Result<Ticket, TicketError>>;
 
     fn handle(&mut self, msg: UpdateTicket, _: &mut Context<Self>) -> Self::Result {
-        let prepared = (|| {
-            let current = self.live()?;
-            if !msg.expected.admits(current.version) {
-                return Err(TicketError::StaleVersion {
-                    current: current.version,
-                });
-            }
-            let at = now();
-            Ok(
-                apply_patch(current, &msg.patch, at)?.map(|applied| TicketWrite {
-                    event: TicketEvent {
-                        event_id: EventId::new(),
-                        ticket_id: current.id,
-                        kind: applied.kind,
-                        actor: msg.actor.clone(),
-                        at,
-                        version: applied.ticket.version,
-                        changes: applied.changes,
-                    },
-                    ticket: applied.ticket,
-                    comment: None,
-                    request_id: msg.request_id.clone(),
-                }),
-            )
-        })();
-        match prepared {
-            Err(e) => AtomicResponse::new(Box::pin(fut::ready(Err(e)))),
-            Ok(None) => {
-                let current = self.live().cloned();
-                AtomicResponse::new(Box::pin(fut::ready(current)))
-            }
-            Ok(Some(write)) => self.persist(write, |t| t),
-        }
+        self.write(msg)
     }
 }
 
@@ -321,42 +477,7 @@ impl Handler<AddComment> for TicketActor {
     type Result = AtomicResponse<Self, Result<(Comment, Ticket), TicketError>>;
 
     fn handle(&mut self, msg: AddComment, _: &mut Context<Self>) -> Self::Result {
-        let current = match self.live() {
-            Ok(t) => match &msg.expected {
-                expected if !expected.admits(t.version) => {
-                    let stale = TicketError::StaleVersion { current: t.version };
-                    return AtomicResponse::new(Box::pin(fut::ready(Err(stale))));
-                }
-                _ => t.clone(),
-            },
-            Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Err(e)))),
-        };
-        let at = now();
-        let comment = Comment {
-            id: Uuid::now_v7(),
-            ticket_id: current.id,
-            author: msg.author,
-            body: msg.body,
-            created_at: at,
-        };
-        let mut ticket = current;
-        ticket.version += 1;
-        ticket.updated_at = at;
-        let write = TicketWrite {
-            event: TicketEvent {
-                event_id: EventId::new(),
-                ticket_id: ticket.id,
-                kind: EventKind::Commented,
-                actor: msg.actor,
-                at,
-                version: ticket.version,
-                changes: json!({"comment": {"id": comment.id, "author": comment.author, "body": comment.body}}),
-            },
-            ticket,
-            comment: Some(comment.clone()),
-            request_id: msg.request_id.clone(),
-        };
-        self.persist(write, move |t| (comment, t))
+        self.write(msg)
     }
 }
 

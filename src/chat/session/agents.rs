@@ -49,7 +49,7 @@ impl Session {
 
     /// Tells the queue where the session stands (it waits, or is an agent's), for a queue that
     /// does not know it: led anew by another node, or the session loaded here from the journal.
-    pub(super) fn reannounce(&mut self, grace: std::time::Duration) {
+    pub(super) fn reannounce(&mut self, grace: std::time::Duration, restored: bool) {
         match &self.state.owner {
             super::state::Owner::Queued { reason } => {
                 self.deps.router.tell_queue(ToQueue::Enqueue {
@@ -57,6 +57,13 @@ impl Session {
                     customer: self.state.customer.name.clone(),
                     reason: reason.clone(),
                     since: self.state.queued_since.unwrap_or_else(chrono::Utc::now),
+                })
+            }
+            super::state::Owner::Agent(agent) if restored => {
+                self.deps.router.tell_queue(ToQueue::Held {
+                    session_id: self.id(),
+                    agent: agent.clone(),
+                    grace,
                 })
             }
             super::state::Owner::Agent(agent) => self.deps.router.tell_queue(ToQueue::Holding {

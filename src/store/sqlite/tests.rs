@@ -30,6 +30,8 @@ pub(in crate::store) fn open_with(dir: &Path, synchronous: Synchronous) -> Sqlit
         postgres_url: String::new(),
         postgres_pool: 1,
         postgres_connect_timeout_ms: 1,
+        outbox_lease_ms: 30_000,
+        outbox_poll_ms: 1000,
     };
     let tuning = Tuning {
         commit_batch_max: 64,

@@ -124,6 +124,8 @@ fn open(dir: &Path, synchronous: Synchronous, folds: Folds) -> SqliteStore {
         postgres_url: String::new(),
         postgres_pool: 1,
         postgres_connect_timeout_ms: 1,
+        outbox_lease_ms: 30_000,
+        outbox_poll_ms: 1000,
     };
     let tuning = Tuning {
         fold_interval: folds.interval,
