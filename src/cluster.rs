@@ -334,16 +334,12 @@ async fn serve_queue(inner: Arc<Inner>, mut sub: async_nats::Subscriber) {
                 inner.local.tell_queue(to_queue);
             }
             Wire::AgentUp { up } => {
-                let id = up.agent.id.clone();
-                let moved = inner.moved_to(&id, &from);
+                inner.moved_to(&up.agent.id, &from);
                 let inner = inner.clone();
                 tokio::spawn(async move {
                     let snapshot = inner.local.agent_up(up).await.unwrap_or_default();
                     if let Some(reply) = message.reply {
                         inner.bus.reply(reply, &snapshot);
-                    }
-                    if moved {
-                        inner.local.tell_queue(ToQueue::AgentMoved { agent: id });
                     }
                 });
             }

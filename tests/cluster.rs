@@ -112,7 +112,7 @@ async fn presence_of(a: &mut ChatClient, sub: &str) -> Value {
 
 /// The next `session.event` for `id` whose inner frame is of `inner` type.
 async fn event(a: &mut ChatClient, id: &Value, inner: &str) -> Value {
-    bounded(inner, async {
+    let found = tokio::time::timeout(support::WAIT, async {
         loop {
             let f = expect_for(a, "session.event", id).await;
             if f["event"]["type"] == inner {
@@ -120,7 +120,8 @@ async fn event(a: &mut ChatClient, id: &Value, inner: &str) -> Value {
             }
         }
     })
-    .await
+    .await;
+    found.unwrap_or_else(|_| panic!("no {inner} event for {id}; other frames: {:?}", a.seen))
 }
 
 /// Every numbered frame the customer receives until one of `kind`, by seq.
@@ -297,10 +298,7 @@ async fn both_ways(c: &mut ChatClient, agent: &mut ChatClient, id: &Value, tag: 
     .await;
     let text = format!("customer says {tag}");
     say(c, tag, &text).await;
-    bounded("the customer's message", async {
-        while event(agent, id, "message").await["event"]["text"] != text {}
-    })
-    .await;
+    agent_sees(agent, id, &text).await;
 }
 
 #[actix_rt::test]
@@ -357,10 +355,7 @@ async fn nodes_answer_503_while_postgres_is_down_and_the_cluster_recovers_by_its
     joined(&a).await;
     joined(&b).await;
     c.expect("message.ack").await;
-    bounded("the message said meanwhile", async {
-        while event(&mut ann, &id, "message").await["event"]["text"] != "still there?" {}
-    })
-    .await;
+    agent_sees(&mut ann, &id, "still there?").await;
     both_ways(&mut c, &mut ann, &id, "after").await;
     // The queue's lead was taken again and the queue rebuilt: a new customer is seen and taken.
     let (mut c2, started) = queued_customer(&a, &django).await;
@@ -409,4 +404,124 @@ async fn an_agent_who_reconnects_to_another_node_gets_their_chats_there_and_none
             .all(|f| f["type"] != "session.queued" && f["type"] != "agent.left"),
         "the customer never saw the chat leave Ann: {frames:?}"
     );
+}
+
+/// Replays the whole chat from a fresh connection to `server`: gap-free, and every frame the
+/// customer saw before exactly as it was. Returns the connection and the newest seq.
+async fn replay_all(
+    server: &Server,
+    started: &Value,
+    seen: &BTreeMap<u64, Value>,
+) -> (ChatClient, u64) {
+    let mut back = ChatClient::resume(server.chat, started, 0).await;
+    let newest = back.expect("session.resumed").await["seq"]
+        .as_u64()
+        .unwrap();
+    for seq in 1..=newest {
+        let f = loop {
+            let f = back.next().await.expect("replayed frame");
+            if f["seq"].is_u64() {
+                break f;
+            }
+        };
+        assert_eq!(f["seq"], seq, "gap-free, in order");
+        if let Some(before) = seen.get(&seq) {
+            assert_eq!(&f, before, "frame {seq} as it was first sent");
+        }
+    }
+    assert!(newest >= seen.keys().max().copied().unwrap_or(0));
+    (back, newest)
+}
+
+/// Agent → customer and back, keeping every numbered frame the customer sees in `seen`.
+async fn exchange(
+    c: &mut ChatClient,
+    agent: &mut ChatClient,
+    id: &Value,
+    tag: &str,
+    seen: &mut BTreeMap<u64, Value>,
+) {
+    let text = format!("agent says {tag}");
+    agent
+        .send(json!({"type": "message.send", "session_id": id, "client_id": tag, "text": text}))
+        .await;
+    expect_for(agent, "message.ack", id).await;
+    bounded("the agent's message", async {
+        while numbered_until(c, seen, "message").await["text"] != text {}
+    })
+    .await;
+    let text = format!("customer says {tag}");
+    c.send(json!({"type": "message.send", "client_id": tag, "text": text}))
+        .await;
+    numbered_until(c, seen, "message.ack").await;
+    agent_sees(agent, id, &text).await;
+}
+
+/// Waits until the agent has seen customer text `text` in session `id`: as an event, or in the
+/// history of the chat handed to them again (the queue's lead moved while the session did).
+async fn agent_sees(agent: &mut ChatClient, id: &Value, text: &str) {
+    bounded(text, async {
+        loop {
+            let f = agent.next().await.expect("agent connected");
+            if f["session_id"] != *id {
+                continue;
+            }
+            let in_event = f["type"] == "session.event" && f["event"]["text"] == text;
+            let in_history = f["type"] == "session.assigned"
+                && f["history"]
+                    .as_array()
+                    .is_some_and(|h| h.iter().any(|e| e["text"] == text));
+            if in_event || in_history {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+#[actix_rt::test]
+async fn a_rolling_restart_one_node_at_a_time_loses_nothing() {
+    let (pg, nats, django) = (Postgres::start(), Nats::start(), FakeDjango::start());
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut a = node("node-a", dirs[0].path(), &django, &pg.url, &nats.url());
+    let mut b = node("node-b", dirs[1].path(), &django, &pg.url, &nats.url());
+    joined(&a).await;
+    joined(&b).await;
+    let mut ann = agent(&b, "ann").await;
+    let (mut c, started) = queued_customer(&a, &django).await;
+    let id = started["session_id"].clone();
+    listed(&mut ann, &id).await;
+    ann.send(json!({"type": "session.join", "session_id": id}))
+        .await;
+    expect_for(&mut ann, "session.assigned", &id).await;
+    let mut seen = BTreeMap::new();
+    numbered_until(&mut c, &mut seen, "agent.joined").await;
+    exchange(&mut c, &mut ann, &id, "one", &mut seen).await;
+
+    // Node A goes down for its upgrade: its customer is told to resume, and does so on node B.
+    a.signal("-TERM");
+    assert!(matches!(
+        c.until_closed().await,
+        support::ws::Ended::Closed(1012)
+    ));
+    a.wait_exit();
+    let (mut c, _) = replay_all(&b, &started, &seen).await;
+    exchange(&mut c, &mut ann, &id, "two", &mut seen).await;
+
+    // Node A is back (the new version); then node B goes down: Ann and the customer both come
+    // back on node A, and the chat goes on with everything said before.
+    let a2 = node("node-a", dirs[2].path(), &django, &pg.url, &nats.url());
+    joined(&a2).await;
+    b.signal("-TERM");
+    assert!(matches!(
+        c.until_closed().await,
+        support::ws::Ended::Closed(1012)
+    ));
+    ann.until_closed().await;
+    b.wait_exit();
+    let mut ann = agent(&a2, "ann").await;
+    let (mut c, _) = replay_all(&a2, &started, &seen).await;
+    expect_for(&mut ann, "session.assigned", &id).await;
+    exchange(&mut c, &mut ann, &id, "three", &mut seen).await;
+    drop(a);
 }

@@ -117,6 +117,9 @@ pub struct Agent {
     keep_chats: bool,
     /// Requests to sessions and the queue not yet answered.
     in_flight: u32,
+    /// This actor told the queue it is up at least once (a later connection is to the same actor,
+    /// which still holds its chats).
+    announced: bool,
     /// Handing the connection over once `in_flight` is zero.
     hand_to: Option<HandOff>,
     /// Adopted from the last process: chats the console already shows, which come back without a
@@ -144,6 +147,7 @@ impl Agent {
             stale_reader: None,
             keep_chats: false,
             in_flight: 0,
+            announced: false,
             hand_to: None,
             shown: Vec::new(),
         }
@@ -734,6 +738,7 @@ impl Handler<AttachAgent> for Agent {
             presence: self.state.presence,
             capacity: self.state.capacity,
             auto_assign: self.state.auto_assign,
+            fresh: !std::mem::replace(&mut self.announced, true),
         };
         // Nothing reaches the agent before `agent.ready`: the mailbox waits for the queue's answer.
         ctx.wait(
@@ -782,6 +787,7 @@ impl Handler<Reannounce> for Agent {
             presence: self.state.presence,
             capacity: self.state.capacity,
             auto_assign: self.state.auto_assign,
+            fresh: false,
         };
         ctx.spawn(
             self.deps

@@ -375,16 +375,6 @@ impl Handler<ToQueue> for Queue {
                 }
                 self.handle(ToQueue::AgentGone { agent }, ctx);
             }
-            ToQueue::AgentMoved { agent } => {
-                if let Some(rostered) = self.state.agent(&agent) {
-                    let who = AgentRef {
-                        id: agent.clone(),
-                        name: rostered.name.clone(),
-                    };
-                    let held = rostered.held.iter().copied().collect();
-                    self.give_back(who, held, ctx);
-                }
-            }
             ToQueue::AgentGone { agent } => {
                 if let Some(mut gone) = self.state.remove_agent(&agent) {
                     gone.presence = Presence::Offline;
@@ -454,12 +444,28 @@ impl Handler<AgentUp> for Queue {
             msg.capacity,
             msg.auto_assign,
         );
-        if let Some(returning) = self.returning.remove(&id) {
-            self.give_back(msg.agent.clone(), returning, ctx);
+        let mut handing: std::collections::BTreeSet<SessionId> = self
+            .returning
+            .remove(&id)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let awaiting = self.awaiting.remove(&id).unwrap_or_default();
+        if msg.fresh {
+            // A new actor (on another node, say) holds nothing yet: every chat that is theirs is
+            // handed to it, with its history.
+            handing.extend(awaiting);
+            if let Some(rostered) = self.state.agent(&id) {
+                handing.extend(rostered.held.iter().copied());
+            }
+        } else {
+            // Their actor still holds these: they count, and nothing is handed over again.
+            for session_id in awaiting {
+                self.state.hold(&id, session_id);
+            }
         }
-        // Their actor still holds these: they count, and nothing is handed over again.
-        for session_id in self.awaiting.remove(&id).unwrap_or_default() {
-            self.state.hold(&id, session_id);
+        if !handing.is_empty() {
+            self.give_back(msg.agent.clone(), handing.into_iter().collect(), ctx);
         }
         let snapshot = Snapshot {
             agents: self.state.agents().map(|(id, a)| a.view(id)).collect(),

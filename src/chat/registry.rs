@@ -369,10 +369,7 @@ impl SessionRegistry {
                         // In a cluster it may have run on another node until now: it stops
                         // there, and the queue learns where it stands from here.
                         act.deps.router.taken_over(id);
-                        addr.do_send(Reannounce {
-                            grace: None,
-                            restored: true,
-                        });
+                        addr.do_send(Reannounce::default());
                     }
                     addr
                 }
@@ -698,7 +695,6 @@ impl Handler<ReannounceSessions> for SessionRegistry {
     fn handle(&mut self, msg: ReannounceSessions, _: &mut Context<Self>) {
         self.children.broadcast(Reannounce {
             grace: Some(msg.grace),
-            restored: false,
         });
     }
 }

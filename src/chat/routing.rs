@@ -75,6 +75,10 @@ pub struct AgentUp {
     pub presence: Presence,
     pub capacity: u32,
     pub auto_assign: bool,
+    /// A new actor for this agent (a first connection, or one on another node or process): it
+    /// holds no chat yet, so the chats the queue counts as theirs are handed to it.
+    #[serde(default)]
+    pub fresh: bool,
 }
 
 /// The queue's present state, as an agent is first shown it.
@@ -295,9 +299,6 @@ pub enum ToQueue {
     AgentGone { agent: AgentId },
     /// The agent vanished with their node: their chats go back to the queue, and they offline.
     AgentLost { agent: AgentId },
-    /// The agent is connected to another node now: the chats they hold are handed to them there
-    /// again (a session taken by the agent who holds it answers with its history).
-    AgentMoved { agent: AgentId },
     /// Forget every waiting session and agent: another node leads the queue now, or this node
     /// starts leading it and the others tell it again what waits and who is online.
     Reset,

@@ -129,13 +129,10 @@ pub struct Suspend {
 
 /// Registry → session: tell the routing queue where you stand (see `reannounce`). `grace`: how
 /// long an agent holding it has to show up before it is requeued (default `agents.resume_grace_ms`).
-/// `restored`: just read back from the journal, so its agent is handed it again (and the session
-/// links up with them); otherwise the agent's actor still has it.
 #[derive(Message, Debug, Clone, Copy, Default)]
 #[rtype(result = "()")]
 pub struct Reannounce {
     pub grace: Option<Duration>,
-    pub restored: bool,
 }
 
 /// Test hook (routed only when `testing.fault_injection` is on): panic inside a handler.
@@ -1097,7 +1094,7 @@ impl Handler<Reannounce> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Reannounce, _: &mut Context<Self>) {
-        self.reannounce(msg.grace.unwrap_or(self.deps.agent_grace), msg.restored);
+        self.reannounce(msg.grace.unwrap_or(self.deps.agent_grace));
     }
 }
 

@@ -218,11 +218,10 @@ impl Inner {
 
     /// While leading: agent `id` is connected to `node` now; the node they were on stops
     /// listening for them.
-    /// Returns whether they moved.
-    pub fn moved_to(&self, id: &AgentId, node: &str) -> bool {
+    pub fn moved_to(&self, id: &AgentId, node: &str) {
         let old = self.agent_nodes().insert(id.clone(), node.to_string());
         let Some(old) = old.filter(|old| old != node) else {
-            return false;
+            return;
         };
         tracing::info!(agent_id = %id, from = %old, to = node, "agent moved to another node");
         if old == self.me() {
@@ -232,7 +231,6 @@ impl Inner {
             self.bus
                 .publish(node_subject(&old), Wire::AgentMoved { id });
         }
-        true
     }
 
     /// Agent `id` is another node's now: this node stops listening for them, and the actor left
@@ -330,18 +328,8 @@ impl ChatRouter for ClusterRouter {
     fn agent_up(&self, up: AgentUp) -> BoxFuture<'static, Result<Snapshot, RouteError>> {
         self.0.listen_for(&up.agent.id);
         if self.0.leads() {
-            let id = up.agent.id.clone();
-            let moved = self.0.moved_to(&id, &self.0.bus.node.clone());
-            let inner = self.0.clone();
-            let answer = self.0.local.agent_up(up);
-            return async move {
-                let snapshot = answer.await;
-                if moved {
-                    inner.local.tell_queue(ToQueue::AgentMoved { agent: id });
-                }
-                snapshot
-            }
-            .boxed();
+            self.0.moved_to(&up.agent.id, &self.0.bus.node.clone());
+            return self.0.local.agent_up(up);
         }
         let inner = self.0.clone();
         let task = self.0.bus.runtime.spawn(async move {

@@ -49,7 +49,7 @@ impl Session {
 
     /// Tells the queue where the session stands (it waits, or is an agent's), for a queue that
     /// does not know it: led anew by another node, or the session loaded here from the journal.
-    pub(super) fn reannounce(&mut self, grace: std::time::Duration, restored: bool) {
+    pub(super) fn reannounce(&mut self, grace: std::time::Duration) {
         match &self.state.owner {
             super::state::Owner::Queued { reason } => {
                 self.deps.router.tell_queue(ToQueue::Enqueue {
@@ -59,7 +59,9 @@ impl Session {
                     since: self.state.queued_since.unwrap_or_else(chrono::Utc::now),
                 })
             }
-            super::state::Owner::Agent(agent) if restored => {
+            // Not linked to its agent yet (read back from the journal): it is handed to them again,
+            // which links it up and brings them anything they have not seen.
+            super::state::Owner::Agent(agent) if self.agent.is_none() => {
                 self.deps.router.tell_queue(ToQueue::Held {
                     session_id: self.id(),
                     agent: agent.clone(),
