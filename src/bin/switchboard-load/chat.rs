@@ -135,6 +135,10 @@ pub struct ChatArgs {
     /// Drive a server already running at this chat address instead of starting one.
     #[arg(long)]
     pub chat_addr: Option<SocketAddr>,
+    /// With --chat-addr and --agents: the agents connect here instead (another node of a
+    /// cluster), so every agent→customer message crosses between nodes.
+    #[arg(long)]
+    pub agent_chat_addr: Option<SocketAddr>,
     /// With --chat-addr: its REST address, for /metrics.
     #[arg(long)]
     pub api_addr: Option<SocketAddr>,
@@ -538,7 +542,14 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
                 handoff_rate.to_string(),
                 "--restarts".into(),
                 restarts.to_string(),
-            ],
+            ]
+            .into_iter()
+            .chain(
+                args.agent_chat_addr
+                    .map(|a| vec!["--agent-chat".into(), a.to_string()])
+                    .unwrap_or_default(),
+            )
+            .collect::<Vec<String>>(),
             &[(worker::AGENT_SECRET_ENV, agent_secret.as_str())],
             None,
         )?;

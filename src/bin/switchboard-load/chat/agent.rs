@@ -89,7 +89,7 @@ async fn drive(
         r#"{{"type":"agent.start","capacity":{},"auto_assign":true}}"#,
         cfg.capacity
     );
-    let (mut conn, ready) = connect(shared, src, &path, &hello, |_| {})
+    let (mut conn, ready) = connect(shared, shared.config.agent_chat, src, &path, &hello, |_| {})
         .await
         .map_err(|e| (false, e))?;
     if ready["type"] != "agent.ready" {

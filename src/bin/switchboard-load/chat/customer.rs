@@ -58,6 +58,8 @@ pub enum Phase {
 /// The workload, the same for every session of a worker.
 pub struct Config {
     pub chat: SocketAddr,
+    /// Where agents connect (another node of a cluster, say); the customers' address otherwise.
+    pub agent_chat: SocketAddr,
     pub path: String,
     pub worker: usize,
     /// Loopback source addresses, used round-robin by session index.
@@ -287,6 +289,7 @@ pub async fn run(
 async fn open(shared: &Shared, src: Ipv4Addr) -> Result<(Conn, Session), String> {
     let (conn, started) = connect(
         shared,
+        shared.config.chat,
         src,
         &shared.config.path,
         r#"{"type":"session.start"}"#,
@@ -345,6 +348,7 @@ async fn wait_for_agent(conn: &mut Conn, session: &mut Session) -> Result<bool, 
 /// `on_retry` counts each.
 pub(super) async fn connect(
     shared: &Shared,
+    addr: SocketAddr,
     src: Ipv4Addr,
     path: &str,
     hello: &str,
@@ -354,7 +358,7 @@ pub(super) async fn connect(
     loop {
         let attempt = async {
             let _permit = shared.connect_gate.acquire().await;
-            let (stream, buf) = upgrade(shared.config.chat, src, path).await?;
+            let (stream, buf) = upgrade(addr, src, path).await?;
             Ok::<_, UpgradeError>(Conn { stream, buf })
         };
         match timeout(Duration::from_secs(30), attempt).await {
@@ -700,7 +704,7 @@ async fn storm(
         r#"{{"type":"session.resume","session_id":"{}","resume_token":"{}","last_seq":{}}}"#,
         session.id, session.resume_token, session.last_seq
     );
-    let resumed = connect(shared, src, &shared.config.path, &hello, |sh| {
+    let resumed = connect(shared, shared.config.chat, src, &shared.config.path, &hello, |sh| {
         sh.stats.borrow_mut().storm.retries += 1
     })
     .await;

@@ -40,6 +40,9 @@ pub const AGENT_SECRET_ENV: &str = "SWITCHBOARD_LOAD_AGENT_SECRET";
 pub struct WorkerArgs {
     #[arg(long)]
     pub chat: SocketAddr,
+    /// Where the agents connect (default: `--chat`).
+    #[arg(long)]
+    pub agent_chat: Option<SocketAddr>,
     #[arg(long, default_value = "/ws/chat")]
     pub path: String,
     /// This worker's number (in client ids, so they are unique across workers).
@@ -94,6 +97,7 @@ async fn work(args: WorkerArgs) -> anyhow::Result<()> {
     let shared = Rc::new(Shared {
         config: Config {
             chat: args.chat,
+            agent_chat: args.agent_chat.unwrap_or(args.chat),
             path: args.path.clone(),
             worker: args.worker,
             sources: if args.sources.is_empty() {
