@@ -260,6 +260,7 @@ async fn serve(inner: Arc<Inner>, mut sub: async_nats::Subscriber) {
                 }
                 inner.local.tell_agent(&id, message);
             }
+            Wire::Agents { ids, message } => inner.local.tell_agents(&ids, message),
             Wire::TakenOver { id } if from != inner.me() => {
                 inner.remember(id, &from);
                 inner

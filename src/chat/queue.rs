@@ -78,9 +78,11 @@ impl Queue {
     }
 
     fn push_all(&self, frame: AgentServerFrame) {
-        for agent in &self.agents {
-            self.router.tell_agent(agent, ToAgent::Push(frame.clone()));
+        if self.agents.is_empty() {
+            return;
         }
+        let agents: Vec<AgentId> = self.agents.iter().cloned().collect();
+        self.router.tell_agents(&agents, ToAgent::Push(frame));
     }
 
     fn push_presence(&self, id: &AgentId) {

@@ -54,6 +54,13 @@ pub trait ChatRouter: Send + Sync + 'static {
     fn tell_all_sessions(&self, command: SessionCommand);
     /// A message for agent `id`.
     fn tell_agent(&self, id: &AgentId, message: ToAgent);
+    /// The same message for each of `ids` (the queue's pushes to every agent): a router over a
+    /// broker sends it once per node, not once per agent.
+    fn tell_agents(&self, ids: &[AgentId], message: ToAgent) {
+        for id in ids {
+            self.tell_agent(id, message.clone());
+        }
+    }
     /// A message for the routing queue.
     fn tell_queue(&self, message: ToQueue);
     /// An agent (re)connected: the queue's present state for them, or why the queue could not

@@ -305,6 +305,35 @@ impl ChatRouter for ClusterRouter {
         );
     }
 
+    fn tell_agents(&self, ids: &[AgentId], message: ToAgent) {
+        // The leader knows which node each agent is on: one message per node. An agent it does
+        // not place is told on their own subject.
+        let mut by_node: HashMap<String, Vec<AgentId>> = HashMap::new();
+        {
+            let nodes = self.0.agent_nodes();
+            for id in ids {
+                match nodes.get(id) {
+                    Some(node) => by_node.entry(node.clone()).or_default().push(id.clone()),
+                    None => by_node.entry(String::new()).or_default().push(id.clone()),
+                }
+            }
+        }
+        for (node, ids) in by_node {
+            if node == self.0.me() {
+                self.0.local.tell_agents(&ids, message.clone());
+            } else if node.is_empty() {
+                for id in &ids {
+                    self.tell_agent(id, message.clone());
+                }
+            } else {
+                let message = message.clone();
+                self.0
+                    .bus
+                    .publish(node_subject(&node), Wire::Agents { ids, message });
+            }
+        }
+    }
+
     fn tell_queue(&self, message: ToQueue) {
         if let ToQueue::AgentGone { agent } = &message {
             self.0.stop_listening_for(agent);

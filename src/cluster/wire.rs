@@ -33,6 +33,8 @@ pub enum Wire {
     AllSessions { command: SessionCommand },
     /// To an agent.
     Agent { id: AgentId, message: ToAgent },
+    /// To the node some agents are connected to: the same message for each of them.
+    Agents { ids: Vec<AgentId>, message: ToAgent },
     /// To the queue's leader.
     Queue { message: ToQueue },
     /// To the queue's leader, a request: an agent is up (answered with a snapshot).
@@ -56,6 +58,7 @@ impl Wire {
             Self::Session { .. } => "session",
             Self::AllSessions { .. } => "all_sessions",
             Self::Agent { .. } => "agent",
+            Self::Agents { .. } => "agents",
             Self::Queue { .. } => "queue",
             Self::AgentUp { .. } => "agent_up",
             Self::Join { .. } => "join",

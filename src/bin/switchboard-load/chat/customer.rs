@@ -704,9 +704,14 @@ async fn storm(
         r#"{{"type":"session.resume","session_id":"{}","resume_token":"{}","last_seq":{}}}"#,
         session.id, session.resume_token, session.last_seq
     );
-    let resumed = connect(shared, shared.config.chat, src, &shared.config.path, &hello, |sh| {
-        sh.stats.borrow_mut().storm.retries += 1
-    })
+    let resumed = connect(
+        shared,
+        shared.config.chat,
+        src,
+        &shared.config.path,
+        &hello,
+        |sh| sh.stats.borrow_mut().storm.retries += 1,
+    )
     .await;
     let (mut conn, first) = match resumed {
         Ok(x) => x,
