@@ -525,3 +525,33 @@ async fn a_rolling_restart_one_node_at_a_time_loses_nothing() {
     exchange(&mut c, &mut ann, &id, "three", &mut seen).await;
     drop(a);
 }
+
+#[actix_rt::test]
+async fn when_the_queues_leader_dies_its_agents_chats_are_requeued_and_they_show_offline() {
+    let (pg, nats, django) = (Postgres::start(), Nats::start(), FakeDjango::start());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Node A first: it leads the queue, and dies.
+    let mut a = node("node-a", dir_a.path(), &django, &pg.url, &nats.url());
+    joined(&a).await;
+    support::eventually("node A leads the queue", || leads(&a)).await;
+    let b = node("node-b", dir_b.path(), &django, &pg.url, &nats.url());
+    joined(&b).await;
+
+    let mut bob = agent(&b, "bob").await;
+    let (mut c, mut ann, id) = chat_across(&b, &a, &django, "ann").await;
+    both_ways(&mut c, &mut ann, &id, "before").await;
+
+    a.signal("-KILL");
+    a.wait_exit();
+    support::eventually("node B leads the queue", || leads(&b)).await;
+    bounded("Ann offline", async {
+        while presence_of(&mut bob, "ann").await["presence"] != "offline" {}
+    })
+    .await;
+    c.expect("session.queued").await;
+    listed(&mut bob, &id).await;
+    bob.send(json!({"type": "session.join", "session_id": id}))
+        .await;
+    expect_for(&mut bob, "session.assigned", &id).await;
+    both_ways(&mut c, &mut bob, &id, "after").await;
+}

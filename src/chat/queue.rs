@@ -339,6 +339,19 @@ impl Handler<ToQueue> for Queue {
                     list.remove(at);
                     if list.is_empty() {
                         act.awaiting.remove(&agent.id);
+                        // Gone with their node (the queue's last leader, say): whoever still
+                        // shows them online is told.
+                        if !act.agents.contains(&agent.id) {
+                            act.push_all(AgentServerFrame::Presence {
+                                agent: crate::chat::routing::AgentView {
+                                    agent_id: agent.id.clone(),
+                                    name: agent.name.clone(),
+                                    presence: Presence::Offline,
+                                    load: 0,
+                                    capacity: 0,
+                                },
+                            });
+                        }
                     }
                     tracing::info!(%session_id, agent_id = %agent.id, "agent holding a chat never showed up; chat requeued");
                     act.router.tell_session(
