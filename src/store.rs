@@ -30,6 +30,7 @@ mod pending;
 pub mod pg_journal;
 pub mod pg_membership;
 pub mod pg_outbox;
+mod pg_outbox_poll;
 mod pg_pool;
 pub mod pg_schema;
 pub mod pg_tickets;

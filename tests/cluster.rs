@@ -27,6 +27,40 @@ fn node(name: &str, dir: &std::path::Path, django: &FakeDjango, pg: &str, nats: 
     Server::spawn(dir, &django.base_url, &[], &env)
 }
 
+/// What the nodes of a test share (PostgreSQL, NATS, a fake Django), and their data dirs.
+struct Services {
+    pg: Postgres,
+    nats: Nats,
+    django: FakeDjango,
+    dirs: Vec<tempfile::TempDir>,
+}
+
+impl Services {
+    fn start() -> Self {
+        Self {
+            pg: Postgres::start(),
+            nats: Nats::start(),
+            django: FakeDjango::start(),
+            dirs: Vec::new(),
+        }
+    }
+
+    /// Starts node `name` on a data dir of its own; returns it once it has joined.
+    async fn join(&mut self, name: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let server = node(
+            name,
+            dir.path(),
+            &self.django,
+            &self.pg.url,
+            &self.nats.url(),
+        );
+        self.dirs.push(dir);
+        joined(&server).await;
+        server
+    }
+}
+
 async fn readyz(server: &Server) -> Value {
     let resp = support::get(&format!("http://{}/readyz", server.api)).await;
     let body: Value = serde_json::from_str(&resp.text).unwrap_or(Value::Null);
@@ -142,12 +176,10 @@ async fn numbered_until(c: &mut ChatClient, seen: &mut BTreeMap<u64, Value>, kin
 
 #[actix_rt::test]
 async fn customers_and_agents_on_different_nodes_talk_as_one_and_a_resume_moves_the_session() {
-    let (pg, nats, django) = (Postgres::start(), Nats::start(), FakeDjango::start());
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = node("node-a", dir_a.path(), &django, &pg.url, &nats.url());
-    let b = node("node-b", dir_b.path(), &django, &pg.url, &nats.url());
-    joined(&a).await;
-    joined(&b).await;
+    let mut services = Services::start();
+    let a = services.join("node-a").await;
+    let b = services.join("node-b").await;
+    let django = &services.django;
     support::eventually("exactly one node leads the queue", || async {
         leads(&a).await != leads(&b).await
     })
@@ -155,7 +187,7 @@ async fn customers_and_agents_on_different_nodes_talk_as_one_and_a_resume_moves_
 
     // The agent on node B, the customer on node A.
     let mut ann = agent(&b, "ann").await;
-    let (mut c, started) = queued_customer(&a, &django).await;
+    let (mut c, started) = queued_customer(&a, django).await;
     let id = started["session_id"].clone();
     listed(&mut ann, &id).await;
     ann.send(json!({"type": "session.join", "session_id": id}))
@@ -220,20 +252,18 @@ async fn customers_and_agents_on_different_nodes_talk_as_one_and_a_resume_moves_
 
 #[actix_rt::test]
 async fn a_killed_nodes_agents_go_offline_and_their_chats_are_requeued() {
-    let (pg, nats, django) = (Postgres::start(), Nats::start(), FakeDjango::start());
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut services = Services::start();
     // Node B first: it leads the queue, and survives.
-    let b = node("node-b", dir_b.path(), &django, &pg.url, &nats.url());
-    joined(&b).await;
+    let b = services.join("node-b").await;
     support::eventually("node B leads the queue", || leads(&b)).await;
-    let mut a = node("node-a", dir_a.path(), &django, &pg.url, &nats.url());
-    joined(&a).await;
+    let mut a = services.join("node-a").await;
+    let django = &services.django;
 
     let mut bob = agent(&b, "bob").await;
     let mut ann = agent(&a, "ann").await;
     let online = presence_of(&mut bob, "ann").await;
     assert_eq!(online["presence"], "online");
-    let (mut c, started) = queued_customer(&b, &django).await;
+    let (mut c, started) = queued_customer(&b, django).await;
     let id = started["session_id"].clone();
     listed(&mut ann, &id).await;
     ann.send(json!({"type": "session.join", "session_id": id}))
@@ -301,15 +331,25 @@ async fn both_ways(c: &mut ChatClient, agent: &mut ChatClient, id: &Value, tag: 
     agent_sees(agent, id, &text).await;
 }
 
+/// A new customer on `node` is listed to `agent` (on another node), who takes the chat.
+async fn taken_across(node: &Server, agent: &mut ChatClient, django: &FakeDjango) {
+    let (mut c, started) = queued_customer(node, django).await;
+    let id = started["session_id"].clone();
+    listed(agent, &id).await;
+    agent
+        .send(json!({"type": "session.join", "session_id": id}))
+        .await;
+    expect_for(agent, "session.assigned", &id).await;
+    c.expect("agent.joined").await;
+}
+
 #[actix_rt::test]
 async fn nodes_leave_while_nats_is_down_and_come_back_by_themselves() {
-    let (pg, nats, django) = (Postgres::start(), Nats::start(), FakeDjango::start());
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = node("node-a", dir_a.path(), &django, &pg.url, &nats.url());
-    let b = node("node-b", dir_b.path(), &django, &pg.url, &nats.url());
-    joined(&a).await;
-    joined(&b).await;
-    let (mut c, mut ann, id) = chat_across(&a, &b, &django, "ann").await;
+    let mut services = Services::start();
+    let a = services.join("node-a").await;
+    let b = services.join("node-b").await;
+    let (nats, django) = (&services.nats, &services.django);
+    let (mut c, mut ann, id) = chat_across(&a, &b, django, "ann").await;
     both_ways(&mut c, &mut ann, &id, "before").await;
 
     nats.stop();
@@ -323,24 +363,16 @@ async fn nodes_leave_while_nats_is_down_and_come_back_by_themselves() {
     both_ways(&mut c, &mut ann, &id, "after").await;
 
     // The queue works across nodes again: a new customer on A is seen and taken by Ann on B.
-    let (mut c2, started) = queued_customer(&a, &django).await;
-    let id2 = started["session_id"].clone();
-    listed(&mut ann, &id2).await;
-    ann.send(json!({"type": "session.join", "session_id": id2}))
-        .await;
-    expect_for(&mut ann, "session.assigned", &id2).await;
-    c2.expect("agent.joined").await;
+    taken_across(&a, &mut ann, django).await;
 }
 
 #[actix_rt::test]
 async fn nodes_answer_503_while_postgres_is_down_and_the_cluster_recovers_by_itself() {
-    let (pg, nats, django) = (Postgres::start(), Nats::start(), FakeDjango::start());
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = node("node-a", dir_a.path(), &django, &pg.url, &nats.url());
-    let b = node("node-b", dir_b.path(), &django, &pg.url, &nats.url());
-    joined(&a).await;
-    joined(&b).await;
-    let (mut c, mut ann, id) = chat_across(&a, &b, &django, "ann").await;
+    let mut services = Services::start();
+    let a = services.join("node-a").await;
+    let b = services.join("node-b").await;
+    let (pg, django) = (&services.pg, &services.django);
+    let (mut c, mut ann, id) = chat_across(&a, &b, django, "ann").await;
     both_ways(&mut c, &mut ann, &id, "before").await;
 
     pg.stop();
@@ -358,25 +390,17 @@ async fn nodes_answer_503_while_postgres_is_down_and_the_cluster_recovers_by_its
     agent_sees(&mut ann, &id, "still there?").await;
     both_ways(&mut c, &mut ann, &id, "after").await;
     // The queue's lead was taken again and the queue rebuilt: a new customer is seen and taken.
-    let (mut c2, started) = queued_customer(&a, &django).await;
-    let id2 = started["session_id"].clone();
-    listed(&mut ann, &id2).await;
-    ann.send(json!({"type": "session.join", "session_id": id2}))
-        .await;
-    expect_for(&mut ann, "session.assigned", &id2).await;
-    c2.expect("agent.joined").await;
+    taken_across(&a, &mut ann, django).await;
 }
 
 #[actix_rt::test]
 async fn an_agent_who_reconnects_to_another_node_gets_their_chats_there_and_none_is_requeued() {
-    let (pg, nats, django) = (Postgres::start(), Nats::start(), FakeDjango::start());
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = node("node-a", dir_a.path(), &django, &pg.url, &nats.url());
-    let b = node("node-b", dir_b.path(), &django, &pg.url, &nats.url());
-    joined(&a).await;
-    joined(&b).await;
+    let mut services = Services::start();
+    let a = services.join("node-a").await;
+    let b = services.join("node-b").await;
+    let django = &services.django;
     // The customer on B, Ann on A.
-    let (mut c, mut ann, id) = chat_across(&b, &a, &django, "ann").await;
+    let (mut c, mut ann, id) = chat_across(&b, &a, django, "ann").await;
     both_ways(&mut c, &mut ann, &id, "on-a").await;
 
     // Ann's console comes back through node B (her old connection left behind on A).
@@ -481,14 +505,11 @@ async fn agent_sees(agent: &mut ChatClient, id: &Value, text: &str) {
 
 #[actix_rt::test]
 async fn a_rolling_restart_one_node_at_a_time_loses_nothing() {
-    let (pg, nats, django) = (Postgres::start(), Nats::start(), FakeDjango::start());
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut a = node("node-a", dirs[0].path(), &django, &pg.url, &nats.url());
-    let mut b = node("node-b", dirs[1].path(), &django, &pg.url, &nats.url());
-    joined(&a).await;
-    joined(&b).await;
+    let mut services = Services::start();
+    let mut a = services.join("node-a").await;
+    let mut b = services.join("node-b").await;
     let mut ann = agent(&b, "ann").await;
-    let (mut c, started) = queued_customer(&a, &django).await;
+    let (mut c, started) = queued_customer(&a, &services.django).await;
     let id = started["session_id"].clone();
     listed(&mut ann, &id).await;
     ann.send(json!({"type": "session.join", "session_id": id}))
@@ -510,8 +531,7 @@ async fn a_rolling_restart_one_node_at_a_time_loses_nothing() {
 
     // Node A is back (the new version); then node B goes down: Ann and the customer both come
     // back on node A, and the chat goes on with everything said before.
-    let a2 = node("node-a", dirs[2].path(), &django, &pg.url, &nats.url());
-    joined(&a2).await;
+    let a2 = services.join("node-a").await;
     b.signal("-TERM");
     assert!(matches!(
         c.until_closed().await,
@@ -528,17 +548,15 @@ async fn a_rolling_restart_one_node_at_a_time_loses_nothing() {
 
 #[actix_rt::test]
 async fn when_the_queues_leader_dies_its_agents_chats_are_requeued_and_they_show_offline() {
-    let (pg, nats, django) = (Postgres::start(), Nats::start(), FakeDjango::start());
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut services = Services::start();
     // Node A first: it leads the queue, and dies.
-    let mut a = node("node-a", dir_a.path(), &django, &pg.url, &nats.url());
-    joined(&a).await;
+    let mut a = services.join("node-a").await;
     support::eventually("node A leads the queue", || leads(&a)).await;
-    let b = node("node-b", dir_b.path(), &django, &pg.url, &nats.url());
-    joined(&b).await;
+    let b = services.join("node-b").await;
+    let django = &services.django;
 
     let mut bob = agent(&b, "bob").await;
-    let (mut c, mut ann, id) = chat_across(&b, &a, &django, "ann").await;
+    let (mut c, mut ann, id) = chat_across(&b, &a, django, "ann").await;
     both_ways(&mut c, &mut ann, &id, "before").await;
 
     a.signal("-KILL");

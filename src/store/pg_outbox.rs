@@ -15,7 +15,7 @@
 //! left behind, are found by [`poll`], which wakes the bridge every `storage.outbox_poll_ms` while
 //! any entry is free to lease.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
@@ -110,36 +110,6 @@ async fn dead_letter(pool: Pool, rejected: Vec<Rejection>) -> StoreResult<u64> {
     }
     tx.commit().await.map_err(pg)?;
     Ok(moved)
-}
-
-/// Wakes the bridge every `every` while some entry is free to lease: entries other nodes enqueued
-/// (their signal is theirs) and entries whose node's lease expired. Ends with the store.
-pub(super) async fn poll(pool: Pool, signal: Weak<OutboxSignal>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(signal) = signal.upgrade() else {
-            return;
-        };
-        let found = async {
-            let client = pool.get().await.map_err(pg)?;
-            let row = client
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM outbox \
-                     WHERE lease_until IS NULL OR lease_until < now())",
-                    &[],
-                )
-                .await
-                .map_err(pg)?;
-            Ok::<bool, StoreError>(row.get(0))
-        };
-        match found.await {
-            Ok(true) => signal.appended(1),
-            Ok(false) => {}
-            Err(e) => tracing::debug!(error = %e, "outbox poll failed"),
-        }
-    }
 }
 
 impl PgStore {

@@ -136,7 +136,7 @@ impl PgStore {
         db.runtime
             .spawn(committer(db.pool.clone(), queued, signal.clone()));
         let node: Arc<str> = options.node.into();
-        db.runtime.spawn(super::pg_outbox::poll(
+        db.runtime.spawn(super::pg_outbox_poll::poll(
             db.pool.clone(),
             Arc::downgrade(&signal),
             options.poll,
