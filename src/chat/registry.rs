@@ -35,14 +35,15 @@ use super::protocol::{close, ErrorCode, ServerFrame};
 use super::routing::{RouteError, SessionCommand, ToQueue};
 use super::session::state::{CustomerInfo, Owner, SessionState};
 use super::session::{
-    Attach, EndSession, InjectPanic, Reannounce, Resume, Session, SessionDeps, Suspend, Tick,
+    Attach, EndSession, InjectPanic, MovedAway, Reannounce, Resume, Session, SessionDeps, Suspend,
+    Tick,
 };
 use crate::domain::ids::SessionId;
 use crate::domain::validate::Checker;
 use crate::metrics as m;
 use crate::store::chat_journal::{JournalFrame, SessionRecord};
 use crate::store::StoreResult;
-use crate::supervisor::keyed::{ChildExited, ExitOutcome, KeyedChildren, KeyedConfig, Passivate};
+use crate::supervisor::keyed::{ChildExited, ExitOutcome, KeyedChildren, KeyedConfig};
 use crate::supervisor::supervised::{Exit, ExitReport, Restart};
 
 /// Listener → registry: a connection sent `session.start`.
@@ -684,7 +685,7 @@ impl Handler<EvictSession> for SessionRegistry {
     fn handle(&mut self, msg: EvictSession, _: &mut Context<Self>) {
         if let Some(addr) = self.children.get(msg.0) {
             tracing::info!(session_id = %msg.0, "chat session taken over by another node; stopped here");
-            addr.do_send(Passivate);
+            addr.do_send(MovedAway);
         }
     }
 }

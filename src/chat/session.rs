@@ -135,6 +135,13 @@ pub struct Reannounce {
     pub grace: Option<Duration>,
 }
 
+/// Registry → session: another node of the cluster took the session over (its customer resumed
+/// there). A connection still here is closed as replaced (4009), and the session stops without
+/// writing: the journal is the other node's now.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct MovedAway;
+
 /// Test hook (routed only when `testing.fault_injection` is on): panic inside a handler.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
@@ -1104,6 +1111,18 @@ impl Handler<EndSession> for Session {
     fn handle(&mut self, _: EndSession, ctx: &mut Context<Self>) {
         self.shutting_down = true;
         self.end(CloseReason::ServerShutdown, ctx);
+    }
+}
+
+impl Handler<MovedAway> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: MovedAway, ctx: &mut Context<Self>) {
+        if let Some(mut att) = self.attached.take() {
+            att.link
+                .close(close::REPLACED, "session resumed on another node");
+        }
+        ctx.stop();
     }
 }
 

@@ -219,7 +219,8 @@ impl Session {
                     metrics::counter!(m::CHAT_FENCED).increment(1);
                     tracing::info!(session_id = %act.state.id, "chat session taken over by another node; stopping here");
                     if let Some(mut att) = act.attached.take() {
-                        att.link.close(close::TRY_AGAIN_LATER, "session moved to another node");
+                        att.link
+                            .close(close::REPLACED, "session resumed on another node");
                     }
                     ctx.stop();
                 }
