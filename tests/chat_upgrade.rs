@@ -51,6 +51,13 @@ impl Stream {
         if let Some(text) = text {
             self.texts.push(text.to_string());
         }
+        // A chat handed to the agent again (by the new process's queue) brings what was said
+        // meanwhile in its history.
+        if f["type"] == "session.assigned" {
+            let history = f["history"].as_array().into_iter().flatten();
+            self.texts
+                .extend(history.filter_map(|h| h["text"].as_str().map(str::to_string)));
+        }
     }
 
     /// Every seq from the first seen on, once, in order.
