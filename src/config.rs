@@ -467,6 +467,10 @@ pub struct ClusterSettings {
     pub heartbeat_timeout_ms: u64,
     /// How long a request to another node (a session's answer, the queue's) may take.
     pub request_timeout_ms: u64,
+    /// Most messages to other nodes under way at once (sent to the broker or awaiting an answer);
+    /// past it a message is dropped and counted (`switchboard_cluster_errors_total{reason="overloaded"}`)
+    /// instead of queueing in memory while the broker is slow or away.
+    pub max_in_flight: usize,
 }
 
 impl ClusterSettings {
@@ -605,6 +609,7 @@ impl Settings {
         let cluster = &self.cluster;
         positive("cluster.heartbeat_ms", cluster.heartbeat_ms)?;
         positive("cluster.request_timeout_ms", cluster.request_timeout_ms)?;
+        positive("cluster.max_in_flight", cluster.max_in_flight as u64)?;
         if cluster.heartbeat_timeout_ms < 2 * cluster.heartbeat_ms {
             return Err(invalid(
                 "cluster.heartbeat_timeout_ms",

@@ -277,6 +277,7 @@ pub async fn run_with(
                 &node,
                 Duration::from_millis(settings.storage.postgres_connect_timeout_ms),
                 Duration::from_millis(settings.cluster.request_timeout_ms),
+                settings.cluster.max_in_flight,
             )?;
             let (pool, runtime) = pg.pool();
             let membership = store::pg_membership::start(

@@ -15,6 +15,34 @@ use support::nats::Nats;
 use support::postgres::Postgres;
 use support::ws::{expect_for, say, ChatClient};
 
+/// Publishes raw payloads on NATS subjects as any client of the broker could; returns how many the
+/// broker took (it answers the closing PING once every publish before it is processed).
+async fn publish_raw(port: u16, messages: &[(&str, &[u8])]) -> usize {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("NATS answers");
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let info = lines.next_line().await.unwrap().unwrap();
+    assert!(info.starts_with("INFO"), "{info}");
+    let mut out = b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n".to_vec();
+    for (subject, payload) in messages {
+        out.extend_from_slice(format!("PUB {subject} {}\r\n", payload.len()).as_bytes());
+        out.extend_from_slice(payload);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"PING\r\n");
+    write.write_all(&out).await.unwrap();
+    let pong = tokio::time::timeout(support::WAIT, lines.next_line())
+        .await
+        .expect("an answer within the wait")
+        .unwrap()
+        .unwrap();
+    assert_eq!(pong, "PONG");
+    messages.len()
+}
+
 /// A node of the cluster on `nats` and `pg`, named `node`.
 fn node(name: &str, dir: &std::path::Path, django: &FakeDjango, pg: &str, nats: &str) -> Server {
     let env = [
@@ -179,7 +207,7 @@ async fn customers_and_agents_on_different_nodes_talk_as_one_and_a_resume_moves_
     let mut services = Services::start();
     let a = services.join("node-a").await;
     let b = services.join("node-b").await;
-    let django = &services.django;
+    let (django, nats) = (&services.django, &services.nats);
     support::eventually("exactly one node leads the queue", || async {
         leads(&a).await != leads(&b).await
     })
@@ -241,6 +269,36 @@ async fn customers_and_agents_on_different_nodes_talk_as_one_and_a_resume_moves_
     assert_eq!(seq, newest + 1, "numbering goes on");
     let e = event(&mut ann, &id, "message").await;
     assert_eq!(e["event"]["text"], "Moved over");
+    // Garbage and forgeries on the nodes' subjects: dropped and counted, and both nodes serve on.
+    let sent = publish_raw(
+        nats.port(),
+        &[
+            ("sb.all", b"not json".as_slice()),
+            (
+                "sb.node.node-a",
+                br#"{"from":"x","wire":{"kind":"nonsense"}}"#.as_slice(),
+            ),
+            ("sb.queue", &[0xff, 0xfe, 0x00]),
+        ],
+    )
+    .await;
+    assert_eq!(sent, 3);
+    support::eventually("the garbage is counted as dropped", || async {
+        let mut dropped = 0.0;
+        for node in [&a, &b] {
+            let text = support::get(&format!("http://{}/metrics", node.api))
+                .await
+                .text;
+            dropped += support::metric(
+                &text,
+                "switchboard_cluster_errors_total",
+                &[("kind", "unknown"), ("reason", "garbled")],
+            )
+            .unwrap_or(0.0);
+        }
+        dropped >= 3.0
+    })
+    .await;
     ann.send(
         json!({"type": "message.send", "session_id": id, "client_id": "a-2", "text": "Still here"}),
     )

@@ -20,6 +20,18 @@ pub struct Bus {
     pub runtime: tokio::runtime::Handle,
     pub node: String,
     timeout: Duration,
+    /// Messages under way, and the most allowed (`cluster.max_in_flight`).
+    in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    max_in_flight: usize,
+}
+
+/// One message under way; gives its place back when dropped.
+struct Slot(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Why a request to another node got no answer.
@@ -33,6 +45,8 @@ pub enum RequestError {
     Broker(String),
     #[error("the answer could not be read: {0}")]
     Garbled(String),
+    #[error("too many messages to other nodes under way")]
+    Overloaded,
 }
 
 impl Bus {
@@ -43,6 +57,7 @@ impl Bus {
         node: &str,
         connect_timeout: Duration,
         request_timeout: Duration,
+        max_in_flight: usize,
     ) -> Result<Self, ClusterError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -118,6 +133,8 @@ impl Bus {
             runtime: handle,
             node: node.to_string(),
             timeout: request_timeout,
+            in_flight: Default::default(),
+            max_in_flight,
         })
     }
 
@@ -135,13 +152,31 @@ impl Bus {
         (Bytes::from(bytes), kind)
     }
 
+    /// A place for one more message under way, unless `cluster.max_in_flight` are.
+    fn slot(&self, kind: &'static str) -> Option<Slot> {
+        use std::sync::atomic::Ordering;
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= self.max_in_flight {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            metrics::counter!(m::CLUSTER_ERRORS, "kind" => kind, "reason" => "overloaded")
+                .increment(1);
+            return None;
+        }
+        Some(Slot(self.in_flight.clone()))
+    }
+
     /// Sends `wire` to `subject`; a broker that is down loses it (what must not be lost is
-    /// acknowledged end to end, or kept in PostgreSQL).
+    /// acknowledged end to end, or kept in PostgreSQL), and so does one past
+    /// `cluster.max_in_flight`.
     pub fn publish(&self, subject: String, wire: Wire) {
+        let kind = wire.kind();
+        let Some(slot) = self.slot(kind) else {
+            return;
+        };
         let (payload, kind) = self.encode(wire);
         let client = self.client.clone();
         metrics::counter!(m::CLUSTER_SENT, "kind" => kind).increment(1);
         self.runtime.spawn(async move {
+            let _slot = slot;
             if let Err(e) = client.publish(subject, payload).await {
                 metrics::counter!(m::CLUSTER_ERRORS, "kind" => kind, "reason" => "publish")
                     .increment(1);
@@ -156,11 +191,15 @@ impl Bus {
         subject: String,
         wire: Wire,
     ) -> BoxFuture<'static, Result<T, RequestError>> {
+        let Some(slot) = self.slot(wire.kind()) else {
+            return Box::pin(async { Err(RequestError::Overloaded) });
+        };
         let (payload, kind) = self.encode(wire);
         let client = self.client.clone();
         let timeout = self.timeout;
         metrics::counter!(m::CLUSTER_SENT, "kind" => kind).increment(1);
         let task = self.runtime.spawn(async move {
+            let _slot = slot;
             let started = Instant::now();
             let answer = tokio::time::timeout(timeout, client.request(subject, payload)).await;
             metrics::histogram!(m::CLUSTER_REQUEST, "kind" => kind)
@@ -187,6 +226,7 @@ impl Bus {
                     RequestError::TimedOut => "timed_out",
                     RequestError::Broker(_) => "broker",
                     RequestError::Garbled(_) => "garbled",
+                    RequestError::Overloaded => "overloaded",
                 };
                 metrics::counter!(m::CLUSTER_ERRORS, "kind" => kind, "reason" => reason)
                     .increment(1);
