@@ -9,12 +9,14 @@
 //!   and [`InjectPanic`].
 //! - **The request/response lane**, [`calls::DjangoCalls`]: calls someone is waiting for, each made
 //!   once: [`FetchTicket`] (from the ticket actors), [`AiRespond`] and [`ManageService`] (from chat).
+//!   AI requests reach it through each chat thread's [`port::AiPort`], batched per turn of that
+//!   thread's loop ([`AiBatch`]), and go back the same way.
 //!   It has its own timeout, concurrency limit and breaker, and refuses a call at once
 //!   ([`CallsError::Busy`], [`CallsError::CircuitOpen`]) rather than queue it. Takes [`GetStatus`] too.
 //!
 //! Both are permanent children of the root supervisor, on the bridge's arbiter; both are restarted in
 //! place. The sync lane resumes from the outbox, so nothing acknowledged is lost; the calls lane has
-//! nothing to resume (a call cut short by a panic answers its caller with a mailbox error).
+//! nothing to resume (a call cut short by a panic answers its caller with a mailbox error, or [`CallsError::Dropped`]).
 //! [`client::DjangoApi`] is the seam to Django: one typed method per endpoint ([`wire`] holds the
 //! bodies), each sending `X-Request-Id`.
 
@@ -24,6 +26,8 @@ pub mod breaker;
 pub mod calls;
 pub mod client;
 pub mod dispatch;
+pub mod port;
+pub mod turn;
 pub mod wire;
 
 use std::fmt;
@@ -86,6 +90,8 @@ pub enum CallsError {
     Busy { lane: Lane, limit: usize },
     #[error("no django.base_url is configured")]
     NotConfigured,
+    #[error("the {lane} lane could not take or finish the call (full, restarting or stopping)")]
+    Dropped { lane: Lane },
 }
 
 /// Ticket actor → calls lane: fetch a ticket this node does not know. Reply: it, or `None` if Django
@@ -105,6 +111,18 @@ pub struct FetchTicket {
 pub struct AiRespond {
     pub request: AiRespondRequest,
     pub request_id: Option<RequestId>,
+}
+
+/// A chat thread's AI port → calls lane: the AI requests its sessions made in one turn of that
+/// thread's loop, each with the port's token. The lane answers every token, in batches, with
+/// [`port::AiReplies`] to `reply_to`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AiBatch {
+    /// The port's chat thread: replies to one port are gathered together.
+    pub port: usize,
+    pub reply_to: Recipient<port::AiReplies>,
+    pub calls: Vec<(u64, AiRespond)>,
 }
 
 /// Chat → calls lane: carry out a service action the AI chose for a customer. Reply: the result the

@@ -21,6 +21,8 @@
 //!      ├─ chat           nested supervisor (one_for_one), escalates to the root       src/lib.rs chat_tree
 //!      │    │            chat.threads arbiters (one per core): each holds one session  src/chat/shards.rs
 //!      │    │            and one agent registry, with their parties' connections
+//!      │    ├─ ai_port.N  one per chat thread: AiPort, its sessions' AI requests    src/bridge/port.rs
+//!      │    │            to django_calls in one batch per loop turn, answers back   [permanent]
 //!      │    ├─ sessions.N  one per chat thread:
 //!      │    │            SessionRegistry: a keyed supervisor (start, resume, ticks,   src/chat/registry.rs
 //!      │    │            sessions read back from the chat journal)
@@ -83,6 +85,7 @@ use futures_util::future::{FutureExt, LocalBoxFuture};
 
 use crate::bridge::actor::Bridge;
 use crate::bridge::calls::DjangoCalls;
+use crate::bridge::port::AiPort;
 use crate::bridge::Drain;
 use crate::chat::agent::AgentDeps;
 use crate::chat::agents::{AgentRegistry, EndAllAgents, PauseAgents};
@@ -670,10 +673,38 @@ fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
             Arc::new(router)
         }
     };
+    // One AI port per chat thread: its sessions' AI requests leave the thread in one batch per
+    // turn of its loop, and their answers come back the same way.
+    let mut ai_ports = Vec::with_capacity(threads);
+    let mut children: Vec<Box<dyn Child>> = Vec::new();
+    for (index, arbiter) in parts.arbiters.iter().enumerate() {
+        let (port, port_mailbox) = supervised::mailbox::<AiPort>(settings.bridge.queue_depth);
+        ai_ports.push(port.recipient());
+        let arbiter = arbiter.clone();
+        let lane = parts.calls.clone().recipient();
+        let shard = Shard {
+            index,
+            count: threads,
+        };
+        children.push(Box::new(ActorChild::new(
+            thread_child_name("ai_port", shard),
+            Restart::Permanent,
+            move |report| {
+                supervised::spawn_in(
+                    &arbiter,
+                    "ai_port",
+                    Restart::Permanent,
+                    port_mailbox,
+                    move |_| AiPort::new(index, lane),
+                    report,
+                )
+            },
+        )));
+    }
     let deps = Arc::new(SessionDeps {
         settings: s.clone(),
         limits: s.limits(),
-        calls: parts.calls.clone().recipient(),
+        calls: ai_ports,
         services: parts.calls.recipient(),
         desk: chat::desk::RegistryDesk::shared(parts.tickets),
         outbox: parts.outbox,
@@ -697,7 +728,6 @@ fn chat_tree(parts: ChatParts, settings: &Arc<Settings>) -> SupervisorChild {
     });
     let live = Arc::new(AtomicUsize::new(0));
     let live_agents = Arc::new(AtomicUsize::new(0));
-    let mut children: Vec<Box<dyn Child>> = Vec::new();
     for (index, registry_mailbox) in parts.registries.into_iter().enumerate() {
         let shard = Shard {
             index,

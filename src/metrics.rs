@@ -27,6 +27,7 @@ pub const OUTBOX_LEASED: &str = "switchboard_outbox_leased_total";
 pub const OUTBOX_LEASES_TAKEN_OVER: &str = "switchboard_outbox_leases_taken_over_total";
 pub const OUTBOX_LEASE_DURATION: &str = "switchboard_outbox_lease_duration_seconds";
 pub const BRIDGE_BATCH_SIZE: &str = "switchboard_bridge_batch_size";
+pub const BRIDGE_AI_BATCH_SIZE: &str = "switchboard_bridge_ai_batch_size";
 pub const BRIDGE_EVENTS_DELIVERED: &str = "switchboard_bridge_events_delivered_total";
 pub const BRIDGE_BREAKER_STATE: &str = "switchboard_bridge_breaker_state";
 pub const BRIDGE_IN_FLIGHT: &str = "switchboard_bridge_in_flight";
@@ -235,6 +236,10 @@ fn describe() {
         "Time to lease a batch of outbox entries on PostgreSQL."
     );
     describe_histogram!(BRIDGE_BATCH_SIZE, "Events per sync batch sent to Django.");
+    describe_histogram!(
+        BRIDGE_AI_BATCH_SIZE,
+        "AI requests per batch from a chat thread to the calls lane (direction=requests), and answers per batch back (direction=replies)."
+    );
     describe_counter!(
         BRIDGE_EVENTS_DELIVERED,
         "Outbox events acknowledged by Django."

@@ -9,6 +9,7 @@
 //! a fallback (503 for a ticket, a human agent for a chat), and waiting would only make it late.
 //! Each call runs as a future of its own, so a slow one never holds the mailbox.
 
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -18,8 +19,12 @@ use futures_util::future::LocalBoxFuture;
 
 use super::breaker::Breaker;
 use super::client::{chain, AwcDjango, CallError, DjangoApi};
+use super::port::AiReplies;
+use super::turn::TurnBatch;
 use super::wire::{AiReply, ServiceActionResult};
-use super::{AiRespond, CallsError, FetchTicket, GetStatus, Lane, LaneStatus, ManageService};
+use super::{
+    AiBatch, AiRespond, CallsError, FetchTicket, GetStatus, Lane, LaneStatus, ManageService,
+};
 use crate::config::{BridgeSettings, DjangoSettings};
 use crate::domain::ids::RequestId;
 use crate::domain::ticket::Ticket;
@@ -34,6 +39,39 @@ pub struct DjangoCalls {
     failures: u32,
     last_error: Option<String>,
     last_success_at: Option<DateTime<Utc>>,
+    /// Answers on their way back to each chat thread's port, gathered per turn of this loop.
+    replies: HashMap<usize, Rc<ReplySink>>,
+}
+
+type ReplySink = TurnBatch<(u64, Result<AiReply, CallsError>)>;
+
+fn reply_sink(to: Recipient<AiReplies>) -> Rc<ReplySink> {
+    TurnBatch::new(move |replies| to.do_send(AiReplies(replies)))
+}
+
+/// One AI call of a batch, owed to its port: answered once, and if the call is dropped unanswered
+/// (the lane restarting drops its futures), answered [`CallsError::Dropped`] so no session waits
+/// for ever.
+struct Owed {
+    token: u64,
+    sink: Rc<ReplySink>,
+    answered: bool,
+}
+
+impl Owed {
+    fn answer(mut self, result: Result<AiReply, CallsError>) {
+        self.answered = true;
+        self.sink.push((self.token, result));
+    }
+}
+
+impl Drop for Owed {
+    fn drop(&mut self) {
+        if !self.answered {
+            let dropped = CallsError::Dropped { lane: Lane::Calls };
+            self.sink.push((self.token, Err(dropped)));
+        }
+    }
 }
 
 impl DjangoCalls {
@@ -51,6 +89,7 @@ impl DjangoCalls {
             failures: 0,
             last_error: None,
             last_success_at: None,
+            replies: HashMap::new(),
         }
     }
 
@@ -149,7 +188,8 @@ impl Actor for DjangoCalls {
 
 impl actix::Supervised for DjangoCalls {
     fn restarting(&mut self, _: &mut Context<Self>) {
-        // The calls in flight were dropped with the context; their callers got a mailbox error.
+        // The calls in flight were dropped with the context: a single call's caller got a mailbox
+        // error, and each batched AI call was answered `Dropped` to its port.
         tracing::warn!(in_flight = self.in_flight, "Django calls lane restarting");
         self.in_flight = 0;
         self.breaker.cancel_probe();
@@ -184,6 +224,32 @@ impl Handler<AiRespond> for DjangoCalls {
                 self.call(fut)
             }
             Err(e) => refuse(e),
+        }
+    }
+}
+
+impl Handler<AiBatch> for DjangoCalls {
+    type Result = ();
+
+    fn handle(&mut self, batch: AiBatch, ctx: &mut Context<Self>) {
+        let sink = self
+            .replies
+            .entry(batch.port)
+            .or_insert_with(|| reply_sink(batch.reply_to))
+            .clone();
+        for (token, msg) in batch.calls {
+            let owed = Owed {
+                token,
+                sink: sink.clone(),
+                answered: false,
+            };
+            match self.admit() {
+                Ok(api) => {
+                    let fut = api.ai_respond(&msg.request, &request_id(msg.request_id));
+                    ctx.spawn(self.call(fut).map(move |result, _, _| owed.answer(result)));
+                }
+                Err(e) => owed.answer(Err(e)),
+            }
         }
     }
 }

@@ -36,6 +36,7 @@ use super::attached::{Attached, Beat, FrameRate, Rate, Sent};
 use super::desk::{ChatTicket, TicketDesk};
 use super::handover::HandOff;
 use super::link::{Connection, Inbound, Lane, Local};
+use super::placement;
 use super::protocol::{self, close, Author, ClientFrame, CloseReason, ErrorCode, ServerFrame};
 use super::routing::{Router, ToAgent, ToQueue};
 use crate::bridge::wire::{AiRespondRequest, Customer, ServiceActionRequest};
@@ -54,7 +55,8 @@ use crate::supervisor::keyed::{Hibernate, Passivate};
 pub struct SessionDeps {
     pub settings: SessionSettings,
     pub limits: Limits,
-    pub calls: Recipient<AiRespond>,
+    /// Each chat thread's AI port, by thread: a session asks its own thread's.
+    pub calls: Vec<Recipient<AiRespond>>,
     pub services: Recipient<ManageService>,
     /// Where tickets from this chat are opened.
     pub desk: Arc<dyn TicketDesk>,
@@ -420,7 +422,8 @@ impl Session {
         };
         self.ai_started = Some(Instant::now());
         let span = tracing::info_span!("chat_ai_call", session_id = %self.id(), %message_id);
-        let sent = self.deps.calls.send(request);
+        let port = placement::of_session(self.id(), self.deps.calls.len());
+        let sent = self.deps.calls[port].send(request);
         ctx.spawn(
             tracing::Instrument::instrument(sent, span)
                 .into_actor(self)

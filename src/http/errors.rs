@@ -151,7 +151,7 @@ impl From<CallsError> for ApiError {
             CallsError::Busy { .. } => "django_busy",
             CallsError::CircuitOpen { .. } => "django_circuit_open",
             CallsError::NotConfigured => "django_not_configured",
-            CallsError::Call(_) => "django_unavailable",
+            CallsError::Call(_) | CallsError::Dropped { .. } => "django_unavailable",
         };
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, chain(&e))
     }
