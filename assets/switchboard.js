@@ -716,6 +716,8 @@ export class AgentClient extends Link {
         return this.emit("queue", f);
       case "agent.presence":
         return this.emit("presence", f);
+      case "agent.roster":
+        return this.emit("roster", f);
       case "session.typing":
         return this.emit("typing", f);
       case "ticket.created":

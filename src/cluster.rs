@@ -161,6 +161,7 @@ async fn lead(inner: Arc<Inner>, mut leading: watch::Receiver<bool>) {
                         tracing::info!(node = %inner.me(), "this node leads the routing queue");
                         inner.bus.publish(ALL.to_string(), Wire::Rebuild);
                         reannounce(&inner);
+                        serving.push(tokio::spawn(push_roster(inner.clone())));
                     }
                     None => tracing::error!("could not listen on the queue's subjects"),
                 }
@@ -173,6 +174,14 @@ async fn lead(inner: Arc<Inner>, mut leading: watch::Receiver<bool>) {
             return;
         }
     }
+}
+
+/// Once the nodes had the time to re-announce (the heartbeat timeout: a node that has not by then
+/// is dead), the new leader tells every agent who is online, in full: the last leader's agents
+/// were known only to it, and consoles would otherwise keep showing them online.
+async fn push_roster(inner: Arc<Inner>) {
+    tokio::time::sleep(inner.dead_after).await;
+    inner.local.tell_queue(ToQueue::PushRoster);
 }
 
 /// This node's sessions and agents tell the queue (its new leader) where they stand.

@@ -605,7 +605,8 @@ async fn a_rolling_restart_one_node_at_a_time_loses_nothing() {
 }
 
 #[actix_rt::test]
-async fn when_the_queues_leader_dies_its_agents_chats_are_requeued_and_they_show_offline() {
+async fn when_the_queues_leader_dies_its_agents_chats_are_requeued_and_all_its_agents_show_offline()
+{
     let mut services = Services::start();
     // Node A first: it leads the queue, and dies.
     let mut a = services.join("node-a").await;
@@ -616,16 +617,46 @@ async fn when_the_queues_leader_dies_its_agents_chats_are_requeued_and_they_show
     let mut bob = agent(&b, "bob").await;
     let (mut c, mut ann, id) = chat_across(&b, &a, django, "ann").await;
     both_ways(&mut c, &mut ann, &id, "before").await;
+    // Cid holds no chat: only the leader knew of him.
+    let _cid = agent(&a, "cid").await;
+    assert_eq!(presence_of(&mut bob, "cid").await["presence"], "online");
 
     a.signal("-KILL");
     a.wait_exit();
     support::eventually("node B leads the queue", || leads(&b)).await;
-    bounded("Ann offline", async {
-        while presence_of(&mut bob, "ann").await["presence"] != "offline" {}
+    // Bob's console is told of both: Ann shows offline once her chat is requeued, and the new
+    // leader's roster, once the nodes told it who is online, no longer lists Cid.
+    let (mut ann_offline, mut roster, mut already_listed) = (false, None::<Value>, false);
+    bounded("Ann offline and a roster", async {
+        while !(ann_offline && roster.is_some()) {
+            let f = bob.next().await.expect("Bob stays connected");
+            match f["type"].as_str() {
+                Some("agent.presence") if f["agent"]["agent_id"] == "ann" => {
+                    ann_offline |= f["agent"]["presence"] == "offline";
+                }
+                Some("agent.roster") => roster = Some(f),
+                Some("queue.updated") => {
+                    let waiting = f["waiting"].as_array().cloned().unwrap_or_default();
+                    already_listed |= waiting.iter().any(|w| w["session_id"] == id);
+                }
+                _ => {}
+            }
+        }
     })
     .await;
+    let roster = roster.expect("a roster");
+    let online: Vec<&str> = roster["agents"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .filter(|v| v["presence"] != "offline")
+        .filter_map(|v| v["agent_id"].as_str())
+        .collect();
+    assert_eq!(online, ["bob"], "{roster}");
     c.expect("session.queued").await;
-    listed(&mut bob, &id).await;
+    if !already_listed {
+        listed(&mut bob, &id).await;
+    }
     bob.send(json!({"type": "session.join", "session_id": id}))
         .await;
     expect_for(&mut bob, "session.assigned", &id).await;

@@ -377,6 +377,7 @@ function signIn(token) {
   on("ready", onReady);
   on("queue", onQueue);
   on("presence", (f) => upsertAgent(f.agent));
+  on("roster", (f) => replaceAgents(f.agents));
   on("assigned", onAssigned);
   on("event", onEvent);
   on("released", onReleased);
@@ -545,9 +546,7 @@ function onReady(f) {
   savePrefs({ presence: f.presence, capacity: f.capacity, auto_assign: f.auto_assign });
 
   // Agents and the queue describe the present: replace them wholesale.
-  for (const { row } of state.agents.values()) row.remove();
-  state.agents.clear();
-  for (const a of f.agents || []) upsertAgent(a);
+  replaceAgents(f.agents);
   // `agent.ready` carries no total; the next `queue.updated` does.
   onQueue({ waiting: f.queue || [], total: (f.queue || []).length });
 
@@ -606,6 +605,13 @@ function changePresence(change) {
     if ("auto_assign" in change) state.me.autoAssign = change.auto_assign;
   }
   renderLoad();
+}
+
+// Every agent online, in full (agent.ready, agent.roster): whoever is not in it is gone.
+function replaceAgents(views) {
+  for (const { row } of state.agents.values()) row.remove();
+  state.agents.clear();
+  for (const a of views || []) upsertAgent(a);
 }
 
 function upsertAgent(view) {

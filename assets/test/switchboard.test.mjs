@@ -101,7 +101,7 @@ function setup(opts = {}) {
     ...opts.extra,
   });
   const events = [];
-  for (const name of ["status", "started", "resumed", "message", "ack", "pending", "typing", "action", "ticket", "queued", "position", "agent_joined", "agent_left", "presence", "closed", "error", "failed", "ready", "assigned", "event", "released", "queue"]) {
+  for (const name of ["status", "started", "resumed", "message", "ack", "pending", "typing", "action", "ticket", "queued", "position", "agent_joined", "agent_left", "presence", "roster", "closed", "error", "failed", "ready", "assigned", "event", "released", "queue"]) {
     client.on(name, (value) => events.push([name, value]));
   }
   const of = (name) => events.filter(([n]) => n === name).map(([, v]) => v);
@@ -535,6 +535,19 @@ test("agent connect sends agent.start with the token as access_token, then agent
   s2.deliver({ type: "session.released", seq: 3, session_id: "S", reason: "left" });
   assert.deepEqual(t.of("event").map((f) => f.seq), [2]);
   assert.deepEqual(t.of("released").map((f) => f.seq), [3]);
+});
+
+test("agent: presence and the roster (every agent online, in full) are emitted as they come", () => {
+  const t = setup({ Client: AgentClient, url: "ws://chat.test/ws/agent", extra: { token: "t" } });
+  t.client.connect({});
+  const s = t.last();
+  s.open();
+  s.deliver({ type: "agent.ready", agent_id: "a-7", seq: 0, queue: [], sessions: [] });
+  const ann = { agent_id: "ann", name: "Ann", presence: "online", load: 0, capacity: 3 };
+  s.deliver({ type: "agent.presence", agent: ann });
+  s.deliver({ type: "agent.roster", agents: [] });
+  assert.deepEqual(t.of("presence"), [{ type: "agent.presence", agent: ann }]);
+  assert.deepEqual(t.of("roster"), [{ type: "agent.roster", agents: [] }]);
 });
 
 test("agent: resume refused (4003) signs on afresh; 4011 waits for a new token", () => {

@@ -401,6 +401,14 @@ impl Handler<ToQueue> for Queue {
                 self.agents.remove(&agent);
                 self.settle(ctx, false);
             }
+            ToQueue::PushRoster => {
+                let agents: Vec<_> = self.state.agents().map(|(id, a)| a.view(id)).collect();
+                tracing::info!(
+                    agents = agents.len(),
+                    "routing queue rebuilt; roster pushed"
+                );
+                self.push_all(AgentServerFrame::Roster { agents });
+            }
             ToQueue::Reset => {
                 tracing::info!(
                     waiting = self.state.len(),

@@ -306,6 +306,9 @@ pub enum ToQueue {
     AgentGone { agent: AgentId },
     /// The agent vanished with their node: their chats go back to the queue, and they offline.
     AgentLost { agent: AgentId },
+    /// Tell every agent who is online, in full (`agent.roster`): the queue was rebuilt, and a
+    /// console may still show agents who went with the last leader's node.
+    PushRoster,
     /// Forget every waiting session and agent: another node leads the queue now, or this node
     /// starts leading it and the others tell it again what waits and who is online.
     Reset,

@@ -127,6 +127,11 @@ pub enum AgentServerFrame {
     /// Another agent's (or this agent's) presence or load changed.
     #[serde(rename = "agent.presence")]
     Presence { agent: AgentView },
+    /// Every agent online, in full: replaces the list a console holds. Sent when the routing queue
+    /// was rebuilt (in a cluster: by a new leader, once the nodes told it who is online), so agents
+    /// who went with the last leader's node stop showing as online.
+    #[serde(rename = "agent.roster")]
+    Roster { agents: Vec<AgentView> },
     /// The oldest waiting sessions (at most 50), in order, and how many wait in all; pushed at most
     /// ten times a second while the queue changes.
     #[serde(rename = "queue.updated")]
@@ -220,6 +225,7 @@ impl AgentServerFrame {
         match self {
             Self::Ready { .. } => "agent.ready",
             Self::Presence { .. } => "agent.presence",
+            Self::Roster { .. } => "agent.roster",
             Self::Queue { .. } => "queue.updated",
             Self::Assigned { .. } => "session.assigned",
             Self::History { .. } => "session.history",
