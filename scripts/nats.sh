@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # A throwaway NATS server for tests and local clusters, from Debian's `nats-server` package (2.9).
 #
-#   scripts/nats.sh start DIR PORT   start nats-server on 127.0.0.1:PORT with JetStream on and its
+#   scripts/nats.sh start DIR PORT [OPTION...]
+#                                    start nats-server on 127.0.0.1:PORT with JetStream on and its
 #                                    store in DIR/js (kept across a stop and start: a restarted
 #                                    server finds its streams again), its pid in DIR/nats.pid and
 #                                    its log in DIR/nats.log; wait until the port answers, print
-#                                    its URL
+#                                    its URL. Further options go to nats-server as they are (e.g.
+#                                    -c FILE for users by NKey, --tls... for TLS)
 #   scripts/nats.sh stop DIR         stop it (SIGTERM, SIGKILL if it has not exited after 10 s) and
 #                                    leave DIR to its owner
 set -euo pipefail
@@ -29,6 +31,7 @@ case "$cmd" in
 start)
     port=${3:-}
     [ -n "$port" ] || usage
+    shift 3
     bin=$(command -v nats-server || true)
     if [ -z "$bin" ]; then
         echo "nats.sh: nats-server is not installed (apt-get install nats-server)" >&2
@@ -41,7 +44,7 @@ start)
     fi
     # In the background, its output in the log: the server outlives this script, whose caller may
     # be reading the script's own output to its end.
-    "$bin" -a 127.0.0.1 -p "$port" -js -sd "$dir/js" -P "$dir/nats.pid" \
+    "$bin" -a 127.0.0.1 -p "$port" -js -sd "$dir/js" -P "$dir/nats.pid" "$@" \
         >>"$dir/nats.log" 2>&1 </dev/null &
     pid=$!
     # Ready once the port answers with the server's INFO line. JetStream reads its store back

@@ -471,9 +471,29 @@ pub struct ClusterSettings {
     /// past it a message is dropped and counted (`switchboard_cluster_errors_total{reason="overloaded"}`)
     /// instead of queueing in memory while the broker is slow or away.
     pub max_in_flight: usize,
+    /// A file holding this node's NKey seed (`SU…`), for a broker that admits users by NKey.
+    /// Empty: none (a user and password, or a token, can be in `nats_url`).
+    pub nats_nkey_file: String,
+    /// PEM file of the CA(s) that signed the broker's certificate. Set, the node talks to the
+    /// broker only over TLS and checks its certificate against these.
+    pub nats_tls_ca_file: String,
+    /// This node's certificate and key (PEM), for a broker that verifies its clients (mutual
+    /// TLS). Both or neither.
+    pub nats_tls_cert_file: String,
+    pub nats_tls_key_file: String,
+    /// Talk to the broker only over TLS (implied by a `tls://` URL or any TLS file).
+    pub nats_require_tls: bool,
 }
 
 impl ClusterSettings {
+    /// Whether the node must talk to the broker over TLS.
+    pub fn nats_tls(&self) -> bool {
+        self.nats_require_tls
+            || self.nats_url.starts_with("tls://")
+            || !self.nats_tls_ca_file.is_empty()
+            || !self.nats_tls_cert_file.is_empty()
+    }
+
     pub fn enabled(&self) -> bool {
         !self.nats_url.is_empty()
     }
@@ -641,6 +661,22 @@ impl Settings {
                 "storage.postgres_url",
                 "must be set when cluster.nats_url is: the nodes of a cluster share one database",
             ));
+        }
+        if cluster.nats_tls_cert_file.is_empty() != cluster.nats_tls_key_file.is_empty() {
+            return Err(invalid(
+                "cluster.nats_tls_cert_file",
+                "and cluster.nats_tls_key_file go together: set both (mutual TLS) or neither",
+            ));
+        }
+        for (key, path) in [
+            ("cluster.nats_nkey_file", &cluster.nats_nkey_file),
+            ("cluster.nats_tls_ca_file", &cluster.nats_tls_ca_file),
+            ("cluster.nats_tls_cert_file", &cluster.nats_tls_cert_file),
+            ("cluster.nats_tls_key_file", &cluster.nats_tls_key_file),
+        ] {
+            if !path.is_empty() && !std::path::Path::new(path).is_file() {
+                return Err(invalid(key, format!("{path} is not a readable file")));
+            }
         }
         Ok(())
     }
@@ -1142,6 +1178,19 @@ mod tests {
             err.to_string().contains("cluster.heartbeat_timeout_ms"),
             "{err}"
         );
+        let err = Settings::from_toml(&format!(
+            "{pg}[cluster]\nnats_url = \"nats://n:4222\"\nnats_tls_cert_file = \"Cargo.toml\""
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("cluster.nats_tls_cert_file"),
+            "{err}"
+        );
+        let err = Settings::from_toml(&format!(
+            "{pg}[cluster]\nnats_url = \"nats://n:4222\"\nnats_nkey_file = \"/no/such/seed\""
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("cluster.nats_nkey_file"), "{err}");
         let ok = Settings::from_toml(&format!(
             "{pg}[cluster]\nnats_url = \"nats://n:4222\"\nnode_id = \"node-1\""
         ))

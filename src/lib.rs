@@ -276,11 +276,9 @@ pub async fn run_with(
         )?);
         if settings.cluster.enabled() {
             let bus = cluster::bus::Bus::connect(
-                &settings.cluster.nats_url,
+                &settings.cluster,
                 &node,
                 Duration::from_millis(settings.storage.postgres_connect_timeout_ms),
-                Duration::from_millis(settings.cluster.request_timeout_ms),
-                settings.cluster.max_in_flight,
             )?;
             let (pool, runtime) = pg.pool();
             let membership = store::pg_membership::start(

@@ -55,6 +55,164 @@ fn node(name: &str, dir: &std::path::Path, django: &FakeDjango, pg: &str, nats: 
     Server::spawn(dir, &django.base_url, &[], &env)
 }
 
+/// Starts node `name` with further settings (credentials, TLS for the broker), without waiting
+/// for it: one the broker refuses never gets as far as its start line.
+fn launch_node(
+    name: &str,
+    dir: &std::path::Path,
+    services: (&FakeDjango, &Postgres, &Nats),
+    extra: &[(&str, &str)],
+) -> Server {
+    let (django, pg, nats) = services;
+    let url = nats.url();
+    let mut env = vec![
+        ("SWITCHBOARD__STORAGE__POSTGRES_URL", pg.url.as_str()),
+        ("SWITCHBOARD__CLUSTER__NATS_URL", url.as_str()),
+        ("SWITCHBOARD__CLUSTER__NODE_ID", name),
+        ("SWITCHBOARD__CLUSTER__HEARTBEAT_MS", "200"),
+        ("SWITCHBOARD__CLUSTER__HEARTBEAT_TIMEOUT_MS", "1500"),
+        // A node the broker refuses gives up within this.
+        ("SWITCHBOARD__STORAGE__POSTGRES_CONNECT_TIMEOUT_MS", "3000"),
+    ];
+    env.extend_from_slice(extra);
+    Server::launch(dir, &django.base_url, &[], &env)
+}
+
+/// Starts a node the broker admits; returns it once it has joined.
+async fn admitted(
+    name: &str,
+    dir: &std::path::Path,
+    services: (&FakeDjango, &Postgres, &Nats),
+    extra: &[(&str, &str)],
+) -> Server {
+    let mut server = launch_node(name, dir, services, extra);
+    let start = server.log_line("switchboard starting");
+    server.api = start["api"].as_str().unwrap().parse().unwrap();
+    server.chat = start["chat"].as_str().unwrap().parse().unwrap();
+    joined(&server).await;
+    server
+}
+
+/// A node the broker refuses: it says why in its log, then gives up and exits with an error.
+fn refused(mut server: Server) -> String {
+    let failed = server.log_line("NATS connection failed");
+    let status = server.wait_exit();
+    assert!(
+        !status.success(),
+        "a node the broker refuses does not run on"
+    );
+    failed["error"].as_str().unwrap_or_default().to_string()
+}
+
+#[actix_rt::test]
+async fn a_broker_that_admits_nodes_by_nkey_takes_only_the_keys_it_knows() {
+    let keys = tempfile::tempdir().unwrap();
+    let known = nkeys::KeyPair::new_user();
+    let stranger = nkeys::KeyPair::new_user();
+    let conf = keys.path().join("users.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "authorization {{ users = [ {{ nkey: \"{}\" }} ] }}\n",
+            known.public_key()
+        ),
+    )
+    .unwrap();
+    let seed_file = |name: &str, key: &nkeys::KeyPair| {
+        let path = keys.path().join(name);
+        std::fs::write(&path, key.seed().unwrap()).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let (known_seed, stranger_seed) = (seed_file("a.nk", &known), seed_file("b.nk", &stranger));
+    let (pg, django) = (Postgres::start(), FakeDjango::start());
+    let nats = Nats::start_with(&["-c", conf.to_str().unwrap()]);
+    let services = (&django, &pg, &nats);
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+
+    let key = "SWITCHBOARD__CLUSTER__NATS_NKEY_FILE";
+    let _a = admitted("node-a", da.path(), services, &[(key, known_seed.as_str())]).await;
+    let why = refused(launch_node(
+        "node-b",
+        db.path(),
+        services,
+        &[(key, stranger_seed.as_str())],
+    ));
+    assert!(why.contains("authorization"), "{why}");
+    let why = refused(launch_node("node-c", dc.path(), services, &[]));
+    assert!(why.contains("authorization"), "{why}");
+}
+
+/// A CA, the broker's certificate for 127.0.0.1 and a node's client certificate, made with
+/// openssl in `dir`: `ca.pem`, `server.{pem,key}`, `node.{pem,key}`.
+fn certificates(dir: &std::path::Path) {
+    let script = r#"
+set -euo pipefail
+openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=switchboard-test-ca
+issue() {
+    openssl req -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -subj "/CN=$1"
+    printf '%s
+' "$2" >"$1.ext"
+    openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -out "$1.pem" -days 2 -extfile "$1.ext"
+}
+issue server "subjectAltName=IP:127.0.0.1
+extendedKeyUsage=serverAuth"
+issue node "extendedKeyUsage=clientAuth"
+"#;
+    let out = std::process::Command::new("bash")
+        .args(["-c", script])
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[actix_rt::test]
+async fn nodes_talk_to_a_broker_over_mutual_tls_and_one_without_its_certificate_is_refused() {
+    let certs = tempfile::tempdir().unwrap();
+    certificates(certs.path());
+    let file = |name: &str| certs.path().join(name).to_str().unwrap().to_string();
+    let (ca, server_pem, server_key) = (file("ca.pem"), file("server.pem"), file("server.key"));
+    let (node_pem, node_key) = (file("node.pem"), file("node.key"));
+    let (pg, django) = (Postgres::start(), FakeDjango::start());
+    let nats = Nats::start_with(&[
+        "--tls",
+        "--tlscert",
+        &server_pem,
+        "--tlskey",
+        &server_key,
+        "--tlsverify",
+        "--tlscacert",
+        &ca,
+    ]);
+    let services = (&django, &pg, &nats);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let tls = [
+        ("SWITCHBOARD__CLUSTER__NATS_TLS_CA_FILE", ca.as_str()),
+        (
+            "SWITCHBOARD__CLUSTER__NATS_TLS_CERT_FILE",
+            node_pem.as_str(),
+        ),
+        ("SWITCHBOARD__CLUSTER__NATS_TLS_KEY_FILE", node_key.as_str()),
+    ];
+    let a = admitted("node-a", dirs[0].path(), services, &tls).await;
+    let b = admitted("node-b", dirs[1].path(), services, &tls).await;
+    // Over TLS the nodes are one cluster: an agent on one sees an agent who signs on at the other.
+    let mut ann = agent(&a, "ann").await;
+    let _bob = agent(&b, "bob").await;
+    assert_eq!(presence_of(&mut ann, "bob").await["presence"], "online");
+    // Trusting the broker is not enough: it wants the node's own certificate.
+    let why = refused(launch_node("node-c", dirs[2].path(), services, &tls[..1]));
+    assert!(!why.is_empty());
+}
+
 /// What the nodes of a test share (PostgreSQL, NATS, a fake Django), and their data dirs.
 struct Services {
     pg: Postgres,

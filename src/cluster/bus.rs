@@ -2,6 +2,7 @@
 //! the PostgreSQL journal has its own: publishing never blocks an actor, and what arrives is read
 //! there and handed to the chat threads by message.
 
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use serde::de::DeserializeOwned;
 
 use super::wire::{Envelope, Wire};
 use super::ClusterError;
+use crate::config::ClusterSettings;
 use crate::metrics as m;
 
 /// Publishes and requests on the broker, as this node.
@@ -49,16 +51,46 @@ pub enum RequestError {
     Overloaded,
 }
 
+/// Who the node is to the broker and how it talks to it: an NKey, TLS with the broker's CA, and
+/// the node's own certificate for mutual TLS (`cluster.nats_*`). A user and password or a token
+/// travel in the URL.
+fn credentials(
+    options: async_nats::ConnectOptions,
+    cluster: &ClusterSettings,
+) -> Result<async_nats::ConnectOptions, ClusterError> {
+    let mut options = options;
+    if !cluster.nats_nkey_file.is_empty() {
+        let seed = std::fs::read_to_string(&cluster.nats_nkey_file).map_err(|e| {
+            ClusterError::Connect(format!(
+                "cluster.nats_nkey_file {}: {e}",
+                cluster.nats_nkey_file
+            ))
+        })?;
+        options = options.nkey(seed.trim().to_string());
+    }
+    if !cluster.nats_tls_ca_file.is_empty() {
+        options = options.add_root_certificates(cluster.nats_tls_ca_file.clone().into());
+    }
+    if !cluster.nats_tls_cert_file.is_empty() {
+        options = options.add_client_certificate(
+            cluster.nats_tls_cert_file.clone().into(),
+            cluster.nats_tls_key_file.clone().into(),
+        );
+    }
+    Ok(options.require_tls(cluster.nats_tls()))
+}
+
 impl Bus {
     /// Connects to `url` as `node`, trying for up to `connect_timeout`; reconnects by itself
     /// afterwards, for as long as the process runs.
     pub fn connect(
-        url: &str,
+        cluster: &ClusterSettings,
         node: &str,
         connect_timeout: Duration,
-        request_timeout: Duration,
-        max_in_flight: usize,
     ) -> Result<Self, ClusterError> {
+        let request_timeout = Duration::from_millis(cluster.request_timeout_ms);
+        let max_in_flight = cluster.max_in_flight;
+        let url = cluster.nats_url.as_str();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -68,7 +100,11 @@ impl Bus {
             .name("cluster-nats".into())
             .spawn(move || runtime.block_on(std::future::pending::<()>()))
             .map_err(ClusterError::Runtime)?;
-        let options = async_nats::ConnectOptions::new()
+        // The broker's last refusal, so a node that cannot join says why (a wrong key, a
+        // certificate the broker does not trust) rather than only that it timed out.
+        let refused: Arc<Mutex<Option<String>>> = Arc::default();
+        let last = refused.clone();
+        let options = credentials(async_nats::ConnectOptions::new(), cluster)?
             .name(format!("switchboard {node}"))
             .request_timeout(Some(request_timeout))
             .retry_on_initial_connect()
@@ -76,14 +112,28 @@ impl Bus {
             .reconnect_delay_callback(|attempts| {
                 Duration::from_millis((attempts as u64 * 100).min(1_000))
             })
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                    async_nats::Event::Disconnected => {
-                        metrics::counter!(m::CLUSTER_ERRORS, "kind" => "broker", "reason" => "disconnected").increment(1);
-                        tracing::warn!("disconnected from NATS; reconnecting")
+            .event_callback(move |event| {
+                let last = last.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                        async_nats::Event::Disconnected => {
+                            metrics::counter!(m::CLUSTER_ERRORS, "kind" => "broker", "reason" => "disconnected").increment(1);
+                            tracing::warn!("disconnected from NATS; reconnecting")
+                        }
+                        async_nats::Event::ClientError(e) => {
+                            let error = e.to_string();
+                            metrics::counter!(m::CLUSTER_ERRORS, "kind" => "broker", "reason" => "connect").increment(1);
+                            tracing::warn!(%error, "NATS connection failed");
+                            *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+                        }
+                        async_nats::Event::ServerError(e) => {
+                            let error = e.to_string();
+                            tracing::warn!(%error, "NATS connection failed");
+                            *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+                        }
+                        other => tracing::info!(event = %other, "NATS"),
                     }
-                    other => tracing::info!(event = %other, "NATS"),
                 }
             });
         let url = url.to_string();
@@ -123,8 +173,13 @@ impl Bus {
             let _ = done.send(probe.flush().await.is_ok());
         });
         if !flushed.recv().unwrap_or(false) {
+            let why = refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .map_or(String::new(), |e| format!("; last: {e}"));
             return Err(ClusterError::Connect(format!(
-                "not connected within {} ms",
+                "not connected within {} ms{why}",
                 connect_timeout.as_millis()
             )));
         }

@@ -9,10 +9,17 @@ use super::run_script;
 pub struct Nats {
     dir: tempfile::TempDir,
     port: u16,
+    /// Further nats-server options (auth, TLS), kept for a start again.
+    options: Vec<String>,
 }
 
 impl Nats {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts with further nats-server options (`-c FILE`, `--tls ...`).
+    pub fn start_with(options: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("switchboard-nats")
             .tempdir_in("/tmp")
@@ -22,7 +29,8 @@ impl Nats {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let nats = Self { dir, port };
+        let options = options.iter().map(|o| o.to_string()).collect();
+        let nats = Self { dir, port, options };
         nats.start_again();
         nats
     }
@@ -49,11 +57,11 @@ impl Nats {
     /// Starts the stopped server again on the same port with the same JetStream store; returns once
     /// it answers.
     pub fn start_again(&self) {
-        run_script(
-            "nats.sh",
-            &["start", &self.dir_str(), &self.port.to_string()],
-            "nats-server",
-        );
+        let dir = self.dir_str();
+        let port = self.port.to_string();
+        let mut args = vec!["start", &dir, &port];
+        args.extend(self.options.iter().map(String::as_str));
+        run_script("nats.sh", &args, "nats-server");
     }
 
     fn dir_str(&self) -> String {
