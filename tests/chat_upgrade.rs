@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use support::binary::{agent_token, Server};
+use support::binary::{agent_token, upgraded, Server};
 use support::fake_django::FakeDjango;
 use support::ws::ChatClient;
 use tokio::sync::mpsc;
@@ -217,17 +217,7 @@ async fn an_upgrade_under_live_traffic_drops_no_connection_and_loses_no_frame() 
     // The upgrade, mid-traffic.
     let path = dir.path().to_path_buf();
     let django_url = django.base_url.clone();
-    let (new, old) = tokio::task::spawn_blocking(move || {
-        let new = Server::take_over(&path, &django_url);
-        new.log_line("took over: ready");
-        let mut old = old;
-        assert!(old.wait_exit().success(), "the old process exits 0");
-        (new, old)
-    })
-    .await
-    .unwrap();
-    assert_eq!((new.api, new.chat), (old.api, old.chat), "the same sockets");
-    drop(old);
+    let new = upgraded(old, move || Server::take_over(&path, &django_url)).await;
     rounds(&mut progress, &who, 3).await;
     stop.set(true);
     rest_stop.store(true, Ordering::SeqCst);

@@ -9,7 +9,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
-use support::binary::{agent_token, Server};
+use support::binary::{agent_token, upgraded, Server};
 use support::fake_django::{Behavior, ChatEndpoint, FakeDjango};
 use support::nats::Nats;
 use support::postgres::Postgres;
@@ -45,6 +45,18 @@ async fn publish_raw(port: u16, messages: &[(&str, &[u8])]) -> usize {
 
 /// A node of the cluster on `nats` and `pg`, named `node`.
 fn node(name: &str, dir: &std::path::Path, django: &FakeDjango, pg: &str, nats: &str) -> Server {
+    node_with_args(name, dir, &django.base_url, pg, nats, &[])
+}
+
+/// The same, with command-line arguments (`--takeover`).
+fn node_with_args(
+    name: &str,
+    dir: &std::path::Path,
+    django_url: &str,
+    pg: &str,
+    nats: &str,
+    args: &[&str],
+) -> Server {
     let env = [
         ("SWITCHBOARD__STORAGE__POSTGRES_URL", pg),
         ("SWITCHBOARD__CLUSTER__NATS_URL", nats),
@@ -52,7 +64,7 @@ fn node(name: &str, dir: &std::path::Path, django: &FakeDjango, pg: &str, nats: 
         ("SWITCHBOARD__CLUSTER__HEARTBEAT_MS", "200"),
         ("SWITCHBOARD__CLUSTER__HEARTBEAT_TIMEOUT_MS", "1500"),
     ];
-    Server::spawn(dir, &django.base_url, &[], &env)
+    Server::spawn(dir, django_url, args, &env)
 }
 
 /// Starts node `name` with further settings (credentials, TLS for the broker), without waiting
@@ -557,6 +569,38 @@ async fn taken_across(node: &Server, agent: &mut ChatClient, django: &FakeDjango
         .await;
     expect_for(agent, "session.assigned", &id).await;
     c.expect("agent.joined").await;
+}
+
+#[actix_rt::test]
+async fn a_node_upgraded_in_place_keeps_its_connections_and_the_cluster_loses_nothing() {
+    let mut services = Services::start();
+    let a = services.join("node-a").await;
+    let b = services.join("node-b").await;
+    let django = &services.django;
+    // Both ways across the node to upgrade: A's customer with B's agent, B's customer with A's.
+    let (mut c1, mut bob, id1) = chat_across(&a, &b, django, "bob").await;
+    let (mut c2, mut ann, id2) = chat_across(&b, &a, django, "ann").await;
+    both_ways(&mut c1, &mut bob, &id1, "before-1").await;
+    both_ways(&mut c2, &mut ann, &id2, "before-2").await;
+
+    // A new process of node A takes A's sockets over (`--takeover`), under the same node id.
+    let dir = services.dirs[0].path().to_path_buf();
+    let (pg, nats, url) = (
+        services.pg.url.clone(),
+        services.nats.url(),
+        django.base_url.clone(),
+    );
+    let new = upgraded(a, move || {
+        node_with_args("node-a", &dir, &url, &pg, &nats, &["--takeover"])
+    })
+    .await;
+    joined(&new).await;
+
+    // No connection dropped; both chats go on both ways, across the new process.
+    both_ways(&mut c1, &mut bob, &id1, "after-1").await;
+    both_ways(&mut c2, &mut ann, &id2, "after-2").await;
+    // And the new process serves the cluster as the old did: a new chat across it is taken.
+    taken_across(&new, &mut bob, django).await;
 }
 
 #[actix_rt::test]

@@ -739,6 +739,7 @@ impl Handler<AttachAgent> for Agent {
             capacity: self.state.capacity,
             auto_assign: self.state.auto_assign,
             fresh: !std::mem::replace(&mut self.announced, true),
+            holds: self.sessions.keys().copied().collect(),
         };
         // Nothing reaches the agent before `agent.ready`: the mailbox waits for the queue's answer.
         ctx.wait(
@@ -788,6 +789,7 @@ impl Handler<Reannounce> for Agent {
             capacity: self.state.capacity,
             auto_assign: self.state.auto_assign,
             fresh: false,
+            holds: self.sessions.keys().copied().collect(),
         };
         ctx.spawn(
             self.deps

@@ -60,6 +60,8 @@ pub struct Queue {
     returning: HashMap<AgentId, Vec<SessionId>>,
     /// Live sessions said to be in the hands of an agent this queue does not know yet, by agent.
     awaiting: HashMap<AgentId, Vec<SessionId>>,
+    /// The chats each connected agent's actor said it holds when it last announced itself.
+    reported: HashMap<AgentId, HashSet<SessionId>>,
 }
 
 impl Queue {
@@ -74,6 +76,7 @@ impl Queue {
             agents_online,
             returning: HashMap::new(),
             awaiting: HashMap::new(),
+            reported: HashMap::new(),
         }
     }
 
@@ -287,7 +290,7 @@ impl Handler<ToQueue> for Queue {
                 grace,
             } => {
                 if self.agents.contains(&agent.id) {
-                    return self.give_back(agent, vec![session_id], ctx);
+                    return self.give_back(agent.clone(), vec![session_id], ctx);
                 }
                 self.returning
                     .entry(agent.id.clone())
@@ -321,7 +324,17 @@ impl Handler<ToQueue> for Queue {
                 grace,
             } => {
                 if self.agents.contains(&agent.id) {
-                    self.state.hold(&agent.id, session_id);
+                    let lacks = self
+                        .reported
+                        .get(&agent.id)
+                        .is_some_and(|held| !held.contains(&session_id));
+                    if lacks {
+                        // Their actor does not have it (it was replaced meanwhile): it is handed
+                        // to them, with what they missed.
+                        self.give_back(agent.clone(), vec![session_id], ctx);
+                    } else {
+                        self.state.hold(&agent.id, session_id);
+                    }
                     self.push_presence(&agent.id);
                     return self.settle(ctx, false);
                 }
@@ -399,6 +412,7 @@ impl Handler<ToQueue> for Queue {
                     });
                 }
                 self.agents.remove(&agent);
+                self.reported.remove(&agent);
                 self.settle(ctx, false);
             }
             ToQueue::PushRoster => {
@@ -420,6 +434,7 @@ impl Handler<ToQueue> for Queue {
                 self.agents.clear();
                 self.returning.clear();
                 self.awaiting.clear();
+                self.reported.clear();
                 self.dirty = false;
                 metrics::gauge!(m::CHAT_QUEUE_LENGTH).set(0.0);
             }
@@ -432,6 +447,10 @@ impl Queue {
     fn give_back(&mut self, agent: AgentRef, sessions: Vec<SessionId>, ctx: &mut Context<Self>) {
         for session_id in sessions {
             self.state.hold(&agent.id, session_id);
+            self.reported
+                .entry(agent.id.clone())
+                .or_default()
+                .insert(session_id);
             let command = SessionCommand::ByAgent {
                 agent: agent.clone(),
                 op: AgentOp::Claim {
@@ -482,11 +501,18 @@ impl Handler<AgentUp> for Queue {
                 handing.extend(rostered.held.iter().copied());
             }
         } else {
-            // Their actor still holds these: they count, and nothing is handed over again.
+            // What their actor still holds counts, and is not handed over again; what it lacks
+            // (it was replaced while the queue was being rebuilt) is handed to it.
             for session_id in awaiting {
-                self.state.hold(&id, session_id);
+                if msg.holds.contains(&session_id) {
+                    self.state.hold(&id, session_id);
+                } else {
+                    handing.insert(session_id);
+                }
             }
         }
+        self.reported
+            .insert(id.clone(), msg.holds.iter().copied().collect());
         if !handing.is_empty() {
             self.give_back(msg.agent.clone(), handing.into_iter().collect(), ctx);
         }

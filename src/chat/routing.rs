@@ -86,6 +86,10 @@ pub struct AgentUp {
     /// holds no chat yet, so the chats the queue counts as theirs are handed to it.
     #[serde(default)]
     pub fresh: bool,
+    /// The chats this actor holds now. A chat the queue counts as theirs that is not among them
+    /// (their actor was replaced while the queue's lead moved, say) is handed to it.
+    #[serde(default)]
+    pub holds: Vec<SessionId>,
 }
 
 /// The queue's present state, as an agent is first shown it.

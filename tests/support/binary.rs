@@ -142,6 +142,22 @@ impl Drop for Server {
     }
 }
 
+/// Replaces `old` with the process `start` launches (a `--takeover` of it), off the async runtime:
+/// returns the new process once it took over and the old one once it exited 0, on the same sockets.
+pub async fn upgraded(old: Server, start: impl FnOnce() -> Server + Send + 'static) -> Server {
+    let (new, old) = tokio::task::spawn_blocking(move || {
+        let new = start();
+        new.log_line("took over: ready");
+        let mut old = old;
+        assert!(old.wait_exit().success(), "the old process exits 0");
+        (new, old)
+    })
+    .await
+    .unwrap();
+    assert_eq!((new.api, new.chat), (old.api, old.chat), "the same sockets");
+    new
+}
+
 /// A signed agent token for `sub`, valid for an hour.
 pub fn agent_token(sub: &str) -> String {
     use jsonwebtoken::{encode, EncodingKey, Header};

@@ -121,8 +121,10 @@ impl ChatClient {
 
     /// The next text frame, skipping pings; `Err` when the connection ends first.
     pub async fn next(&mut self) -> Result<Value, Ended> {
+        // One deadline for the call: the server's pings, answered here, do not extend the wait.
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .expect("a frame within the wait");
             match msg {
