@@ -222,9 +222,11 @@ impl SqliteChatJournal {
                 Synchronous::Normal => "NORMAL",
             },
         )?;
-        // Sessions' newest pages are read back on every append (the frames' and records'
-        // B-trees): a page cache that holds them saves a read for each.
-        conn.pragma_update(None, "cache_size", -16384)?;
+        // A small page cache: SQLite walks it at the end of every commit (page-cache truncation
+        // was 3 % of the server's CPU with 16 MiB), and pages it misses come from the kernel's
+        // cache. 2 MiB cost 2-6 points of a core less than 16 MiB at 5,000 and at 15,000 sessions
+        // (BENCHMARKS.md, "Live chat on every core").
+        conn.pragma_update(None, "cache_size", -2048)?;
         conn.execute_batch(SCHEMA)?;
         let (tx, rx) = mpsc::channel();
         thread::Builder::new()
