@@ -57,14 +57,18 @@ fn node_with_args(
     nats: &str,
     args: &[&str],
 ) -> Server {
-    let env = [
+    Server::spawn(dir, django_url, args, &node_env(name, pg, nats))
+}
+
+/// What every node of a test is started with: its name, the shared services, quick heartbeats.
+fn node_env<'a>(name: &'a str, pg: &'a str, nats: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
         ("SWITCHBOARD__STORAGE__POSTGRES_URL", pg),
         ("SWITCHBOARD__CLUSTER__NATS_URL", nats),
         ("SWITCHBOARD__CLUSTER__NODE_ID", name),
         ("SWITCHBOARD__CLUSTER__HEARTBEAT_MS", "200"),
         ("SWITCHBOARD__CLUSTER__HEARTBEAT_TIMEOUT_MS", "1500"),
-    ];
-    Server::spawn(dir, django_url, args, &env)
+    ]
 }
 
 /// Starts node `name` with further settings (credentials, TLS for the broker), without waiting
@@ -77,15 +81,9 @@ fn launch_node(
 ) -> Server {
     let (django, pg, nats) = services;
     let url = nats.url();
-    let mut env = vec![
-        ("SWITCHBOARD__STORAGE__POSTGRES_URL", pg.url.as_str()),
-        ("SWITCHBOARD__CLUSTER__NATS_URL", url.as_str()),
-        ("SWITCHBOARD__CLUSTER__NODE_ID", name),
-        ("SWITCHBOARD__CLUSTER__HEARTBEAT_MS", "200"),
-        ("SWITCHBOARD__CLUSTER__HEARTBEAT_TIMEOUT_MS", "1500"),
-        // A node the broker refuses gives up within this.
-        ("SWITCHBOARD__STORAGE__POSTGRES_CONNECT_TIMEOUT_MS", "3000"),
-    ];
+    let mut env = node_env(name, &pg.url, &url);
+    // A node the broker refuses gives up within this.
+    env.push(("SWITCHBOARD__STORAGE__POSTGRES_CONNECT_TIMEOUT_MS", "3000"));
     env.extend_from_slice(extra);
     Server::launch(dir, &django.base_url, &[], &env)
 }
@@ -98,9 +96,7 @@ async fn admitted(
     extra: &[(&str, &str)],
 ) -> Server {
     let mut server = launch_node(name, dir, services, extra);
-    let start = server.log_line("switchboard starting");
-    server.api = start["api"].as_str().unwrap().parse().unwrap();
-    server.chat = start["chat"].as_str().unwrap().parse().unwrap();
+    server.read_start();
     joined(&server).await;
     server
 }

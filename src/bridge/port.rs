@@ -8,7 +8,10 @@
 //! (replies that complete in one turn of its loop come back as one [`AiReplies`]), and the port
 //! answers each waiting session on its own thread.
 //!
-//! Owns the sessions' waiting replies, by token. Every token is answered: the lane answers a call
+//! Owns the sessions' waiting replies, by token. They are bounded by the calls lane's limit
+//! (`bridge.calls_max_in_flight`: a call past it is refused at once, so its token is answered in
+//! the next batch back) plus the requests of batches on their way, which the port's mailbox
+//! (`bridge.queue_depth`, a session waits for room) bounds. Every token is answered: the lane answers a call
 //! it drops (a restart) with [`CallsError::Dropped`], and a port that stops drops its waiters,
 //! which the sessions take as a failed call (the customer is told, as for any AI failure).
 

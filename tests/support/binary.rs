@@ -38,14 +38,19 @@ impl Server {
     /// Starts and waits for the start line.
     pub fn spawn(dir: &Path, django_url: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut server = Self::launch(dir, django_url, args, env);
-        let start = server.log_line("switchboard starting");
-        server.api = start["api"].as_str().unwrap().parse().expect("api address");
-        server.chat = start["chat"]
+        server.read_start();
+        server
+    }
+
+    /// Waits for the start line of a launched server and takes its addresses from it.
+    pub fn read_start(&mut self) {
+        let start = self.log_line("switchboard starting");
+        self.api = start["api"].as_str().unwrap().parse().expect("api address");
+        self.chat = start["chat"]
             .as_str()
             .unwrap()
             .parse()
             .expect("chat address");
-        server
     }
 
     /// Starts without waiting for anything (its addresses stay unknown).
